@@ -1,0 +1,59 @@
+# Warren's two entry points: `make run` and `make test`. Both install what is missing first.
+JOBS ?= 2
+BUILD ?= build
+ASAN ?= build-asan
+FUZZ ?= build-fuzz
+PYTEST ?= python3 -m pytest
+
+.PHONY: all deps build build-asan build-fuzz run test unit integration fuzz bench clean
+
+all: build
+
+deps:
+	@scripts/deps.sh test
+
+build:
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j$(JOBS)
+
+build-asan:
+	@cmake -S . -B $(ASAN) -DCMAKE_BUILD_TYPE=Debug -DWARREN_SANITIZE=ON >/dev/null
+	@cmake --build $(ASAN) -j$(JOBS)
+
+build-fuzz:
+	@CC=clang cmake -S . -B $(FUZZ) -DCMAKE_BUILD_TYPE=Debug -DWARREN_FUZZ=ON \
+	   -DCMAKE_C_FLAGS="-fsanitize=fuzzer-no-link,address,undefined" >/dev/null
+	@cmake --build $(FUZZ) -j$(JOBS) --target $$(cd tests/fuzz && ls fuzz_*.c | sed 's/\.c$$//')
+
+run:
+	@scripts/deps.sh build
+	@$(MAKE) --no-print-directory build
+	./$(BUILD)/warren-server $(if $(CONFIG),--config $(CONFIG),)
+
+unit: build-asan
+	cd $(ASAN) && ctest --output-on-failure
+
+integration: build build-asan
+	WARREN_BIN=$(CURDIR)/$(ASAN)/warren-server WARREN_CBIN=$(CURDIR)/$(BUILD) \
+	  $(PYTEST) -q -ra tests/integration
+
+fuzz: build-fuzz
+	@for f in $(FUZZ)/fuzz_*; do \
+	  [ -x "$$f" ] || continue; \
+	  echo "fuzz: $$f (60s)"; \
+	  mkdir -p $(FUZZ)/corpus/$$(basename $$f); \
+	  $$f -max_total_time=60 -print_final_stats=0 $(FUZZ)/corpus/$$(basename $$f) tests/fuzz/corpus 2>&1 | tail -2 || exit 1; \
+	done
+
+test: deps
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory fuzz
+	@$(MAKE) --no-print-directory integration
+
+bench:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory build
+	tests/bench/run.sh
+
+clean:
+	rm -rf $(BUILD) $(ASAN) $(FUZZ)
