@@ -1,0 +1,68 @@
+/* store.h - the durable store: RocksDB behind a storage thread with group commit.
+ *
+ * The event loop never blocks on fsync. Writes (put/del/del_range) made on the loop thread go into
+ * the *current batch*; RocksDB copies key and value bytes, so callers may free their buffers as soon
+ * as a store_* call returns. Just before the loop blocks (an ev_prepare watcher), if the storage
+ * thread is idle and the current batch holds writes or sync callbacks, the batch is handed to the
+ * storage thread, which performs one synced rocksdb_write (WAL fsync) and reports back through an
+ * ev_async. Writes that arrive while a batch is being written accumulate in the next batch, so many
+ * messages share one fsync (group commit). Batches are written strictly in order.
+ *
+ * Durability contract: a write is durable only once a store_on_synced() callback registered after
+ * it has fired. Callbacks run on the loop thread, in registration order, never from inside a
+ * store_* call. A crash loses at most the batches whose callbacks never ran; since batches are
+ * written in order, a surviving batch implies every earlier batch survived too.
+ *
+ * Reads (store_get, iterators) see committed data only: what earlier batches wrote, not the
+ * current, unsubmitted batch. All functions are for the loop thread (or startup/shutdown) only.
+ */
+#ifndef WARREN_STORE_H
+#define WARREN_STORE_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct store store_t;
+typedef void (*store_cb)(void *arg);
+
+/* Opens (creating) a RocksDB database in dir (mkdir -p). Tuned for a log-like, write-heavy
+ * workload with a small memory footprint. Returns NULL and fills err on failure, e.g.
+ * "data directory ./data is in use by another process". */
+store_t *store_open(const char *dir, struct ev_loop *loop, char *err, size_t errlen);
+/* Flushes the pending batch synchronously (waits for the storage thread), runs remaining
+ * callbacks, stops the thread, closes RocksDB. Safe to call once at shutdown; NULL is a no-op. */
+void store_close(store_t *s);
+
+/* Queue writes into the current batch (loop thread only). */
+void store_put(store_t *s, const void *key, size_t klen, const void *val, size_t vlen);
+void store_del(store_t *s, const void *key, size_t klen);
+void store_del_range(store_t *s, const void *begin, size_t blen, const void *end, size_t elen); /* [begin,end) */
+/* Calls cb(arg) on the loop thread once every write queued before this call is durable (synced). */
+void store_on_synced(store_t *s, store_cb cb, void *arg);
+/* Forces the current batch to be submitted now-ish (normally the ev_prepare does it). */
+void store_kick(store_t *s);
+/* Blocks until everything queued so far is durable and its callbacks have run. */
+void store_flush_sync(store_t *s);
+
+/* Reads see committed data (what earlier batches wrote). Loop thread or startup only. */
+/* Returns 1 found (*val malloc'd, caller frees), 0 not found, -1 error. */
+int store_get(store_t *s, const void *key, size_t klen, void **val, size_t *vlen);
+typedef struct store_iter store_iter_t;
+/* Iterates keys with the given prefix in key order. Returns NULL on allocation failure.
+ * Pointers returned by store_iter_next stay valid until the next call or store_iter_free. */
+store_iter_t *store_iter_prefix(store_t *s, const void *prefix, size_t plen);
+bool store_iter_next(store_iter_t *it, const void **key, size_t *klen, const void **val, size_t *vlen);
+void store_iter_free(store_iter_t *it);
+
+/* Stats for benchmarks/metrics. batches/writes/bytes/syncs count committed work; pending_ops
+ * counts writes queued but not yet durable (current batch plus the one in flight). */
+typedef struct { uint64_t batches, writes, bytes, syncs; uint64_t pending_ops; } store_stats_t;
+void store_get_stats(const store_t *s, store_stats_t *out);
+
+/* Key helpers: big-endian integers so that keys sort numerically. */
+void store_put_be64(uint8_t *dst, uint64_t v);
+uint64_t store_get_be64(const uint8_t *src);
+
+#endif
