@@ -13,8 +13,13 @@
  * store_* call. A crash loses at most the batches whose callbacks never ran; since batches are
  * written in order, a surviving batch implies every earlier batch survived too.
  *
+ * A failed synced write is fatal: the store logs the RocksDB error and aborts, because after a
+ * failed fsync nothing can be confirmed safely; a restart recovers from the write-ahead log.
+ *
  * Reads (store_get, iterators) see committed data only: what earlier batches wrote, not the
  * current, unsubmitted batch. All functions are for the loop thread (or startup/shutdown) only.
+ * Callbacks may queue writes and register further callbacks, but must not call
+ * store_flush_sync or store_close (a nested flush is refused with an error log).
  */
 #ifndef WARREN_STORE_H
 #define WARREN_STORE_H
@@ -32,7 +37,8 @@ typedef void (*store_cb)(void *arg);
  * "data directory ./data is in use by another process". */
 store_t *store_open(const char *dir, struct ev_loop *loop, char *err, size_t errlen);
 /* Flushes the pending batch synchronously (waits for the storage thread), runs remaining
- * callbacks, stops the thread, closes RocksDB. Safe to call once at shutdown; NULL is a no-op. */
+ * callbacks, stops the thread, closes RocksDB. Safe to call once at shutdown; NULL is a no-op.
+ * Free all iterators first, and call it before ev_loop_destroy. The loop itself is left running (watchers are stopped). */
 void store_close(store_t *s);
 
 /* Queue writes into the current batch (loop thread only). */
@@ -47,7 +53,8 @@ void store_kick(store_t *s);
 void store_flush_sync(store_t *s);
 
 /* Reads see committed data (what earlier batches wrote). Loop thread or startup only. */
-/* Returns 1 found (*val malloc'd, caller frees), 0 not found, -1 error. */
+/* Returns 1 found (*val malloc'd, caller frees; always NUL-terminated, even when *vlen is 0),
+ * 0 not found, -1 error (logged). */
 int store_get(store_t *s, const void *key, size_t klen, void **val, size_t *vlen);
 typedef struct store_iter store_iter_t;
 /* Iterates keys with the given prefix in key order. Returns NULL on allocation failure.
@@ -56,8 +63,10 @@ store_iter_t *store_iter_prefix(store_t *s, const void *prefix, size_t plen);
 bool store_iter_next(store_iter_t *it, const void **key, size_t *klen, const void **val, size_t *vlen);
 void store_iter_free(store_iter_t *it);
 
-/* Stats for benchmarks/metrics. batches/writes/bytes/syncs count committed work; pending_ops
- * counts writes queued but not yet durable (current batch plus the one in flight). */
+/* Stats for benchmarks/metrics, counting committed work: batches handed to the storage thread,
+ * writes (put/del/del_range calls), bytes (key + value bytes), syncs (fsynced rocksdb_writes; a
+ * batch holding only callbacks needs none). pending_ops counts writes queued but not yet durable
+ * (current batch plus the one in flight). */
 typedef struct { uint64_t batches, writes, bytes, syncs; uint64_t pending_ops; } store_stats_t;
 void store_get_stats(const store_t *s, store_stats_t *out);
 
