@@ -62,6 +62,30 @@ static inline uint64_t amqp_get_u64(const uint8_t *p) {
   return ((uint64_t)amqp_get_u32(p) << 32) | amqp_get_u32(p + 4);
 }
 
+/* Bounds-checked cursor over input bytes. A read past the end sets `bad`, consumes nothing and
+ * yields zero/empty, so a decoder can read a whole structure and check `bad` once at the end. */
+typedef struct { const uint8_t *p; size_t left; bool bad; } amqp_reader_t;
+static inline amqp_reader_t amqp_reader(const uint8_t *p, size_t len) {
+  return (amqp_reader_t){p, len, false};
+}
+/* Returns a pointer to the next n bytes and skips them, or NULL (and sets bad) if fewer remain. */
+static inline const uint8_t *amqp_read_raw(amqp_reader_t *r, size_t n) {
+  if (r->bad || r->left < n) { r->bad = true; return NULL; }
+  const uint8_t *p = r->p;
+  r->p += n; r->left -= n;
+  return p;
+}
+static inline uint8_t amqp_read_u8(amqp_reader_t *r) { const uint8_t *p = amqp_read_raw(r, 1); return p ? p[0] : 0; }
+static inline uint16_t amqp_read_u16(amqp_reader_t *r) { const uint8_t *p = amqp_read_raw(r, 2); return p ? amqp_get_u16(p) : 0; }
+static inline uint32_t amqp_read_u32(amqp_reader_t *r) { const uint8_t *p = amqp_read_raw(r, 4); return p ? amqp_get_u32(p) : 0; }
+static inline uint64_t amqp_read_u64(amqp_reader_t *r) { const uint8_t *p = amqp_read_raw(r, 8); return p ? amqp_get_u64(p) : 0; }
+static inline amqp_bytes_t amqp_read_bytes(amqp_reader_t *r, size_t n) {
+  const uint8_t *p = amqp_read_raw(r, n);
+  return p ? (amqp_bytes_t){p, n} : AMQP_BYTES_EMPTY;
+}
+static inline amqp_bytes_t amqp_read_shortstr(amqp_reader_t *r) { size_t n = amqp_read_u8(r); return amqp_read_bytes(r, n); }
+static inline amqp_bytes_t amqp_read_longstr(amqp_reader_t *r) { size_t n = amqp_read_u32(r); return amqp_read_bytes(r, n); }
+
 /* ---- Field tables, parsed form ------------------------------------------------------------ */
 
 /* Strings point into the source buffer (zero-copy); arrays/tables are malloc'd and released by
