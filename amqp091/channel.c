@@ -1,0 +1,947 @@
+/* channel.c - one AMQP 0-9-1 channel: the methods of the exchange, queue, basic, confirm and
+ * tx classes, mapped onto the broker core.
+ *
+ * Publishing: basic.publish resolves the exchange and opens a content assembly; the header
+ * frame allocates the message (refcounted, shared by every queue it routes to) and body frames
+ * fill it. When complete, the message is routed and enqueued (or held until tx.commit).
+ *
+ * Confirms: each publish gets the next sequence number. A publish that wrote to the store is
+ * confirmed only after its batch is synced: its number waits in `pending` and the channel asks
+ * the store, once per loop iteration, to call back when everything written so far is durable;
+ * the callback confirms every pending number up to the mark with one basic.ack (multiple).
+ * Everything else is confirmed at once.
+ *
+ * Deliveries: consumers are core consumer_t objects owned by the channel. The core decides who
+ * gets what; the channel numbers deliveries (tags are per channel, increasing) and keeps each
+ * un-acked one in `dl`, a deque ordered by tag, until ack/nack/reject/recover or channel close
+ * (which requeues them). */
+#include "amqp091/session.h"
+#include "broker/log.h"
+#include "broker/props.h"
+
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const consumer_ops_t chan_consumer_ops;
+
+#define BYTES_FMT(b) (int)(b).len, (const char *)(b).ptr
+
+chan_t *chan_new(conn_t *c, uint16_t id)
+{
+    chan_t *ch = calloc(1, sizeof *ch);
+    if (!ch) abort();
+    ch->conn = c;
+    ch->id = id;
+    ch->state = CH_OPEN;
+    ch->refs = 1;
+    ch->next_tag = 1;
+    ch->flow_active = true;
+    return ch;
+}
+
+static void chan_unref(chan_t *ch)
+{
+    if (--ch->refs) return;
+    free(ch->pending);
+    free(ch->dl);
+    free(ch->txp);
+    free(ch->txa);
+    free(ch->last_queue);
+    free(ch);
+}
+
+static void send(chan_t *ch, const amqp_method_t *m)
+{
+    if (ch->conn) conn_send_method(ch->conn, ch->id, m);
+}
+
+static void send_simple(chan_t *ch, uint32_t id)
+{
+    amqp_method_t m = {.id = id};
+    send(ch, &m);
+}
+
+void chan_exception(chan_t *ch, int code, uint32_t method_id, const char *fmt, ...)
+{
+    char detail[512], text[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    snprintf(text, sizeof text, "%s - %s", amqp_reply_name(code), detail);
+    if (amqp_reply_is_connection_error(code)) {
+        conn_exception(ch->conn, code, method_id, "%s", detail);
+        return;
+    }
+    if (ch->state == CH_CLOSING) return;
+    log_info("channel %u: error %d %s", ch->id, code, text);
+    amqp_method_t m = {.id = AMQP_CHANNEL_CLOSE};
+    m.u.channel_close.reply_code = (uint16_t)code;
+    m.u.channel_close.reply_text = AMQP_BYTES_CSTR(text);
+    m.u.channel_close.class_id = AMQP_METHOD_CLASS(method_id);
+    m.u.channel_close.method_id = AMQP_METHOD_INDEX(method_id);
+    send(ch, &m);
+    ch->state = CH_CLOSING;
+    /* Release everything now; only close-ok is still expected. */
+    if (ch->pub_msg) {
+        msg_unref(ch->pub_msg);
+        ch->pub_msg = NULL;
+    }
+    ch->pub = PUB_IDLE;
+}
+
+static void fail(chan_t *ch, uint32_t method_id, const br_err_t *err)
+{
+    chan_exception(ch, err->code, method_id, "%s", err->text);
+}
+
+/* ---- deliveries ---- */
+
+static delivery_t *dl_at(chan_t *ch, size_t i) { return &ch->dl[(ch->dl_head + i) % ch->dl_cap]; }
+
+static delivery_t *dl_push(chan_t *ch)
+{
+    if (ch->dl_len == ch->dl_cap) {
+        size_t ncap = ch->dl_cap ? ch->dl_cap * 2 : 64;
+        delivery_t *nb = malloc(ncap * sizeof *nb);
+        if (!nb) abort();
+        for (size_t i = 0; i < ch->dl_len; i++) nb[i] = *dl_at(ch, i);
+        free(ch->dl);
+        ch->dl = nb;
+        ch->dl_cap = ncap;
+        ch->dl_head = 0;
+    }
+    delivery_t *d = dl_at(ch, ch->dl_len++);
+    memset(d, 0, sizeof *d);
+    return d;
+}
+
+/* Index of the delivery with this tag, or -1. */
+static long dl_find(chan_t *ch, uint64_t tag)
+{
+    size_t lo = 0, hi = ch->dl_len;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        uint64_t t = dl_at(ch, mid)->tag;
+        if (t == tag) return dl_at(ch, mid)->settled ? -1 : (long)mid;
+        if (t < tag) lo = mid + 1;
+        else hi = mid;
+    }
+    return -1;
+}
+
+static void dl_compact(chan_t *ch)
+{
+    while (ch->dl_len && dl_at(ch, 0)->settled) {
+        ch->dl_head = (ch->dl_head + 1) % ch->dl_cap;
+        ch->dl_len--;
+    }
+}
+
+/* Settles one delivery: ack (remove) or requeue. */
+static void settle(chan_t *ch, delivery_t *d, bool ack)
+{
+    d->settled = true;
+    if (d->c) {
+        if (d->c->unacked) d->c->unacked--;
+        if (d->c->q) q_schedule(d->c->q);
+    }
+    if (ch->unacked) ch->unacked--;
+    if (ack)
+        q_ack(d->q, &d->e);
+    else
+        q_requeue(d->q, &d->e);
+    /* A channel-wide prefetch frees credit for every consumer on the channel. */
+    if (ch->global_prefetch)
+        for (size_t i = 0; i < ch->consumers.n; i++) {
+            consumer_t *c = ch->consumers.items[i];
+            if (c->q) q_schedule(c->q);
+        }
+    q_unref(d->q);
+}
+
+static void settle_all(chan_t *ch, bool ack)
+{
+    for (size_t i = 0; i < ch->dl_len; i++) {
+        delivery_t *d = dl_at(ch, i);
+        if (!d->settled) settle(ch, d, ack);
+    }
+    dl_compact(ch);
+}
+
+static void write_content(chan_t *ch, const msg_t *m)
+{
+    conn_t *c = ch->conn;
+    amqp_encode_content_header(&c->out, ch->id, AMQP_CLASS_BASIC, m->body_len, m->props, m->props_len);
+    amqp_encode_body(&c->out, ch->id, m->body, m->body_len, c->frame_max);
+    if (c->out.len > 64 * 1024) conn_flush(c);
+}
+
+static bool consumer_can_deliver(consumer_t *cons)
+{
+    chan_t *ch = cons->owner;
+    if (ch->state != CH_OPEN || !ch->flow_active || !ch->conn || conn_output_blocked(ch->conn)) return false;
+    if (!cons->no_ack && ch->global_prefetch && ch->unacked >= ch->global_prefetch) return false;
+    return true;
+}
+
+static void consumer_deliver(consumer_t *cons, queue_t *q, const qentry_t *e)
+{
+    chan_t *ch = cons->owner;
+    uint64_t tag = ch->next_tag++;
+    amqp_method_t m = {.id = AMQP_BASIC_DELIVER};
+    m.u.basic_deliver.consumer_tag = (amqp_bytes_t){(const uint8_t *)cons->tag, cons->tag_len};
+    m.u.basic_deliver.delivery_tag = tag;
+    m.u.basic_deliver.redelivered = e->redelivered;
+    m.u.basic_deliver.exchange = (amqp_bytes_t){(const uint8_t *)e->m->exchange, e->m->exchange_len};
+    m.u.basic_deliver.routing_key = (amqp_bytes_t){(const uint8_t *)e->m->rk, e->m->rk_len};
+    send(ch, &m);
+    write_content(ch, e->m);
+    if (!cons->no_ack) {
+        delivery_t *d = dl_push(ch);
+        d->tag = tag;
+        d->q = q;
+        q_ref(q);
+        d->e = *e;
+        d->c = cons;
+        ch->unacked++;
+    }
+    /* Deliveries run from the broker's dispatch pass, outside any input handling: hand the
+     * bytes to the socket layer now (it coalesces them into one send per loop iteration). */
+    conn_flush(ch->conn);
+}
+
+static void forget_consumer_deliveries(chan_t *ch, consumer_t *cons)
+{
+    for (size_t i = 0; i < ch->dl_len; i++) {
+        delivery_t *d = dl_at(ch, i);
+        if (d->c == cons) d->c = NULL;
+    }
+}
+
+static void consumer_free(chan_t *ch, consumer_t *cons)
+{
+    ptrvec_remove(&ch->consumers, cons);
+    forget_consumer_deliveries(ch, cons);
+    free(cons->tag);
+    free(cons);
+}
+
+static void consumer_cancelled(consumer_t *cons)
+{
+    chan_t *ch = cons->owner;
+    if (ch->conn && ch->conn->cap_cancel_notify && ch->state == CH_OPEN) {
+        amqp_method_t m = {.id = AMQP_BASIC_CANCEL};
+        m.u.basic_cancel.consumer_tag = (amqp_bytes_t){(const uint8_t *)cons->tag, cons->tag_len};
+        m.u.basic_cancel.nowait = true;
+        send(ch, &m);
+    }
+    consumer_free(ch, cons);
+}
+
+static const consumer_ops_t chan_consumer_ops = {
+    .can_deliver = consumer_can_deliver,
+    .deliver = consumer_deliver,
+    .cancelled = consumer_cancelled,
+};
+
+void chan_on_drain(chan_t *ch)
+{
+    for (size_t i = 0; i < ch->consumers.n; i++) {
+        consumer_t *c = ch->consumers.items[i];
+        if (c->q) q_schedule(c->q);
+    }
+}
+
+void chan_destroy(chan_t *ch)
+{
+    while (ch->consumers.n) {
+        consumer_t *c = ch->consumers.items[ch->consumers.n - 1];
+        queue_t *q = c->q;
+        consumer_free(ch, c);
+        if (q) q_consumer_remove(q, c);
+    }
+    ptrvec_free(&ch->consumers);
+    settle_all(ch, false);
+    if (ch->pub_msg) msg_unref(ch->pub_msg);
+    ch->pub_msg = NULL;
+    for (size_t i = 0; i < ch->txp_len; i++) msg_unref(ch->txp[i].m);
+    ch->txp_len = 0;
+    ch->conn = NULL;
+    ch->state = CH_CLOSING;
+    chan_unref(ch);
+}
+
+/* ---- confirms ---- */
+
+typedef struct {
+    chan_t *ch;
+    uint64_t upto;
+} sync_token_t;
+
+static void confirm_ack(chan_t *ch, uint64_t tag, bool multiple)
+{
+    amqp_method_t m = {.id = AMQP_BASIC_ACK};
+    m.u.basic_ack.delivery_tag = tag;
+    m.u.basic_ack.multiple = multiple;
+    send(ch, &m);
+    if (ch->conn) ch->conn->srv->broker->stat_confirm++;
+}
+
+static void confirms_synced(void *arg)
+{
+    sync_token_t *t = arg;
+    chan_t *ch = t->ch;
+    size_t n = 0;
+    uint64_t last = 0;
+    while (ch->pend_len && ch->pending[ch->pend_head] <= t->upto) {
+        last = ch->pending[ch->pend_head];
+        ch->pend_head = (ch->pend_head + 1) % ch->pend_cap;
+        ch->pend_len--;
+        n++;
+    }
+    if (n && ch->conn && ch->state == CH_OPEN) confirm_ack(ch, last, n > 1);
+    free(t);
+    chan_unref(ch);
+}
+
+static void pending_push(chan_t *ch, uint64_t seq)
+{
+    if (ch->pend_len == ch->pend_cap) {
+        size_t ncap = ch->pend_cap ? ch->pend_cap * 2 : 64;
+        uint64_t *nb = malloc(ncap * sizeof *nb);
+        if (!nb) abort();
+        for (size_t i = 0; i < ch->pend_len; i++) nb[i] = ch->pending[(ch->pend_head + i) % ch->pend_cap];
+        free(ch->pending);
+        ch->pending = nb;
+        ch->pend_cap = ncap;
+        ch->pend_head = 0;
+    }
+    ch->pending[(ch->pend_head + ch->pend_len++) % ch->pend_cap] = seq;
+}
+
+/* Called before the loop sleeps: one store callback per channel that published durably. */
+void chan_register_syncs(amqp_server_t *s)
+{
+    while (s->sync_list) {
+        chan_t *ch = s->sync_list;
+        s->sync_list = ch->next_sync;
+        ch->sync_wanted = false;
+        sync_token_t *t = malloc(sizeof *t);
+        if (!t) abort();
+        t->ch = ch; /* the reference taken when it joined the list moves to the token */
+        t->upto = ch->pub_seq;
+        store_on_synced(s->broker->store, confirms_synced, t);
+    }
+}
+
+static void confirm_publish(chan_t *ch, bool needs_sync)
+{
+    if (!ch->confirm) return;
+    uint64_t seq = ++ch->pub_seq;
+    if (!needs_sync) {
+        if (ch->pend_len == 0) confirm_ack(ch, seq, false);
+        else pending_push(ch, seq); /* keep order behind earlier durable ones */
+        return;
+    }
+    pending_push(ch, seq);
+    if (!ch->sync_wanted) {
+        amqp_server_t *s = ch->conn->srv;
+        ch->sync_wanted = true;
+        ch->refs++;
+        ch->next_sync = s->sync_list;
+        s->sync_list = ch;
+    }
+}
+
+/* ---- publishing ---- */
+
+static void send_return(chan_t *ch, msg_t *m, int code, const char *text)
+{
+    amqp_method_t r = {.id = AMQP_BASIC_RETURN};
+    r.u.basic_return.reply_code = (uint16_t)code;
+    r.u.basic_return.reply_text = AMQP_BYTES_CSTR(text);
+    r.u.basic_return.exchange = (amqp_bytes_t){(const uint8_t *)m->exchange, m->exchange_len};
+    r.u.basic_return.routing_key = (amqp_bytes_t){(const uint8_t *)m->rk, m->rk_len};
+    send(ch, &r);
+    write_content(ch, m);
+}
+
+/* Routes and enqueues a complete message; returns whether a store sync is needed. */
+static bool deliver_message(chan_t *ch, msg_t *m, bool mandatory)
+{
+    broker_t *b = ch->conn->srv->broker;
+    vhost_t *vh = ch->conn->vh;
+    exchange_t *x = br_exchange(vh, m->exchange, m->exchange_len);
+    ptrvec_t qs = {0};
+    if (x) br_route(x, m, &qs);
+    b->stat_publish++;
+    bool needs_sync = false;
+    if (qs.n == 0) {
+        b->stat_unroutable++;
+        if (mandatory) send_return(ch, m, AMQP_NO_ROUTE, "NO_ROUTE");
+    }
+    for (size_t i = 0; i < qs.n; i++) needs_sync |= q_publish(qs.items[i], m);
+    ptrvec_free(&qs);
+    return needs_sync;
+}
+
+static void publish_complete(chan_t *ch)
+{
+    msg_t *m = ch->pub_msg;
+    ch->pub_msg = NULL;
+    ch->pub = PUB_IDLE;
+    broker_t *b = ch->conn->srv->broker;
+    m->id = b->next_msg_id++;
+    if (ch->tx) {
+        if (ch->txp_len == ch->txp_cap) {
+            ch->txp_cap = ch->txp_cap ? ch->txp_cap * 2 : 16;
+            ch->txp = realloc(ch->txp, ch->txp_cap * sizeof *ch->txp);
+            if (!ch->txp) abort();
+        }
+        ch->txp[ch->txp_len++] = (tx_publish_t){.m = m, .mandatory = ch->pub_mandatory};
+        return;
+    }
+    bool needs_sync = deliver_message(ch, m, ch->pub_mandatory);
+    confirm_publish(ch, needs_sync);
+    msg_unref(m);
+}
+
+static void handle_publish(chan_t *ch, const amqp_method_t *m)
+{
+    amqp_bytes_t xn = m->u.basic_publish.exchange;
+    br_err_t err;
+    exchange_t *x;
+    if (br_publish_target(ch->conn->vh, ch->conn->user, (const char *)xn.ptr, xn.len, &x, &err)) {
+        fail(ch, m->id, &err);
+        return;
+    }
+    ch->pub = PUB_HEADER;
+    ch->pub_x = x;
+    ch->pub_mandatory = m->u.basic_publish.mandatory;
+    /* Keep names for the header frame: stash them in a message shell built there. */
+    amqp_bytes_t rk = m->u.basic_publish.routing_key;
+    msg_t *shell = msg_new((const char *)xn.ptr, xn.len, (const char *)rk.ptr, rk.len, NULL, 0, 0);
+    if (ch->pub_msg) msg_unref(ch->pub_msg);
+    ch->pub_msg = shell;
+}
+
+void chan_handle_header(chan_t *ch, const amqp_frame_t *f)
+{
+    if (ch->state == CH_CLOSING) return;
+    if (ch->pub != PUB_HEADER) {
+        conn_exception(ch->conn, AMQP_UNEXPECTED_FRAME, 0,
+                       "expected method frame, got non method frame instead");
+        return;
+    }
+    uint16_t class_id;
+    uint64_t body_size;
+    amqp_bytes_t raw;
+    amqp_props_t props;
+    int rc = amqp_content_header_decode(f->payload, f->size, &class_id, &body_size, &raw, &props);
+    if (rc) {
+        conn_exception(ch->conn, -rc, AMQP_BASIC_PUBLISH, "malformed content header");
+        return;
+    }
+    if (class_id != AMQP_CLASS_BASIC) {
+        conn_exception(ch->conn, AMQP_UNEXPECTED_FRAME, AMQP_BASIC_PUBLISH,
+                       "expected content header for class 60, got one for class %u instead", class_id);
+        return;
+    }
+    uint64_t max = ch->conn->srv->cfg->max_message_size;
+    if (max && body_size > max) {
+        chan_exception(ch, AMQP_PRECONDITION_FAILED, AMQP_BASIC_PUBLISH,
+                       "message size %llu is larger than configured max size %llu", (unsigned long long)body_size,
+                       (unsigned long long)max);
+        return;
+    }
+    msg_t *shell = ch->pub_msg;
+    msg_t *m = msg_new(shell->exchange, shell->exchange_len, shell->rk, shell->rk_len, raw.ptr, raw.len, body_size);
+    msg_unref(shell);
+    m->persistent = (props.flags & AMQP_P_DELIVERY_MODE) && props.delivery_mode == 2;
+    m->priority = (props.flags & AMQP_P_PRIORITY) ? props.priority : 0;
+    ch->pub_msg = m;
+    ch->pub_got = 0;
+    ch->pub = PUB_BODY;
+    if (body_size == 0) publish_complete(ch);
+}
+
+void chan_handle_body(chan_t *ch, const amqp_frame_t *f)
+{
+    if (ch->state == CH_CLOSING) return;
+    if (ch->pub != PUB_BODY) {
+        conn_exception(ch->conn, AMQP_UNEXPECTED_FRAME, 0,
+                       ch->pub == PUB_HEADER ? "expected content header for class 60, got non content header frame "
+                                               "instead"
+                                             : "expected method frame, got non method frame instead");
+        return;
+    }
+    msg_t *m = ch->pub_msg;
+    if (f->size > m->body_len - ch->pub_got) {
+        conn_exception(ch->conn, AMQP_FRAME_ERROR, AMQP_BASIC_PUBLISH, "content body exceeds declared body size");
+        return;
+    }
+    memcpy(m->body + ch->pub_got, f->payload, f->size);
+    ch->pub_got += f->size;
+    if (ch->pub_got == m->body_len) publish_complete(ch);
+}
+
+/* ---- exchange and queue methods ---- */
+
+static amqp_bytes_t queue_name_or_last(chan_t *ch, amqp_bytes_t name)
+{
+    if (name.len == 0 && ch->last_queue) return AMQP_BYTES_CSTR(ch->last_queue);
+    return name;
+}
+
+static void handle_exchange_declare(chan_t *ch, const amqp_method_t *m)
+{
+    const __typeof__(m->u.exchange_declare) *a = &m->u.exchange_declare;
+    br_err_t err;
+    if (br_exchange_declare(ch->conn->vh, ch->conn->user, (const char *)a->exchange.ptr, a->exchange.len,
+                            (const char *)a->type.ptr, a->type.len, a->passive, a->durable, a->auto_delete,
+                            a->internal, a->arguments, &err))
+        return fail(ch, m->id, &err);
+    if (!a->nowait) send_simple(ch, AMQP_EXCHANGE_DECLARE_OK);
+}
+
+static void handle_exchange_delete(chan_t *ch, const amqp_method_t *m)
+{
+    br_err_t err;
+    amqp_bytes_t n = m->u.exchange_delete.exchange;
+    if (br_exchange_delete(ch->conn->vh, ch->conn->user, (const char *)n.ptr, n.len, m->u.exchange_delete.if_unused,
+                           &err))
+        return fail(ch, m->id, &err);
+    if (!m->u.exchange_delete.nowait) send_simple(ch, AMQP_EXCHANGE_DELETE_OK);
+}
+
+static void handle_exchange_bind(chan_t *ch, const amqp_method_t *m, bool bind)
+{
+    const __typeof__(m->u.exchange_bind) *a = &m->u.exchange_bind;
+    br_err_t err;
+    int rc = (bind ? br_bind : br_unbind)(ch->conn->vh, ch->conn->user, ch->conn->id, false,
+                                          (const char *)a->destination.ptr, a->destination.len,
+                                          (const char *)a->source.ptr, a->source.len, (const char *)a->routing_key.ptr,
+                                          a->routing_key.len, a->arguments, &err);
+    if (rc) return fail(ch, m->id, &err);
+    if (!a->nowait) send_simple(ch, bind ? AMQP_EXCHANGE_BIND_OK : AMQP_EXCHANGE_UNBIND_OK);
+}
+
+static void remember_queue(chan_t *ch, const queue_t *q)
+{
+    free(ch->last_queue);
+    ch->last_queue = strdup(q->name);
+}
+
+static void handle_queue_declare(chan_t *ch, const amqp_method_t *m)
+{
+    const __typeof__(m->u.queue_declare) *a = &m->u.queue_declare;
+    br_err_t err;
+    queue_t *q;
+    amqp_bytes_t name = a->passive ? queue_name_or_last(ch, a->queue) : a->queue;
+    if (br_queue_declare(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)name.ptr, name.len, a->passive,
+                         a->durable, a->exclusive, a->auto_delete, a->arguments, &q, &err))
+        return fail(ch, m->id, &err);
+    remember_queue(ch, q);
+    if (a->nowait) return;
+    amqp_method_t ok = {.id = AMQP_QUEUE_DECLARE_OK};
+    ok.u.queue_declare_ok.queue = (amqp_bytes_t){(const uint8_t *)q->name, q->name_len};
+    ok.u.queue_declare_ok.message_count = q_message_count(q);
+    ok.u.queue_declare_ok.consumer_count = q_consumer_count(q);
+    send(ch, &ok);
+}
+
+static void handle_queue_bind(chan_t *ch, const amqp_method_t *m, bool bind)
+{
+    amqp_bytes_t qn, xn, rk, args;
+    bool nowait = false;
+    if (bind) {
+        qn = m->u.queue_bind.queue, xn = m->u.queue_bind.exchange, rk = m->u.queue_bind.routing_key;
+        args = m->u.queue_bind.arguments, nowait = m->u.queue_bind.nowait;
+    } else {
+        qn = m->u.queue_unbind.queue, xn = m->u.queue_unbind.exchange, rk = m->u.queue_unbind.routing_key;
+        args = m->u.queue_unbind.arguments;
+    }
+    qn = queue_name_or_last(ch, qn);
+    /* RabbitMQ: an empty routing key with an empty queue name means the last queue's name. */
+    if (bind && rk.len == 0 && m->u.queue_bind.queue.len == 0) rk = qn;
+    br_err_t err;
+    int rc = (bind ? br_bind : br_unbind)(ch->conn->vh, ch->conn->user, ch->conn->id, true, (const char *)qn.ptr,
+                                          qn.len, (const char *)xn.ptr, xn.len, (const char *)rk.ptr, rk.len, args,
+                                          &err);
+    if (rc) return fail(ch, m->id, &err);
+    if (!nowait) send_simple(ch, bind ? AMQP_QUEUE_BIND_OK : AMQP_QUEUE_UNBIND_OK);
+}
+
+static void handle_queue_purge(chan_t *ch, const amqp_method_t *m)
+{
+    amqp_bytes_t qn = queue_name_or_last(ch, m->u.queue_purge.queue);
+    br_err_t err;
+    uint32_t n;
+    if (br_queue_purge(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)qn.ptr, qn.len, &n, &err))
+        return fail(ch, m->id, &err);
+    if (m->u.queue_purge.nowait) return;
+    amqp_method_t ok = {.id = AMQP_QUEUE_PURGE_OK};
+    ok.u.queue_purge_ok.message_count = n;
+    send(ch, &ok);
+}
+
+static void handle_queue_delete(chan_t *ch, const amqp_method_t *m)
+{
+    amqp_bytes_t qn = queue_name_or_last(ch, m->u.queue_delete.queue);
+    br_err_t err;
+    uint32_t n;
+    if (br_queue_delete(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)qn.ptr, qn.len,
+                        m->u.queue_delete.if_unused, m->u.queue_delete.if_empty, &n, &err))
+        return fail(ch, m->id, &err);
+    if (m->u.queue_delete.nowait) return;
+    amqp_method_t ok = {.id = AMQP_QUEUE_DELETE_OK};
+    ok.u.queue_delete_ok.message_count = n;
+    send(ch, &ok);
+}
+
+/* ---- basic methods ---- */
+
+static consumer_t *find_consumer(chan_t *ch, amqp_bytes_t tag)
+{
+    for (size_t i = 0; i < ch->consumers.n; i++) {
+        consumer_t *c = ch->consumers.items[i];
+        if (c->tag_len == tag.len && memcmp(c->tag, tag.ptr, tag.len) == 0) return c;
+    }
+    return NULL;
+}
+
+static bool consumer_priority(amqp_bytes_t args, int32_t *prio, char *bad, size_t badlen)
+{
+    *prio = 0;
+    if (!args.len) return true;
+    amqp_table_t t;
+    if (amqp_table_parse(args, &t) != 0) return true;
+    const amqp_value_t *v = amqp_table_get(&t, "x-priority");
+    bool ok = true;
+    if (v) {
+        int64_t p;
+        if (amqp_value_int(v, &p))
+            *prio = (int32_t)p;
+        else {
+            ok = false;
+            snprintf(bad, badlen, "invalid arg 'x-priority'");
+        }
+    }
+    amqp_table_free(&t);
+    return ok;
+}
+
+static void handle_consume(chan_t *ch, const amqp_method_t *m)
+{
+    const __typeof__(m->u.basic_consume) *a = &m->u.basic_consume;
+    amqp_bytes_t qn = queue_name_or_last(ch, a->queue);
+    br_err_t err;
+    queue_t *q;
+    if (br_queue_for_read(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)qn.ptr, qn.len, &q, &err))
+        return fail(ch, m->id, &err);
+    char gen[64];
+    amqp_bytes_t tag = a->consumer_tag;
+    if (tag.len == 0) {
+        uint8_t rnd[16];
+        randombytes_buf(rnd, sizeof rnd);
+        char b64[32];
+        sodium_bin2base64(b64, sizeof b64, rnd, sizeof rnd, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+        snprintf(gen, sizeof gen, "amq.ctag-%s", b64);
+        tag = AMQP_BYTES_CSTR(gen);
+    } else if (find_consumer(ch, tag)) {
+        conn_exception(ch->conn, AMQP_NOT_ALLOWED, m->id, "attempt to reuse consumer tag '%.*s'", BYTES_FMT(tag));
+        return;
+    }
+    bool exclusive_held = false;
+    for (size_t i = 0; i < q->consumers.n; i++)
+        if (((consumer_t *)q->consumers.items[i])->exclusive) exclusive_held = true;
+    if (exclusive_held || (a->exclusive && q->consumers.n)) {
+        chan_exception(ch, AMQP_ACCESS_REFUSED, m->id, "queue '%s' in vhost '%s' in exclusive use", q->name,
+                       q->vh->name);
+        return;
+    }
+    int32_t prio;
+    char bad[128];
+    if (!consumer_priority(a->arguments, &prio, bad, sizeof bad)) {
+        chan_exception(ch, AMQP_PRECONDITION_FAILED, m->id, "%s", bad);
+        return;
+    }
+    consumer_t *c = calloc(1, sizeof *c);
+    if (!c) abort();
+    c->tag = malloc(tag.len + 1);
+    if (!c->tag) abort();
+    memcpy(c->tag, tag.ptr, tag.len);
+    c->tag[tag.len] = '\0';
+    c->tag_len = tag.len;
+    c->no_ack = a->no_ack;
+    c->exclusive = a->exclusive;
+    c->priority = prio;
+    c->prefetch = ch->prefetch;
+    c->ops = &chan_consumer_ops;
+    c->owner = ch;
+    ptrvec_push(&ch->consumers, c);
+    if (!a->nowait) {
+        amqp_method_t ok = {.id = AMQP_BASIC_CONSUME_OK};
+        ok.u.basic_consume_ok.consumer_tag = tag;
+        send(ch, &ok);
+    }
+    /* consume-ok must precede the first delivery: dispatch runs later in the loop iteration. */
+    q_consumer_add(q, c);
+}
+
+static void handle_cancel(chan_t *ch, const amqp_method_t *m)
+{
+    amqp_bytes_t tag = m->u.basic_cancel.consumer_tag;
+    consumer_t *c = find_consumer(ch, tag);
+    if (!m->u.basic_cancel.nowait) {
+        amqp_method_t ok = {.id = AMQP_BASIC_CANCEL_OK};
+        ok.u.basic_cancel_ok.consumer_tag = tag;
+        send(ch, &ok);
+    }
+    if (!c) return;
+    queue_t *q = c->q;
+    consumer_free(ch, c);
+    if (q) q_consumer_remove(q, c);
+}
+
+static void handle_get(chan_t *ch, const amqp_method_t *m)
+{
+    amqp_bytes_t qn = queue_name_or_last(ch, m->u.basic_get.queue);
+    br_err_t err;
+    queue_t *q;
+    if (br_queue_for_read(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)qn.ptr, qn.len, &q, &err))
+        return fail(ch, m->id, &err);
+    qentry_t e;
+    if (!q_get(q, &e)) {
+        send_simple(ch, AMQP_BASIC_GET_EMPTY);
+        return;
+    }
+    uint64_t tag = ch->next_tag++;
+    amqp_method_t ok = {.id = AMQP_BASIC_GET_OK};
+    ok.u.basic_get_ok.delivery_tag = tag;
+    ok.u.basic_get_ok.redelivered = e.redelivered;
+    ok.u.basic_get_ok.exchange = (amqp_bytes_t){(const uint8_t *)e.m->exchange, e.m->exchange_len};
+    ok.u.basic_get_ok.routing_key = (amqp_bytes_t){(const uint8_t *)e.m->rk, e.m->rk_len};
+    ok.u.basic_get_ok.message_count = q_message_count(q);
+    send(ch, &ok);
+    write_content(ch, e.m);
+    q->vh->broker->stat_deliver++;
+    if (m->u.basic_get.no_ack) {
+        q_ack(q, &e);
+        return;
+    }
+    delivery_t *d = dl_push(ch);
+    d->tag = tag;
+    d->q = q;
+    q_ref(q);
+    d->e = e;
+    ch->unacked++;
+}
+
+/* Applies ack/nack/reject; returns false after raising the channel error. */
+static bool apply_ack(chan_t *ch, uint32_t method_id, uint64_t tag, bool multiple, bool ack)
+{
+    if (multiple && tag == 0) {
+        settle_all(ch, ack);
+        return true;
+    }
+    long idx = dl_find(ch, tag);
+    if (idx < 0) {
+        chan_exception(ch, AMQP_PRECONDITION_FAILED, method_id, "unknown delivery tag %llu", (unsigned long long)tag);
+        return false;
+    }
+    if (multiple) {
+        for (long i = 0; i <= idx; i++) {
+            delivery_t *d = dl_at(ch, (size_t)i);
+            if (!d->settled) settle(ch, d, ack);
+        }
+    } else {
+        settle(ch, dl_at(ch, (size_t)idx), ack);
+    }
+    dl_compact(ch);
+    return true;
+}
+
+static void tx_record_ack(chan_t *ch, uint32_t method_id, uint64_t tag, bool multiple, bool requeue, bool is_ack)
+{
+    if (!(multiple && tag == 0) && dl_find(ch, tag) < 0) {
+        chan_exception(ch, AMQP_PRECONDITION_FAILED, method_id, "unknown delivery tag %llu", (unsigned long long)tag);
+        return;
+    }
+    if (ch->txa_len == ch->txa_cap) {
+        ch->txa_cap = ch->txa_cap ? ch->txa_cap * 2 : 16;
+        ch->txa = realloc(ch->txa, ch->txa_cap * sizeof *ch->txa);
+        if (!ch->txa) abort();
+    }
+    ch->txa[ch->txa_len++] = (tx_ack_t){.tag = tag, .multiple = multiple, .requeue = requeue, .is_ack = is_ack};
+}
+
+static void handle_ack_family(chan_t *ch, const amqp_method_t *m)
+{
+    uint64_t tag;
+    bool multiple = false, requeue = false, is_ack = false;
+    if (m->id == AMQP_BASIC_ACK)
+        tag = m->u.basic_ack.delivery_tag, multiple = m->u.basic_ack.multiple, is_ack = true;
+    else if (m->id == AMQP_BASIC_NACK)
+        tag = m->u.basic_nack.delivery_tag, multiple = m->u.basic_nack.multiple, requeue = m->u.basic_nack.requeue;
+    else
+        tag = m->u.basic_reject.delivery_tag, requeue = m->u.basic_reject.requeue;
+    if (ch->tx) {
+        tx_record_ack(ch, m->id, tag, multiple, requeue, is_ack);
+        return;
+    }
+    /* Without dead-lettering, a rejected message that is not requeued is dropped: an "ack". */
+    apply_ack(ch, m->id, tag, multiple, is_ack || !requeue);
+}
+
+static void handle_recover(chan_t *ch, const amqp_method_t *m, bool requeue)
+{
+    if (!requeue) {
+        /* RabbitMQ redelivers in place only for requeue=true. */
+        chan_exception(ch, AMQP_NOT_IMPLEMENTED, m->id, "requeue=false");
+        return;
+    }
+    settle_all(ch, false);
+    if (m->id == AMQP_BASIC_RECOVER) send_simple(ch, AMQP_BASIC_RECOVER_OK);
+}
+
+static void handle_qos(chan_t *ch, const amqp_method_t *m)
+{
+    if (m->u.basic_qos.prefetch_size != 0) {
+        chan_exception(ch, AMQP_NOT_IMPLEMENTED, m->id, "prefetch_size!=0 (%u)", m->u.basic_qos.prefetch_size);
+        return;
+    }
+    if (m->u.basic_qos.global) {
+        ch->global_prefetch = m->u.basic_qos.prefetch_count;
+        chan_on_drain(ch);
+    } else {
+        ch->prefetch = m->u.basic_qos.prefetch_count;
+    }
+    send_simple(ch, AMQP_BASIC_QOS_OK);
+}
+
+/* ---- tx ---- */
+
+static void tx_commit(chan_t *ch, const amqp_method_t *m)
+{
+    if (!ch->tx) {
+        chan_exception(ch, AMQP_PRECONDITION_FAILED, m->id, "channel is not transactional");
+        return;
+    }
+    for (size_t i = 0; i < ch->txp_len; i++) {
+        deliver_message(ch, ch->txp[i].m, ch->txp[i].mandatory);
+        msg_unref(ch->txp[i].m);
+    }
+    ch->txp_len = 0;
+    size_t n = ch->txa_len;
+    ch->txa_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        tx_ack_t *a = &ch->txa[i];
+        if (a->multiple && a->tag == 0) {
+            settle_all(ch, a->is_ack || !a->requeue);
+            continue;
+        }
+        if (dl_find(ch, a->tag) < 0) continue;
+        apply_ack(ch, m->id, a->tag, a->multiple, a->is_ack || !a->requeue);
+    }
+    send_simple(ch, AMQP_TX_COMMIT_OK);
+}
+
+static void tx_rollback(chan_t *ch, const amqp_method_t *m)
+{
+    if (!ch->tx) {
+        chan_exception(ch, AMQP_PRECONDITION_FAILED, m->id, "channel is not transactional");
+        return;
+    }
+    for (size_t i = 0; i < ch->txp_len; i++) msg_unref(ch->txp[i].m);
+    ch->txp_len = 0;
+    ch->txa_len = 0;
+    send_simple(ch, AMQP_TX_ROLLBACK_OK);
+}
+
+/* ---- dispatch ---- */
+
+void chan_handle_method(chan_t *ch, const amqp_method_t *m)
+{
+    if (ch->state == CH_CLOSING) {
+        if (m->id == AMQP_CHANNEL_CLOSE_OK || m->id == AMQP_CHANNEL_CLOSE) {
+            conn_t *c = ch->conn;
+            if (m->id == AMQP_CHANNEL_CLOSE) send_simple(ch, AMQP_CHANNEL_CLOSE_OK);
+            c->chans[ch->id] = NULL;
+            chan_destroy(ch);
+        }
+        return;
+    }
+    if (ch->pub != PUB_IDLE) {
+        conn_exception(ch->conn, AMQP_UNEXPECTED_FRAME, m->id,
+                       ch->pub == PUB_HEADER
+                           ? "expected content header for class 60, got non content header frame instead"
+                           : "expected content body, got non content body frame instead");
+        return;
+    }
+    switch (m->id) {
+    case AMQP_CHANNEL_CLOSE: {
+        conn_t *c = ch->conn;
+        send_simple(ch, AMQP_CHANNEL_CLOSE_OK);
+        c->chans[ch->id] = NULL;
+        chan_destroy(ch);
+        return;
+    }
+    case AMQP_CHANNEL_CLOSE_OK:
+        return;
+    case AMQP_CHANNEL_FLOW: {
+        ch->flow_active = m->u.channel_flow.active;
+        amqp_method_t ok = {.id = AMQP_CHANNEL_FLOW_OK};
+        ok.u.channel_flow_ok.active = ch->flow_active;
+        send(ch, &ok);
+        if (ch->flow_active) chan_on_drain(ch);
+        return;
+    }
+    case AMQP_CHANNEL_FLOW_OK:
+        return;
+    case AMQP_EXCHANGE_DECLARE: return handle_exchange_declare(ch, m);
+    case AMQP_EXCHANGE_DELETE: return handle_exchange_delete(ch, m);
+    case AMQP_EXCHANGE_BIND: return handle_exchange_bind(ch, m, true);
+    case AMQP_EXCHANGE_UNBIND: return handle_exchange_bind(ch, m, false);
+    case AMQP_QUEUE_DECLARE: return handle_queue_declare(ch, m);
+    case AMQP_QUEUE_BIND: return handle_queue_bind(ch, m, true);
+    case AMQP_QUEUE_UNBIND: return handle_queue_bind(ch, m, false);
+    case AMQP_QUEUE_PURGE: return handle_queue_purge(ch, m);
+    case AMQP_QUEUE_DELETE: return handle_queue_delete(ch, m);
+    case AMQP_BASIC_QOS: return handle_qos(ch, m);
+    case AMQP_BASIC_CONSUME: return handle_consume(ch, m);
+    case AMQP_BASIC_CANCEL: return handle_cancel(ch, m);
+    case AMQP_BASIC_PUBLISH: return handle_publish(ch, m);
+    case AMQP_BASIC_GET: return handle_get(ch, m);
+    case AMQP_BASIC_ACK:
+    case AMQP_BASIC_NACK:
+    case AMQP_BASIC_REJECT: return handle_ack_family(ch, m);
+    case AMQP_BASIC_RECOVER: return handle_recover(ch, m, m->u.basic_recover.requeue);
+    case AMQP_BASIC_RECOVER_ASYNC: return handle_recover(ch, m, m->u.basic_recover_async.requeue);
+    case AMQP_CONFIRM_SELECT:
+        if (ch->tx) {
+            chan_exception(ch, AMQP_PRECONDITION_FAILED, m->id, "cannot switch from tx to confirm mode");
+            return;
+        }
+        ch->confirm = true;
+        if (!m->u.confirm_select.nowait) send_simple(ch, AMQP_CONFIRM_SELECT_OK);
+        return;
+    case AMQP_TX_SELECT:
+        if (ch->confirm) {
+            chan_exception(ch, AMQP_PRECONDITION_FAILED, m->id, "cannot switch from confirm to tx mode");
+            return;
+        }
+        ch->tx = true;
+        send_simple(ch, AMQP_TX_SELECT_OK);
+        return;
+    case AMQP_TX_COMMIT: return tx_commit(ch, m);
+    case AMQP_TX_ROLLBACK: return tx_rollback(ch, m);
+    default:
+        conn_exception(ch->conn, AMQP_COMMAND_INVALID, m->id, "method %s is not valid on a channel",
+                       amqp_method_name(m->id));
+    }
+}

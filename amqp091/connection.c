@@ -1,0 +1,607 @@
+/* connection.c - one AMQP 0-9-1 connection: protocol header, handshake, frame parsing,
+ * heartbeats, connection exceptions, and the listener that accepts connections.
+ *
+ * Data flow: net.c hands decrypted bytes to conn_on_data(), which appends them to the input
+ * buffer and parses whole frames. Frames on channel 0 drive the handshake state machine
+ * (CS_HEADER -> CS_START_OK -> CS_TUNE_OK -> CS_OPEN -> CS_RUNNING); frames on other channels
+ * go to channel.c. Output is encoded into conn->out and handed to net.c in one write per
+ * batch (conn_flush), which is called after each input burst and after each delivery.
+ *
+ * A connection exception sends connection.close and moves to CS_CLOSING, where everything but
+ * close/close-ok is discarded (as the spec requires); the socket closes on close-ok or after
+ * a short grace period. */
+#include "amqp091/session.h"
+#include "broker/log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PRODUCT "Warren"
+#define VERSION "0.1.0"
+#define INPUT_BUDGET (256 * 1024) /* bytes parsed per wakeup before yielding */
+
+static const uint8_t protocol_header[8] = {'A', 'M', 'Q', 'P', 0, 0, 9, 1};
+
+/* ---- output ---- */
+
+void conn_flush(conn_t *c)
+{
+    if (!c->out.len || !c->net) return;
+    net_write(c->net, c->out.data, c->out.len);
+    c->out.len = 0;
+    c->last_send = ev_now(c->srv->loop);
+    /* Don't keep a huge buffer around after a large message. */
+    if (c->out.cap > (1u << 20)) amqp_buf_free(&c->out);
+}
+
+void conn_send_method(conn_t *c, uint16_t channel, const amqp_method_t *m)
+{
+    amqp_encode_method(&c->out, channel, m);
+    if (c->out.len > 64 * 1024) conn_flush(c);
+}
+
+bool conn_output_blocked(const conn_t *c)
+{
+    return !c->net || c->state != CS_RUNNING || net_out_pending(c->net) + c->out.len > (1u << 20);
+}
+
+/* ---- closing ---- */
+
+static void conn_free_channels(conn_t *c)
+{
+    if (!c->chans) return;
+    for (uint32_t i = 0; i <= c->channel_max; i++)
+        if (c->chans[i]) {
+            chan_t *ch = c->chans[i];
+            c->chans[i] = NULL;
+            chan_destroy(ch);
+        }
+}
+
+static void conn_close_socket(conn_t *c)
+{
+    if (c->net) net_close(c->net, true);
+}
+
+static void close_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    conn_t *c = w->data;
+    ev_timer_stop(c->srv->loop, &c->close_timer);
+    conn_close_socket(c);
+}
+
+static void conn_start_closing(conn_t *c, int code, const char *text, uint32_t method_id)
+{
+    amqp_method_t m = {.id = AMQP_CONNECTION_CLOSE};
+    m.u.connection_close.reply_code = (uint16_t)code;
+    m.u.connection_close.reply_text = AMQP_BYTES_CSTR(text);
+    m.u.connection_close.class_id = AMQP_METHOD_CLASS(method_id);
+    m.u.connection_close.method_id = AMQP_METHOD_INDEX(method_id);
+    conn_send_method(c, 0, &m);
+    conn_flush(c);
+    c->state = CS_CLOSING;
+    /* The spec says to discard everything until close-ok; channels are gone already. */
+    conn_free_channels(c);
+    ev_timer_set(&c->close_timer, 1.0, 0);
+    ev_timer_start(c->srv->loop, &c->close_timer);
+}
+
+void conn_exception(conn_t *c, int code, uint32_t method_id, const char *fmt, ...)
+{
+    if (c->state == CS_CLOSING || c->state == CS_CLOSED) return;
+    char text[600], detail[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    snprintf(text, sizeof text, "%s - %s", amqp_reply_name(code), detail);
+    log_warn("connection %s:%d: closing with %d %s", net_peer_host(c->net), net_peer_port(c->net), code, text);
+    if (c->state == CS_HEADER || c->state == CS_START_OK) {
+        /* Before tune there is no negotiated channel to talk on for most clients, but RabbitMQ
+         * still sends connection.close for authentication failures. */
+    }
+    conn_start_closing(c, code, text, method_id);
+}
+
+/* ---- handshake ---- */
+
+static void send_start(conn_t *c)
+{
+    amqp_buf_t props = {0};
+    size_t pos = amqp_table_open(&props);
+    size_t cap = amqp_table_put_table_open(&props, "capabilities");
+    static const char *const caps[] = {"publisher_confirms", "exchange_exchange_bindings", "basic.nack",
+                                       "consumer_cancel_notify", "connection.blocked", "consumer_priorities",
+                                       "authentication_failure_close", "per_consumer_qos", "direct_reply_to"};
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++) amqp_table_put_bool(&props, caps[i], true);
+    amqp_table_close(&props, cap);
+    const char *cluster = c->srv->cfg->cluster_name[0] ? c->srv->cfg->cluster_name : c->srv->cfg->node_name;
+    amqp_table_put_longstr(&props, "cluster_name", AMQP_BYTES_CSTR(cluster));
+    amqp_table_put_longstr(&props, "copyright", AMQP_BYTES_CSTR("Copyright (c) Warren authors"));
+    amqp_table_put_longstr(&props, "information", AMQP_BYTES_CSTR("Warren, a RabbitMQ-compatible broker"));
+    amqp_table_put_longstr(&props, "platform", AMQP_BYTES_CSTR("C11/libev"));
+    amqp_table_put_longstr(&props, "product", AMQP_BYTES_CSTR(PRODUCT));
+    amqp_table_put_longstr(&props, "version", AMQP_BYTES_CSTR(VERSION));
+    amqp_table_close(&props, pos);
+    amqp_method_t m = {.id = AMQP_CONNECTION_START};
+    m.u.connection_start.version_major = 0;
+    m.u.connection_start.version_minor = 9;
+    m.u.connection_start.server_properties = (amqp_bytes_t){props.data + 4, props.len - 4};
+    m.u.connection_start.mechanisms = AMQP_BYTES_CSTR("PLAIN AMQPLAIN");
+    m.u.connection_start.locales = AMQP_BYTES_CSTR("en_US");
+    conn_send_method(c, 0, &m);
+    amqp_buf_free(&props);
+}
+
+static void read_client_capabilities(conn_t *c, amqp_bytes_t client_props)
+{
+    amqp_table_t t;
+    if (amqp_table_parse(client_props, &t) != 0) return;
+    const amqp_value_t *caps = amqp_table_get(&t, "capabilities");
+    if (caps && caps->type == 'F') {
+        const amqp_value_t *v = amqp_table_get(&caps->v.table, "consumer_cancel_notify");
+        c->cap_cancel_notify = v && v->type == 't' && v->v.b;
+        v = amqp_table_get(&caps->v.table, "authentication_failure_close");
+        c->cap_auth_failure_close = v && v->type == 't' && v->v.b;
+    }
+    const amqp_value_t *p = amqp_table_get(&t, "product");
+    if (p && p->type == 'S')
+        snprintf(c->client_product, sizeof c->client_product, "%.*s", (int)p->v.str.len, (const char *)p->v.str.ptr);
+    amqp_table_free(&t);
+}
+
+/* Extracts user and password from a SASL response. */
+static bool sasl_credentials(amqp_bytes_t mech, amqp_bytes_t resp, amqp_bytes_t *user, amqp_bytes_t *pass,
+                             amqp_table_t *holder)
+{
+    if (amqp_bytes_eq_cstr(mech, "PLAIN")) {
+        /* [authzid] \0 authcid \0 passwd */
+        const uint8_t *z1 = memchr(resp.ptr, 0, resp.len);
+        if (!z1) return false;
+        const uint8_t *rest = z1 + 1;
+        size_t rlen = resp.len - (size_t)(rest - resp.ptr);
+        const uint8_t *z2 = memchr(rest, 0, rlen);
+        if (!z2) return false;
+        *user = (amqp_bytes_t){rest, (size_t)(z2 - rest)};
+        *pass = (amqp_bytes_t){z2 + 1, rlen - (size_t)(z2 + 1 - rest)};
+        return true;
+    }
+    if (amqp_bytes_eq_cstr(mech, "AMQPLAIN")) {
+        if (amqp_table_parse(resp, holder) != 0) return false;
+        const amqp_value_t *l = amqp_table_get(holder, "LOGIN"), *p = amqp_table_get(holder, "PASSWORD");
+        if (!l || !p || (l->type != 'S' && l->type != 'x') || (p->type != 'S' && p->type != 'x')) return false;
+        *user = l->v.str;
+        *pass = p->v.str;
+        return true;
+    }
+    return false;
+}
+
+static void handle_start_ok(conn_t *c, const amqp_method_t *m)
+{
+    read_client_capabilities(c, m->u.connection_start_ok.client_properties);
+    amqp_bytes_t mech = m->u.connection_start_ok.mechanism;
+    if (!amqp_bytes_eq_cstr(mech, "PLAIN") && !amqp_bytes_eq_cstr(mech, "AMQPLAIN")) {
+        conn_exception(c, AMQP_COMMAND_INVALID, m->id, "unknown authentication mechanism '%.*s'", (int)mech.len,
+                       (const char *)mech.ptr);
+        return;
+    }
+    amqp_bytes_t user = {0}, pass = {0};
+    amqp_table_t holder = {0};
+    bool parsed = sasl_credentials(mech, m->u.connection_start_ok.response, &user, &pass, &holder);
+    user_t *u = parsed ? br_authenticate(c->srv->broker, (const char *)user.ptr, user.len, (const char *)pass.ptr,
+                                         pass.len)
+                       : NULL;
+    bool loopback_refused = u && br_user_is_loopback_only(c->srv->broker, u) && !net_peer_is_loopback(c->net);
+    if (!u || loopback_refused) {
+        if (loopback_refused)
+            log_warn("user '%s' can only connect via localhost", u->name);
+        else
+            log_warn("login failed for user '%.*s' from %s", (int)user.len, (const char *)user.ptr,
+                     net_peer_host(c->net));
+        amqp_table_free(&holder);
+        conn_exception(c, AMQP_ACCESS_REFUSED, m->id,
+                       "Login was refused using authentication mechanism %.*s. For details see the broker logfile.",
+                       (int)mech.len, (const char *)mech.ptr);
+        return;
+    }
+    amqp_table_free(&holder);
+    c->user = u;
+    amqp_method_t t = {.id = AMQP_CONNECTION_TUNE};
+    t.u.connection_tune.channel_max = (uint16_t)c->srv->cfg->channel_max;
+    t.u.connection_tune.frame_max = c->srv->cfg->frame_max;
+    t.u.connection_tune.heartbeat = (uint16_t)c->srv->cfg->heartbeat;
+    conn_send_method(c, 0, &t);
+    c->state = CS_TUNE_OK;
+}
+
+static void heartbeat_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    conn_t *c = w->data;
+    ev_tstamp now = ev_now(loop);
+    if (now - c->last_recv > 2.0 * c->heartbeat) {
+        log_warn("missed heartbeats from client %s:%d, timeout: %ds", net_peer_host(c->net), net_peer_port(c->net),
+                 c->heartbeat);
+        ev_timer_stop(loop, &c->hb_timer);
+        c->state = CS_CLOSED;
+        conn_free_channels(c);
+        conn_close_socket(c);
+        return;
+    }
+    if (now - c->last_send >= c->heartbeat / 2.0) {
+        amqp_encode_heartbeat(&c->out);
+        conn_flush(c);
+    }
+}
+
+static void handle_tune_ok(conn_t *c, const amqp_method_t *m)
+{
+    uint32_t fm = m->u.connection_tune_ok.frame_max;
+    uint16_t cm = m->u.connection_tune_ok.channel_max;
+    uint32_t server_fm = c->srv->cfg->frame_max;
+    uint16_t server_cm = (uint16_t)c->srv->cfg->channel_max;
+    if (fm != 0 && fm < AMQP_FRAME_MIN_SIZE) {
+        conn_exception(c, AMQP_NOT_ALLOWED, m->id, "frame_max=%u < %d min size", fm, AMQP_FRAME_MIN_SIZE);
+        return;
+    }
+    if (server_fm && (fm == 0 || fm > server_fm)) {
+        conn_exception(c, AMQP_NOT_ALLOWED, m->id, "frame_max=%u > %u max size", fm, server_fm);
+        return;
+    }
+    if (server_cm && (cm == 0 || cm > server_cm)) {
+        conn_exception(c, AMQP_NOT_ALLOWED, m->id, "channel_max=%u > %u max size", cm, server_cm);
+        return;
+    }
+    c->frame_max = fm ? fm : server_fm;
+    c->channel_max = cm ? cm : (server_cm ? server_cm : 65535);
+    c->heartbeat = m->u.connection_tune_ok.heartbeat;
+    c->chans = calloc((size_t)c->channel_max + 1, sizeof *c->chans);
+    if (!c->chans) abort();
+    if (c->heartbeat) {
+        double period = c->heartbeat / 2.0;
+        ev_timer_set(&c->hb_timer, period, period);
+        ev_timer_start(c->srv->loop, &c->hb_timer);
+    }
+    c->state = CS_OPEN;
+}
+
+static void handle_open(conn_t *c, const amqp_method_t *m)
+{
+    amqp_bytes_t vh = m->u.connection_open.virtual_host;
+    br_err_t err;
+    if (br_check_vhost_access(c->srv->broker, c->user, (const char *)vh.ptr, vh.len, &c->vh, &err)) {
+        conn_exception(c, err.code, m->id, "%s", err.text);
+        return;
+    }
+    amqp_method_t ok = {.id = AMQP_CONNECTION_OPEN_OK};
+    conn_send_method(c, 0, &ok);
+    c->state = CS_RUNNING;
+}
+
+static void handle_channel0(conn_t *c, const amqp_method_t *m)
+{
+    if (m->id == AMQP_CONNECTION_CLOSE) {
+        amqp_method_t ok = {.id = AMQP_CONNECTION_CLOSE_OK};
+        conn_free_channels(c);
+        conn_send_method(c, 0, &ok);
+        conn_flush(c);
+        c->state = CS_CLOSED;
+        conn_close_socket(c);
+        return;
+    }
+    if (m->id == AMQP_CONNECTION_CLOSE_OK) {
+        if (c->state == CS_CLOSING) {
+            c->state = CS_CLOSED;
+            conn_close_socket(c);
+        }
+        return;
+    }
+    if (c->state == CS_CLOSING) return;
+    if (m->id == AMQP_CONNECTION_START_OK && c->state == CS_START_OK) return handle_start_ok(c, m);
+    if (m->id == AMQP_CONNECTION_TUNE_OK && c->state == CS_TUNE_OK) return handle_tune_ok(c, m);
+    if (m->id == AMQP_CONNECTION_OPEN && c->state == CS_OPEN) return handle_open(c, m);
+    if (m->id == AMQP_CONNECTION_UPDATE_SECRET && c->state == CS_RUNNING) {
+        amqp_method_t ok = {.id = AMQP_CONNECTION_UPDATE_SECRET_OK};
+        conn_send_method(c, 0, &ok);
+        return;
+    }
+    if (m->id == AMQP_CONNECTION_BLOCKED || m->id == AMQP_CONNECTION_UNBLOCKED) return;
+    conn_exception(c, AMQP_COMMAND_INVALID, m->id, "unexpected method %s on channel 0 in this state",
+                   amqp_method_name(m->id));
+}
+
+/* ---- frames ---- */
+
+static void handle_frame(conn_t *c, const amqp_frame_t *f)
+{
+    c->last_recv = ev_now(c->srv->loop);
+    if (f->type == AMQP_FRAME_HEARTBEAT) {
+        if (f->channel != 0)
+            conn_exception(c, AMQP_FRAME_ERROR, 0, "heartbeat frame on channel %u", f->channel);
+        return;
+    }
+    if (c->state == CS_CLOSING) {
+        if (f->type != AMQP_FRAME_METHOD || f->channel != 0) return;
+    }
+    if (f->channel == 0) {
+        if (f->type != AMQP_FRAME_METHOD) {
+            conn_exception(c, AMQP_UNEXPECTED_FRAME, 0, "expected method frame on channel 0, got frame type %d",
+                           f->type);
+            return;
+        }
+        amqp_method_t m;
+        int rc = amqp_method_decode(f->payload, f->size, &m);
+        if (rc) {
+            conn_exception(c, rc == -AMQP_COMMAND_INVALID ? AMQP_COMMAND_INVALID : -rc, m.id,
+                           "cannot decode method frame on channel 0");
+            return;
+        }
+        handle_channel0(c, &m);
+        return;
+    }
+    if (c->state != CS_RUNNING) {
+        conn_exception(c, AMQP_COMMAND_INVALID, 0, "channel %u used before connection.open", f->channel);
+        return;
+    }
+    if (f->channel > c->channel_max) {
+        conn_exception(c, AMQP_CHANNEL_ERROR, 0, "channel %u exceeds channel_max %u", f->channel, c->channel_max);
+        return;
+    }
+    chan_t *ch = c->chans[f->channel];
+    if (f->type == AMQP_FRAME_METHOD) {
+        amqp_method_t m;
+        int rc = amqp_method_decode(f->payload, f->size, &m);
+        if (rc) {
+            if (rc == -AMQP_COMMAND_INVALID)
+                conn_exception(c, AMQP_NOT_IMPLEMENTED, m.id, "unknown method %u.%u", AMQP_METHOD_CLASS(m.id),
+                               AMQP_METHOD_INDEX(m.id));
+            else
+                conn_exception(c, -rc, m.id, "cannot decode arguments of %s", amqp_method_name(m.id));
+            return;
+        }
+        if (!ch) {
+            if (m.id != AMQP_CHANNEL_OPEN) {
+                conn_exception(c, AMQP_CHANNEL_ERROR, m.id, "expected 'channel.open'");
+                return;
+            }
+            ch = chan_new(c, f->channel);
+            c->chans[f->channel] = ch;
+            amqp_method_t ok = {.id = AMQP_CHANNEL_OPEN_OK};
+            conn_send_method(c, f->channel, &ok);
+            return;
+        }
+        if (m.id == AMQP_CHANNEL_OPEN && ch->state == CH_OPEN) {
+            conn_exception(c, AMQP_CHANNEL_ERROR, m.id, "second 'channel.open' seen");
+            return;
+        }
+        chan_handle_method(ch, &m);
+        return;
+    }
+    if (!ch) {
+        conn_exception(c, AMQP_CHANNEL_ERROR, 0, "expected 'channel.open'");
+        return;
+    }
+    if (f->type == AMQP_FRAME_HEADER)
+        chan_handle_header(ch, f);
+    else if (f->type == AMQP_FRAME_BODY)
+        chan_handle_body(ch, f);
+    else
+        conn_exception(c, AMQP_FRAME_ERROR, 0, "unknown frame type %d", f->type);
+}
+
+static void conn_parse(conn_t *c)
+{
+    size_t off = 0;
+    while (c->state != CS_CLOSED && c->net) {
+        if (c->state == CS_HEADER) {
+            if (c->in_len - off < 8) break;
+            if (memcmp(c->in + off, protocol_header, 8) != 0) {
+                net_write(c->net, protocol_header, 8);
+                c->state = CS_CLOSED;
+                conn_close_socket(c);
+                break;
+            }
+            off += 8;
+            c->state = CS_START_OK;
+            send_start(c);
+            continue;
+        }
+        amqp_frame_t f;
+        /* Before tune-ok the limit is the spec's minimum frame size... but start-ok may carry
+         * a larger client-properties table, so allow the server's frame_max then too. */
+        uint32_t limit = c->frame_max ? c->frame_max : c->srv->cfg->frame_max;
+        long n = amqp_frame_parse(c->in + off, c->in_len - off, limit, &f);
+        if (n == 0) break;
+        if (n < 0) {
+            conn_exception(c, AMQP_FRAME_ERROR, 0, "malformed frame (bad frame end or size over frame_max %u)",
+                           limit);
+            off = c->in_len;
+            break;
+        }
+        off += (size_t)n;
+        handle_frame(c, &f);
+    }
+    if (off) {
+        memmove(c->in, c->in + off, c->in_len - off);
+        c->in_len -= off;
+    }
+}
+
+static void conn_on_data(void *ud, const uint8_t *data, size_t len)
+{
+    conn_t *c = ud;
+    if (c->state == CS_CLOSED) return;
+    if (c->in_len + len > c->in_cap) {
+        size_t ncap = c->in_cap ? c->in_cap : 16384;
+        while (ncap < c->in_len + len) ncap *= 2;
+        c->in = realloc(c->in, ncap);
+        if (!c->in) abort();
+        c->in_cap = ncap;
+    }
+    memcpy(c->in + c->in_len, data, len);
+    c->in_len += len;
+    c->last_recv = ev_now(c->srv->loop);
+    conn_parse(c);
+    conn_flush(c);
+    /* Shrink the input buffer after a large frame went through. */
+    if (c->in_len == 0 && c->in_cap > (1u << 20)) {
+        free(c->in);
+        c->in = NULL;
+        c->in_cap = 0;
+    }
+}
+
+static void conn_on_drain(void *ud)
+{
+    conn_t *c = ud;
+    if (!c->chans) return;
+    for (uint32_t i = 1; i <= c->channel_max; i++)
+        if (c->chans[i]) chan_on_drain(c->chans[i]);
+}
+
+static void conn_on_close(void *ud)
+{
+    conn_t *c = ud;
+    amqp_server_t *s = c->srv;
+    c->net = NULL;
+    c->state = CS_CLOSED;
+    ev_timer_stop(s->loop, &c->hb_timer);
+    ev_timer_stop(s->loop, &c->close_timer);
+    conn_free_channels(c);
+    br_connection_closed(s->broker, c->id);
+    if (c->prev) c->prev->next = c->next;
+    else s->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    free(c->chans);
+    free(c->in);
+    amqp_buf_free(&c->out);
+    free(c);
+}
+
+static const net_handler_t conn_handler = {
+    .on_data = conn_on_data,
+    .on_drain = conn_on_drain,
+    .on_close = conn_on_close,
+};
+
+static void on_accept(void *arg, net_conn_t *nc)
+{
+    amqp_server_t *s = arg;
+    conn_t *c = calloc(1, sizeof *c);
+    if (!c) abort();
+    c->srv = s;
+    c->net = nc;
+    c->id = ++s->next_conn_id;
+    c->state = CS_HEADER;
+    c->last_recv = c->last_send = ev_now(s->loop);
+    ev_timer_init(&c->hb_timer, heartbeat_cb, 0, 0);
+    c->hb_timer.data = c;
+    ev_timer_init(&c->close_timer, close_timeout_cb, 1.0, 0);
+    c->close_timer.data = c;
+    c->next = s->conns;
+    if (s->conns) s->conns->prev = c;
+    s->conns = c;
+    net_conn_set_handler(nc, &conn_handler, c);
+    if (s->shutting_down) net_close(nc, false);
+}
+
+/* ---- server ---- */
+
+static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    amqp_server_t *s = w->data;
+    chan_register_syncs(s);
+    for (conn_t *c = s->conns; c; c = c->next) conn_flush(c);
+}
+
+amqp_server_t *amqp_server_start(struct ev_loop *loop, broker_t *b, cfg_t *cfg, char *err, size_t errlen)
+{
+    amqp_server_t *s = calloc(1, sizeof *s);
+    if (!s) abort();
+    s->loop = loop;
+    s->broker = b;
+    s->cfg = cfg;
+    if (cfg->n_ssl > 0) {
+        char certfile[600], keyfile[600];
+        snprintf(certfile, sizeof certfile, "%s", cfg->ssl_certfile);
+        snprintf(keyfile, sizeof keyfile, "%s", cfg->ssl_keyfile);
+        if (!certfile[0] || !keyfile[0]) {
+            snprintf(certfile, sizeof certfile, "%s/tls/server_certificate.pem", cfg->data_dir);
+            snprintf(keyfile, sizeof keyfile, "%s/tls/server_key.pem", cfg->data_dir);
+            if (net_tls_make_self_signed(certfile, keyfile, err, errlen)) goto fail;
+            log_info("AMQPS: using the self-signed certificate %s", certfile);
+        }
+        s->tls = net_tls_server_ctx(certfile, keyfile, cfg->ssl_cacertfile[0] ? cfg->ssl_cacertfile : NULL,
+                                    cfg->ssl_verify_peer, cfg->ssl_fail_if_no_peer_cert, err, errlen);
+        if (!s->tls) goto fail;
+    }
+    for (int i = 0; i < cfg->n_tcp; i++) {
+        net_listener_t *l = net_listen(loop, cfg->tcp[i].host, cfg->tcp[i].port, NULL, on_accept, s, err, errlen);
+        if (!l) goto fail;
+        s->listeners[s->n_listeners++] = l;
+        log_info("AMQP 0-9-1 listening on %s:%d", cfg->tcp[i].host[0] ? cfg->tcp[i].host : "[::]",
+                 net_listener_port(l));
+    }
+    for (int i = 0; i < cfg->n_ssl; i++) {
+        net_listener_t *l = net_listen(loop, cfg->ssl[i].host, cfg->ssl[i].port, s->tls, on_accept, s, err, errlen);
+        if (!l) goto fail;
+        s->listeners[s->n_listeners++] = l;
+        log_info("AMQP 0-9-1 over TLS listening on %s:%d", cfg->ssl[i].host[0] ? cfg->ssl[i].host : "[::]",
+                 net_listener_port(l));
+    }
+    ev_prepare_init(&s->prepare, prepare_cb);
+    s->prepare.data = s;
+    ev_prepare_start(loop, &s->prepare);
+    ev_unref(loop);
+    return s;
+fail:
+    for (int i = 0; i < s->n_listeners; i++) net_listener_close(s->listeners[i]);
+    if (s->tls) SSL_CTX_free(s->tls);
+    free(s);
+    return NULL;
+}
+
+int amqp_server_port(const amqp_server_t *s, bool tls)
+{
+    int tcp_n = s->cfg->n_tcp;
+    if (!tls) return tcp_n > 0 && s->n_listeners > 0 ? net_listener_port(s->listeners[0]) : 0;
+    return s->cfg->n_ssl > 0 && s->n_listeners > tcp_n ? net_listener_port(s->listeners[tcp_n]) : 0;
+}
+
+size_t amqp_server_connection_count(const amqp_server_t *s)
+{
+    size_t n = 0;
+    for (const conn_t *c = s->conns; c; c = c->next) n++;
+    return n;
+}
+
+void amqp_server_shutdown(amqp_server_t *s)
+{
+    s->shutting_down = true;
+    for (int i = 0; i < s->n_listeners; i++) net_listener_close(s->listeners[i]);
+    s->n_listeners = 0;
+    for (conn_t *c = s->conns; c; c = c->next) {
+        if (c->state == CS_RUNNING || c->state == CS_OPEN || c->state == CS_TUNE_OK) {
+            conn_start_closing(c, AMQP_CONNECTION_FORCED,
+                               "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'", 0);
+        } else if (c->state != CS_CLOSED && c->state != CS_CLOSING) {
+            c->state = CS_CLOSED;
+            conn_close_socket(c);
+        }
+    }
+}
+
+void amqp_server_free(amqp_server_t *s)
+{
+    ev_ref(s->loop);
+    ev_prepare_stop(s->loop, &s->prepare);
+    if (s->tls) SSL_CTX_free(s->tls);
+    free(s);
+}

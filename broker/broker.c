@@ -1,0 +1,603 @@
+/* broker.c - the node's registry (vhosts, users) and the operations adapters call: declare,
+ * delete, bind, purge, lookups for publish and consume, with RabbitMQ's permission checks,
+ * equivalence rules and reply texts.
+ *
+ * Order of checks follows RabbitMQ's channel: name validation, then permission, then
+ * existence/equivalence, so the same bad request yields the same reply code here as there.
+ * Durable definitions are written to the store as they change (exchange.c, queue.c); the
+ * store's batches are ordered, so a message confirmed after a declare implies the declare is
+ * durable too. */
+#include "broker/broker.h"
+#include "broker/headers_match.h"
+#include "broker/log.h"
+
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* exchange.c */
+int ex_type_parse(const char *t, size_t len);
+const char *ex_type_name(ex_type_t t);
+exchange_t *ex_new(vhost_t *vh, const char *name, size_t len, ex_type_t type, bool durable, bool auto_delete,
+                   bool internal, amqp_bytes_t args);
+void ex_persist(exchange_t *x);
+void ex_delete(exchange_t *x);
+binding_t *ex_find_binding(exchange_t *x, bool dest_is_queue, void *dest, const char *key, size_t klen,
+                           amqp_bytes_t args);
+binding_t *ex_binding_add(exchange_t *x, bool dest_is_queue, void *dest, const char *key, size_t klen,
+                          amqp_bytes_t args, bool persist);
+void br_binding_remove(binding_t *bd);
+
+int br_fail(br_err_t *err, int code, const char *fmt, ...)
+{
+    err->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->text, sizeof err->text, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+static void dispatch_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    br_dispatch_pending(w->data);
+}
+
+broker_t *broker_new(struct ev_loop *loop, cfg_t *cfg, store_t *store)
+{
+    broker_t *b = calloc(1, sizeof *b);
+    if (!b) abort();
+    b->loop = loop;
+    b->cfg = cfg;
+    b->store = store;
+    dict_init(&b->vhosts);
+    dict_init(&b->users);
+    /* Message and queue ids only need to be unique on this node, across restarts too:
+     * recovery raises them past every stored id. */
+    b->next_msg_id = 1;
+    b->next_queue_uid = 1;
+    b->page_out_threshold = 64u << 20;
+    if (loop) {
+        ev_prepare_init(&b->dispatch_watcher, dispatch_cb);
+        b->dispatch_watcher.data = b;
+        ev_prepare_start(loop, &b->dispatch_watcher);
+        ev_unref(loop);
+    }
+    return b;
+}
+
+static void perm_free(perm_t *p)
+{
+    auth_regex_free(p->configure);
+    auth_regex_free(p->write);
+    auth_regex_free(p->read);
+    free(p);
+}
+
+static void user_free(user_t *u)
+{
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&u->perms, &pos, NULL, NULL, &v)) perm_free(v);
+    dict_free(&u->perms);
+    free(u->name);
+    free(u->password_hash);
+    free(u->tags);
+    free(u);
+}
+
+void broker_free(broker_t *b)
+{
+    if (b->loop) {
+        ev_ref(b->loop);
+        ev_prepare_stop(b->loop, &b->dispatch_watcher);
+    }
+    br_dispatch_pending(b);
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&b->vhosts, &pos, NULL, NULL, &v)) {
+        vhost_t *vh = v;
+        size_t qp = 0;
+        void *qv;
+        while (dict_next(&vh->queues, &qp, NULL, NULL, &qv)) {
+            queue_t *q = qv;
+            /* Shutdown, not deletion: keep durable records on disk. */
+            q->durable = false;
+            q_delete(q);
+        }
+        size_t xp = 0;
+        void *xv;
+        while (dict_next(&vh->exchanges, &xp, NULL, NULL, &xv)) {
+            exchange_t *x = xv;
+            x->durable = false;
+            ex_delete(x);
+        }
+        dict_free(&vh->queues);
+        dict_free(&vh->exchanges);
+        free(vh->name);
+        free(vh);
+    }
+    dict_free(&b->vhosts);
+    pos = 0;
+    while (dict_next(&b->users, &pos, NULL, NULL, &v)) user_free(v);
+    dict_free(&b->users);
+    free(b);
+}
+
+/* ---- vhosts and users ---- */
+
+vhost_t *br_vhost(broker_t *b, const char *name, size_t len) { return dict_get(&b->vhosts, name, len); }
+
+vhost_t *br_vhost_add(broker_t *b, const char *name)
+{
+    vhost_t *vh = br_vhost(b, name, strlen(name));
+    if (vh) return vh;
+    vh = calloc(1, sizeof *vh);
+    if (!vh) abort();
+    vh->broker = b;
+    vh->name = strdup(name);
+    dict_init(&vh->exchanges);
+    dict_init(&vh->queues);
+    dict_set(&b->vhosts, name, strlen(name), vh);
+    /* The standard exchanges every RabbitMQ vhost has. */
+    static const struct { const char *name; ex_type_t type; bool internal; } std[] = {
+        {"", EX_DIRECT, false},         {"amq.direct", EX_DIRECT, false}, {"amq.fanout", EX_FANOUT, false},
+        {"amq.topic", EX_TOPIC, false}, {"amq.headers", EX_HEADERS, false}, {"amq.match", EX_HEADERS, false},
+        {"amq.rabbitmq.trace", EX_TOPIC, true},
+    };
+    for (size_t i = 0; i < sizeof std / sizeof std[0]; i++)
+        ex_new(vh, std[i].name, strlen(std[i].name), std[i].type, true, false, std[i].internal, AMQP_BYTES_EMPTY);
+    if (b->store) {
+        size_t nl = strlen(name);
+        uint8_t *key = malloc(1 + nl);
+        if (!key) abort();
+        key[0] = KEY_VHOST;
+        memcpy(key + 1, name, nl);
+        store_put(b->store, key, 1 + nl, "", 0);
+        free(key);
+    }
+    return vh;
+}
+
+user_t *br_user(broker_t *b, const char *name, size_t len) { return dict_get(&b->users, name, len); }
+
+user_t *br_user_add(broker_t *b, const char *name, auth_hash_alg_t alg, const char *hash, const char *tags)
+{
+    user_t *u = br_user(b, name, strlen(name));
+    if (!u) {
+        u = calloc(1, sizeof *u);
+        if (!u) abort();
+        u->name = strdup(name);
+        dict_init(&u->perms);
+        dict_set(&b->users, name, strlen(name), u);
+    }
+    free(u->password_hash);
+    free(u->tags);
+    u->hash_alg = alg;
+    u->password_hash = hash ? strdup(hash) : NULL;
+    u->tags = strdup(tags ? tags : "");
+    return u;
+}
+
+int br_set_permissions(broker_t *b, user_t *u, vhost_t *vh, const char *configure, const char *write,
+                       const char *read, char *err, size_t errlen)
+{
+    (void)b;
+    perm_t *p = calloc(1, sizeof *p);
+    if (!p) abort();
+    p->configure = auth_regex_compile(configure, err, errlen);
+    p->write = p->configure ? auth_regex_compile(write, err, errlen) : NULL;
+    p->read = p->write ? auth_regex_compile(read, err, errlen) : NULL;
+    if (!p->read) {
+        perm_free(p);
+        return -1;
+    }
+    perm_t *old = dict_set(&u->perms, vh->name, strlen(vh->name), p);
+    if (old) perm_free(old);
+    return 0;
+}
+
+user_t *br_authenticate(broker_t *b, const char *name, size_t nlen, const char *pw, size_t pwlen)
+{
+    user_t *u = br_user(b, name, nlen);
+    if (!u || !u->password_hash) return NULL;
+    return auth_check_password(u->hash_alg, u->password_hash, pw, pwlen) ? u : NULL;
+}
+
+bool br_user_is_loopback_only(broker_t *b, const user_t *u)
+{
+    for (int i = 0; i < b->cfg->n_loopback_users; i++)
+        if (strcmp(b->cfg->loopback_users[i], u->name) == 0) return true;
+    return false;
+}
+
+int br_check_vhost_access(broker_t *b, user_t *u, const char *vhost, size_t len, vhost_t **out, br_err_t *err)
+{
+    vhost_t *vh = br_vhost(b, vhost, len);
+    if (!vh || !dict_get(&u->perms, vhost, len))
+        return br_fail(err, BR_NOT_ALLOWED, "access to vhost '%.*s' refused for user '%s'", (int)len, vhost,
+                       u->name);
+    *out = vh;
+    return 0;
+}
+
+int br_check_perm(user_t *u, vhost_t *vh, enum perm_kind kind, bool is_queue, const char *name, size_t len,
+                  br_err_t *err)
+{
+    if (!u) return 0;
+    perm_t *p = dict_get(&u->perms, vh->name, strlen(vh->name));
+    const char *res = len ? name : "amq.default";
+    size_t rlen = len ? len : strlen("amq.default");
+    if (!is_queue && len == 0) {
+        name = res;
+        len = rlen;
+    }
+    const auth_regex_t *re = NULL;
+    if (p) re = kind == PERM_CONFIGURE ? p->configure : kind == PERM_WRITE ? p->write : p->read;
+    if (re && auth_regex_match(re, res, rlen)) return 0;
+    return br_fail(err, BR_ACCESS_REFUSED, "access to %s '%.*s' in vhost '%s' refused for user '%s'",
+                   is_queue ? "queue" : "exchange", (int)rlen, res, vh->name, u->name);
+}
+
+/* ---- exchanges ---- */
+
+exchange_t *br_exchange(vhost_t *vh, const char *name, size_t len) { return dict_get(&vh->exchanges, name, len); }
+
+static bool has_amq_prefix(const char *name, size_t len) { return len >= 4 && memcmp(name, "amq.", 4) == 0; }
+
+static const char *bool_text(bool v) { return v ? "true" : "false"; }
+
+int br_exchange_declare(vhost_t *vh, user_t *u, const char *name, size_t len, const char *type, size_t tlen,
+                        bool passive, bool durable, bool auto_delete, bool internal, amqp_bytes_t args,
+                        br_err_t *err)
+{
+    if (passive) {
+        if (len == 0) return 0;
+        if (!br_exchange(vh, name, len))
+            return br_fail(err, BR_NOT_FOUND, "no exchange '%.*s' in vhost '%s'", (int)len, name, vh->name);
+        return 0;
+    }
+    if (len == 0) return br_fail(err, BR_ACCESS_REFUSED, "operation not permitted on the default exchange");
+    int t = ex_type_parse(type, tlen);
+    if (t < 0) return br_fail(err, BR_COMMAND_INVALID, "unknown exchange type '%.*s'", (int)tlen, type);
+    exchange_t *x = br_exchange(vh, name, len);
+    if (!x && has_amq_prefix(name, len))
+        return br_fail(err, BR_ACCESS_REFUSED, "exchange name '%.*s' contains reserved prefix 'amq.*'", (int)len,
+                       name);
+    if (br_check_perm(u, vh, PERM_CONFIGURE, false, name, len, err)) return err->code;
+    if (x) {
+        const char *what = NULL, *got = NULL, *cur = NULL;
+        if ((int)x->type != t)
+            what = "type", got = ex_type_name((ex_type_t)t), cur = ex_type_name(x->type);
+        else if (x->durable != durable)
+            what = "durable", got = bool_text(durable), cur = bool_text(x->durable);
+        else if (x->auto_delete != auto_delete)
+            what = "auto_delete", got = bool_text(auto_delete), cur = bool_text(x->auto_delete);
+        else if (x->internal != internal)
+            what = "internal", got = bool_text(internal), cur = bool_text(x->internal);
+        if (what)
+            return br_fail(err, BR_PRECONDITION_FAILED,
+                           "inequivalent arg '%s' for exchange '%.*s' in vhost '%s': received '%s' but current is "
+                           "'%s'",
+                           what, (int)len, name, vh->name, got, cur);
+        return 0;
+    }
+    x = ex_new(vh, name, len, (ex_type_t)t, durable, auto_delete, internal, args);
+    ex_persist(x);
+    return 0;
+}
+
+int br_exchange_delete(vhost_t *vh, user_t *u, const char *name, size_t len, bool if_unused, br_err_t *err)
+{
+    if (len == 0 || (has_amq_prefix(name, len) && br_exchange(vh, name, len)))
+        return br_fail(err, BR_ACCESS_REFUSED, len ? "exchange '%.*s' in vhost '%s' is a built-in exchange"
+                                                   : "operation not permitted on the default exchange%.*s%.0s",
+                       (int)len, name, vh->name);
+    if (br_check_perm(u, vh, PERM_CONFIGURE, false, name, len, err)) return err->code;
+    exchange_t *x = br_exchange(vh, name, len);
+    if (!x) return 0;
+    if (if_unused && x->bindings.n)
+        return br_fail(err, BR_PRECONDITION_FAILED, "exchange '%.*s' in vhost '%s' in use", (int)len, name, vh->name);
+    ex_delete(x);
+    return 0;
+}
+
+/* ---- queues ---- */
+
+queue_t *br_queue(vhost_t *vh, const char *name, size_t len) { return dict_get(&vh->queues, name, len); }
+
+static int exclusive_locked(queue_t *q, br_err_t *err)
+{
+    return br_fail(err, BR_RESOURCE_LOCKED,
+                   "cannot obtain exclusive access to locked queue '%s' in vhost '%s'. It could be originally "
+                   "declared on another connection or the exclusive property value does not match that of the "
+                   "original declaration.",
+                   q->name, q->vh->name);
+}
+
+static const char *arg_type_name(char t)
+{
+    switch (t) {
+    case 't': return "bool";
+    case 'b': case 's': case 'I': case 'l': return "signedint";
+    case 'B': case 'u': case 'i': return "unsignedint";
+    case 'f': return "float";
+    case 'd': return "double";
+    case 'D': return "decimal";
+    case 'S': return "longstr";
+    case 'x': return "binary";
+    case 'A': return "array";
+    case 'T': return "timestamp";
+    case 'F': return "table";
+    case 'V': return "void";
+    default: return "unknown";
+    }
+}
+
+static void describe_arg(const amqp_value_t *v, char *out, size_t cap)
+{
+    if (!v) {
+        snprintf(out, cap, "none");
+        return;
+    }
+    int64_t i;
+    if (amqp_value_int(v, &i))
+        snprintf(out, cap, "the value '%lld' of type '%s'", (long long)i, arg_type_name(v->type));
+    else if (v->type == 'S' || v->type == 'x')
+        snprintf(out, cap, "the value '%.*s' of type '%s'", (int)v->v.str.len, (const char *)v->v.str.ptr,
+                 arg_type_name(v->type));
+    else if (v->type == 't')
+        snprintf(out, cap, "the value '%s' of type 'bool'", v->v.b ? "true" : "false");
+    else
+        snprintf(out, cap, "a value of type '%s'", arg_type_name(v->type));
+}
+
+/* The queue arguments RabbitMQ compares on redeclare. */
+static const char *const equivalence_args[] = {
+    "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-expires", "x-max-length", "x-max-length-bytes",
+    "x-max-priority", "x-message-ttl", "x-overflow", "x-queue-mode", "x-queue-type", "x-single-active-consumer",
+    "x-max-in-memory-length", "x-max-in-memory-bytes", "x-delivery-limit", "x-queue-version",
+};
+
+static int check_queue_equivalence(queue_t *q, bool durable, bool auto_delete, amqp_bytes_t args, br_err_t *err)
+{
+    const char *what = NULL;
+    bool got = false, cur = false;
+    if (q->durable != durable)
+        what = "durable", got = durable, cur = q->durable;
+    else if (q->auto_delete != auto_delete)
+        what = "auto_delete", got = auto_delete, cur = q->auto_delete;
+    if (what)
+        return br_fail(err, BR_PRECONDITION_FAILED,
+                       "inequivalent arg '%s' for queue '%s' in vhost '%s': received '%s' but current is '%s'",
+                       what, q->name, q->vh->name, bool_text(got), bool_text(cur));
+    amqp_table_t t = {0};
+    if (args.len && amqp_table_parse(args, &t) != 0) return 0;
+    int rc = 0;
+    for (size_t i = 0; i < sizeof equivalence_args / sizeof equivalence_args[0] && !rc; i++) {
+        const amqp_value_t *a = amqp_table_get(&t, equivalence_args[i]);
+        const amqp_value_t *c = amqp_table_get(&q->args, equivalence_args[i]);
+        if (!a && !c) continue;
+        /* RabbitMQ treats numerically equal integers of different widths as equivalent. */
+        int64_t ai, ci;
+        if (a && c && amqp_value_int(a, &ai) && amqp_value_int(c, &ci) && ai == ci) continue;
+        if (a && c && amqp_value_equal(a, c)) continue;
+        /* x-queue-type "classic" is the default. */
+        if (strcmp(equivalence_args[i], "x-queue-type") == 0) {
+            const amqp_value_t *s = a ? a : c;
+            if (!(a && c) && s->type == 'S' && amqp_bytes_eq_cstr(s->v.str, "classic")) continue;
+        }
+        char gs[300], cs[300];
+        describe_arg(a, gs, sizeof gs);
+        describe_arg(c, cs, sizeof cs);
+        rc = br_fail(err, BR_PRECONDITION_FAILED,
+                     "inequivalent arg '%s' for queue '%s' in vhost '%s': received %s but current is %s",
+                     equivalence_args[i], q->name, q->vh->name, gs, cs);
+    }
+    amqp_table_free(&t);
+    return rc;
+}
+
+static void server_queue_name(char out[48])
+{
+    uint8_t rnd[16];
+    randombytes_buf(rnd, sizeof rnd);
+    char b64[32];
+    sodium_bin2base64(b64, sizeof b64, rnd, sizeof rnd, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    snprintf(out, 48, "amq.gen-%s", b64);
+}
+
+static int validate_queue_args(vhost_t *vh, const char *name, size_t len, amqp_bytes_t args, br_err_t *err)
+{
+    if (!args.len) return 0;
+    amqp_table_t t;
+    if (amqp_table_parse(args, &t) != 0)
+        return br_fail(err, BR_PRECONDITION_FAILED, "invalid arguments for queue '%.*s' in vhost '%s'", (int)len,
+                       name, vh->name);
+    int rc = 0;
+    const amqp_value_t *qt = amqp_table_get(&t, "x-queue-type");
+    if (qt) {
+        if (qt->type != 'S')
+            rc = br_fail(err, BR_PRECONDITION_FAILED, "invalid arg 'x-queue-type' for queue '%.*s' in vhost '%s'",
+                         (int)len, name, vh->name);
+        else if (!amqp_bytes_eq_cstr(qt->v.str, "classic"))
+            rc = br_fail(err, BR_PRECONDITION_FAILED,
+                         "invalid arg 'x-queue-type' for queue '%.*s' in vhost '%s': queue type '%.*s' is not "
+                         "supported yet",
+                         (int)len, name, vh->name, (int)qt->v.str.len, (const char *)qt->v.str.ptr);
+    }
+    amqp_table_free(&t);
+    return rc;
+}
+
+int br_queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, size_t len, bool passive,
+                     bool durable, bool exclusive, bool auto_delete, amqp_bytes_t args, queue_t **out,
+                     br_err_t *err)
+{
+    char gen[48];
+    queue_t *q = NULL;
+    if (passive) {
+        q = len ? br_queue(vh, name, len) : NULL;
+        if (!q) return br_fail(err, BR_NOT_FOUND, "no queue '%.*s' in vhost '%s'", (int)len, name, vh->name);
+        if (q->exclusive && q->owner_conn != conn_id) return exclusive_locked(q, err);
+        *out = q;
+        return 0;
+    }
+    if (len == 0) {
+        server_queue_name(gen);
+        name = gen;
+        len = strlen(gen);
+    } else if (has_amq_prefix(name, len) && !br_queue(vh, name, len)) {
+        return br_fail(err, BR_ACCESS_REFUSED, "queue name '%.*s' contains reserved prefix 'amq.*'", (int)len, name);
+    }
+    if (br_check_perm(u, vh, PERM_CONFIGURE, true, name, len, err)) return err->code;
+    q = br_queue(vh, name, len);
+    if (q) {
+        if (q->exclusive && q->owner_conn != conn_id) return exclusive_locked(q, err);
+        if (q->exclusive != exclusive) return exclusive_locked(q, err);
+        if (check_queue_equivalence(q, durable, auto_delete, args, err)) return err->code;
+        *out = q;
+        return 0;
+    }
+    if (validate_queue_args(vh, name, len, args, err)) return err->code;
+    q = q_new(vh, name, len, durable, exclusive, auto_delete, exclusive ? conn_id : 0, args);
+    /* Exclusive queues die with their connection: never worth storing. */
+    if (!exclusive) q_persist_definition(q);
+    *out = q;
+    return 0;
+}
+
+static int queue_for_op(vhost_t *vh, user_t *u, uint64_t conn_id, enum perm_kind kind, const char *name,
+                        size_t len, queue_t **out, br_err_t *err)
+{
+    queue_t *q = br_queue(vh, name, len);
+    if (!q) return br_fail(err, BR_NOT_FOUND, "no queue '%.*s' in vhost '%s'", (int)len, name, vh->name);
+    if (br_check_perm(u, vh, kind, true, name, len, err)) return err->code;
+    if (q->exclusive && q->owner_conn != conn_id) return exclusive_locked(q, err);
+    *out = q;
+    return 0;
+}
+
+int br_queue_delete(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, size_t len, bool if_unused,
+                    bool if_empty, uint32_t *msg_count, br_err_t *err)
+{
+    *msg_count = 0;
+    if (br_check_perm(u, vh, PERM_CONFIGURE, true, name, len, err)) return err->code;
+    queue_t *q = br_queue(vh, name, len);
+    if (!q) return 0;
+    if (q->exclusive && q->owner_conn != conn_id) return exclusive_locked(q, err);
+    if (if_unused && q->consumers.n)
+        return br_fail(err, BR_PRECONDITION_FAILED, "queue '%s' in vhost '%s' in use", q->name, vh->name);
+    if (if_empty && q->ready.len)
+        return br_fail(err, BR_PRECONDITION_FAILED, "queue '%s' in vhost '%s' not empty", q->name, vh->name);
+    *msg_count = q_message_count(q);
+    q_delete(q);
+    return 0;
+}
+
+int br_queue_purge(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, size_t len, uint32_t *msg_count,
+                   br_err_t *err)
+{
+    queue_t *q = NULL;
+    if (queue_for_op(vh, u, conn_id, PERM_READ, name, len, &q, err)) return err->code;
+    *msg_count = q_purge(q);
+    return 0;
+}
+
+int br_queue_for_read(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, size_t len, queue_t **out,
+                      br_err_t *err)
+{
+    return queue_for_op(vh, u, conn_id, PERM_READ, name, len, out, err);
+}
+
+/* ---- bindings ---- */
+
+static int binding_ends(vhost_t *vh, user_t *u, uint64_t conn_id, bool dest_is_queue, const char *dest,
+                        size_t dlen, const char *src, size_t slen, exchange_t **xs, void **d, br_err_t *err)
+{
+    if (slen == 0 || (!dest_is_queue && dlen == 0))
+        return br_fail(err, BR_ACCESS_REFUSED, "operation not permitted on the default exchange");
+    if (br_check_perm(u, vh, PERM_WRITE, dest_is_queue, dest, dlen, err)) return err->code;
+    if (br_check_perm(u, vh, PERM_READ, false, src, slen, err)) return err->code;
+    *xs = br_exchange(vh, src, slen);
+    if (!*xs) return br_fail(err, BR_NOT_FOUND, "no exchange '%.*s' in vhost '%s'", (int)slen, src, vh->name);
+    if (dest_is_queue) {
+        queue_t *q = br_queue(vh, dest, dlen);
+        if (!q) return br_fail(err, BR_NOT_FOUND, "no queue '%.*s' in vhost '%s'", (int)dlen, dest, vh->name);
+        if (q->exclusive && q->owner_conn != conn_id) return exclusive_locked(q, err);
+        *d = q;
+    } else {
+        exchange_t *x = br_exchange(vh, dest, dlen);
+        if (!x) return br_fail(err, BR_NOT_FOUND, "no exchange '%.*s' in vhost '%s'", (int)dlen, dest, vh->name);
+        *d = x;
+    }
+    return 0;
+}
+
+int br_bind(vhost_t *vh, user_t *u, uint64_t conn_id, bool dest_is_queue, const char *dest, size_t dlen,
+            const char *src, size_t slen, const char *key, size_t klen, amqp_bytes_t args, br_err_t *err)
+{
+    exchange_t *x;
+    void *d;
+    if (binding_ends(vh, u, conn_id, dest_is_queue, dest, dlen, src, slen, &x, &d, err)) return err->code;
+    if (x->type == EX_HEADERS && args.len) {
+        amqp_table_t t;
+        if (amqp_table_parse(args, &t) == 0) {
+            char msg[256];
+            int bad = headers_validate_binding(&t, msg, sizeof msg);
+            amqp_table_free(&t);
+            if (bad) return br_fail(err, BR_PRECONDITION_FAILED, "%s", msg);
+        }
+    }
+    if (ex_find_binding(x, dest_is_queue, d, key, klen, args)) return 0;
+    ex_binding_add(x, dest_is_queue, d, key, klen, args, true);
+    return 0;
+}
+
+int br_unbind(vhost_t *vh, user_t *u, uint64_t conn_id, bool dest_is_queue, const char *dest, size_t dlen,
+              const char *src, size_t slen, const char *key, size_t klen, amqp_bytes_t args, br_err_t *err)
+{
+    exchange_t *x;
+    void *d;
+    if (binding_ends(vh, u, conn_id, dest_is_queue, dest, dlen, src, slen, &x, &d, err)) return err->code;
+    binding_t *bd = ex_find_binding(x, dest_is_queue, d, key, klen, args);
+    if (bd) br_binding_remove(bd);
+    return 0;
+}
+
+/* ---- publish / connections ---- */
+
+int br_publish_target(vhost_t *vh, user_t *u, const char *name, size_t len, exchange_t **out, br_err_t *err)
+{
+    exchange_t *x = br_exchange(vh, name, len);
+    if (!x) return br_fail(err, BR_NOT_FOUND, "no exchange '%.*s' in vhost '%s'", (int)len, name, vh->name);
+    if (x->internal)
+        return br_fail(err, BR_ACCESS_REFUSED, "cannot publish to internal exchange '%.*s' in vhost '%s'", (int)len,
+                       name, vh->name);
+    if (br_check_perm(u, vh, PERM_WRITE, false, name, len, err)) return err->code;
+    *out = x;
+    return 0;
+}
+
+void br_connection_closed(broker_t *b, uint64_t conn_id)
+{
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&b->vhosts, &pos, NULL, NULL, &v)) {
+        vhost_t *vh = v;
+        ptrvec_t doomed = {0};
+        size_t qp = 0;
+        void *qv;
+        while (dict_next(&vh->queues, &qp, NULL, NULL, &qv)) {
+            queue_t *q = qv;
+            if (q->exclusive && q->owner_conn == conn_id) ptrvec_push(&doomed, q);
+        }
+        for (size_t i = 0; i < doomed.n; i++) q_delete(doomed.items[i]);
+        ptrvec_free(&doomed);
+    }
+}

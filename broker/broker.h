@@ -1,0 +1,287 @@
+/* broker.h - the protocol-independent core: vhosts, users, exchanges, bindings, queues,
+ * consumers and messages, and their durability.
+ *
+ * Adapters (amqp091/, later mqtt/, stomp/, mgmt/) call the br_* operations below, which
+ * enforce RabbitMQ's rules (permissions, exclusivity, equivalence) and return RabbitMQ reply
+ * codes with reply texts (without the "NAME - " prefix, which each protocol adds its own way).
+ *
+ * Data flow of a message: an adapter builds a msg_t (message.h), asks br_route() for the
+ * set of destination queues, and calls q_publish() on each; every queue holds a reference to
+ * the same msg_t (never a copy). Queues hand messages to consumers through consumer_ops_t;
+ * the adapter keeps each delivery until it is settled with q_ack()/q_requeue().
+ *
+ * Everything runs on the node's single event loop; only store.c has a second thread. */
+#ifndef WARREN_BROKER_H
+#define WARREN_BROKER_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "broker/auth.h"
+#include "broker/config.h"
+#include "broker/dict.h"
+#include "broker/message.h"
+#include "broker/store.h"
+#include "broker/table.h"
+#include "broker/topic.h"
+
+/* Reply codes shared by all protocols (RabbitMQ uses the AMQP 0-9-1 ones internally too). */
+enum {
+    BR_OK = 0,
+    BR_ACCESS_REFUSED = 403,
+    BR_NOT_FOUND = 404,
+    BR_RESOURCE_LOCKED = 405,
+    BR_PRECONDITION_FAILED = 406,
+    BR_COMMAND_INVALID = 503,
+    BR_NOT_ALLOWED = 530,
+    BR_NOT_IMPLEMENTED = 540,
+    BR_INTERNAL_ERROR = 541,
+};
+
+typedef struct {
+    int code;
+    char text[512];
+} br_err_t;
+int br_fail(br_err_t *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+typedef struct broker broker_t;
+typedef struct vhost vhost_t;
+typedef struct exchange exchange_t;
+typedef struct queue queue_t;
+typedef struct binding binding_t;
+typedef struct consumer consumer_t;
+typedef struct user user_t;
+
+/* A growable array of pointers. */
+typedef struct {
+    void **items;
+    size_t n, cap;
+} ptrvec_t;
+void ptrvec_push(ptrvec_t *v, void *p);
+bool ptrvec_remove(ptrvec_t *v, void *p); /* order-preserving */
+void ptrvec_free(ptrvec_t *v);
+
+/* ---- users, vhosts, permissions ---- */
+
+typedef struct {
+    auth_regex_t *configure, *write, *read;
+} perm_t;
+
+struct user {
+    char *name;
+    auth_hash_alg_t hash_alg;
+    char *password_hash; /* base64, as RabbitMQ stores it */
+    char *tags;          /* comma-separated, e.g. "administrator" */
+    dict_t perms;        /* vhost name -> perm_t* */
+};
+
+enum perm_kind { PERM_CONFIGURE, PERM_WRITE, PERM_READ };
+
+struct vhost {
+    broker_t *broker;
+    char *name;
+    dict_t exchanges; /* name -> exchange_t* */
+    dict_t queues;    /* name -> queue_t* */
+};
+
+/* ---- exchanges and bindings ---- */
+
+typedef enum { EX_DIRECT, EX_FANOUT, EX_TOPIC, EX_HEADERS } ex_type_t;
+
+struct binding {
+    exchange_t *src;
+    bool dest_is_queue;
+    void *dest; /* queue_t* or exchange_t* */
+    char *key;
+    size_t key_len;
+    amqp_bytes_t args_raw; /* owned copy of the arguments table content */
+    amqp_table_t args;     /* parsed, points into args_raw */
+};
+
+struct exchange {
+    vhost_t *vh;
+    char *name;
+    size_t name_len;
+    ex_type_t type;
+    bool durable, auto_delete, internal, deleted;
+    amqp_bytes_t args_raw;
+    ptrvec_t bindings;  /* bindings whose source is this exchange */
+    ptrvec_t incoming;  /* exchange-to-exchange bindings whose destination is this exchange */
+    dict_t direct;      /* EX_DIRECT: routing key -> ptrvec_t* of bindings */
+    topic_trie_t *trie; /* EX_TOPIC */
+    uint64_t route_mark;
+};
+
+/* ---- queues and consumers ---- */
+
+/* One message in a queue. seq orders the queue (FIFO by arrival; requeued messages go back
+ * to their original place). */
+typedef struct {
+    msg_t *m;
+    uint64_t seq;
+    uint32_t redelivered : 1;
+} qentry_t;
+
+typedef struct {
+    qentry_t *buf;
+    size_t head, len, cap;
+} qdeque_t;
+
+typedef struct consumer_ops {
+    /* May this consumer take one more message now (channel credit, socket back-pressure)? */
+    bool (*can_deliver)(consumer_t *c);
+    /* Hands over one entry; the consumer now owns the entry's msg reference and must settle it
+     * with q_ack()/q_requeue() unless c->no_ack. */
+    void (*deliver)(consumer_t *c, queue_t *q, const qentry_t *e);
+    /* The queue was deleted: the consumer is removed (server-side basic.cancel). */
+    void (*cancelled)(consumer_t *c);
+} consumer_ops_t;
+
+struct consumer {
+    queue_t *q;
+    char *tag;
+    size_t tag_len;
+    bool no_ack, exclusive;
+    int32_t priority;
+    uint32_t prefetch; /* 0 = unlimited */
+    uint32_t unacked;
+    const consumer_ops_t *ops;
+    void *owner; /* adapter's channel */
+};
+
+struct queue {
+    vhost_t *vh;
+    char *name;
+    size_t name_len;
+    uint64_t uid; /* stable id used in storage keys */
+    bool durable, exclusive, auto_delete, deleted;
+    uint64_t owner_conn; /* exclusive owner */
+    amqp_bytes_t args_raw;
+    amqp_table_t args;
+
+    qdeque_t ready;
+    uint64_t next_seq;
+    uint64_t ready_bytes;
+    uint32_t unacked;
+    ptrvec_t consumers; /* consumer_t*, sorted by priority (highest first) */
+    size_t rr_next;     /* round-robin cursor */
+    bool had_consumer;
+    ptrvec_t bindings_in; /* bindings whose destination is this queue */
+
+    uint32_t refs;         /* held by the vhost table and by each outstanding delivery */
+    bool scheduled;        /* in the broker's dispatch run list */
+    queue_t *next_sched;
+    uint64_t route_mark;
+
+    /* counters for management and metrics */
+    uint64_t stat_publish, stat_deliver, stat_get, stat_ack, stat_redeliver;
+};
+
+/* ---- the broker ---- */
+
+struct broker {
+    struct ev_loop *loop;
+    cfg_t *cfg;
+    store_t *store; /* NULL = no durability (unit tests) */
+    dict_t vhosts;  /* name -> vhost_t* */
+    dict_t users;   /* name -> user_t* */
+    uint64_t next_msg_id;
+    uint64_t next_queue_uid;
+    uint64_t route_gen;
+    queue_t *sched_head;
+    ev_prepare dispatch_watcher;
+    uint64_t mem_body_bytes;    /* bodies held in memory by queued messages */
+    uint64_t page_out_threshold; /* above this, stored bodies are dropped from memory */
+    uint64_t stat_publish, stat_deliver, stat_ack, stat_confirm, stat_unroutable;
+};
+
+broker_t *broker_new(struct ev_loop *loop, cfg_t *cfg, store_t *store);
+/* Loads durable state from the store (vhosts, users, exchanges, queues, bindings, messages). */
+int broker_recover(broker_t *b, char *err, size_t errlen);
+/* Creates the default vhost/user from config when absent and the standard exchanges. */
+int broker_boot_defaults(broker_t *b, char *err, size_t errlen);
+/* Loads a RabbitMQ definitions JSON file (users, vhosts, permissions, exchanges, queues, bindings). */
+int broker_load_definitions(broker_t *b, const char *path, char *err, size_t errlen);
+void broker_free(broker_t *b);
+
+vhost_t *br_vhost(broker_t *b, const char *name, size_t len);
+vhost_t *br_vhost_add(broker_t *b, const char *name);
+user_t *br_user(broker_t *b, const char *name, size_t len);
+user_t *br_user_add(broker_t *b, const char *name, auth_hash_alg_t alg, const char *hash, const char *tags);
+int br_set_permissions(broker_t *b, user_t *u, vhost_t *vh, const char *configure, const char *write,
+                       const char *read, char *err, size_t errlen);
+/* Verifies a password; NULL when the user is unknown or the password is wrong. */
+user_t *br_authenticate(broker_t *b, const char *name, size_t nlen, const char *pw, size_t pwlen);
+bool br_user_is_loopback_only(broker_t *b, const user_t *u);
+/* 0 when the user may use the vhost, else BR_NOT_ALLOWED with text. */
+int br_check_vhost_access(broker_t *b, user_t *u, const char *vhost, size_t len, vhost_t **out, br_err_t *err);
+int br_check_perm(user_t *u, vhost_t *vh, enum perm_kind kind, bool is_queue, const char *name, size_t len,
+                  br_err_t *err);
+
+/* ---- operations (all check permissions; user NULL = internal, no checks) ---- */
+
+exchange_t *br_exchange(vhost_t *vh, const char *name, size_t len);
+int br_exchange_declare(vhost_t *vh, user_t *u, const char *name, size_t len, const char *type, size_t tlen,
+                        bool passive, bool durable, bool auto_delete, bool internal, amqp_bytes_t args,
+                        br_err_t *err);
+int br_exchange_delete(vhost_t *vh, user_t *u, const char *name, size_t len, bool if_unused, br_err_t *err);
+
+queue_t *br_queue(vhost_t *vh, const char *name, size_t len);
+/* name may be empty: a server-named "amq.gen-..." queue is created. */
+int br_queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, size_t len, bool passive,
+                     bool durable, bool exclusive, bool auto_delete, amqp_bytes_t args, queue_t **out,
+                     br_err_t *err);
+int br_queue_delete(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, size_t len, bool if_unused,
+                    bool if_empty, uint32_t *msg_count, br_err_t *err);
+int br_queue_purge(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, size_t len, uint32_t *msg_count,
+                   br_err_t *err);
+/* Finds a queue for consume/get: NOT_FOUND, RESOURCE_LOCKED (exclusive), read permission. */
+int br_queue_for_read(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, size_t len, queue_t **out,
+                      br_err_t *err);
+int br_bind(vhost_t *vh, user_t *u, uint64_t conn_id, bool dest_is_queue, const char *dest, size_t dlen,
+            const char *src, size_t slen, const char *key, size_t klen, amqp_bytes_t args, br_err_t *err);
+int br_unbind(vhost_t *vh, user_t *u, uint64_t conn_id, bool dest_is_queue, const char *dest, size_t dlen,
+              const char *src, size_t slen, const char *key, size_t klen, amqp_bytes_t args, br_err_t *err);
+/* Publishing: resolves the exchange (404), refuses internal ones (403) and checks write. */
+int br_publish_target(vhost_t *vh, user_t *u, const char *name, size_t len, exchange_t **out, br_err_t *err);
+/* Appends the distinct destination queues of m (routing key rk) to out. */
+void br_route(exchange_t *x, msg_t *m, ptrvec_t *out);
+/* A connection went away: delete its exclusive queues. */
+void br_connection_closed(broker_t *b, uint64_t conn_id);
+
+/* ---- queue operations (queue.c) ---- */
+
+/* Enqueues m (takes a new reference). Persistent messages in durable queues are written to the
+ * store; returns true when that write must be synced before confirming. */
+bool q_publish(queue_t *q, msg_t *m);
+void q_consumer_add(queue_t *q, consumer_t *c);
+void q_consumer_remove(queue_t *q, consumer_t *c); /* may auto-delete the queue */
+/* Pops the head for basic.get; false when empty. */
+bool q_get(queue_t *q, qentry_t *out);
+/* Settles a delivered entry: removes it for good. */
+void q_ack(queue_t *q, const qentry_t *e);
+/* Returns a delivered entry to the queue at its original position, marked redelivered. */
+void q_requeue(queue_t *q, const qentry_t *e);
+uint32_t q_purge(queue_t *q);
+static inline uint32_t q_message_count(const queue_t *q) { return (uint32_t)q->ready.len; }
+static inline uint32_t q_consumer_count(const queue_t *q) { return (uint32_t)q->consumers.n; }
+/* Schedules a dispatch pass (runs before the loop next sleeps). */
+void q_schedule(queue_t *q);
+void q_ref(queue_t *q);
+void q_unref(queue_t *q);
+/* Removes the queue from its vhost, cancels consumers, drops messages and its bindings. */
+void q_delete(queue_t *q);
+/* Loads a message body back from the store when it was paged out; false on failure. */
+bool q_body_load(broker_t *b, msg_t *m);
+queue_t *q_new(vhost_t *vh, const char *name, size_t len, bool durable, bool exclusive, bool auto_delete,
+               uint64_t owner, amqp_bytes_t args);
+void q_persist_definition(queue_t *q);
+void br_dispatch_pending(broker_t *b);
+
+/* storage keys */
+enum { KEY_MSG = 'm', KEY_QINDEX = 'i', KEY_QUEUE = 'Q', KEY_EXCHANGE = 'X', KEY_BINDING = 'B', KEY_VHOST = 'V',
+       KEY_USER = 'U', KEY_PERM = 'P' };
+
+#endif

@@ -1,0 +1,482 @@
+/* queue.c - the classic queue: a FIFO of message references with round-robin dispatch to
+ * consumers, prefetch-respecting, requeue at the original position.
+ *
+ * Invariants:
+ *  - ready is ordered by seq (arrival order); a requeued entry keeps its seq, so it goes back
+ *    where it was (usually the head).
+ *  - Every entry in ready holds one msg reference; a delivered entry's reference moves to the
+ *    consumer's side (the adapter's delivery record) until q_ack()/q_requeue().
+ *  - For a durable queue, each persistent message has an index record 'i'+uid+seq -> msg id in
+ *    the store from publish until ack; the message record 'm'+id lives while any durable queue
+ *    indexes it (msg->durable_refs).
+ *  - Dispatch never runs re-entrantly: q_schedule() puts the queue on the broker's run list and
+ *    br_dispatch_pending() (an ev_prepare, i.e. before the loop sleeps) delivers. So a burst of
+ *    publishes or acks costs one dispatch pass.
+ *  - Bodies of stored messages may be dropped from memory when the node holds too much (page
+ *    out); q_body_load() reads them back on delivery. */
+#include "broker/broker.h"
+#include "broker/log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- deque ---- */
+
+static qentry_t *dq_at(qdeque_t *d, size_t i) { return &d->buf[(d->head + i) & (d->cap - 1)]; }
+
+static void dq_grow(qdeque_t *d)
+{
+    size_t ncap = d->cap ? d->cap * 2 : 64;
+    qentry_t *nb = malloc(ncap * sizeof *nb);
+    if (!nb) abort();
+    for (size_t i = 0; i < d->len; i++) nb[i] = *dq_at(d, i);
+    free(d->buf);
+    d->buf = nb;
+    d->cap = ncap;
+    d->head = 0;
+}
+
+static void dq_push_back(qdeque_t *d, qentry_t e)
+{
+    if (d->len == d->cap) dq_grow(d);
+    *dq_at(d, d->len++) = e;
+}
+
+static qentry_t dq_pop_front(qdeque_t *d)
+{
+    qentry_t e = *dq_at(d, 0);
+    d->head = (d->head + 1) & (d->cap - 1);
+    d->len--;
+    return e;
+}
+
+/* Inserts keeping seq order; requeues nearly always land at the front. */
+static void dq_insert_sorted(qdeque_t *d, qentry_t e)
+{
+    if (d->len == d->cap) dq_grow(d);
+    if (d->len == 0 || dq_at(d, 0)->seq > e.seq) {
+        d->head = (d->head - 1) & (d->cap - 1);
+        d->len++;
+        *dq_at(d, 0) = e;
+        return;
+    }
+    size_t pos = d->len;
+    while (pos > 0 && dq_at(d, pos - 1)->seq > e.seq) pos--;
+    d->len++;
+    for (size_t i = d->len - 1; i > pos; i--) *dq_at(d, i) = *dq_at(d, i - 1);
+    *dq_at(d, pos) = e;
+}
+
+/* ---- storage ---- */
+
+static void index_key(uint8_t key[17], const queue_t *q, uint64_t seq)
+{
+    key[0] = KEY_QINDEX;
+    store_put_be64(key + 1, q->uid);
+    store_put_be64(key + 9, seq);
+}
+
+static bool persists(const queue_t *q, const msg_t *m)
+{
+    return q->durable && m->persistent && q->vh->broker->store;
+}
+
+static void store_message(broker_t *b, msg_t *m)
+{
+    size_t n = msg_record_size(m);
+    uint8_t stackbuf[4096];
+    uint8_t *rec = n <= sizeof stackbuf ? stackbuf : malloc(n);
+    if (!rec) abort();
+    msg_record_write(m, rec);
+    uint8_t key[9];
+    key[0] = KEY_MSG;
+    store_put_be64(key + 1, m->id);
+    store_put(b->store, key, sizeof key, rec, n);
+    if (rec != stackbuf) free(rec);
+    m->stored = true;
+}
+
+/* Drops the disk reference of one settled/removed entry. index_present is false when the
+ * queue's whole index range was already deleted (queue deletion). */
+static void unstore_entry(queue_t *q, const qentry_t *e, bool index_present)
+{
+    msg_t *m = e->m;
+    if (!persists(q, m)) return;
+    store_t *s = q->vh->broker->store;
+    if (index_present) {
+        uint8_t key[17];
+        index_key(key, q, e->seq);
+        store_del(s, key, sizeof key);
+    }
+    if (m->durable_refs && --m->durable_refs == 0 && m->stored) {
+        /* Other (transient) queues may still hold it: bring the body back before the record goes. */
+        if (!m->body && m->refs > 1) q_body_load(q->vh->broker, m);
+        uint8_t key[9];
+        key[0] = KEY_MSG;
+        store_put_be64(key + 1, m->id);
+        store_del(s, key, sizeof key);
+        m->stored = false;
+    }
+}
+
+bool q_body_load(broker_t *b, msg_t *m)
+{
+    if (m->body) return true;
+    if (!b->store) return false;
+    uint8_t key[9];
+    key[0] = KEY_MSG;
+    store_put_be64(key + 1, m->id);
+    void *val = NULL;
+    size_t vlen = 0;
+    if (store_get(b->store, key, sizeof key, &val, &vlen) != 1) {
+        log_error("message %llu: body missing from store", (unsigned long long)m->id);
+        return false;
+    }
+    bool ok = msg_body_from_record(m, val, vlen);
+    free(val);
+    return ok;
+}
+
+/* ---- page-out of stored bodies ---- */
+
+static void pageout_synced(void *arg)
+{
+    ptrvec_t *v = arg;
+    for (size_t i = 0; i < v->n; i++) {
+        msg_t *m = v->items[i];
+        /* Only a message still stored and referenced by someone besides us is worth dropping. */
+        if (m->stored && m->body && m->refs > 1 && m->body_len >= 64) {
+            free(m->body);
+            m->body = NULL;
+        }
+        msg_unref(m);
+    }
+    ptrvec_free(v);
+    free(v);
+}
+
+/* Candidates collected during one loop iteration. Their sync callback is registered only in
+ * br_pageout_flush(), after all of their writes were queued, so when it fires every record is
+ * durable and readable again. */
+static ptrvec_t *pageout_batch;
+
+static void pageout_candidate(msg_t *m)
+{
+    if (!pageout_batch) {
+        pageout_batch = calloc(1, sizeof *pageout_batch);
+        if (!pageout_batch) abort();
+    }
+    ptrvec_push(pageout_batch, msg_ref(m));
+}
+
+static void br_pageout_flush(broker_t *b)
+{
+    if (!pageout_batch) return;
+    store_on_synced(b->store, pageout_synced, pageout_batch);
+    pageout_batch = NULL;
+}
+
+/* ---- lifecycle ---- */
+
+queue_t *q_new(vhost_t *vh, const char *name, size_t len, bool durable, bool exclusive, bool auto_delete,
+               uint64_t owner, amqp_bytes_t args)
+{
+    queue_t *q = calloc(1, sizeof *q);
+    if (!q) abort();
+    q->vh = vh;
+    q->name = malloc(len + 1);
+    if (!q->name) abort();
+    memcpy(q->name, name, len);
+    q->name[len] = '\0';
+    q->name_len = len;
+    q->durable = durable;
+    q->exclusive = exclusive;
+    q->auto_delete = auto_delete;
+    q->owner_conn = owner;
+    q->uid = ++vh->broker->next_queue_uid;
+    q->next_seq = 1;
+    if (args.len) {
+        uint8_t *copy = malloc(args.len);
+        if (!copy) abort();
+        memcpy(copy, args.ptr, args.len);
+        q->args_raw = (amqp_bytes_t){copy, args.len};
+        if (amqp_table_parse(q->args_raw, &q->args) != 0) memset(&q->args, 0, sizeof q->args);
+    }
+    q->refs = 1;
+    dict_set(&vh->queues, q->name, len, q);
+    return q;
+}
+
+/* Queue record: [u64 uid][u8 flags][u32 args_len][args]; key 'Q' vhost \0 name. */
+static size_t queue_key(const queue_t *q, uint8_t **out)
+{
+    size_t vl = strlen(q->vh->name);
+    size_t n = 1 + vl + 1 + q->name_len;
+    uint8_t *k = malloc(n);
+    if (!k) abort();
+    k[0] = KEY_QUEUE;
+    memcpy(k + 1, q->vh->name, vl);
+    k[1 + vl] = 0;
+    memcpy(k + 2 + vl, q->name, q->name_len);
+    *out = k;
+    return n;
+}
+
+void q_persist_definition(queue_t *q)
+{
+    store_t *s = q->vh->broker->store;
+    if (!s || !q->durable) return;
+    uint8_t *key;
+    size_t klen = queue_key(q, &key);
+    size_t vlen = 8 + 1 + 4 + q->args_raw.len;
+    uint8_t *val = malloc(vlen);
+    if (!val) abort();
+    store_put_be64(val, q->uid);
+    val[8] = (uint8_t)((q->auto_delete ? 1 : 0) | (q->exclusive ? 2 : 0));
+    uint32_t al = (uint32_t)q->args_raw.len;
+    val[9] = (uint8_t)(al >> 24); val[10] = (uint8_t)(al >> 16); val[11] = (uint8_t)(al >> 8); val[12] = (uint8_t)al;
+    if (al) memcpy(val + 13, q->args_raw.ptr, al);
+    store_put(s, key, klen, val, vlen);
+    free(key);
+    free(val);
+}
+
+void q_ref(queue_t *q) { q->refs++; }
+
+void q_unref(queue_t *q)
+{
+    if (--q->refs) return;
+    free(q->name);
+    free((void *)q->args_raw.ptr);
+    amqp_table_free(&q->args);
+    free(q->ready.buf);
+    ptrvec_free(&q->consumers);
+    ptrvec_free(&q->bindings_in);
+    free(q);
+}
+
+/* ---- publish / dispatch ---- */
+
+bool q_publish(queue_t *q, msg_t *m)
+{
+    broker_t *b = q->vh->broker;
+    qentry_t e = {.m = msg_ref(m), .seq = q->next_seq++, .redelivered = 0};
+    bool needs_sync = false;
+    if (persists(q, m)) {
+        if (!m->stored) store_message(b, m);
+        uint8_t key[17], val[8];
+        index_key(key, q, e.seq);
+        store_put_be64(val, m->id);
+        store_put(b->store, key, sizeof key, val, sizeof val);
+        m->durable_refs++;
+        needs_sync = true;
+        if (b->mem_body_bytes > b->page_out_threshold) pageout_candidate(m);
+    }
+    dq_push_back(&q->ready, e);
+    q->ready_bytes += m->body_len;
+    b->mem_body_bytes += m->body_len;
+    q->stat_publish++;
+    if (q->consumers.n) q_schedule(q);
+    return needs_sync;
+}
+
+static void take_from_ready(queue_t *q, const qentry_t *e)
+{
+    q->ready_bytes -= e->m->body_len;
+    q->vh->broker->mem_body_bytes -= e->m->body_len;
+}
+
+void q_schedule(queue_t *q)
+{
+    if (q->scheduled || q->deleted) return;
+    broker_t *b = q->vh->broker;
+    q->scheduled = true;
+    q_ref(q);
+    q->next_sched = b->sched_head;
+    b->sched_head = q;
+}
+
+static consumer_t *next_consumer(queue_t *q)
+{
+    size_t n = q->consumers.n;
+    for (size_t tried = 0; tried < n; tried++) {
+        consumer_t *c = q->consumers.items[q->rr_next % n];
+        q->rr_next = (q->rr_next + 1) % n;
+        if (!c->no_ack && c->prefetch && c->unacked >= c->prefetch) continue;
+        if (!c->ops->can_deliver(c)) continue;
+        return c;
+    }
+    return NULL;
+}
+
+static void q_dispatch(queue_t *q)
+{
+    broker_t *b = q->vh->broker;
+    /* Bounded per pass so one busy queue cannot starve the loop; reschedules itself. */
+    for (int budget = 0; budget < 1024; budget++) {
+        if (q->deleted || q->ready.len == 0 || q->consumers.n == 0) return;
+        consumer_t *c = next_consumer(q);
+        if (!c) return;
+        qentry_t e = dq_pop_front(&q->ready);
+        take_from_ready(q, &e);
+        if (!e.m->body && !q_body_load(b, e.m)) {
+            /* Cannot deliver a message we cannot read: drop it rather than loop forever. */
+            unstore_entry(q, &e, true);
+            msg_unref(e.m);
+            continue;
+        }
+        q->stat_deliver++;
+        if (e.redelivered) q->stat_redeliver++;
+        b->stat_deliver++;
+        if (c->no_ack) {
+            c->ops->deliver(c, q, &e);
+            unstore_entry(q, &e, true);
+            msg_unref(e.m);
+        } else {
+            c->unacked++;
+            q->unacked++;
+            c->ops->deliver(c, q, &e);
+        }
+    }
+    q_schedule(q);
+}
+
+void br_dispatch_pending(broker_t *b)
+{
+    /* Dispatching may schedule more queues (a budget ran out); loop a bounded number of times. */
+    for (int round = 0; round < 4 && b->sched_head; round++) {
+        queue_t *list = b->sched_head;
+        b->sched_head = NULL;
+        while (list) {
+            queue_t *q = list;
+            list = q->next_sched;
+            q->scheduled = false;
+            q_dispatch(q);
+            q_unref(q);
+        }
+    }
+    br_pageout_flush(b);
+}
+
+bool q_get(queue_t *q, qentry_t *out)
+{
+    broker_t *b = q->vh->broker;
+    while (q->ready.len) {
+        qentry_t e = dq_pop_front(&q->ready);
+        take_from_ready(q, &e);
+        if (!e.m->body && !q_body_load(b, e.m)) {
+            unstore_entry(q, &e, true);
+            msg_unref(e.m);
+            continue;
+        }
+        q->stat_get++;
+        if (e.redelivered) q->stat_redeliver++;
+        q->unacked++;
+        *out = e;
+        return true;
+    }
+    return false;
+}
+
+void q_ack(queue_t *q, const qentry_t *e)
+{
+    if (q->unacked) q->unacked--;
+    q->stat_ack++;
+    q->vh->broker->stat_ack++;
+    unstore_entry(q, e, !q->deleted);
+    msg_unref(e->m);
+}
+
+void q_requeue(queue_t *q, const qentry_t *e)
+{
+    if (q->unacked) q->unacked--;
+    if (q->deleted) {
+        unstore_entry(q, e, false);
+        msg_unref(e->m);
+        return;
+    }
+    qentry_t r = *e;
+    r.redelivered = 1;
+    dq_insert_sorted(&q->ready, r);
+    q->ready_bytes += r.m->body_len;
+    q->vh->broker->mem_body_bytes += r.m->body_len;
+    if (q->consumers.n) q_schedule(q);
+}
+
+uint32_t q_purge(queue_t *q)
+{
+    uint32_t n = (uint32_t)q->ready.len;
+    while (q->ready.len) {
+        qentry_t e = dq_pop_front(&q->ready);
+        take_from_ready(q, &e);
+        unstore_entry(q, &e, true);
+        msg_unref(e.m);
+    }
+    return n;
+}
+
+/* ---- consumers ---- */
+
+void q_consumer_add(queue_t *q, consumer_t *c)
+{
+    c->q = q;
+    /* Keep consumers ordered by priority, highest first; equal priorities in arrival order. */
+    ptrvec_push(&q->consumers, c);
+    for (size_t i = q->consumers.n - 1; i > 0; i--) {
+        consumer_t *prev = q->consumers.items[i - 1];
+        if (prev->priority >= c->priority) break;
+        q->consumers.items[i] = prev;
+        q->consumers.items[i - 1] = c;
+    }
+    q->had_consumer = true;
+    q_schedule(q);
+}
+
+void q_consumer_remove(queue_t *q, consumer_t *c)
+{
+    ptrvec_remove(&q->consumers, c);
+    if (q->rr_next >= q->consumers.n) q->rr_next = 0;
+    if (q->auto_delete && q->had_consumer && q->consumers.n == 0 && !q->deleted) q_delete(q);
+}
+
+/* ---- deletion ---- */
+
+static void delete_definition(queue_t *q)
+{
+    store_t *s = q->vh->broker->store;
+    if (!s || !q->durable) return;
+    uint8_t *key;
+    size_t klen = queue_key(q, &key);
+    store_del(s, key, klen);
+    free(key);
+    uint8_t begin[9], end[9];
+    begin[0] = end[0] = KEY_QINDEX;
+    store_put_be64(begin + 1, q->uid);
+    store_put_be64(end + 1, q->uid + 1);
+    store_del_range(s, begin, sizeof begin, end, sizeof end);
+}
+
+void br_binding_remove(binding_t *bd); /* exchange.c */
+
+void q_delete(queue_t *q)
+{
+    if (q->deleted) return;
+    q->deleted = true;
+    dict_del(&q->vh->queues, q->name, q->name_len);
+    /* Cancel consumers: the adapter drops its consumer record in the callback. */
+    while (q->consumers.n) {
+        consumer_t *c = q->consumers.items[q->consumers.n - 1];
+        q->consumers.n--;
+        c->q = NULL;
+        c->ops->cancelled(c);
+    }
+    while (q->bindings_in.n) br_binding_remove(q->bindings_in.items[q->bindings_in.n - 1]);
+    delete_definition(q);
+    while (q->ready.len) {
+        qentry_t e = dq_pop_front(&q->ready);
+        take_from_ready(q, &e);
+        unstore_entry(q, &e, false);
+        msg_unref(e.m);
+    }
+    q_unref(q);
+}

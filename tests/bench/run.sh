@@ -1,0 +1,519 @@
+#!/usr/bin/env bash
+# run.sh: Warren versus RabbitMQ 3.10, same machine, same client, same scenarios, one run.
+#
+# Usage: tests/bench/run.sh [--rabbitmq-only] [--quick]      (normally via `make bench`)
+#
+# It builds nothing: `make bench` builds build/warren-server and build/warren_bench first.
+# It starts Warren (build/warren-server --config <tmp>/warren.conf, private port and data
+# dir, no TLS listener) and a private RabbitMQ node (tests/bench/rabbitmq.sh), runs every
+# scenario against both - alternating which broker goes first - and writes the figures to
+# docs/performance.md. Scenarios (see tests/bench/README.md for the reasoning):
+#   (a) 1 producer / 1 consumer, 16 B transient, auto-ack, no confirms, BENCH_DURATION s;
+#   (b) 1 KB persistent, confirm window 100, manual ack, prefetch 100, durable queue;
+#   (c) backlog: BENCH_BACKLOG x 1 KB persistent published with confirms into a durable
+#       queue, then drained with manual acks; peak RSS of the broker sampled every 100 ms;
+#   (d) idle RSS 2 s after start, and time from launch to the first successful AMQP login
+#       (polled every 5 ms).
+# (a), (b) and (d) are the median of BENCH_RUNS runs; (c) runs once per broker.
+#
+# --rabbitmq-only   validation mode: "ours" is a second RabbitMQ node, and the report goes
+#                   to the work directory unless BENCH_OUT is set (docs/ keeps real figures).
+# --quick           a smoke run: BENCH_DURATION=3, BENCH_RUNS=1, BENCH_BACKLOG=20000.
+# Environment: BENCH_DURATION (10), BENCH_RUNS (3), BENCH_BACKLOG (1000000),
+#   BENCH_BACKLOG_WINDOW (100), BENCH_BACKLOG_TIMEOUT (300 s per phase),
+#   WARREN_BIN (build/warren-server), BENCH_BIN (build/warren_bench),
+#   BENCH_WARREN_CMD (start "ours" with this shell command instead; it must stay in the
+#   foreground and listen on $BENCH_PORT, with $BENCH_DIR as scratch space),
+#   BENCH_WARREN_CONF_EXTRA (lines appended to warren.conf), BENCH_OUT (report path),
+#   BENCH_SKIP_DEPS=1 (do not run scripts/deps.sh bench), BENCH_KEEP=1 (keep the work dir),
+#   BENCH_MAX_SECONDS (1800: hard limit for the whole script).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$REPO"
+
+mode=warren
+for arg in "$@"; do
+  case "$arg" in
+    --rabbitmq-only) mode=rabbitmq-only ;;
+    --quick) BENCH_DURATION=${BENCH_DURATION:-3} BENCH_RUNS=${BENCH_RUNS:-1}
+             BENCH_BACKLOG=${BENCH_BACKLOG:-20000} ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "run.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+  esac
+done
+[ -n "${BENCH_WARREN_CMD:-}" ] && [ $mode = warren ] && mode=command
+
+DURATION=${BENCH_DURATION:-10}
+RUNS=${BENCH_RUNS:-3}
+BACKLOG=${BENCH_BACKLOG:-1000000}
+BACKLOG_WINDOW=${BENCH_BACKLOG_WINDOW:-100}
+BACKLOG_TIMEOUT=${BENCH_BACKLOG_TIMEOUT:-300}
+MAX_SECONDS=${BENCH_MAX_SECONDS:-1800}
+WARREN_BIN=${WARREN_BIN:-$REPO/build/warren-server}
+BENCH_BIN=${BENCH_BIN:-$REPO/build/warren_bench}
+RABBITMQ_SH=$REPO/tests/bench/rabbitmq.sh
+IDLE_SETTLE_S=2
+
+for v in DURATION RUNS BACKLOG BACKLOG_WINDOW BACKLOG_TIMEOUT MAX_SECONDS; do
+  case "${!v}" in ''|*[!0-9]*|0) echo "run.sh: BENCH_$v must be a positive integer" >&2; exit 2;; esac
+done
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+if [ "${BENCH_SKIP_DEPS:-0}" != 1 ]; then
+  scripts/deps.sh bench
+fi
+[ -x "$BENCH_BIN" ] || die "$BENCH_BIN not found: run 'make build' (needs librabbitmq-dev)"
+if [ $mode = warren ]; then
+  [ -x "$WARREN_BIN" ] || die "$WARREN_BIN not found: run 'make build'"
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/warren-bench.XXXXXX")
+RESULTS=$WORK/results.jsonl
+mkdir -p "$WORK/logs"
+: >"$RESULTS"
+
+# ------------------------------------------------------------------------------------------
+# Cleanup: both brokers, samplers and the watchdog go, whatever way the script ends.
+
+SAMPLER_PID=""
+WATCHDOG_PID=""
+declare -A SIDE_KIND SIDE_PORT SIDE_DIR SIDE_PID SIDE_LABEL
+
+stop_side() {
+  local side=$1 pid=${SIDE_PID[$1]:-}
+  case "${SIDE_KIND[$side]}" in
+    rabbitmq)
+      "$RABBITMQ_SH" stop "${SIDE_DIR[$side]}" "${SIDE_PORT[$side]}" >/dev/null 2>&1 || true ;;
+    *)
+      if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        local i
+        for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+      fi ;;
+  esac
+  SIDE_PID[$side]=""
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  [ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null || true
+  for side in "${!SIDE_KIND[@]}"; do stop_side "$side"; done
+  [ -n "$WATCHDOG_PID" ] && kill "$WATCHDOG_PID" 2>/dev/null || true
+  if [ $rc -ne 0 ] || [ "${BENCH_KEEP:-0}" = 1 ]; then
+    log "work directory kept: $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# The whole script is bounded: past MAX_SECONDS the watchdog interrupts it, and the trap
+# above still stops both brokers.
+# (Bash runs the TERM trap once the current foreground step returns, and every step has
+# its own time limit.)
+main_pid=$$
+(
+  trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+  sleep "$MAX_SECONDS" & sleeper=$!
+  wait "$sleeper"
+  echo "[bench] hard limit of ${MAX_SECONDS}s reached, stopping" >&2
+  kill -TERM "$main_pid"
+) &
+WATCHDOG_PID=$!
+
+# ------------------------------------------------------------------------------------------
+# Brokers
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pick_port() {
+  local p i
+  for i in $(seq 200); do
+    p=$((20000 + RANDOM % 20000))
+    if ! port_in_use "$p" && ! port_in_use $((p + 20000)) && [ "$p" != "${1:-}" ]; then
+      echo "$p"; return 0
+    fi
+  done
+  die "no free port found"
+}
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+define_side() {   # define_side SIDE KIND LABEL
+  SIDE_KIND[$1]=$2
+  SIDE_LABEL[$1]=$3
+  SIDE_PORT[$1]=$(pick_port "${SIDE_PORT[ours]:-}")
+  SIDE_DIR[$1]=$WORK/$1
+  SIDE_PID[$1]=""
+  mkdir -p "${SIDE_DIR[$1]}"
+}
+
+write_warren_conf() {
+  local dir=$1 port=$2
+  mkdir -p "$dir/data"
+  {
+    echo "# written by tests/bench/run.sh"
+    echo "listeners.tcp.default = 127.0.0.1:$port"
+    echo "listeners.ssl = none"
+    echo "data_dir = $dir/data"
+    [ -n "${BENCH_WARREN_CONF_EXTRA:-}" ] && printf '%s\n' "$BENCH_WARREN_CONF_EXTRA"
+  } >"$dir/warren.conf"
+}
+
+# Starts a side; sets READY_MS to the milliseconds from launch to the first AMQP login that
+# succeeded, and SIDE_PID to the process whose RSS counts (warren-server / beam.smp).
+# Must not run in a subshell: it sets globals and may exit the script.
+READY_MS=null
+start_side() {
+  local side=$1 dir=${SIDE_DIR[$1]} port=${SIDE_PORT[$1]} t0 ready launcher="" pid=""
+  case "${SIDE_KIND[$side]}" in
+    warren)
+      write_warren_conf "$dir" "$port"
+      t0=$(date +%s%N)
+      setsid "$WARREN_BIN" --config "$dir/warren.conf" >>"$dir/broker.log" 2>&1 </dev/null &
+      pid=$! ;;
+    command)
+      t0=$(date +%s%N)
+      BENCH_PORT=$port BENCH_DIR=$dir setsid bash -c "exec $BENCH_WARREN_CMD" \
+        >>"$dir/broker.log" 2>&1 </dev/null &
+      pid=$! ;;
+    rabbitmq)
+      t0=$(date +%s%N)
+      "$RABBITMQ_SH" start "$dir" "$port" >"$dir/start.out" 2>&1 &
+      launcher=$! ;;
+  esac
+  if ! ready=$("$BENCH_BIN" --port "$port" --wait-ready 90 --since-ns "$t0" 2>>"$dir/broker.log"); then
+    [ -n "$launcher" ] && wait "$launcher" 2>/dev/null || true
+    tail -n 20 "$dir/broker.log" "$dir/start.out" 2>/dev/null >&2 || true
+    die "${SIDE_LABEL[$side]} did not accept AMQP on port $port"
+  fi
+  if [ -n "$launcher" ]; then
+    wait "$launcher" || { cat "$dir/start.out" >&2; die "rabbitmq.sh start failed"; }
+    pid=$(tail -n 1 "$dir/start.out")
+  fi
+  kill -0 "$pid" 2>/dev/null || die "${SIDE_LABEL[$side]} exited right after start"
+  SIDE_PID[$side]=$pid
+  READY_MS=$(sed -n 's/^{"ready_ms":\([0-9.]*\)}$/\1/p' <<<"$ready")
+  [ -n "$READY_MS" ] || READY_MS=null
+}
+
+# ------------------------------------------------------------------------------------------
+# Measurements. Every result is one JSON object per line in $RESULTS, tagged with the side.
+
+record() {   # record SIDE JSON-OBJECT-WITHOUT-BRACES
+  echo "{\"side\":\"$1\",$2}" >>"$RESULTS"
+}
+
+# Runs warren_bench against a side; keeps its JSON line (with side and run number), or an
+# error record when it failed, so one bad run does not abort the whole benchmark.
+bench() {   # bench SIDE RUN SCENARIO TIMEOUT ARGS...
+  local side=$1 run=$2 scenario=$3 limit=$4; shift 4
+  local out=$WORK/logs/$side-$scenario-$run.log rc=0 json
+  timeout --kill-after=10 "$limit" "$BENCH_BIN" --port "${SIDE_PORT[$side]}" \
+    --scenario "$scenario" "$@" >"$out" 2>&1 || rc=$?
+  json=$(grep '^{' "$out" | tail -n 1 || true)
+  json=${json#\{}
+  json=${json%\}}
+  if [ -n "$json" ] && { [ $rc -eq 0 ] || [ $rc -eq 4 ]; }; then
+    record "$side" "\"run\":$run,\"exit\":$rc,$json"
+    [ $rc -eq 0 ] || log "  ${SIDE_LABEL[$side]}: $scenario incomplete (see $out)"
+  else
+    record "$side" "\"run\":$run,\"scenario\":\"$scenario\",\"error\":$rc"
+    log "  ${SIDE_LABEL[$side]}: $scenario failed with status $rc:"
+    tail -n 5 "$out" >&2
+  fi
+  grep -E '^  (published|consumed|latency)' "$out" | sed "s/^/    [${SIDE_LABEL[$side]}] /" >&2 || true
+}
+
+start_sampler() {   # samples VmRSS of PID every 100 ms, keeps the maximum in FILE
+  local pid=$1 file=$2
+  echo 0 >"$file"
+  (
+    max=0
+    while kill -0 "$pid" 2>/dev/null; do
+      rss=0
+      while read -r key value _; do
+        [ "$key" = VmRSS: ] && { rss=$value; break; }
+      done 2>/dev/null <"/proc/$pid/status" || true
+      if [ "${rss:-0}" -gt "$max" ]; then max=$rss; echo "$max" >"$file"; fi
+      sleep 0.1
+    done
+  ) &
+  SAMPLER_PID=$!
+}
+
+stop_sampler() {
+  [ -n "$SAMPLER_PID" ] && { kill "$SAMPLER_PID" 2>/dev/null || true; wait "$SAMPLER_PID" 2>/dev/null || true; }
+  SAMPLER_PID=""
+}
+
+# Which side goes first alternates from run to run, so warm caches and background noise do
+# not always favour the same broker.
+order_for_run() { if [ $(($1 % 2)) -eq 1 ]; then echo "ours rabbitmq"; else echo "rabbitmq ours"; fi; }
+
+scenario_start() {   # (d)
+  local run side rss
+  for run in $(seq "$RUNS"); do
+    for side in $(order_for_run "$run"); do
+      start_side "$side"
+      sleep "$IDLE_SETTLE_S"
+      rss=$(rss_kb "${SIDE_PID[$side]}")
+      record "$side" "\"run\":$run,\"scenario\":\"d\",\"ready_ms\":$READY_MS,\"idle_rss_kb\":${rss:-0}"
+      log "  ${SIDE_LABEL[$side]}: ready after $READY_MS ms, idle RSS $((${rss:-0} / 1024)) MB"
+      stop_side "$side"
+    done
+  done
+}
+
+scenario_throughput() {   # (a) and (b)
+  local id=$1 run side; shift
+  for run in $(seq "$RUNS"); do
+    for side in $(order_for_run "$run"); do
+      bench "$side" "$run" "$id" $((DURATION + 150)) --duration "$DURATION" "$@"
+    done
+  done
+}
+
+scenario_backlog() {   # (c)
+  local side peak_pub peak
+  for side in ours rabbitmq; do
+    local common=(--size 1024 --durable --queue bench-backlog --count "$BACKLOG"
+                  --duration "$BACKLOG_TIMEOUT")
+    start_sampler "${SIDE_PID[$side]}" "$WORK/rss-$side"
+    bench "$side" 1 c-publish $((BACKLOG_TIMEOUT + 150)) "${common[@]}" --publish-only \
+      --persistent --confirm "$BACKLOG_WINDOW"
+    peak_pub=$(cat "$WORK/rss-$side")
+    bench "$side" 1 c-drain $((BACKLOG_TIMEOUT + 150)) "${common[@]}" --consume-only \
+      --ack manual --prefetch 100
+    stop_sampler
+    peak=$(cat "$WORK/rss-$side")
+    record "$side" "\"run\":1,\"scenario\":\"c-rss\",\"peak_rss_publish_kb\":$peak_pub,\"peak_rss_kb\":$peak"
+    log "  ${SIDE_LABEL[$side]}: peak RSS $((peak / 1024)) MB"
+  done
+}
+
+# ------------------------------------------------------------------------------------------
+
+case $mode in
+  warren) define_side ours warren "Warren" ;;
+  command) define_side ours command "Warren (BENCH_WARREN_CMD)" ;;
+  rabbitmq-only) define_side ours rabbitmq "RabbitMQ-B" ;;
+esac
+define_side rabbitmq rabbitmq "RabbitMQ"
+started_at=$SECONDS
+log "mode $mode; work dir $WORK; ports ${SIDE_PORT[ours]} (${SIDE_LABEL[ours]}), ${SIDE_PORT[rabbitmq]} (RabbitMQ)"
+log "duration ${DURATION}s x $RUNS runs, backlog $BACKLOG, hard limit ${MAX_SECONDS}s"
+
+log "(d) start time and idle RSS, $RUNS start(s) each"
+scenario_start
+
+log "starting both brokers for the load scenarios"
+start_side ours
+start_side rabbitmq
+
+log "(a) 1p/1c, 16 B transient, auto-ack, no confirms"
+scenario_throughput a --producers 1 --consumers 1 --size 16 --ack auto --queue bench-a
+
+log "(b) 1p/1c, 1 KB persistent, confirm window 100, manual ack, prefetch 100, durable"
+scenario_throughput b --producers 1 --consumers 1 --size 1024 --persistent --confirm 100 \
+  --ack manual --prefetch 100 --durable --queue bench-b
+
+log "(c) backlog of $BACKLOG x 1 KB persistent, then drain"
+scenario_backlog
+
+stop_side ours
+stop_side rabbitmq
+log "measurements done in $((SECONDS - started_at)) s"
+
+# ------------------------------------------------------------------------------------------
+# Report: a table on stdout and the markdown file.
+
+OUT=${BENCH_OUT:-}
+if [ -z "$OUT" ]; then
+  if [ $mode = rabbitmq-only ]; then OUT=$WORK/performance.md; BENCH_KEEP=1; else OUT=$REPO/docs/performance.md; fi
+fi
+# The tree's commit identifies the Warren build (warren-server has no --version to ask).
+warren_version="git $(git -C "$REPO" log -1 --format='%h, %cd' --date=short 2>/dev/null || echo unknown)"
+[ $mode = rabbitmq-only ] && warren_version="(not measured: second RabbitMQ node in its place)"
+[ $mode = command ] && warren_version="$warren_version via BENCH_WARREN_CMD"
+
+BENCH_MODE=$mode BENCH_OURS_LABEL=${SIDE_LABEL[ours]} WARREN_VERSION=$warren_version \
+RABBITMQ_VERSION=$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo unknown) \
+ERLANG_VERSION=$(dpkg-query -W -f='${Version}' erlang-base 2>/dev/null || echo unknown) \
+LIBRABBITMQ_VERSION=$(pkg-config --modversion librabbitmq 2>/dev/null || echo unknown) \
+BENCH_DURATION=$DURATION BENCH_RUNS=$RUNS BENCH_BACKLOG=$BACKLOG BENCH_BACKLOG_WINDOW=$BACKLOG_WINDOW \
+BENCH_ELAPSED=$((SECONDS - started_at)) \
+python3 - "$RESULTS" "$OUT" <<'PY'
+import json, os, platform, statistics, sys, time
+
+results_path, out_path = sys.argv[1], sys.argv[2]
+env = os.environ
+rows = [json.loads(line) for line in open(results_path) if line.strip()]
+ours_label = env["BENCH_OURS_LABEL"]
+
+
+def values(side, scenario, key):
+    return [r[key] for r in rows
+            if r["side"] == side and r["scenario"] == scenario and "error" not in r
+            and r.get(key) is not None]
+
+
+def median(side, scenario, key):
+    v = values(side, scenario, key)
+    return statistics.median(v) if v else None
+
+
+def failures(scenario):
+    return sum(1 for r in rows if r["scenario"] == scenario and "error" in r)
+
+
+def fmt(v, unit):
+    if v is None:
+        return "n/a"
+    if unit == "msg/s":
+        return f"{v:,.0f} msg/s"
+    if unit == "ms":
+        return f"{v:.2f} ms" if v < 100 else f"{v:,.0f} ms"
+    if unit == "MB":
+        return f"{v / 1024:,.1f} MB"
+    return str(v)
+
+
+def ratio(o, r):
+    return o / r if o is not None and r not in (None, 0) else None
+
+
+# Each line: scenario, metric, ours, rabbitmq, unit, target text, target check.
+lines = []
+
+
+def add(scen, metric, key, unit, target="", check=None, ours_value=None, rmq_value=None):
+    o = ours_value if ours_value is not None else median("ours", scen, key)
+    r = rmq_value if rmq_value is not None else median("rabbitmq", scen, key)
+    q = ratio(o, r)
+    met = ""
+    if check is not None and o is not None:
+        try:
+            met = "yes" if check(o, r, q) else "NO"
+        except TypeError:   # the RabbitMQ side or the ratio is missing
+            met = "n/a"
+    lines.append((scen, metric, fmt(o, unit), fmt(r, unit),
+                  "n/a" if q is None else f"{q:.2f}x", target, met))
+
+
+add("a", "consumed (end-to-end)", "consumed_per_s", "msg/s", ">= 3x", lambda o, r, q: q >= 3)
+add("a", "published", "published_per_s", "msg/s")
+add("a", "latency p50", "p50_ms", "ms")
+add("a", "latency p99", "p99_ms", "ms", "below RabbitMQ", lambda o, r, q: o < r)
+add("b", "consumed (end-to-end)", "consumed_per_s", "msg/s", ">= 2x", lambda o, r, q: q >= 2)
+add("b", "published (confirmed)", "published_per_s", "msg/s")
+add("b", "latency p50", "p50_ms", "ms")
+add("b", "latency p99", "p99_ms", "ms", "below RabbitMQ", lambda o, r, q: o < r)
+add("c-publish", "publish with confirms", "published_per_s", "msg/s")
+add("c-drain", "drain with manual ack", "consumed_per_s", "msg/s")
+add("c-rss", "peak RSS (publish phase)", "peak_rss_publish_kb", "MB")
+add("c-rss", "peak RSS (whole scenario)", "peak_rss_kb", "MB", "<= 1/3 (0.33x)",
+    lambda o, r, q: q <= 1 / 3)
+add("d", "idle RSS after start", "idle_rss_kb", "MB", "<= 10 MB (abs)",
+    lambda o, r, q: o <= 10 * 1024)
+add("d", "start to first AMQP login", "ready_ms", "ms", "< 200 ms (abs)",
+    lambda o, r, q: o < 200)
+
+headers = ("Scenario", "Metric", ours_label, "RabbitMQ", "Ratio", "Target", "Met")
+widths = [max(len(str(x[i])) for x in [headers] + lines) for i in range(len(headers))]
+print()
+for row in [headers] + lines:
+    print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+print()
+
+cpu_model = "unknown"
+mem_gb = 0.0
+try:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu_model = line.split(":", 1)[1].strip()
+            break
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal:"):
+            mem_gb = int(line.split()[1]) / 1024 / 1024
+except OSError:
+    pass
+
+runs, duration, backlog = env["BENCH_RUNS"], env["BENCH_DURATION"], int(env["BENCH_BACKLOG"])
+incomplete = sorted({r["scenario"] for r in rows if r.get("exit") == 4})
+failed = sorted({r["scenario"] for r in rows if "error" in r})
+md = []
+md.append("# Warren performance\n")
+md.append("Written by `tests/bench/run.sh` (`make bench`); do not edit the figures by hand.\n")
+if env["BENCH_MODE"] == "rabbitmq-only":
+    md.append("> **Validation run:** both columns are RabbitMQ nodes (`--rabbitmq-only`); "
+              "Warren was not measured.\n")
+md.append("## Setup\n")
+md.append(f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
+md.append(f"- Machine: {os.cpu_count()} CPUs ({cpu_model}), {mem_gb:.0f} GB RAM, "
+          f"Linux {platform.release()}")
+md.append(f"- {ours_label}: {env['WARREN_VERSION']}")
+md.append(f"- RabbitMQ: {env['RABBITMQ_VERSION']} (Debian package, stock configuration, "
+          f"no plugins), Erlang {env['ERLANG_VERSION']}")
+md.append(f"- Client: `tests/bench/warren_bench.c` over librabbitmq {env['LIBRABBITMQ_VERSION']}, "
+          "on the same machine as the broker (they share the CPUs)")
+md.append(f"- (a), (b): {duration} s per run; (a), (b), (d): median of {runs} run(s), "
+          "alternating which broker goes first; (c): one run of "
+          f"{backlog:,} messages per broker, confirm window {env['BENCH_BACKLOG_WINDOW']}")
+md.append(f"- Total measuring time: {env['BENCH_ELAPSED']} s\n")
+if incomplete or failed:
+    md.append("**Caveats:** " + "; ".join(
+        [f"{s}: did not finish its --count within the time limit" for s in incomplete] +
+        [f"{s}: at least one run failed (see the run log)" for s in failed]) + "\n")
+md.append("## Results\n")
+md.append("| " + " | ".join(headers) + " |")
+md.append("|" + "|".join("---" for _ in headers) + "|")
+for row in lines:
+    md.append("| " + " | ".join(row) + " |")
+md.append("")
+md.append("Ratio is ours / RabbitMQ. \"Met\" compares against the target; targets marked "
+          "(abs) are absolute limits on Warren alone.\n")
+md.append("## Method\n")
+md.append("""Both brokers run on 127.0.0.1 with private data directories under /tmp, on
+ports chosen at random; RabbitMQ is the Debian package started by `tests/bench/rabbitmq.sh`
+with its defaults (no management plugin). Every scenario uses one connection per producer
+and per consumer thread, the default exchange and a single queue.
+
+- **(a) transient throughput**: 1 producer, 1 consumer, 16-byte transient messages,
+  auto-ack, no confirms, for the run duration. The producer is not throttled, so when the
+  consumer falls behind the queue grows and latency measures that backlog.
+- **(b) durable throughput**: 1 KB persistent messages into a durable queue; the producer
+  keeps at most 100 unconfirmed publishes in flight (publisher confirms, sliding window);
+  the consumer uses prefetch 100 and acks each message.
+- **(c) backlog**: the configured number of 1 KB persistent messages are published with
+  confirms into a durable queue with no consumer, then a separate client drains it with
+  manual acks (prefetch 100). Rates are per phase; the broker's resident set (VmRSS of
+  warren-server, of beam.smp for RabbitMQ) is sampled every 100 ms across both phases.
+- **(d) start-up**: the broker is launched and a client attempts a full AMQP login every
+  5 ms; the time is from launch to the first successful login. Idle RSS is read 2 s later.
+  RabbitMQ's time includes its launcher scripts, as a user would experience it.
+
+Latency is end to end: the producer writes a CLOCK_MONOTONIC timestamp into the first 8
+bytes of each body and the consumer subtracts it on delivery; percentiles come from a
+log-linear histogram (~3 % resolution).
+""")
+md.append("## Reproduce\n")
+md.append("""```sh
+make bench                          # full run, about 10 minutes, rewrites this file
+tests/bench/run.sh --quick          # smoke run (3 s, 1 run, 20k backlog)
+BENCH_BACKLOG=100000 make bench     # smaller backlog
+```
+See `tests/bench/README.md` for all knobs and for running `warren_bench` by hand.
+""")
+os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+with open(out_path, "w") as f:
+    f.write("\n".join(md))
+print(f"report written to {out_path}")
+PY
