@@ -42,6 +42,18 @@ chan_t *chan_new(conn_t *c, uint16_t id)
     return ch;
 }
 
+#define REPLY_TO "amq.rabbitmq.reply-to"
+#define REPLY_TO_PREFIX "amq.rabbitmq.reply-to."
+
+static void reply_to_stop(chan_t *ch)
+{
+    if (!ch->reply_key) return;
+    if (ch->conn) dict_del(&ch->conn->srv->reply_to, ch->reply_key, strlen(ch->reply_key));
+    free(ch->reply_key);
+    free(ch->reply_ctag);
+    ch->reply_key = ch->reply_ctag = NULL;
+}
+
 static void chan_unref(chan_t *ch)
 {
     if (--ch->refs) return;
@@ -66,12 +78,13 @@ static void send_simple(chan_t *ch, uint32_t id)
 
 void chan_exception(chan_t *ch, int code, uint32_t method_id, const char *fmt, ...)
 {
-    char detail[512], text[600];
+    char detail[1100], text[1200];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(detail, sizeof detail, fmt, ap);
     va_end(ap);
     snprintf(text, sizeof text, "%s - %s", amqp_reply_name(code), detail);
+    amqp_reply_text_fit(text);
     if (amqp_reply_is_connection_error(code)) {
         conn_exception(ch->conn, code, method_id, "%s", detail);
         return;
@@ -258,6 +271,7 @@ void chan_on_drain(chan_t *ch)
 
 void chan_destroy(chan_t *ch)
 {
+    reply_to_stop(ch);
     while (ch->consumers.n) {
         consumer_t *c = ch->consumers.items[ch->consumers.n - 1];
         queue_t *q = c->q;
@@ -375,6 +389,24 @@ static bool deliver_message(chan_t *ch, msg_t *m, bool mandatory)
 {
     broker_t *b = ch->conn->srv->broker;
     vhost_t *vh = ch->conn->vh;
+    if (m->exchange_len == 0 && m->rk_len > strlen(REPLY_TO_PREFIX) &&
+        memcmp(m->rk, REPLY_TO_PREFIX, strlen(REPLY_TO_PREFIX)) == 0) {
+        chan_t *to = dict_get(&ch->conn->srv->reply_to, m->rk, m->rk_len);
+        b->stat_publish++;
+        if (to && to->conn && to->state == CH_OPEN) {
+            amqp_method_t d = {.id = AMQP_BASIC_DELIVER};
+            d.u.basic_deliver.consumer_tag = AMQP_BYTES_CSTR(to->reply_ctag);
+            d.u.basic_deliver.delivery_tag = to->next_tag++;
+            d.u.basic_deliver.exchange = AMQP_BYTES_EMPTY;
+            d.u.basic_deliver.routing_key = (amqp_bytes_t){(const uint8_t *)m->rk, m->rk_len};
+            send(to, &d);
+            write_content(to, m);
+            conn_flush(to->conn);
+        } else if (mandatory) {
+            send_return(ch, m, AMQP_NO_ROUTE, "NO_ROUTE");
+        }
+        return false;
+    }
     exchange_t *x = br_exchange(vh, m->exchange, m->exchange_len);
     ptrvec_t qs = {0};
     if (x) br_route(x, m, &qs);
@@ -458,8 +490,35 @@ void chan_handle_header(chan_t *ch, const amqp_frame_t *f)
                        (unsigned long long)max);
         return;
     }
+    if ((props.flags & AMQP_P_USER_ID) && !amqp_bytes_eq_cstr(props.user_id, ch->conn->user->name)) {
+        chan_exception(ch, AMQP_PRECONDITION_FAILED, AMQP_BASIC_PUBLISH,
+                       "user_id property set to '%.*s' but authenticated user was '%s'", BYTES_FMT(props.user_id),
+                       ch->conn->user->name);
+        return;
+    }
+    if (props.flags & AMQP_P_EXPIRATION) {
+        bool ok = props.expiration.len > 0;
+        for (size_t i = 0; i < props.expiration.len; i++)
+            if (props.expiration.ptr[i] < '0' || props.expiration.ptr[i] > '9') ok = false;
+        if (!ok) {
+            chan_exception(ch, AMQP_PRECONDITION_FAILED, AMQP_BASIC_PUBLISH, "invalid expiration '%.*s': no_integer",
+                           BYTES_FMT(props.expiration));
+            return;
+        }
+    }
+    amqp_buf_t rewritten = {0};
+    if ((props.flags & AMQP_P_REPLY_TO) && amqp_bytes_eq_cstr(props.reply_to, REPLY_TO)) {
+        if (!ch->reply_key) {
+            chan_exception(ch, AMQP_PRECONDITION_FAILED, AMQP_BASIC_PUBLISH, "fast reply consumer does not exist");
+            return;
+        }
+        props.reply_to = AMQP_BYTES_CSTR(ch->reply_key);
+        amqp_props_encode(&rewritten, &props);
+        raw = (amqp_bytes_t){rewritten.data, rewritten.len};
+    }
     msg_t *shell = ch->pub_msg;
     msg_t *m = msg_new(shell->exchange, shell->exchange_len, shell->rk, shell->rk_len, raw.ptr, raw.len, body_size);
+    amqp_buf_free(&rewritten);
     msg_unref(shell);
     m->persistent = (props.flags & AMQP_P_DELIVERY_MODE) && props.delivery_mode == 2;
     m->priority = (props.flags & AMQP_P_PRIORITY) ? props.priority : 0;
@@ -635,9 +694,48 @@ static bool consumer_priority(amqp_bytes_t args, int32_t *prio, char *bad, size_
     return ok;
 }
 
+static void gen_tag(char *out, size_t cap, const char *prefix)
+{
+    uint8_t rnd[16];
+    randombytes_buf(rnd, sizeof rnd);
+    char b64[32];
+    sodium_bin2base64(b64, sizeof b64, rnd, sizeof rnd, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    snprintf(out, cap, "%s%s", prefix, b64);
+}
+
+/* Direct reply-to: a pseudo-queue consumed in no-ack mode; replies published to the name handed
+ * out in reply_to go straight to this channel, without any queue. */
+static void consume_reply_to(chan_t *ch, const amqp_method_t *m)
+{
+    const __typeof__(m->u.basic_consume) *a = &m->u.basic_consume;
+    if (!a->no_ack) {
+        chan_exception(ch, AMQP_PRECONDITION_FAILED, m->id, "reply consumer cannot acknowledge");
+        return;
+    }
+    if (ch->reply_key) {
+        chan_exception(ch, AMQP_PRECONDITION_FAILED, m->id, "reply consumer already set");
+        return;
+    }
+    char tag[300], key[128];
+    if (a->consumer_tag.len)
+        snprintf(tag, sizeof tag, "%.*s", BYTES_FMT(a->consumer_tag));
+    else
+        gen_tag(tag, sizeof tag, "amq.ctag-");
+    gen_tag(key, sizeof key, REPLY_TO_PREFIX);
+    ch->reply_key = strdup(key);
+    ch->reply_ctag = strdup(tag);
+    dict_set(&ch->conn->srv->reply_to, key, strlen(key), ch);
+    if (!a->nowait) {
+        amqp_method_t ok = {.id = AMQP_BASIC_CONSUME_OK};
+        ok.u.basic_consume_ok.consumer_tag = AMQP_BYTES_CSTR(tag);
+        send(ch, &ok);
+    }
+}
+
 static void handle_consume(chan_t *ch, const amqp_method_t *m)
 {
     const __typeof__(m->u.basic_consume) *a = &m->u.basic_consume;
+    if (amqp_bytes_eq_cstr(a->queue, REPLY_TO)) return consume_reply_to(ch, m);
     amqp_bytes_t qn = queue_name_or_last(ch, a->queue);
     br_err_t err;
     queue_t *q;
@@ -696,6 +794,7 @@ static void handle_consume(chan_t *ch, const amqp_method_t *m)
 static void handle_cancel(chan_t *ch, const amqp_method_t *m)
 {
     amqp_bytes_t tag = m->u.basic_cancel.consumer_tag;
+    if (ch->reply_ctag && amqp_bytes_eq_cstr(tag, ch->reply_ctag)) reply_to_stop(ch);
     consumer_t *c = find_consumer(ch, tag);
     if (!m->u.basic_cancel.nowait) {
         amqp_method_t ok = {.id = AMQP_BASIC_CANCEL_OK};
@@ -877,7 +976,7 @@ void chan_handle_method(chan_t *ch, const amqp_method_t *m)
         return;
     }
     if (ch->pub != PUB_IDLE) {
-        conn_exception(ch->conn, AMQP_UNEXPECTED_FRAME, m->id,
+        conn_exception(ch->conn, AMQP_UNEXPECTED_FRAME, AMQP_BASIC_PUBLISH,
                        ch->pub == PUB_HEADER
                            ? "expected content header for class 60, got non content header frame instead"
                            : "expected content body, got non content body frame instead");
@@ -894,6 +993,11 @@ void chan_handle_method(chan_t *ch, const amqp_method_t *m)
     case AMQP_CHANNEL_CLOSE_OK:
         return;
     case AMQP_CHANNEL_FLOW: {
+        if (!m->u.channel_flow.active) {
+            /* As RabbitMQ: clients may not stop the server's deliveries this way. */
+            conn_exception(ch->conn, AMQP_NOT_IMPLEMENTED, m->id, "active=false");
+            return;
+        }
         ch->flow_active = m->u.channel_flow.active;
         amqp_method_t ok = {.id = AMQP_CHANNEL_FLOW_OK};
         ok.u.channel_flow_ok.active = ch->flow_active;

@@ -74,8 +74,17 @@ static void close_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
     conn_close_socket(c);
 }
 
-static void conn_start_closing(conn_t *c, int code, const char *text, uint32_t method_id)
+/* reply-text is a shortstr: RabbitMQ cuts longer texts to 252 bytes and appends "...". */
+void amqp_reply_text_fit(char *text)
 {
+    if (strlen(text) > 255) memcpy(text + 252, "...", 4);
+}
+
+static void conn_start_closing(conn_t *c, int code, const char *reply, uint32_t method_id)
+{
+    char text[1200];
+    snprintf(text, sizeof text, "%s", reply);
+    amqp_reply_text_fit(text);
     amqp_method_t m = {.id = AMQP_CONNECTION_CLOSE};
     m.u.connection_close.reply_code = (uint16_t)code;
     m.u.connection_close.reply_text = AMQP_BYTES_CSTR(text);
@@ -93,7 +102,7 @@ static void conn_start_closing(conn_t *c, int code, const char *text, uint32_t m
 void conn_exception(conn_t *c, int code, uint32_t method_id, const char *fmt, ...)
 {
     if (c->state == CS_CLOSING || c->state == CS_CLOSED) return;
-    char text[600], detail[512];
+    char text[1200], detail[1100];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(detail, sizeof detail, fmt, ap);
@@ -186,8 +195,11 @@ static void handle_start_ok(conn_t *c, const amqp_method_t *m)
     read_client_capabilities(c, m->u.connection_start_ok.client_properties);
     amqp_bytes_t mech = m->u.connection_start_ok.mechanism;
     if (!amqp_bytes_eq_cstr(mech, "PLAIN") && !amqp_bytes_eq_cstr(mech, "AMQPLAIN")) {
-        conn_exception(c, AMQP_COMMAND_INVALID, m->id, "unknown authentication mechanism '%.*s'", (int)mech.len,
-                       (const char *)mech.ptr);
+        /* Like RabbitMQ, no connection.close before tune: the client just sees the socket go. */
+        log_warn("connection %s:%d: unknown authentication mechanism '%.*s'", net_peer_host(c->net),
+                 net_peer_port(c->net), (int)mech.len, (const char *)mech.ptr);
+        c->state = CS_CLOSED;
+        conn_close_socket(c);
         return;
     }
     amqp_bytes_t user = {0}, pass = {0};
@@ -322,7 +334,7 @@ static void handle_frame(conn_t *c, const amqp_frame_t *f)
     c->last_recv = ev_now(c->srv->loop);
     if (f->type == AMQP_FRAME_HEARTBEAT) {
         if (f->channel != 0)
-            conn_exception(c, AMQP_FRAME_ERROR, 0, "heartbeat frame on channel %u", f->channel);
+            conn_exception(c, AMQP_UNEXPECTED_FRAME, 0, "heartbeat frame on channel %u", f->channel);
         return;
     }
     if (c->state == CS_CLOSING) {
@@ -345,11 +357,15 @@ static void handle_frame(conn_t *c, const amqp_frame_t *f)
         return;
     }
     if (c->state != CS_RUNNING) {
-        conn_exception(c, AMQP_COMMAND_INVALID, 0, "channel %u used before connection.open", f->channel);
+        conn_exception(c, AMQP_UNEXPECTED_FRAME, 0, "channel %u used before connection.open", f->channel);
         return;
     }
     if (f->channel > c->channel_max) {
-        conn_exception(c, AMQP_CHANNEL_ERROR, 0, "channel %u exceeds channel_max %u", f->channel, c->channel_max);
+        uint32_t open = 0;
+        for (uint32_t i = 1; i <= c->channel_max; i++) open += c->chans[i] != NULL;
+        conn_exception(c, AMQP_NOT_ALLOWED, 0,
+                       "number of channels opened (%u) has reached the negotiated channel_max (%u)", open,
+                       c->channel_max);
         return;
     }
     chan_t *ch = c->chans[f->channel];
@@ -528,6 +544,7 @@ amqp_server_t *amqp_server_start(struct ev_loop *loop, broker_t *b, cfg_t *cfg, 
     s->loop = loop;
     s->broker = b;
     s->cfg = cfg;
+    dict_init(&s->reply_to);
     if (cfg->n_ssl > 0) {
         char certfile[600], keyfile[600];
         snprintf(certfile, sizeof certfile, "%s", cfg->ssl_certfile);
@@ -603,5 +620,6 @@ void amqp_server_free(amqp_server_t *s)
     ev_ref(s->loop);
     ev_prepare_stop(s->loop, &s->prepare);
     if (s->tls) SSL_CTX_free(s->tls);
+    dict_free(&s->reply_to);
     free(s);
 }

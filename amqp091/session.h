@@ -74,6 +74,9 @@ struct chan {
     bool sync_wanted;   /* registered in the server's list for a sync callback */
     chan_t *next_sync;
 
+    char *reply_key;  /* direct reply-to: "amq.rabbitmq.reply-to.<token>" while consuming */
+    char *reply_ctag;
+
     bool tx;
     tx_publish_t *txp;
     size_t txp_len, txp_cap;
@@ -111,6 +114,7 @@ void conn_flush(conn_t *c);
 void conn_exception(conn_t *c, int code, uint32_t method_id, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 bool conn_output_blocked(const conn_t *c);
+void amqp_reply_text_fit(char *text);
 
 /* channel.c */
 chan_t *chan_new(conn_t *c, uint16_t id);
@@ -135,6 +139,7 @@ struct amqp_server {
     conn_t *conns;
     uint64_t next_conn_id;
     chan_t *sync_list;
+    dict_t reply_to; /* direct reply-to name -> chan_t* */
     ev_prepare prepare;
     bool shutting_down;
 };

@@ -295,9 +295,9 @@ int br_exchange_declare(vhost_t *vh, user_t *u, const char *name, size_t len, co
 int br_exchange_delete(vhost_t *vh, user_t *u, const char *name, size_t len, bool if_unused, br_err_t *err)
 {
     if (len == 0 || (has_amq_prefix(name, len) && br_exchange(vh, name, len)))
-        return br_fail(err, BR_ACCESS_REFUSED, len ? "exchange '%.*s' in vhost '%s' is a built-in exchange"
-                                                   : "operation not permitted on the default exchange%.*s%.0s",
-                       (int)len, name, vh->name);
+        return len ? br_fail(err, BR_ACCESS_REFUSED, "deletion of system exchange '%.*s' in vhost '%s' not allowed",
+                             (int)len, name, vh->name)
+                   : br_fail(err, BR_ACCESS_REFUSED, "operation not permitted on the default exchange");
     if (br_check_perm(u, vh, PERM_CONFIGURE, false, name, len, err)) return err->code;
     exchange_t *x = br_exchange(vh, name, len);
     if (!x) return 0;
@@ -339,22 +339,28 @@ static const char *arg_type_name(char t)
     }
 }
 
-static void describe_arg(const amqp_value_t *v, char *out, size_t cap)
+/* RabbitMQ prints both sides as '<value>' when both are present and of the same kind, else the
+ * long "the value ... of type ..." / "none" form. */
+static void describe_arg(const amqp_value_t *v, bool short_form, char *out, size_t cap)
 {
     if (!v) {
         snprintf(out, cap, "none");
         return;
     }
     int64_t i;
+    char val[300];
     if (amqp_value_int(v, &i))
-        snprintf(out, cap, "the value '%lld' of type '%s'", (long long)i, arg_type_name(v->type));
+        snprintf(val, sizeof val, "%lld", (long long)i);
     else if (v->type == 'S' || v->type == 'x')
-        snprintf(out, cap, "the value '%.*s' of type '%s'", (int)v->v.str.len, (const char *)v->v.str.ptr,
-                 arg_type_name(v->type));
+        snprintf(val, sizeof val, "%.*s", (int)v->v.str.len, (const char *)v->v.str.ptr);
     else if (v->type == 't')
-        snprintf(out, cap, "the value '%s' of type 'bool'", v->v.b ? "true" : "false");
+        snprintf(val, sizeof val, "%s", v->v.b ? "true" : "false");
     else
-        snprintf(out, cap, "a value of type '%s'", arg_type_name(v->type));
+        snprintf(val, sizeof val, "?");
+    if (short_form)
+        snprintf(out, cap, "'%s'", val);
+    else
+        snprintf(out, cap, "the value '%s' of type '%s'", val, arg_type_name(v->type));
 }
 
 /* The queue arguments RabbitMQ compares on redeclare. */
@@ -392,9 +398,10 @@ static int check_queue_equivalence(queue_t *q, bool durable, bool auto_delete, a
             const amqp_value_t *s = a ? a : c;
             if (!(a && c) && s->type == 'S' && amqp_bytes_eq_cstr(s->v.str, "classic")) continue;
         }
-        char gs[300], cs[300];
-        describe_arg(a, gs, sizeof gs);
-        describe_arg(c, cs, sizeof cs);
+        char gs[400], cs[400];
+        bool short_form = a && c && arg_type_name(a->type) == arg_type_name(c->type);
+        describe_arg(a, short_form, gs, sizeof gs);
+        describe_arg(c, short_form, cs, sizeof cs);
         rc = br_fail(err, BR_PRECONDITION_FAILED,
                      "inequivalent arg '%s' for queue '%s' in vhost '%s': received %s but current is %s",
                      equivalence_args[i], q->name, q->vh->name, gs, cs);
@@ -412,6 +419,39 @@ static void server_queue_name(char out[48])
     snprintf(out, 48, "amq.gen-%s", b64);
 }
 
+/* Type and range rules of the queue arguments RabbitMQ validates at declare time. */
+typedef enum { ARG_NONNEG_INT, ARG_POS_INT, ARG_PRIORITY, ARG_STRING, ARG_BOOL } arg_rule_t;
+static const struct { const char *name; arg_rule_t rule; } queue_arg_rules[] = {
+    {"x-message-ttl", ARG_NONNEG_INT},         {"x-expires", ARG_POS_INT},
+    {"x-max-length", ARG_NONNEG_INT},          {"x-max-length-bytes", ARG_NONNEG_INT},
+    {"x-max-priority", ARG_PRIORITY},          {"x-dead-letter-exchange", ARG_STRING},
+    {"x-dead-letter-routing-key", ARG_STRING}, {"x-overflow", ARG_STRING},
+    {"x-queue-mode", ARG_STRING},              {"x-single-active-consumer", ARG_BOOL},
+};
+
+static int check_arg_rule(const amqp_value_t *v, arg_rule_t rule, char *why, size_t cap)
+{
+    int64_t i;
+    bool is_int = amqp_value_int(v, &i) && v->type != 'T';
+    switch (rule) {
+    case ARG_NONNEG_INT:
+    case ARG_POS_INT:
+    case ARG_PRIORITY:
+        if (!is_int) return snprintf(why, cap, "{unacceptable_type,%s}", arg_type_name(v->type)), -1;
+        if (i < 0) return snprintf(why, cap, "{value_negative,%lld}", (long long)i), -1;
+        if (rule == ARG_POS_INT && i == 0) return snprintf(why, cap, "{value_zero,0}"), -1;
+        if (rule == ARG_PRIORITY && i > 255) return snprintf(why, cap, "{value_too_large,%lld,255}", (long long)i), -1;
+        return 0;
+    case ARG_STRING:
+        if (v->type != 'S') return snprintf(why, cap, "{unacceptable_type,%s}", arg_type_name(v->type)), -1;
+        return 0;
+    case ARG_BOOL:
+        if (v->type != 't') return snprintf(why, cap, "{unacceptable_type,%s}", arg_type_name(v->type)), -1;
+        return 0;
+    }
+    return 0;
+}
+
 static int validate_queue_args(vhost_t *vh, const char *name, size_t len, amqp_bytes_t args, br_err_t *err)
 {
     if (!args.len) return 0;
@@ -420,6 +460,17 @@ static int validate_queue_args(vhost_t *vh, const char *name, size_t len, amqp_b
         return br_fail(err, BR_PRECONDITION_FAILED, "invalid arguments for queue '%.*s' in vhost '%s'", (int)len,
                        name, vh->name);
     int rc = 0;
+    for (size_t i = 0; i < sizeof queue_arg_rules / sizeof queue_arg_rules[0] && !rc; i++) {
+        const amqp_value_t *v = amqp_table_get(&t, queue_arg_rules[i].name);
+        char why[128];
+        if (v && check_arg_rule(v, queue_arg_rules[i].rule, why, sizeof why))
+            rc = br_fail(err, BR_PRECONDITION_FAILED, "invalid arg '%s' for queue '%.*s' in vhost '%s': %s",
+                         queue_arg_rules[i].name, (int)len, name, vh->name, why);
+    }
+    if (rc) {
+        amqp_table_free(&t);
+        return rc;
+    }
     const amqp_value_t *qt = amqp_table_get(&t, "x-queue-type");
     if (qt) {
         if (qt->type != 'S')

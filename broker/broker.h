@@ -42,7 +42,7 @@ enum {
 
 typedef struct {
     int code;
-    char text[512];
+    char text[1024];
 } br_err_t;
 int br_fail(br_err_t *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

@@ -212,7 +212,9 @@ int broker_boot_defaults(broker_t *b, char *err, size_t errlen)
 {
     cfg_t *c = b->cfg;
     vhost_t *vh = br_vhost_add(b, c->default_vhost);
-    if (c->default_user[0] && !br_user(b, c->default_user, strlen(c->default_user))) {
+    /* As RabbitMQ: the default user is only created when no users were defined otherwise
+     * (e.g. by boot definitions). */
+    if (c->default_user[0] && dict_size(&b->users) == 0) {
         char tags[512] = "";
         size_t n = 0;
         for (int i = 0; i < c->n_default_user_tags; i++)

@@ -335,6 +335,17 @@ static void route_to(route_ctx_t *rc, binding_t *bd)
 
 static void topic_hit(void *ctx, void *binding) { route_to(ctx, binding); }
 
+static bool topic_matches_no_words(const char *key, size_t len)
+{
+    if (len == 0) return true;
+    for (size_t i = 0; i < len; i += 2) {
+        if (key[i] != '#') return false;
+        if (i + 1 < len && key[i + 1] != '.') return false;
+        if (i + 1 == len - 1) return false; /* trailing '.' */
+    }
+    return true;
+}
+
 static const amqp_table_t *message_headers(route_ctx_t *rc)
 {
     if (!rc->headers_parsed) {
@@ -362,6 +373,15 @@ static void route_exchange(route_ctx_t *rc, exchange_t *x)
         for (size_t i = 0; i < x->bindings.n; i++) route_to(rc, x->bindings.items[i]);
         break;
     case EX_TOPIC:
+        if (rklen == 0) {
+            /* RabbitMQ reads an empty routing key as zero words: only "" and all-'#' patterns
+             * match it (the trie would see one empty word, which '*' matches). */
+            for (size_t i = 0; i < x->bindings.n; i++) {
+                binding_t *bd = x->bindings.items[i];
+                if (topic_matches_no_words(bd->key, bd->key_len)) route_to(rc, bd);
+            }
+            break;
+        }
         topic_trie_match(x->trie, rk, rklen, topic_hit, rc);
         break;
     case EX_HEADERS:

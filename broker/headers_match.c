@@ -79,7 +79,7 @@ typedef struct { bool is_float, neg; uint64_t mag; double d; } erl_num_t;
 static bool value_as_number(const amqp_value_t *v, erl_num_t *out) {
     memset(out, 0, sizeof *out);
     switch (v->type) {
-    case 'b': case 's': case 'I': case 'l':
+    case 'b': case 's': case 'I': case 'l': case 'L':
         out->neg = v->v.i < 0;
         out->mag = out->neg ? (uint64_t)0 - (uint64_t)v->v.i : (uint64_t)v->v.i;
         return true;
@@ -292,7 +292,7 @@ static void fmt_value(fmt_t *f, const amqp_value_t *v, int depth) {
     if (depth > 8) { fmt_put(f, "..."); return; }
     switch (v->type) {
     case 't': fmt_put(f, "%s", v->v.b ? "true" : "false"); break;
-    case 'b': case 's': case 'I': case 'l': fmt_put(f, "%lld", (long long)v->v.i); break;
+    case 'b': case 's': case 'I': case 'l': case 'L': fmt_put(f, "%lld", (long long)v->v.i); break;
     case 'B': case 'u': case 'i': case 'T': fmt_put(f, "%llu", (unsigned long long)v->v.u); break;
     case 'f': fmt_double(f, (double)v->v.f); break;
     case 'd': fmt_double(f, v->v.d); break;

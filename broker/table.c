@@ -145,7 +145,7 @@ static int walk_value(amqp_reader_t *r, char type, int depth, amqp_value_t *out)
   case 'u': v.v.u = amqp_read_u16(r); break;
   case 'I': v.v.i = (int32_t)amqp_read_u32(r); break;
   case 'i': v.v.u = amqp_read_u32(r); break;
-  case 'l': v.v.i = (int64_t)amqp_read_u64(r); break;
+  case 'l': case 'L': v.v.i = (int64_t)amqp_read_u64(r); break;
   case 'T': v.v.u = amqp_read_u64(r); break;
   case 'f': { uint32_t bits = amqp_read_u32(r); memcpy(&v.v.f, &bits, sizeof bits); break; }
   case 'd': { uint64_t bits = amqp_read_u64(r); memcpy(&v.v.d, &bits, sizeof bits); break; }
@@ -257,7 +257,7 @@ const amqp_value_t *amqp_table_get(const amqp_table_t *t, const char *key) {
 
 bool amqp_value_int(const amqp_value_t *v, int64_t *out) {
   switch (v->type) {
-  case 'b': case 's': case 'I': case 'l':
+  case 'b': case 's': case 'I': case 'l': case 'L':
     *out = v->v.i;
     return true;
   case 'B': case 'u': case 'i': case 'T':
@@ -273,7 +273,7 @@ bool amqp_value_equal(const amqp_value_t *a, const amqp_value_t *b) {
   if (a->type != b->type) return false;
   switch (a->type) {
   case 't': return a->v.b == b->v.b;
-  case 'b': case 's': case 'I': case 'l': return a->v.i == b->v.i;
+  case 'b': case 's': case 'I': case 'l': case 'L': return a->v.i == b->v.i;
   case 'B': case 'u': case 'i': case 'T': return a->v.u == b->v.u;
   /* Bit patterns, so that a value (even NaN) always equals itself. */
   case 'f': return memcmp(&a->v.f, &b->v.f, sizeof a->v.f) == 0;
@@ -350,7 +350,7 @@ void amqp_value_encode(amqp_buf_t *out, const amqp_value_t *v) {
   case 'u': amqp_buf_put_u16(out, (uint16_t)v->v.u); break;
   case 'I': amqp_buf_put_u32(out, (uint32_t)v->v.i); break;
   case 'i': amqp_buf_put_u32(out, (uint32_t)v->v.u); break;
-  case 'l': amqp_buf_put_u64(out, (uint64_t)v->v.i); break;
+  case 'l': case 'L': amqp_buf_put_u64(out, (uint64_t)v->v.i); break;
   case 'T': amqp_buf_put_u64(out, v->v.u); break;
   case 'f': { uint32_t bits; memcpy(&bits, &v->v.f, sizeof bits); amqp_buf_put_u32(out, bits); break; }
   case 'd': { uint64_t bits; memcpy(&bits, &v->v.d, sizeof bits); amqp_buf_put_u64(out, bits); break; }

@@ -97,8 +97,10 @@ int main(int argc, char **argv)
         return 1;
     }
     broker_t *b = broker_new(loop, &cfg, store);
-    if (broker_recover(b, err, sizeof err) || broker_boot_defaults(b, err, sizeof err) ||
-        (cfg.load_definitions[0] && broker_load_definitions(b, cfg.load_definitions, err, sizeof err))) {
+    br_vhost_add(b, cfg.default_vhost);
+    if (broker_recover(b, err, sizeof err) ||
+        (cfg.load_definitions[0] && broker_load_definitions(b, cfg.load_definitions, err, sizeof err)) ||
+        broker_boot_defaults(b, err, sizeof err)) {
         log_error("%s", err);
         broker_free(b);
         store_close(store);
