@@ -416,7 +416,10 @@ static bool deliver_message(chan_t *ch, msg_t *m, bool mandatory)
         b->stat_unroutable++;
         if (mandatory) send_return(ch, m, AMQP_NO_ROUTE, "NO_ROUTE");
     }
-    for (size_t i = 0; i < qs.n; i++) needs_sync |= q_publish(qs.items[i], m);
+    for (size_t i = 0; i < qs.n; i++) {
+        needs_sync |= q_publish(qs.items[i], m);
+        conn_throttle(ch->conn, qs.items[i]);
+    }
     ptrvec_free(&qs);
     return needs_sync;
 }

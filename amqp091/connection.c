@@ -44,7 +44,38 @@ void conn_send_method(conn_t *c, uint16_t channel, const amqp_method_t *m)
 
 bool conn_output_blocked(const conn_t *c)
 {
-    return !c->net || c->state != CS_RUNNING || net_out_pending(c->net) + c->out.len > (1u << 20);
+    return !c->net || c->state != CS_RUNNING || net_out_pending(c->net) + c->out.len > (128u << 10);
+}
+
+/* ---- publisher flow control ----
+ * A publisher faster than a queue's consumers would grow the queue without bound and every
+ * message's latency with it. Like RabbitMQ's credit flow, we stop reading from a publishing
+ * connection while a consumed queue it published to is deep, and resume when the backlog
+ * halves. The pause is bounded (a few ms at a time) so a connection that both publishes and
+ * acks can never deadlock itself. Queues without consumers never throttle (backlogs are fine). */
+#define THROTTLE_HIGH 2000
+#define THROTTLE_LOW 1000
+#define THROTTLE_MAX_PAUSE 0.05
+
+void conn_throttle(conn_t *c, queue_t *q)
+{
+    if (c->throttled_by || !c->net || q->consumers.n == 0 || q->ready.len < THROTTLE_HIGH) return;
+    q_ref(q);
+    c->throttled_by = q;
+    c->throttled_at = ev_now(c->srv->loop);
+    net_pause_reading(c->net, true);
+}
+
+static void conn_unthrottle_check(conn_t *c)
+{
+    queue_t *q = c->throttled_by;
+    if (!q) return;
+    if (!q->deleted && q->ready.len > THROTTLE_LOW && q->consumers.n &&
+        ev_now(c->srv->loop) - c->throttled_at < THROTTLE_MAX_PAUSE)
+        return;
+    c->throttled_by = NULL;
+    q_unref(q);
+    if (c->net) net_pause_reading(c->net, false);
 }
 
 /* ---- closing ---- */
@@ -488,6 +519,8 @@ static void conn_on_close(void *ud)
     c->state = CS_CLOSED;
     ev_timer_stop(s->loop, &c->hb_timer);
     ev_timer_stop(s->loop, &c->close_timer);
+    if (c->throttled_by) q_unref(c->throttled_by);
+    c->throttled_by = NULL;
     conn_free_channels(c);
     br_connection_closed(s->broker, c->id);
     if (c->prev) c->prev->next = c->next;
@@ -523,6 +556,8 @@ static void on_accept(void *arg, net_conn_t *nc)
     if (s->conns) s->conns->prev = c;
     s->conns = c;
     net_conn_set_handler(nc, &conn_handler, c);
+    /* Must agree with conn_output_blocked(): on_drain resumes deliveries stopped there. */
+    net_set_watermarks(nc, 128u << 10, 32u << 10);
     if (s->shutting_down) net_close(nc, false);
 }
 
@@ -534,7 +569,10 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
     (void)revents;
     amqp_server_t *s = w->data;
     chan_register_syncs(s);
-    for (conn_t *c = s->conns; c; c = c->next) conn_flush(c);
+    for (conn_t *c = s->conns; c; c = c->next) {
+        conn_unthrottle_check(c);
+        conn_flush(c);
+    }
 }
 
 amqp_server_t *amqp_server_start(struct ev_loop *loop, broker_t *b, cfg_t *cfg, char *err, size_t errlen)

@@ -105,6 +105,8 @@ struct conn {
     ev_timer hb_timer;
     ev_tstamp last_recv, last_send;
     ev_timer close_timer;
+    queue_t *throttled_by; /* reading paused while this queue's backlog is too deep */
+    ev_tstamp throttled_at;
     conn_t *prev, *next;
 };
 
@@ -115,6 +117,7 @@ void conn_exception(conn_t *c, int code, uint32_t method_id, const char *fmt, ..
     __attribute__((format(printf, 4, 5)));
 bool conn_output_blocked(const conn_t *c);
 void amqp_reply_text_fit(char *text);
+void conn_throttle(conn_t *c, queue_t *q);
 
 /* channel.c */
 chan_t *chan_new(conn_t *c, uint16_t id);
