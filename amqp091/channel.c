@@ -928,14 +928,25 @@ static void handle_qos(chan_t *ch, const amqp_method_t *m)
 
 /* ---- tx ---- */
 
+static void tx_commit_synced(void *arg)
+{
+    chan_t *ch = arg;
+    if (ch->conn && ch->state == CH_OPEN) {
+        send_simple(ch, AMQP_TX_COMMIT_OK);
+        conn_flush(ch->conn);
+    }
+    chan_unref(ch);
+}
+
 static void tx_commit(chan_t *ch, const amqp_method_t *m)
 {
     if (!ch->tx) {
         chan_exception(ch, AMQP_PRECONDITION_FAILED, m->id, "channel is not transactional");
         return;
     }
+    bool needs_sync = false;
     for (size_t i = 0; i < ch->txp_len; i++) {
-        deliver_message(ch, ch->txp[i].m, ch->txp[i].mandatory);
+        needs_sync |= deliver_message(ch, ch->txp[i].m, ch->txp[i].mandatory);
         msg_unref(ch->txp[i].m);
     }
     ch->txp_len = 0;
@@ -949,6 +960,13 @@ static void tx_commit(chan_t *ch, const amqp_method_t *m)
         }
         if (dl_find(ch, a->tag) < 0) continue;
         apply_ack(ch, m->id, a->tag, a->multiple, a->is_ack || !a->requeue);
+    }
+    broker_t *b = ch->conn->srv->broker;
+    if (needs_sync && b->store) {
+        /* commit-ok promises the transaction's persistent messages are on disk. */
+        ch->refs++;
+        store_on_synced(b->store, tx_commit_synced, ch);
+        return;
     }
     send_simple(ch, AMQP_TX_COMMIT_OK);
 }

@@ -80,15 +80,19 @@ static void conn_unthrottle_check(conn_t *c)
 
 /* ---- closing ---- */
 
+/* Releases everything the connection holds in the broker: channels (requeueing their unacked
+ * messages) and exclusive queues. Done as soon as the connection is known to be finished, so a
+ * client that reconnects right after close-ok sees its exclusive queues gone, as in RabbitMQ. */
 static void conn_free_channels(conn_t *c)
 {
-    if (!c->chans) return;
-    for (uint32_t i = 0; i <= c->channel_max; i++)
-        if (c->chans[i]) {
-            chan_t *ch = c->chans[i];
-            c->chans[i] = NULL;
-            chan_destroy(ch);
-        }
+    if (c->chans)
+        for (uint32_t i = 0; i <= c->channel_max; i++)
+            if (c->chans[i]) {
+                chan_t *ch = c->chans[i];
+                c->chans[i] = NULL;
+                chan_destroy(ch);
+            }
+    br_connection_closed(c->srv->broker, c->id);
 }
 
 static void conn_close_socket(conn_t *c)

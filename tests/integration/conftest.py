@@ -465,6 +465,28 @@ def fresh_broker(tmp_path, pki, request):
             _check_clean_exit(proc, code)
 
 
+@pytest.fixture(scope="module")
+def module_broker(tmp_path_factory, pki):
+    """Factory for brokers shared by one test module (e.g. one definitions file for many
+    permission tests); same signature as fresh_broker, stopped after the module."""
+    started = []
+
+    def make(config=None, definitions=None):
+        if EXTERNAL:
+            pytest.skip("needs a broker the suite can configure (WARREN_TEST_EXTERNAL is set)")
+        workdir = str(tmp_path_factory.mktemp("module-broker"))
+        proc = BrokerProcess(workdir, pki, config=config, definitions=definitions,
+                             flavour=_flavour())
+        started.append(proc)
+        return proc.start()
+
+    yield make
+    for proc in started:
+        if proc.running:
+            code = proc.stop()
+            _check_clean_exit(proc, code)
+
+
 # ---------------------------------------------------------------------------
 # Client connections to the session broker (closed at teardown if still open)
 # ---------------------------------------------------------------------------
@@ -507,9 +529,9 @@ def pytest_runtest_makereport(item, call):
     if not report.failed:
         return
     brokers = list(getattr(item, "_warren_brokers", []))
-    session_broker = getattr(item, "funcargs", {}).get("broker")
-    if isinstance(session_broker, BrokerProcess):
-        brokers.append(session_broker)
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, BrokerProcess) and value not in brokers:
+            brokers.append(value)
     for proc in brokers:
         report.sections.append((f"broker log ({proc.log_path})", proc.log_tail()))
 
