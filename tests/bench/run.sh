@@ -25,6 +25,7 @@
 #   BENCH_WARREN_CMD (start "ours" with this shell command instead; it must stay in the
 #   foreground and listen on $BENCH_PORT, with $BENCH_DIR as scratch space),
 #   BENCH_WARREN_CONF_EXTRA (lines appended to warren.conf), BENCH_OUT (report path),
+#   BENCH_WARREN_VERSION (how the report names the Warren build; default: the repo's commit),
 #   BENCH_SKIP_DEPS=1 (do not run scripts/deps.sh bench), BENCH_KEEP=1 (keep the work dir),
 #   BENCH_MAX_SECONDS (1800: hard limit for the whole script).
 set -Eeuo pipefail
@@ -81,13 +82,15 @@ mkdir -p "$WORK/logs"
 
 SAMPLER_PID=""
 WATCHDOG_PID=""
-declare -A SIDE_KIND SIDE_PORT SIDE_DIR SIDE_PID SIDE_LABEL
+CLIENT_PID=""
+declare -A SIDE_KIND SIDE_PORT SIDE_DIST_PORT SIDE_DIR SIDE_PID SIDE_LABEL
 
 stop_side() {
   local side=$1 pid=${SIDE_PID[$1]:-}
   case "${SIDE_KIND[$side]}" in
     rabbitmq)
-      "$RABBITMQ_SH" stop "${SIDE_DIR[$side]}" "${SIDE_PORT[$side]}" >/dev/null 2>&1 || true ;;
+      RABBITMQ_DIST_PORT=${SIDE_DIST_PORT[$side]} \
+        "$RABBITMQ_SH" stop "${SIDE_DIR[$side]}" "${SIDE_PORT[$side]}" >/dev/null 2>&1 || true ;;
     *)
       if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
         kill -TERM "$pid" 2>/dev/null || true
@@ -102,6 +105,7 @@ stop_side() {
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  [ -n "$CLIENT_PID" ] && kill "$CLIENT_PID" 2>/dev/null || true
   [ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null || true
   for side in "${!SIDE_KIND[@]}"; do stop_side "$side"; done
   [ -n "$WATCHDOG_PID" ] && kill "$WATCHDOG_PID" 2>/dev/null || true
@@ -117,8 +121,8 @@ trap 'log "interrupted"; exit 130' INT TERM
 
 # The whole script is bounded: past MAX_SECONDS the watchdog interrupts it, and the trap
 # above still stops both brokers.
-# (Bash runs the TERM trap once the current foreground step returns, and every step has
-# its own time limit.)
+# (Long client runs are waited for in the background, so the trap runs at once; other
+# steps are short and have their own time limits.)
 main_pid=$$
 (
   trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
@@ -134,12 +138,18 @@ WATCHDOG_PID=$!
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Ports come from 20000-31999, below Linux's ephemeral range (32768+), so an outgoing
+# connection elsewhere on the machine cannot be holding the port we are about to listen on.
+USED_PORTS=" "
 pick_port() {
   local p i
-  for i in $(seq 200); do
-    p=$((20000 + RANDOM % 20000))
-    if ! port_in_use "$p" && ! port_in_use $((p + 20000)) && [ "$p" != "${1:-}" ]; then
-      echo "$p"; return 0
+  for i in $(seq 500); do
+    p=$((20000 + RANDOM % 12000))
+    case "$USED_PORTS" in *" $p "*) continue ;; esac
+    if ! port_in_use "$p"; then
+      USED_PORTS="$USED_PORTS$p "
+      PICKED_PORT=$p
+      return 0
     fi
   done
   die "no free port found"
@@ -150,7 +160,8 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 define_side() {   # define_side SIDE KIND LABEL
   SIDE_KIND[$1]=$2
   SIDE_LABEL[$1]=$3
-  SIDE_PORT[$1]=$(pick_port "${SIDE_PORT[ours]:-}")
+  pick_port; SIDE_PORT[$1]=$PICKED_PORT
+  pick_port; SIDE_DIST_PORT[$1]=$PICKED_PORT   # Erlang distribution, RabbitMQ sides only
   SIDE_DIR[$1]=$WORK/$1
   SIDE_PID[$1]=""
   mkdir -p "${SIDE_DIR[$1]}"
@@ -187,12 +198,17 @@ start_side() {
       pid=$! ;;
     rabbitmq)
       t0=$(date +%s%N)
-      "$RABBITMQ_SH" start "$dir" "$port" >"$dir/start.out" 2>&1 &
+      RABBITMQ_DIST_PORT=${SIDE_DIST_PORT[$side]} "$RABBITMQ_SH" start "$dir" "$port" \
+        >"$dir/start.out" 2>&1 &
       launcher=$! ;;
   esac
-  if ! ready=$("$BENCH_BIN" --port "$port" --wait-ready 90 --since-ns "$t0" 2>>"$dir/broker.log"); then
+  # For a directly started broker, --pid stops the wait as soon as the process dies.
+  if ! ready=$("$BENCH_BIN" --port "$port" --wait-ready 90 --since-ns "$t0" \
+                 ${pid:+--pid "$pid"} 2>>"$dir/broker.log"); then
     [ -n "$launcher" ] && wait "$launcher" 2>/dev/null || true
-    tail -n 20 "$dir/broker.log" "$dir/start.out" 2>/dev/null >&2 || true
+    for f in "$dir/broker.log" "$dir/start.out"; do
+      if [ -s "$f" ]; then echo "--- $f" >&2; tail -n 20 "$f" >&2; fi
+    done
     die "${SIDE_LABEL[$side]} did not accept AMQP on port $port"
   fi
   if [ -n "$launcher" ]; then
@@ -217,8 +233,13 @@ record() {   # record SIDE JSON-OBJECT-WITHOUT-BRACES
 bench() {   # bench SIDE RUN SCENARIO TIMEOUT ARGS...
   local side=$1 run=$2 scenario=$3 limit=$4; shift 4
   local out=$WORK/logs/$side-$scenario-$run.log rc=0 json
+  # In the background plus `wait`, so that a signal to this script is handled at once
+  # (bash delays traps until a foreground command returns) and cleanup can stop the client.
   timeout --kill-after=10 "$limit" "$BENCH_BIN" --port "${SIDE_PORT[$side]}" \
-    --scenario "$scenario" "$@" >"$out" 2>&1 || rc=$?
+    --scenario "$scenario" "$@" >"$out" 2>&1 &
+  CLIENT_PID=$!
+  wait "$CLIENT_PID" || rc=$?
+  CLIENT_PID=""
   json=$(grep '^{' "$out" | tail -n 1 || true)
   json=${json#\{}
   json=${json%\}}
@@ -346,8 +367,9 @@ OUT=${BENCH_OUT:-}
 if [ -z "$OUT" ]; then
   if [ $mode = rabbitmq-only ]; then OUT=$WORK/performance.md; BENCH_KEEP=1; else OUT=$REPO/docs/performance.md; fi
 fi
-# The tree's commit identifies the Warren build (warren-server has no --version to ask).
-warren_version="git $(git -C "$REPO" log -1 --format='%h, %cd' --date=short 2>/dev/null || echo unknown)"
+# The tree's commit identifies the Warren build (warren-server has no --version to ask);
+# BENCH_WARREN_VERSION says otherwise when WARREN_BIN was built from another tree.
+warren_version=${BENCH_WARREN_VERSION:-"git $(git -C "$REPO" log -1 --format='%h, %cd' --date=short 2>/dev/null || echo unknown)"}
 [ $mode = rabbitmq-only ] && warren_version="(not measured: second RabbitMQ node in its place)"
 [ $mode = command ] && warren_version="$warren_version via BENCH_WARREN_CMD"
 
@@ -411,8 +433,8 @@ def add(scen, metric, key, unit, target="", check=None, ours_value=None, rmq_val
             met = "yes" if check(o, r, q) else "NO"
         except TypeError:   # the RabbitMQ side or the ratio is missing
             met = "n/a"
-    lines.append((scen, metric, fmt(o, unit), fmt(r, unit),
-                  "n/a" if q is None else f"{q:.2f}x", target, met))
+    shown = "n/a" if q is None else f"{q:.2f}x" if q >= 0.1 else f"{q:.2g}x"
+    lines.append((scen, metric, fmt(o, unit), fmt(r, unit), shown, target, met))
 
 
 add("a", "consumed (end-to-end)", "consumed_per_s", "msg/s", ">= 3x", lambda o, r, q: q >= 3)
@@ -454,8 +476,11 @@ except OSError:
     pass
 
 runs, duration, backlog = env["BENCH_RUNS"], env["BENCH_DURATION"], int(env["BENCH_BACKLOG"])
-incomplete = sorted({r["scenario"] for r in rows if r.get("exit") == 4})
-failed = sorted({r["scenario"] for r in rows if "error" in r})
+side_label = {"ours": ours_label, "rabbitmq": "RabbitMQ"}
+incomplete = [f"{side_label[r['side']]} {r['scenario']} stopped after "
+              f"{max(r.get('consumed', 0), r.get('published', 0)):,} messages at the time limit"
+              for r in rows if r.get("exit") == 4]
+failed = sorted({f"{side_label[r['side']]} {r['scenario']}" for r in rows if "error" in r})
 md = []
 md.append("# Warren performance\n")
 md.append("Written by `tests/bench/run.sh` (`make bench`); do not edit the figures by hand.\n")
@@ -477,8 +502,8 @@ md.append(f"- (a), (b): {duration} s per run; (a), (b), (d): median of {runs} ru
 md.append(f"- Total measuring time: {env['BENCH_ELAPSED']} s\n")
 if incomplete or failed:
     md.append("**Caveats:** " + "; ".join(
-        [f"{s}: did not finish its --count within the time limit" for s in incomplete] +
-        [f"{s}: at least one run failed (see the run log)" for s in failed]) + "\n")
+        incomplete + [f"{s}: at least one run failed (see the run log)" for s in failed])
+        + ".\n")
 md.append("## Results\n")
 md.append("| " + " | ".join(headers) + " |")
 md.append("|" + "|".join("---" for _ in headers) + "|")
@@ -489,9 +514,13 @@ md.append("Ratio is ours / RabbitMQ. \"Met\" compares against the target; target
           "(abs) are absolute limits on Warren alone.\n")
 md.append("## Method\n")
 md.append("""Both brokers run on 127.0.0.1 with private data directories under /tmp, on
-ports chosen at random; RabbitMQ is the Debian package started by `tests/bench/rabbitmq.sh`
-with its defaults (no management plugin). Every scenario uses one connection per producer
-and per consumer thread, the default exchange and a single queue.
+ports chosen at random below the ephemeral range; RabbitMQ is the Debian package started by
+`tests/bench/rabbitmq.sh` with its defaults (no management plugin). Warren is started as
+`warren-server --config warren.conf` with only `listeners.tcp.default`,
+`listeners.ssl = none` and `data_dir` set. Every scenario uses one connection per producer
+and per consumer thread, the default exchange and a single queue. The client shares the
+CPUs with the broker under test (and with anything else running on the machine), so
+compare ratios within one run rather than absolute figures across runs.
 
 - **(a) transient throughput**: 1 producer, 1 consumer, 16-byte transient messages,
   auto-ack, no confirms, for the run duration. The producer is not throttled, so when the
@@ -509,7 +538,8 @@ and per consumer thread, the default exchange and a single queue.
 
 Latency is end to end: the producer writes a CLOCK_MONOTONIC timestamp into the first 8
 bytes of each body and the consumer subtracts it on delivery; percentiles come from a
-log-linear histogram (~3 % resolution).
+log-linear histogram (~3 % resolution). Throughput targets use the consumed (end-to-end)
+rate.
 """)
 md.append("## Reproduce\n")
 md.append("""```sh

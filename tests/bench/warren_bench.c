@@ -44,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 #include <time.h>
 
 #define BENCH_CHANNEL 1
@@ -92,6 +93,7 @@ struct bench_options {
     bool progress;
     double wait_ready_s;        /* > 0: --wait-ready mode */
     uint64_t since_realtime_ns; /* --since-ns for --wait-ready */
+    pid_t watch_pid;            /* --pid for --wait-ready: give up if it exits */
 };
 
 static void bench_usage(FILE *out)
@@ -112,8 +114,9 @@ static void bench_usage(FILE *out)
         "  --keep-queue            do not delete the queue at the end\n"
         "  --scenario NAME         label for the JSON line\n"
         "  --progress              print progress to stderr every second\n"
-        "  --wait-ready SECONDS [--since-ns REALTIME_NS]\n"
-        "                          poll an AMQP login every 5 ms, print the time to ready\n");
+        "  --wait-ready SECONDS [--since-ns REALTIME_NS] [--pid PID]\n"
+        "                          poll an AMQP login every 5 ms, print the time to ready;\n"
+        "                          give up early if process PID (the broker) exits\n");
 }
 
 /* Parses a whole decimal number in [min, max]; anything else is an error, never a guess. */
@@ -147,7 +150,7 @@ enum {
     OPT_HOST = 256, OPT_PORT, OPT_USER, OPT_PASS, OPT_VHOST, OPT_PRODUCERS, OPT_CONSUMERS,
     OPT_SIZE, OPT_PERSISTENT, OPT_CONFIRM, OPT_PREFETCH, OPT_ACK, OPT_MULTIPLE_ACK, OPT_QUEUE,
     OPT_DURABLE, OPT_DURATION, OPT_COUNT, OPT_PUBLISH_ONLY, OPT_CONSUME_ONLY, OPT_KEEP_QUEUE,
-    OPT_SCENARIO, OPT_PROGRESS, OPT_WAIT_READY, OPT_SINCE_NS, OPT_HELP
+    OPT_SCENARIO, OPT_PROGRESS, OPT_WAIT_READY, OPT_SINCE_NS, OPT_PID, OPT_HELP
 };
 
 static const struct option bench_long_options[] = {
@@ -175,6 +178,7 @@ static const struct option bench_long_options[] = {
     {"progress", no_argument, NULL, OPT_PROGRESS},
     {"wait-ready", required_argument, NULL, OPT_WAIT_READY},
     {"since-ns", required_argument, NULL, OPT_SINCE_NS},
+    {"pid", required_argument, NULL, OPT_PID},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -259,6 +263,10 @@ static bool bench_apply_option(struct bench_options *opt, int id, const char *ar
     case OPT_SINCE_NS:
         if (!bench_parse_u64(arg, 1, UINT64_MAX, &n)) return bench_option_error("since-ns", arg);
         opt->since_realtime_ns = n;
+        return true;
+    case OPT_PID:
+        if (!bench_parse_u64(arg, 1, INT32_MAX, &n)) return bench_option_error("pid", arg);
+        opt->watch_pid = (pid_t)n;
         return true;
     default:
         return false;
@@ -1328,6 +1336,11 @@ static int bench_wait_ready(const struct bench_options *opt)
             printf("ready after %.1f ms (%u attempts)\n{\"ready_ms\":%.1f}\n", ms, attempts,
                    ms);
             return 0;
+        }
+        if (opt->watch_pid > 0 && kill(opt->watch_pid, 0) != 0 && errno == ESRCH) {
+            fprintf(stderr, "warren_bench: process %d exited before %s:%d accepted a login\n",
+                    (int)opt->watch_pid, opt->host, opt->port);
+            return 1;
         }
         uint64_t next = attempt_start + BENCH_READY_POLL_MS * NS_PER_MS;
         uint64_t now = bench_now_ns();
