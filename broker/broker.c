@@ -61,7 +61,7 @@ broker_t *broker_new(struct ev_loop *loop, cfg_t *cfg, store_t *store)
      * recovery raises them past every stored id. */
     b->next_msg_id = 1;
     b->next_queue_uid = 1;
-    b->page_out_threshold = 64u << 20;
+    b->page_out_threshold = 32u << 20;
     if (loop) {
         ev_prepare_init(&b->dispatch_watcher, dispatch_cb);
         b->dispatch_watcher.data = b;

@@ -52,8 +52,8 @@
 #include "broker/log.h"
 
 /* Memory budget: the node must stay small. */
-#define STORE_WRITE_BUFFER_BYTES (32u << 20)
-#define STORE_BLOCK_CACHE_BYTES (32u << 20)
+#define STORE_WRITE_BUFFER_BYTES (16u << 20)
+#define STORE_BLOCK_CACHE_BYTES (16u << 20)
 #define STORE_MAX_OPEN_FILES 256
 #define STORE_MAX_TOTAL_WAL_BYTES (128u << 20)
 #define STORE_INFO_LOG_BYTES (4u << 20)
@@ -387,7 +387,10 @@ static void store_configure(store_t *s, int compression)
     s->block_cache = rocksdb_cache_create_lru(STORE_BLOCK_CACHE_BYTES);
     s->table_options = rocksdb_block_based_options_create();
     rocksdb_block_based_options_set_block_cache(s->table_options, s->block_cache);
-    rocksdb_block_based_options_set_cache_index_and_filter_blocks(s->table_options, 1);
+    /* Index and filter blocks stay with their open table, outside the LRU cache: when message
+     * bodies stream through a small cache they would be evicted and re-read (and decompressed)
+     * on every lookup, which made draining a large backlog crawl. */
+    rocksdb_block_based_options_set_cache_index_and_filter_blocks(s->table_options, 0);
     rocksdb_block_based_options_set_filter_policy(s->table_options,
                                                   rocksdb_filterpolicy_create_bloom_full(10));
 
@@ -648,7 +651,7 @@ struct store_iter {
     store_t *store;
     rocksdb_iterator_t *it;
     rocksdb_readoptions_t *options;
-    bool started, finished;
+    bool started, finished, at_seek;
     size_t plen, upper_len;
     uint8_t *prefix; /* points into bytes[] */
     uint8_t *upper;  /* exclusive upper bound, points into bytes[]; NULL if none */
@@ -694,11 +697,23 @@ store_iter_t *store_iter_prefix(store_t *s, const void *prefix, size_t plen)
     return it;
 }
 
+void store_iter_seek(store_iter_t *it, const void *key, size_t klen)
+{
+    if (it == NULL)
+        return;
+    rocksdb_iter_seek(it->it, (const char *)key, klen);
+    it->started = true;
+    it->finished = false;
+    it->at_seek = true;
+}
+
 bool store_iter_next(store_iter_t *it, const void **key, size_t *klen, const void **val, size_t *vlen)
 {
     if (it == NULL || it->finished)
         return false;
-    if (!it->started) {
+    if (it->at_seek) {
+        it->at_seek = false;
+    } else if (!it->started) {
         rocksdb_iter_seek(it->it, (const char *)it->prefix, it->plen);
         it->started = true;
     } else {

@@ -61,6 +61,9 @@ typedef struct store_iter store_iter_t;
  * Pointers returned by store_iter_next stay valid until the next call or store_iter_free. */
 store_iter_t *store_iter_prefix(store_t *s, const void *prefix, size_t plen);
 bool store_iter_next(store_iter_t *it, const void **key, size_t *klen, const void **val, size_t *vlen);
+/* Positions the iterator at the first key >= key (within its prefix); the next store_iter_next
+ * returns that entry. */
+void store_iter_seek(store_iter_t *it, const void *key, size_t klen);
 void store_iter_free(store_iter_t *it);
 
 /* Stats for benchmarks/metrics, counting committed work: batches handed to the storage thread,
