@@ -17,26 +17,32 @@ really does, and was validated against RabbitMQ 3.10. Three ways to get a broker
 Fixtures:
   broker          session-scoped broker shared by most tests (never restarted).
   fresh_broker    factory for a private broker per test: fresh_broker(config={...},
-                  definitions={...}) -> broker handle; stopped at test end.
+                  definitions={...}) -> broker handle; stopped at test end. config
+                  entries are appended to the config file as "key = value";
+                  definitions (a dict) is written as JSON and named by
+                  load_definitions.
+  module_broker   the same factory, but the brokers live for the whole test module.
   pki             session-scoped CA + server certificate made with the openssl CLI.
   uniq            factory of names unique to the test: uniq("q") -> "q.<test>.<n>".
   conn, ch        a pika BlockingConnection to the session broker, and a channel on it.
   amqp_conn, amqp_ch   the same with py-amqp.
 
 Broker handles expose .host .port .tls_port .ca .data_dir .restart(kill9=False)
-.stop() .log_text(). The broker's stderr goes to <tmp>/broker.log; its tail is
-attached to the report of any failing test that used it.
+.stop() .kill9() .start() .send_signal(sig) .log_text(). The broker's stderr goes to
+<tmp>/broker.log; its tail is attached to the report of any failing test that used it.
+A Warren broker must exit with status 0 within 5 s of SIGTERM and leave no sanitizer
+report in its log.
 
 Every test runs under a SIGALRM deadline (default 60 s, @pytest.mark.timeout(N) to
 change) because pytest-timeout is not installed.
 """
 import itertools
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 
 import pytest
@@ -59,7 +65,7 @@ def pytest_configure(config):
 # Per-test deadline
 # ---------------------------------------------------------------------------
 
-class TestDeadlineExceeded(Exception):
+class DeadlineExceeded(Exception):
     """Raised inside a test whose SIGALRM deadline expired."""
 
 
@@ -69,7 +75,7 @@ def _deadline(request):
     seconds = int(marker.args[0]) if marker else DEFAULT_TEST_TIMEOUT
 
     def on_alarm(signum, frame):
-        raise TestDeadlineExceeded(f"test exceeded its {seconds} s deadline")
+        raise DeadlineExceeded(f"test exceeded its {seconds} s deadline")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(seconds)
@@ -185,7 +191,6 @@ class BrokerProcess:
         self.extra_config = dict(config or {})
         self.definitions_path = None
         if definitions is not None:
-            import json
             self.definitions_path = os.path.join(workdir, "definitions.json")
             with open(self.definitions_path, "w") as f:
                 json.dump(definitions, f, indent=2)
@@ -277,12 +282,21 @@ class BrokerProcess:
                 self.proc = None
                 raise RuntimeError(f"broker exited with status {code} during startup\n"
                                    + self.log_tail())
-            if port_accepts(self.host, self.port):
+            if port_accepts(self.host, self.port) and self._boot_finished():
                 return self
             time.sleep(0.05)
         self._kill_group(signal.SIGKILL)
         raise RuntimeError(f"broker did not accept connections on port {self.port} within "
                            f"{limit:.0f} s\n" + self.log_tail())
+
+    def _boot_finished(self):
+        """RabbitMQ opens its listeners before it finishes booting (definitions are
+        imported later, early connections may be dropped): wait for its own signal."""
+        if self.flavour != "rabbitmq":
+            return True
+        text = self.log_text()
+        last_start = text.rfind("==== starting ")
+        return "Server startup complete" in text[last_start:]
 
     def _kill_group(self, sig):
         if self.proc is None:

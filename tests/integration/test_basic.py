@@ -19,7 +19,7 @@ def fill(ch, queue, count, prefix=b"m"):
         ch.basic_publish("", queue, prefix + b"%d" % i)
 
 
-def new_queue(ch, count=0, confirm=True):
+def new_queue(ch, count=0):
     """An exclusive server-named queue holding count messages m0..m{count-1}."""
     queue = ch.queue_declare("", exclusive=True).method.queue
     if count:
@@ -68,6 +68,7 @@ def test_cancel_stops_deliveries(conn, ch):
     ch.basic_publish("", queue, b"after")
     conn.process_data_events(time_limit=0.3)
     assert got.bodies == [b"before"]
+    assert wait_queue_counts(ch, queue, (1, 0)) == (1, 0)
     assert pika_bodies(pika_get_all(ch, queue)) == [b"after"]
 
 
@@ -423,7 +424,10 @@ def test_recover_without_requeue_is_not_implemented(ch):
 # QoS
 # ---------------------------------------------------------------------------
 
-def unacked_after(conn, consumers, settle=0.5):
+def unacked_after(conn, consumers, expected_total, settle=0.4):
+    """Delivery counts once expected_total deliveries arrived (or 5 s passed), plus a
+    settle period in which a broker ignoring the limit would deliver more."""
+    pika_process_until(conn, lambda: sum(len(c.deliveries) for c in consumers) >= expected_total)
     conn.process_data_events(time_limit=settle)
     return [len(c.deliveries) for c in consumers]
 
@@ -433,11 +437,11 @@ def test_prefetch_limits_unacked_deliveries(conn, ch):
     ch.basic_qos(prefetch_count=3)
     got = Collector()
     ch.basic_consume(queue, got)
-    assert unacked_after(conn, [got]) == [3]
+    assert unacked_after(conn, [got], 3) == [3]
     ch.basic_ack(got.tags[0])
-    assert unacked_after(conn, [got]) == [4]
+    assert unacked_after(conn, [got], 4) == [4]
     ch.basic_ack(got.tags[-1], multiple=True)
-    assert unacked_after(conn, [got]) == [7]
+    assert unacked_after(conn, [got], 7) == [7]
 
 
 def test_prefetch_is_per_consumer_by_default(conn, ch):
@@ -446,7 +450,7 @@ def test_prefetch_is_per_consumer_by_default(conn, ch):
     a, b = Collector(), Collector()
     ch.basic_consume(q1, a)
     ch.basic_consume(q2, b)
-    assert unacked_after(conn, [a, b]) == [2, 2]
+    assert unacked_after(conn, [a, b], 4) == [2, 2]
 
 
 def test_global_prefetch_is_shared_by_the_channel(conn, ch):
@@ -455,10 +459,10 @@ def test_global_prefetch_is_shared_by_the_channel(conn, ch):
     a, b = Collector(), Collector()
     ch.basic_consume(q1, a)
     ch.basic_consume(q2, b)
-    counts = unacked_after(conn, [a, b])
+    counts = unacked_after(conn, [a, b], 2)
     assert sum(counts) == 2, counts
     ch.basic_ack(0, multiple=True)
-    counts = unacked_after(conn, [a, b])
+    counts = unacked_after(conn, [a, b], 4)
     assert sum(counts) == 4, counts
 
 

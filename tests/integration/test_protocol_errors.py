@@ -13,7 +13,6 @@ What RabbitMQ 3.10 does, and therefore what Warren must do:
     also accepted, dropping the connection is the minimum.
 After each, the broker must keep serving other connections.
 """
-import os
 import random
 import socket
 import time
