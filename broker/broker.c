@@ -166,6 +166,46 @@ vhost_t *br_vhost_add(broker_t *b, const char *name)
 
 user_t *br_user(broker_t *b, const char *name, size_t len) { return dict_get(&b->users, name, len); }
 
+/* Appends a u16-length-prefixed string to a record being built. */
+static void rec_put_str(amqp_buf_t *r, const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n > 65535) n = 65535;
+    amqp_buf_put_u16(r, (uint16_t)n);
+    if (n) amqp_buf_append(r, s, n);
+}
+
+/* User record 'U' name -> [u8 alg][str hash][str tags]. */
+static void user_persist(broker_t *b, const user_t *u)
+{
+    if (!b->store) return;
+    amqp_buf_t key = {0}, val = {0};
+    amqp_buf_put_u8(&key, KEY_USER);
+    amqp_buf_append(&key, u->name, strlen(u->name));
+    amqp_buf_put_u8(&val, (uint8_t)u->hash_alg);
+    rec_put_str(&val, u->password_hash);
+    rec_put_str(&val, u->tags);
+    store_put(b->store, key.data, key.len, val.data, val.len);
+    amqp_buf_free(&key);
+    amqp_buf_free(&val);
+}
+
+/* Permission record 'P' vhost \0 user -> [str configure][str write][str read]. */
+static void perm_persist(broker_t *b, const user_t *u, const vhost_t *vh, const perm_t *p)
+{
+    if (!b->store) return;
+    amqp_buf_t key = {0}, val = {0};
+    amqp_buf_put_u8(&key, KEY_PERM);
+    amqp_buf_append(&key, vh->name, strlen(vh->name) + 1);
+    amqp_buf_append(&key, u->name, strlen(u->name));
+    rec_put_str(&val, auth_regex_pattern(p->configure));
+    rec_put_str(&val, auth_regex_pattern(p->write));
+    rec_put_str(&val, auth_regex_pattern(p->read));
+    store_put(b->store, key.data, key.len, val.data, val.len);
+    amqp_buf_free(&key);
+    amqp_buf_free(&val);
+}
+
 user_t *br_user_add(broker_t *b, const char *name, auth_hash_alg_t alg, const char *hash, const char *tags)
 {
     user_t *u = br_user(b, name, strlen(name));
@@ -181,13 +221,13 @@ user_t *br_user_add(broker_t *b, const char *name, auth_hash_alg_t alg, const ch
     u->hash_alg = alg;
     u->password_hash = hash ? strdup(hash) : NULL;
     u->tags = strdup(tags ? tags : "");
+    user_persist(b, u);
     return u;
 }
 
 int br_set_permissions(broker_t *b, user_t *u, vhost_t *vh, const char *configure, const char *write,
                        const char *read, char *err, size_t errlen)
 {
-    (void)b;
     perm_t *p = calloc(1, sizeof *p);
     if (!p) abort();
     p->configure = auth_regex_compile(configure, err, errlen);
@@ -199,6 +239,7 @@ int br_set_permissions(broker_t *b, user_t *u, vhost_t *vh, const char *configur
     }
     perm_t *old = dict_set(&u->perms, vh->name, strlen(vh->name), p);
     if (old) perm_free(old);
+    perm_persist(b, u, vh, p);
     return 0;
 }
 

@@ -58,6 +58,60 @@ static void recover_vhosts(broker_t *b)
     store_iter_free(it);
 }
 
+/* Reads a u16-length-prefixed string; NULL when the record is short. */
+static char *rec_get_str(const uint8_t **p, const uint8_t *end)
+{
+    if (end - *p < 2) return NULL;
+    size_t n = ((size_t)(*p)[0] << 8) | (*p)[1];
+    if ((size_t)(end - *p - 2) < n) return NULL;
+    char *s = strndup((const char *)*p + 2, n);
+    *p += 2 + n;
+    return s;
+}
+
+static int recover_users(broker_t *b)
+{
+    uint8_t prefix = KEY_USER;
+    store_iter_t *it = store_iter_prefix(b->store, &prefix, 1);
+    const void *k, *v;
+    size_t kl, vl;
+    int n = 0;
+    while (store_iter_next(it, &k, &kl, &v, &vl)) {
+        const uint8_t *p = v, *end = p + vl;
+        if (vl < 1 || kl < 2) continue;
+        uint8_t alg = *p++;
+        char *hash = rec_get_str(&p, end), *tags = rec_get_str(&p, end);
+        char *name = strndup((const char *)k + 1, kl - 1);
+        if (hash && tags && alg <= AUTH_HASH_MD5) {
+            br_user_add(b, name, (auth_hash_alg_t)alg, hash[0] ? hash : NULL, tags);
+            n++;
+        }
+        free(name);
+        free(hash);
+        free(tags);
+    }
+    store_iter_free(it);
+    prefix = KEY_PERM;
+    it = store_iter_prefix(b->store, &prefix, 1);
+    while (store_iter_next(it, &k, &kl, &v, &vl)) {
+        const char *vhn, *un;
+        size_t vhl, ul;
+        if (!split_name_key(k, kl, &vhn, &vhl, &un, &ul)) continue;
+        user_t *u = br_user(b, un, ul);
+        vhost_t *vh = br_vhost(b, vhn, vhl);
+        const uint8_t *p = v, *end = p + vl;
+        char *c = rec_get_str(&p, end), *w = rec_get_str(&p, end), *r = rec_get_str(&p, end);
+        char err[256];
+        if (u && vh && c && w && r && br_set_permissions(b, u, vh, c, w, r, err, sizeof err))
+            log_warn("stored permissions of user '%s' skipped: %s", u->name, err);
+        free(c);
+        free(w);
+        free(r);
+    }
+    store_iter_free(it);
+    return n;
+}
+
 static int recover_exchanges(broker_t *b)
 {
     uint8_t prefix = KEY_EXCHANGE;
@@ -229,11 +283,13 @@ int broker_recover(broker_t *b, char *err, size_t errlen)
     (void)errlen;
     if (!b->store) return 0;
     recover_vhosts(b);
+    int nu = recover_users(b);
     int nx = recover_exchanges(b);
     int nq = recover_queues(b);
     int nb = recover_bindings(b);
     uint64_t nm = recover_messages(b);
     store_flush_sync(b->store);
-    log_info("recovered %d exchanges, %d queues, %d bindings, %llu messages", nx, nq, nb, (unsigned long long)nm);
+    log_info("recovered %d users, %d exchanges, %d queues, %d bindings, %llu messages", nu, nx, nq, nb,
+             (unsigned long long)nm);
     return 0;
 }
