@@ -155,7 +155,15 @@ static void dl_compact(chan_t *ch)
 }
 
 /* Settles one delivery: ack (remove) or requeue. */
-static void settle(chan_t *ch, delivery_t *d, bool ack)
+/* How a delivery is settled: acked, returned to its queue, or rejected for good (dead-lettered). */
+enum settle_how { SETTLE_ACK, SETTLE_REQUEUE, SETTLE_DISCARD };
+
+static enum settle_how settle_mode(bool is_ack, bool requeue)
+{
+    return is_ack ? SETTLE_ACK : requeue ? SETTLE_REQUEUE : SETTLE_DISCARD;
+}
+
+static void settle(chan_t *ch, delivery_t *d, enum settle_how how)
 {
     d->settled = true;
     if (d->c) {
@@ -163,8 +171,10 @@ static void settle(chan_t *ch, delivery_t *d, bool ack)
         if (d->c->q) q_schedule(d->c->q);
     }
     if (ch->unacked) ch->unacked--;
-    if (ack)
+    if (how == SETTLE_ACK)
         q_ack(d->q, &d->e);
+    else if (how == SETTLE_DISCARD)
+        q_discard(d->q, &d->e);
     else
         q_requeue(d->q, &d->e);
     /* A channel-wide prefetch frees credit for every consumer on the channel. */
@@ -176,11 +186,11 @@ static void settle(chan_t *ch, delivery_t *d, bool ack)
     q_unref(d->q);
 }
 
-static void settle_all(chan_t *ch, bool ack)
+static void settle_all(chan_t *ch, enum settle_how how)
 {
     for (size_t i = 0; i < ch->dl_len; i++) {
         delivery_t *d = dl_at(ch, i);
-        if (!d->settled) settle(ch, d, ack);
+        if (!d->settled) settle(ch, d, how);
     }
     dl_compact(ch);
 }
@@ -279,7 +289,7 @@ void chan_destroy(chan_t *ch)
         if (q) q_consumer_remove(q, c);
     }
     ptrvec_free(&ch->consumers);
-    settle_all(ch, false);
+    settle_all(ch, SETTLE_REQUEUE);
     if (ch->pub_msg) msg_unref(ch->pub_msg);
     ch->pub_msg = NULL;
     for (size_t i = 0; i < ch->txp_len; i++) msg_unref(ch->txp[i].m);
@@ -352,10 +362,18 @@ void chan_register_syncs(amqp_server_t *s)
     }
 }
 
-static void confirm_publish(chan_t *ch, bool needs_sync)
+static void confirm_publish(chan_t *ch, int result)
 {
     if (!ch->confirm) return;
     uint64_t seq = ++ch->pub_seq;
+    if (result & Q_PUB_REJECTED) {
+        /* A queue refused it (x-overflow reject-publish): basic.nack, as RabbitMQ. */
+        amqp_method_t n = {.id = AMQP_BASIC_NACK};
+        n.u.basic_nack.delivery_tag = seq;
+        send(ch, &n);
+        return;
+    }
+    bool needs_sync = result & Q_PUB_SYNC;
     if (!needs_sync) {
         if (ch->pend_len == 0) confirm_ack(ch, seq, false);
         else pending_push(ch, seq); /* keep order behind earlier durable ones */
@@ -384,8 +402,9 @@ static void send_return(chan_t *ch, msg_t *m, int code, const char *text)
     write_content(ch, m);
 }
 
-/* Routes and enqueues a complete message; returns whether a store sync is needed. */
-static bool deliver_message(chan_t *ch, msg_t *m, bool mandatory)
+/* Routes and enqueues a complete message; returns Q_PUB_* flags (store sync needed, rejected by
+ * a full queue). */
+static int deliver_message(chan_t *ch, msg_t *m, bool mandatory)
 {
     broker_t *b = ch->conn->srv->broker;
     vhost_t *vh = ch->conn->vh;
@@ -405,23 +424,26 @@ static bool deliver_message(chan_t *ch, msg_t *m, bool mandatory)
         } else if (mandatory) {
             send_return(ch, m, AMQP_NO_ROUTE, "NO_ROUTE");
         }
-        return false;
+        return Q_PUB_OK;
     }
     exchange_t *x = br_exchange(vh, m->exchange, m->exchange_len);
     ptrvec_t qs = {0};
     if (x) br_route(x, m, &qs);
     b->stat_publish++;
-    bool needs_sync = false;
+    int result = Q_PUB_OK;
+    msg_t *stripped = qs.n ? br_strip_bcc(m) : NULL;
+    if (stripped) m = stripped; /* BCC routes but is never delivered */
     if (qs.n == 0) {
         b->stat_unroutable++;
         if (mandatory) send_return(ch, m, AMQP_NO_ROUTE, "NO_ROUTE");
     }
     for (size_t i = 0; i < qs.n; i++) {
-        needs_sync |= q_publish(qs.items[i], m);
+        result |= q_publish(qs.items[i], m);
         conn_throttle(ch->conn, qs.items[i]);
     }
     ptrvec_free(&qs);
-    return needs_sync;
+    if (stripped) msg_unref(stripped);
+    return result;
 }
 
 static void publish_complete(chan_t *ch)
@@ -440,8 +462,7 @@ static void publish_complete(chan_t *ch)
         ch->txp[ch->txp_len++] = (tx_publish_t){.m = m, .mandatory = ch->pub_mandatory};
         return;
     }
-    bool needs_sync = deliver_message(ch, m, ch->pub_mandatory);
-    confirm_publish(ch, needs_sync);
+    confirm_publish(ch, deliver_message(ch, m, ch->pub_mandatory));
     msg_unref(m);
 }
 
@@ -845,10 +866,10 @@ static void handle_get(chan_t *ch, const amqp_method_t *m)
 }
 
 /* Applies ack/nack/reject; returns false after raising the channel error. */
-static bool apply_ack(chan_t *ch, uint32_t method_id, uint64_t tag, bool multiple, bool ack)
+static bool apply_ack(chan_t *ch, uint32_t method_id, uint64_t tag, bool multiple, enum settle_how how)
 {
     if (multiple && tag == 0) {
-        settle_all(ch, ack);
+        settle_all(ch, how);
         return true;
     }
     long idx = dl_find(ch, tag);
@@ -859,10 +880,10 @@ static bool apply_ack(chan_t *ch, uint32_t method_id, uint64_t tag, bool multipl
     if (multiple) {
         for (long i = 0; i <= idx; i++) {
             delivery_t *d = dl_at(ch, (size_t)i);
-            if (!d->settled) settle(ch, d, ack);
+            if (!d->settled) settle(ch, d, how);
         }
     } else {
-        settle(ch, dl_at(ch, (size_t)idx), ack);
+        settle(ch, dl_at(ch, (size_t)idx), how);
     }
     dl_compact(ch);
     return true;
@@ -896,8 +917,7 @@ static void handle_ack_family(chan_t *ch, const amqp_method_t *m)
         tx_record_ack(ch, m->id, tag, multiple, requeue, is_ack);
         return;
     }
-    /* Without dead-lettering, a rejected message that is not requeued is dropped: an "ack". */
-    apply_ack(ch, m->id, tag, multiple, is_ack || !requeue);
+    apply_ack(ch, m->id, tag, multiple, settle_mode(is_ack, requeue));
 }
 
 static void handle_recover(chan_t *ch, const amqp_method_t *m, bool requeue)
@@ -907,7 +927,7 @@ static void handle_recover(chan_t *ch, const amqp_method_t *m, bool requeue)
         chan_exception(ch, AMQP_NOT_IMPLEMENTED, m->id, "requeue=false");
         return;
     }
-    settle_all(ch, false);
+    settle_all(ch, SETTLE_REQUEUE);
     if (m->id == AMQP_BASIC_RECOVER) send_simple(ch, AMQP_BASIC_RECOVER_OK);
 }
 
@@ -946,7 +966,7 @@ static void tx_commit(chan_t *ch, const amqp_method_t *m)
     }
     bool needs_sync = false;
     for (size_t i = 0; i < ch->txp_len; i++) {
-        needs_sync |= deliver_message(ch, ch->txp[i].m, ch->txp[i].mandatory);
+        needs_sync |= (deliver_message(ch, ch->txp[i].m, ch->txp[i].mandatory) & Q_PUB_SYNC) != 0;
         msg_unref(ch->txp[i].m);
     }
     ch->txp_len = 0;
@@ -955,11 +975,11 @@ static void tx_commit(chan_t *ch, const amqp_method_t *m)
     for (size_t i = 0; i < n; i++) {
         tx_ack_t *a = &ch->txa[i];
         if (a->multiple && a->tag == 0) {
-            settle_all(ch, a->is_ack || !a->requeue);
+            settle_all(ch, settle_mode(a->is_ack, a->requeue));
             continue;
         }
         if (dl_find(ch, a->tag) < 0) continue;
-        apply_ack(ch, m->id, a->tag, a->multiple, a->is_ack || !a->requeue);
+        apply_ack(ch, m->id, a->tag, a->multiple, settle_mode(a->is_ack, a->requeue));
     }
     broker_t *b = ch->conn->srv->broker;
     if (needs_sync && b->store) {

@@ -59,7 +59,7 @@ bool conn_output_blocked(const conn_t *c)
 
 void conn_throttle(conn_t *c, queue_t *q)
 {
-    if (c->throttled_by || !c->net || q->consumers.n == 0 || q->ready.len < THROTTLE_HIGH) return;
+    if (c->throttled_by || !c->net || q->consumers.n == 0 || q->ready_len < THROTTLE_HIGH) return;
     q_ref(q);
     c->throttled_by = q;
     c->throttled_at = ev_now(c->srv->loop);
@@ -70,7 +70,7 @@ static void conn_unthrottle_check(conn_t *c)
 {
     queue_t *q = c->throttled_by;
     if (!q) return;
-    if (!q->deleted && q->ready.len > THROTTLE_LOW && q->consumers.n &&
+    if (!q->deleted && q->ready_len > THROTTLE_LOW && q->consumers.n &&
         ev_now(c->srv->loop) - c->throttled_at < THROTTLE_MAX_PAUSE)
         return;
     c->throttled_by = NULL;

@@ -461,12 +461,12 @@ static void server_queue_name(char out[48])
 }
 
 /* Type and range rules of the queue arguments RabbitMQ validates at declare time. */
-typedef enum { ARG_NONNEG_INT, ARG_POS_INT, ARG_PRIORITY, ARG_STRING, ARG_BOOL } arg_rule_t;
+typedef enum { ARG_NONNEG_INT, ARG_POS_INT, ARG_PRIORITY, ARG_STRING, ARG_BOOL, ARG_OVERFLOW } arg_rule_t;
 static const struct { const char *name; arg_rule_t rule; } queue_arg_rules[] = {
     {"x-message-ttl", ARG_NONNEG_INT},         {"x-expires", ARG_POS_INT},
     {"x-max-length", ARG_NONNEG_INT},          {"x-max-length-bytes", ARG_NONNEG_INT},
     {"x-max-priority", ARG_PRIORITY},          {"x-dead-letter-exchange", ARG_STRING},
-    {"x-dead-letter-routing-key", ARG_STRING}, {"x-overflow", ARG_STRING},
+    {"x-dead-letter-routing-key", ARG_STRING}, {"x-overflow", ARG_OVERFLOW},
     {"x-queue-mode", ARG_STRING},              {"x-single-active-consumer", ARG_BOOL},
 };
 
@@ -481,10 +481,17 @@ static int check_arg_rule(const amqp_value_t *v, arg_rule_t rule, char *why, siz
         if (!is_int) return snprintf(why, cap, "{unacceptable_type,%s}", arg_type_name(v->type)), -1;
         if (i < 0) return snprintf(why, cap, "{value_negative,%lld}", (long long)i), -1;
         if (rule == ARG_POS_INT && i == 0) return snprintf(why, cap, "{value_zero,0}"), -1;
-        if (rule == ARG_PRIORITY && i > 255) return snprintf(why, cap, "{value_too_large,%lld,255}", (long long)i), -1;
+        if (rule == ARG_PRIORITY && i > 255) return snprintf(why, cap, "{max_value_exceeded,%lld}", (long long)i), -1;
         return 0;
     case ARG_STRING:
         if (v->type != 'S') return snprintf(why, cap, "{unacceptable_type,%s}", arg_type_name(v->type)), -1;
+        return 0;
+    case ARG_OVERFLOW:
+        if (v->type != 'S') return snprintf(why, cap, "{unacceptable_type,%s}", arg_type_name(v->type)), -1;
+        if (!amqp_bytes_eq_cstr(v->v.str, "drop-head") && !amqp_bytes_eq_cstr(v->v.str, "reject-publish") &&
+            !amqp_bytes_eq_cstr(v->v.str, "reject-publish-dlx"))
+            return snprintf(why, cap, "{invalid_overflow,<<\"%.*s\">>}", (int)v->v.str.len,
+                            (const char *)v->v.str.ptr), -1;
         return 0;
     case ARG_BOOL:
         if (v->type != 't') return snprintf(why, cap, "{unacceptable_type,%s}", arg_type_name(v->type)), -1;
@@ -553,6 +560,7 @@ int br_queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name,
         if (q->exclusive && q->owner_conn != conn_id) return exclusive_locked(q, err);
         if (q->exclusive != exclusive) return exclusive_locked(q, err);
         if (check_queue_equivalence(q, durable, auto_delete, args, err)) return err->code;
+        q_touch(q);
         *out = q;
         return 0;
     }
@@ -585,7 +593,7 @@ int br_queue_delete(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, 
     if (q->exclusive && q->owner_conn != conn_id) return exclusive_locked(q, err);
     if (if_unused && q->consumers.n)
         return br_fail(err, BR_PRECONDITION_FAILED, "queue '%s' in vhost '%s' in use", q->name, vh->name);
-    if (if_empty && q->ready.len)
+    if (if_empty && q->ready_len)
         return br_fail(err, BR_PRECONDITION_FAILED, "queue '%s' in vhost '%s' not empty", q->name, vh->name);
     *msg_count = q_message_count(q);
     q_delete(q);

@@ -121,6 +121,7 @@ struct exchange {
 typedef struct {
     msg_t *m;
     uint64_t seq;
+    int64_t expires_at; /* ms (ev_now based); 0 = never */
     uint32_t redelivered : 1;
 } qentry_t;
 
@@ -161,9 +162,22 @@ struct queue {
     amqp_bytes_t args_raw;
     amqp_table_t args;
 
-    qdeque_t ready;
+    /* ready messages: one deque per priority level (one level unless x-max-priority) */
+    qdeque_t *levels;
+    uint32_t nlevels;
+    size_t ready_len;
     uint64_t next_seq;
     uint64_t ready_bytes;
+
+    /* arguments in effect (x-message-ttl, x-expires, limits, dead-lettering, ...) */
+    int64_t msg_ttl;   /* ms, -1 = none */
+    int64_t expires;   /* ms, -1 = none */
+    int64_t max_len, max_bytes; /* -1 = none */
+    enum { OVERFLOW_DROP_HEAD, OVERFLOW_REJECT_PUBLISH, OVERFLOW_REJECT_PUBLISH_DLX } overflow;
+    char *dlx;  /* NULL = no dead-lettering */
+    char *dlrk; /* NULL = keep the message's routing keys */
+    bool sac;   /* single active consumer */
+    ev_timer ttl_timer, expires_timer;
     uint32_t unacked;
     ptrvec_t consumers; /* consumer_t*, sorted by priority (highest first) */
     size_t rr_next;     /* round-robin cursor */
@@ -248,14 +262,24 @@ int br_unbind(vhost_t *vh, user_t *u, uint64_t conn_id, bool dest_is_queue, cons
 int br_publish_target(vhost_t *vh, user_t *u, const char *name, size_t len, exchange_t **out, br_err_t *err);
 /* Appends the distinct destination queues of m (routing key rk) to out. */
 void br_route(exchange_t *x, msg_t *m, ptrvec_t *out);
+/* A copy of m without the BCC header (sender-selected distribution), or NULL when it has none. */
+msg_t *br_strip_bcc(msg_t *m);
 /* A connection went away: delete its exclusive queues. */
 void br_connection_closed(broker_t *b, uint64_t conn_id);
 
 /* ---- queue operations (queue.c) ---- */
 
 /* Enqueues m (takes a new reference). Persistent messages in durable queues are written to the
- * store; returns true when that write must be synced before confirming. */
-bool q_publish(queue_t *q, msg_t *m);
+ * store: Q_PUB_SYNC says that write must be synced before confirming. Q_PUB_REJECTED: the queue
+ * is full with x-overflow reject-publish(-dlx); the publisher gets basic.nack. */
+enum { Q_PUB_OK = 0, Q_PUB_SYNC = 1, Q_PUB_REJECTED = 2 };
+int q_publish(queue_t *q, msg_t *m);
+/* A delivered entry rejected without requeue: dead-lettered (reason "rejected") or dropped. */
+void q_discard(queue_t *q, const qentry_t *e);
+/* Dead-letters m from q with reason ("rejected", "expired", "maxlen") when q has a DLX. */
+void q_dead_letter(queue_t *q, msg_t *m, const char *reason);
+/* Marks the queue used (resets its x-expires timer). */
+void q_touch(queue_t *q);
 void q_consumer_add(queue_t *q, consumer_t *c);
 void q_consumer_remove(queue_t *q, consumer_t *c); /* may auto-delete the queue */
 /* Pops the head for basic.get; false when empty. */
@@ -265,7 +289,7 @@ void q_ack(queue_t *q, const qentry_t *e);
 /* Returns a delivered entry to the queue at its original position, marked redelivered. */
 void q_requeue(queue_t *q, const qentry_t *e);
 uint32_t q_purge(queue_t *q);
-static inline uint32_t q_message_count(const queue_t *q) { return (uint32_t)q->ready.len; }
+uint32_t q_message_count(queue_t *q); /* drops expired messages first */
 static inline uint32_t q_consumer_count(const queue_t *q) { return (uint32_t)q->consumers.n; }
 /* Schedules a dispatch pass (runs before the loop next sleeps). */
 void q_schedule(queue_t *q);

@@ -312,6 +312,8 @@ void ex_delete(exchange_t *x)
 typedef struct {
     broker_t *b;
     msg_t *m;
+    const char *rk; /* the routing key being routed (the message's own, then CC/BCC ones) */
+    size_t rklen;
     ptrvec_t *out;
     ptrvec_t *exchanges; /* exchange destinations still to route through */
     amqp_table_t headers;
@@ -360,8 +362,8 @@ static const amqp_table_t *message_headers(route_ctx_t *rc)
 
 static void route_exchange(route_ctx_t *rc, exchange_t *x)
 {
-    const char *rk = rc->m->rk;
-    size_t rklen = rc->m->rk_len;
+    const char *rk = rc->rk;
+    size_t rklen = rc->rklen;
     switch (x->type) {
     case EX_DIRECT: {
         ptrvec_t *v = dict_get(&x->direct, rk, rklen);
@@ -393,21 +395,113 @@ static void route_exchange(route_ctx_t *rc, exchange_t *x)
     }
 }
 
+/* Routes one key from x through exchange-to-exchange bindings. Exchanges are visited once per
+ * key (marks), queues chosen once per publish. */
+static void route_key(route_ctx_t *rc, exchange_t *x, const char *rk, size_t rklen)
+{
+    broker_t *b = rc->b;
+    ptrvec_t pending = {0};
+    rc->exchanges = &pending;
+    rc->rk = rk;
+    rc->rklen = rklen;
+    /* Exchanges get a fresh mark per key; queues keep the publish-wide one. */
+    b->route_gen++;
+    uint64_t xgen = b->route_gen;
+    for (size_t i = 0; i < rc->out->n; i++) ((queue_t *)rc->out->items[i])->route_mark = xgen;
+    x->route_mark = xgen;
+    route_exchange(rc, x);
+    for (size_t i = 0; i < pending.n; i++) route_exchange(rc, pending.items[i]);
+    ptrvec_free(&pending);
+}
+
+/* Sender-selected distribution: the longstr entries of the CC and BCC header arrays. */
+/* Cheap pre-check on the raw property bytes: a table key is a shortstr, so the header can only
+ * be present if its length byte and name appear. Saves parsing headers of every message. */
+static bool props_may_have_key(const msg_t *m, const char *key)
+{
+    char pat[8];
+    size_t n = strlen(key);
+    pat[0] = (char)n;
+    memcpy(pat + 1, key, n);
+    return memmem(m->props, m->props_len, pat, n + 1) != NULL;
+}
+
+static void route_cc(route_ctx_t *rc, exchange_t *x, const char *header)
+{
+    if (!props_may_have_key(rc->m, header)) return;
+    const amqp_table_t *h = message_headers(rc);
+    const amqp_value_t *v = h ? amqp_table_get(h, header) : NULL;
+    if (!v || v->type != 'A') return;
+    for (size_t i = 0; i < v->v.array.n; i++) {
+        const amqp_value_t *k = &v->v.array.items[i];
+        if (k->type == 'S') route_key(rc, x, (const char *)k->v.str.ptr, k->v.str.len);
+    }
+}
+
+static exchange_t *alternate_of(exchange_t *x)
+{
+    if (!x->args_raw.len) return NULL;
+    amqp_table_t t;
+    if (amqp_table_parse(x->args_raw, &t) != 0) return NULL;
+    const amqp_value_t *v = amqp_table_get(&t, "alternate-exchange");
+    exchange_t *ae = NULL;
+    if (v && v->type == 'S') ae = br_exchange(x->vh, (const char *)v->v.str.ptr, v->v.str.len);
+    amqp_table_free(&t);
+    return ae;
+}
+
 void br_route(exchange_t *x, msg_t *m, ptrvec_t *out)
 {
     broker_t *b = x->vh->broker;
-    ptrvec_t pending = {0};
-    route_ctx_t rc = {.b = b, .m = m, .out = out, .exchanges = &pending};
-    b->route_gen++;
-    x->route_mark = b->route_gen;
+    route_ctx_t rc = {.b = b, .m = m, .out = out};
     if (x->name_len == 0) {
         /* The default exchange is implicitly bound to every queue by its name. */
         queue_t *q = br_queue(x->vh, m->rk, m->rk_len);
         if (q && !q->deleted) ptrvec_push(out, q);
+        route_cc(&rc, x, "CC");
+        route_cc(&rc, x, "BCC");
+        if (rc.has_headers) amqp_table_free(&rc.headers);
         return;
     }
-    route_exchange(&rc, x);
-    for (size_t i = 0; i < pending.n; i++) route_exchange(&rc, pending.items[i]);
-    ptrvec_free(&pending);
+    /* Follow alternate exchanges while nothing routes, at most a few hops (loops stop too). */
+    for (int hop = 0; x && hop < 8; hop++) {
+        route_key(&rc, x, m->rk, m->rk_len);
+        route_cc(&rc, x, "CC");
+        route_cc(&rc, x, "BCC");
+        if (out->n) break;
+        x = alternate_of(x);
+    }
     if (rc.has_headers) amqp_table_free(&rc.headers);
+}
+
+msg_t *br_strip_bcc(msg_t *m)
+{
+    if (!props_may_have_key(m, "BCC")) return NULL;
+    props_core_t p;
+    if (props_core_read(m->props, m->props_len, &p) != 0 || !p.has_headers) return NULL;
+    amqp_table_t t;
+    if (amqp_table_parse(p.headers, &t) != 0) return NULL;
+    msg_t *nm = NULL;
+    if (amqp_table_get(&t, "BCC")) {
+        amqp_buf_t h = {0}, props = {0};
+        size_t pos = amqp_table_open(&h);
+        for (size_t i = 0; i < t.n; i++) {
+            if (amqp_bytes_eq_cstr(t.fields[i].key, "BCC")) continue;
+            amqp_buf_put_shortstr(&h, t.fields[i].key);
+            amqp_value_encode(&h, &t.fields[i].value);
+        }
+        amqp_table_close(&h, pos);
+        amqp_bytes_t hb = {h.data + 4, h.len - 4};
+        if (props_rewrite(m->props, m->props_len, &hb, false, false, &props) == 0) {
+            nm = msg_new(m->exchange, m->exchange_len, m->rk, m->rk_len, props.data, props.len, m->body_len);
+            if (m->body_len) memcpy(nm->body, m->body, m->body_len);
+            nm->id = m->id;
+            nm->persistent = m->persistent;
+            nm->priority = m->priority;
+        }
+        amqp_buf_free(&h);
+        amqp_buf_free(&props);
+    }
+    amqp_table_free(&t);
+    return nm;
 }

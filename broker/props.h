@@ -21,4 +21,11 @@ typedef struct {
 /* Returns 0, or -1 when the property bytes are malformed. */
 int props_core_read(const uint8_t *raw, size_t len, props_core_t *out);
 
+/* Rebuilds raw property bytes into out with the headers table replaced by new_headers (table
+ * content bytes; NULL keeps the old ones; remove_headers drops the field) and, when
+ * drop_expiration, without the expiration property. All other fields are copied byte-exact.
+ * Returns 0 or -1 when raw is malformed. */
+int props_rewrite(const uint8_t *raw, size_t len, const amqp_bytes_t *new_headers, bool remove_headers,
+                  bool drop_expiration, amqp_buf_t *out);
+
 #endif

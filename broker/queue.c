@@ -13,9 +13,16 @@
  *    br_dispatch_pending() (an ev_prepare, i.e. before the loop sleeps) delivers. So a burst of
  *    publishes or acks costs one dispatch pass.
  *  - Bodies of stored messages may be dropped from memory when the node holds too much (page
- *    out); q_body_load() reads them back on delivery. */
+ *    out); q_body_load() reads them back on delivery.
+ *  - Ready messages live in one deque per priority level (x-max-priority), highest served first;
+ *    an entry's expiry (x-message-ttl / expiration, whichever is lower) is fixed at enqueue, and
+ *    expired entries are removed when they reach the head of their level (as RabbitMQ does), by
+ *    a timer armed for the earliest head, and dead-lettered when the queue has a DLX.
+ *  - Length limits count ready messages only: drop-head dead-letters the head, reject-publish
+ *    refuses the new message (and -dlx dead-letters it). */
 #include "broker/broker.h"
 #include "broker/log.h"
+#include "broker/props.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +72,53 @@ static void dq_insert_sorted(qdeque_t *d, qentry_t e)
     d->len++;
     for (size_t i = d->len - 1; i > pos; i--) *dq_at(d, i) = *dq_at(d, i - 1);
     *dq_at(d, pos) = e;
+}
+
+/* ---- ready messages across priority levels ---- */
+
+static uint32_t entry_level(const queue_t *q, const msg_t *m)
+{
+    if (q->nlevels <= 1) return 0;
+    return m->priority >= q->nlevels ? q->nlevels - 1 : m->priority;
+}
+
+static void ready_push(queue_t *q, qentry_t e) { dq_push_back(&q->levels[entry_level(q, e.m)], e); q->ready_len++; }
+
+static void ready_requeue(queue_t *q, qentry_t e)
+{
+    dq_insert_sorted(&q->levels[entry_level(q, e.m)], e);
+    q->ready_len++;
+}
+
+/* The level that delivers next, or NULL when nothing is ready. */
+static qdeque_t *ready_head_level(queue_t *q)
+{
+    for (uint32_t i = q->nlevels; i-- > 0;)
+        if (q->levels[i].len) return &q->levels[i];
+    return NULL;
+}
+
+static qentry_t ready_pop(queue_t *q)
+{
+    qdeque_t *d = ready_head_level(q);
+    q->ready_len--;
+    return dq_pop_front(d);
+}
+
+/* i-th ready entry in delivery order (levels high to low). */
+static qentry_t *ready_at(queue_t *q, size_t i)
+{
+    for (uint32_t l = q->nlevels; l-- > 0;) {
+        if (i < q->levels[l].len) return dq_at(&q->levels[l], i);
+        i -= q->levels[l].len;
+    }
+    return NULL;
+}
+
+static int64_t now_ms(const queue_t *q)
+{
+    struct ev_loop *loop = q->vh->broker->loop;
+    return loop ? (int64_t)(ev_now(loop) * 1000.0) : 0;
 }
 
 /* ---- storage ---- */
@@ -151,11 +205,11 @@ static int cmp_msg_id(const void *a, const void *b)
 static void q_prefetch_bodies(queue_t *q)
 {
     broker_t *b = q->vh->broker;
-    if (!b->store || q->ready.len == 0 || dq_at(&q->ready, 0)->m->body) return;
+    if (!b->store || q->ready_len == 0 || ready_at(q, 0)->m->body) return;
     msg_t *want[PREFETCH_WINDOW];
     size_t n = 0;
-    for (size_t i = 0; i < q->ready.len && n < PREFETCH_WINDOW; i++) {
-        msg_t *m = dq_at(&q->ready, i)->m;
+    for (size_t i = 0; i < q->ready_len && n < PREFETCH_WINDOW; i++) {
+        msg_t *m = ready_at(q, i)->m;
         if (!m->body && m->stored) want[n++] = m;
     }
     qsort(want, n, sizeof want[0], cmp_msg_id);
@@ -222,6 +276,45 @@ static void br_pageout_flush(broker_t *b)
 
 /* ---- lifecycle ---- */
 
+static int64_t arg_int(const amqp_table_t *t, const char *key, int64_t dflt)
+{
+    const amqp_value_t *v = amqp_table_get(t, key);
+    int64_t i;
+    return v && amqp_value_int(v, &i) ? i : dflt;
+}
+
+static char *arg_str(const amqp_table_t *t, const char *key)
+{
+    const amqp_value_t *v = amqp_table_get(t, key);
+    if (!v || (v->type != 'S' && v->type != 'x')) return NULL;
+    return strndup((const char *)v->v.str.ptr, v->v.str.len);
+}
+
+static void ttl_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+static void expires_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+
+/* Reads the x-arguments that shape the queue's behaviour (validated by broker.c at declare). */
+static void apply_arguments(queue_t *q)
+{
+    const amqp_table_t *t = &q->args;
+    q->msg_ttl = arg_int(t, "x-message-ttl", -1);
+    q->expires = arg_int(t, "x-expires", -1);
+    q->max_len = arg_int(t, "x-max-length", -1);
+    q->max_bytes = arg_int(t, "x-max-length-bytes", -1);
+    int64_t prio = arg_int(t, "x-max-priority", 0);
+    q->nlevels = prio > 0 ? (uint32_t)(prio > 255 ? 255 : prio) + 1 : 1;
+    const amqp_value_t *ov = amqp_table_get(t, "x-overflow");
+    q->overflow = OVERFLOW_DROP_HEAD;
+    if (ov && ov->type == 'S') {
+        if (amqp_bytes_eq_cstr(ov->v.str, "reject-publish")) q->overflow = OVERFLOW_REJECT_PUBLISH;
+        else if (amqp_bytes_eq_cstr(ov->v.str, "reject-publish-dlx")) q->overflow = OVERFLOW_REJECT_PUBLISH_DLX;
+    }
+    q->dlx = arg_str(t, "x-dead-letter-exchange");
+    q->dlrk = arg_str(t, "x-dead-letter-routing-key");
+    const amqp_value_t *sac = amqp_table_get(t, "x-single-active-consumer");
+    q->sac = sac && sac->type == 't' && sac->v.b;
+}
+
 queue_t *q_new(vhost_t *vh, const char *name, size_t len, bool durable, bool exclusive, bool auto_delete,
                uint64_t owner, amqp_bytes_t args)
 {
@@ -246,8 +339,16 @@ queue_t *q_new(vhost_t *vh, const char *name, size_t len, bool durable, bool exc
         q->args_raw = (amqp_bytes_t){copy, args.len};
         if (amqp_table_parse(q->args_raw, &q->args) != 0) memset(&q->args, 0, sizeof q->args);
     }
+    apply_arguments(q);
+    q->levels = calloc(q->nlevels, sizeof *q->levels);
+    if (!q->levels) abort();
+    ev_timer_init(&q->ttl_timer, ttl_timer_cb, 0, 0);
+    q->ttl_timer.data = q;
+    ev_timer_init(&q->expires_timer, expires_timer_cb, 0, 0);
+    q->expires_timer.data = q;
     q->refs = 1;
     dict_set(&vh->queues, q->name, len, q);
+    q_touch(q);
     return q;
 }
 
@@ -293,19 +394,138 @@ void q_unref(queue_t *q)
     free(q->name);
     free((void *)q->args_raw.ptr);
     amqp_table_free(&q->args);
-    free(q->ready.buf);
+    for (uint32_t i = 0; i < q->nlevels; i++) free(q->levels[i].buf);
+    free(q->levels);
+    free(q->dlx);
+    free(q->dlrk);
     ptrvec_free(&q->consumers);
     ptrvec_free(&q->bindings_in);
     free(q);
 }
 
+/* ---- x-expires: delete the queue after a period without use ---- */
+
+static void expires_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    queue_t *q = w->data;
+    if (q->consumers.n == 0 && !q->deleted) {
+        log_debug("queue '%s' in vhost '%s' expired", q->name, q->vh->name);
+        q_delete(q);
+    }
+}
+
+void q_touch(queue_t *q)
+{
+    struct ev_loop *loop = q->vh->broker->loop;
+    if (q->expires < 0 || !loop || q->deleted) return;
+    ev_timer_stop(loop, &q->expires_timer);
+    if (q->consumers.n) return; /* re-armed when the last consumer goes */
+    ev_timer_set(&q->expires_timer, (double)q->expires / 1000.0, 0);
+    ev_timer_start(loop, &q->expires_timer);
+}
+
+/* ---- message expiry ---- */
+
+static void take_from_ready(queue_t *q, const qentry_t *e);
+
+static void remove_for_good(queue_t *q, qentry_t *e, const char *dead_reason)
+{
+    if (dead_reason) q_dead_letter(q, e->m, dead_reason);
+    unstore_entry(q, e, true);
+    msg_unref(e->m);
+}
+
+/* Drops expired entries at the head of every level; arms the timer for the next expiry. */
+static void expire_heads(queue_t *q)
+{
+    struct ev_loop *loop = q->vh->broker->loop;
+    int64_t now = now_ms(q), next = 0;
+    for (uint32_t l = 0; l < q->nlevels; l++) {
+        qdeque_t *d = &q->levels[l];
+        while (d->len && dq_at(d, 0)->expires_at && dq_at(d, 0)->expires_at <= now) {
+            qentry_t e = dq_pop_front(d);
+            q->ready_len--;
+            take_from_ready(q, &e);
+            remove_for_good(q, &e, "expired");
+        }
+        if (d->len && dq_at(d, 0)->expires_at && (!next || dq_at(d, 0)->expires_at < next))
+            next = dq_at(d, 0)->expires_at;
+    }
+    if (!loop || q->deleted) return;
+    ev_timer_stop(loop, &q->ttl_timer);
+    if (next) {
+        ev_timer_set(&q->ttl_timer, (double)(next - now) / 1000.0 + 0.0005, 0);
+        ev_timer_start(loop, &q->ttl_timer);
+    }
+}
+
+static void ttl_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    queue_t *q = w->data;
+    q_ref(q);
+    expire_heads(q);
+    q_unref(q);
+}
+
+uint32_t q_message_count(queue_t *q)
+{
+    expire_heads(q);
+    return (uint32_t)q->ready_len;
+}
+
+/* The message's own TTL (expiration property) and the queue's: the lower applies. */
+static int64_t entry_ttl(const queue_t *q, const msg_t *m)
+{
+    int64_t ttl = q->msg_ttl;
+    props_core_t p;
+    if (props_core_read(m->props, m->props_len, &p) == 0 && p.has_expiration && p.expiration.len &&
+        p.expiration.len < 19) {
+        int64_t v = 0;
+        for (size_t i = 0; i < p.expiration.len; i++) v = v * 10 + (p.expiration.ptr[i] - '0');
+        if (ttl < 0 || v < ttl) ttl = v;
+    }
+    return ttl;
+}
+
 /* ---- publish / dispatch ---- */
 
-bool q_publish(queue_t *q, msg_t *m)
+static bool over_limit(const queue_t *q, uint64_t extra_len, uint64_t extra_bytes)
+{
+    if (q->max_len >= 0 && q->ready_len + extra_len > (uint64_t)q->max_len) return true;
+    if (q->max_bytes >= 0 && q->ready_bytes + extra_bytes > (uint64_t)q->max_bytes) return true;
+    return false;
+}
+
+static consumer_t *next_consumer(queue_t *q);
+static void deliver_entry(queue_t *q, consumer_t *c, qentry_t *e);
+
+int q_publish(queue_t *q, msg_t *m)
 {
     broker_t *b = q->vh->broker;
+    if (q->overflow != OVERFLOW_DROP_HEAD && over_limit(q, 1, m->body_len)) {
+        if (q->overflow == OVERFLOW_REJECT_PUBLISH_DLX) q_dead_letter(q, m, "maxlen");
+        return Q_PUB_REJECTED;
+    }
+    int64_t ttl = entry_ttl(q, m);
     qentry_t e = {.m = msg_ref(m), .seq = q->next_seq++, .redelivered = 0};
-    bool needs_sync = false;
+    q->stat_publish++;
+    if (ttl == 0) {
+        /* TTL 0: delivered now to a consumer that can take it, or expired at once. */
+        consumer_t *c = q->ready_len == 0 && q->consumers.n ? next_consumer(q) : NULL;
+        if (c) {
+            deliver_entry(q, c, &e);
+            return Q_PUB_OK;
+        }
+        q_dead_letter(q, m, "expired");
+        msg_unref(m);
+        return Q_PUB_OK;
+    }
+    if (ttl > 0) e.expires_at = now_ms(q) + ttl;
+    int rc = Q_PUB_OK;
     if (persists(q, m)) {
         if (!m->stored) store_message(b, m);
         uint8_t key[17], val[8];
@@ -313,15 +533,20 @@ bool q_publish(queue_t *q, msg_t *m)
         store_put_be64(val, m->id);
         store_put(b->store, key, sizeof key, val, sizeof val);
         m->durable_refs++;
-        needs_sync = true;
+        rc = Q_PUB_SYNC;
         if (b->mem_body_bytes > b->page_out_threshold) pageout_candidate(m);
     }
-    dq_push_back(&q->ready, e);
+    ready_push(q, e);
     q->ready_bytes += m->body_len;
     b->mem_body_bytes += m->body_len;
-    q->stat_publish++;
+    while (over_limit(q, 0, 0) && q->ready_len) {
+        qentry_t head = ready_pop(q);
+        take_from_ready(q, &head);
+        remove_for_good(q, &head, "maxlen");
+    }
+    if (e.expires_at && !ev_is_active(&q->ttl_timer)) expire_heads(q);
     if (q->consumers.n) q_schedule(q);
-    return needs_sync;
+    return rc;
 }
 
 static void take_from_ready(queue_t *q, const qentry_t *e)
@@ -340,48 +565,80 @@ void q_schedule(queue_t *q)
     b->sched_head = q;
 }
 
+static bool consumer_has_credit(consumer_t *c)
+{
+    if (!c->no_ack && c->prefetch && c->unacked >= c->prefetch) return false;
+    return c->ops->can_deliver(c);
+}
+
+/* Consumers are sorted by priority (highest first). The highest-priority consumers with
+ * credit get messages, round-robin among equals; lower ones only when those are full. With
+ * single active consumer, only the first registered consumer ever gets messages. */
 static consumer_t *next_consumer(queue_t *q)
 {
     size_t n = q->consumers.n;
-    for (size_t tried = 0; tried < n; tried++) {
-        consumer_t *c = q->consumers.items[q->rr_next % n];
-        q->rr_next = (q->rr_next + 1) % n;
-        if (!c->no_ack && c->prefetch && c->unacked >= c->prefetch) continue;
-        if (!c->ops->can_deliver(c)) continue;
-        return c;
+    if (n == 0) return NULL;
+    if (q->sac) {
+        consumer_t *c = q->consumers.items[0];
+        return consumer_has_credit(c) ? c : NULL;
+    }
+    size_t group = 0;
+    while (group < n) {
+        int32_t prio = ((consumer_t *)q->consumers.items[group])->priority;
+        size_t end = group;
+        while (end < n && ((consumer_t *)q->consumers.items[end])->priority == prio) end++;
+        size_t size = end - group;
+        for (size_t tried = 0; tried < size; tried++) {
+            size_t idx = group + (q->rr_next + tried) % size;
+            consumer_t *c = q->consumers.items[idx];
+            if (!consumer_has_credit(c)) continue;
+            q->rr_next = (q->rr_next + tried + 1) % size;
+            return c;
+        }
+        group = end;
     }
     return NULL;
+}
+
+static void deliver_entry(queue_t *q, consumer_t *c, qentry_t *e)
+{
+    broker_t *b = q->vh->broker;
+    q->stat_deliver++;
+    if (e->redelivered) q->stat_redeliver++;
+    b->stat_deliver++;
+    if (c->no_ack) {
+        c->ops->deliver(c, q, e);
+        unstore_entry(q, e, true);
+        msg_unref(e->m);
+    } else {
+        c->unacked++;
+        q->unacked++;
+        c->ops->deliver(c, q, e);
+    }
 }
 
 static void q_dispatch(queue_t *q)
 {
     broker_t *b = q->vh->broker;
+    expire_heads(q);
     /* Bounded per pass so one busy queue cannot starve the loop; reschedules itself. */
     for (int budget = 0; budget < 1024; budget++) {
-        if (q->deleted || q->ready.len == 0 || q->consumers.n == 0) return;
+        if (q->deleted || q->ready_len == 0 || q->consumers.n == 0) return;
         consumer_t *c = next_consumer(q);
         if (!c) return;
         q_prefetch_bodies(q);
-        qentry_t e = dq_pop_front(&q->ready);
+        qentry_t e = ready_pop(q);
         take_from_ready(q, &e);
-        if (!e.m->body && !q_body_load(b, e.m)) {
-            /* Cannot deliver a message we cannot read: drop it rather than loop forever. */
-            unstore_entry(q, &e, true);
-            msg_unref(e.m);
+        if (e.expires_at && e.expires_at <= now_ms(q)) {
+            remove_for_good(q, &e, "expired");
             continue;
         }
-        q->stat_deliver++;
-        if (e.redelivered) q->stat_redeliver++;
-        b->stat_deliver++;
-        if (c->no_ack) {
-            c->ops->deliver(c, q, &e);
-            unstore_entry(q, &e, true);
-            msg_unref(e.m);
-        } else {
-            c->unacked++;
-            q->unacked++;
-            c->ops->deliver(c, q, &e);
+        if (!e.m->body && !q_body_load(b, e.m)) {
+            /* Cannot deliver a message we cannot read: drop it rather than loop forever. */
+            remove_for_good(q, &e, NULL);
+            continue;
         }
+        deliver_entry(q, c, &e);
     }
     q_schedule(q);
 }
@@ -406,13 +663,18 @@ void br_dispatch_pending(broker_t *b)
 bool q_get(queue_t *q, qentry_t *out)
 {
     broker_t *b = q->vh->broker;
-    while (q->ready.len) {
+    q_touch(q);
+    expire_heads(q);
+    while (q->ready_len) {
         q_prefetch_bodies(q);
-        qentry_t e = dq_pop_front(&q->ready);
+        qentry_t e = ready_pop(q);
         take_from_ready(q, &e);
+        if (e.expires_at && e.expires_at <= now_ms(q)) {
+            remove_for_good(q, &e, "expired");
+            continue;
+        }
         if (!e.m->body && !q_body_load(b, e.m)) {
-            unstore_entry(q, &e, true);
-            msg_unref(e.m);
+            remove_for_good(q, &e, NULL);
             continue;
         }
         q->stat_get++;
@@ -433,6 +695,12 @@ void q_ack(queue_t *q, const qentry_t *e)
     msg_unref(e->m);
 }
 
+void q_discard(queue_t *q, const qentry_t *e)
+{
+    if (!q->deleted) q_dead_letter(q, e->m, "rejected");
+    q_ack(q, e);
+}
+
 void q_requeue(queue_t *q, const qentry_t *e)
 {
     if (q->unacked) q->unacked--;
@@ -443,17 +711,18 @@ void q_requeue(queue_t *q, const qentry_t *e)
     }
     qentry_t r = *e;
     r.redelivered = 1;
-    dq_insert_sorted(&q->ready, r);
+    ready_requeue(q, r);
     q->ready_bytes += r.m->body_len;
     q->vh->broker->mem_body_bytes += r.m->body_len;
+    if (r.expires_at) expire_heads(q);
     if (q->consumers.n) q_schedule(q);
 }
 
 uint32_t q_purge(queue_t *q)
 {
-    uint32_t n = (uint32_t)q->ready.len;
-    while (q->ready.len) {
-        qentry_t e = dq_pop_front(&q->ready);
+    uint32_t n = (uint32_t)q->ready_len;
+    while (q->ready_len) {
+        qentry_t e = ready_pop(q);
         take_from_ready(q, &e);
         unstore_entry(q, &e, true);
         msg_unref(e.m);
@@ -466,15 +735,19 @@ uint32_t q_purge(queue_t *q)
 void q_consumer_add(queue_t *q, consumer_t *c)
 {
     c->q = q;
-    /* Keep consumers ordered by priority, highest first; equal priorities in arrival order. */
     ptrvec_push(&q->consumers, c);
-    for (size_t i = q->consumers.n - 1; i > 0; i--) {
-        consumer_t *prev = q->consumers.items[i - 1];
-        if (prev->priority >= c->priority) break;
-        q->consumers.items[i] = prev;
-        q->consumers.items[i - 1] = c;
+    /* Keep consumers ordered by priority, highest first; equal priorities in arrival order.
+     * Single-active-consumer queues keep pure arrival order: the first one is the active one. */
+    if (!q->sac) {
+        for (size_t i = q->consumers.n - 1; i > 0; i--) {
+            consumer_t *prev = q->consumers.items[i - 1];
+            if (prev->priority >= c->priority) break;
+            q->consumers.items[i] = prev;
+            q->consumers.items[i - 1] = c;
+        }
     }
     q->had_consumer = true;
+    q_touch(q);
     q_schedule(q);
 }
 
@@ -482,7 +755,12 @@ void q_consumer_remove(queue_t *q, consumer_t *c)
 {
     ptrvec_remove(&q->consumers, c);
     if (q->rr_next >= q->consumers.n) q->rr_next = 0;
-    if (q->auto_delete && q->had_consumer && q->consumers.n == 0 && !q->deleted) q_delete(q);
+    if (q->auto_delete && q->had_consumer && q->consumers.n == 0 && !q->deleted) {
+        q_delete(q);
+        return;
+    }
+    q_touch(q);
+    if (q->consumers.n) q_schedule(q);
 }
 
 /* ---- deletion ---- */
@@ -508,6 +786,11 @@ void q_delete(queue_t *q)
 {
     if (q->deleted) return;
     q->deleted = true;
+    struct ev_loop *loop = q->vh->broker->loop;
+    if (loop) {
+        ev_timer_stop(loop, &q->ttl_timer);
+        ev_timer_stop(loop, &q->expires_timer);
+    }
     dict_del(&q->vh->queues, q->name, q->name_len);
     /* Cancel consumers: the adapter drops its consumer record in the callback. */
     while (q->consumers.n) {
@@ -518,8 +801,8 @@ void q_delete(queue_t *q)
     }
     while (q->bindings_in.n) br_binding_remove(q->bindings_in.items[q->bindings_in.n - 1]);
     delete_definition(q);
-    while (q->ready.len) {
-        qentry_t e = dq_pop_front(&q->ready);
+    while (q->ready_len) {
+        qentry_t e = ready_pop(q);
         take_from_ready(q, &e);
         unstore_entry(q, &e, false);
         msg_unref(e.m);

@@ -1,0 +1,156 @@
+/* deadletter.c - dead-lettering: a message rejected without requeue, expired, or pushed out by
+ * a length limit is republished to the queue's x-dead-letter-exchange, as RabbitMQ does.
+ *
+ * The dead-lettered message is a new message (new id, same body and properties) whose headers
+ * carry the x-death history: an array of tables, most recent first, one per (queue, reason)
+ * with a count, plus x-first-death-reason/queue/exchange set on the first death. Its routing
+ * key is x-dead-letter-routing-key when set, else the original one (CC/BCC headers still apply
+ * when it is routed). The expiration property is removed and kept in x-death as
+ * original-expiration, so a TTL cannot expire it again.
+ *
+ * Cycles: a message about to reach a queue it already died in is dropped there unless one of
+ * its deaths was a rejection (a client decided), which is RabbitMQ's rule. A missing DLX
+ * drops the message silently. */
+#include "broker/broker.h"
+#include "broker/log.h"
+#include "broker/props.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void put_str(amqp_buf_t *b, const char *key, const char *val, size_t len)
+{
+    amqp_table_put_longstr(b, key, (amqp_bytes_t){(const uint8_t *)val, len});
+}
+
+static bool field_is(const amqp_field_t *f, const char *key) { return amqp_bytes_eq_cstr(f->key, key); }
+
+/* Routing keys the message was published with: its key plus CC entries. */
+static void put_routing_keys(amqp_buf_t *b, const msg_t *m, const amqp_table_t *headers)
+{
+    amqp_table_put_key(b, "routing-keys");
+    amqp_buf_put_u8(b, 'A');
+    size_t pos = b->len;
+    amqp_buf_put_u32(b, 0);
+    amqp_buf_put_u8(b, 'S');
+    amqp_buf_put_longstr(b, (amqp_bytes_t){(const uint8_t *)m->rk, m->rk_len});
+    const amqp_value_t *cc = headers ? amqp_table_get(headers, "CC") : NULL;
+    if (cc && cc->type == 'A')
+        for (size_t i = 0; i < cc->v.array.n; i++) amqp_value_encode(b, &cc->v.array.items[i]);
+    amqp_buf_patch_u32(b, pos, (uint32_t)(b->len - pos - 4));
+}
+
+static bool death_matches(const amqp_value_t *d, const char *queue, const char *reason)
+{
+    if (d->type != 'F') return false;
+    const amqp_value_t *q = amqp_table_get(&d->v.table, "queue"), *r = amqp_table_get(&d->v.table, "reason");
+    return q && r && q->type == 'S' && r->type == 'S' && amqp_bytes_eq_cstr(q->v.str, queue) &&
+           amqp_bytes_eq_cstr(r->v.str, reason);
+}
+
+/* Builds the new headers table content (without length prefix) into out. */
+static void build_headers(amqp_buf_t *out, const queue_t *q, const msg_t *m, const amqp_table_t *old,
+                          const char *reason, const props_core_t *p)
+{
+    size_t top = amqp_table_open(out);
+    const amqp_value_t *deaths = old ? amqp_table_get(old, "x-death") : NULL;
+    int64_t prior = 0;
+    if (deaths && deaths->type == 'A')
+        for (size_t i = 0; i < deaths->v.array.n; i++)
+            if (death_matches(&deaths->v.array.items[i], q->name, reason)) {
+                const amqp_value_t *c = amqp_table_get(&deaths->v.array.items[i].v.table, "count");
+                if (c) amqp_value_int(c, &prior);
+            }
+    bool has_first = old && amqp_table_get(old, "x-first-death-reason");
+    for (size_t i = 0; old && i < old->n; i++) {
+        if (field_is(&old->fields[i], "x-death")) continue;
+        amqp_buf_put_shortstr(out, old->fields[i].key);
+        amqp_value_encode(out, &old->fields[i].value);
+    }
+    /* x-death: this death first, then the others (the matching one replaced by this one). */
+    amqp_table_put_key(out, "x-death");
+    amqp_buf_put_u8(out, 'A');
+    size_t arr = out->len;
+    amqp_buf_put_u32(out, 0);
+    amqp_buf_put_u8(out, 'F');
+    size_t ent = amqp_table_open(out);
+    amqp_table_put_i64(out, "count", prior + 1);
+    amqp_table_put_longstr(out, "reason", AMQP_BYTES_CSTR(reason));
+    put_str(out, "queue", q->name, q->name_len);
+    amqp_table_put_timestamp(out, "time", (uint64_t)time(NULL));
+    put_str(out, "exchange", m->exchange, m->exchange_len);
+    put_routing_keys(out, m, old);
+    if (p->has_expiration) amqp_table_put_longstr(out, "original-expiration", p->expiration);
+    amqp_table_close(out, ent);
+    if (deaths && deaths->type == 'A')
+        for (size_t i = 0; i < deaths->v.array.n; i++)
+            if (!death_matches(&deaths->v.array.items[i], q->name, reason))
+                amqp_value_encode(out, &deaths->v.array.items[i]);
+    amqp_buf_patch_u32(out, arr, (uint32_t)(out->len - arr - 4));
+    if (!has_first) {
+        amqp_table_put_longstr(out, "x-first-death-reason", AMQP_BYTES_CSTR(reason));
+        put_str(out, "x-first-death-queue", q->name, q->name_len);
+        put_str(out, "x-first-death-exchange", m->exchange, m->exchange_len);
+    }
+    amqp_table_close(out, top);
+}
+
+/* True when target already appears in the x-death history and no death was a rejection. */
+static bool is_cycle(const amqp_table_t *headers, const queue_t *target)
+{
+    const amqp_value_t *deaths = amqp_table_get(headers, "x-death");
+    if (!deaths || deaths->type != 'A') return false;
+    bool seen = false;
+    for (size_t i = 0; i < deaths->v.array.n; i++) {
+        const amqp_value_t *d = &deaths->v.array.items[i];
+        if (d->type != 'F') continue;
+        const amqp_value_t *r = amqp_table_get(&d->v.table, "reason");
+        const amqp_value_t *qn = amqp_table_get(&d->v.table, "queue");
+        if (r && r->type == 'S' && amqp_bytes_eq_cstr(r->v.str, "rejected")) return false;
+        if (qn && qn->type == 'S' && amqp_bytes_eq_cstr(qn->v.str, target->name)) seen = true;
+    }
+    return seen;
+}
+
+void q_dead_letter(queue_t *q, msg_t *m, const char *reason)
+{
+    if (!q->dlx) return;
+    broker_t *b = q->vh->broker;
+    exchange_t *x = br_exchange(q->vh, q->dlx, strlen(q->dlx));
+    if (!x) return;
+    if (!m->body && !q_body_load(b, m)) return;
+    props_core_t p;
+    if (props_core_read(m->props, m->props_len, &p) != 0) return;
+    amqp_table_t old = {0};
+    bool have_old = p.has_headers && amqp_table_parse(p.headers, &old) == 0;
+    amqp_buf_t hdr = {0}, props = {0};
+    build_headers(&hdr, q, m, have_old ? &old : NULL, reason, &p);
+    amqp_bytes_t hb = {hdr.data + 4, hdr.len - 4};
+    if (props_rewrite(m->props, m->props_len, &hb, false, p.has_expiration, &props) != 0) goto out;
+    const char *rk = q->dlrk ? q->dlrk : m->rk;
+    size_t rklen = q->dlrk ? strlen(q->dlrk) : m->rk_len;
+    msg_t *dm = msg_new(x->name, x->name_len, rk, rklen, props.data, props.len, m->body_len);
+    if (m->body_len) memcpy(dm->body, m->body, m->body_len);
+    dm->id = b->next_msg_id++;
+    dm->persistent = m->persistent;
+    dm->priority = m->priority;
+    amqp_table_t newh;
+    if (amqp_table_parse(hb, &newh) == 0) {
+        ptrvec_t qs = {0};
+        br_route(x, dm, &qs);
+        for (size_t i = 0; i < qs.n; i++) {
+            queue_t *t = qs.items[i];
+            if (is_cycle(&newh, t)) continue;
+            q_publish(t, dm);
+        }
+        ptrvec_free(&qs);
+        amqp_table_free(&newh);
+    }
+    msg_unref(dm);
+out:
+    if (have_old) amqp_table_free(&old);
+    amqp_buf_free(&hdr);
+    amqp_buf_free(&props);
+}
