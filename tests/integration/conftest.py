@@ -36,6 +36,7 @@ report in its log.
 Every test runs under a SIGALRM deadline (default 60 s, @pytest.mark.timeout(N) to
 change) because pytest-timeout is not installed.
 """
+import atexit
 import itertools
 import json
 import os
@@ -59,6 +60,17 @@ RABBITMQ_MODE = os.environ.get("WARREN_TEST_RABBITMQ", "").strip()
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "timeout(seconds): per-test deadline enforced with SIGALRM")
+    # A SIGTERM to pytest (e.g. from `timeout`) should still stop the brokers we started.
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate_on_sigterm)
+
+
+def _terminate_on_sigterm(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _kill_leftover_brokers()
 
 
 # ---------------------------------------------------------------------------
@@ -170,6 +182,19 @@ def port_accepts(host, port, timeout=0.5):
         return False
 
 
+_all_brokers = []
+
+
+def _kill_leftover_brokers():
+    """Safety net: a teardown cut short (deadline, Ctrl-C) must not leave brokers behind."""
+    for proc in _all_brokers:
+        if proc.proc is not None:
+            proc.kill9()
+
+
+atexit.register(_kill_leftover_brokers)
+
+
 class BrokerProcess:
     """One broker we start ourselves, restartable on the same ports and data dir.
 
@@ -197,6 +222,7 @@ class BrokerProcess:
         self.proc = None
         self.term_sent = False
         self.exit_codes = []
+        _all_brokers.append(self)
         os.makedirs(self.data_dir, exist_ok=True)
         self._write_config()
 
@@ -439,6 +465,23 @@ def _check_clean_exit(broker, code):
     assert code == 0, f"broker exited with status {code} after SIGTERM\n" + broker.log_tail()
 
 
+def _stop_all(brokers):
+    """SIGTERM each running broker and check it exited cleanly; whatever happens (a
+    failed check, the test deadline firing), none is left running."""
+    try:
+        for proc in brokers:
+            if proc.proc is not None and not proc.running:
+                raise AssertionError(f"broker died during the test with status "
+                                     f"{proc.proc.returncode}\n" + proc.log_tail())
+            if proc.running:
+                code = proc.stop()
+                _check_clean_exit(proc, code)
+    finally:
+        for proc in brokers:
+            if proc.proc is not None:
+                proc.kill9()
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory, pki):
     if EXTERNAL:
@@ -447,8 +490,7 @@ def broker(tmp_path_factory, pki):
     workdir = str(tmp_path_factory.mktemp("broker"))
     proc = BrokerProcess(workdir, pki, flavour=_flavour()).start()
     yield proc
-    code = proc.stop()
-    _check_clean_exit(proc, code)
+    _stop_all([proc])
 
 
 @pytest.fixture
@@ -473,10 +515,7 @@ def fresh_broker(tmp_path, pki, request):
         return proc.start()
 
     yield make
-    for proc in started:
-        if proc.running:
-            code = proc.stop()
-            _check_clean_exit(proc, code)
+    _stop_all(started)
 
 
 @pytest.fixture(scope="module")
@@ -495,10 +534,7 @@ def module_broker(tmp_path_factory, pki):
         return proc.start()
 
     yield make
-    for proc in started:
-        if proc.running:
-            code = proc.stop()
-            _check_clean_exit(proc, code)
+    _stop_all(started)
 
 
 # ---------------------------------------------------------------------------
