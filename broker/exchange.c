@@ -364,6 +364,15 @@ static void route_exchange(route_ctx_t *rc, exchange_t *x)
 {
     const char *rk = rc->rk;
     size_t rklen = rc->rklen;
+    if (x->name_len == 0) {
+        /* The default exchange is implicitly bound to every queue by its name. */
+        queue_t *q = br_queue(x->vh, rk, rklen);
+        if (q && !q->deleted && q->route_mark != rc->b->route_gen) {
+            q->route_mark = rc->b->route_gen;
+            ptrvec_push(rc->out, q);
+        }
+        return;
+    }
     switch (x->type) {
     case EX_DIRECT: {
         ptrvec_t *v = dict_get(&x->direct, rk, rklen);
@@ -454,15 +463,6 @@ void br_route(exchange_t *x, msg_t *m, ptrvec_t *out)
 {
     broker_t *b = x->vh->broker;
     route_ctx_t rc = {.b = b, .m = m, .out = out};
-    if (x->name_len == 0) {
-        /* The default exchange is implicitly bound to every queue by its name. */
-        queue_t *q = br_queue(x->vh, m->rk, m->rk_len);
-        if (q && !q->deleted) ptrvec_push(out, q);
-        route_cc(&rc, x, "CC");
-        route_cc(&rc, x, "BCC");
-        if (rc.has_headers) amqp_table_free(&rc.headers);
-        return;
-    }
     /* Follow alternate exchanges while nothing routes, at most a few hops (loops stop too). */
     for (int hop = 0; x && hop < 8; hop++) {
         route_key(&rc, x, m->rk, m->rk_len);
