@@ -129,6 +129,7 @@ static delivery_t *dl_push(chan_t *ch)
     }
     delivery_t *d = dl_at(ch, ch->dl_len++);
     memset(d, 0, sizeof *d);
+    d->at = ch->conn ? ev_now(ch->conn->srv->loop) : 0;
     return d;
 }
 
@@ -297,6 +298,19 @@ void chan_destroy(chan_t *ch)
     ch->conn = NULL;
     ch->state = CH_CLOSING;
     chan_unref(ch);
+}
+
+void chan_check_ack_timeout(chan_t *ch, ev_tstamp now, uint64_t timeout_ms)
+{
+    dl_compact(ch);
+    if (ch->state != CH_OPEN || ch->dl_len == 0) return;
+    if ((now - dl_at(ch, 0)->at) * 1000.0 < (double)timeout_ms) return;
+    chan_exception(ch, AMQP_PRECONDITION_FAILED, 0,
+                   "delivery acknowledgement on channel %u timed out. Timeout value used: %llu ms. This timeout "
+                   "value can be configured, see consumers doc guide to learn more",
+                   ch->id, (unsigned long long)timeout_ms);
+    /* RabbitMQ returns the channel's unacked messages to their queues at once. */
+    settle_all(ch, SETTLE_REQUEUE);
 }
 
 /* ---- confirms ---- */

@@ -567,6 +567,19 @@ static void on_accept(void *arg, net_conn_t *nc)
 
 /* ---- server ---- */
 
+static void ack_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    amqp_server_t *s = w->data;
+    ev_tstamp now = ev_now(loop);
+    for (conn_t *c = s->conns; c; c = c->next) {
+        if (c->state != CS_RUNNING || !c->chans) continue;
+        for (uint32_t i = 1; i <= c->channel_max; i++)
+            if (c->chans[i]) chan_check_ack_timeout(c->chans[i], now, s->cfg->consumer_timeout);
+        conn_flush(c);
+    }
+}
+
 static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     (void)loop;
@@ -615,6 +628,14 @@ amqp_server_t *amqp_server_start(struct ev_loop *loop, broker_t *b, cfg_t *cfg, 
         log_info("AMQP 0-9-1 over TLS listening on %s:%d", cfg->ssl[i].host[0] ? cfg->ssl[i].host : "[::]",
                  net_listener_port(l));
     }
+    /* consumer_timeout is checked about ten times per period, at most once a second. */
+    double period = (double)cfg->consumer_timeout / 10000.0;
+    if (period > 1.0) period = 1.0;
+    if (period < 0.05) period = 0.05;
+    ev_timer_init(&s->ack_timeout_timer, ack_timeout_cb, period, period);
+    s->ack_timeout_timer.data = s;
+    ev_timer_start(loop, &s->ack_timeout_timer);
+    ev_unref(loop);
     ev_prepare_init(&s->prepare, prepare_cb);
     s->prepare.data = s;
     ev_prepare_start(loop, &s->prepare);
@@ -661,6 +682,8 @@ void amqp_server_free(amqp_server_t *s)
 {
     ev_ref(s->loop);
     ev_prepare_stop(s->loop, &s->prepare);
+    ev_ref(s->loop);
+    ev_timer_stop(s->loop, &s->ack_timeout_timer);
     if (s->tls) SSL_CTX_free(s->tls);
     dict_free(&s->reply_to);
     free(s);

@@ -28,6 +28,7 @@ typedef struct {
     queue_t *q;       /* holds a queue reference */
     qentry_t e;       /* holds the message reference */
     consumer_t *c;    /* NULL for basic.get or a cancelled consumer */
+    ev_tstamp at;     /* when it was delivered (consumer_timeout) */
     bool settled;
 } delivery_t;
 
@@ -131,6 +132,8 @@ void chan_exception(chan_t *ch, int code, uint32_t method_id, const char *fmt, .
     __attribute__((format(printf, 4, 5)));
 void chan_on_drain(chan_t *ch);
 void chan_register_syncs(amqp_server_t *s);
+/* Closes the channel with 406 when its oldest unacked delivery is older than timeout_ms. */
+void chan_check_ack_timeout(chan_t *ch, ev_tstamp now, uint64_t timeout_ms);
 
 struct amqp_server {
     struct ev_loop *loop;
@@ -142,6 +145,7 @@ struct amqp_server {
     conn_t *conns;
     uint64_t next_conn_id;
     chan_t *sync_list;
+    ev_timer ack_timeout_timer; /* consumer_timeout: checks the oldest unacked delivery */
     dict_t reply_to; /* direct reply-to name -> chan_t* */
     ev_prepare prepare;
     bool shutting_down;
