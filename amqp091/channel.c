@@ -499,6 +499,28 @@ static void handle_publish(chan_t *ch, const amqp_method_t *m)
     ch->pub_msg = shell;
 }
 
+/* The expiration property as RabbitMQ parses it (Erlang string:to_integer): optional sign,
+ * digits, nothing after; 0 to ten years. why gets RabbitMQ's reason text. */
+static bool expiration_valid(amqp_bytes_t e, char *why, size_t cap)
+{
+    size_t i = 0;
+    bool neg = false;
+    if (i < e.len && (e.ptr[i] == '+' || e.ptr[i] == '-')) neg = e.ptr[i++] == '-';
+    size_t digits = i;
+    long long v = 0;
+    bool huge = false;
+    while (i < e.len && e.ptr[i] >= '0' && e.ptr[i] <= '9') {
+        if (v > 100000000000000000LL) huge = true;
+        else v = v * 10 + (e.ptr[i] - '0');
+        i++;
+    }
+    if (i == digits) return snprintf(why, cap, "no_integer"), false;
+    if (i < e.len) return snprintf(why, cap, "{leftover_string,\"%.*s\"}", (int)(e.len - i), (const char *)e.ptr + i), false;
+    if (neg && v > 0) return snprintf(why, cap, "{value_negative,-%lld}", v), false;
+    if (huge || v > 315360000000LL) return snprintf(why, cap, "{value_too_large,%.*s}", (int)(e.len - digits), (const char *)e.ptr + digits), false;
+    return true;
+}
+
 void chan_handle_header(chan_t *ch, const amqp_frame_t *f)
 {
     if (ch->state == CH_CLOSING) return;
@@ -535,12 +557,10 @@ void chan_handle_header(chan_t *ch, const amqp_frame_t *f)
         return;
     }
     if (props.flags & AMQP_P_EXPIRATION) {
-        bool ok = props.expiration.len > 0;
-        for (size_t i = 0; i < props.expiration.len; i++)
-            if (props.expiration.ptr[i] < '0' || props.expiration.ptr[i] > '9') ok = false;
-        if (!ok) {
-            chan_exception(ch, AMQP_PRECONDITION_FAILED, AMQP_BASIC_PUBLISH, "invalid expiration '%.*s': no_integer",
-                           BYTES_FMT(props.expiration));
+        char why[128];
+        if (!expiration_valid(props.expiration, why, sizeof why)) {
+            chan_exception(ch, AMQP_PRECONDITION_FAILED, AMQP_BASIC_PUBLISH, "invalid expiration '%.*s': %s",
+                           BYTES_FMT(props.expiration), why);
             return;
         }
     }

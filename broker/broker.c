@@ -293,6 +293,48 @@ static bool has_amq_prefix(const char *name, size_t len) { return len >= 4 && me
 
 static const char *bool_text(bool v) { return v ? "true" : "false"; }
 
+static void describe_arg(const amqp_value_t *v, bool short_form, char *out, size_t cap);
+static const char *arg_type_name(char t);
+
+/* RabbitMQ compares alternate-exchange on redeclare. */
+static int check_exchange_args_equivalence(exchange_t *x, amqp_bytes_t args, br_err_t *err)
+{
+    amqp_table_t a = {0}, c = {0};
+    if (args.len && amqp_table_parse(args, &a) != 0) return 0;
+    if (x->args_raw.len && amqp_table_parse(x->args_raw, &c) != 0) {
+        amqp_table_free(&a);
+        return 0;
+    }
+    const amqp_value_t *av = amqp_table_get(&a, "alternate-exchange"), *cv = amqp_table_get(&c, "alternate-exchange");
+    int rc = 0;
+    if ((av || cv) && !(av && cv && amqp_value_equal(av, cv))) {
+        char gs[400], cs[400];
+        bool short_form = av && cv && arg_type_name(av->type) == arg_type_name(cv->type);
+        describe_arg(av, short_form, gs, sizeof gs);
+        describe_arg(cv, short_form, cs, sizeof cs);
+        rc = br_fail(err, BR_PRECONDITION_FAILED,
+                     "inequivalent arg 'alternate-exchange' for exchange '%s' in vhost '%s': received %s but current "
+                     "is %s",
+                     x->name, x->vh->name, gs, cs);
+    }
+    amqp_table_free(&a);
+    amqp_table_free(&c);
+    return rc;
+}
+
+static int validate_exchange_args(vhost_t *vh, const char *name, size_t len, amqp_bytes_t args, br_err_t *err)
+{
+    amqp_table_t t = {0};
+    if (!args.len || amqp_table_parse(args, &t) != 0) return 0;
+    const amqp_value_t *ae = amqp_table_get(&t, "alternate-exchange");
+    int rc = 0;
+    if (ae && ae->type != 'S')
+        rc = br_fail(err, BR_PRECONDITION_FAILED, "invalid type '%s' for arg 'alternate-exchange' in exchange '%.*s' in "
+                     "vhost '%s'", arg_type_name(ae->type), (int)len, name, vh->name);
+    amqp_table_free(&t);
+    return rc;
+}
+
 int br_exchange_declare(vhost_t *vh, user_t *u, const char *name, size_t len, const char *type, size_t tlen,
                         bool passive, bool durable, bool auto_delete, bool internal, amqp_bytes_t args,
                         br_err_t *err)
@@ -326,8 +368,9 @@ int br_exchange_declare(vhost_t *vh, user_t *u, const char *name, size_t len, co
                            "inequivalent arg '%s' for exchange '%.*s' in vhost '%s': received '%s' but current is "
                            "'%s'",
                            what, (int)len, name, vh->name, got, cur);
-        return 0;
+        return check_exchange_args_equivalence(x, args, err);
     }
+    if (validate_exchange_args(vh, name, len, args, err)) return err->code;
     x = ex_new(vh, name, len, (ex_type_t)t, durable, auto_delete, internal, args);
     ex_persist(x);
     return 0;
@@ -461,9 +504,9 @@ static void server_queue_name(char out[48])
 }
 
 /* Type and range rules of the queue arguments RabbitMQ validates at declare time. */
-typedef enum { ARG_NONNEG_INT, ARG_POS_INT, ARG_PRIORITY, ARG_STRING, ARG_BOOL, ARG_OVERFLOW } arg_rule_t;
+typedef enum { ARG_NONNEG_INT, ARG_POS_INT, ARG_TTL, ARG_POS_TTL, ARG_PRIORITY, ARG_STRING, ARG_BOOL, ARG_OVERFLOW } arg_rule_t;
 static const struct { const char *name; arg_rule_t rule; } queue_arg_rules[] = {
-    {"x-message-ttl", ARG_NONNEG_INT},         {"x-expires", ARG_POS_INT},
+    {"x-message-ttl", ARG_TTL},                {"x-expires", ARG_POS_TTL},
     {"x-max-length", ARG_NONNEG_INT},          {"x-max-length-bytes", ARG_NONNEG_INT},
     {"x-max-priority", ARG_PRIORITY},          {"x-dead-letter-exchange", ARG_STRING},
     {"x-dead-letter-routing-key", ARG_STRING}, {"x-overflow", ARG_OVERFLOW},
@@ -477,10 +520,15 @@ static int check_arg_rule(const amqp_value_t *v, arg_rule_t rule, char *why, siz
     switch (rule) {
     case ARG_NONNEG_INT:
     case ARG_POS_INT:
+    case ARG_TTL:
+    case ARG_POS_TTL:
     case ARG_PRIORITY:
-        if (!is_int) return snprintf(why, cap, "{unacceptable_type,%s}", arg_type_name(v->type)), -1;
+        if (!is_int) return snprintf(why, cap, "\"expected integer, got %s\"", arg_type_name(v->type)), -1;
         if (i < 0) return snprintf(why, cap, "{value_negative,%lld}", (long long)i), -1;
-        if (rule == ARG_POS_INT && i == 0) return snprintf(why, cap, "{value_zero,0}"), -1;
+        if ((rule == ARG_POS_INT || rule == ARG_POS_TTL) && i == 0) return snprintf(why, cap, "{value_zero,0}"), -1;
+        /* TTLs are capped at ten years, as RabbitMQ does. */
+        if ((rule == ARG_TTL || rule == ARG_POS_TTL) && i > 315360000000LL)
+            return snprintf(why, cap, "{value_too_large,%lld}", (long long)i), -1;
         if (rule == ARG_PRIORITY && i > 255) return snprintf(why, cap, "{max_value_exceeded,%lld}", (long long)i), -1;
         return 0;
     case ARG_STRING:
@@ -490,8 +538,7 @@ static int check_arg_rule(const amqp_value_t *v, arg_rule_t rule, char *why, siz
         if (v->type != 'S') return snprintf(why, cap, "{unacceptable_type,%s}", arg_type_name(v->type)), -1;
         if (!amqp_bytes_eq_cstr(v->v.str, "drop-head") && !amqp_bytes_eq_cstr(v->v.str, "reject-publish") &&
             !amqp_bytes_eq_cstr(v->v.str, "reject-publish-dlx"))
-            return snprintf(why, cap, "{invalid_overflow,<<\"%.*s\">>}", (int)v->v.str.len,
-                            (const char *)v->v.str.ptr), -1;
+            return snprintf(why, cap, "invalid_overflow"), -1;
         return 0;
     case ARG_BOOL:
         if (v->type != 't') return snprintf(why, cap, "{unacceptable_type,%s}", arg_type_name(v->type)), -1;
@@ -508,6 +555,16 @@ static int validate_queue_args(vhost_t *vh, const char *name, size_t len, amqp_b
         return br_fail(err, BR_PRECONDITION_FAILED, "invalid arguments for queue '%.*s' in vhost '%s'", (int)len,
                        name, vh->name);
     int rc = 0;
+    const amqp_value_t *dlx = amqp_table_get(&t, "x-dead-letter-exchange");
+    if (dlx && dlx->type != 'S')
+        rc = br_fail(err, BR_PRECONDITION_FAILED,
+                     "invalid type '%s' for arg 'x-dead-letter-exchange' in queue '%.*s' in vhost '%s'",
+                     arg_type_name(dlx->type), (int)len, name, vh->name);
+    else if (!dlx && amqp_table_get(&t, "x-dead-letter-routing-key"))
+        rc = br_fail(err, BR_PRECONDITION_FAILED,
+                     "invalid arg 'x-dead-letter-routing-key' for queue '%.*s' in vhost '%s': "
+                     "routing_key_but_no_dlx_defined",
+                     (int)len, name, vh->name);
     for (size_t i = 0; i < sizeof queue_arg_rules / sizeof queue_arg_rules[0] && !rc; i++) {
         const amqp_value_t *v = amqp_table_get(&t, queue_arg_rules[i].name);
         char why[128];
@@ -544,6 +601,7 @@ int br_queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name,
         q = len ? br_queue(vh, name, len) : NULL;
         if (!q) return br_fail(err, BR_NOT_FOUND, "no queue '%.*s' in vhost '%s'", (int)len, name, vh->name);
         if (q->exclusive && q->owner_conn != conn_id) return exclusive_locked(q, err);
+        q_touch(q);
         *out = q;
         return 0;
     }

@@ -66,23 +66,42 @@ static void build_headers(amqp_buf_t *out, const queue_t *q, const msg_t *m, con
     bool has_first = old && amqp_table_get(old, "x-first-death-reason");
     for (size_t i = 0; old && i < old->n; i++) {
         if (field_is(&old->fields[i], "x-death")) continue;
+        /* With x-dead-letter-routing-key the CC/BCC keys no longer apply: RabbitMQ drops them. */
+        if (q->dlrk && (field_is(&old->fields[i], "CC") || field_is(&old->fields[i], "BCC"))) continue;
         amqp_buf_put_shortstr(out, old->fields[i].key);
         amqp_value_encode(out, &old->fields[i].value);
     }
-    /* x-death: this death first, then the others (the matching one replaced by this one). */
+    /* x-death: this death first, then the others. A repeated (queue, reason) keeps its first
+     * entry (time, exchange, routing keys) with the count raised, moved to the front. */
     amqp_table_put_key(out, "x-death");
     amqp_buf_put_u8(out, 'A');
     size_t arr = out->len;
     amqp_buf_put_u32(out, 0);
     amqp_buf_put_u8(out, 'F');
     size_t ent = amqp_table_open(out);
-    amqp_table_put_i64(out, "count", prior + 1);
-    amqp_table_put_longstr(out, "reason", AMQP_BYTES_CSTR(reason));
-    put_str(out, "queue", q->name, q->name_len);
-    amqp_table_put_timestamp(out, "time", (uint64_t)time(NULL));
-    put_str(out, "exchange", m->exchange, m->exchange_len);
-    put_routing_keys(out, m, old);
-    if (p->has_expiration) amqp_table_put_longstr(out, "original-expiration", p->expiration);
+    const amqp_value_t *same = NULL;
+    if (deaths && deaths->type == 'A')
+        for (size_t i = 0; i < deaths->v.array.n && !same; i++)
+            if (death_matches(&deaths->v.array.items[i], q->name, reason)) same = &deaths->v.array.items[i];
+    if (same) {
+        for (size_t i = 0; i < same->v.table.n; i++) {
+            const amqp_field_t *f = &same->v.table.fields[i];
+            if (field_is(f, "count")) {
+                amqp_table_put_i64(out, "count", prior + 1);
+                continue;
+            }
+            amqp_buf_put_shortstr(out, f->key);
+            amqp_value_encode(out, &f->value);
+        }
+    } else {
+        amqp_table_put_i64(out, "count", 1);
+        amqp_table_put_longstr(out, "reason", AMQP_BYTES_CSTR(reason));
+        put_str(out, "queue", q->name, q->name_len);
+        amqp_table_put_timestamp(out, "time", (uint64_t)time(NULL));
+        put_str(out, "exchange", m->exchange, m->exchange_len);
+        put_routing_keys(out, m, old);
+        if (p->has_expiration) amqp_table_put_longstr(out, "original-expiration", p->expiration);
+    }
     amqp_table_close(out, ent);
     if (deaths && deaths->type == 'A')
         for (size_t i = 0; i < deaths->v.array.n; i++)

@@ -506,6 +506,17 @@ static void deliver_entry(queue_t *q, consumer_t *c, qentry_t *e);
 int q_publish(queue_t *q, msg_t *m)
 {
     broker_t *b = q->vh->broker;
+    if (q->overflow == OVERFLOW_DROP_HEAD && over_limit(q, 1, m->body_len) && q->ready_len == 0 &&
+        q->consumers.n) {
+        /* Limits apply to what would be enqueued: a consumer ready right now takes it. */
+        consumer_t *c = next_consumer(q);
+        if (c) {
+            qentry_t e = {.m = msg_ref(m), .seq = q->next_seq++};
+            q->stat_publish++;
+            deliver_entry(q, c, &e);
+            return Q_PUB_OK;
+        }
+    }
     if (q->overflow != OVERFLOW_DROP_HEAD && over_limit(q, 1, m->body_len)) {
         if (q->overflow == OVERFLOW_REJECT_PUBLISH_DLX) q_dead_letter(q, m, "maxlen");
         return Q_PUB_REJECTED;
@@ -714,6 +725,12 @@ void q_requeue(queue_t *q, const qentry_t *e)
     ready_requeue(q, r);
     q->ready_bytes += r.m->body_len;
     q->vh->broker->mem_body_bytes += r.m->body_len;
+    /* drop-head applies to requeued messages too: the head goes first. */
+    while (q->overflow == OVERFLOW_DROP_HEAD && over_limit(q, 0, 0) && q->ready_len) {
+        qentry_t head = ready_pop(q);
+        take_from_ready(q, &head);
+        remove_for_good(q, &head, "maxlen");
+    }
     if (r.expires_at) expire_heads(q);
     if (q->consumers.n) q_schedule(q);
 }
