@@ -119,6 +119,7 @@ void broker_free(broker_t *b)
         }
         dict_free(&vh->queues);
         dict_free(&vh->exchanges);
+        br_policies_free(vh);
         free(vh->name);
         free(vh);
     }

@@ -79,11 +79,25 @@ struct user {
 
 enum perm_kind { PERM_CONFIGURE, PERM_WRITE, PERM_READ };
 
+/* A policy (or operator policy): definition keys applied to the queues/exchanges whose name
+ * matches pattern; the highest priority matching policy wins (policy.c). */
+typedef enum { APPLY_ALL, APPLY_QUEUES, APPLY_EXCHANGES } apply_to_t;
+typedef struct {
+    char *name;
+    char *pattern_text;
+    auth_regex_t *pattern;
+    apply_to_t apply_to;
+    int priority;
+    amqp_bytes_t def_raw; /* definition as field-table content (owned) */
+    amqp_table_t def;
+} policy_t;
+
 struct vhost {
     broker_t *broker;
     char *name;
     dict_t exchanges; /* name -> exchange_t* */
     dict_t queues;    /* name -> queue_t* */
+    ptrvec_t policies, operator_policies; /* policy_t* */
 };
 
 /* ---- exchanges and bindings ---- */
@@ -177,6 +191,7 @@ struct queue {
     char *dlx;  /* NULL = no dead-lettering */
     char *dlrk; /* NULL = keep the message's routing keys */
     bool sac;   /* single active consumer */
+    const policy_t *policy, *operator_policy; /* in effect, or NULL */
     ev_timer ttl_timer, expires_timer;
     uint32_t unacked;
     ptrvec_t consumers; /* consumer_t*, sorted by priority (highest first) */
@@ -266,6 +281,21 @@ void br_route(exchange_t *x, msg_t *m, ptrvec_t *out);
 msg_t *br_strip_bcc(msg_t *m);
 /* A connection went away: delete its exclusive queues. */
 void br_connection_closed(broker_t *b, uint64_t conn_id);
+
+/* ---- policies (policy.c) ---- */
+
+/* Adds or replaces a policy; definition is field-table content. Re-applies policies to every
+ * queue of the vhost at once. Returns 0 or -1 with err (bad pattern, apply-to, definition). */
+int br_policy_set(vhost_t *vh, bool is_operator, const char *name, const char *pattern, const char *apply_to,
+                  int priority, amqp_bytes_t definition, char *err, size_t errlen);
+int br_policy_clear(vhost_t *vh, bool is_operator, const char *name);
+/* The policy in effect for a queue or exchange name, or NULL. */
+const policy_t *br_policy_match(const vhost_t *vh, bool is_operator, bool is_queue, const char *name, size_t len);
+/* A key of a policy definition, or NULL. */
+const amqp_value_t *br_policy_value(const policy_t *p, const char *key);
+void br_policies_free(vhost_t *vh);
+/* Recomputes a queue's effective settings from its arguments and policies. */
+void q_apply_settings(queue_t *q);
 
 /* ---- queue operations (queue.c) ---- */
 

@@ -137,6 +137,27 @@ static int load_permissions(broker_t *b, const cJSON *root, char *err, size_t er
     return 0;
 }
 
+static int load_policies(broker_t *b, const cJSON *root, const char *key, bool is_operator, char *err,
+                         size_t errlen)
+{
+    amqp_buf_t def = {0};
+    const cJSON *o;
+    int rc = 0;
+    cJSON_ArrayForEach(o, cJSON_GetObjectItemCaseSensitive(root, key))
+    {
+        const cJSON *prio = cJSON_GetObjectItemCaseSensitive(o, "priority");
+        vhost_t *vh = br_vhost_add(b, jstr(o, "vhost", "/"));
+        if (br_policy_set(vh, is_operator, jstr(o, "name", ""), jstr(o, "pattern", ""), jstr(o, "apply-to", "all"),
+                          cJSON_IsNumber(prio) ? prio->valueint : 0,
+                          json_args(&def, cJSON_GetObjectItemCaseSensitive(o, "definition")), err, errlen)) {
+            rc = -1;
+            break;
+        }
+    }
+    amqp_buf_free(&def);
+    return rc;
+}
+
 static int load_topology(broker_t *b, const cJSON *root, char *err, size_t errlen)
 {
     amqp_buf_t args = {0};
@@ -202,6 +223,8 @@ int broker_load_definitions(broker_t *b, const char *path, char *err, size_t err
     cJSON_ArrayForEach(v, cJSON_GetObjectItemCaseSensitive(root, "vhosts")) br_vhost_add(b, jstr(v, "name", "/"));
     int rc = load_users(b, root, err, errlen);
     if (!rc) rc = load_permissions(b, root, err, errlen);
+    if (!rc) rc = load_policies(b, root, "policies", false, err, errlen);
+    if (!rc) rc = load_policies(b, root, "operator_policies", true, err, errlen);
     if (!rc) rc = load_topology(b, root, err, errlen);
     cJSON_Delete(root);
     if (!rc) log_info("loaded definitions from %s", path);

@@ -447,12 +447,13 @@ static void route_cc(route_ctx_t *rc, exchange_t *x, const char *header)
     }
 }
 
+/* The alternate exchange: the exchange's argument, else its policy's alternate-exchange. */
 static exchange_t *alternate_of(exchange_t *x)
 {
-    if (!x->args_raw.len) return NULL;
-    amqp_table_t t;
-    if (amqp_table_parse(x->args_raw, &t) != 0) return NULL;
+    amqp_table_t t = {0};
+    if (x->args_raw.len && amqp_table_parse(x->args_raw, &t) != 0) return NULL;
     const amqp_value_t *v = amqp_table_get(&t, "alternate-exchange");
+    if (!v) v = br_policy_value(br_policy_match(x->vh, false, false, x->name, x->name_len), "alternate-exchange");
     exchange_t *ae = NULL;
     if (v && v->type == 'S') ae = br_exchange(x->vh, (const char *)v->v.str.ptr, v->v.str.len);
     amqp_table_free(&t);

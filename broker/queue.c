@@ -293,26 +293,74 @@ static char *arg_str(const amqp_table_t *t, const char *key)
 static void ttl_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void expires_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
-/* Reads the x-arguments that shape the queue's behaviour (validated by broker.c at declare). */
-static void apply_arguments(queue_t *q)
+static int64_t value_int(const amqp_value_t *v, int64_t dflt)
+{
+    int64_t i;
+    return v && amqp_value_int(v, &i) ? i : dflt;
+}
+
+/* RabbitMQ's resolution for numeric limits: the lowest of argument, policy and operator policy. */
+static int64_t lowest(int64_t arg, const amqp_value_t *pol, const amqp_value_t *op)
+{
+    int64_t best = arg;
+    int64_t v = value_int(pol, -1);
+    if (v >= 0 && (best < 0 || v < best)) best = v;
+    v = value_int(op, -1);
+    if (v >= 0 && (best < 0 || v < best)) best = v;
+    return best;
+}
+
+/* For the other keys the queue's own argument wins over the policy. */
+static char *arg_or_policy_str(const amqp_table_t *t, const char *arg, const policy_t *p, const char *key)
+{
+    char *v = arg_str(t, arg);
+    if (v) return v;
+    const amqp_value_t *pv = br_policy_value(p, key);
+    if (pv && (pv->type == 'S' || pv->type == 'x')) return strndup((const char *)pv->v.str.ptr, pv->v.str.len);
+    return NULL;
+}
+
+static int overflow_parse(const amqp_value_t *v, int dflt)
+{
+    if (!v || v->type != 'S') return dflt;
+    if (amqp_bytes_eq_cstr(v->v.str, "reject-publish")) return OVERFLOW_REJECT_PUBLISH;
+    if (amqp_bytes_eq_cstr(v->v.str, "reject-publish-dlx")) return OVERFLOW_REJECT_PUBLISH_DLX;
+    if (amqp_bytes_eq_cstr(v->v.str, "drop-head")) return OVERFLOW_DROP_HEAD;
+    return dflt;
+}
+
+static void enforce_limits(queue_t *q);
+
+/* Effective settings from the x-arguments (validated by broker.c at declare) and the policies in
+ * effect. Called at creation and whenever policies change. */
+void q_apply_settings(queue_t *q)
 {
     const amqp_table_t *t = &q->args;
-    q->msg_ttl = arg_int(t, "x-message-ttl", -1);
-    q->expires = arg_int(t, "x-expires", -1);
-    q->max_len = arg_int(t, "x-max-length", -1);
-    q->max_bytes = arg_int(t, "x-max-length-bytes", -1);
-    int64_t prio = arg_int(t, "x-max-priority", 0);
-    q->nlevels = prio > 0 ? (uint32_t)(prio > 255 ? 255 : prio) + 1 : 1;
+    const policy_t *p = br_policy_match(q->vh, false, true, q->name, q->name_len);
+    const policy_t *op = br_policy_match(q->vh, true, true, q->name, q->name_len);
+    q->policy = p;
+    q->operator_policy = op;
+    q->msg_ttl = lowest(arg_int(t, "x-message-ttl", -1), br_policy_value(p, "message-ttl"),
+                        br_policy_value(op, "message-ttl"));
+    q->expires = lowest(arg_int(t, "x-expires", -1), br_policy_value(p, "expires"), br_policy_value(op, "expires"));
+    q->max_len = lowest(arg_int(t, "x-max-length", -1), br_policy_value(p, "max-length"),
+                        br_policy_value(op, "max-length"));
+    q->max_bytes = lowest(arg_int(t, "x-max-length-bytes", -1), br_policy_value(p, "max-length-bytes"),
+                          br_policy_value(op, "max-length-bytes"));
     const amqp_value_t *ov = amqp_table_get(t, "x-overflow");
-    q->overflow = OVERFLOW_DROP_HEAD;
-    if (ov && ov->type == 'S') {
-        if (amqp_bytes_eq_cstr(ov->v.str, "reject-publish")) q->overflow = OVERFLOW_REJECT_PUBLISH;
-        else if (amqp_bytes_eq_cstr(ov->v.str, "reject-publish-dlx")) q->overflow = OVERFLOW_REJECT_PUBLISH_DLX;
-    }
-    q->dlx = arg_str(t, "x-dead-letter-exchange");
-    q->dlrk = arg_str(t, "x-dead-letter-routing-key");
+    q->overflow = overflow_parse(ov ? ov : br_policy_value(p, "overflow") ? br_policy_value(p, "overflow")
+                                                                         : br_policy_value(op, "overflow"),
+                                 OVERFLOW_DROP_HEAD);
+    free(q->dlx);
+    free(q->dlrk);
+    q->dlx = arg_or_policy_str(t, "x-dead-letter-exchange", p, "dead-letter-exchange");
+    q->dlrk = arg_or_policy_str(t, "x-dead-letter-routing-key", p, "dead-letter-routing-key");
     const amqp_value_t *sac = amqp_table_get(t, "x-single-active-consumer");
     q->sac = sac && sac->type == 't' && sac->v.b;
+    if (q->levels) {
+        enforce_limits(q);
+        q_touch(q);
+    }
 }
 
 queue_t *q_new(vhost_t *vh, const char *name, size_t len, bool durable, bool exclusive, bool auto_delete,
@@ -339,7 +387,9 @@ queue_t *q_new(vhost_t *vh, const char *name, size_t len, bool durable, bool exc
         q->args_raw = (amqp_bytes_t){copy, args.len};
         if (amqp_table_parse(q->args_raw, &q->args) != 0) memset(&q->args, 0, sizeof q->args);
     }
-    apply_arguments(q);
+    int64_t prio = arg_int(&q->args, "x-max-priority", 0);
+    q->nlevels = prio > 0 ? (uint32_t)(prio > 255 ? 255 : prio) + 1 : 1;
+    q_apply_settings(q);
     q->levels = calloc(q->nlevels, sizeof *q->levels);
     if (!q->levels) abort();
     ev_timer_init(&q->ttl_timer, ttl_timer_cb, 0, 0);
@@ -503,6 +553,16 @@ static bool over_limit(const queue_t *q, uint64_t extra_len, uint64_t extra_byte
 static consumer_t *next_consumer(queue_t *q);
 static void deliver_entry(queue_t *q, consumer_t *c, qentry_t *e);
 
+/* Drops (dead-letters with reason maxlen) from the head while over a length limit. */
+static void enforce_limits(queue_t *q)
+{
+    while (over_limit(q, 0, 0) && q->ready_len) {
+        qentry_t head = ready_pop(q);
+        take_from_ready(q, &head);
+        remove_for_good(q, &head, "maxlen");
+    }
+}
+
 int q_publish(queue_t *q, msg_t *m)
 {
     broker_t *b = q->vh->broker;
@@ -550,11 +610,7 @@ int q_publish(queue_t *q, msg_t *m)
     ready_push(q, e);
     q->ready_bytes += m->body_len;
     b->mem_body_bytes += m->body_len;
-    while (over_limit(q, 0, 0) && q->ready_len) {
-        qentry_t head = ready_pop(q);
-        take_from_ready(q, &head);
-        remove_for_good(q, &head, "maxlen");
-    }
+    enforce_limits(q);
     if (e.expires_at && !ev_is_active(&q->ttl_timer)) expire_heads(q);
     if (q->consumers.n) q_schedule(q);
     return rc;
@@ -726,11 +782,7 @@ void q_requeue(queue_t *q, const qentry_t *e)
     q->ready_bytes += r.m->body_len;
     q->vh->broker->mem_body_bytes += r.m->body_len;
     /* drop-head applies to requeued messages too: the head goes first. */
-    while (q->overflow == OVERFLOW_DROP_HEAD && over_limit(q, 0, 0) && q->ready_len) {
-        qentry_t head = ready_pop(q);
-        take_from_ready(q, &head);
-        remove_for_good(q, &head, "maxlen");
-    }
+    if (q->overflow == OVERFLOW_DROP_HEAD) enforce_limits(q);
     if (r.expires_at) expire_heads(q);
     if (q->consumers.n) q_schedule(q);
 }
