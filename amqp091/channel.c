@@ -445,7 +445,7 @@ static int deliver_message(chan_t *ch, msg_t *m, bool mandatory)
     if (x) br_route(x, m, &qs);
     b->stat_publish++;
     int result = Q_PUB_OK;
-    msg_t *stripped = qs.n ? br_strip_bcc(m) : NULL;
+    msg_t *stripped = br_strip_bcc(m);
     if (stripped) m = stripped; /* BCC routes but is never delivered */
     if (qs.n == 0) {
         b->stat_unroutable++;
@@ -497,6 +497,46 @@ static void handle_publish(chan_t *ch, const amqp_method_t *m)
     msg_t *shell = msg_new((const char *)xn.ptr, xn.len, (const char *)rk.ptr, rk.len, NULL, 0, 0);
     if (ch->pub_msg) msg_unref(ch->pub_msg);
     ch->pub_msg = shell;
+}
+
+/* RabbitMQ's names of field-table types, as its error texts print them. */
+static const char *table_type_name(char t)
+{
+    switch (t) {
+    case 't': return "bool";
+    case 'b': case 's': case 'I': case 'l': case 'L': return "signedint";
+    case 'B': case 'u': case 'i': return "unsignedint";
+    case 'f': return "float";
+    case 'd': return "double";
+    case 'D': return "decimal";
+    case 'S': return "longstr";
+    case 'x': return "binary";
+    case 'A': return "array";
+    case 'T': return "timestamp";
+    case 'F': return "table";
+    default: return "void";
+    }
+}
+
+/* CC and BCC must be arrays (sender-selected distribution); RabbitMQ refuses anything else. */
+static bool cc_headers_valid(const amqp_props_t *props, char *why, size_t cap)
+{
+    if (!(props->flags & AMQP_P_HEADERS)) return true;
+    amqp_bytes_t h = props->headers;
+    if (!memmem(h.ptr, h.len, "\x02" "CC", 3) && !memmem(h.ptr, h.len, "\x03" "BCC", 4)) return true;
+    amqp_table_t t;
+    if (amqp_table_parse(h, &t) != 0) return true;
+    bool ok = true;
+    static const char *const names[] = {"CC", "BCC"};
+    for (int i = 0; i < 2 && ok; i++) {
+        const amqp_value_t *v = amqp_table_get(&t, names[i]);
+        if (v && v->type != 'A') {
+            snprintf(why, cap, "{unacceptable_type_in_header,\"%s\",%s}", names[i], table_type_name(v->type));
+            ok = false;
+        }
+    }
+    amqp_table_free(&t);
+    return ok;
 }
 
 /* The expiration property as RabbitMQ parses it (Erlang string:to_integer): optional sign,
@@ -554,6 +594,11 @@ void chan_handle_header(chan_t *ch, const amqp_frame_t *f)
         chan_exception(ch, AMQP_PRECONDITION_FAILED, AMQP_BASIC_PUBLISH,
                        "user_id property set to '%.*s' but authenticated user was '%s'", BYTES_FMT(props.user_id),
                        ch->conn->user->name);
+        return;
+    }
+    char cc_why[128];
+    if (!cc_headers_valid(&props, cc_why, sizeof cc_why)) {
+        chan_exception(ch, AMQP_PRECONDITION_FAILED, AMQP_BASIC_PUBLISH, "invalid message: %s", cc_why);
         return;
     }
     if (props.flags & AMQP_P_EXPIRATION) {
@@ -745,7 +790,7 @@ static bool consumer_priority(amqp_bytes_t args, int32_t *prio, char *bad, size_
             *prio = (int32_t)p;
         else {
             ok = false;
-            snprintf(bad, badlen, "invalid arg 'x-priority'");
+            snprintf(bad, badlen, "\"expected integer, got %s\"", table_type_name(v->type));
         }
     }
     amqp_table_free(&t);
@@ -823,7 +868,8 @@ static void handle_consume(chan_t *ch, const amqp_method_t *m)
     int32_t prio;
     char bad[128];
     if (!consumer_priority(a->arguments, &prio, bad, sizeof bad)) {
-        chan_exception(ch, AMQP_PRECONDITION_FAILED, m->id, "%s", bad);
+        chan_exception(ch, AMQP_PRECONDITION_FAILED, m->id, "invalid arg 'x-priority' for queue '%s' in vhost '%s': %s",
+                       q->name, q->vh->name, bad);
         return;
     }
     consumer_t *c = calloc(1, sizeof *c);

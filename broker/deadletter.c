@@ -150,7 +150,9 @@ void q_dead_letter(queue_t *q, msg_t *m, const char *reason)
     if (props_rewrite(m->props, m->props_len, &hb, false, p.has_expiration, &props) != 0) goto out;
     const char *rk = q->dlrk ? q->dlrk : m->rk;
     size_t rklen = q->dlrk ? strlen(q->dlrk) : m->rk_len;
-    msg_t *dm = msg_new(x->name, x->name_len, rk, rklen, props.data, props.len, m->body_len);
+    /* Without x-dead-letter-routing-key the original BCC keys still route it. */
+    msg_t *dm = msg_new_with_bcc(x->name, x->name_len, rk, rklen, props.data, props.len, m->body_len,
+                                 q->dlrk ? NULL : msg_bcc(m), q->dlrk ? 0 : m->bcc_len);
     if (m->body_len) memcpy(dm->body, m->body, m->body_len);
     dm->id = b->next_msg_id++;
     dm->persistent = m->persistent;

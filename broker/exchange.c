@@ -448,6 +448,18 @@ static void route_cc(route_ctx_t *rc, exchange_t *x, const char *header)
 }
 
 /* The alternate exchange: the exchange's argument, else its policy's alternate-exchange. */
+/* BCC keys kept inside the message after its header was stripped (see msg_new_with_bcc). */
+static void route_kept_bcc(route_ctx_t *rc, exchange_t *x)
+{
+    const uint8_t *p = msg_bcc(rc->m), *end = p + rc->m->bcc_len;
+    while (end - p >= 5 && p[0] == 'S') {
+        uint32_t n = ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | p[4];
+        if ((size_t)(end - p - 5) < n) break;
+        route_key(rc, x, (const char *)p + 5, n);
+        p += 5 + n;
+    }
+}
+
 static exchange_t *alternate_of(exchange_t *x)
 {
     amqp_table_t t = {0};
@@ -469,6 +481,7 @@ void br_route(exchange_t *x, msg_t *m, ptrvec_t *out)
         route_key(&rc, x, m->rk, m->rk_len);
         route_cc(&rc, x, "CC");
         route_cc(&rc, x, "BCC");
+        route_kept_bcc(&rc, x);
         if (out->n) break;
         x = alternate_of(x);
     }
@@ -483,8 +496,12 @@ msg_t *br_strip_bcc(msg_t *m)
     amqp_table_t t;
     if (amqp_table_parse(p.headers, &t) != 0) return NULL;
     msg_t *nm = NULL;
-    if (amqp_table_get(&t, "BCC")) {
-        amqp_buf_t h = {0}, props = {0};
+    const amqp_value_t *bcc = amqp_table_get(&t, "BCC");
+    if (bcc) {
+        amqp_buf_t h = {0}, props = {0}, keys = {0};
+        if (bcc->type == 'A')
+            for (size_t i = 0; i < bcc->v.array.n; i++)
+                if (bcc->v.array.items[i].type == 'S') amqp_value_encode(&keys, &bcc->v.array.items[i]);
         size_t pos = amqp_table_open(&h);
         for (size_t i = 0; i < t.n; i++) {
             if (amqp_bytes_eq_cstr(t.fields[i].key, "BCC")) continue;
@@ -494,7 +511,8 @@ msg_t *br_strip_bcc(msg_t *m)
         amqp_table_close(&h, pos);
         amqp_bytes_t hb = {h.data + 4, h.len - 4};
         if (props_rewrite(m->props, m->props_len, &hb, false, false, &props) == 0) {
-            nm = msg_new(m->exchange, m->exchange_len, m->rk, m->rk_len, props.data, props.len, m->body_len);
+            nm = msg_new_with_bcc(m->exchange, m->exchange_len, m->rk, m->rk_len, props.data, props.len, m->body_len,
+                                  keys.data, keys.len);
             if (m->body_len) memcpy(nm->body, m->body, m->body_len);
             nm->id = m->id;
             nm->persistent = m->persistent;
@@ -502,6 +520,7 @@ msg_t *br_strip_bcc(msg_t *m)
         }
         amqp_buf_free(&h);
         amqp_buf_free(&props);
+        amqp_buf_free(&keys);
     }
     amqp_table_free(&t);
     return nm;

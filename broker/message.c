@@ -7,9 +7,16 @@
 msg_t *msg_new(const char *exchange, size_t exlen, const char *rk, size_t rklen, const uint8_t *props,
                size_t props_len, uint64_t body_len)
 {
+    return msg_new_with_bcc(exchange, exlen, rk, rklen, props, props_len, body_len, NULL, 0);
+}
+
+msg_t *msg_new_with_bcc(const char *exchange, size_t exlen, const char *rk, size_t rklen, const uint8_t *props,
+                        size_t props_len, uint64_t body_len, const uint8_t *bcc, size_t bcc_len)
+{
     if (exlen > 255) exlen = 255;
     if (rklen > 255) rklen = 255;
-    msg_t *m = malloc(sizeof *m + exlen + 1 + rklen + 1 + props_len);
+    if (bcc_len > 65535) bcc_len = 0;
+    msg_t *m = malloc(sizeof *m + exlen + 1 + rklen + 1 + props_len + bcc_len);
     if (!m) abort();
     memset(m, 0, sizeof *m);
     m->refs = 1;
@@ -24,6 +31,8 @@ msg_t *msg_new(const char *exchange, size_t exlen, const char *rk, size_t rklen,
     m->rk[rklen] = '\0';
     m->props = (uint8_t *)m->rk + rklen + 1;
     if (props_len) memcpy(m->props, props, props_len);
+    m->bcc_len = (uint16_t)bcc_len;
+    if (bcc_len) memcpy(m->props + props_len, bcc, bcc_len);
     m->body_len = body_len;
     m->body = malloc(body_len ? body_len : 1);
     if (!m->body) abort();

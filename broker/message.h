@@ -23,6 +23,7 @@ typedef struct msg {
     bool stored;             /* its record was queued to the store */
     uint8_t priority;
     uint8_t exchange_len, rk_len;
+    uint16_t bcc_len;        /* BCC routing keys kept after the header was stripped (after props) */
     uint32_t props_len;
     uint64_t body_len;
     uint8_t *body;           /* NULL while paged out (then stored is true) */
@@ -34,6 +35,11 @@ typedef struct msg {
 
 msg_t *msg_new(const char *exchange, size_t exlen, const char *rk, size_t rklen, const uint8_t *props,
                size_t props_len, uint64_t body_len);
+/* Same, also keeping BCC routing keys (a sequence of encoded longstr values, 'S' + u32 + bytes)
+ * that are no longer in the headers but still route the message when it is dead-lettered. */
+msg_t *msg_new_with_bcc(const char *exchange, size_t exlen, const char *rk, size_t rklen, const uint8_t *props,
+                        size_t props_len, uint64_t body_len, const uint8_t *bcc, size_t bcc_len);
+static inline const uint8_t *msg_bcc(const msg_t *m) { return m->props + m->props_len; }
 static inline msg_t *msg_ref(msg_t *m) { m->refs++; return m; }
 void msg_unref(msg_t *m);
 
