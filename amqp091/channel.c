@@ -489,6 +489,7 @@ static void handle_publish(chan_t *ch, const amqp_method_t *m)
         fail(ch, m->id, &err);
         return;
     }
+    conn_alarm_check_publisher(ch->conn);
     ch->pub = PUB_HEADER;
     ch->pub_x = x;
     ch->pub_mandatory = m->u.basic_publish.mandatory;

@@ -75,7 +75,45 @@ static void conn_unthrottle_check(conn_t *c)
         return;
     c->throttled_by = NULL;
     q_unref(q);
-    if (c->net) net_pause_reading(c->net, false);
+    if (c->net && !c->alarm_blocked) net_pause_reading(c->net, false);
+}
+
+/* ---- resource alarms ----
+ * As RabbitMQ: while a memory or disk alarm is in effect, a connection that publishes is
+ * blocked: it gets connection.blocked (when it announced the capability) and is no longer read
+ * until every alarm clears, then connection.unblocked. Consumers keep consuming, which is what
+ * frees memory. */
+
+void conn_alarm_check_publisher(conn_t *c)
+{
+    unsigned alarms = c->srv->broker->alarms;
+    if (!alarms || c->alarm_blocked || !c->net) return;
+    c->alarm_blocked = true;
+    if (c->cap_blocked) {
+        amqp_method_t m = {.id = AMQP_CONNECTION_BLOCKED};
+        m.u.connection_blocked.reason = AMQP_BYTES_CSTR(br_alarm_reason(alarms));
+        conn_send_method(c, 0, &m);
+        conn_flush(c);
+    }
+    net_pause_reading(c->net, true);
+}
+
+static void alarm_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    amqp_server_t *s = w->data;
+    if (br_check_alarms(s->broker)) return;
+    for (conn_t *c = s->conns; c; c = c->next) {
+        if (!c->alarm_blocked || !c->net) continue;
+        c->alarm_blocked = false;
+        if (c->cap_blocked) {
+            amqp_method_t m = {.id = AMQP_CONNECTION_UNBLOCKED};
+            conn_send_method(c, 0, &m);
+            conn_flush(c);
+        }
+        if (!c->throttled_by) net_pause_reading(c->net, false);
+    }
 }
 
 /* ---- closing ---- */
@@ -191,6 +229,8 @@ static void read_client_capabilities(conn_t *c, amqp_bytes_t client_props)
         c->cap_cancel_notify = v && v->type == 't' && v->v.b;
         v = amqp_table_get(&caps->v.table, "authentication_failure_close");
         c->cap_auth_failure_close = v && v->type == 't' && v->v.b;
+        v = amqp_table_get(&caps->v.table, "connection.blocked");
+        c->cap_blocked = v && v->type == 't' && v->v.b;
     }
     const amqp_value_t *p = amqp_table_get(&t, "product");
     if (p && p->type == 'S')
@@ -636,6 +676,11 @@ amqp_server_t *amqp_server_start(struct ev_loop *loop, broker_t *b, cfg_t *cfg, 
     s->ack_timeout_timer.data = s;
     ev_timer_start(loop, &s->ack_timeout_timer);
     ev_unref(loop);
+    br_check_alarms(b);
+    ev_timer_init(&s->alarm_timer, alarm_timer_cb, 1.0, 1.0);
+    s->alarm_timer.data = s;
+    ev_timer_start(loop, &s->alarm_timer);
+    ev_unref(loop);
     ev_prepare_init(&s->prepare, prepare_cb);
     s->prepare.data = s;
     ev_prepare_start(loop, &s->prepare);
@@ -684,6 +729,8 @@ void amqp_server_free(amqp_server_t *s)
     ev_prepare_stop(s->loop, &s->prepare);
     ev_ref(s->loop);
     ev_timer_stop(s->loop, &s->ack_timeout_timer);
+    ev_ref(s->loop);
+    ev_timer_stop(s->loop, &s->alarm_timer);
     if (s->tls) SSL_CTX_free(s->tls);
     dict_free(&s->reply_to);
     free(s);

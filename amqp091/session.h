@@ -99,7 +99,8 @@ struct conn {
     uint32_t frame_max;
     uint16_t channel_max;
     uint16_t heartbeat;
-    bool cap_cancel_notify, cap_auth_failure_close;
+    bool cap_cancel_notify, cap_auth_failure_close, cap_blocked;
+    bool alarm_blocked; /* reading paused by a resource alarm (connection.blocked sent if supported) */
     char client_product[64];
 
     chan_t **chans; /* indexed by channel id, channel_max + 1 slots */
@@ -119,6 +120,8 @@ void conn_exception(conn_t *c, int code, uint32_t method_id, const char *fmt, ..
 bool conn_output_blocked(const conn_t *c);
 void amqp_reply_text_fit(char *text);
 void conn_throttle(conn_t *c, queue_t *q);
+/* A publish arrived: while a resource alarm is in effect, stop reading from this connection. */
+void conn_alarm_check_publisher(conn_t *c);
 
 /* channel.c */
 chan_t *chan_new(conn_t *c, uint16_t id);
@@ -146,6 +149,7 @@ struct amqp_server {
     uint64_t next_conn_id;
     chan_t *sync_list;
     ev_timer ack_timeout_timer; /* consumer_timeout: checks the oldest unacked delivery */
+    ev_timer alarm_timer;       /* polls resource alarms */
     dict_t reply_to; /* direct reply-to name -> chan_t* */
     ev_prepare prepare;
     bool shutting_down;

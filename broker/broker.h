@@ -224,7 +224,18 @@ struct broker {
     uint64_t mem_body_bytes;    /* bodies held in memory by queued messages */
     uint64_t page_out_threshold; /* above this, stored bodies are dropped from memory */
     uint64_t stat_publish, stat_deliver, stat_ack, stat_confirm, stat_unroutable;
+    unsigned alarms; /* BR_ALARM_* bits in effect */
 };
+
+/* Resource alarms (alarm.c): publishers are blocked while one is in effect. */
+enum { BR_ALARM_MEMORY = 1, BR_ALARM_DISK = 2 };
+/* Re-evaluates memory use against the high watermark and free disk space against the limit;
+ * returns the alarm bits now in effect (also stored in b->alarms). */
+unsigned br_check_alarms(broker_t *b);
+/* RabbitMQ's connection.blocked reason for a set of alarms ("low on memory", ...). */
+const char *br_alarm_reason(unsigned alarms);
+uint64_t br_memory_used(void);
+uint64_t br_memory_limit(const broker_t *b);
 
 broker_t *broker_new(struct ev_loop *loop, cfg_t *cfg, store_t *store);
 /* Loads durable state from the store (vhosts, users, exchanges, queues, bindings, messages). */
