@@ -441,6 +441,14 @@ static int deliver_message(chan_t *ch, msg_t *m, bool mandatory)
         return Q_PUB_OK;
     }
     exchange_t *x = br_exchange(vh, m->exchange, m->exchange_len);
+    if (x && x->delayed) {
+        /* x-delayed-message: held back, routed when due (no basic.return, as the plugin). */
+        int64_t delay = br_delay_of(m);
+        if (delay > 0) {
+            b->stat_publish++;
+            return br_delay_publish(x, m, delay);
+        }
+    }
     ptrvec_t qs = {0};
     if (x) br_route(x, m, &qs);
     b->stat_publish++;

@@ -98,6 +98,7 @@ void broker_free(broker_t *b)
         ev_prepare_stop(b->loop, &b->dispatch_watcher);
     }
     br_dispatch_pending(b);
+    br_delays_free(b);
     size_t pos = 0;
     void *v;
     while (dict_next(&b->vhosts, &pos, NULL, NULL, &v)) {
@@ -261,7 +262,8 @@ bool br_user_is_loopback_only(broker_t *b, const user_t *u)
 int br_check_vhost_access(broker_t *b, user_t *u, const char *vhost, size_t len, vhost_t **out, br_err_t *err)
 {
     vhost_t *vh = br_vhost(b, vhost, len);
-    if (!vh || !dict_get(&u->perms, vhost, len))
+    if (!vh) return br_fail(err, BR_NOT_ALLOWED, "vhost %.*s not found", (int)len, vhost);
+    if (!dict_get(&u->perms, vhost, len))
         return br_fail(err, BR_NOT_ALLOWED, "access to vhost '%.*s' refused for user '%s'", (int)len, vhost,
                        u->name);
     *out = vh;
@@ -348,7 +350,19 @@ int br_exchange_declare(vhost_t *vh, user_t *u, const char *name, size_t len, co
     }
     if (len == 0) return br_fail(err, BR_ACCESS_REFUSED, "operation not permitted on the default exchange");
     int t = ex_type_parse(type, tlen);
-    if (t < 0) return br_fail(err, BR_COMMAND_INVALID, "unknown exchange type '%.*s'", (int)tlen, type);
+    if (t < 0) return br_fail(err, BR_COMMAND_INVALID, "invalid exchange type '%.*s'", (int)tlen, type);
+    bool delayed = t == EX_DELAYED;
+    if (delayed) {
+        /* rabbitmq-delayed-message-exchange: routing follows x-delayed-type. */
+        amqp_table_t at = {0};
+        if (args.len) amqp_table_parse(args, &at);
+        const amqp_value_t *dt = amqp_table_get(&at, "x-delayed-type");
+        t = dt && dt->type == 'S' ? ex_type_parse((const char *)dt->v.str.ptr, dt->v.str.len) : -1;
+        amqp_table_free(&at);
+        if (t < 0 || t == EX_DELAYED)
+            return br_fail(err, BR_PRECONDITION_FAILED,
+                           "Invalid argument, 'x-delayed-type' must be an existing exchange type");
+    }
     exchange_t *x = br_exchange(vh, name, len);
     if (!x && has_amq_prefix(name, len))
         return br_fail(err, BR_ACCESS_REFUSED, "exchange name '%.*s' contains reserved prefix 'amq.*'", (int)len,
@@ -356,8 +370,9 @@ int br_exchange_declare(vhost_t *vh, user_t *u, const char *name, size_t len, co
     if (br_check_perm(u, vh, PERM_CONFIGURE, false, name, len, err)) return err->code;
     if (x) {
         const char *what = NULL, *got = NULL, *cur = NULL;
-        if ((int)x->type != t)
-            what = "type", got = ex_type_name((ex_type_t)t), cur = ex_type_name(x->type);
+        if ((int)x->type != t || x->delayed != delayed)
+            what = "type", got = delayed ? "x-delayed-message" : ex_type_name((ex_type_t)t),
+            cur = x->delayed ? "x-delayed-message" : ex_type_name(x->type);
         else if (x->durable != durable)
             what = "durable", got = bool_text(durable), cur = bool_text(x->durable);
         else if (x->auto_delete != auto_delete)
@@ -373,6 +388,7 @@ int br_exchange_declare(vhost_t *vh, user_t *u, const char *name, size_t len, co
     }
     if (validate_exchange_args(vh, name, len, args, err)) return err->code;
     x = ex_new(vh, name, len, (ex_type_t)t, durable, auto_delete, internal, args);
+    x->delayed = delayed;
     ex_persist(x);
     return 0;
 }

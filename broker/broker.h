@@ -102,7 +102,7 @@ struct vhost {
 
 /* ---- exchanges and bindings ---- */
 
-typedef enum { EX_DIRECT, EX_FANOUT, EX_TOPIC, EX_HEADERS } ex_type_t;
+typedef enum { EX_DIRECT, EX_FANOUT, EX_TOPIC, EX_HEADERS, EX_DELAYED /* declare-time only */ } ex_type_t;
 
 struct binding {
     exchange_t *src;
@@ -118,7 +118,8 @@ struct exchange {
     vhost_t *vh;
     char *name;
     size_t name_len;
-    ex_type_t type;
+    ex_type_t type;     /* routing type (for x-delayed-message: its x-delayed-type) */
+    bool delayed;       /* an x-delayed-message exchange: x-delay header holds messages back */
     bool durable, auto_delete, internal, deleted;
     amqp_bytes_t args_raw;
     ptrvec_t bindings;  /* bindings whose source is this exchange */
@@ -225,7 +226,23 @@ struct broker {
     uint64_t page_out_threshold; /* above this, stored bodies are dropped from memory */
     uint64_t stat_publish, stat_deliver, stat_ack, stat_confirm, stat_unroutable;
     unsigned alarms; /* BR_ALARM_* bits in effect */
+    /* delayed messages (delayed.c): a min-heap by due time, one timer for the earliest */
+    struct delay_entry *delays;
+    size_t ndelays, delays_cap;
+    uint64_t delay_seq;
+    ev_timer delay_timer;
 };
+
+/* ---- delayed messages (delayed.c) ---- */
+
+/* Holds m back for delay_ms, then routes it through x (an x-delayed-message exchange). Durable
+ * exchange + persistent message: stored, and Q_PUB_SYNC is returned. */
+int br_delay_publish(exchange_t *x, msg_t *m, int64_t delay_ms);
+/* The x-delay header of m in ms (0 when absent or not an integer). */
+int64_t br_delay_of(const msg_t *m);
+/* Recovery: a stored delayed message (already counted in m->durable_refs by the caller). */
+void br_delay_restore(broker_t *b, vhost_t *vh, msg_t *m, int64_t due_ms, uint64_t seq);
+void br_delays_free(broker_t *b);
 
 /* Resource alarms (alarm.c): publishers are blocked while one is in effect. */
 enum { BR_ALARM_MEMORY = 1, BR_ALARM_DISK = 2 };
@@ -338,6 +355,8 @@ void q_ref(queue_t *q);
 void q_unref(queue_t *q);
 /* Removes the queue from its vhost, cancels consumers, drops messages and its bindings. */
 void q_delete(queue_t *q);
+/* Drops m's body from memory once its stored record is synced (page out). */
+void q_pageout_candidate(msg_t *m);
 /* Loads a message body back from the store when it was paged out; false on failure. */
 bool q_body_load(broker_t *b, msg_t *m);
 queue_t *q_new(vhost_t *vh, const char *name, size_t len, bool durable, bool exclusive, bool auto_delete,
@@ -347,6 +366,6 @@ void br_dispatch_pending(broker_t *b);
 
 /* storage keys */
 enum { KEY_MSG = 'm', KEY_QINDEX = 'i', KEY_QUEUE = 'Q', KEY_EXCHANGE = 'X', KEY_BINDING = 'B', KEY_VHOST = 'V',
-       KEY_USER = 'U', KEY_PERM = 'P' };
+       KEY_USER = 'U', KEY_PERM = 'P', KEY_DELAY = 'D' };
 
 #endif

@@ -48,6 +48,7 @@ int ex_type_parse(const char *t, size_t len)
 {
     static const struct { const char *name; ex_type_t type; } types[] = {
         {"direct", EX_DIRECT}, {"fanout", EX_FANOUT}, {"topic", EX_TOPIC}, {"headers", EX_HEADERS},
+        {"x-delayed-message", EX_DELAYED},
     };
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         if (strlen(types[i].name) == len && memcmp(types[i].name, t, len) == 0) return (int)types[i].type;
@@ -56,7 +57,7 @@ int ex_type_parse(const char *t, size_t len)
 
 const char *ex_type_name(ex_type_t t)
 {
-    static const char *const names[] = {"direct", "fanout", "topic", "headers"};
+    static const char *const names[] = {"direct", "fanout", "topic", "headers", "x-delayed-message"};
     return names[t];
 }
 
@@ -132,7 +133,7 @@ void ex_persist(exchange_t *x)
     uint8_t *val = malloc(vlen);
     if (!val) abort();
     val[0] = (uint8_t)x->type;
-    val[1] = (uint8_t)((x->auto_delete ? 1 : 0) | (x->internal ? 2 : 0));
+    val[1] = (uint8_t)((x->auto_delete ? 1 : 0) | (x->internal ? 2 : 0) | (x->delayed ? 4 : 0));
     uint32_t al = (uint32_t)x->args_raw.len;
     val[2] = (uint8_t)(al >> 24); val[3] = (uint8_t)(al >> 16); val[4] = (uint8_t)(al >> 8); val[5] = (uint8_t)al;
     if (al) memcpy(val + 6, x->args_raw.ptr, al);
@@ -400,6 +401,8 @@ static void route_exchange(route_ctx_t *rc, exchange_t *x)
             binding_t *bd = x->bindings.items[i];
             if (headers_match(&bd->args, message_headers(rc))) route_to(rc, bd);
         }
+        break;
+    case EX_DELAYED: /* never an exchange's routing type */
         break;
     }
 }

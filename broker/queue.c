@@ -258,7 +258,7 @@ static void pageout_synced(void *arg)
  * durable and readable again. */
 static ptrvec_t *pageout_batch;
 
-static void pageout_candidate(msg_t *m)
+void q_pageout_candidate(msg_t *m)
 {
     if (!pageout_batch) {
         pageout_batch = calloc(1, sizeof *pageout_batch);
@@ -605,7 +605,7 @@ int q_publish(queue_t *q, msg_t *m)
         store_put(b->store, key, sizeof key, val, sizeof val);
         m->durable_refs++;
         rc = Q_PUB_SYNC;
-        if (b->mem_body_bytes > b->page_out_threshold) pageout_candidate(m);
+        if (b->mem_body_bytes > b->page_out_threshold) q_pageout_candidate(m);
     }
     ready_push(q, e);
     q->ready_bytes += m->body_len;

@@ -128,7 +128,9 @@ static int recover_exchanges(broker_t *b)
         if (br_exchange(vh, name, nl)) continue; /* a standard exchange */
         uint32_t al = be32(val + 2);
         if (6 + (size_t)al > vl || val[0] > EX_HEADERS) continue;
-        ex_new(vh, name, nl, (ex_type_t)val[0], true, val[1] & 1, val[1] & 2, (amqp_bytes_t){val + 6, al});
+        exchange_t *x = ex_new(vh, name, nl, (ex_type_t)val[0], true, val[1] & 1, val[1] & 2,
+                               (amqp_bytes_t){val + 6, al});
+        x->delayed = (val[1] & 4) != 0;
         n++;
     }
     store_iter_free(it);
@@ -256,6 +258,28 @@ static uint64_t recover_messages(broker_t *b)
         q_publish(q, m);
         (void)before;
         q->stat_publish--;
+        restored++;
+    }
+    store_iter_free(it);
+
+    /* Delayed messages: 'D' due seq -> vhost \0 msg id. */
+    prefix = KEY_DELAY;
+    it = store_iter_prefix(b->store, &prefix, 1);
+    while (store_iter_next(it, &k, &kl, &val, &vl)) {
+        const uint8_t *vv = val;
+        const uint8_t *z = vl >= 9 ? memchr(vv, 0, vl - 8) : NULL;
+        msg_t *m = NULL;
+        if (kl == 17 && z && (size_t)(vv + vl - (z + 1)) == 8) {
+            uint64_t id = store_get_be64(z + 1);
+            m = dict_get(&msgs, &id, sizeof id);
+        }
+        vhost_t *vh = m ? vhost_for(b, (const char *)vv, (size_t)(z - vv)) : NULL;
+        if (!m || !vh) {
+            store_del(b->store, k, kl);
+            continue;
+        }
+        m->durable_refs++;
+        br_delay_restore(b, vh, m, (int64_t)store_get_be64((const uint8_t *)k + 1), store_get_be64((const uint8_t *)k + 9));
         restored++;
     }
     store_iter_free(it);
