@@ -300,11 +300,44 @@ void chan_destroy(chan_t *ch)
     chan_unref(ch);
 }
 
+/* x-consumer-timeout: instead of closing the channel, the consumer is cancelled (basic.cancel,
+ * when the client supports it) and its unacknowledged messages go back to the queue. */
+static void cancel_timed_out_consumer(chan_t *ch, consumer_t *c)
+{
+    log_info("consumer '%s' on channel %u timed out: cancelled, messages returned", c->tag, ch->id);
+    for (size_t i = 0; i < ch->dl_len; i++) {
+        delivery_t *d = dl_at(ch, i);
+        if (!d->settled && d->c == c) settle(ch, d, SETTLE_REQUEUE);
+    }
+    queue_t *q = c->q;
+    if (ch->conn && ch->conn->cap_cancel_notify) {
+        amqp_method_t m = {.id = AMQP_BASIC_CANCEL};
+        m.u.basic_cancel.consumer_tag = (amqp_bytes_t){(const uint8_t *)c->tag, c->tag_len};
+        m.u.basic_cancel.nowait = true;
+        send(ch, &m);
+    }
+    consumer_free(ch, c);
+    if (q) q_consumer_remove(q, c);
+}
+
 void chan_check_ack_timeout(chan_t *ch, ev_tstamp now, uint64_t timeout_ms)
 {
     dl_compact(ch);
     if (ch->state != CH_OPEN || ch->dl_len == 0) return;
-    if ((now - dl_at(ch, 0)->at) * 1000.0 < (double)timeout_ms) return;
+    /* Queues with their own consumer timeout: cancel the consumer, keep the channel. */
+    for (size_t i = 0; i < ch->dl_len; i++) {
+        delivery_t *d = dl_at(ch, i);
+        if (d->settled || !d->c || d->q->consumer_timeout < 0) continue;
+        if ((now - d->at) * 1000.0 >= (double)d->q->consumer_timeout) cancel_timed_out_consumer(ch, d->c);
+    }
+    dl_compact(ch);
+    /* The node-wide consumer_timeout covers the rest: the oldest such delivery decides. */
+    delivery_t *oldest = NULL;
+    for (size_t i = 0; i < ch->dl_len && !oldest; i++) {
+        delivery_t *d = dl_at(ch, i);
+        if (!d->settled && d->q->consumer_timeout < 0) oldest = d;
+    }
+    if (!oldest || (now - oldest->at) * 1000.0 < (double)timeout_ms) return;
     chan_exception(ch, AMQP_PRECONDITION_FAILED, 0,
                    "delivery acknowledgement on channel %u timed out. Timeout value used: %llu ms. This timeout "
                    "value can be configured, see consumers doc guide to learn more",

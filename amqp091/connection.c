@@ -668,9 +668,10 @@ amqp_server_t *amqp_server_start(struct ev_loop *loop, broker_t *b, cfg_t *cfg, 
         log_info("AMQP 0-9-1 over TLS listening on %s:%d", cfg->ssl[i].host[0] ? cfg->ssl[i].host : "[::]",
                  net_listener_port(l));
     }
-    /* consumer_timeout is checked about ten times per period, at most once a second. */
+    /* consumer_timeout is checked about ten times per period, at most once a second (also the
+     * resolution of per-queue x-consumer-timeout). */
     double period = (double)cfg->consumer_timeout / 10000.0;
-    if (period > 1.0) period = 1.0;
+    if (period > 0.25) period = 0.25;
     if (period < 0.05) period = 0.05;
     ev_timer_init(&s->ack_timeout_timer, ack_timeout_cb, period, period);
     s->ack_timeout_timer.data = s;

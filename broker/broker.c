@@ -528,6 +528,7 @@ static const struct { const char *name; arg_rule_t rule; } queue_arg_rules[] = {
     {"x-max-priority", ARG_PRIORITY},          {"x-dead-letter-exchange", ARG_STRING},
     {"x-dead-letter-routing-key", ARG_STRING}, {"x-overflow", ARG_OVERFLOW},
     {"x-queue-mode", ARG_STRING},              {"x-single-active-consumer", ARG_BOOL},
+    {"x-consumer-timeout", ARG_POS_INT},
 };
 
 static int check_arg_rule(const amqp_value_t *v, arg_rule_t rule, char *why, size_t cap)

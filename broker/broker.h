@@ -192,6 +192,7 @@ struct queue {
     char *dlx;  /* NULL = no dead-lettering */
     char *dlrk; /* NULL = keep the message's routing keys */
     bool sac;   /* single active consumer */
+    int64_t consumer_timeout; /* ms, -1 = node default (x-consumer-timeout / consumer-timeout policy) */
     const policy_t *policy, *operator_policy; /* in effect, or NULL */
     ev_timer ttl_timer, expires_timer;
     uint32_t unacked;

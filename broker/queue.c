@@ -357,6 +357,8 @@ void q_apply_settings(queue_t *q)
     q->dlrk = arg_or_policy_str(t, "x-dead-letter-routing-key", p, "dead-letter-routing-key");
     const amqp_value_t *sac = amqp_table_get(t, "x-single-active-consumer");
     q->sac = sac && sac->type == 't' && sac->v.b;
+    q->consumer_timeout = arg_int(t, "x-consumer-timeout", -1);
+    if (q->consumer_timeout < 0) q->consumer_timeout = value_int(br_policy_value(p, "consumer-timeout"), -1);
     if (q->levels) {
         enforce_limits(q);
         q_touch(q);

@@ -64,3 +64,33 @@ def test_no_ack_consumers_never_time_out(quick_timeout_broker):
     c.process_data_events(1.5)
     assert ch.is_open
     c.close()
+
+
+def test_queue_consumer_timeout_cancels_consumer_and_returns_messages(broker, uniq):
+    """x-consumer-timeout (our per-queue extension, as RabbitMQ 4.3's): the stuck consumer is
+    cancelled with basic.cancel and its messages go back; the channel stays open."""
+    c = pika_connect(broker)
+    ch = c.channel()
+    q = uniq("ct")
+    ch.queue_declare(q, arguments={"x-consumer-timeout": 400})
+    ch.basic_publish("", q, b"stuck")
+    cancelled = []
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+    tag = ch.basic_consume(q, lambda *a: None)
+    deadline = time.monotonic() + 10
+    while not cancelled and time.monotonic() < deadline:
+        c.process_data_events(0.1)
+    assert cancelled == [tag]
+    assert ch.is_open
+    method, _, body = ch.basic_get(q, auto_ack=True)
+    assert body == b"stuck" and method.redelivered
+    ch.queue_delete(q)
+    c.close()
+
+
+def test_invalid_queue_consumer_timeout_is_rejected(ch, uniq):
+    from helpers.clients import pika_channel_error
+    q = uniq("ct")
+    code, text = pika_channel_error(lambda: ch.queue_declare(q, arguments={"x-consumer-timeout": 0}))
+    assert code == 406
+    assert text == f"PRECONDITION_FAILED - invalid arg 'x-consumer-timeout' for queue '{q}' in vhost '/': {{value_zero,0}}"
