@@ -129,3 +129,32 @@ def test_policy_alternate_exchange(pch):
     while count(pch, "ae-q") == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert pch.basic_get("ae-q", auto_ack=True)[2] == b"unroutable"
+
+
+def test_policy_applies_to_existing_queue_with_messages(fresh_broker, tmp_path):
+    """A policy that appears while messages are queued applies at once: here a max-length
+    policy loaded at the next boot trims the queue recovered from disk."""
+    import json
+    b = fresh_broker()
+    if not hasattr(b, "definitions_path"):
+        pytest.skip("needs a broker this suite starts and reconfigures")
+    c = pika_connect(b)
+    ch = c.channel()
+    ch.confirm_delivery()
+    ch.queue_declare("existing.q", durable=True)
+    for i in range(5):
+        ch.basic_publish("", "existing.q", str(i).encode(), pika.BasicProperties(delivery_mode=2))
+    c.close()
+    defs = dict(DEFINITIONS)
+    defs["policies"] = [policy("trim", "^existing\\.", {"max-length": 2})]
+    path = tmp_path / "later-definitions.json"
+    path.write_text(json.dumps(defs))
+    b.definitions_path = str(path)
+    b._write_config()
+    b.restart()
+    c = pika_connect(b)
+    ch = c.channel()
+    assert count(ch, "existing.q") == 2
+    # drop-head: the oldest went, the newest stay
+    assert [ch.basic_get("existing.q", auto_ack=True)[2] for _ in range(2)] == [b"3", b"4"]
+    c.close()
