@@ -534,11 +534,12 @@ static void handle_publish(chan_t *ch, const amqp_method_t *m)
     ch->pub = PUB_HEADER;
     ch->pub_x = x;
     ch->pub_mandatory = m->u.basic_publish.mandatory;
-    /* Keep names for the header frame: stash them in a message shell built there. */
+    /* Keep the names for the header frame, where the message is allocated. */
     amqp_bytes_t rk = m->u.basic_publish.routing_key;
-    msg_t *shell = msg_new((const char *)xn.ptr, xn.len, (const char *)rk.ptr, rk.len, NULL, 0, 0);
-    if (ch->pub_msg) msg_unref(ch->pub_msg);
-    ch->pub_msg = shell;
+    ch->pub_exchange_len = (uint8_t)(xn.len > 255 ? 255 : xn.len);
+    memcpy(ch->pub_exchange, xn.ptr, ch->pub_exchange_len);
+    ch->pub_rk_len = (uint8_t)(rk.len > 255 ? 255 : rk.len);
+    memcpy(ch->pub_rk, rk.ptr, ch->pub_rk_len);
 }
 
 /* RabbitMQ's names of field-table types, as its error texts print them. */
@@ -661,10 +662,9 @@ void chan_handle_header(chan_t *ch, const amqp_frame_t *f)
         amqp_props_encode(&rewritten, &props);
         raw = (amqp_bytes_t){rewritten.data, rewritten.len};
     }
-    msg_t *shell = ch->pub_msg;
-    msg_t *m = msg_new(shell->exchange, shell->exchange_len, shell->rk, shell->rk_len, raw.ptr, raw.len, body_size);
+    msg_t *m = msg_new(ch->pub_exchange, ch->pub_exchange_len, ch->pub_rk, ch->pub_rk_len, raw.ptr, raw.len,
+                       body_size);
     amqp_buf_free(&rewritten);
-    msg_unref(shell);
     m->persistent = (props.flags & AMQP_P_DELIVERY_MODE) && props.delivery_mode == 2;
     m->priority = (props.flags & AMQP_P_PRIORITY) ? props.priority : 0;
     ch->pub_msg = m;

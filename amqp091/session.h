@@ -53,8 +53,10 @@ struct chan {
     enum pub_state pub;
     exchange_t *pub_x;
     bool pub_mandatory;
-    msg_t *pub_msg;
+    msg_t *pub_msg;   /* set once the header frame arrived */
     uint64_t pub_got;
+    char pub_exchange[256], pub_rk[256];
+    uint8_t pub_exchange_len, pub_rk_len;
 
     /* deliveries awaiting ack, ordered by tag */
     delivery_t *dl;
