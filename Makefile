@@ -5,7 +5,8 @@ ASAN ?= build-asan
 FUZZ ?= build-fuzz
 PYTEST ?= python3 -m pytest
 
-.PHONY: all deps build build-asan build-fuzz run test unit integration fuzz bench clean
+.PHONY: all deps build build-asan build-fuzz run test unit integration fuzz bench sim clean
+SEEDS ?= 100000
 
 all: build
 
@@ -54,6 +55,10 @@ bench:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory build
 	tests/bench/run.sh
+
+# Long deterministic-simulation run of the Raft library (make test runs a shorter one).
+sim: build
+	./$(BUILD)/test_raft_sim --seeds $(SEEDS)
 
 clean:
 	rm -rf $(BUILD) $(ASAN) $(FUZZ)
