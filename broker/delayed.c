@@ -88,7 +88,8 @@ static void fire(broker_t *b, struct delay_entry *e)
 {
     msg_t *m = e->m;
     exchange_t *x = br_exchange(e->vh, m->exchange, m->exchange_len);
-    if (x && x->delayed && (m->body || q_body_load(b, m))) {
+    /* A paged-out body stays on disk: queues take stored messages without it. */
+    if (x && x->delayed && (m->body || m->stored)) {
         ptrvec_t qs = {0};
         br_route(x, m, &qs);
         for (size_t i = 0; i < qs.n; i++) q_publish(qs.items[i], m);
