@@ -274,7 +274,7 @@ static void bcast_heartbeat(struct raft *r) {
 }
 
 static void maybe_commit(struct raft *r) {
-    raft_index m[RAFT_MAX_NODES];
+    raft_index m[RAFT_MAX_NODES] = {0};
     unsigned n = r->cfg.n_peers;
     for (unsigned i = 0; i < n; i++)
         m[i] = r->prs[i].id == r->cfg.id ? r->persisted : r->prs[i].match;
