@@ -3,7 +3,8 @@
 #
 # Usage: tests/bench/run.sh [--rabbitmq-only] [--quick]      (normally via `make bench`)
 #
-# It builds nothing: `make bench` builds build/warren-server and build/warren_bench first.
+# It builds nothing: `make bench` builds build/warren-server, build/warren_bench and
+# build/pipeline_bench first.
 # It starts Warren (build/warren-server --config <tmp>/warren.conf, private port and data
 # dir, no TLS listener) and a private RabbitMQ node (tests/bench/rabbitmq.sh), runs every
 # scenario against both - alternating which broker goes first - and writes the figures to
@@ -13,15 +14,29 @@
 #   (c) backlog: BENCH_BACKLOG x 1 KB persistent published with confirms into a durable
 #       queue, then drained with manual acks; peak RSS of the broker sampled every 100 ms;
 #   (d) idle RSS 2 s after start, and time from launch to the first successful AMQP login
-#       (polled every 5 ms).
-# (a), (b) and (d) are the median of BENCH_RUNS runs; (c) runs once per broker.
+#       (polled every 5 ms);
+#   (e) retry pipeline (issue 3): BENCH_RETRY_COUNT unique ids, 256 B transient, published
+#       with confirms to queue "work" (dead-letters to exchange "retry"); queue "retry.q"
+#       (x-message-ttl BENCH_RETRY_TTL ms) dead-letters back to "work"; 2 consumers reject
+#       each id until x-death says it was rejected BENCH_RETRY_K times, then ack it;
+#       completed ids/s from the first publish to the last final ack;
+#   (f) priority queue (issue 3): x-max-priority 10, BENCH_PRIORITY_COUNT unique ids with
+#       random priorities 0..9, 256 B transient, confirm window 100, 1 consumer with
+#       prefetch 50 and manual ack; msg/s and latency per priority class.
+#   (e) and (f) run tests/bench/pipeline_bench, which checks every id completed exactly
+#   once and the queues ended empty; a failed check is shown in the report.
+# (a), (b), (d), (e), (f) are the median of BENCH_RUNS runs; (c) runs once per broker.
 #
 # --rabbitmq-only   validation mode: "ours" is a second RabbitMQ node, and the report goes
 #                   to the work directory unless BENCH_OUT is set (docs/ keeps real figures).
-# --quick           a smoke run: BENCH_DURATION=3, BENCH_RUNS=1, BENCH_BACKLOG=20000.
+# --quick           a smoke run: BENCH_DURATION=3, BENCH_RUNS=1, BENCH_BACKLOG=20000,
+#                   BENCH_RETRY_COUNT=20000, BENCH_PRIORITY_COUNT=50000.
 # Environment: BENCH_DURATION (10), BENCH_RUNS (3), BENCH_BACKLOG (1000000),
 #   BENCH_BACKLOG_WINDOW (100), BENCH_BACKLOG_TIMEOUT (300 s per phase),
+#   BENCH_RETRY_COUNT (100000), BENCH_RETRY_K (2), BENCH_RETRY_TTL (50 ms),
+#   BENCH_PRIORITY_COUNT (300000), BENCH_PIPELINE_TIMEOUT (120 s per (e)/(f) run),
 #   WARREN_BIN (build/warren-server), BENCH_BIN (build/warren_bench),
+#   PIPELINE_BIN (build/pipeline_bench),
 #   BENCH_WARREN_CMD (start "ours" with this shell command instead; it must stay in the
 #   foreground and listen on $BENCH_PORT, with $BENCH_DIR as scratch space),
 #   BENCH_WARREN_CONF_EXTRA (lines appended to warren.conf), BENCH_OUT (report path),
@@ -39,7 +54,8 @@ for arg in "$@"; do
   case "$arg" in
     --rabbitmq-only) mode=rabbitmq-only ;;
     --quick) BENCH_DURATION=${BENCH_DURATION:-3} BENCH_RUNS=${BENCH_RUNS:-1}
-             BENCH_BACKLOG=${BENCH_BACKLOG:-20000} ;;
+             BENCH_BACKLOG=${BENCH_BACKLOG:-20000} BENCH_RETRY_COUNT=${BENCH_RETRY_COUNT:-20000}
+             BENCH_PRIORITY_COUNT=${BENCH_PRIORITY_COUNT:-50000} ;;
     -h|--help) sed -n '2,/^set -Eeuo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
@@ -52,12 +68,19 @@ BACKLOG=${BENCH_BACKLOG:-1000000}
 BACKLOG_WINDOW=${BENCH_BACKLOG_WINDOW:-100}
 BACKLOG_TIMEOUT=${BENCH_BACKLOG_TIMEOUT:-300}
 MAX_SECONDS=${BENCH_MAX_SECONDS:-1800}
+RETRY_COUNT=${BENCH_RETRY_COUNT:-100000}
+RETRY_K=${BENCH_RETRY_K:-2}
+RETRY_TTL=${BENCH_RETRY_TTL:-50}
+PRIORITY_COUNT=${BENCH_PRIORITY_COUNT:-300000}
+PIPELINE_TIMEOUT=${BENCH_PIPELINE_TIMEOUT:-120}
 WARREN_BIN=${WARREN_BIN:-$REPO/build/warren-server}
 BENCH_BIN=${BENCH_BIN:-$REPO/build/warren_bench}
+PIPELINE_BIN=${PIPELINE_BIN:-$REPO/build/pipeline_bench}
 RABBITMQ_SH=$REPO/tests/bench/rabbitmq.sh
 IDLE_SETTLE_S=2
 
-for v in DURATION RUNS BACKLOG BACKLOG_WINDOW BACKLOG_TIMEOUT MAX_SECONDS; do
+for v in DURATION RUNS BACKLOG BACKLOG_WINDOW BACKLOG_TIMEOUT MAX_SECONDS RETRY_COUNT \
+         RETRY_K RETRY_TTL PRIORITY_COUNT PIPELINE_TIMEOUT; do
   case "${!v}" in ''|*[!0-9]*|0) echo "run.sh: BENCH_$v must be a positive integer" >&2; exit 2;; esac
 done
 
@@ -68,6 +91,7 @@ if [ "${BENCH_SKIP_DEPS:-0}" != 1 ]; then
   scripts/deps.sh bench
 fi
 [ -x "$BENCH_BIN" ] || die "$BENCH_BIN not found: run 'make build' (needs librabbitmq-dev)"
+[ -x "$PIPELINE_BIN" ] || die "$PIPELINE_BIN not found: run 'make build' (needs librabbitmq-dev)"
 if [ $mode = warren ]; then
   [ -x "$WARREN_BIN" ] || die "$WARREN_BIN not found: run 'make build'"
 fi
@@ -228,14 +252,16 @@ record() {   # record SIDE JSON-OBJECT-WITHOUT-BRACES
   echo "{\"side\":\"$1\",$2}" >>"$RESULTS"
 }
 
-# Runs warren_bench against a side; keeps its JSON line (with side and run number), or an
-# error record when it failed, so one bad run does not abort the whole benchmark.
+# Runs warren_bench (or, with CLIENT_BIN=..., pipeline_bench) against a side; keeps its
+# JSON line (with side and run number), or an error record when it failed, so one bad run
+# does not abort the whole benchmark. Exit 4 (count not reached in time) and 5 (a
+# pipeline_bench verification failed) still come with figures and are kept as such.
 bench() {   # bench SIDE RUN SCENARIO TIMEOUT ARGS...
   local side=$1 run=$2 scenario=$3 limit=$4; shift 4
-  local out=$WORK/logs/$side-$scenario-$run.log rc=0 json
+  local out=$WORK/logs/$side-$scenario-$run.log rc=0 json bin=${CLIENT_BIN:-$BENCH_BIN}
   # In the background plus `wait`, so that a signal to this script is handled at once
   # (bash delays traps until a foreground command returns) and cleanup can stop the client.
-  timeout --kill-after=10 "$limit" "$BENCH_BIN" --port "${SIDE_PORT[$side]}" \
+  timeout --kill-after=10 "$limit" "$bin" --port "${SIDE_PORT[$side]}" \
     --scenario "$scenario" "$@" >"$out" 2>&1 &
   CLIENT_PID=$!
   wait "$CLIENT_PID" || rc=$?
@@ -243,15 +269,17 @@ bench() {   # bench SIDE RUN SCENARIO TIMEOUT ARGS...
   json=$(grep '^{' "$out" | tail -n 1 || true)
   json=${json#\{}
   json=${json%\}}
-  if [ -n "$json" ] && { [ $rc -eq 0 ] || [ $rc -eq 4 ]; }; then
+  if [ -n "$json" ] && { [ $rc -eq 0 ] || [ $rc -eq 4 ] || [ $rc -eq 5 ]; }; then
     record "$side" "\"run\":$run,\"exit\":$rc,$json"
-    [ $rc -eq 0 ] || log "  ${SIDE_LABEL[$side]}: $scenario incomplete (see $out)"
+    [ $rc -ne 4 ] || log "  ${SIDE_LABEL[$side]}: $scenario incomplete (see $out)"
+    [ $rc -ne 5 ] || log "  ${SIDE_LABEL[$side]}: $scenario VERIFICATION FAILED (see $out)"
   else
     record "$side" "\"run\":$run,\"scenario\":\"$scenario\",\"error\":$rc"
     log "  ${SIDE_LABEL[$side]}: $scenario failed with status $rc:"
     tail -n 5 "$out" >&2
   fi
-  grep -E '^  (published|consumed|latency)' "$out" | sed "s/^/    [${SIDE_LABEL[$side]}] /" >&2 || true
+  grep -E '^  (published|consumed|completed|verify|latency +(p50|e2e|all|high|low))' "$out" |
+    sed "s/^/    [${SIDE_LABEL[$side]}] /" >&2 || true
 }
 
 start_sampler() {   # samples VmRSS of PID every 100 ms, keeps the maximum in FILE
@@ -303,6 +331,16 @@ scenario_throughput() {   # (a) and (b)
   done
 }
 
+scenario_pipeline() {   # (e) and (f): pipeline_bench --scenario retry|priority
+  local id=$1 run side; shift
+  for run in $(seq "$RUNS"); do
+    for side in $(order_for_run "$run"); do
+      CLIENT_BIN=$PIPELINE_BIN bench "$side" "$run" "$id" $((PIPELINE_TIMEOUT + 150)) \
+        --label "$id" --duration "$PIPELINE_TIMEOUT" "$@"
+    done
+  done
+}
+
 scenario_backlog() {   # (c)
   local side peak_pub peak stored
   local common=(--size 1024 --durable --queue bench-backlog --duration "$BACKLOG_TIMEOUT")
@@ -337,7 +375,7 @@ esac
 define_side rabbitmq rabbitmq "RabbitMQ"
 started_at=$SECONDS
 log "mode $mode; work dir $WORK; ports ${SIDE_PORT[ours]} (${SIDE_LABEL[ours]}), ${SIDE_PORT[rabbitmq]} (RabbitMQ)"
-log "duration ${DURATION}s x $RUNS runs, backlog $BACKLOG, hard limit ${MAX_SECONDS}s"
+log "duration ${DURATION}s x $RUNS runs, backlog $BACKLOG, retry $RETRY_COUNT ids, priority $PRIORITY_COUNT ids, hard limit ${MAX_SECONDS}s"
 
 log "(d) start time and idle RSS, $RUNS start(s) each"
 scenario_start
@@ -352,6 +390,15 @@ scenario_throughput a --producers 1 --consumers 1 --size 16 --ack auto --queue b
 log "(b) 1p/1c, 1 KB persistent, confirm window 100, manual ack, prefetch 100, durable"
 scenario_throughput b --producers 1 --consumers 1 --size 1024 --persistent --confirm 100 \
   --ack manual --prefetch 100 --durable --queue bench-b
+
+# The pipelines run before (c): an incomplete drain can leave (c)'s backlog in the broker.
+log "(e) retry pipeline: $RETRY_COUNT ids, 256 B transient, confirms, reject x$RETRY_K via retry.q (TTL $RETRY_TTL ms)"
+scenario_pipeline e --count "$RETRY_COUNT" --retries "$RETRY_K" --ttl "$RETRY_TTL" \
+  --producers 1 --consumers 2 --size 256 --confirm 100 --prefetch 50 --prefix bench-e-
+
+log "(f) priority queue: $PRIORITY_COUNT ids, random priority 0..9, 256 B transient, 1 consumer prefetch 50"
+scenario_pipeline f --count "$PRIORITY_COUNT" --max-priority 10 --producers 1 --consumers 1 \
+  --size 256 --confirm 100 --prefetch 50 --prefix bench-f-
 
 log "(c) backlog of $BACKLOG x 1 KB persistent, then drain"
 scenario_backlog
@@ -378,6 +425,8 @@ RABBITMQ_VERSION=$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || 
 ERLANG_VERSION=$(dpkg-query -W -f='${Version}' erlang-base 2>/dev/null || echo unknown) \
 LIBRABBITMQ_VERSION=$(pkg-config --modversion librabbitmq 2>/dev/null || echo unknown) \
 BENCH_DURATION=$DURATION BENCH_RUNS=$RUNS BENCH_BACKLOG=$BACKLOG BENCH_BACKLOG_WINDOW=$BACKLOG_WINDOW \
+BENCH_RETRY_COUNT=$RETRY_COUNT BENCH_RETRY_K=$RETRY_K BENCH_RETRY_TTL=$RETRY_TTL \
+BENCH_PRIORITY_COUNT=$PRIORITY_COUNT \
 BENCH_ELAPSED=$((SECONDS - started_at)) \
 python3 - "$RESULTS" "$OUT" <<'PY'
 import json, os, platform, statistics, sys, time
@@ -445,6 +494,45 @@ add("b", "consumed (end-to-end)", "consumed_per_s", "msg/s", ">= 2x", lambda o, 
 add("b", "published (with confirms)", "published_per_s", "msg/s")
 add("b", "latency p50", "p50_ms", "ms")
 add("b", "latency p99", "p99_ms", "ms", "below RabbitMQ", lambda o, r, q: o < r)
+
+
+def verification(scen):
+    """Lost / duplicated ids over all runs of a pipeline scenario, per side, as shown."""
+    shown, clean = {}, {}
+    for side in ("ours", "rabbitmq"):
+        runs_ = [r for r in rows if r["side"] == side and r["scenario"] == scen]
+        ok = [r for r in runs_ if "error" not in r]
+        if not runs_:
+            shown[side], clean[side] = "n/a", None
+            continue
+        lost = sum(r.get("missing", 0) for r in ok if r.get("complete"))
+        dup = sum(r.get("duplicates", 0) for r in ok)
+        verified = sum(1 for r in ok if r.get("verified"))
+        shown[side] = f"{lost} / {dup} ({verified}/{len(runs_)} runs verified)"
+        clean[side] = verified == len(runs_)
+    met = "" if clean["ours"] is None else "yes" if clean["ours"] else "NO"
+    return shown, met
+
+
+def add_verification(scen):
+    shown, met = verification(scen)
+    lines.append((scen, "lost / duplicated ids", shown["ours"], shown["rabbitmq"], "",
+                  "0 / 0, all verified", met))
+
+
+add("e", "completed ids (end-to-end)", "completed_per_s", "msg/s", ">= 2x",
+    lambda o, r, q: q >= 2)
+add("e", "published (with confirms)", "published_per_s", "msg/s")
+add("e", "latency p50 (publish to final ack)", "p50_ms", "ms")
+add("e", "latency p99 (publish to final ack)", "p99_ms", "ms")
+add_verification("e")
+add("f", "consumed (end-to-end)", "consumed_per_s", "msg/s", ">= 2x", lambda o, r, q: q >= 2)
+add("f", "published (with confirms)", "published_per_s", "msg/s")
+add("f", "latency p50, high (7-9)", "high_p50_ms", "ms")
+add("f", "latency p99, high (7-9)", "high_p99_ms", "ms")
+add("f", "latency p50, low (0-2)", "low_p50_ms", "ms")
+add("f", "latency p99, low (0-2)", "low_p99_ms", "ms")
+add_verification("f")
 add("c-publish", "publish with confirms", "published_per_s", "msg/s")
 add("c-drain", "drain with manual ack", "consumed_per_s", "msg/s")
 add("c-rss", "peak RSS (publish phase)", "peak_rss_publish_kb", "MB")
@@ -478,8 +566,16 @@ except OSError:
 runs, duration, backlog = env["BENCH_RUNS"], env["BENCH_DURATION"], int(env["BENCH_BACKLOG"])
 side_label = {"ours": ours_label, "rabbitmq": "RabbitMQ"}
 incomplete = [f"{side_label[r['side']]} {r['scenario']} stopped after "
-              f"{max(r.get('consumed', 0), r.get('published', 0)):,} messages at the time limit"
+              f"{max(r.get('consumed', 0), r.get('published', 0), r.get('completed', 0)):,} "
+              "messages at the time limit"
               for r in rows if r.get("exit") == 4]
+unverified = [f"{side_label[r['side']]} {r['scenario']} run {r['run']}: verification failed "
+              f"(missing {r.get('missing')}, duplicates {r.get('duplicates')}, "
+              f"left in queues {r.get('left')}"
+              + (f"/{r.get('left_retry')}, x-death mismatches {r.get('xdeath_mismatch')}"
+                 if r["scenario"] == "e" else
+                 f", priority mismatches {r.get('priority_mismatch')}") + ")"
+              for r in rows if r.get("exit") == 5]
 failed = sorted({f"{side_label[r['side']]} {r['scenario']}" for r in rows if "error" in r})
 md = []
 md.append("# Warren performance\n")
@@ -499,11 +595,15 @@ md.append(f"- Client: `tests/bench/warren_bench.c` over librabbitmq {env['LIBRAB
 md.append(f"- (a), (b): {duration} s per run; (a), (b), (d): median of {runs} run(s), "
           "alternating which broker goes first; (c): one run of "
           f"{backlog:,} messages per broker, confirm window {env['BENCH_BACKLOG_WINDOW']}")
+md.append(f"- (e): {int(env['BENCH_RETRY_COUNT']):,} ids, K = {env['BENCH_RETRY_K']} "
+          f"rejections, retry TTL {env['BENCH_RETRY_TTL']} ms; (f): "
+          f"{int(env['BENCH_PRIORITY_COUNT']):,} ids; both median of {runs} run(s), "
+          "alternating, client `tests/bench/pipeline_bench.c`")
 md.append(f"- Total measuring time: {env['BENCH_ELAPSED']} s\n")
-if incomplete or failed:
+if incomplete or failed or unverified:
     md.append("**Caveats:** " + "; ".join(
-        incomplete + [f"{s}: at least one run failed (see the run log)" for s in failed])
-        + ".\n")
+        incomplete + unverified
+        + [f"{s}: at least one run failed (see the run log)" for s in failed]) + ".\n")
 md.append("## Results\n")
 md.append("| " + " | ".join(headers) + " |")
 md.append("|" + "|".join("---" for _ in headers) + "|")
@@ -518,7 +618,7 @@ ports chosen at random below the ephemeral range; RabbitMQ is the Debian package
 `tests/bench/rabbitmq.sh` with its defaults (no management plugin). Warren is started as
 `warren-server --config warren.conf` with only `listeners.tcp.default`,
 `listeners.ssl = none` and `data_dir` set. Every scenario uses one connection per producer
-and per consumer thread, the default exchange and a single queue. The client shares the
+and per consumer thread; (a) to (d) use the default exchange and a single queue. The client shares the
 CPUs with the broker under test (and with anything else running on the machine), so
 compare ratios within one run rather than absolute figures across runs.
 
@@ -535,19 +635,43 @@ compare ratios within one run rather than absolute figures across runs.
 - **(d) start-up**: the broker is launched and a client attempts a full AMQP login every
   5 ms; the time is from launch to the first successful login. Idle RSS is read 2 s later.
   RabbitMQ's time includes its launcher scripts, as a user would experience it.
+- **(e) retry pipeline** (issue 3): queue `work` (bound to direct exchange `work`,
+  `x-dead-letter-exchange` = `retry`) and queue `retry.q` (bound to fanout exchange
+  `retry`, `x-message-ttl`, `x-dead-letter-exchange` = `work`). One producer publishes
+  unique ids (256-byte transient bodies, publisher confirms, window 100) to `work`; two
+  consumers (prefetch 50, manual ack) reject a delivery with requeue=false while its
+  x-death entry {queue `work`, reason `rejected`} has a count below K, so it waits in
+  `retry.q` for the TTL and comes back, and ack it at count K. The rate is ids completed
+  (final ack) per second from the first publish to the last final ack; latency is per id,
+  first publish to final ack, so it includes K x TTL of waiting by design.
+- **(f) priority queue** (issue 3): one queue with `x-max-priority` 10; one producer
+  publishes unique ids with a random priority 0..9 (256-byte transient bodies, publisher
+  confirms, window 100) while one consumer (prefetch 50, manual ack) drains. The rate is
+  ids consumed per second from the first publish to the last delivery; latency is publish
+  to delivery, for the classes high (priorities 7-9) and low (0-2). Priorities only act on
+  a backlog: a low-priority latency above RabbitMQ's means the broker took publishes faster
+  than its consumer drained them (a deeper queue), not worse ordering.
+- **(e), (f) verification**: every id must complete (be consumed) exactly once; the
+  consumers keep reading for a settle period after the last id to catch late duplicates,
+  then the queues must be empty, every publish confirmed, and (e) every x-death count
+  must equal the number of rejections the client made for that id. "lost / duplicated"
+  sums over all runs; a run failing any check is listed under Caveats.
 
 Latency is end to end: the producer writes a CLOCK_MONOTONIC timestamp into the first 8
-bytes of each body and the consumer subtracts it on delivery; percentiles come from a
-log-linear histogram (~3 % resolution). Throughput targets use the consumed (end-to-end)
-rate.
+bytes of each body and the consumer subtracts it on delivery (on the final ack for (e));
+percentiles come from a log-linear histogram (~3 % resolution). Throughput targets use the
+consumed / completed (end-to-end) rate.
 """)
 md.append("## Reproduce\n")
 md.append("""```sh
-make bench                          # full run, about 10 minutes, rewrites this file
+make bench                          # full run, about 15 minutes, rewrites this file
 tests/bench/run.sh --quick          # smoke run (3 s, 1 run, 20k backlog)
 BENCH_BACKLOG=100000 make bench     # smaller backlog
+build/pipeline_bench --port 5673 --scenario retry      # (e) by hand against one broker
+build/pipeline_bench --port 5673 --scenario priority   # (f)
 ```
-See `tests/bench/README.md` for all knobs and for running `warren_bench` by hand.
+See `tests/bench/README.md` for all knobs and for running `warren_bench` and
+`pipeline_bench` by hand.
 """)
 os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
 with open(out_path, "w") as f:
