@@ -7,6 +7,7 @@
 #include "broker/broker.h"
 #include "broker/log.h"
 
+#include <malloc.h>
 #include <stdio.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -39,6 +40,8 @@ unsigned br_check_alarms(broker_t *b)
 {
     unsigned now = 0;
     uint64_t limit = br_memory_limit(b);
+    /* Before declaring (or keeping) a memory alarm, give freed heap back to the system. */
+    if (limit && br_memory_used() > limit) malloc_trim(0);
     if (limit && br_memory_used() > limit) now |= BR_ALARM_MEMORY;
     if (disk_free(b->cfg->data_dir) < b->cfg->disk_free_limit_absolute) now |= BR_ALARM_DISK;
     if (now != b->alarms) {
