@@ -325,7 +325,10 @@ static void leader_append_resp(struct raft *r, const struct raft_msg *m) {
         }
         maybe_commit(r);
     } else if (!pr->replicate) {
-        pr->paused = false;
+        /* A stale acknowledgement (index <= match) does not answer the outstanding probe. Probing
+         * again on each one would keep a backlog of old responses alive for ever (one new probe,
+         * hence one new response, per stale one); heartbeat responses resume probing instead. */
+        return;
     }
     send_append(r, pr);
 }
