@@ -526,6 +526,11 @@ static void handle_publish(chan_t *ch, const amqp_method_t *m)
     amqp_bytes_t xn = m->u.basic_publish.exchange;
     br_err_t err;
     exchange_t *x;
+    if (m->u.basic_publish.immediate) {
+        /* As RabbitMQ since 3.0: the immediate flag is not supported. */
+        conn_exception(ch->conn, AMQP_NOT_IMPLEMENTED, m->id, "immediate=true");
+        return;
+    }
     if (br_publish_target(ch->conn->vh, ch->conn->user, (const char *)xn.ptr, xn.len, &x, &err)) {
         fail(ch, m->id, &err);
         return;

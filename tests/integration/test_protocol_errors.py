@@ -336,3 +336,13 @@ def test_frames_split_across_many_writes_are_reassembled(raw_open, uniq):
     assert frame_type == R.FRAME_HEADER
     frame_type, channel, payload = raw_open.recv_frame()
     assert (frame_type, payload) == (R.FRAME_BODY, b"hello")
+
+
+def test_immediate_publish_is_not_implemented(raw_open):
+    """RabbitMQ 3.x dropped the immediate flag: 540 NOT_IMPLEMENTED, connection closed."""
+    raw_open.send_method(1, R.BASIC_PUBLISH, R.basic_publish_args("", "q", immediate=True))
+    raw_open.send(R.header_frame(1, 0))  # RabbitMQ looks at the flag once the content is complete
+    code, text, class_id, method_id = raw_open.wait_connection_close()
+    assert code == 540
+    assert text == "NOT_IMPLEMENTED - immediate=true"
+    assert (class_id, method_id) == (60, 40)
