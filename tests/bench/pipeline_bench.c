@@ -64,6 +64,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_common.h"
+
 #define PB_CHANNEL 1
 #define PB_FRAME_MAX 131072
 #define PB_HEADER_BYTES 32
@@ -348,72 +350,7 @@ static uint64_t pb_splitmix(uint64_t *state)
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Latency histogram (the same log-linear layout as warren_bench: ~3% resolution).             */
-
-#define HIST_SUB_BITS 5u
-#define HIST_SUB (1u << HIST_SUB_BITS)
-#define HIST_BUCKETS ((64u - HIST_SUB_BITS + 1u) * HIST_SUB)
-
-struct latency_hist {
-    uint64_t counts[HIST_BUCKETS];
-    uint64_t samples;
-    uint64_t max_ns;
-};
-
-static unsigned hist_bucket_of(uint64_t ns)
-{
-    if (ns < 2u * HIST_SUB)
-        return (unsigned)ns;
-    unsigned msb = 63u - (unsigned)__builtin_clzll(ns);
-    unsigned shift = msb - HIST_SUB_BITS;
-    return (msb - HIST_SUB_BITS) * HIST_SUB + (unsigned)(ns >> shift);
-}
-
-static uint64_t hist_bucket_low(unsigned bucket)
-{
-    if (bucket < 2u * HIST_SUB)
-        return bucket;
-    unsigned group = bucket / HIST_SUB;
-    uint64_t mantissa = (uint64_t)(bucket % HIST_SUB + HIST_SUB);
-    return mantissa << (group - 1u);
-}
-
-static void hist_record(struct latency_hist *h, uint64_t ns)
-{
-    h->counts[hist_bucket_of(ns)]++;
-    h->samples++;
-    if (ns > h->max_ns)
-        h->max_ns = ns;
-}
-
-static void hist_merge(struct latency_hist *into, const struct latency_hist *from)
-{
-    for (unsigned i = 0; i < HIST_BUCKETS; i++)
-        into->counts[i] += from->counts[i];
-    into->samples += from->samples;
-    if (from->max_ns > into->max_ns)
-        into->max_ns = from->max_ns;
-}
-
-static uint64_t hist_percentile(const struct latency_hist *h, double q)
-{
-    if (h->samples == 0)
-        return 0;
-    uint64_t rank = (uint64_t)(q * (double)h->samples + 0.999999);
-    if (rank < 1)
-        rank = 1;
-    uint64_t seen = 0;
-    for (unsigned i = 0; i < HIST_BUCKETS; i++) {
-        seen += h->counts[i];
-        if (seen >= rank) {
-            uint64_t low = hist_bucket_low(i);
-            uint64_t high = i + 1 < HIST_BUCKETS ? hist_bucket_low(i + 1) - 1 : UINT64_MAX;
-            uint64_t mid = low + (high - low) / 2;
-            return mid < h->max_ns ? mid : h->max_ns;
-        }
-    }
-    return h->max_ns;
-}
+/* Latency histogram: see bench_common.h. */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Shared run state                                                                           */
@@ -489,46 +426,7 @@ static bool pb_stopping(struct pb_run *run) { return atomic_load(&run->stop); }
 /* ------------------------------------------------------------------------------------------ */
 /* Connections                                                                                */
 
-static void pb_describe_reply(amqp_rpc_reply_t reply, char *buf, size_t len)
-{
-    switch (reply.reply_type) {
-    case AMQP_RESPONSE_NORMAL:
-        snprintf(buf, len, "ok");
-        return;
-    case AMQP_RESPONSE_NONE:
-        snprintf(buf, len, "no reply from broker");
-        return;
-    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
-        snprintf(buf, len, "%s", amqp_error_string2(reply.library_error));
-        return;
-    case AMQP_RESPONSE_SERVER_EXCEPTION:
-        if (reply.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
-            const amqp_connection_close_t *c = reply.reply.decoded;
-            snprintf(buf, len, "connection closed by broker: %u %.*s", c->reply_code,
-                     (int)c->reply_text.len, (const char *)c->reply_text.bytes);
-        } else if (reply.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
-            const amqp_channel_close_t *c = reply.reply.decoded;
-            snprintf(buf, len, "channel closed by broker: %u %.*s", c->reply_code,
-                     (int)c->reply_text.len, (const char *)c->reply_text.bytes);
-        } else {
-            snprintf(buf, len, "unexpected broker method 0x%08x", reply.reply.id);
-        }
-        return;
-    }
-    snprintf(buf, len, "unknown reply type %d", (int)reply.reply_type);
-}
-
-static bool pb_reply_ok(amqp_connection_state_t conn, const char *what, char *err,
-                        size_t errlen)
-{
-    amqp_rpc_reply_t reply = amqp_get_rpc_reply(conn);
-    if (reply.reply_type == AMQP_RESPONSE_NORMAL)
-        return true;
-    char detail[384];
-    pb_describe_reply(reply, detail, sizeof detail);
-    snprintf(err, errlen, "%s: %s", what, detail);
-    return false;
-}
+/* bench_describe_reply() and bench_reply_ok(): see bench_common.h. */
 
 static amqp_connection_state_t pb_connect(const struct pb_options *opt, char *err,
                                           size_t errlen)
@@ -560,13 +458,13 @@ static amqp_connection_state_t pb_connect(const struct pb_options *opt, char *er
                                         AMQP_SASL_METHOD_PLAIN, opt->user, opt->pass);
     if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
         char detail[384];
-        pb_describe_reply(reply, detail, sizeof detail);
+        bench_describe_reply(reply, detail, sizeof detail);
         snprintf(err, errlen, "login to %s:%d: %s", opt->host, opt->port, detail);
         amqp_destroy_connection(conn);
         return NULL;
     }
     amqp_channel_open(conn, PB_CHANNEL);
-    if (!pb_reply_ok(conn, "channel.open", err, errlen)) {
+    if (!bench_reply_ok(conn, "channel.open", err, errlen)) {
         amqp_destroy_connection(conn);
         return NULL;
     }
@@ -594,10 +492,10 @@ static bool pb_reopen_channel(amqp_connection_state_t conn, char *err, size_t er
         amqp_channel_close_ok_t close_ok = {0};
         amqp_send_method(conn, PB_CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &close_ok);
         amqp_channel_open(conn, PB_CHANNEL);
-        return pb_reply_ok(conn, "channel.open", err, errlen);
+        return bench_reply_ok(conn, "channel.open", err, errlen);
     }
     char detail[384];
-    pb_describe_reply(reply, detail, sizeof detail);
+    bench_describe_reply(reply, detail, sizeof detail);
     snprintf(err, errlen, "%s", detail);
     return false;
 }
@@ -638,7 +536,7 @@ static bool pb_declare_queue(amqp_connection_state_t conn, const char *name,
     amqp_queue_declare(conn, PB_CHANNEL, amqp_cstring_bytes(name), 0, 0, 0, 0, table);
     char what[300];
     snprintf(what, sizeof what, "queue.declare %s", name);
-    return pb_reply_ok(conn, what, err, errlen);
+    return bench_reply_ok(conn, what, err, errlen);
 }
 
 static bool pb_declare_exchange(amqp_connection_state_t conn, const char *name,
@@ -648,7 +546,7 @@ static bool pb_declare_exchange(amqp_connection_state_t conn, const char *name,
                           0, 0, 0, 0, amqp_empty_table);
     char what[300];
     snprintf(what, sizeof what, "exchange.declare %s", name);
-    return pb_reply_ok(conn, what, err, errlen);
+    return bench_reply_ok(conn, what, err, errlen);
 }
 
 static bool pb_bind(amqp_connection_state_t conn, const char *queue, const char *exchange,
@@ -658,7 +556,7 @@ static bool pb_bind(amqp_connection_state_t conn, const char *queue, const char 
                     amqp_cstring_bytes(key), amqp_empty_table);
     char what[600];
     snprintf(what, sizeof what, "queue.bind %s -> %s", queue, exchange);
-    return pb_reply_ok(conn, what, err, errlen);
+    return bench_reply_ok(conn, what, err, errlen);
 }
 
 static void pb_make_names(const struct pb_options *opt, struct pb_names *n)
@@ -961,7 +859,7 @@ static void *producer_main(void *arg)
         pb_fail(run, "producer %u: %s", w->index, err);
     if (ok && run->opt->confirm_window > 0) {
         amqp_confirm_select(conn, PB_CHANNEL);
-        if (!pb_reply_ok(conn, "confirm.select", err, sizeof err)) {
+        if (!bench_reply_ok(conn, "confirm.select", err, sizeof err)) {
             pb_fail(run, "producer %u: %s", w->index, err);
             ok = false;
         }
@@ -1166,7 +1064,7 @@ static bool consumer_loop(struct pb_worker *w, amqp_connection_state_t conn)
         }
         if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
             char detail[384];
-            pb_describe_reply(reply, detail, sizeof detail);
+            bench_describe_reply(reply, detail, sizeof detail);
             pb_fail(run, "consumer %u: %s", w->index, detail);
             return false;
         }
@@ -1196,14 +1094,14 @@ static void *consumer_main(void *arg)
         pb_fail(run, "consumer %u: %s", w->index, err);
     if (ok) {
         amqp_basic_qos(conn, PB_CHANNEL, 0, (uint16_t)opt->prefetch, 0);
-        ok = pb_reply_ok(conn, "basic.qos", err, sizeof err);
+        ok = bench_reply_ok(conn, "basic.qos", err, sizeof err);
     }
     if (ok) {
         const char *queue = opt->scenario == PB_RETRY ? run->names.work_queue
                                                       : run->names.prio_queue;
         amqp_basic_consume(conn, PB_CHANNEL, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0,
                            0, amqp_empty_table);
-        ok = pb_reply_ok(conn, "basic.consume", err, sizeof err);
+        ok = bench_reply_ok(conn, "basic.consume", err, sizeof err);
     }
     if (conn != NULL && !ok)
         pb_fail(run, "consumer %u: %s", w->index, err);

@@ -47,6 +47,8 @@
 #include <sys/types.h>
 #include <time.h>
 
+#include "bench_common.h"
+
 #define BENCH_CHANNEL 1
 #define BENCH_FRAME_MAX 131072
 #define BENCH_STAMP_BYTES 8
@@ -348,77 +350,7 @@ static void bench_sleep_ms(unsigned ms)
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Latency histogram: log-linear buckets, 32 per power of two, so any reported percentile is
- * within ~3% of the true sample while the table stays a fixed 15 KB per consumer. Values
- * below 64 ns get exact buckets; above that, a value's bucket is its binary exponent plus
- * its next 5 significant bits. */
-
-#define HIST_SUB_BITS 5u
-#define HIST_SUB (1u << HIST_SUB_BITS)
-#define HIST_BUCKETS ((64u - HIST_SUB_BITS + 1u) * HIST_SUB)
-
-struct latency_hist {
-    uint64_t counts[HIST_BUCKETS];
-    uint64_t samples;
-    uint64_t max_ns;
-};
-
-static unsigned hist_bucket_of(uint64_t ns)
-{
-    if (ns < 2u * HIST_SUB)
-        return (unsigned)ns;
-    unsigned msb = 63u - (unsigned)__builtin_clzll(ns);
-    unsigned shift = msb - HIST_SUB_BITS;
-    return (msb - HIST_SUB_BITS) * HIST_SUB + (unsigned)(ns >> shift);
-}
-
-static uint64_t hist_bucket_low(unsigned bucket)
-{
-    if (bucket < 2u * HIST_SUB)
-        return bucket;
-    unsigned group = bucket / HIST_SUB;
-    uint64_t mantissa = (uint64_t)(bucket % HIST_SUB + HIST_SUB);
-    return mantissa << (group - 1u);
-}
-
-static void hist_record(struct latency_hist *h, uint64_t ns)
-{
-    h->counts[hist_bucket_of(ns)]++;
-    h->samples++;
-    if (ns > h->max_ns)
-        h->max_ns = ns;
-}
-
-static void hist_merge(struct latency_hist *into, const struct latency_hist *from)
-{
-    for (unsigned i = 0; i < HIST_BUCKETS; i++)
-        into->counts[i] += from->counts[i];
-    into->samples += from->samples;
-    if (from->max_ns > into->max_ns)
-        into->max_ns = from->max_ns;
-}
-
-/* The value below which a fraction q of the samples lie (bucket midpoint, capped by the
- * observed maximum). */
-static uint64_t hist_percentile(const struct latency_hist *h, double q)
-{
-    if (h->samples == 0)
-        return 0;
-    uint64_t rank = (uint64_t)(q * (double)h->samples + 0.999999);
-    if (rank < 1)
-        rank = 1;
-    uint64_t seen = 0;
-    for (unsigned i = 0; i < HIST_BUCKETS; i++) {
-        seen += h->counts[i];
-        if (seen >= rank) {
-            uint64_t low = hist_bucket_low(i);
-            uint64_t high = i + 1 < HIST_BUCKETS ? hist_bucket_low(i + 1) - 1 : UINT64_MAX;
-            uint64_t mid = low + (high - low) / 2;
-            return mid < h->max_ns ? mid : h->max_ns;
-        }
-    }
-    return h->max_ns;
-}
+/* Latency histogram: see bench_common.h. */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Shared run state                                                                           */
@@ -481,49 +413,8 @@ static bool bench_stopping(struct bench_run *run) { return atomic_load(&run->sto
 /* Connections                                                                                */
 
 /* Turns a librabbitmq reply into one line of text. */
-static void bench_describe_reply(amqp_rpc_reply_t reply, char *buf, size_t len)
-{
-    switch (reply.reply_type) {
-    case AMQP_RESPONSE_NORMAL:
-        snprintf(buf, len, "ok");
-        return;
-    case AMQP_RESPONSE_NONE:
-        snprintf(buf, len, "no reply from broker");
-        return;
-    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
-        snprintf(buf, len, "%s", amqp_error_string2(reply.library_error));
-        return;
-    case AMQP_RESPONSE_SERVER_EXCEPTION:
-        if (reply.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
-            const amqp_connection_close_t *c = reply.reply.decoded;
-            snprintf(buf, len, "connection closed by broker: %u %.*s", c->reply_code,
-                     (int)c->reply_text.len, (const char *)c->reply_text.bytes);
-        } else if (reply.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
-            const amqp_channel_close_t *c = reply.reply.decoded;
-            snprintf(buf, len, "channel closed by broker: %u %.*s", c->reply_code,
-                     (int)c->reply_text.len, (const char *)c->reply_text.bytes);
-        } else {
-            snprintf(buf, len, "unexpected broker method 0x%08x", reply.reply.id);
-        }
-        return;
-    }
-    snprintf(buf, len, "unknown reply type %d", (int)reply.reply_type);
-}
+/* bench_describe_reply() and bench_reply_ok(): see bench_common.h. */
 
-/* Checks the reply of the last synchronous call; on failure writes why into err. */
-static bool bench_reply_ok(amqp_connection_state_t conn, const char *what, char *err,
-                           size_t errlen)
-{
-    amqp_rpc_reply_t reply = amqp_get_rpc_reply(conn);
-    if (reply.reply_type == AMQP_RESPONSE_NORMAL)
-        return true;
-    char detail[384];
-    bench_describe_reply(reply, detail, sizeof detail);
-    snprintf(err, errlen, "%s: %s", what, detail);
-    return false;
-}
-
-/* Opens a connection with channel 1 ready; every step is bounded by a timeout. */
 static amqp_connection_state_t bench_connect(const struct bench_options *opt, double timeout_s,
                                              char *err, size_t errlen)
 {
