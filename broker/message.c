@@ -31,6 +31,9 @@ msg_t *msg_new_with_bcc(const char *exchange, size_t exlen, const char *rk, size
     m->rk[rklen] = '\0';
     m->props = (uint8_t *)m->rk + rklen + 1;
     if (props_len) memcpy(m->props, props, props_len);
+    /* Property flags bit 8 is expiration: known without parsing, so queues only parse the
+     * properties of the (few) messages that carry a TTL. */
+    m->has_expiration = props_len >= 2 && (((unsigned)props[0] << 8 | props[1]) & (1u << 8));
     m->bcc_len = (uint16_t)bcc_len;
     if (bcc_len) memcpy(m->props + props_len, bcc, bcc_len);
     m->body_len = body_len;

@@ -21,6 +21,7 @@ typedef struct msg {
     uint64_t id;             /* unique per node, used as the storage key */
     bool persistent;         /* delivery-mode 2 */
     bool stored;             /* its record was queued to the store */
+    bool has_expiration;     /* the expiration property is set (per-message TTL) */
     uint8_t priority;
     uint8_t exchange_len, rk_len;
     uint16_t bcc_len;        /* BCC routing keys kept after the header was stripped (after props) */

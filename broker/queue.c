@@ -534,13 +534,12 @@ static int64_t entry_ttl(const queue_t *q, const msg_t *m)
 {
     int64_t ttl = q->msg_ttl;
     props_core_t p;
-    if (props_core_read(m->props, m->props_len, &p) == 0 && p.has_expiration && p.expiration.len &&
-        p.expiration.len < 19) {
-        int64_t v = 0;
-        for (size_t i = 0; i < p.expiration.len; i++) v = v * 10 + (p.expiration.ptr[i] - '0');
-        if (ttl < 0 || v < ttl) ttl = v;
-    }
-    return ttl;
+    if (!m->has_expiration || props_core_read(m->props, m->props_len, &p) != 0 || !p.has_expiration) return ttl;
+    /* Validated at publish (digits with an optional '+', at most ten years). */
+    int64_t v = 0;
+    for (size_t i = 0; i < p.expiration.len && i < 20; i++)
+        if (p.expiration.ptr[i] >= '0' && p.expiration.ptr[i] <= '9') v = v * 10 + (p.expiration.ptr[i] - '0');
+    return ttl < 0 || v < ttl ? v : ttl;
 }
 
 /* ---- publish / dispatch ---- */

@@ -456,3 +456,12 @@ def test_expired_queue_with_messages_does_not_dead_letter(conn, uniq):
     time.sleep(1.0)
     assert not queue_exists(conn, queue)
     assert queue_counts(ch, dlq) == (0, 0)
+
+
+def test_plus_signed_expiration_still_expires(ch, uniq):
+    """"+200" is a valid expiration (Erlang's string:to_integer) and means 200 ms."""
+    queue = uniq()
+    ch.queue_declare(queue)
+    ch.basic_publish("", queue, b"x", pika.BasicProperties(expiration="+200"))
+    time.sleep(0.6)
+    assert ch.basic_get(queue, auto_ack=True)[0] is None
