@@ -49,6 +49,67 @@ const char *raft_msg_name(uint32_t type) {
     return type < sizeof names / sizeof names[0] ? names[type] : "?";
 }
 
+/* ---- configuration ---------------------------------------------------------------------- */
+
+static void put_u32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
+}
+
+static uint32_t get_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+size_t raft_conf_encode(const struct raft_conf *c, uint8_t buf[RAFT_CONF_MAX_ENCODED]) {
+    size_t n = 0;
+    put_u32(buf + n, c->n_voters), n += 4;
+    put_u32(buf + n, c->n_learners), n += 4;
+    for (unsigned i = 0; i < c->n_voters; i++) put_u32(buf + n, c->voters[i]), n += 4;
+    for (unsigned i = 0; i < c->n_learners; i++) put_u32(buf + n, c->learners[i]), n += 4;
+    return n;
+}
+
+int raft_conf_decode(struct raft_conf *c, const void *buf, size_t len) {
+    const uint8_t *p = buf;
+    if (len < 8) return RAFT_EINVAL;
+    uint32_t nv = get_u32(p), nl = get_u32(p + 4);
+    if (nv > RAFT_MAX_NODES || nl > RAFT_MAX_NODES || nv + nl > RAFT_MAX_NODES ||
+        len != 8 + 4 * (size_t)(nv + nl))
+        return RAFT_EINVAL;
+    memset(c, 0, sizeof *c);
+    c->n_voters = nv;
+    c->n_learners = nl;
+    for (uint32_t i = 0; i < nv; i++) c->voters[i] = get_u32(p + 8 + 4 * i);
+    for (uint32_t i = 0; i < nl; i++) c->learners[i] = get_u32(p + 8 + 4 * (nv + i));
+    for (uint32_t i = 0; i < nv + nl; i++) { /* ids non-zero and unique */
+        raft_id id = i < nv ? c->voters[i] : c->learners[i - nv];
+        if (!id) return RAFT_EINVAL;
+        for (uint32_t j = 0; j < i; j++)
+            if ((j < nv ? c->voters[j] : c->learners[j - nv]) == id) return RAFT_EINVAL;
+    }
+    return RAFT_OK;
+}
+
+bool raft_conf_is_voter(const struct raft_conf *c, raft_id id) {
+    for (unsigned i = 0; i < c->n_voters; i++)
+        if (c->voters[i] == id) return true;
+    return false;
+}
+
+bool raft_conf_has(const struct raft_conf *c, raft_id id) {
+    if (raft_conf_is_voter(c, id)) return true;
+    for (unsigned i = 0; i < c->n_learners; i++)
+        if (c->learners[i] == id) return true;
+    return false;
+}
+
+const struct raft_conf *raft_get_conf(const struct raft *r) { return &r->conf; }
+
+bool raft_quiescent(const struct raft *r) { /* TODO(issue 4): leader-side checks */
+    raft_index last = raft_last_index(r);
+    return r->persisted == last && r->applied == last && r->commit == last && r->role != RAFT_CANDIDATE &&
+           r->role != RAFT_PRE_CANDIDATE;
+}
+
 static unsigned quorum(const struct raft *r) { return r->cfg.n_peers / 2 + 1; }
 
 static struct raft_progress *progress(struct raft *r, raft_id id) {
@@ -588,6 +649,7 @@ static void finish(struct raft *r, struct raft_update *out) {
         out->flags |= RAFT_UPD_ROLE;
         r->role_dirty = false;
     }
+    out->conf = &r->conf;
     out->role = r->role;
     out->leader = r->leader;
     out->commit = r->commit;
@@ -621,6 +683,7 @@ int raft_init(struct raft *r, const struct raft_config *cfg) {
     for (unsigned i = 0; i < cfg->n_peers; i++) {
         r->prs[i].id = cfg->peers[i];
         self |= cfg->peers[i] == cfg->id;
+        r->conf.voters[r->conf.n_voters++] = cfg->peers[i];
     }
     if (!self) return RAFT_EINVAL;
     r->rng = cfg->seed ^ ((uint64_t)cfg->id << 32);
@@ -629,8 +692,9 @@ int raft_init(struct raft *r, const struct raft_config *cfg) {
     return RAFT_OK;
 }
 
-int raft_restore(struct raft *r, raft_term term, raft_id vote, const struct raft_entry *entries,
-                 size_t n) {
+int raft_restore(struct raft *r, raft_term term, raft_id vote, const struct raft_snapshot_meta *snap,
+                 raft_index first, const struct raft_entry *entries, size_t n) {
+    if (snap || first != 1) return RAFT_EINVAL; /* TODO(issue 4): snapshots */
     r->term = term;
     r->vote = vote;
     for (size_t i = 0; i < n; i++)

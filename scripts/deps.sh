@@ -5,7 +5,7 @@ set -euo pipefail
 want=${1:-test}
 
 pkgs=(cmake make gcc pkg-config libev-dev librocksdb-dev libsodium-dev libcjson-dev libssl-dev
-      libpcre2-dev openssl)
+      libpcre2-dev openssl protobuf-c-compiler libprotobuf-c-dev)
 if [ "$want" != build ]; then
   pkgs+=(libcmocka-dev librabbitmq-dev clang libclang-rt-14-dev python3 python3-pip)
 fi

@@ -11,6 +11,12 @@
 #define raft_entry_at raftbug_entry_at
 #define raft_role_name raftbug_role_name
 #define raft_msg_name raftbug_msg_name
+#define raft_conf_encode raftbug_conf_encode
+#define raft_conf_decode raftbug_conf_decode
+#define raft_conf_is_voter raftbug_conf_is_voter
+#define raft_conf_has raftbug_conf_has
+#define raft_get_conf raftbug_get_conf
+#define raft_quiescent raftbug_quiescent
 #include "raft/raft.c"
 
 #include "tests/sim/sim.h"

@@ -396,7 +396,7 @@ static uint64_t g_knobs;
 
 static void node_start(struct sim *s, struct node *nd) {
     struct raft_config c = node_config(s, nd->id, g_knobs);
-    if (s->o->impl->init(&nd->r, &c) || s->o->impl->restore(&nd->r, nd->d_term, nd->d_vote, nd->d_log, nd->d_len))
+    if (s->o->impl->init(&nd->r, &c) || s->o->impl->restore(&nd->r, nd->d_term, nd->d_vote, NULL, 1, nd->d_log, nd->d_len))
         fail(s, "node %u: init failed", nd->id);
     nd->up = true;
     nd->applied = nd->commit_seen = 0;

@@ -15,8 +15,8 @@
 struct sim_impl {
     const char *name;
     int (*init)(struct raft *r, const struct raft_config *cfg);
-    int (*restore)(struct raft *r, raft_term term, raft_id vote, const struct raft_entry *e,
-                   size_t n);
+    int (*restore)(struct raft *r, raft_term term, raft_id vote, const struct raft_snapshot_meta *snap,
+                   raft_index first, const struct raft_entry *e, size_t n);
     int (*step)(struct raft *r, const struct raft_event *ev, struct raft_update *out);
     void (*free)(struct raft *r);
 };

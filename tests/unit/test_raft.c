@@ -25,7 +25,7 @@ static void mk_log(struct raft *r, raft_id id, unsigned n, raft_term term, const
     mk(r, id, n, false, false);
     struct raft_entry e[32];
     for (size_t i = 0; i < len; i++) e[i] = (struct raft_entry){terms[i], RAFT_ENTRY_NOOP, 0, NULL};
-    assert_int_equal(raft_restore(r, term, 0, e, len), RAFT_OK);
+    assert_int_equal(raft_restore(r, term, 0, NULL, 1, e, len), RAFT_OK);
 }
 
 static int recv(struct raft *r, struct raft_msg m) {
