@@ -207,8 +207,12 @@ struct raft_update {
 
 struct raft_config {
     raft_id id;
-    raft_id peers[RAFT_MAX_NODES]; /* bootstrap voters, including id (ignored when restoring
-                                      from a snapshot or a log holding a CONF entry) */
+    raft_id peers[RAFT_MAX_NODES]; /* bootstrap voters, the same on every founding member and
+                                      including id (ignored when restoring from a snapshot or a
+                                      log holding a CONF entry). A node added to a running group
+                                      later starts with n_peers = 0 (or peers without id): it is
+                                      no voter, never campaigns, and learns the configuration
+                                      from the leader's log or snapshot. */
     unsigned n_peers;
     unsigned election_ticks;  /* base election timeout; the real one is in [e, 2e) */
     unsigned heartbeat_ticks; /* leader heartbeat interval, < election_ticks */
@@ -230,46 +234,68 @@ enum raft_error {
     RAFT_EBUSY = -4, /* a membership change or leadership transfer is in progress */
 };
 
-/* Per-follower replication state kept by a leader. */
+/* Per-member replication state, kept only while leader (one entry per voter and learner of the
+ * configuration in force, the leader's own included). */
 struct raft_progress {
     raft_id id;
-    raft_index next, match;
     bool replicate; /* false: probe (one AppendEntries at a time) */
-    bool paused;    /* probe sent, waiting for an answer or a heartbeat response */
+    bool paused;    /* probe or snapshot sent, waiting for an answer or a heartbeat response */
     bool recent_active;
-    unsigned stall; /* heartbeat responses without progress while entries are in flight */
+    raft_index next, match;
+    raft_index pending_snap; /* snapshot sent at this index, not yet acknowledged (0: none) */
+    uint64_t hb_acked;       /* highest heartbeat round it answered (read-index, quiescence) */
+    uint64_t told_round;     /* the heartbeat round that first carried commit = told_commit */
+    raft_index told_commit;
+    unsigned stall; /* heartbeat responses without progress (entries or snapshot in flight) */
     unsigned infl_head, infl_count;
-    raft_index infl[RAFT_MAX_INFLIGHT]; /* last index of each AppendEntries in flight */
+    raft_index *infl; /* ring of cfg.max_inflight: last index of each AppendEntries in flight */
 };
+
+struct raft_pending_read; /* internal to raft.c */
 
 struct raft {
     struct raft_config cfg;
-    struct raft_conf conf; /* membership in force */
+    struct raft_conf conf;          /* membership in force */
+    raft_index conf_index;          /* where conf comes from: its CONF entry, the snapshot index,
+                                       or 0 for the bootstrap peers */
+    struct raft_snapshot_meta snap; /* the latest snapshot (index 0: none) */
     /* hard state */
     raft_term term;
     raft_id vote;
-    /* log: entries log[0..log_len) hold indexes log_offset+1.. (log_offset > 0 after compaction,
-     * a later milestone) */
+    /* log: entries log[0..log_len) hold indexes log_offset+1..; offset_term is the term at
+     * log_offset (everything at or below it is covered by the snapshot) */
     struct raft_entry *log;
     size_t log_len, log_cap;
     raft_index log_offset;
     raft_term offset_term;
-    raft_index persisted; /* log[1..persisted] is durable and identical to the in-memory log */
+    raft_index persisted; /* log[..persisted] is durable and identical to the in-memory log */
     raft_index commit, applied;
     /* volatile */
     enum raft_role role;
     raft_id leader;
     unsigned election_elapsed, heartbeat_elapsed, election_timeout;
     uint64_t rng;
-    raft_id votes_for[RAFT_MAX_NODES], votes_against[RAFT_MAX_NODES];
-    unsigned n_for, n_against;
+    uint32_t votes_granted, votes_rejected; /* candidate: bit i stands for conf.voters[i] */
     raft_index ack_pending; /* follower: acknowledge up to here once persisted */
-    struct raft_progress prs[RAFT_MAX_NODES];
-    /* output scratch, reused between steps */
+    /* leader only */
+    struct raft_progress *prs; /* n_prs entries: the members of conf (heap, freed on step-down) */
+    unsigned n_prs;
+    raft_id transfer_to; /* leadership transfer target (0: none) */
+    unsigned transfer_elapsed;
+    raft_id promote_id; /* learner to promote once its match reaches promote_at (0: none) */
+    raft_index promote_at;
+    uint64_t hb_round; /* heartbeat rounds broadcast so far (never reset; carried in msg.ctx) */
+    bool round_wanted; /* a read waits for a new round: broadcast one at the end of this step */
+    struct raft_pending_read *reads; /* read-index requests not yet confirmed, FIFO */
+    size_t n_reads, cap_reads;
+    /* output scratch, reused between steps (freed when the node is idle) */
+    struct raft_read_state *reads_out;
+    size_t n_reads_out, cap_reads_out;
     struct raft_msg *out_msgs;
     size_t n_out, cap_out;
     raft_index dirty_from; /* lowest log index changed in this step, 0 if none */
-    bool hs_dirty, role_dirty;
+    raft_index compacted;  /* log compacted up to here in this step, 0 if not */
+    bool hs_dirty, role_dirty, conf_dirty, snap_installed;
 };
 
 /* Set up a node with an empty log at term 0. */
