@@ -188,7 +188,7 @@ static void reset_election_timeout(struct raft *r) {
 
 static struct raft_msg *new_msg(struct raft *r, uint32_t type, raft_id to) {
     if (r->n_out == r->cap_out) {
-        size_t cap = r->cap_out ? r->cap_out * 2 : 4;
+        size_t cap = r->cap_out ? r->cap_out * 2 : 2; /* small: most groups are quiet */
         struct raft_msg *m = realloc(r->out_msgs, cap * sizeof *m);
         if (!m) return NULL;
         r->out_msgs = m;
@@ -661,7 +661,7 @@ static raft_index maybe_promote(struct raft *r) {
     if (!pr || pr->match < r->promote_at) return 0;
     struct raft_conf c = r->conf;
     c.voters[c.n_voters++] = r->promote_id;
-    c.learners[pos] = c.learners[--c.n_learners];
+    memmove(c.learners + pos, c.learners + pos + 1, (--c.n_learners - (unsigned)pos) * sizeof(raft_id));
     r->promote_id = 0;
     return propose_conf(r, &c);
 }
@@ -1092,8 +1092,8 @@ static int conf_change(struct raft *r, uint32_t op, raft_id id, struct raft_upda
         break;
     case RAFT_CC_REMOVE:
         if (!id || (v < 0 && l < 0) || (v >= 0 && c.n_voters == 1)) return RAFT_EINVAL;
-        if (v >= 0) c.voters[v] = c.voters[--c.n_voters];
-        else c.learners[l] = c.learners[--c.n_learners];
+        if (v >= 0) memmove(c.voters + v, c.voters + v + 1, (--c.n_voters - (unsigned)v) * sizeof(raft_id));
+        else memmove(c.learners + l, c.learners + l + 1, (--c.n_learners - (unsigned)l) * sizeof(raft_id));
         if (r->promote_id == id) r->promote_id = 0;
         break;
     default:
