@@ -38,12 +38,18 @@ integration: build build-asan
 	WARREN_BIN=$(CURDIR)/$(ASAN)/warren-server WARREN_CBIN=$(CURDIR)/$(BUILD) \
 	  $(PYTEST) -q -ra tests/integration
 
+# Each target grows its own corpus in $(FUZZ)/corpus/<target>, seeded from tests/fuzz/corpus/<target>.
+# A crash fails the run and shows the fuzzer's report.
 fuzz: build-fuzz
 	@for f in $(FUZZ)/fuzz_*; do \
-	  [ -x "$$f" ] || continue; \
+	  [ -f "$$f" ] && [ -x "$$f" ] || continue; \
+	  name=$$(basename $$f); \
 	  echo "fuzz: $$f (60s)"; \
-	  mkdir -p $(FUZZ)/corpus/$$(basename $$f); \
-	  $$f -max_total_time=60 -print_final_stats=0 $(FUZZ)/corpus/$$(basename $$f) tests/fuzz/corpus 2>&1 | tail -2 || exit 1; \
+	  mkdir -p $(FUZZ)/corpus/$$name; \
+	  seeds=; [ -d tests/fuzz/corpus/$$name ] && seeds=tests/fuzz/corpus/$$name; \
+	  out=$$($$f -max_total_time=60 -print_final_stats=0 $(FUZZ)/corpus/$$name $$seeds 2>&1); rc=$$?; \
+	  if [ $$rc -ne 0 ]; then echo "$$out" | tail -60; exit 1; fi; \
+	  echo "$$out" | tail -2; \
 	done
 
 test: deps
