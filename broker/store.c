@@ -95,6 +95,7 @@ struct store {
     struct store_batch *spare;    /* recycled batch, saves an allocation per round */
     uint64_t submitted_seq, completed_seq;
     bool running_waiters;
+    bool nosync; /* store_set_sync(false): benchmark mode, writes are not fsynced */
     store_stats_t stats;
 
     /* Shared with the storage thread, guarded by lock. */
@@ -317,7 +318,7 @@ static void store_collect(store_t *s)
     s->inflight = NULL;
     s->completed_seq = b->seq;
     s->stats.batches++;
-    if (b->ops > 0)
+    if (b->ops > 0 && !s->nosync)
         s->stats.syncs++;
     s->stats.writes += b->ops;
     s->stats.bytes += b->bytes;
@@ -579,6 +580,17 @@ void store_del_range(store_t *s, const void *begin, size_t blen, const void *end
                                     store_bytes(end), elen);
     s->current->ops++;
     s->current->bytes += blen + elen;
+}
+
+void store_set_sync(store_t *s, bool sync)
+{
+    /* Only before the first write: the storage thread reads sync_write while it writes. */
+    if (s->submitted_seq != 0) {
+        log_error("store: store_set_sync after writes began; ignored");
+        return;
+    }
+    s->nosync = !sync;
+    rocksdb_writeoptions_set_sync(s->sync_write, sync ? 1 : 0);
 }
 
 void store_on_synced(store_t *s, store_cb cb, void *arg)

@@ -41,6 +41,11 @@ store_t *store_open(const char *dir, struct ev_loop *loop, char *err, size_t err
  * Free all iterators first, and call it before ev_loop_destroy. The loop itself is left running (watchers are stopped). */
 void store_close(store_t *s);
 
+/* Benchmarks only: sync=false makes later batches skip the WAL fsync (rocksdb_write with
+ * sync=false: data reaches the OS page cache, not the disk), so "durable" callbacks then only
+ * mean "written". Call right after store_open, before any write. The default is sync=true. */
+void store_set_sync(store_t *s, bool sync);
+
 /* Queue writes into the current batch (loop thread only). */
 void store_put(store_t *s, const void *key, size_t klen, const void *val, size_t vlen);
 void store_del(store_t *s, const void *key, size_t klen);
