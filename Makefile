@@ -62,9 +62,10 @@ bench:
 	@$(MAKE) --no-print-directory build
 	tests/bench/run.sh
 
-# Long deterministic-simulation run of the Raft library (make test runs a shorter one).
+# Long deterministic-simulation run of the Raft library (make test runs a shorter one): half the
+# seeds mixed faults, half membership changes with snapshots (SIMFLAGS: e.g. --suite membership).
 sim: build
-	./$(BUILD)/test_raft_sim --seeds $(SEEDS)
+	./$(BUILD)/test_raft_sim --seeds $(SEEDS) $(SIMFLAGS)
 
 clean:
 	rm -rf $(BUILD) $(ASAN) $(FUZZ)
