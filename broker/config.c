@@ -249,6 +249,13 @@ static int set_loopback_none(cfg_t *c, const cfg_key_t *k, const char *v, const 
     return 0;
 }
 
+static int set_cluster_ip(cfg_t *c, const cfg_key_t *k, const char *v, const char **why) {
+    (void)k;
+    if (strlen(v) >= sizeof c->cluster_listener.host) { *why = "address too long"; return -1; }
+    snprintf(c->cluster_listener.host, sizeof c->cluster_listener.host, "%s", v);
+    return 0;
+}
+
 #define STR(key, field) { key, set_str, offsetof(cfg_t, field), sizeof(((cfg_t *)0)->field), 0, 0 }
 #define INT(key, field, lo, hi) { key, set_int, offsetof(cfg_t, field), 0, lo, hi }
 #define U64(key, field, lo, hi) { key, set_u64, offsetof(cfg_t, field), 0, lo, hi }
@@ -284,6 +291,11 @@ static const cfg_key_t cfg_keys[] = {
     FN("vm_memory_high_watermark.absolute", set_mem_absolute, vm_memory_high_watermark_absolute),
     FN("disk_free_limit.absolute", set_bytes, disk_free_limit_absolute),
     STR("cluster_name", cluster_name),
+    INT("cluster.listener.port", cluster_listener.port, 1, 65535),
+    FN("cluster.listener.ip", set_cluster_ip, cluster_listener),
+    STR("cluster.cookie", cluster_cookie),
+    STR("cluster.cookie_file", cluster_cookie_file),
+    U64("cluster.peer_timeout", cluster_peer_timeout, 100, 3600000),
     INT("management.tcp.port", mgmt_port, 1, 65535),
     INT("management.listener.port", mgmt_port, 1, 65535),
     INT("mqtt.listeners.tcp.default", mqtt_port, 1, 65535),
@@ -370,8 +382,60 @@ static int set_member(char *list, size_t stride, int cap, int *n, bool *is_defau
     return 0;
 }
 
+/* cluster_formation.classic_config.nodes.<N> = name@host[:port] (RabbitMQ's classic peer
+ * discovery lists rabbit@host; the optional port lets several nodes share one host). */
+static int set_cluster_node(cfg_t *c, const char *index, const char *v, const char **why) {
+    uint64_t n;
+    if (!parse_u64(index, &n) || n < 1 || n > 1000) { *why = "expected nodes.<1..1000>"; return -1; }
+    const char *at = strchr(v, '@');
+    if (!at || at == v || !at[1]) { *why = "expected name@host or name@host:port"; return -1; }
+    const char *colon = strrchr(at, ':');
+    size_t hostlen = colon ? (size_t)(colon - at - 1) : strlen(at + 1);
+    uint64_t port = 0;
+    if (colon && (!parse_u64(colon + 1, &port) || port < 1 || port > 65535)) {
+        *why = "port must be from 1 to 65535";
+        return -1;
+    }
+    size_t namelen = (size_t)(at - v) + 1 + hostlen;
+    if (hostlen == 0 || hostlen >= sizeof c->cluster_nodes[0].host || namelen >= sizeof c->cluster_nodes[0].name) {
+        *why = "host name missing or too long";
+        return -1;
+    }
+    for (size_t i = 0; i < hostlen; i++)
+        if (!host_char_ok(at[1 + i])) { *why = "invalid character in host"; return -1; }
+    int slot = c->n_cluster_nodes;
+    for (int i = 0; i < c->n_cluster_nodes; i++)
+        if (c->cluster_nodes[i].n == (int)n) slot = i;
+    if (slot == c->n_cluster_nodes) {
+        if (slot == CFG_MAX_CLUSTER_NODES) { *why = "too many cluster nodes (at most 9)"; return -1; }
+        c->n_cluster_nodes++;
+    }
+    c->cluster_nodes[slot].n = (int)n;
+    snprintf(c->cluster_nodes[slot].name, sizeof c->cluster_nodes[slot].name, "%.*s", (int)namelen, v);
+    snprintf(c->cluster_nodes[slot].host, sizeof c->cluster_nodes[slot].host, "%.*s", (int)hostlen, at + 1);
+    c->cluster_nodes[slot].port = (int)port;
+    for (int i = 1; i < c->n_cluster_nodes; i++) /* keep sorted by N */
+        for (int j = i; j > 0 && c->cluster_nodes[j].n < c->cluster_nodes[j - 1].n; j--) {
+            cfg_cluster_node_t t = c->cluster_nodes[j];
+            c->cluster_nodes[j] = c->cluster_nodes[j - 1];
+            c->cluster_nodes[j - 1] = t;
+        }
+    for (int i = 0; i < c->n_cluster_nodes; i++)
+        for (int j = 0; j < i; j++)
+            if (strcmp(c->cluster_nodes[i].name, c->cluster_nodes[j].name) == 0) {
+                *why = "the same node is listed twice";
+                return -1;
+            }
+    return 0;
+}
+
 /* Recognizes "<prefix><name>" keys; returns 1 if handled (rc in *rc), 0 if not a family key. */
 static int set_family(cfg_t *c, const char *key, const char *v, int *rc, const char **why) {
+    static const char cluster_prefix[] = "cluster_formation.classic_config.nodes.";
+    if (strncmp(key, cluster_prefix, sizeof cluster_prefix - 1) == 0) {
+        *rc = set_cluster_node(c, key + sizeof cluster_prefix - 1, v, why);
+        return 1;
+    }
     static const char *const prefixes[] = { "listeners.tcp.", "listeners.ssl.", "loopback_users.",
                                             "default_user_tags." };
     for (int f = 0; f < 4; f++) {
@@ -427,6 +491,8 @@ void cfg_defaults(cfg_t *c) {
     c->log_level = LOG_INFO;
     c->consumer_timeout = 1800000;
     default_node_name(c->node_name, sizeof c->node_name);
+    c->cluster_listener = (cfg_listener_t){ "", 25672, "cluster" };
+    c->cluster_peer_timeout = 5000;
     c->vm_memory_high_watermark_relative = 0.6;
     c->disk_free_limit_absolute = 50000000;
     c->mgmt_port = 15672;
@@ -558,9 +624,9 @@ static int env_apply(cfg_t *c, const char *key, const char *var, const char *val
 /* WARREN_<FAMILY>_<NAME>=value for the open-ended families; NAME is lowercased. */
 static int env_apply_families(cfg_t *c, char *err, size_t errlen) {
     static const char *const families[] = { "listeners.tcp.", "listeners.ssl.", "loopback_users.",
-                                            "default_user_tags." };
+                                            "default_user_tags.", "cluster_formation.classic_config.nodes." };
     for (char **e = environ; e && *e; e++) {
-        for (int f = 0; f < 4; f++) {
+        for (int f = 0; f < 5; f++) {
             char prefix[64];
             env_name(families[f], prefix, sizeof prefix);   /* ends in '_' */
             size_t plen = strlen(prefix);

@@ -16,10 +16,15 @@
 #define CFG_MAX_LISTENERS 4
 #define CFG_MAX_LOOPBACK_USERS 8
 #define CFG_MAX_USER_TAGS 8
+#define CFG_MAX_CLUSTER_NODES 9
 
 /* host "" = all interfaces; name is the <name> in listeners.tcp.<name> (re-setting a name
  * replaces that listener). */
 typedef struct { char host[64]; int port; char name[64]; } cfg_listener_t;
+
+/* One cluster_formation.classic_config.nodes.<n> entry: name "warren1@host", port 0 = the
+ * default cluster port. */
+typedef struct { int n; char name[256]; char host[64]; int port; } cfg_cluster_node_t;
 
 typedef struct {
     cfg_listener_t tcp[CFG_MAX_LISTENERS]; int n_tcp;   /* listeners.tcp.<name>; default 5672; listeners.tcp = none disables */
@@ -44,6 +49,14 @@ typedef struct {
     double vm_memory_high_watermark_relative;    /* default 0.6 */
     uint64_t disk_free_limit_absolute;           /* bytes, default 50000000 */
     char cluster_name[256];                      /* default "" */
+    /* Clustering (issue 5). A node is clustered when cluster_formation lists nodes. */
+    cfg_listener_t cluster_listener;             /* cluster.listener.port / cluster.listener.ip; default 25672 */
+    char cluster_cookie[256];                    /* cluster.cookie: the shared secret */
+    char cluster_cookie_file[512];               /* cluster.cookie_file: read the secret from a file */
+    /* cluster_formation.classic_config.nodes.<N> = name@host[:port]; kept sorted by N */
+    cfg_cluster_node_t cluster_nodes[CFG_MAX_CLUSTER_NODES];
+    int n_cluster_nodes;
+    uint64_t cluster_peer_timeout;               /* cluster.peer_timeout, ms without traffic before a peer is down; 5000 */
     int mgmt_port;                   /* management.tcp.port / management.listener.port, default 15672 */
     int mqtt_port;                   /* mqtt.listeners.tcp.default, default 1883 */
     int stomp_port;                  /* stomp.listeners.tcp.default, default 61613 */

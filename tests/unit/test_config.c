@@ -419,6 +419,41 @@ static void test_load_string(void **state) {
     assert_int_equal(cfg_load_string(&c, NULL, "inline", err, sizeof err), 0);
 }
 
+static void test_cluster(void **state) {
+    (void)state;
+    cfg_t c;
+    cfg_defaults(&c);
+    assert_int_equal(c.n_cluster_nodes, 0);
+    assert_int_equal(c.cluster_listener.port, 25672);
+    assert_int_equal(c.cluster_peer_timeout, 5000);
+    set_ok(&c, "cluster_formation.classic_config.nodes.3", "warren3@127.0.0.1:25674");
+    set_ok(&c, "cluster_formation.classic_config.nodes.1", "warren1@node-a");
+    set_ok(&c, "cluster_formation.classic_config.nodes.2", "warren2@127.0.0.1:25673");
+    assert_int_equal(c.n_cluster_nodes, 3);
+    assert_string_equal(c.cluster_nodes[0].name, "warren1@node-a");
+    assert_string_equal(c.cluster_nodes[0].host, "node-a");
+    assert_int_equal(c.cluster_nodes[0].port, 0);
+    assert_string_equal(c.cluster_nodes[1].name, "warren2@127.0.0.1");
+    assert_int_equal(c.cluster_nodes[1].port, 25673);
+    assert_string_equal(c.cluster_nodes[2].host, "127.0.0.1");
+    set_ok(&c, "cluster_formation.classic_config.nodes.2", "warren2@127.0.0.2"); /* replaces */
+    assert_int_equal(c.n_cluster_nodes, 3);
+    assert_string_equal(c.cluster_nodes[1].host, "127.0.0.2");
+    set_bad(&c, "cluster_formation.classic_config.nodes.4", "warren1@node-a");
+    set_bad(&c, "cluster_formation.classic_config.nodes.5", "no-at-sign");
+    set_bad(&c, "cluster_formation.classic_config.nodes.5", "x@host:0");
+    set_bad(&c, "cluster_formation.classic_config.nodes.x", "x@host");
+    set_ok(&c, "cluster.listener.port", "25680");
+    set_ok(&c, "cluster.listener.ip", "127.0.0.2");
+    set_ok(&c, "cluster.cookie", "s3cret");
+    set_ok(&c, "cluster.peer_timeout", "1500");
+    assert_int_equal(c.cluster_listener.port, 25680);
+    assert_string_equal(c.cluster_listener.host, "127.0.0.2");
+    assert_string_equal(c.cluster_cookie, "s3cret");
+    assert_int_equal(c.cluster_peer_timeout, 1500);
+    set_bad(&c, "cluster.listener.port", "0");
+}
+
 static void test_env(void **state) {
     (void)state;
     cfg_t c;
@@ -492,6 +527,7 @@ int main(void) {
         cmocka_unit_test(test_file_errors),
         cmocka_unit_test(test_load_string),
         cmocka_unit_test(test_env),
+        cmocka_unit_test(test_cluster),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
