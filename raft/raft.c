@@ -377,14 +377,18 @@ static void leave_leadership(struct raft *r) {
     r->round_wanted = false;
 }
 
-static void become_follower(struct raft *r, raft_term term, raft_id leader) {
+static void to_follower(struct raft *r, raft_term term, raft_id leader, bool restart_timer) {
     if (r->role == RAFT_LEADER) leave_leadership(r);
     set_term(r, term);
     if (r->role != RAFT_FOLLOWER || r->leader != leader) r->role_dirty = true;
     r->role = RAFT_FOLLOWER;
     r->leader = leader;
     r->ack_pending = 0;
-    reset_election_timeout(r);
+    if (restart_timer) reset_election_timeout(r);
+}
+
+static void become_follower(struct raft *r, raft_term term, raft_id leader) {
+    to_follower(r, term, leader, true);
 }
 
 static void send_append(struct raft *r, struct raft_progress *pr);
@@ -419,12 +423,27 @@ static void send_votes(struct raft *r, bool pre, bool transfer) {
     }
 }
 
+/* Voters of the latest configuration may start elections, learners never. A node that the latest
+ * configuration removes may still be needed until the removal commits (Ongaro's dissertation,
+ * section 4.2.2): its log may be the only up-to-date one the remaining voters would accept, so
+ * without it they could never elect anyone (the simulator found that deadlock). It campaigns, among
+ * the voters of its latest configuration and without counting its own vote, while that
+ * configuration is not known committed and it was a voter of the one before (committed before the
+ * latest was appended, one change at a time; its own commit index may lag behind both). */
+static bool may_campaign(const struct raft *r) {
+    if (self_voter(r)) return true;
+    if (learner_pos(&r->conf, r->cfg.id) >= 0 || r->conf_index <= r->commit) return false;
+    struct raft_conf c;
+    conf_at(r, r->conf_index - 1, &c);
+    return raft_conf_is_voter(&c, r->cfg.id);
+}
+
 enum campaign_kind { CAMPAIGN_PRE, CAMPAIGN_NORMAL, CAMPAIGN_TRANSFER };
 
 static void campaign(struct raft *r, enum campaign_kind kind) {
+    if (!may_campaign(r)) return;
     int self = voter_pos(&r->conf, r->cfg.id);
-    if (self < 0) return; /* learners and removed nodes never campaign */
-    r->votes_granted = 1u << self;
+    r->votes_granted = self >= 0 ? 1u << self : 0; /* its own vote counts only if it is a voter */
     r->votes_rejected = 0;
     r->leader = 0;
     r->role_dirty = true;
@@ -750,10 +769,16 @@ static void leader_heartbeat_resp(struct raft *r, const struct raft_msg *m) {
     pr->recent_active = true;
     if (m->ctx > pr->hb_acked) pr->hb_acked = m->ctx;
     if (r->n_reads) release_reads(r);
+    /* The recovery below runs once per regular heartbeat interval, not once per response:
+     * read-index rounds (and duplicated messages) add responses, and resending a probe on each
+     * of them fills the links with probes and stale answers faster than they drain. */
+    if (pr->acted_round >= r->tick_round) return;
+    pr->acted_round = r->tick_round;
     maybe_send_timeout_now(r, pr);
     if (pr->pending_snap) {
-        /* the snapshot (or its answer) may have been lost: send it again after a while */
-        if (++pr->stall >= r->cfg.election_ticks) {
+        /* the snapshot (or its answer) may have been lost: the follower is alive, so send it
+         * again once it has been outstanding for a while */
+        if (pr->stall >= r->cfg.election_ticks) {
             to_probe(pr, pr->match + 1);
             send_append(r, pr);
         }
@@ -762,9 +787,9 @@ static void leader_heartbeat_resp(struct raft *r, const struct raft_msg *m) {
     pr->paused = false;
     /* a lost AppendEntries would otherwise hold its in-flight slot forever */
     if (pr->replicate && pr->infl_count >= r->cfg.max_inflight) infl_free_first(r, pr);
-    /* no progress for several heartbeats while entries are outstanding: the appends were lost,
-     * fall back to probing from the last known match */
-    if (pr->replicate && pr->match + 1 < pr->next && ++pr->stall >= r->cfg.election_ticks)
+    /* no progress for several heartbeat intervals while entries are outstanding: the appends
+     * were lost, fall back to probing from the last known match */
+    if (pr->replicate && pr->match + 1 < pr->next && pr->stall >= r->cfg.election_ticks)
         to_probe(pr, pr->match + 1);
     if (pr->match < raft_last_index(r) || pr->match < r->commit) send_append(r, pr);
 }
@@ -927,6 +952,12 @@ static bool check_term(struct raft *r, const struct raft_msg *m) {
             /* never changes our term */
         } else if (m->type == RAFT_MSG_PREVOTE_RESP && !m->reject) {
             /* the grant carries the term we would campaign at */
+        } else if (m->type == RAFT_MSG_VOTE) {
+            /* Raft paper: the election timer restarts on hearing from a leader or granting a
+             * vote (handle_vote), not on any higher-term request. Otherwise a candidate whose
+             * log is too old to win keeps restarting the timer of the node whose log would win,
+             * for ever if its clock is slower (found by the simulator). */
+            to_follower(r, m->term, 0, false);
         } else {
             become_follower(r, m->term, is_from_leader(m->type) ? m->from : 0);
         }
@@ -1014,12 +1045,25 @@ static void check_quorum(struct raft *r) {
     if (active < quorum(r)) become_follower(r, r->term, 0);
 }
 
+/* Stalls are counted in heartbeat intervals, not in heartbeat responses: read-index rounds add
+ * heartbeats, and counting their answers made slow but healthy followers fall back to probing
+ * (one append in flight) again and again. */
+static void count_stalls(struct raft *r) {
+    for (unsigned i = 0; i < r->n_prs; i++) {
+        struct raft_progress *pr = &r->prs[i];
+        bool waiting = pr->pending_snap || (pr->replicate && pr->match + 1 < pr->next);
+        if (waiting && pr->stall < r->cfg.election_ticks) pr->stall++;
+    }
+}
+
 static void tick(struct raft *r) {
     r->election_elapsed++;
     if (r->role == RAFT_LEADER) {
         if (++r->heartbeat_elapsed >= r->cfg.heartbeat_ticks) {
             r->heartbeat_elapsed = 0;
+            count_stalls(r);
             bcast_heartbeat(r);
+            r->tick_round = r->hb_round;
         }
         if (r->transfer_to && ++r->transfer_elapsed >= r->cfg.election_ticks)
             r->transfer_to = 0; /* the target did not take over in time: resume service */
@@ -1029,7 +1073,9 @@ static void tick(struct raft *r) {
         }
         return;
     }
-    if (r->election_elapsed >= r->election_timeout) campaign(r, r->cfg.pre_vote ? CAMPAIGN_PRE : CAMPAIGN_NORMAL);
+    if (r->election_elapsed < r->election_timeout) return;
+    if (may_campaign(r)) campaign(r, r->cfg.pre_vote ? CAMPAIGN_PRE : CAMPAIGN_NORMAL);
+    else reset_election_timeout(r); /* look again after another timeout */
 }
 
 static void persisted(struct raft *r, raft_index idx, raft_term t) {
@@ -1164,8 +1210,8 @@ bool raft_quiescent(const struct raft *r) {
     raft_index last = raft_last_index(r);
     if (r->persisted != last || r->applied != last || r->commit != last) return false;
     if (r->role == RAFT_LEADER) return leader_quiescent(r);
-    /* a voter without a leader must keep its election timer running */
-    return r->role == RAFT_FOLLOWER && (r->leader || !self_voter(r));
+    /* a node that may campaign and knows no leader must keep its election timer running */
+    return r->role == RAFT_FOLLOWER && (r->leader || !may_campaign(r));
 }
 
 /* Free output buffers of an idle node (most groups of a multi-Raft host are idle). */

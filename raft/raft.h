@@ -45,6 +45,37 @@
  * may be uncommitted at a time. Learners receive the log but neither vote nor count toward a
  * quorum; RAFT_CC_ADD_VOTER adds a learner that the leader promotes by itself once it has caught
  * up. A leader that removes itself steps down once the removal is committed.
+ *
+ * Details of the contract (milestone 2):
+ *  - RAFT_EV_CONF_CHANGE returns RAFT_EBUSY while a CONF entry is uncommitted, a transfer is
+ *    pending, or the leader has not yet committed an entry of its own term (a new leader must,
+ *    or single-server changes are unsafe); also for a second ADD_VOTER while a promotion waits.
+ *    RAFT_EINVAL: id 0, adding a member, removing a non-member or the last voter, a full group.
+ *    ADD_VOTER of a new id proposes it as a learner (proposed_index = that entry); the promotion
+ *    is proposed by the library later, once the learner's match reaches the leader's last index
+ *    right after the request (>= its commit index then) and the previous change committed; it
+ *    appears as an ordinary RAFT_UPD_ENTRIES write (no proposed_index). ADD_VOTER of an existing
+ *    learner proposes the promotion at once if it is caught up (proposed_index set), else later
+ *    (proposed_index 0). A waiting promotion is forgotten if leadership is lost: repeat the
+ *    ADD_VOTER on the new leader. Removing the learner cancels it.
+ *  - A node added to a running group starts with no bootstrap peers (see raft_config.peers);
+ *    appends, heartbeats and snapshots are accepted from any leader whatever the local
+ *    configuration says. Any node answers vote requests (a learner may already be a voter in the
+ *    candidate's newer configuration); a candidate counts only the voters of its own.
+ *  - Learners never campaign. A node missing from its latest configuration campaigns only while
+ *    that configuration is not known committed and it was a voter before (Raft dissertation
+ *    4.2.2: the voters left may need its log), among the new voters and without counting its own
+ *    vote; if elected it leads until the removal commits, then steps down like a leader that
+ *    removed itself (handing over with TIMEOUT_NOW to a caught-up voter).
+ *  - RAFT_EV_SNAPSHOT: RAFT_EINVAL if index > applied; no effect at or below the latest snapshot.
+ *    The log keeps cfg.trailing entries below it (RAFT_UPD_COMPACT says how far it shrank).
+ *    A follower acknowledges an installed snapshot with APPEND_RESP index = snapshot.index.
+ *  - RAFT_EV_TRANSFER: RAFT_EINVAL unless the target is another voter; RAFT_EBUSY while a
+ *    transfer to another target is pending (the same target: RAFT_OK). Proposals and conf
+ *    changes get RAFT_EBUSY until the transfer ends (leadership lost, or election_ticks ticks).
+ *  - RAFT_EV_READ_INDEX: reads not yet in update.reads when the node stops being leader are
+ *    dropped silently; the caller retries them on the new leader (after a timeout, or when
+ *    RAFT_UPD_ROLE reports the change). Every heartbeat carries a round number in msg.ctx.
  */
 #ifndef WARREN_RAFT_H
 #define WARREN_RAFT_H
@@ -244,9 +275,10 @@ struct raft_progress {
     raft_index next, match;
     raft_index pending_snap; /* snapshot sent at this index, not yet acknowledged (0: none) */
     uint64_t hb_acked;       /* highest heartbeat round it answered (read-index, quiescence) */
+    uint64_t acted_round;    /* tick_round when heartbeat answers last drove recovery */
     uint64_t told_round;     /* the heartbeat round that first carried commit = told_commit */
     raft_index told_commit;
-    unsigned stall; /* heartbeat responses without progress (entries or snapshot in flight) */
+    unsigned stall; /* heartbeat intervals without progress (entries or snapshot in flight) */
     unsigned infl_head, infl_count;
     raft_index *infl; /* ring of cfg.max_inflight: last index of each AppendEntries in flight */
 };
@@ -285,6 +317,7 @@ struct raft {
     raft_id promote_id; /* learner to promote once its match reaches promote_at (0: none) */
     raft_index promote_at;
     uint64_t hb_round; /* heartbeat rounds broadcast so far (never reset; carried in msg.ctx) */
+    uint64_t tick_round; /* the round of the last regular (tick) heartbeat */
     bool round_wanted; /* a read waits for a new round: broadcast one at the end of this step */
     struct raft_pending_read *reads; /* read-index requests not yet confirmed, FIFO */
     size_t n_reads, cap_reads;

@@ -696,6 +696,49 @@ static struct raft_entry conf_entry(raft_term t, const struct raft_conf *c, uint
     return (struct raft_entry){t, RAFT_ENTRY_CONF, (uint32_t)raft_conf_encode(c, buf), buf};
 }
 
+/* A node removed by a configuration that is not known committed may still be needed (Raft
+ * dissertation 4.2.2): the old leader that removed itself may hold the only log the others accept.
+ * It campaigns among the new voters without counting itself, and leads until the removal commits. */
+static void test_removed_node_campaigns_until_removal_commits(void **state) {
+    (void)state;
+    raft_id v[] = {1, 2};
+    struct raft_conf c12 = conf_of(v, 2, NULL, 0);
+    uint8_t buf[RAFT_CONF_MAX_ENCODED];
+    struct raft_entry e[3] = {{1, RAFT_ENTRY_NOOP, 0, NULL}, conf_entry(1, &c12, buf),
+                              {1, RAFT_ENTRY_NORMAL, 1, "x"}};
+    struct raft r;
+    mk(&r, 3, 3, false, false);
+    assert_int_equal(raft_restore(&r, 1, 0, NULL, 1, e, 3), RAFT_OK);
+    assert_false(raft_conf_is_voter(raft_get_conf(&r), 3));
+    timeout(&r);
+    assert_int_equal(r.role, RAFT_CANDIDATE);
+    assert_non_null(find(RAFT_MSG_VOTE, 1));
+    assert_non_null(find(RAFT_MSG_VOTE, 2));
+    recv(&r, (struct raft_msg){.type = RAFT_MSG_VOTE_RESP, .from = 2, .term = r.term});
+    assert_int_equal(r.role, RAFT_CANDIDATE); /* its own vote does not count: 1 of 2 */
+    recv(&r, (struct raft_msg){.type = RAFT_MSG_VOTE_RESP, .from = 1, .term = r.term});
+    assert_int_equal(r.role, RAFT_LEADER);
+    assert_null(pr_of(&r, 3));
+    persist_all(&r);
+    recv(&r, (struct raft_msg){.type = RAFT_MSG_APPEND_RESP, .from = 1, .term = r.term, .index = 4});
+    assert_int_equal(r.role, RAFT_LEADER);
+    recv(&r, (struct raft_msg){.type = RAFT_MSG_APPEND_RESP, .from = 2, .term = r.term, .index = 4});
+    assert_int_equal(r.commit, 4);
+    assert_int_equal(r.role, RAFT_FOLLOWER); /* the removal committed with its no-op */
+    raft_free(&r);
+    /* once it knows the removal committed, it stays quiet */
+    mk(&r, 3, 3, false, false);
+    assert_int_equal(raft_restore(&r, 1, 0, NULL, 1, e, 3), RAFT_OK);
+    recv(&r, (struct raft_msg){.type = RAFT_MSG_HEARTBEAT, .from = 1, .term = 1, .commit = 2});
+    assert_int_equal(r.commit, 2);
+    for (int i = 0; i < 100; i++) {
+        tick(&r, 1);
+        assert_int_equal(U.n_msgs, 0);
+    }
+    assert_int_equal(r.role, RAFT_FOLLOWER);
+    raft_free(&r);
+}
+
 static void test_conf_revert_on_truncation(void **state) {
     (void)state;
     const raft_term terms[] = {1, 1};
@@ -1288,6 +1331,7 @@ int main(void) {
         cmocka_unit_test(test_promotion_waits_for_commit),
         cmocka_unit_test(test_remove_follower_shrinks_quorum),
         cmocka_unit_test(test_remove_leader_steps_down),
+        cmocka_unit_test(test_removed_node_campaigns_until_removal_commits),
         cmocka_unit_test(test_conf_revert_on_truncation),
         cmocka_unit_test(test_one_conf_change_at_a_time),
         cmocka_unit_test(test_snapshot_compaction),
