@@ -1481,13 +1481,16 @@ int mr_host_stored_groups(mr_host_t *h, uint64_t **ids, size_t *n)
 
 /* ---- loopback transport ------------------------------------------------------------------ */
 
-/* One send call's messages, deep-copied into a single allocation. */
+/* One send call's messages, deep-copied into a single allocation (reused: see lb_alloc). */
 struct lb_batch {
     struct lb_batch *next;
     raft_id from, to;
     size_t n;
+    size_t cap;             /* bytes of the allocation */
     struct mr_outmsg *msgs; /* points into the same allocation */
 };
+
+#define LB_SPARES 8 /* delivered batches kept for reuse: no mmap/munmap per send */
 
 struct lb_endpoint {
     mr_loopback_t *lb;
@@ -1502,6 +1505,8 @@ struct mr_loopback {
     struct lb_endpoint ep[MR_LOOPBACK_MAX_NODES];
     bool cut[MR_LOOPBACK_MAX_NODES][MR_LOOPBACK_MAX_NODES];
     struct lb_batch *head, *tail;
+    struct lb_batch *spare; /* free list, at most LB_SPARES long */
+    unsigned n_spare;
     uint64_t delivered;
 };
 
@@ -1533,10 +1538,48 @@ static void *lb_copy(uint8_t **cursor, const void *src, size_t len)
     return dst;
 }
 
-static struct lb_batch *lb_batch_copy(const struct mr_outmsg *msgs, size_t n)
+/* A buffer of at least size bytes: a spare one that is big enough, else a new one. */
+static struct lb_batch *lb_alloc(mr_loopback_t *lb, size_t size)
 {
-    uint8_t *mem = mr_xrealloc(NULL, lb_batch_size(msgs, n));
-    struct lb_batch *b = (struct lb_batch *)mem;
+    for (struct lb_batch **p = &lb->spare; *p != NULL; p = &(*p)->next) {
+        if ((*p)->cap >= size) {
+            struct lb_batch *b = *p;
+            *p = b->next;
+            lb->n_spare--;
+            return b;
+        }
+    }
+    struct lb_batch *b = mr_xrealloc(NULL, size);
+    b->cap = size;
+    return b;
+}
+
+/* Keeps a delivered buffer for reuse, replacing the smallest spare when the list is full. */
+static void lb_release(mr_loopback_t *lb, struct lb_batch *b)
+{
+    if (lb->n_spare == LB_SPARES) {
+        struct lb_batch **smallest = &lb->spare;
+        for (struct lb_batch **p = &lb->spare; *p != NULL; p = &(*p)->next)
+            if ((*p)->cap < (*smallest)->cap)
+                smallest = p;
+        if ((*smallest)->cap >= b->cap) {
+            free(b);
+            return;
+        }
+        struct lb_batch *drop = *smallest;
+        *smallest = drop->next;
+        free(drop);
+        lb->n_spare--;
+    }
+    b->next = lb->spare;
+    lb->spare = b;
+    lb->n_spare++;
+}
+
+static struct lb_batch *lb_batch_copy(mr_loopback_t *lb, const struct mr_outmsg *msgs, size_t n)
+{
+    struct lb_batch *b = lb_alloc(lb, lb_batch_size(msgs, n));
+    uint8_t *mem = (uint8_t *)b;
     uint8_t *cur = mem + lb_align(sizeof *b);
     b->n = n;
     b->next = NULL;
@@ -1567,7 +1610,7 @@ static void lb_send(void *ctx, raft_id node, const struct mr_outmsg *msgs, size_
     mr_loopback_t *lb = ep->lb;
     if (node == 0 || node >= MR_LOOPBACK_MAX_NODES || lb->cut[ep->node][node] || n == 0)
         return;
-    struct lb_batch *b = lb_batch_copy(msgs, n);
+    struct lb_batch *b = lb_batch_copy(lb, msgs, n);
     b->from = ep->node;
     b->to = node;
     if (lb->tail != NULL)
@@ -1601,7 +1644,7 @@ static void lb_on_check(struct ev_loop *loop, ev_check *w, int revents)
             mr_host_receive(host, b->from, b->msgs[i].group_id, b->msgs[i].msg);
             lb->delivered++;
         }
-        free(b);
+        lb_release(lb, b);
         b = next;
     }
     if (lb->head == NULL && ev_is_active(&lb->keep_awake))
@@ -1635,6 +1678,11 @@ void mr_loopback_free(mr_loopback_t *lb)
         struct lb_batch *next = lb->head->next;
         free(lb->head);
         lb->head = next;
+    }
+    while (lb->spare != NULL) {
+        struct lb_batch *next = lb->spare->next;
+        free(lb->spare);
+        lb->spare = next;
     }
     free(lb);
 }
