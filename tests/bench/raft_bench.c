@@ -826,7 +826,9 @@ int main(int argc, char **argv)
     alarm((unsigned)(5 * (o.duration + o.warmup) + 2 * o.idle_seconds + 600));
 
     printf("# raft_bench: 3 nodes in one process, loopback transport, RocksDB in %s, "
-           "%u-byte entries, window %u\n", o.tmpdir, o.size, o.window);
+           "%u-byte entries, %u outstanding, snapshot every %u entries, %.0f s measured "
+           "after %.0f s warm-up, idle %.0f s\n",
+           o.tmpdir, o.size, o.window, o.snapshot_every, o.duration, o.warmup, o.idle_seconds);
     struct load_result nosync = {0}, sync = {0}, groups = {0};
     int rc = 0;
     if (rc == 0 && phase_on(&o, "nosync"))

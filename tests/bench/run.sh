@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # run.sh: Warren versus RabbitMQ 3.10, same machine, same client, same scenarios, one run.
 #
-# Usage: tests/bench/run.sh [--rabbitmq-only] [--quick]      (normally via `make bench`)
+# Usage: tests/bench/run.sh [--rabbitmq-only] [--quick] [--raft-only|--no-raft]   (`make bench`)
 #
 # It builds nothing: `make bench` builds build/warren-server, build/warren_bench and
 # build/pipeline_bench first.
@@ -25,12 +25,18 @@
 #       prefetch 50 and manual ack; msg/s and latency per priority class.
 #   (e) and (f) run tests/bench/pipeline_bench, which checks every id completed exactly
 #   once and the queues ended empty; a failed check is shown in the report.
+#   (raft) the multi-Raft host (issue 4), no broker involved: tests/bench/raft_bench runs 3
+#       nodes in one process on RocksDB (1 group with and without fsync, the raw fdatasync
+#       rate, 1,000 groups, 1,000 idle groups); its figures replace the "Multi-Raft host"
+#       section of docs/performance.md, which the other parts keep when they rewrite the file.
 # (a), (b), (d), (e), (f) are the median of BENCH_RUNS runs; (c) runs once per broker.
 #
 # --rabbitmq-only   validation mode: "ours" is a second RabbitMQ node, and the report goes
 #                   to the work directory unless BENCH_OUT is set (docs/ keeps real figures).
 # --quick           a smoke run: BENCH_DURATION=3, BENCH_RUNS=1, BENCH_BACKLOG=20000,
-#                   BENCH_RETRY_COUNT=20000, BENCH_PRIORITY_COUNT=50000.
+#                   BENCH_RETRY_COUNT=20000, BENCH_PRIORITY_COUNT=50000 (raft_bench --quick).
+# --raft-only       only the raft part (no brokers, no client library needed).
+# --no-raft         everything but the raft part.
 # Environment: BENCH_DURATION (10), BENCH_RUNS (3), BENCH_BACKLOG (1000000),
 #   BENCH_BACKLOG_WINDOW (100), BENCH_BACKLOG_TIMEOUT (300 s per phase),
 #   BENCH_RETRY_COUNT (100000), BENCH_RETRY_K (2), BENCH_RETRY_TTL (50 ms),
@@ -42,7 +48,9 @@
 #   BENCH_WARREN_CONF_EXTRA (lines appended to warren.conf), BENCH_OUT (report path),
 #   BENCH_WARREN_VERSION (how the report names the Warren build; default: the repo's commit),
 #   BENCH_SKIP_DEPS=1 (do not run scripts/deps.sh bench), BENCH_KEEP=1 (keep the work dir),
-#   BENCH_MAX_SECONDS (1800: hard limit for the whole script).
+#   BENCH_MAX_SECONDS (1800: hard limit for the whole script),
+#   RAFT_BIN (build/raft_bench), BENCH_RAFT_TIMEOUT (900 s), BENCH_RAFT_ARGS (extra
+#   raft_bench arguments, e.g. "--dir /some/disk").
 set -Eeuo pipefail
 trap 'echo "[bench] error: \"$BASH_COMMAND\" failed (line $LINENO)" >&2' ERR
 
@@ -50,12 +58,16 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO"
 
 mode=warren
+raft=run
+raft_quick=""
 for arg in "$@"; do
   case "$arg" in
     --rabbitmq-only) mode=rabbitmq-only ;;
+    --raft-only) raft=only ;;
+    --no-raft) raft=skip ;;
     --quick) BENCH_DURATION=${BENCH_DURATION:-3} BENCH_RUNS=${BENCH_RUNS:-1}
              BENCH_BACKLOG=${BENCH_BACKLOG:-20000} BENCH_RETRY_COUNT=${BENCH_RETRY_COUNT:-20000}
-             BENCH_PRIORITY_COUNT=${BENCH_PRIORITY_COUNT:-50000} ;;
+             BENCH_PRIORITY_COUNT=${BENCH_PRIORITY_COUNT:-50000} raft_quick=--quick ;;
     -h|--help) sed -n '2,/^set -Eeuo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
@@ -86,6 +98,201 @@ done
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+# ------------------------------------------------------------------------------------------
+# The raft part: tests/bench/raft_bench, written into the "Multi-Raft host" section.
+
+RAFT_BIN=${RAFT_BIN:-$REPO/build/raft_bench}
+RAFT_TIMEOUT=${BENCH_RAFT_TIMEOUT:-900}
+RAFT_HEADING="## Multi-Raft host"
+
+# raft_section get FILE > SECTION | raft_section put FILE SECTION_FILE: reads or replaces
+# (appends when absent) the section from RAFT_HEADING to the next "## " heading.
+raft_section() {
+  RAFT_HEADING=$RAFT_HEADING python3 - "$@" <<'PY'
+import os, sys
+op, path = sys.argv[1], sys.argv[2]
+head = os.environ["RAFT_HEADING"]
+lines = open(path).read().split("\n") if os.path.exists(path) else []
+start = next((i for i, l in enumerate(lines) if l.startswith(head)), None)
+end = None
+if start is not None:
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+if op == "get":
+    if start is not None:
+        sys.stdout.write("\n".join(lines[start:end]).rstrip("\n") + "\n")
+    sys.exit(0)
+section = open(sys.argv[3]).read().rstrip("\n").split("\n")
+if not section or section == [""]:
+    sys.exit(0)
+if start is None:
+    while lines and lines[-1] == "":
+        lines.pop()
+    lines += [""] + section + [""]
+else:
+    lines[start:end] = section + [""]
+with open(path, "w") as f:
+    f.write("\n".join(lines).rstrip("\n") + "\n")
+PY
+}
+
+raft_part() {   # raft_part OUT: runs raft_bench, writes its section into OUT
+  local out=$1 txt section rc=0
+  if [ ! -x "$RAFT_BIN" ]; then
+    log "(raft) $RAFT_BIN not found: run 'make build'; raft part skipped"
+    return 1
+  fi
+  txt=$(mktemp "${TMPDIR:-/tmp}/warren-raft-bench.XXXXXX")
+  section=$txt.md
+  log "(raft) multi-Raft host: 3 in-process nodes on RocksDB, 1 and 1,000 groups, 1 KB entries"
+  # shellcheck disable=SC2086  # BENCH_RAFT_ARGS is a list of arguments
+  timeout "$RAFT_TIMEOUT" "$RAFT_BIN" $raft_quick ${BENCH_RAFT_ARGS:-} >"$txt" || rc=$?
+  [ $rc -eq 0 ] || log "(raft) raft_bench failed (exit $rc); the section shows what it printed"
+  sed 's/^/[raft] /' "$txt" >&2
+  RAFT_VERSION=${BENCH_WARREN_VERSION:-"git $(git -C "$REPO" log -1 --format='%h, %cd' --date=short 2>/dev/null || echo unknown)"} \
+  RAFT_RC=$rc RAFT_HEADING=$RAFT_HEADING python3 - "$txt" "$section" <<'PY'
+import os, platform, sys, time
+txt, out = sys.argv[1], sys.argv[2]
+m, header = {}, ""
+for line in open(txt):
+    if line.startswith("#"):
+        header = line[1:].strip()
+        continue
+    parts = line.split(None, 2)
+    if len(parts) >= 2:
+        try:
+            m[parts[0]] = float(parts[1])
+        except ValueError:
+            pass
+groups = int(m.get("idle.groups", 1000))
+gname = next((k.split(".")[0] for k in m if k.startswith("groups_")), f"groups_{groups}")
+
+
+def g(key):
+    return m.get(key)
+
+
+def num(v, unit=""):
+    if v is None:
+        return "n/a"
+    if unit == "ms":
+        return f"{v:.2f} ms" if v < 100 else f"{v:,.0f} ms"
+    if unit == "B":
+        return f"{v:,.0f} B"
+    if unit == "%":
+        return f"{v:.3f} %"
+    if unit == "x":
+        return f"{v:.4f}"
+    if unit == "us":
+        return f"{v:.2f} µs"
+    if unit == "cores":
+        return f"{v:.2f}"
+    return f"{v:,.0f}"
+
+
+def met(ok):
+    return "" if ok is None else ("yes" if ok else "NO")
+
+
+rows = []
+
+
+def row(metric, value, target="", ok=None):
+    rows.append((metric, value, target, met(ok)))
+
+
+ns, sy, raw = g("one_group.nosync.committed_per_s"), g("one_group.sync.committed_per_s"), g("raw_fsync.records_per_s")
+row("1 group, no fsync: committed entries/s", num(ns), ">= 200,000", None if ns is None else ns >= 200000)
+row("1 group, no fsync: commit latency p50 / p99",
+    f"{num(g('one_group.nosync.p50_commit_ms'), 'ms')} / {num(g('one_group.nosync.p99_commit_ms'), 'ms')}")
+row("1 group, fsync: committed entries/s", num(sy),
+    "within 2x of the raw rate", None if sy is None or raw is None else sy * 2 >= raw)
+row(f"raw: {num(g('raw_fsync.batch'))} x 1 KB appended per fdatasync, one file (records/s)", num(raw))
+row("raw: the same, three files at once (records/s, sum)", num(g("raw_fsync_3files.records_per_s")))
+row("1 group, fsync: fsyncs per committed entry (3 nodes)", num(g("one_group.sync.fsyncs_per_entry"), "x"))
+row("1 group, fsync: entries per fsync (busiest node)", num(g("one_group.sync.leader_entries_per_fsync")))
+row("1 group, fsync: commit latency p50 / p99",
+    f"{num(g('one_group.sync.p50_commit_ms'), 'ms')} / {num(g('one_group.sync.p99_commit_ms'), 'ms')}")
+row(f"{groups:,} groups, fsync: committed entries/s", num(g(f"{gname}.sync.committed_per_s")))
+row(f"{groups:,} groups, fsync: fsyncs per committed entry (3 nodes)", num(g(f"{gname}.sync.fsyncs_per_entry"), "x"))
+row(f"{groups:,} groups, fsync: commit latency p50 / p99",
+    f"{num(g(f'{gname}.sync.p50_commit_ms'), 'ms')} / {num(g(f'{gname}.sync.p99_commit_ms'), 'ms')}")
+heap = g("idle.heap_per_group")
+row("idle group: heap bytes (malloc in use, freed by closing it)", num(heap, "B"), "<= 4 KB",
+    None if heap is None else heap <= 4096)
+row("idle group: bytes by the host's own accounting", num(g("idle.accounted_per_group"), "B"))
+row("idle group: RSS growth per group (includes RocksDB)", num(g("idle.rss_growth_per_group"), "B"))
+cpu = g("idle.cpu_percent")
+row(f"{groups:,} idle groups: CPU (whole process, % of one core)", num(cpu, "%"), "< 1 %",
+    None if cpu is None else cpu < 1)
+row(f"{groups:,} idle groups: group ticks / timer wake-ups while idle",
+    f"{num(g('idle.group_ticks'))} / {num(g('idle.timer_fires'))}", "0", None if g("idle.group_ticks") is None else g("idle.group_ticks") == 0)
+row("event-loop CPU per committed entry: 1 group no fsync / fsync / many groups",
+    f"{num(g('one_group.nosync.loop_cpu_per_entry'), 'us')} / {num(g('one_group.sync.loop_cpu_per_entry'), 'us')} / "
+    f"{num(g(f'{gname}.sync.loop_cpu_per_entry'), 'us')}")
+row("process CPU during load (cores): 1 group no fsync / fsync / many groups",
+    f"{num(g('one_group.nosync.process_cpu'), 'cores')} / {num(g('one_group.sync.process_cpu'), 'cores')} / "
+    f"{num(g(f'{gname}.sync.process_cpu'), 'cores')}")
+
+cpu_model, ncpu = "unknown", os.cpu_count()
+try:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu_model = line.split(":", 1)[1].strip()
+            break
+except OSError:
+    pass
+try:
+    load = open("/proc/loadavg").read().split()[0]
+except OSError:
+    load = "?"
+md = [os.environ["RAFT_HEADING"] + " (issue 4, `tests/bench/raft_bench`)", ""]
+md.append("Written by `tests/bench/run.sh` (its raft part; `--raft-only` runs just this); do not "
+          "edit the figures by hand.")
+md.append("")
+md.append(f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {ncpu} CPUs ({cpu_model}), "
+          f"Linux {platform.release()}, load average {load} at the end")
+md.append(f"- Build: {os.environ['RAFT_VERSION']}")
+md.append(f"- Run: {header}")
+if os.environ.get("RAFT_RC", "0") != "0":
+    md.append(f"- **raft_bench failed (exit {os.environ['RAFT_RC']})**: figures missing below are n/a")
+md.append("")
+md.append("| Metric | Value | Target | Met |")
+md.append("|---|---|---|---|")
+for r in rows:
+    md.append("| " + " | ".join(r) + " |")
+md.append("")
+md.append("""### Method
+
+Three nodes run in one process on one libev loop; the loopback transport deep-copies each
+coalesced batch of messages and delivers it on the next loop iteration. Each node has its own
+RocksDB store (`broker/store.c`, group commit on a writer thread) in a temporary directory on
+the same disk. Entries are 1 KB of pseudo-random bytes; load is a closed loop keeping a fixed
+number of proposals outstanding (`--window`), spread round-robin over the groups; latency is
+from `mr_propose` to its done callback on the leader (committed and applied there). Groups
+snapshot every 8,192 applied entries and compact their logs, as a queue would. "No fsync"
+writes the same RocksDB batches without syncing the WAL (`store_set_sync`). The raw baseline
+appends batches of the size the fsync run achieved (entries per fsync on the busiest node) to
+a plain file with one `write` + `fdatasync` per batch; the three-file variant is what three
+nodes sharing one disk compete for. Idle: 1,000 groups on each node elect, apply a few entries,
+take a snapshot and hibernate; heap per group is malloc'd bytes in use before minus after
+closing every group, divided by the 3,000 group instances; CPU is `getrusage` of the whole
+process over an idle period. All nodes share the machine's CPUs with each other (and with
+anything else running), so absolute rates vary with the load average shown above.
+""")
+with open(out, "w") as f:
+    f.write("\n".join(md))
+PY
+  raft_section put "$out" "$section"
+  log "(raft) section \"$RAFT_HEADING\" written to $out"
+  rm -f "$txt" "$section"
+  return $rc
+}
+
+if [ $raft = only ]; then
+  raft_part "${BENCH_OUT:-$REPO/docs/performance.md}"
+  exit $?
+fi
 
 if [ "${BENCH_SKIP_DEPS:-0}" != 1 ]; then
   scripts/deps.sh bench
@@ -420,6 +627,9 @@ warren_version=${BENCH_WARREN_VERSION:-"git $(git -C "$REPO" log -1 --format='%h
 [ $mode = rabbitmq-only ] && warren_version="(not measured: second RabbitMQ node in its place)"
 [ $mode = command ] && warren_version="$warren_version via BENCH_WARREN_CMD"
 
+# The report below rewrites OUT: keep the raft section it does not know about.
+raft_section get "$OUT" >"$WORK/raft-section.md" 2>/dev/null || : >"$WORK/raft-section.md"
+
 BENCH_MODE=$mode BENCH_OURS_LABEL=${SIDE_LABEL[ours]} WARREN_VERSION=$warren_version \
 RABBITMQ_VERSION=$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo unknown) \
 ERLANG_VERSION=$(dpkg-query -W -f='${Version}' erlang-base 2>/dev/null || echo unknown) \
@@ -678,3 +888,9 @@ with open(out_path, "w") as f:
     f.write("\n".join(md))
 print(f"report written to {out_path}")
 PY
+
+if [ $raft = run ] && [ $mode != rabbitmq-only ]; then
+  raft_part "$OUT" || log "(raft) part failed; see above"
+else
+  raft_section put "$OUT" "$WORK/raft-section.md"
+fi
