@@ -452,7 +452,7 @@ static void host_flush(mr_host_t *h)
         h->stats.sends++;
         h->stats.msgs_sent += q->n;
         h->transport.send(h->transport.ctx, h->peers[p].node, h->out_scratch, q->n);
-        msgq_reset(q); /* after send: it may shrink the arena the messages point into */
+        msgq_reset(&h->peers[p].outbox); /* after send: it may shrink the arena used above */
     }
 }
 
@@ -535,7 +535,7 @@ static void group_wake(mr_group_t *g)
     active_add(g);
     g->host->stats.wakeups++;
     struct raft_event ev = {.type = RAFT_EV_WAKE};
-    group_step(g, &ev, NULL, NULL, NULL); /* RAFT_EINVAL until raft implements it: harmless */
+    group_step(g, &ev, NULL, NULL, NULL);
 }
 
 static void group_tick(mr_group_t *g)
@@ -809,6 +809,13 @@ static bool group_attach_snapshot(mr_group_t *g, struct raft_msg *m,
     if (rlog_load_snapshot(g->host->store, g->id, meta, data, &len) != 1) {
         log_error("multiraft: group %llu: raft asked to send a snapshot but none is stored",
                   (unsigned long long)g->id);
+        return false;
+    }
+    if (meta->index < m->index) {
+        /* The one raft names is not synced yet (a snapshot installed moments ago): an older
+         * one would be wrong to send. Drop the message; raft sends it again later. */
+        free(*data);
+        *data = NULL;
         return false;
     }
     m->snap = meta;

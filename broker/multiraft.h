@@ -49,7 +49,8 @@ struct mr_transport {
     /* Sends msgs[0..n) to node (best effort: loss is tolerated). Everything msgs points to
      * (entries, entry data, snapshot meta and bytes) is valid only during the call: the
      * transport must serialize or copy before returning. Called once per destination node
-     * per loop iteration, from the host's ev_prepare watcher. */
+     * per loop iteration, from the host's ev_prepare watcher. It must not call back into the
+     * host (report a broken connection with mr_host_peer_down later, from the loop). */
     void (*send)(void *ctx, raft_id node, const struct mr_outmsg *msgs, size_t n);
     void *ctx;
 };

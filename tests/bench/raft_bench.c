@@ -548,6 +548,9 @@ static int phase_load(const struct opts *o, const char *name, unsigned groups, b
     metric(key, res->loop_us_per_entry, "us");
     snprintf(key, sizeof key, "%s.process_cpu", name);
     metric(key, res->process_cores, "cores");
+    snprintf(key, sizeof key, "%s.cpu_per_entry", name);
+    metric(key, res->committed_per_s > 0 ? res->process_cores * 1e6 / res->committed_per_s : 0,
+           "us (all threads)");
     if (sync) {
         snprintf(key, sizeof key, "%s.fsyncs_per_entry", name);
         metric(key, res->fsyncs_per_entry, "fsyncs/entry");
@@ -783,7 +786,7 @@ int main(int argc, char **argv)
         .size = 1024,
         .window = 2048,
         .idle_entries = 4,
-        .snapshot_every = 8192,
+        .snapshot_every = 1024,
         .tmpdir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
         .phase = "all",
     };

@@ -270,7 +270,7 @@ RocksDB store (`broker/store.c`, group commit on a writer thread) in a temporary
 the same disk. Entries are 1 KB of pseudo-random bytes; load is a closed loop keeping a fixed
 number of proposals outstanding (`--window`), spread round-robin over the groups; latency is
 from `mr_propose` to its done callback on the leader (committed and applied there). Groups
-snapshot every 8,192 applied entries and compact their logs, as a queue would. "No fsync"
+snapshot every 1,024 applied entries and compact their logs, as a queue would. "No fsync"
 writes the same RocksDB batches without syncing the WAL (`store_set_sync`). The raw baseline
 appends batches of the size the fsync run achieved (entries per fsync on the busiest node) to
 a plain file with one `write` + `fdatasync` per batch; the three-file variant is what three
