@@ -397,6 +397,7 @@ static void maybe_commit(struct raft *r);
 
 static void become_leader(struct raft *r) {
     r->role = RAFT_LEADER;
+    r->lease_expired = false;
     r->leader = r->cfg.id;
     r->role_dirty = true;
     r->heartbeat_elapsed = 0;
@@ -940,14 +941,22 @@ static bool is_from_leader(uint32_t t) {
            t == RAFT_MSG_TIMEOUT_NOW;
 }
 
+/* Leader lease (check-quorum): a node that heard from a live leader within election_ticks (a
+ * leader: whose quorum answered) ignores vote requests that would depose it. A nap ends the lease
+ * (lease_expired, set by RAFT_EV_WAKE): nobody knows how long ago the leader was last heard of,
+ * and a node that goes back to sleep at once would otherwise ignore every candidate for ever (found
+ * by the simulator: the voter a candidate needed kept sleeping with a lease that never aged). */
+static bool in_lease(const struct raft *r) {
+    return r->cfg.check_quorum && r->leader != 0 && !r->lease_expired &&
+           r->election_elapsed < r->cfg.election_ticks;
+}
+
 /* Term rules; false if the message must be dropped. */
 static bool check_term(struct raft *r, const struct raft_msg *m) {
     if (m->term > r->term) {
-        /* we heard from a live leader recently: ignore disruptive candidates, unless the leader
-         * itself asked for this election (leadership transfer) */
-        if (is_vote_req(m->type) && r->cfg.check_quorum && r->leader != 0 &&
-            r->election_elapsed < r->cfg.election_ticks && !m->transfer)
-            return false;
+        /* ignore disruptive candidates under a lease, unless the leader itself asked for this
+         * election (leadership transfer) */
+        if (is_vote_req(m->type) && in_lease(r) && !m->transfer) return false;
         if (m->type == RAFT_MSG_PREVOTE) {
             /* never changes our term */
         } else if (m->type == RAFT_MSG_PREVOTE_RESP && !m->reject) {
@@ -980,6 +989,7 @@ static void from_leader(struct raft *r, const struct raft_msg *m) {
     if (r->role == RAFT_LEADER) return; /* same term, two leaders: impossible */
     if (r->role != RAFT_FOLLOWER || r->leader != m->from) become_follower(r, m->term, m->from);
     r->election_elapsed = 0;
+    r->lease_expired = false;
     switch (m->type) {
     case RAFT_MSG_APPEND:
         follower_append(r, m);
@@ -1043,6 +1053,7 @@ static void check_quorum(struct raft *r) {
     }
     for (unsigned i = 0; i < r->n_prs; i++) r->prs[i].recent_active = false;
     if (active < quorum(r)) become_follower(r, r->term, 0);
+    else r->lease_expired = false; /* a quorum answered: the lease holds again */
 }
 
 /* Stalls are counted in heartbeat intervals, not in heartbeat responses: read-index rounds add
@@ -1185,6 +1196,7 @@ static int snapshot_taken(struct raft *r, raft_index index) {
 
 static void wake(struct raft *r) {
     r->heartbeat_elapsed = 0;
+    r->lease_expired = true; /* see in_lease() */
     for (unsigned i = 0; i < r->n_prs; i++) r->prs[i].recent_active = true; /* no check-quorum
                                                                    step-down for the nap */
     if (r->role == RAFT_LEADER) r->election_elapsed = 0;

@@ -178,7 +178,9 @@ enum raft_event_type {
     RAFT_EV_TRANSFER,   /* leader only: hand leadership to transfer.to */
     RAFT_EV_READ_INDEX, /* leader only: a linearizable read tagged read.ctx (answered in reads) */
     RAFT_EV_WAKE,       /* the caller stopped ticking this group for a while (hibernation) and
-                           resumes now: restart timers, treat peers as recently active */
+                           resumes now: restart timers, treat peers as recently active; the
+                           leader lease (check_quorum) lapses until the leader is heard from
+                           again (a follower) or a quorum answers (a leader) */
 };
 
 struct raft_event {
@@ -328,6 +330,7 @@ struct raft {
     size_t n_out, cap_out;
     raft_index dirty_from; /* lowest log index changed in this step, 0 if none */
     raft_index compacted;  /* log compacted up to here in this step, 0 if not */
+    bool lease_expired; /* woken from hibernation: ignore the leader lease until it is renewed */
     bool hs_dirty, role_dirty, conf_dirty, snap_installed;
 };
 

@@ -1279,6 +1279,26 @@ static void test_quiescent_and_wake(void **state) {
     cl_free(c);
 }
 
+/* After a nap the leader lease has lapsed: a node put back to sleep at once must not ignore
+ * candidates for ever (its lease would never age without ticks). */
+static void test_wake_ends_lease(void **state) {
+    (void)state;
+    struct raft r;
+    mk(&r, 3, 3, true, true);
+    recv(&r, (struct raft_msg){.type = RAFT_MSG_HEARTBEAT, .from = 1, .term = 1});
+    recv(&r, (struct raft_msg){.type = RAFT_MSG_PREVOTE, .from = 2, .term = 2});
+    assert_null(find(RAFT_MSG_PREVOTE_RESP, 2)); /* under the lease */
+    step_ev(&r, (struct raft_event){.type = RAFT_EV_WAKE});
+    recv(&r, (struct raft_msg){.type = RAFT_MSG_PREVOTE, .from = 2, .term = 2});
+    assert_non_null(find(RAFT_MSG_PREVOTE_RESP, 2));
+    assert_false(find(RAFT_MSG_PREVOTE_RESP, 2)->reject);
+    /* hearing from the leader renews it */
+    recv(&r, (struct raft_msg){.type = RAFT_MSG_HEARTBEAT, .from = 1, .term = 1});
+    recv(&r, (struct raft_msg){.type = RAFT_MSG_PREVOTE, .from = 2, .term = 2});
+    assert_null(find(RAFT_MSG_PREVOTE_RESP, 2));
+    raft_free(&r);
+}
+
 static size_t heap_of(const struct raft *r) {
     size_t n = r->n_prs * sizeof(struct raft_progress);
     for (unsigned i = 0; i < r->n_prs; i++)
@@ -1345,6 +1365,7 @@ int main(void) {
         cmocka_unit_test(test_read_index_single_voter),
         cmocka_unit_test(test_read_index_quorum_round),
         cmocka_unit_test(test_quiescent_and_wake),
+        cmocka_unit_test(test_wake_ends_lease),
         cmocka_unit_test(test_memory_idle_group),
         cmocka_unit_test(test_msg_names),
     };
