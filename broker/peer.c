@@ -28,8 +28,9 @@
  *  - public functions only queue bytes and start watchers; sockets are written from the loop.
  *  - c->out holds whole frames; out_off marks what the socket has taken.
  *
- * Data flow in: EV_READ -> read()/SSL_read in 64 KiB chunks (at most PEER_READ_BUDGET per
- * wakeup) -> c->in -> cut at length prefixes -> rw_decode -> dispatch by frame type. */
+ * Data flow in: EV_READ -> read()/SSL_read straight into c->in, 64 KiB at a time (at most
+ * PEER_READ_BUDGET per wakeup, so one busy peer cannot starve the loop) -> cut at length prefixes
+ * -> rw_decode -> dispatch by frame type. */
 #include "broker/peer.h"
 
 #include <arpa/inet.h>
@@ -135,9 +136,6 @@ struct peer_mesh {
     bool freeing;               /* peer_mesh_free: no more callbacks */
     struct peer_stats stats;
 };
-
-/* Only valid during one read; per thread, since each loop runs on its own thread. */
-static _Thread_local uint8_t peer_scratch[PEER_READ_CHUNK];
 
 static void conn_update(struct pconn *c);
 static void conn_kill(struct pconn *c, enum log_level level, const char *fmt, ...)
@@ -851,14 +849,13 @@ static void conn_read(struct pconn *c)
 {
     size_t budget = PEER_READ_BUDGET;
     while (c->state != PC_DEAD && budget > 0) {
-        ssize_t n = io_read(c, peer_scratch, sizeof peer_scratch);
-        if (n <= 0) return;
-        c->last_rx = ev_now(c->m->loop);
-        if (!rw_buf_reserve(&c->in, (size_t)n)) {
+        if (!rw_buf_reserve(&c->in, PEER_READ_CHUNK)) {
             conn_kill(c, LOG_ERROR, "out of memory");
             return;
         }
-        memcpy(c->in.data + c->in.len, peer_scratch, (size_t)n);
+        ssize_t n = io_read(c, c->in.data + c->in.len, PEER_READ_CHUNK);
+        if (n <= 0) return;
+        c->last_rx = ev_now(c->m->loop);
         c->in.len += (size_t)n;
         conn_parse(c);
         budget -= (size_t)n < budget ? (size_t)n : budget;
