@@ -740,9 +740,12 @@ static void test_hibernation(void **state)
     print_message("one group woke: %llu group ticks, %llu wakeups\n",
                   (unsigned long long)(b.group_ticks - a.group_ticks),
                   (unsigned long long)(b.wakeups - a.wakeups));
-    assert_true(b.wakeups - a.wakeups >= 1 && b.wakeups - a.wakeups <= 3);
-    /* Only one group of 20 was ticked: a few hibernate periods on each node. */
-    assert_true(b.group_ticks - a.group_ticks <= 3 * 30);
+    /* One group on three nodes (a follower may doze off before the leader's last heartbeat
+     * and wake once more). */
+    assert_true(b.wakeups - a.wakeups >= 1 && b.wakeups - a.wakeups <= 9);
+    /* Only one group of 20 was ticked, for a few hibernate periods on each node (20 groups
+     * ticking for the 0.5 s above alone would have been 3,000 ticks). */
+    assert_true(b.group_ticks - a.group_ticks <= 3 * 60);
     assert_sequence(f, 3, 1);
 }
 
