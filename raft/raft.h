@@ -302,7 +302,8 @@ struct raft {
     size_t log_len, log_cap;
     raft_index log_offset;
     raft_term offset_term;
-    raft_index persisted; /* log[..persisted] is durable and identical to the in-memory log */
+    raft_index persisted; /* log[..persisted] is durable and identical to the in-memory log
+                             (0 after installing a snapshot, until its write is PERSISTED) */
     raft_index commit, applied;
     /* volatile */
     enum raft_role role;
@@ -340,7 +341,9 @@ int raft_init(struct raft *r, const struct raft_config *cfg);
  * state, the latest durable snapshot's meta (NULL if none; the caller restores its state machine
  * from the snapshot bytes itself, and applying resumes after snap->index), and the stored entries
  * at indexes first..first+n-1 (first <= snap->index + 1, or 1 without a snapshot; entries below
- * the snapshot are kept for slow followers). Entries are copied and count as persisted. */
+ * the snapshot are kept for slow followers, except that when first > 1 is below the snapshot the
+ * first entry only gives the log its base term). Entries are copied and count as persisted.
+ * RAFT_EINVAL if the entries leave a gap after the snapshot or disagree with its term. */
 int raft_restore(struct raft *r, raft_term term, raft_id vote, const struct raft_snapshot_meta *snap,
                  raft_index first, const struct raft_entry *entries, size_t n);
 /* Feed one event; fills *out. Returns RAFT_OK, or RAFT_ENOTLEADER for a proposal on a non-leader
