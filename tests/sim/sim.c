@@ -37,7 +37,8 @@
  *   from its own configuration only while that configuration is uncommitted (dissertation 4.2.2);
  * - log matching: every (index, term) ever written anywhere names one entry and one previous
  *   term, so by induction two logs sharing (index, term) are identical up to there;
- * - leader completeness: a new leader holds every committed entry (or a snapshot covering it);
+ * - leader completeness: a new leader of term T holds every entry committed in a term before T
+ *   (or a snapshot covering it);
  * - state machine safety: the first node to commit an index fixes it; every other commit, apply
  *   and snapshot agrees. Snapshots are compared byte for byte with the sequential model's state
  *   at their index, and their configuration with the committed configuration at that index;
@@ -70,6 +71,7 @@ const struct sim_impl sim_impl_real = {"raft", raft_init, raft_restore, raft_ste
 #define MAX_SLOTS 24 /* node ids ever used in one run (members are at most RAFT_MAX_NODES) */
 #define TRACE_LINES 48
 #define TRACE_LEN 160
+#define HIST 48 /* delivered messages remembered for replay faults */
 
 /* ---- PRNG ------------------------------------------------------------------------------- */
 
@@ -106,7 +108,7 @@ unsigned sim_suite_features(enum sim_suite suite, uint64_t seed) {
     /* hash the seed so that hibernation/snapshot choices do not follow its low bits, which
      * already pick the node count (bit 0) and the AUTO suite (bit 1) */
     uint64_t x = seed, h = splitmix(&x);
-    unsigned base = SIM_F_TORN | SIM_F_ASYM | SIM_F_TRANSFER | SIM_F_READS, f;
+    unsigned base = SIM_F_TORN | SIM_F_ASYM | SIM_F_TRANSFER | SIM_F_READS | SIM_F_REPLAY, f;
     switch (suite) {
     case SIM_SUITE_MIXED:
         f = base;
@@ -127,7 +129,7 @@ unsigned sim_suite_features(enum sim_suite suite, uint64_t seed) {
 
 const char *sim_features_name(unsigned f, char *buf, size_t len) {
     static const char *names[] = {"torn", "asym", "snapshot", "membership", "transfer", "reads",
-                                  "hibernate"};
+                                  "hibernate", "replay"};
     size_t off = 0;
     buf[0] = 0;
     for (unsigned i = 0; i < sizeof names / sizeof names[0]; i++)
@@ -418,6 +420,7 @@ struct node {
     raft_term lead_term;
     struct raft_conf last_conf;
     raft_index conf_checked; /* highest CONF entry appended as leader already checked */
+    raft_index seen_last;    /* its last log index after the previous step */
     bool asleep;
     unsigned sleep_ticks, sleep_limit;
     struct pending *pend;
@@ -449,11 +452,18 @@ struct sim {
     struct nmsg *net;
     size_t n_net, cap_net;
     uint64_t now, seq, knobs, knobs2;
+    uint64_t heal_at; /* the current partition ends then (0: none) */
     unsigned reorder_pct, drop_pct, dup_pct, max_delay, crash_permille, part_permille;
     unsigned cc_permille, transfer_permille, snap_permille;
     unsigned cc_wanted; /* membership changes the operator still wants to make (no leader yet) */
+    unsigned replay_permille;
+    struct nmsg hist[HIST];     /* delivered messages kept for replays (1 in 8 appends and
+                                   heartbeats and their answers, everything else) */
+    struct nmsg hist_ctl[HIST]; /* votes, snapshots, TimeoutNow: the rare, dangerous kind */
+    unsigned hist_n, hist_ctl_n;
     const struct raft_msg *cur_msg; /* the message being stepped (for RAFT_UPD_SNAPSHOT) */
     struct blob *cur_blob;
+    bool vote_check, vote_ok; /* the message being stepped asks for a vote; may it get one? */
     /* checkers */
     raft_id *leader_of_term;
     size_t n_lot;
@@ -461,6 +471,7 @@ struct sim {
     size_t lm_cap, lm_n;
     /* the committed log as first seen, indexes 0..gc_len, and the model's state after each */
     raft_term *gc_term;
+    raft_term *gc_cterm; /* the term in which the index was committed (its committing leader's) */
     uint64_t *gc_op, *gc_result;
     size_t *gc_head, *gc_tail; /* the model queue is model.v[head..tail) after that index */
     size_t gc_len, gc_cap;
@@ -534,6 +545,7 @@ static void gc_ensure(struct sim *s, size_t i) {
     size_t cap = s->gc_cap ? s->gc_cap : 256;
     while (cap <= i) cap *= 2;
     s->gc_term = xrealloc(s->gc_term, cap * sizeof *s->gc_term);
+    s->gc_cterm = xrealloc(s->gc_cterm, cap * sizeof *s->gc_cterm);
     s->gc_op = xrealloc(s->gc_op, cap * sizeof *s->gc_op);
     s->gc_result = xrealloc(s->gc_result, cap * sizeof *s->gc_result);
     s->gc_head = xrealloc(s->gc_head, cap * sizeof *s->gc_head);
@@ -694,6 +706,9 @@ static void check_commit(struct sim *s, struct node *nd, raft_index commit) {
         gc_ensure(s, i);
         s->gc_len = i;
         s->gc_term[i] = e->term;
+        /* commit knowledge starts at the leader that decides it, so the first node to report
+         * an index committed is that leader, in its term */
+        s->gc_cterm[i] = nd->r.term;
         s->gc_op[i] = entry_op(e);
         model_apply(s, i, e);
         s->res->committed++;
@@ -746,8 +761,12 @@ static void check_leader(struct sim *s, struct node *nd, const struct raft_updat
         fail(s, "election safety: node %u became leader of term %llu but is not a voter of %s "
                 "(from index %llu, commit %llu)", nd->id, ULL(t), conf_str(u->conf, b, sizeof b),
              ULL(nd->r.conf_index), ULL(nd->r.commit));
+    /* Leader completeness is about later terms: an entry committed in term U must be in the
+     * log of every leader of a term after U. A candidate of an older term can still win with
+     * votes granted back then (delayed or replayed answers) and need not hold it. */
     raft_index off = nd->r.log_offset;
     for (raft_index i = off > 1 ? off : 1; i <= s->gc_len; i++) {
+        if (s->gc_cterm[i] >= t && i != off) continue;
         if (i == off) { /* its snapshot covers 1..off; the term there must be the committed one */
             if (raft_term_at(&nd->r, i) != s->gc_term[i]) {
                 fail(s, "leader completeness: new leader %u of term %llu has a snapshot at %llu of "
@@ -798,19 +817,28 @@ static void check_conf_append(struct sim *s, struct node *nd, raft_index idx, co
           conf_str(&c, b2, sizeof b2));
 }
 
-/* The configuration a node reports is the last CONF entry of its log (when it has one). */
+/* The configuration a node reports is the last CONF entry of its log; without one, the
+ * committed configuration at its base: its snapshot's index or the start of its log, whichever
+ * is higher (both are committed). With neither, the bootstrap configuration for a founding node,
+ * and none (or, once it learns it, the bootstrap one) for a node that joined later. */
 static void check_conf_in_force(struct sim *s, struct node *nd, const struct raft_conf *c) {
     struct raft *r = &nd->r;
+    char b1[96], b2[96];
     for (raft_index p = raft_last_index(r); p > r->log_offset; p--) {
         const struct raft_entry *q = raft_entry_at(r, p);
         if (!q || q->type != RAFT_ENTRY_CONF) continue;
         struct raft_conf lc;
-        char b1[96], b2[96];
         if (!raft_conf_decode(&lc, q->data, q->len) && !conf_same(&lc, c))
             fail(s, "membership: node %u reports conf %s but the last in its log (at %llu) is %s",
                  nd->id, conf_str(c, b1, sizeof b1), ULL(p), conf_str(&lc, b2, sizeof b2));
         return;
     }
+    raft_index base = r->snap.index > r->log_offset ? r->snap.index : r->log_offset;
+    const struct raft_conf *want = base ? conf_at(s, base) : &s->boot;
+    if (!conf_same(want, c) && !(!base && nd->joined && !c->n_voters && !c->n_learners))
+        fail(s, "membership: node %u reports conf %s but its log (base %llu) has no CONF entry and the "
+                "configuration there is %s", nd->id, conf_str(c, b1, sizeof b1), ULL(base),
+             conf_str(want, b2, sizeof b2));
 }
 
 /* ---- disk ------------------------------------------------------------------------------- */
@@ -1167,6 +1195,20 @@ static void process(struct sim *s, struct node *nd, const struct raft_update *u)
                  ULL(m->snap ? m->snap->index : 0), ULL(nd->has_dsnap ? nd->dsnap.index : 0));
             continue;
         }
+        if (m->type == RAFT_MSG_SNAPSHOT && m->snap) { /* the library's meta must be right too */
+            char b1[96], b2[96];
+            if (m->snap->index > s->gc_len || m->snap->term != s->gc_term[m->snap->index] ||
+                !conf_same(&m->snap->conf, conf_at(s, m->snap->index)))
+                fail(s, "node %u names snapshot %llu term %llu conf %s; committed: term %llu conf %s",
+                     nd->id, ULL(m->snap->index), ULL(m->snap->term), conf_str(&m->snap->conf, b1, sizeof b1),
+                     ULL(m->snap->index <= s->gc_len ? s->gc_term[m->snap->index] : 0),
+                     conf_str(conf_at(s, m->snap->index), b2, sizeof b2));
+        }
+        if (s->vote_check && !s->vote_ok && !m->reject && m->to == s->cur_msg->from &&
+            (m->type == RAFT_MSG_VOTE_RESP || m->type == RAFT_MSG_PREVOTE_RESP))
+            fail(s, "election restriction: node %u grants a %s to n%u whose log (%llu, term %llu) is "
+                    "behind its own", nd->id, raft_msg_name(s->cur_msg->type), m->to,
+                 ULL(s->cur_msg->index), ULL(s->cur_msg->log_term));
         GROW(s->net, s->n_net, s->cap_net);
         struct nmsg *x = &s->net[s->n_net++];
         memset(x, 0, sizeof *x);
@@ -1222,13 +1264,22 @@ static void process(struct sim *s, struct node *nd, const struct raft_update *u)
         pw_new(nd, PW_COMPACT)->compact = u->compact_index;
     }
     if (u->conf) {
+        /* checked on every change of the log's configuration part, flagged or not: a truncated
+         * CONF entry must take its configuration with it */
+        bool conf_touched = false;
+        if (u->flags & RAFT_UPD_ENTRIES) {
+            conf_touched = u->entries_first <= nd->seen_last;
+            for (size_t k = 0; k < u->n_entries && !conf_touched; k++)
+                conf_touched = u->entries[k].type == RAFT_ENTRY_CONF;
+        }
+        if (u->flags & RAFT_UPD_CONF || conf_touched) check_conf_in_force(s, nd, u->conf);
         if (u->flags & RAFT_UPD_CONF) {
             char b[96];
-            check_conf_in_force(s, nd, u->conf);
             trace(s, "n%u conf %s", nd->id, conf_str(u->conf, b, sizeof b));
         }
         nd->last_conf = *u->conf;
     }
+    nd->seen_last = raft_last_index(&nd->r);
     if (u->flags & RAFT_UPD_SNAPSHOT_DUE && s->features & SIM_F_SNAPSHOT) take_snapshot(s, nd);
 }
 
@@ -1320,6 +1371,7 @@ static void node_start(struct sim *s, struct node *nd) {
     nd->lead_term = 0;
     nd->last_conf = *raft_get_conf(&nd->r);
     nd->conf_checked = 0;
+    nd->seen_last = raft_last_index(&nd->r);
     nd->asleep = false;
     replay_free(&rp);
 }
@@ -1394,10 +1446,12 @@ static bool retirable(struct sim *s, const struct node *nd) {
 static void deliver(struct sim *s, size_t k, bool faults) {
     struct nmsg x = s->net[k];
     bool dup = faults && sim_rng_below(&s->g, 100) < s->dup_pct;
-    if (dup) { /* deliver a copy now, keep the original for later */
+    if (dup) { /* deliver a copy now, keep the original for later: soon, or (1 in 8) much
+                  later, as a replay of an old message within or across terms */
         x.ents = copy_entries(s->net[k].ents, s->net[k].m.n_entries);
         blob_ref(x.blob);
-        s->net[k].due = s->now + sim_rng_below(&s->g, s->max_delay + 1);
+        s->net[k].due = s->now + (sim_rng_below(&s->g, 8) ? sim_rng_below(&s->g, s->max_delay + 1)
+                                                           : 50 + sim_rng_below(&s->g, 2000));
     } else {
         s->net[k] = s->net[--s->n_net];
     }
@@ -1406,6 +1460,21 @@ static void deliver(struct sim *s, size_t k, bool faults) {
         x.m.snap = &x.meta;
         x.m.data = x.blob->b;
         x.m.data_len = x.blob->len;
+    }
+    if (s->features & SIM_F_REPLAY && faults) {
+        /* remember it for a later replay: control messages always (they are rare, and an old
+         * vote, snapshot or TimeoutNow is the dangerous kind), appends and heartbeats 1 in 8 */
+        uint32_t t = x.m.type;
+        bool common = t == RAFT_MSG_APPEND || t == RAFT_MSG_APPEND_RESP || t == RAFT_MSG_HEARTBEAT ||
+                      t == RAFT_MSG_HEARTBEAT_RESP;
+        if (!common || !sim_rng_below(&s->g, 8)) {
+            struct nmsg *h = common ? &s->hist[s->hist_n++ % HIST] : &s->hist_ctl[s->hist_ctl_n++ % HIST];
+            free_entries(h->ents, h->m.n_entries);
+            blob_unref(h->blob);
+            *h = x;
+            h->ents = copy_entries(x.ents, x.m.n_entries);
+            blob_ref(h->blob);
+        }
     }
     struct node *to = node_by_id(s, x.m.to);
     bool drop = (faults && sim_rng_below(&s->g, 100) < s->drop_pct) || to->st != NS_UP ||
@@ -1420,7 +1489,14 @@ static void deliver(struct sim *s, size_t k, bool faults) {
         ev.u.msg = &x.m;
         s->cur_msg = &x.m;
         s->cur_blob = x.blob;
+        /* election restriction (Raft 5.4.1): a vote or pre-vote goes only to a candidate whose
+         * log is at least as up-to-date as the voter's, transfer or not */
+        raft_index li = raft_last_index(&to->r);
+        raft_term lt = raft_term_at(&to->r, li);
+        s->vote_check = x.m.type == RAFT_MSG_VOTE || x.m.type == RAFT_MSG_PREVOTE;
+        s->vote_ok = x.m.log_term > lt || (x.m.log_term == lt && x.m.index >= li);
         step(s, to, &ev);
+        s->vote_check = false;
         s->cur_msg = NULL;
         s->cur_blob = NULL;
     }
@@ -1428,14 +1504,20 @@ static void deliver(struct sim *s, size_t k, bool faults) {
     blob_unref(x.blob);
 }
 
+static struct node *leader(struct sim *s);
+
 static void partition(struct sim *s) {
     memset(s->cut, 0, sizeof s->cut);
     unsigned n = s->n_slots, kind = s->features & SIM_F_ASYM ? (unsigned)sim_rng_below(&s->g, 4) : 0;
     int side[MAX_SLOTS];
     char b[MAX_SLOTS + 1];
     for (unsigned i = 0; i < n; i++) side[i] = (int)sim_rng_below(&s->g, 2);
-    if (kind == 1) { /* isolate one node */
+    if (kind == 1) { /* isolate one node, the leader half the time: it may go on believing it
+                        leads (without check-quorum, until it hears of a newer term) while the
+                        others elect a new one, the case read-index and leases must get right */
         unsigned v = (unsigned)sim_rng_below(&s->g, n);
+        struct node *l = sim_rng_below(&s->g, 2) ? leader(s) : NULL;
+        if (l) v = l->id - 1;
         for (unsigned i = 0; i < n; i++) side[i] = i == v;
     }
     for (unsigned i = 0; i < n; i++) {
@@ -1450,6 +1532,49 @@ static void partition(struct sim *s) {
     static const char *kinds[] = {"two sides", "isolate", "one-way 1->0", "random links"};
     trace(s, "PARTITION %s %s", kinds[kind], kind == 3 ? "" : b);
     s->res->partitions++;
+}
+
+/* A message delivered long ago comes back (a network that duplicates with unbounded delay). */
+static void replay_old(struct sim *s) {
+    bool ctl = s->hist_ctl_n && (!s->hist_n || sim_rng_below(&s->g, 2));
+    unsigned n = ctl ? s->hist_ctl_n : s->hist_n, have = n < HIST ? n : HIST;
+    if (!have) return;
+    const struct nmsg *ring = ctl ? s->hist_ctl : s->hist, *h = &ring[sim_rng_below(&s->g, have)];
+    if (ctl) { /* a type first, then a message of it: elections would crowd out the rest */
+        uint32_t types[16];
+        unsigned nt = 0;
+        for (unsigned k = 0; k < have; k++) {
+            unsigned t = 0;
+            while (t < nt && types[t] != ring[k].m.type) t++;
+            if (t == nt && nt < 16) types[nt++] = ring[k].m.type;
+        }
+        uint32_t want = types[sim_rng_below(&s->g, nt)];
+        unsigned start = (unsigned)sim_rng_below(&s->g, have);
+        for (unsigned k = 0; k < have; k++)
+            if (ring[(start + k) % have].m.type == want) {
+                h = &ring[(start + k) % have];
+                break;
+            }
+    }
+    GROW(s->net, s->n_net, s->cap_net);
+    struct nmsg *x = &s->net[s->n_net++];
+    *x = *h;
+    x->ents = copy_entries(h->ents, h->m.n_entries);
+    blob_ref(x->blob);
+    x->m.entries = NULL;
+    x->m.snap = NULL;
+    x->due = s->now + sim_rng_below(&s->g, s->max_delay + 1);
+    x->seq = ++s->seq;
+    s->res->replays++;
+    if (s->o->trace_all)
+        trace(s, "REPLAY n%u -> n%u %s t%llu i%llu", x->m.from, x->m.to, raft_msg_name(x->m.type),
+              ULL(x->m.term), ULL(x->m.index));
+}
+
+static void heal(struct sim *s) {
+    memset(s->cut, 0, sizeof s->cut);
+    s->heal_at = 0;
+    trace(s, "HEAL");
 }
 
 /* ---- actions ---------------------------------------------------------------------------- */
@@ -1492,8 +1617,20 @@ static void propose(struct sim *s, struct node *nd, uint32_t kind) {
     process(s, nd, &u);
 }
 
+/* The node that believes it leads in the oldest term: a deposed leader that has not noticed yet
+ * if there is one (a client with an old view of the cluster; its read-index round must fail). */
+static struct node *stale_leader(struct sim *s) {
+    struct node *best = NULL;
+    for (unsigned i = 0; i < s->n_slots; i++) {
+        struct node *nd = &s->nodes[i];
+        if (nd->st == NS_UP && nd->r.role == RAFT_LEADER && (!best || nd->r.term < best->r.term)) best = nd;
+    }
+    return best;
+}
+
 static void read_index(struct sim *s) {
-    struct node *nd = sim_rng_below(&s->g, 4) ? leader(s) : random_up(s);
+    unsigned pick = (unsigned)sim_rng_below(&s->g, 4);
+    struct node *nd = pick == 0 ? random_up(s) : pick == 1 ? stale_leader(s) : leader(s);
     if (!nd) return;
     wake(s, nd);
     GROW(s->rd, s->n_rd, s->cap_rd);
@@ -1659,6 +1796,7 @@ static unsigned down_voters(struct sim *s, unsigned *n_voters) {
 static void action(struct sim *s, bool faults) {
     unsigned r = (unsigned)sim_rng_below(&s->g, 1000);
     s->now++;
+    if (s->heal_at && s->now >= s->heal_at) heal(s);
     if (faults && s->cc_wanted && s->now % 16 == 0 && membership(s)) /* a retry found a leader */
         s->cc_wanted--;
     if (r < 550) { /* deliver due messages, picked at random (reordering) */
@@ -1730,11 +1868,17 @@ static void action(struct sim *s, bool faults) {
     }
     r -= s->crash_permille;
     if (r < s->part_permille) {
-        if (sim_rng_below(&s->g, 2)) {
+        /* a partition lasts long enough for elections on either side (ticks are 1 action in 10,
+         * spread over the nodes; election timeouts are 4..17 ticks), unless healed early */
+        if (!(s->features & SIM_F_ASYM)) { /* the base model: partitions and heals at random,
+                                              so leaders change often (Figure 8 needs that) */
+            if (sim_rng_below(&s->g, 2)) partition(s);
+            else heal(s);
+        } else if (!s->heal_at) {
             partition(s);
-        } else {
-            memset(s->cut, 0, sizeof s->cut);
-            trace(s, "HEAL");
+            s->heal_at = s->now + 50 + sim_rng_below(&s->g, 1500);
+        } else if (sim_rng_below(&s->g, 4) == 0) {
+            heal(s);
         }
         return;
     }
@@ -1744,7 +1888,12 @@ static void action(struct sim *s, bool faults) {
         return;
     }
     r -= s->features & SIM_F_MEMBERSHIP ? s->cc_permille : 0;
-    if (s->features & SIM_F_TRANSFER && r < s->transfer_permille) transfer(s);
+    if (s->features & SIM_F_TRANSFER && r < s->transfer_permille) {
+        transfer(s);
+        return;
+    }
+    r -= s->features & SIM_F_TRANSFER ? s->transfer_permille : 0;
+    if (s->features & SIM_F_REPLAY && r < s->replay_permille) replay_old(s);
 }
 
 /* ---- the run ---------------------------------------------------------------------------- */
@@ -1760,9 +1909,16 @@ static void cleanup(struct sim *s) {
         blob_unref(s->net[k].blob);
     }
     free(s->net);
+    for (unsigned k = 0; k < HIST; k++) {
+        free_entries(s->hist[k].ents, s->hist[k].m.n_entries);
+        blob_unref(s->hist[k].blob);
+        free_entries(s->hist_ctl[k].ents, s->hist_ctl[k].m.n_entries);
+        blob_unref(s->hist_ctl[k].blob);
+    }
     free(s->leader_of_term);
     free(s->lm);
     free(s->gc_term);
+    free(s->gc_cterm);
     free(s->gc_op);
     free(s->gc_result);
     free(s->gc_head);
@@ -1839,11 +1995,12 @@ bool sim_run(const struct sim_opts *o, struct sim_result *res) {
         s->snap_permille = 1 + (unsigned)sim_rng_below(&s->g, 4);
         s->cc_permille = 2 + (unsigned)sim_rng_below(&s->g, 7);
         s->transfer_permille = 1 + (unsigned)sim_rng_below(&s->g, 4);
+        s->replay_permille = 1 + (unsigned)sim_rng_below(&s->g, 6);
     }
     s->boot.n_voters = s->n0;
     for (unsigned i = 0; i < s->n0; i++) s->boot.voters[i] = i + 1;
     gc_ensure(s, 0);
-    s->gc_term[0] = 0;
+    s->gc_term[0] = s->gc_cterm[0] = 0;
     s->gc_head[0] = s->gc_tail[0] = 0;
     for (unsigned i = 0; i < MAX_SLOTS; i++) {
         s->nodes[i].id = i + 1;
@@ -1855,6 +2012,7 @@ bool sim_run(const struct sim_opts *o, struct sim_result *res) {
     for (unsigned k = 0; k < fault_steps && !s->failed; k++) action(s, true);
     /* heal everything, restart everyone, wake everyone, retire removed nodes, then drain */
     memset(s->cut, 0, sizeof s->cut);
+    s->heal_at = 0;
     for (unsigned i = 0; i < s->n_slots && !s->failed; i++)
         if (s->nodes[i].st == NS_DOWN) node_start(s, &s->nodes[i]);
     for (unsigned i = 0; i < s->n_slots && !s->failed; i++)

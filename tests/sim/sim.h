@@ -34,14 +34,18 @@ extern const struct sim_impl sim_impl_buggy; /* RAFT_BUG_COMMIT_OLD_TERM */
  * 5-node cluster, network faults, crashes that lose unsynced writes, client enqueue/dequeue. */
 enum sim_feature {
     SIM_F_TORN = 1u << 0,       /* a crash may leave the record being written half on disk */
-    SIM_F_ASYM = 1u << 1,       /* one-way partitions and single-link cuts, besides two sides */
+    SIM_F_ASYM = 1u << 1,       /* besides two sides: an isolated node (often the leader),
+                                   one-way partitions, single-link cuts; partitions last
+                                   50..1550 steps (long enough for elections) */
     SIM_F_SNAPSHOT = 1u << 2,   /* snapshots (advised and at random), compaction, InstallSnapshot */
     SIM_F_MEMBERSHIP = 1u << 3, /* add learner / add voter / remove (incl. the leader), new ids */
     SIM_F_TRANSFER = 1u << 4,   /* leadership transfer to random targets */
     SIM_F_READS = 1u << 5,      /* read-index reads, checked for linearizability */
     SIM_F_HIBERNATE = 1u << 6,  /* stop ticking quiescent nodes; wake on message or later */
+    SIM_F_REPLAY = 1u << 7,     /* old messages (votes, snapshots, TimeoutNow... above all) come
+                                   back much later, within or across terms */
 };
-#define SIM_F_ALL 0x7fu
+#define SIM_F_ALL 0xffu
 
 /* The feature sets test_raft_sim uses (see sim_suite_features). */
 enum sim_suite {
@@ -77,6 +81,7 @@ struct sim_result {
     uint64_t transfers;     /* leadership transfers accepted */
     uint64_t reads;         /* read-index reads served and checked */
     uint64_t hibernations;  /* times a node stopped ticking */
+    uint64_t replays;       /* old messages delivered again */
     char trace[6144];       /* the last steps before a failure */
 };
 

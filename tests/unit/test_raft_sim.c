@@ -9,7 +9,8 @@
  *                                           (default) alternates mixed and membership by seed bit 1;
  *                                           --expect-bug defaults to basic
  *   --features a,b,...                      exactly these (torn, asym, snapshot, membership,
- *                                           transfer, reads, hibernate; "none" for none)
+ *                                           transfer, reads, hibernate, replay; "none" for
+ *                                           none, "all" for all)
  *   --nodes N, --steps N                    initial voters (default 3 for even seeds, 5 for odd)
  *                                           and fault steps (default 4000)
  * Without arguments (ctest): a short --expect-bug run, then DEFAULT_SEEDS seeds of the auto
@@ -54,7 +55,7 @@ static void report_failure(uint64_t seed, const struct cfg *c, const struct sim_
 
 struct totals {
     uint64_t passed, failed, commits, elections, crashes, acked, torn, snapshots, installs,
-        compactions, confs, added, transfers, reads, hibernations, partitions;
+        compactions, confs, added, transfers, reads, hibernations, partitions, replays;
 };
 
 static void add(struct totals *t, const struct sim_result *r) {
@@ -72,12 +73,13 @@ static void add(struct totals *t, const struct sim_result *r) {
     t->reads += r->reads;
     t->hibernations += r->hibernations;
     t->partitions += r->partitions;
+    t->replays += r->replays;
 }
 
 static int run_seeds(uint64_t first, uint64_t n, const struct sim_impl *impl, const struct cfg *c) {
     struct totals t;
     memset(&t, 0, sizeof t);
-    uint64_t by_suite[4] = {0}, with_feature[7] = {0};
+    uint64_t by_suite[4] = {0}, with_feature[8] = {0};
     clock_t t0 = clock();
     for (uint64_t seed = first; seed < first + n; seed++) {
         struct sim_opts o = {.seed = seed, .impl = impl, .features = features_for(c, seed),
@@ -91,7 +93,7 @@ static int run_seeds(uint64_t first, uint64_t n, const struct sim_impl *impl, co
         }
         add(&t, &r);
         by_suite[(o.features & SIM_F_MEMBERSHIP) ? 2 : o.features ? 1 : 0]++;
-        for (unsigned k = 0; k < 7; k++) with_feature[k] += (o.features >> k) & 1;
+        for (unsigned k = 0; k < 8; k++) with_feature[k] += (o.features >> k) & 1;
         if (n >= 10000 && (seed - first + 1) % (n / 10) == 0)
             fprintf(stderr, "  %llu/%llu seeds, %llu failed\n", (unsigned long long)(seed - first + 1),
                     (unsigned long long)n, (unsigned long long)t.failed);
@@ -104,10 +106,10 @@ static int run_seeds(uint64_t first, uint64_t n, const struct sim_impl *impl, co
            (unsigned long long)with_feature[2], (unsigned long long)with_feature[6],
            (unsigned long long)with_feature[0]);
     printf("  %llu committed entries, %llu acked client ops, %llu reads checked, %llu leaders, "
-           "%llu transfers, %llu crashes (%llu torn records cut), %llu partitions\n",
+           "%llu transfers, %llu crashes (%llu torn records cut), %llu partitions, %llu replays\n",
            (unsigned long long)t.commits, (unsigned long long)t.acked, (unsigned long long)t.reads,
            (unsigned long long)t.elections, (unsigned long long)t.transfers, (unsigned long long)t.crashes,
-           (unsigned long long)t.torn, (unsigned long long)t.partitions);
+           (unsigned long long)t.torn, (unsigned long long)t.partitions, (unsigned long long)t.replays);
     printf("  %llu snapshots, %llu installs, %llu compactions, %llu conf changes committed, "
            "%llu new nodes, %llu hibernations; %.1fs\n",
            (unsigned long long)t.snapshots, (unsigned long long)t.installs,
@@ -135,16 +137,16 @@ static int expect_bug(uint64_t first, uint64_t n, const struct cfg *c) {
 
 static int parse_features(const char *s) {
     static const char *names[] = {"torn", "asym", "snapshot", "membership", "transfer", "reads",
-                                  "hibernate"};
+                                  "hibernate", "replay"};
     int f = 0;
     if (!strcmp(s, "none") || !strcmp(s, "basic")) return 0;
     if (!strcmp(s, "all")) return SIM_F_ALL;
     while (*s) {
         size_t n = strcspn(s, ",");
         unsigned k;
-        for (k = 0; k < 7; k++)
+        for (k = 0; k < 8; k++)
             if (strlen(names[k]) == n && !strncmp(s, names[k], n)) break;
-        if (k == 7) return -1;
+        if (k == 8) return -1;
         f |= 1 << k;
         s += n + (s[n] == ',');
     }
