@@ -5,7 +5,7 @@ ASAN ?= build-asan
 FUZZ ?= build-fuzz
 PYTEST ?= python3 -m pytest
 
-.PHONY: all deps build build-asan build-fuzz run test unit integration fuzz bench sim clean
+.PHONY: all deps build build-asan build-fuzz run test unit integration fuzz bench bench-cluster sim clean
 SEEDS ?= 100000
 
 all: build
@@ -61,6 +61,13 @@ bench:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory build
 	tests/bench/run.sh
+
+# Issue 5: Warren's three-node cluster vs a three-node RabbitMQ 3.10 cluster (metadata ops/s,
+# cross-node publish); rewrites only the Cluster section of docs/performance.md.
+bench-cluster:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory build
+	tests/bench/cluster_run.sh
 
 # Long deterministic-simulation run of the Raft library (make test runs a shorter one): half the
 # seeds mixed faults, half membership changes with snapshots (SIMFLAGS: e.g. --suite membership).
