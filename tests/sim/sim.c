@@ -320,6 +320,18 @@ static const char *conf_str(const struct raft_conf *c, char *buf, size_t len) {
     return buf;
 }
 
+struct sim;
+static const struct raft_conf *boot_conf(const struct sim *s);
+
+/* The configuration a node may hold where `want` is in force: `want`, or, on a node that joined
+ * later (no bootstrap peers), none where the bootstrap configuration is in force, which it has
+ * no way to know (it is in no log; only snapshots taken by others carry it). Either way such a
+ * node is no voter there. */
+static bool conf_ok(const struct sim *s, bool joined, const struct raft_conf *got, const struct raft_conf *want) {
+    return conf_same(got, want) ||
+           (joined && !got->n_voters && !got->n_learners && conf_same(want, boot_conf(s)));
+}
+
 static void put_conf(struct buf *w, const struct raft_conf *c) {
     put32(w, c->n_voters);
     put32(w, c->n_learners);
@@ -552,6 +564,8 @@ static void gc_ensure(struct sim *s, size_t i) {
     s->gc_tail = xrealloc(s->gc_tail, cap * sizeof *s->gc_tail);
     s->gc_cap = cap;
 }
+
+static const struct raft_conf *boot_conf(const struct sim *s) { return &s->boot; }
 
 /* The committed configuration in force at index i. */
 static const struct raft_conf *conf_at(const struct sim *s, raft_index i) {
@@ -819,8 +833,8 @@ static void check_conf_append(struct sim *s, struct node *nd, raft_index idx, co
 
 /* The configuration a node reports is the last CONF entry of its log; without one, the
  * committed configuration at its base: its snapshot's index or the start of its log, whichever
- * is higher (both are committed). With neither, the bootstrap configuration for a founding node,
- * and none (or, once it learns it, the bootstrap one) for a node that joined later. */
+ * is higher (both are committed), or with neither the bootstrap configuration (see conf_ok for
+ * nodes that joined later). */
 static void check_conf_in_force(struct sim *s, struct node *nd, const struct raft_conf *c) {
     struct raft *r = &nd->r;
     char b1[96], b2[96];
@@ -835,7 +849,7 @@ static void check_conf_in_force(struct sim *s, struct node *nd, const struct raf
     }
     raft_index base = r->snap.index > r->log_offset ? r->snap.index : r->log_offset;
     const struct raft_conf *want = base ? conf_at(s, base) : &s->boot;
-    if (!conf_same(want, c) && !(!base && nd->joined && !c->n_voters && !c->n_learners))
+    if (!conf_ok(s, nd->joined, c, want))
         fail(s, "membership: node %u reports conf %s but its log (base %llu) has no CONF entry and the "
                 "configuration there is %s", nd->id, conf_str(c, b1, sizeof b1), ULL(base),
              conf_str(want, b2, sizeof b2));
@@ -1198,7 +1212,7 @@ static void process(struct sim *s, struct node *nd, const struct raft_update *u)
         if (m->type == RAFT_MSG_SNAPSHOT && m->snap) { /* the library's meta must be right too */
             char b1[96], b2[96];
             if (m->snap->index > s->gc_len || m->snap->term != s->gc_term[m->snap->index] ||
-                !conf_same(&m->snap->conf, conf_at(s, m->snap->index)))
+                !conf_ok(s, nd->joined, &m->snap->conf, conf_at(s, m->snap->index)))
                 fail(s, "node %u names snapshot %llu term %llu conf %s; committed: term %llu conf %s",
                      nd->id, ULL(m->snap->index), ULL(m->snap->term), conf_str(&m->snap->conf, b1, sizeof b1),
                      ULL(m->snap->index <= s->gc_len ? s->gc_term[m->snap->index] : 0),
