@@ -16,6 +16,7 @@
  * un-acked one in `dl`, a deque ordered by tag, until ack/nack/reject/recover or channel close
  * (which requeues them). */
 #include "amqp091/session.h"
+#include "broker/meta.h"
 #include "broker/log.h"
 #include "broker/props.h"
 
@@ -706,14 +707,113 @@ static amqp_bytes_t queue_name_or_last(chan_t *ch, amqp_bytes_t name)
     return name;
 }
 
+/* ---- clustered metadata changes (broker/meta.h) ----
+ *
+ * In a cluster, a method that changes metadata is first validated here by a dry run of the
+ * same br_* call (same errors as unclustered). If it would change nothing (a redeclare, a
+ * binding that exists) it is answered from local state at once; otherwise it is submitted to
+ * the metadata group and the connection's frames wait (conn_pause) until the change has been
+ * applied on this node, so the reply and every later method see it. */
+
+struct meta_req {
+    chan_t *ch;
+    uint32_t method;
+    bool nowait;
+    uint32_t msg_count;   /* queue.delete: counted here before the change */
+    char *queue;          /* queue.declare: the name (server-named ones are chosen here) */
+};
+
+static bool replicated(const chan_t *ch) { return meta_clustered(ch->conn->srv->broker); }
+
+static void meta_reply(chan_t *ch, const struct meta_req *r)
+{
+    if (r->method == AMQP_QUEUE_DECLARE) {
+        queue_t *q = br_queue(ch->conn->vh, r->queue, strlen(r->queue));
+        free(ch->last_queue);
+        ch->last_queue = strdup(r->queue);
+        if (r->nowait) return;
+        amqp_method_t ok = {.id = AMQP_QUEUE_DECLARE_OK};
+        ok.u.queue_declare_ok.queue = AMQP_BYTES_CSTR(r->queue);
+        ok.u.queue_declare_ok.message_count = q ? q_message_count(q) : 0;
+        ok.u.queue_declare_ok.consumer_count = q ? q_consumer_count(q) : 0;
+        send(ch, &ok);
+        return;
+    }
+    if (r->nowait) return;
+    if (r->method == AMQP_QUEUE_DELETE) {
+        amqp_method_t ok = {.id = AMQP_QUEUE_DELETE_OK};
+        ok.u.queue_delete_ok.message_count = r->msg_count;
+        send(ch, &ok);
+        return;
+    }
+    switch (r->method) {
+    case AMQP_EXCHANGE_DECLARE: send_simple(ch, AMQP_EXCHANGE_DECLARE_OK); break;
+    case AMQP_EXCHANGE_DELETE: send_simple(ch, AMQP_EXCHANGE_DELETE_OK); break;
+    case AMQP_EXCHANGE_BIND: send_simple(ch, AMQP_EXCHANGE_BIND_OK); break;
+    case AMQP_EXCHANGE_UNBIND: send_simple(ch, AMQP_EXCHANGE_UNBIND_OK); break;
+    case AMQP_QUEUE_BIND: send_simple(ch, AMQP_QUEUE_BIND_OK); break;
+    case AMQP_QUEUE_UNBIND: send_simple(ch, AMQP_QUEUE_UNBIND_OK); break;
+    default: break;
+    }
+}
+
+static void meta_done(void *arg, const br_err_t *err)
+{
+    struct meta_req *r = arg;
+    chan_t *ch = r->ch;
+    if (ch->conn && ch->state == CH_OPEN) {
+        if (err) fail(ch, r->method, err);
+        else meta_reply(ch, r);
+        conn_flush(ch->conn);
+    }
+    if (ch->conn) conn_resume(ch->conn);
+    free(r->queue);
+    free(r);
+    chan_unref(ch);
+}
+
+static void meta_begin(chan_t *ch, const struct meta_cmd *cmd, uint32_t method, bool nowait, uint32_t msg_count,
+                       const char *queue, size_t qlen)
+{
+    struct meta_req *r = calloc(1, sizeof *r);
+    if (!r) abort();
+    r->ch = ch;
+    r->method = method;
+    r->nowait = nowait;
+    r->msg_count = msg_count;
+    if (queue) {
+        r->queue = strndup(queue, qlen);
+        if (!r->queue) abort();
+    }
+    ch->refs++;
+    conn_pause(ch->conn);
+    meta_submit(ch->conn->srv->broker, cmd, meta_done, r);
+}
+
+static struct meta_cmd meta_cmd_for(chan_t *ch, uint8_t op)
+{
+    struct meta_cmd c = {.op = op, .conn = ch->conn->id, .vhost = AMQP_BYTES_CSTR(ch->conn->vh->name)};
+    return c;
+}
+
 static void handle_exchange_declare(chan_t *ch, const amqp_method_t *m)
 {
     const __typeof__(m->u.exchange_declare) *a = &m->u.exchange_declare;
     br_err_t err;
-    if (br_exchange_declare(ch->conn->vh, ch->conn->user, (const char *)a->exchange.ptr, a->exchange.len,
-                            (const char *)a->type.ptr, a->type.len, a->passive, a->durable, a->auto_delete,
-                            a->internal, a->arguments, &err))
-        return fail(ch, m->id, &err);
+    broker_t *b = ch->conn->srv->broker;
+    bool clustered = replicated(ch) && !a->passive;
+    if (clustered) meta_dry_begin(b);
+    int rc = br_exchange_declare(ch->conn->vh, ch->conn->user, (const char *)a->exchange.ptr, a->exchange.len,
+                                 (const char *)a->type.ptr, a->type.len, a->passive, a->durable, a->auto_delete,
+                                 a->internal, a->arguments, &err);
+    if (clustered && meta_dry_end(b) && !rc) {
+        struct meta_cmd c = meta_cmd_for(ch, META_X_DECLARE);
+        c.flags = (a->durable ? META_F_DURABLE : 0) | (a->auto_delete ? META_F_AUTO_DELETE : 0) |
+                  (a->internal ? META_F_INTERNAL : 0);
+        c.name = a->exchange, c.name2 = a->type, c.args = a->arguments;
+        return meta_begin(ch, &c, m->id, a->nowait, 0, NULL, 0);
+    }
+    if (rc) return fail(ch, m->id, &err);
     if (!a->nowait) send_simple(ch, AMQP_EXCHANGE_DECLARE_OK);
 }
 
@@ -721,9 +821,18 @@ static void handle_exchange_delete(chan_t *ch, const amqp_method_t *m)
 {
     br_err_t err;
     amqp_bytes_t n = m->u.exchange_delete.exchange;
-    if (br_exchange_delete(ch->conn->vh, ch->conn->user, (const char *)n.ptr, n.len, m->u.exchange_delete.if_unused,
-                           &err))
-        return fail(ch, m->id, &err);
+    broker_t *b = ch->conn->srv->broker;
+    bool clustered = replicated(ch);
+    if (clustered) meta_dry_begin(b);
+    int rc = br_exchange_delete(ch->conn->vh, ch->conn->user, (const char *)n.ptr, n.len,
+                                m->u.exchange_delete.if_unused, &err);
+    if (clustered && meta_dry_end(b) && !rc) {
+        struct meta_cmd c = meta_cmd_for(ch, META_X_DELETE);
+        c.flags = m->u.exchange_delete.if_unused ? META_F_IF_UNUSED : 0;
+        c.name = n;
+        return meta_begin(ch, &c, m->id, m->u.exchange_delete.nowait, 0, NULL, 0);
+    }
+    if (rc) return fail(ch, m->id, &err);
     if (!m->u.exchange_delete.nowait) send_simple(ch, AMQP_EXCHANGE_DELETE_OK);
 }
 
@@ -731,10 +840,18 @@ static void handle_exchange_bind(chan_t *ch, const amqp_method_t *m, bool bind)
 {
     const __typeof__(m->u.exchange_bind) *a = &m->u.exchange_bind;
     br_err_t err;
+    broker_t *b = ch->conn->srv->broker;
+    bool clustered = replicated(ch);
+    if (clustered) meta_dry_begin(b);
     int rc = (bind ? br_bind : br_unbind)(ch->conn->vh, ch->conn->user, ch->conn->id, false,
                                           (const char *)a->destination.ptr, a->destination.len,
                                           (const char *)a->source.ptr, a->source.len, (const char *)a->routing_key.ptr,
                                           a->routing_key.len, a->arguments, &err);
+    if (clustered && meta_dry_end(b) && !rc) {
+        struct meta_cmd c = meta_cmd_for(ch, bind ? META_BIND : META_UNBIND);
+        c.name = a->destination, c.name2 = a->source, c.key = a->routing_key, c.args = a->arguments;
+        return meta_begin(ch, &c, m->id, a->nowait, 0, NULL, 0);
+    }
     if (rc) return fail(ch, m->id, &err);
     if (!a->nowait) send_simple(ch, bind ? AMQP_EXCHANGE_BIND_OK : AMQP_EXCHANGE_UNBIND_OK);
 }
@@ -751,9 +868,25 @@ static void handle_queue_declare(chan_t *ch, const amqp_method_t *m)
     br_err_t err;
     queue_t *q;
     amqp_bytes_t name = a->passive ? queue_name_or_last(ch, a->queue) : a->queue;
-    if (br_queue_declare(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)name.ptr, name.len, a->passive,
-                         a->durable, a->exclusive, a->auto_delete, a->arguments, &q, &err))
-        return fail(ch, m->id, &err);
+    broker_t *b = ch->conn->srv->broker;
+    bool clustered = replicated(ch) && !a->passive;
+    char gen[48];
+    if (clustered && name.len == 0) { /* the name must be the same on every node: choose it here */
+        br_server_queue_name(gen);
+        name = AMQP_BYTES_CSTR(gen);
+    }
+    if (clustered) meta_dry_begin(b);
+    int rc = br_queue_declare(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)name.ptr, name.len,
+                              a->passive, a->durable, a->exclusive, a->auto_delete, a->arguments, &q, &err);
+    if (clustered && meta_dry_end(b) && !rc) {
+        struct meta_cmd c = meta_cmd_for(ch, META_Q_DECLARE);
+        c.flags = (a->durable ? META_F_DURABLE : 0) | (a->auto_delete ? META_F_AUTO_DELETE : 0) |
+                  (a->exclusive ? META_F_EXCLUSIVE : 0);
+        c.home = b->self_node;
+        c.name = name, c.args = a->arguments;
+        return meta_begin(ch, &c, m->id, a->nowait, 0, (const char *)name.ptr, name.len);
+    }
+    if (rc) return fail(ch, m->id, &err);
     remember_queue(ch, q);
     if (a->nowait) return;
     amqp_method_t ok = {.id = AMQP_QUEUE_DECLARE_OK};
@@ -778,9 +911,18 @@ static void handle_queue_bind(chan_t *ch, const amqp_method_t *m, bool bind)
     /* RabbitMQ: an empty routing key with an empty queue name means the last queue's name. */
     if (bind && rk.len == 0 && m->u.queue_bind.queue.len == 0) rk = qn;
     br_err_t err;
+    broker_t *b = ch->conn->srv->broker;
+    bool clustered = replicated(ch);
+    if (clustered) meta_dry_begin(b);
     int rc = (bind ? br_bind : br_unbind)(ch->conn->vh, ch->conn->user, ch->conn->id, true, (const char *)qn.ptr,
                                           qn.len, (const char *)xn.ptr, xn.len, (const char *)rk.ptr, rk.len, args,
                                           &err);
+    if (clustered && meta_dry_end(b) && !rc) {
+        struct meta_cmd c = meta_cmd_for(ch, bind ? META_BIND : META_UNBIND);
+        c.flags = META_F_DEST_QUEUE;
+        c.name = qn, c.name2 = xn, c.key = rk, c.args = args;
+        return meta_begin(ch, &c, m->id, nowait, 0, NULL, 0);
+    }
     if (rc) return fail(ch, m->id, &err);
     if (!nowait) send_simple(ch, bind ? AMQP_QUEUE_BIND_OK : AMQP_QUEUE_UNBIND_OK);
 }
@@ -803,9 +945,17 @@ static void handle_queue_delete(chan_t *ch, const amqp_method_t *m)
     amqp_bytes_t qn = queue_name_or_last(ch, m->u.queue_delete.queue);
     br_err_t err;
     uint32_t n;
-    if (br_queue_delete(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)qn.ptr, qn.len,
-                        m->u.queue_delete.if_unused, m->u.queue_delete.if_empty, &n, &err))
-        return fail(ch, m->id, &err);
+    broker_t *b = ch->conn->srv->broker;
+    bool clustered = replicated(ch);
+    if (clustered) meta_dry_begin(b);
+    int rc = br_queue_delete(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)qn.ptr, qn.len,
+                             m->u.queue_delete.if_unused, m->u.queue_delete.if_empty, &n, &err);
+    if (clustered && meta_dry_end(b) && !rc) {
+        struct meta_cmd c = meta_cmd_for(ch, META_Q_DELETE);
+        c.name = qn;
+        return meta_begin(ch, &c, m->id, m->u.queue_delete.nowait, n, NULL, 0);
+    }
+    if (rc) return fail(ch, m->id, &err);
     if (m->u.queue_delete.nowait) return;
     amqp_method_t ok = {.id = AMQP_QUEUE_DELETE_OK};
     ok.u.queue_delete_ok.message_count = n;

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define PRODUCT "Warren"
 #define VERSION "0.1.0"
@@ -488,7 +489,8 @@ static void handle_frame(conn_t *c, const amqp_frame_t *f)
 static void conn_parse(conn_t *c)
 {
     size_t off = 0;
-    while (c->state != CS_CLOSED && c->net) {
+    c->in_parse = true;
+    while (c->state != CS_CLOSED && c->net && !c->meta_wait) {
         if (c->state == CS_HEADER) {
             if (c->in_len - off < 8) break;
             if (memcmp(c->in + off, protocol_header, 8) != 0) {
@@ -520,6 +522,17 @@ static void conn_parse(conn_t *c)
     if (off) {
         memmove(c->in, c->in + off, c->in_len - off);
         c->in_len -= off;
+    }
+    c->in_parse = false;
+}
+
+void conn_pause(conn_t *c) { c->meta_wait++; }
+
+void conn_resume(conn_t *c)
+{
+    if (c->meta_wait && --c->meta_wait == 0 && !c->in_parse && c->in_len) {
+        conn_parse(c); /* frames that arrived meanwhile */
+        conn_flush(c);
     }
 }
 
@@ -589,7 +602,15 @@ static void on_accept(void *arg, net_conn_t *nc)
     if (!c) abort();
     c->srv = s;
     c->net = nc;
-    c->id = ++s->next_conn_id;
+    uint32_t node = s->broker ? s->broker->self_node : 0;
+    if (node) {
+        /* Clustered: ids are cluster-wide (exclusive queues name their owner in replicated
+         * records); the counter starts from the clock so ids are not reused after a restart. */
+        if (!s->next_conn_id) s->next_conn_id = (uint64_t)time(NULL) << 12;
+        c->id = (uint64_t)node << 32 | (uint32_t)++s->next_conn_id;
+    } else {
+        c->id = ++s->next_conn_id;
+    }
     c->state = CS_HEADER;
     c->last_recv = c->last_send = ev_now(s->loop);
     ev_timer_init(&c->hb_timer, heartbeat_cb, 0, 0);

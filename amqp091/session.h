@@ -110,6 +110,8 @@ struct conn {
     ev_tstamp last_recv, last_send;
     ev_timer close_timer;
     queue_t *throttled_by; /* reading paused while this queue's backlog is too deep */
+    unsigned meta_wait;    /* clustered metadata changes in flight: frames wait until they apply */
+    bool in_parse;
     ev_tstamp throttled_at;
     conn_t *prev, *next;
 };
@@ -120,6 +122,10 @@ void conn_flush(conn_t *c);
 void conn_exception(conn_t *c, int code, uint32_t method_id, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 bool conn_output_blocked(const conn_t *c);
+/* Stop / restart handling this connection's frames (a metadata change is being replicated; the
+ * methods after it must not overtake its reply). Calls nest. */
+void conn_pause(conn_t *c);
+void conn_resume(conn_t *c);
 void amqp_reply_text_fit(char *text);
 void conn_throttle(conn_t *c, queue_t *q);
 /* A publish arrived: while a resource alarm is in effect, stop reading from this connection. */

@@ -338,6 +338,13 @@ static int validate_exchange_args(vhost_t *vh, const char *name, size_t len, amq
     return rc;
 }
 
+/* Dry run (meta.c): validation passed and the call would now change the registry. */
+static int would_mutate(broker_t *b)
+{
+    b->meta_would_mutate = true;
+    return 0;
+}
+
 int br_exchange_declare(vhost_t *vh, user_t *u, const char *name, size_t len, const char *type, size_t tlen,
                         bool passive, bool durable, bool auto_delete, bool internal, amqp_bytes_t args,
                         br_err_t *err)
@@ -364,7 +371,7 @@ int br_exchange_declare(vhost_t *vh, user_t *u, const char *name, size_t len, co
                            "Invalid argument, 'x-delayed-type' must be an existing exchange type");
     }
     exchange_t *x = br_exchange(vh, name, len);
-    if (!x && has_amq_prefix(name, len))
+    if (!x && has_amq_prefix(name, len) && !vh->broker->meta_applying)
         return br_fail(err, BR_ACCESS_REFUSED, "exchange name '%.*s' contains reserved prefix 'amq.*'", (int)len,
                        name);
     if (br_check_perm(u, vh, PERM_CONFIGURE, false, name, len, err)) return err->code;
@@ -387,6 +394,7 @@ int br_exchange_declare(vhost_t *vh, user_t *u, const char *name, size_t len, co
         return check_exchange_args_equivalence(x, args, err);
     }
     if (validate_exchange_args(vh, name, len, args, err)) return err->code;
+    if (vh->broker->meta_dry_run) return would_mutate(vh->broker);
     x = ex_new(vh, name, len, (ex_type_t)t, durable, auto_delete, internal, args);
     x->delayed = delayed;
     ex_persist(x);
@@ -404,6 +412,7 @@ int br_exchange_delete(vhost_t *vh, user_t *u, const char *name, size_t len, boo
     if (!x) return 0;
     if (if_unused && x->bindings.n)
         return br_fail(err, BR_PRECONDITION_FAILED, "exchange '%.*s' in vhost '%s' in use", (int)len, name, vh->name);
+    if (vh->broker->meta_dry_run) return would_mutate(vh->broker);
     ex_delete(x);
     return 0;
 }
@@ -511,7 +520,7 @@ static int check_queue_equivalence(queue_t *q, bool durable, bool auto_delete, a
     return rc;
 }
 
-static void server_queue_name(char out[48])
+void br_server_queue_name(char *out)
 {
     uint8_t rnd[16];
     randombytes_buf(rnd, sizeof rnd);
@@ -624,10 +633,10 @@ int br_queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name,
         return 0;
     }
     if (len == 0) {
-        server_queue_name(gen);
+        br_server_queue_name(gen);
         name = gen;
         len = strlen(gen);
-    } else if (has_amq_prefix(name, len) && !br_queue(vh, name, len)) {
+    } else if (has_amq_prefix(name, len) && !br_queue(vh, name, len) && !vh->broker->meta_applying) {
         return br_fail(err, BR_ACCESS_REFUSED, "queue name '%.*s' contains reserved prefix 'amq.*'", (int)len, name);
     }
     if (br_check_perm(u, vh, PERM_CONFIGURE, true, name, len, err)) return err->code;
@@ -641,6 +650,7 @@ int br_queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name,
         return 0;
     }
     if (validate_queue_args(vh, name, len, args, err)) return err->code;
+    if (vh->broker->meta_dry_run) return would_mutate(vh->broker);
     q = q_new(vh, name, len, durable, exclusive, auto_delete, exclusive ? conn_id : 0, args);
     /* Exclusive queues die with their connection: never worth storing. */
     if (!exclusive) q_persist_definition(q);
@@ -672,6 +682,7 @@ int br_queue_delete(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, 
     if (if_empty && q->ready_len)
         return br_fail(err, BR_PRECONDITION_FAILED, "queue '%s' in vhost '%s' not empty", q->name, vh->name);
     *msg_count = q_message_count(q);
+    if (vh->broker->meta_dry_run) return would_mutate(vh->broker);
     q_delete(q);
     return 0;
 }
@@ -731,6 +742,7 @@ int br_bind(vhost_t *vh, user_t *u, uint64_t conn_id, bool dest_is_queue, const 
         }
     }
     if (ex_find_binding(x, dest_is_queue, d, key, klen, args)) return 0;
+    if (vh->broker->meta_dry_run) return would_mutate(vh->broker);
     ex_binding_add(x, dest_is_queue, d, key, klen, args, true);
     return 0;
 }
@@ -742,6 +754,7 @@ int br_unbind(vhost_t *vh, user_t *u, uint64_t conn_id, bool dest_is_queue, cons
     void *d;
     if (binding_ends(vh, u, conn_id, dest_is_queue, dest, dlen, src, slen, &x, &d, err)) return err->code;
     binding_t *bd = ex_find_binding(x, dest_is_queue, d, key, klen, args);
+    if (bd && vh->broker->meta_dry_run) return would_mutate(vh->broker);
     if (bd) br_binding_remove(bd);
     return 0;
 }

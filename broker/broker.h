@@ -173,7 +173,9 @@ struct queue {
     size_t name_len;
     uint64_t uid; /* stable id used in storage keys */
     bool durable, exclusive, auto_delete, deleted;
-    uint64_t owner_conn; /* exclusive owner */
+    uint64_t owner_conn; /* exclusive owner (cluster-wide connection id in a cluster) */
+    uint32_t home;       /* node id of the node that holds the messages (0 = this one, unclustered) */
+    bool delete_pending; /* clustered: a replicated delete has been submitted */
     amqp_bytes_t args_raw;
     amqp_table_t args;
 
@@ -212,6 +214,12 @@ struct queue {
 
 /* ---- the broker ---- */
 
+/* How the broker hands a metadata command to the cluster (cluster.c provides it): cb(arg, code,
+ * text) runs once the command has been committed and applied on this node (code 0), or failed
+ * (an AMQP reply code and text, e.g. 541 without a quorum). */
+typedef void (*meta_submit_cb)(void *arg, int code, const char *text);
+typedef int (*meta_submit_fn)(void *ctx, const void *cmd, size_t len, meta_submit_cb cb, void *arg);
+
 struct broker {
     struct ev_loop *loop;
     cfg_t *cfg;
@@ -232,6 +240,16 @@ struct broker {
     size_t ndelays, delays_cap;
     uint64_t delay_seq;
     ev_timer delay_timer;
+    /* metadata replication (meta.c): set when the node is part of a cluster */
+    meta_submit_fn meta_submit; /* NULL: not clustered, changes apply at once */
+    void *meta_submit_ctx;
+    uint32_t self_node;       /* this node's id in the cluster (0 unclustered) */
+    bool meta_dry_run;        /* br_* mutators validate only and set meta_would_mutate */
+    bool meta_would_mutate;
+    bool meta_applying;       /* inside meta_apply: mutations are the replicated ones */
+    uint64_t meta_uid;        /* meta_apply: queue uid to use for a queue it creates */
+    uint32_t meta_home;       /* meta_apply: home node of a queue it creates */
+    uint64_t meta_applied;    /* highest metadata log index reflected in the stored registry */
 };
 
 /* ---- delayed messages (delayed.c) ---- */
@@ -308,6 +326,8 @@ int br_publish_target(vhost_t *vh, user_t *u, const char *name, size_t len, exch
 void br_route(exchange_t *x, msg_t *m, ptrvec_t *out);
 /* A copy of m without the BCC header (sender-selected distribution), or NULL when it has none. */
 msg_t *br_strip_bcc(msg_t *m);
+/* A fresh server-generated queue name, "amq.gen-..." (out holds at least 48 bytes). */
+void br_server_queue_name(char *out);
 /* A connection went away: delete its exclusive queues. */
 void br_connection_closed(broker_t *b, uint64_t conn_id);
 
@@ -367,6 +387,6 @@ void br_dispatch_pending(broker_t *b);
 
 /* storage keys */
 enum { KEY_MSG = 'm', KEY_QINDEX = 'i', KEY_QUEUE = 'Q', KEY_EXCHANGE = 'X', KEY_BINDING = 'B', KEY_VHOST = 'V',
-       KEY_USER = 'U', KEY_PERM = 'P', KEY_DELAY = 'D' };
+       KEY_USER = 'U', KEY_PERM = 'P', KEY_DELAY = 'D', KEY_META_APPLIED = 'A' };
 
 #endif

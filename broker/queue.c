@@ -21,6 +21,7 @@
  *  - Length limits count ready messages only: drop-head dead-letters the head, reject-publish
  *    refuses the new message (and -dlx dead-letters it). */
 #include "broker/broker.h"
+#include "broker/meta.h"
 #include "broker/log.h"
 #include "broker/props.h"
 
@@ -380,7 +381,14 @@ queue_t *q_new(vhost_t *vh, const char *name, size_t len, bool durable, bool exc
     q->exclusive = exclusive;
     q->auto_delete = auto_delete;
     q->owner_conn = owner;
-    q->uid = ++vh->broker->next_queue_uid;
+    q->home = vh->broker->meta_applying ? vh->broker->meta_home : vh->broker->self_node;
+    broker_t *b = vh->broker;
+    if (b->meta_applying && b->meta_uid) { /* clustered: the same uid on every node */
+        q->uid = b->meta_uid;
+        if (b->next_queue_uid < q->uid) b->next_queue_uid = q->uid;
+    } else {
+        q->uid = ++b->next_queue_uid;
+    }
     q->next_seq = 1;
     if (args.len) {
         uint8_t *copy = malloc(args.len);
@@ -404,7 +412,8 @@ queue_t *q_new(vhost_t *vh, const char *name, size_t len, bool durable, bool exc
     return q;
 }
 
-/* Queue record: [u64 uid][u8 flags][u32 args_len][args]; key 'Q' vhost \0 name. */
+/* Queue record: [u64 uid][u8 flags][u32 args_len][args][u32 home node, clustered only];
+ * key 'Q' vhost \0 name. */
 static size_t queue_key(const queue_t *q, uint8_t **out)
 {
     size_t vl = strlen(q->vh->name);
@@ -425,7 +434,7 @@ void q_persist_definition(queue_t *q)
     if (!s || !q->durable) return;
     uint8_t *key;
     size_t klen = queue_key(q, &key);
-    size_t vlen = 8 + 1 + 4 + q->args_raw.len;
+    size_t vlen = 8 + 1 + 4 + q->args_raw.len + (q->home ? 4 : 0);
     uint8_t *val = malloc(vlen);
     if (!val) abort();
     store_put_be64(val, q->uid);
@@ -433,6 +442,10 @@ void q_persist_definition(queue_t *q)
     uint32_t al = (uint32_t)q->args_raw.len;
     val[9] = (uint8_t)(al >> 24); val[10] = (uint8_t)(al >> 16); val[11] = (uint8_t)(al >> 8); val[12] = (uint8_t)al;
     if (al) memcpy(val + 13, q->args_raw.ptr, al);
+    if (q->home) {
+        uint8_t *h = val + 13 + al;
+        h[0] = (uint8_t)(q->home >> 24); h[1] = (uint8_t)(q->home >> 16); h[2] = (uint8_t)(q->home >> 8); h[3] = (uint8_t)q->home;
+    }
     store_put(s, key, klen, val, vlen);
     free(key);
     free(val);
@@ -855,6 +868,10 @@ void br_binding_remove(binding_t *bd); /* exchange.c */
 void q_delete(queue_t *q)
 {
     if (q->deleted) return;
+    /* Clustered: a deletion this node decides on its own (exclusive owner gone, auto-delete,
+     * x-expires) is a metadata change like any other, so it goes through the metadata log and
+     * happens here when it applies. */
+    if (meta_intercept_queue_delete(q)) return;
     q->deleted = true;
     struct ev_loop *loop = q->vh->broker->loop;
     if (loop) {

@@ -155,6 +155,7 @@ static int recover_queues(broker_t *b)
         queue_t *q = q_new(vh, name, nl, true, false, val[8] & 1, 0, (amqp_bytes_t){val + 13, al});
         q->uid = store_get_be64(val);
         if (q->uid >= b->next_queue_uid) b->next_queue_uid = q->uid + 1;
+        if (vl >= 13 + (size_t)al + 4) q->home = be32(val + 13 + al);
         n++;
     }
     store_iter_free(it);

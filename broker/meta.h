@@ -1,0 +1,84 @@
+/* meta.h - metadata changes as replicated commands (prefix meta_).
+ *
+ * In a cluster every node holds the whole registry (vhosts, exchanges, queue records,
+ * bindings) as the applied state of the metadata Raft group. A change a client asks for on any
+ * node is validated there first (a dry run of the same br_* function that will apply it, so
+ * errors are RabbitMQ's, with no round trip), then encoded as a command, committed through the
+ * group (meta_submit -> the cluster), and applied on every node in log order by meta_apply,
+ * which runs the br_* mutator again. Because every node applies the same commands to the same
+ * state, every node computes the same outcome; the requesting node answers its client with its
+ * own outcome once its apply has run, so the client then sees its change on that node.
+ *
+ * Unclustered (b->meta_submit == NULL), nothing here is used: the adapters call br_* directly.
+ */
+#ifndef WARREN_META_H
+#define WARREN_META_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "broker/broker.h"
+
+enum meta_op {
+    META_X_DECLARE = 1,
+    META_X_DELETE = 2,
+    META_Q_DECLARE = 3,
+    META_Q_DELETE = 4,
+    META_BIND = 5,
+    META_UNBIND = 6,
+};
+
+enum {
+    META_F_DURABLE = 1u << 0,
+    META_F_AUTO_DELETE = 1u << 1,
+    META_F_INTERNAL = 1u << 2,
+    META_F_EXCLUSIVE = 1u << 3,
+    META_F_DEST_QUEUE = 1u << 4, /* bind/unbind: the destination is a queue */
+    META_F_IF_UNUSED = 1u << 5,
+    META_F_IF_EMPTY = 1u << 6,
+};
+
+/* One command. Decoded commands point into the buffer they were decoded from. */
+struct meta_cmd {
+    uint8_t op;            /* enum meta_op */
+    uint8_t flags;         /* META_F_* */
+    uint32_t home;         /* queue.declare: the node that holds the queue's messages */
+    uint64_t conn;         /* cluster-wide connection id (exclusive ownership) */
+    amqp_bytes_t vhost;
+    amqp_bytes_t name;     /* exchange or queue; bind/unbind: the destination */
+    amqp_bytes_t name2;    /* exchange.declare: the type; bind/unbind: the source exchange */
+    amqp_bytes_t key;      /* bind/unbind: the routing key */
+    amqp_bytes_t args;     /* raw AMQP field table */
+};
+
+void meta_encode(amqp_buf_t *out, const struct meta_cmd *c);
+/* Returns 0, or -1 for a malformed command. */
+int meta_decode(const void *buf, size_t len, struct meta_cmd *c);
+
+static inline bool meta_clustered(const broker_t *b) { return b->meta_submit != NULL; }
+
+/* Sends c through the cluster; done(arg, err) runs once it has been applied on this node
+ * (err NULL: it succeeded here) or has failed (err: the reply code and text). done may run
+ * before meta_submit returns. */
+typedef void (*meta_done_cb)(void *arg, const br_err_t *err);
+void meta_submit(broker_t *b, const struct meta_cmd *c, meta_done_cb done, void *arg);
+
+/* Applies a committed command at log index `index` (every node, in log order). Indexes at or
+ * below b->meta_applied are already reflected in the stored registry (a replay after a
+ * restart) and are skipped. Returns 0 or the reply code, with err filled. */
+int meta_apply(broker_t *b, uint64_t index, const void *cmd, size_t len, br_err_t *err);
+/* Reads the applied index stored with the registry (boot, before the group replays). */
+void meta_recover(broker_t *b);
+
+/* q_delete's hook: clustered and outside meta_apply, a queue deletion this node decided on
+ * (owner gone, auto-delete, expiry) is submitted instead of done; returns true then. */
+bool meta_intercept_queue_delete(queue_t *q);
+
+/* Dry run of a br_* mutator: meta_dry_begin(b); rc = br_...(...); mutates = meta_dry_end(b).
+ * In between, mutators validate and stop right before changing anything; meta_dry_end says
+ * whether the call passed validation and would have changed the registry. */
+static inline void meta_dry_begin(broker_t *b) { b->meta_dry_run = true; b->meta_would_mutate = false; }
+static inline bool meta_dry_end(broker_t *b) { b->meta_dry_run = false; return b->meta_would_mutate; }
+
+#endif
