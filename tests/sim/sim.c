@@ -28,9 +28,12 @@
  *   A torn write was never reported durable, so nothing acknowledged is lost; the simulator
  *   checks that recovery finds a damaged record exactly when a write was torn, and that the
  *   replayed log equals what it knew to be durable.
- * - State machine: a FIFO queue of u64 (enqueue, dequeue), plus the configuration at the applied
- *   index (from applied CONF entries) so that a snapshot can carry it. A snapshot serializes the
- *   queue's contents.
+ * - State machine: a FIFO queue of u64 with AMQP-style acknowledgements (enqueue; dequeue hands
+ *   out the head, which stays unacknowledged; ack removes it), plus the configuration at the
+ *   applied index (from applied CONF entries) so that a snapshot can carry it. A snapshot
+ *   serializes the queue and the unacknowledged set. The model keeps, for every committed index,
+ *   the queue's extent and the unacknowledged set's size and order-independent digest, so any
+ *   snapshot or read can be compared with the state at its index.
  *
  * Invariants (a violation fails the seed with a message and the last trace lines):
  * - election safety: at most one leader per term; a learner is never elected, and a node missing
@@ -40,16 +43,17 @@
  * - leader completeness: a new leader of term T holds every entry committed in a term before T
  *   (or a snapshot covering it);
  * - state machine safety: the first node to commit an index fixes it; every other commit, apply
- *   and snapshot agrees. Snapshots are compared byte for byte with the sequential model's state
- *   at their index, and their configuration with the committed configuration at that index;
+ *   and snapshot agrees. Snapshots (taken, installed, recovered) are compared with the sequential
+ *   model's state at their index, and their configuration with the committed one there;
  * - commit durability: when a leader's commit index advances, the entry is durable on a quorum
  *   of the voters of the configuration in force (before or after that step);
  * - membership: a leader appends a configuration only once an entry of its term and the previous
  *   configuration are committed, and each one changes at most one voter and one member; the
  *   configuration a node reports matches the last CONF entry in its log;
- * - queue linearizability: every node's dequeue results equal the model's (the committed log
- *   applied in order); a client op is acknowledged when applied at the index and term where it
- *   was proposed; a read-index read served at applied index a returns the model's state at a,
+ * - queue linearizability: every node's results (dequeued value, ack found or not) equal the
+ *   model's (the committed log applied in order); a client op is acknowledged when applied at the
+ *   index and term where it was proposed; a read-index read served at applied index a returns
+ *   the model's state at a (length, head, unacknowledged count),
  *   and both a and the read index the leader gave are at least the highest index any client saw
  *   acknowledged or read before this read was issued (nothing older, nothing uncommitted); at the
  *   end, every acknowledged enqueue was dequeued exactly once;
@@ -354,9 +358,32 @@ static void get_conf(struct reader *r, struct raft_conf *c) {
 
 /* ---- the replicated FIFO queue: commands ------------------------------------------------ */
 
-enum { OP_ENQ = 1, OP_DEQ = 2 };
+/* AMQP-like: a dequeue hands out the head message, which stays unacknowledged until an ACK of
+ * its value removes it (ACK answers 1, or 0 for a value not unacknowledged: a second ack, a bogus
+ * one). */
+enum { OP_ENQ = 1, OP_DEQ = 2, OP_ACK = 3 };
 struct op { uint32_t kind; uint32_t client; uint64_t id; uint64_t value; };
 #define EMPTY UINT64_MAX
+
+static const char *op_name(uint32_t kind) { return kind == OP_ENQ ? "enq" : kind == OP_DEQ ? "deq" : "ack"; }
+
+/* The unacknowledged set is small: a vector with swap-remove. Its digest (a sum of mixed values)
+ * does not depend on order, so the model can keep one per index. */
+static bool set_remove(struct vec64 *v, uint64_t x) {
+    for (size_t k = 0; k < v->n; k++)
+        if (v->v[k] == x) {
+            v->v[k] = v->v[--v->n];
+            return true;
+        }
+    return false;
+}
+
+static uint64_t umix(uint64_t v) { return splitmix(&v); }
+
+static int cmp64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
 
 static struct op decode(const struct raft_entry *e) {
     struct op o = {0, 0, 0, 0};
@@ -423,6 +450,7 @@ struct node {
     /* volatile: the state machine */
     struct vec64 q;
     size_t q_head;
+    struct vec64 unacked; /* dequeued, not yet acknowledged */
     raft_index applied;
     raft_term applied_term;
     struct raft_conf sm_conf; /* configuration at `applied` */
@@ -486,12 +514,17 @@ struct sim {
     raft_term *gc_cterm; /* the term in which the index was committed (its committing leader's) */
     uint64_t *gc_op, *gc_result;
     size_t *gc_head, *gc_tail; /* the model queue is model.v[head..tail) after that index */
+    size_t *gc_ucnt;           /* and its unacknowledged set has this many values */
+    uint64_t *gc_uhash;        /* with this digest */
     size_t gc_len, gc_cap;
     struct gconf *gconf; /* committed configurations, by index */
     size_t n_gconf, cap_gconf;
     struct raft_conf boot;
     struct vec64 model; /* every value ever enqueued by a committed entry, in order */
     size_t model_head;
+    struct vec64 munacked; /* the model's unacknowledged values */
+    uint64_t munacked_hash;
+    struct vec64 to_ack;   /* values clients got from acknowledged dequeues and will ack */
     struct vec64 acked_enq, dequeued;
     struct rdreq *rd;
     size_t n_rd, cap_rd;
@@ -562,6 +595,8 @@ static void gc_ensure(struct sim *s, size_t i) {
     s->gc_result = xrealloc(s->gc_result, cap * sizeof *s->gc_result);
     s->gc_head = xrealloc(s->gc_head, cap * sizeof *s->gc_head);
     s->gc_tail = xrealloc(s->gc_tail, cap * sizeof *s->gc_tail);
+    s->gc_ucnt = xrealloc(s->gc_ucnt, cap * sizeof *s->gc_ucnt);
+    s->gc_uhash = xrealloc(s->gc_uhash, cap * sizeof *s->gc_uhash);
     s->gc_cap = cap;
 }
 
@@ -581,11 +616,20 @@ static void model_apply(struct sim *s, raft_index i, const struct raft_entry *e)
         vpush(&s->model, o.value);
     } else if (o.kind == OP_DEQ) {
         result = s->model_head < s->model.n ? s->model.v[s->model_head++] : EMPTY;
-        if (result != EMPTY) vpush(&s->dequeued, result);
+        if (result != EMPTY) {
+            vpush(&s->dequeued, result);
+            vpush(&s->munacked, result);
+            s->munacked_hash += umix(result);
+        }
+    } else if (o.kind == OP_ACK) {
+        result = set_remove(&s->munacked, o.value);
+        if (result) s->munacked_hash -= umix(o.value);
     }
     s->gc_result[i] = result;
     s->gc_head[i] = s->model_head;
     s->gc_tail[i] = s->model.n;
+    s->gc_ucnt[i] = s->munacked.n;
+    s->gc_uhash[i] = s->munacked_hash;
     if (e->type == RAFT_ENTRY_CONF) {
         struct raft_conf c;
         if (raft_conf_decode(&c, e->data, e->len)) {
@@ -600,30 +644,58 @@ static void model_apply(struct sim *s, raft_index i, const struct raft_entry *e)
     }
 }
 
-/* A snapshot of the queue: [u64 count][count x u64 values]. */
+/* A snapshot of the queue: [u64 n][n x u64 queued values, head first][u64 u][u x u64
+ * unacknowledged values, ascending]. */
 static struct blob *sm_serialize(const struct node *nd) {
-    size_t cnt = nd->q.n - nd->q_head;
-    struct blob *b = blob_new(8 + 8 * cnt);
+    size_t cnt = nd->q.n - nd->q_head, ucnt = nd->unacked.n;
+    struct blob *b = blob_new(16 + 8 * cnt + 8 * ucnt);
     wr64(b->b, cnt);
     for (size_t k = 0; k < cnt; k++) wr64(b->b + 8 + 8 * k, nd->q.v[nd->q_head + k]);
+    uint64_t *u = xrealloc(NULL, (ucnt + 1) * sizeof *u);
+    if (ucnt) memcpy(u, nd->unacked.v, ucnt * sizeof *u);
+    qsort(u, ucnt, sizeof *u, cmp64);
+    uint8_t *p = b->b + 8 + 8 * cnt;
+    wr64(p, ucnt);
+    for (size_t k = 0; k < ucnt; k++) wr64(p + 8 + 8 * k, u[k]);
+    free(u);
     return b;
 }
 
+/* Does the blob hold a well-formed snapshot: counts that fit, unacknowledged values ascending? */
+static bool snap_parse(const struct blob *b, uint64_t *cnt, uint64_t *ucnt) {
+    if (!b || b->len < 16) return false;
+    *cnt = rd64(b->b);
+    if (*cnt > (b->len - 16) / 8) return false;
+    *ucnt = rd64(b->b + 8 + 8 * *cnt);
+    if (b->len != 16 + 8 * *cnt + 8 * *ucnt) return false;
+    const uint8_t *u = b->b + 16 + 8 * *cnt;
+    for (size_t k = 1; k < *ucnt; k++)
+        if (rd64(u + 8 * k) <= rd64(u + 8 * (k - 1))) return false;
+    return true;
+}
+
+/* The model's state at index i, against a snapshot: the queue exactly, the unacknowledged set by
+ * size and digest. */
 static bool model_matches(const struct sim *s, raft_index i, const struct blob *b) {
-    if (!b || i > s->gc_len || b->len < 8) return false;
-    uint64_t cnt = rd64(b->b);
-    if (b->len != 8 + 8 * cnt || cnt != s->gc_tail[i] - s->gc_head[i]) return false;
+    uint64_t cnt, ucnt, h = 0;
+    if (i > s->gc_len || !snap_parse(b, &cnt, &ucnt)) return false;
+    if (cnt != s->gc_tail[i] - s->gc_head[i] || ucnt != s->gc_ucnt[i]) return false;
     for (size_t k = 0; k < cnt; k++)
         if (rd64(b->b + 8 + 8 * k) != s->model.v[s->gc_head[i] + k]) return false;
-    return true;
+    for (size_t k = 0; k < ucnt; k++) h += umix(rd64(b->b + 16 + 8 * cnt + 8 * k));
+    return h == s->gc_uhash[i];
 }
 
 /* Replace a node's state machine with a snapshot (already checked against the model). */
 static void sm_load(struct node *nd, const struct raft_snapshot_meta *m, const struct blob *b) {
     nd->q.n = 0;
     nd->q_head = 0;
-    uint64_t cnt = b && b->len >= 8 ? rd64(b->b) : 0;
-    for (size_t k = 0; k < cnt; k++) vpush(&nd->q, rd64(b->b + 8 + 8 * k));
+    nd->unacked.n = 0;
+    uint64_t cnt, ucnt;
+    if (snap_parse(b, &cnt, &ucnt)) {
+        for (size_t k = 0; k < cnt; k++) vpush(&nd->q, rd64(b->b + 8 + 8 * k));
+        for (size_t k = 0; k < ucnt; k++) vpush(&nd->unacked, rd64(b->b + 16 + 8 * cnt + 8 * k));
+    }
     nd->applied = m->index;
     nd->applied_term = m->term;
     nd->sm_conf = m->conf;
@@ -1082,6 +1154,9 @@ static void sm_apply(struct sim *s, struct node *nd, raft_index i, const struct 
         vpush(&nd->q, o.value);
     } else if (o.kind == OP_DEQ) {
         result = nd->q_head < nd->q.n ? nd->q.v[nd->q_head++] : EMPTY;
+        if (result != EMPTY) vpush(&nd->unacked, result);
+    } else if (o.kind == OP_ACK) {
+        result = set_remove(&nd->unacked, o.value);
     }
     if (result != s->gc_result[i])
         fail(s, "node %u: queue result at index %llu is %llu, the model says %llu", nd->id, ULL(i),
@@ -1094,8 +1169,12 @@ static void sm_apply(struct sim *s, struct node *nd, raft_index i, const struct 
             if (p->kind == OP_ENQ) {
                 vpush(&s->acked_enq, p->value);
                 s->res->acked_enq++;
-            } else {
+            } else if (p->kind == OP_DEQ) {
                 s->res->acked_deq++;
+                if (result != EMPTY) vpush(&s->to_ack, result); /* the client will ack it */
+            } else {
+                s->res->acked_ack++;
+                set_remove(&s->to_ack, p->value); /* answered: done with it either way */
             }
             if (s->max_observed < i) s->max_observed = i;
         }
@@ -1161,11 +1240,11 @@ static void serve_reads(struct sim *s, struct node *nd) {
                     "before it was issued", ULL(nd->rwait[k]), nd->id, ULL(a), ULL(q->must));
         else if (a > s->gc_len)
             fail(s, "linearizability: read %llu served at uncommitted index %llu", ULL(nd->rwait[k]), ULL(a));
-        else if (len != s->gc_tail[a] - s->gc_head[a] ||
-                 (len && head != s->model.v[s->gc_head[a]]))
-            fail(s, "linearizability: read %llu on node %u at %llu sees length %zu head %llu, the "
-                    "model has length %zu", ULL(nd->rwait[k]), nd->id, ULL(a), len, ULL(head),
-                 s->gc_tail[a] - s->gc_head[a]);
+        else if (len != s->gc_tail[a] - s->gc_head[a] || (len && head != s->model.v[s->gc_head[a]]) ||
+                 nd->unacked.n != s->gc_ucnt[a])
+            fail(s, "linearizability: read %llu on node %u at %llu sees length %zu head %llu unacked "
+                    "%zu, the model has length %zu unacked %zu", ULL(nd->rwait[k]), nd->id, ULL(a), len,
+                 ULL(head), nd->unacked.n, s->gc_tail[a] - s->gc_head[a], s->gc_ucnt[a]);
         if (s->max_observed < a) s->max_observed = a;
         q->st = RD_DONE;
         s->res->reads++;
@@ -1371,6 +1450,7 @@ static void node_start(struct sim *s, struct node *nd) {
     nd->inc++;
     nd->q.n = 0;
     nd->q_head = 0;
+    nd->unacked.n = 0;
     nd->applied = 0;
     nd->applied_term = 0;
     nd->sm_conf = s->boot; /* the configuration at index 0, for every node */
@@ -1426,6 +1506,7 @@ static void node_erase(struct node *nd) {
     free(nd->dt.v);
     blob_unref(nd->dsnap_blob);
     free(nd->q.v);
+    free(nd->unacked.v);
     free(nd->pend);
     free(nd->rwait);
     raft_id id = nd->id;
@@ -1614,6 +1695,10 @@ static struct node *leader(struct sim *s) {
 static void propose(struct sim *s, struct node *nd, uint32_t kind) {
     struct op o = {kind, (uint32_t)sim_rng_below(&s->g, 8), ++s->next_op, 0};
     if (kind == OP_ENQ) o.value = o.id;
+    if (kind == OP_ACK) /* a value the client got (again, if its first ack is in flight), or 1 in
+                           8 times one it never got */
+        o.value = s->to_ack.n && sim_rng_below(&s->g, 8) ? s->to_ack.v[sim_rng_below(&s->g, s->to_ack.n)]
+                                                         : 1 + sim_rng_below(&s->g, s->next_op);
     wake(s, nd);
     struct raft_event ev = {.type = RAFT_EV_PROPOSE};
     ev.u.propose.data = &o;
@@ -1625,7 +1710,7 @@ static void propose(struct sim *s, struct node *nd, uint32_t kind) {
         GROW(nd->pend, nd->n_pend, nd->cap_pend);
         nd->pend[nd->n_pend++] = (struct pending){u.proposed_index, u.proposed_term, o.id, kind, o.value};
         if (s->o->trace_all)
-            trace(s, "n%u propose %s #%llu at %llu", nd->id, kind == OP_ENQ ? "enq" : "deq", ULL(o.id),
+            trace(s, "n%u propose %s #%llu at %llu", nd->id, op_name(kind), ULL(o.id),
                   ULL(u.proposed_index));
     }
     process(s, nd, &u);
@@ -1857,7 +1942,8 @@ static void action(struct sim *s, bool faults) {
         if (!nd) return;
         /* clients wait for answers: bounded outstanding work */
         if (raft_last_index(&nd->r) > nd->r.commit + (faults ? 64 : 8)) return;
-        propose(s, nd, faults ? (sim_rng_below(&s->g, 3) ? OP_ENQ : OP_DEQ) : OP_DEQ);
+        unsigned k = (unsigned)sim_rng_below(&s->g, 8); /* 1/2 enqueue, 1/4 dequeue, 1/4 ack */
+        propose(s, nd, !faults ? OP_DEQ : k < 4 ? OP_ENQ : k < 6 || !s->to_ack.n ? OP_DEQ : OP_ACK);
         return;
     }
     r -= 900; /* [0, 100): faults and administration */
@@ -1937,16 +2023,15 @@ static void cleanup(struct sim *s) {
     free(s->gc_result);
     free(s->gc_head);
     free(s->gc_tail);
+    free(s->gc_ucnt);
+    free(s->gc_uhash);
+    free(s->munacked.v);
+    free(s->to_ack.v);
     free(s->gconf);
     free(s->model.v);
     free(s->acked_enq.v);
     free(s->dequeued.v);
     free(s->rd);
-}
-
-static int cmp64(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
 }
 
 /* End of run: every acknowledged enqueue was dequeued exactly once, in FIFO order (the model
@@ -2015,7 +2100,8 @@ bool sim_run(const struct sim_opts *o, struct sim_result *res) {
     for (unsigned i = 0; i < s->n0; i++) s->boot.voters[i] = i + 1;
     gc_ensure(s, 0);
     s->gc_term[0] = s->gc_cterm[0] = 0;
-    s->gc_head[0] = s->gc_tail[0] = 0;
+    s->gc_head[0] = s->gc_tail[0] = s->gc_ucnt[0] = 0;
+    s->gc_uhash[0] = 0;
     for (unsigned i = 0; i < MAX_SLOTS; i++) {
         s->nodes[i].id = i + 1;
         s->nodes[i].dt_first = 1;

@@ -71,7 +71,7 @@ struct sim_result {
     bool ok;
     char why[512];
     unsigned n_nodes, features;
-    uint64_t steps, elections, max_term, committed, acked_enq, acked_deq, crashes, partitions;
+    uint64_t steps, elections, max_term, committed, acked_enq, acked_deq, acked_ack, crashes, partitions;
     uint64_t torn;          /* torn records found (and cut off) by recovery */
     uint64_t snapshots;     /* snapshots taken (made durable) */
     uint64_t installs;      /* snapshots installed from a leader */

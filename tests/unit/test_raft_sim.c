@@ -62,7 +62,7 @@ static void add(struct totals *t, const struct sim_result *r) {
     t->commits += r->committed;
     t->elections += r->elections;
     t->crashes += r->crashes;
-    t->acked += r->acked_enq + r->acked_deq;
+    t->acked += r->acked_enq + r->acked_deq + r->acked_ack;
     t->torn += r->torn;
     t->snapshots += r->snapshots;
     t->installs += r->installs;
@@ -208,18 +208,18 @@ int main(int argc, char **argv) {
         }
         printf("seed %llu (%u nodes, %s): %llu steps, %llu committed, %llu leaders, max term %llu, "
                "%llu crashes, %llu torn, %llu partitions, %llu acked enqueues, %llu acked dequeues, "
-               "%llu reads, %llu transfers, %llu snapshots, %llu installs, %llu compactions, "
-               "%llu conf changes, %llu new nodes, %llu hibernations\n",
+               "%llu acked acks, %llu reads, %llu transfers, %llu snapshots, %llu installs, "
+               "%llu compactions, %llu conf changes, %llu new nodes, %llu hibernations, %llu replays\n",
                (unsigned long long)one, r.n_nodes, sim_features_name(r.features, f, sizeof f),
                (unsigned long long)r.steps, (unsigned long long)r.committed,
                (unsigned long long)r.elections, (unsigned long long)r.max_term,
                (unsigned long long)r.crashes, (unsigned long long)r.torn,
                (unsigned long long)r.partitions, (unsigned long long)r.acked_enq,
-               (unsigned long long)r.acked_deq, (unsigned long long)r.reads,
+               (unsigned long long)r.acked_deq, (unsigned long long)r.acked_ack, (unsigned long long)r.reads,
                (unsigned long long)r.transfers, (unsigned long long)r.snapshots,
                (unsigned long long)r.installs, (unsigned long long)r.compactions,
                (unsigned long long)r.conf_changes, (unsigned long long)r.nodes_added,
-               (unsigned long long)r.hibernations);
+               (unsigned long long)r.hibernations, (unsigned long long)r.replays);
         printf("1 passed, 0 failed\n");
         return 0;
     }
