@@ -215,7 +215,7 @@ static int cluster_start(struct cluster *c, const struct opts *o, unsigned n_gro
         store_set_sync(nd->store, sync);
         struct mr_host_config cfg = {
             .node_id = id,
-            .tick_seconds = 0.05,
+            .tick_seconds = 0.1, /* the host default: heartbeats every 0.2 s */
             .election_ticks = 10,
             .heartbeat_ticks = 2,
             .snapshot_threshold = snapshot_threshold,
@@ -784,7 +784,7 @@ int main(int argc, char **argv)
         .idle_seconds = 5,
         .groups = 1000,
         .size = 1024,
-        .window = 2048,
+        .window = 4096,
         .idle_entries = 4,
         .snapshot_every = 1024,
         .tmpdir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
