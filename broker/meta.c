@@ -15,11 +15,16 @@
  *     written in the same store batch, so after a crash the stored registry reflects exactly
  *     the commands up to the stored index; the group's replay skips those (meta_recover).
  *
+ * Snapshot (meta_snapshot_take/install): u8 version=1, u64 applied index, u32 count, then count
+ * records of [u64 queue uid][u32 length][command] - exchange declares, then queue declares,
+ * then bindings - that rebuild the registry.
+ *
  * Command encoding (big-endian): u8 version=1, u8 op, u8 flags, u32 home, u64 conn,
  * shortstr vhost, shortstr name, shortstr name2, shortstr key, longstr args.
  */
 #include "broker/meta.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -174,6 +179,235 @@ int meta_apply(broker_t *b, uint64_t index, const void *cmd, size_t len, br_err_
     }
     if (index) store_applied(b, index);
     return rc;
+}
+
+/* ---- snapshots ------------------------------------------------------------------------- */
+
+const char *ex_type_name(ex_type_t t); /* exchange.c */
+void ex_delete(exchange_t *x);          /* exchange.c */
+void br_binding_remove(binding_t *bd);  /* exchange.c */
+
+static bool is_builtin_exchange(const exchange_t *x)
+{
+    return x->name_len == 0 || (x->name_len >= 4 && memcmp(x->name, "amq.", 4) == 0);
+}
+
+static void snap_record(amqp_buf_t *out, uint64_t uid, const struct meta_cmd *c, uint32_t *count)
+{
+    amqp_buf_put_u64(out, uid);
+    size_t at = out->len;
+    amqp_buf_put_u32(out, 0);
+    meta_encode(out, c);
+    amqp_buf_patch_u32(out, at, (uint32_t)(out->len - at - 4));
+    (*count)++;
+}
+
+static struct meta_cmd exchange_cmd(const exchange_t *x)
+{
+    struct meta_cmd c = {.op = META_X_DECLARE, .vhost = AMQP_BYTES_CSTR(x->vh->name)};
+    c.flags = (x->durable ? META_F_DURABLE : 0) | (x->auto_delete ? META_F_AUTO_DELETE : 0) |
+              (x->internal ? META_F_INTERNAL : 0);
+    c.name = (amqp_bytes_t){(const uint8_t *)x->name, x->name_len};
+    c.name2 = AMQP_BYTES_CSTR(x->delayed ? "x-delayed-message" : ex_type_name(x->type));
+    c.args = x->args_raw;
+    return c;
+}
+
+static struct meta_cmd queue_cmd(const queue_t *q)
+{
+    struct meta_cmd c = {.op = META_Q_DECLARE, .vhost = AMQP_BYTES_CSTR(q->vh->name), .conn = q->owner_conn,
+                         .home = q->home};
+    c.flags = (q->durable ? META_F_DURABLE : 0) | (q->auto_delete ? META_F_AUTO_DELETE : 0) |
+              (q->exclusive ? META_F_EXCLUSIVE : 0);
+    c.name = (amqp_bytes_t){(const uint8_t *)q->name, q->name_len};
+    c.args = q->args_raw;
+    return c;
+}
+
+static struct meta_cmd binding_cmd(const binding_t *bd)
+{
+    struct meta_cmd c = {.op = META_BIND, .vhost = AMQP_BYTES_CSTR(bd->src->vh->name)};
+    if (bd->dest_is_queue) {
+        const queue_t *q = bd->dest;
+        c.flags = META_F_DEST_QUEUE;
+        c.name = (amqp_bytes_t){(const uint8_t *)q->name, q->name_len};
+        c.conn = q->owner_conn; /* binding an exclusive queue is its owner's right */
+    } else {
+        const exchange_t *x = bd->dest;
+        c.name = (amqp_bytes_t){(const uint8_t *)x->name, x->name_len};
+    }
+    c.name2 = (amqp_bytes_t){(const uint8_t *)bd->src->name, bd->src->name_len};
+    c.key = (amqp_bytes_t){(const uint8_t *)bd->key, bd->key_len};
+    c.args = bd->args_raw;
+    return c;
+}
+
+int meta_snapshot_take(broker_t *b, void **bytes, size_t *len)
+{
+    amqp_buf_t out = {0};
+    amqp_buf_put_u8(&out, META_VERSION);
+    amqp_buf_put_u64(&out, b->meta_applied);
+    size_t count_at = out.len;
+    amqp_buf_put_u32(&out, 0);
+    uint32_t count = 0;
+    for (int pass = 0; pass < 3; pass++) {
+        size_t vp = 0;
+        void *vv;
+        while (dict_next(&b->vhosts, &vp, NULL, NULL, &vv)) {
+            vhost_t *vh = vv;
+            size_t p = 0;
+            void *v;
+            if (pass == 1) {
+                while (dict_next(&vh->queues, &p, NULL, NULL, &v)) {
+                    struct meta_cmd c = queue_cmd(v);
+                    snap_record(&out, ((queue_t *)v)->uid, &c, &count);
+                }
+                continue;
+            }
+            while (dict_next(&vh->exchanges, &p, NULL, NULL, &v)) {
+                exchange_t *x = v;
+                if (pass == 0 && !is_builtin_exchange(x)) {
+                    struct meta_cmd c = exchange_cmd(x);
+                    snap_record(&out, 0, &c, &count);
+                }
+                for (size_t i = 0; pass == 2 && i < x->bindings.n; i++) {
+                    struct meta_cmd c = binding_cmd(x->bindings.items[i]);
+                    snap_record(&out, 0, &c, &count);
+                }
+            }
+        }
+    }
+    amqp_buf_patch_u32(&out, count_at, count);
+    *bytes = out.data;
+    *len = out.len;
+    return 0;
+}
+
+struct snap_entry {
+    uint64_t uid;
+    struct meta_cmd cmd;
+};
+
+/* Identity of a binding, for matching the registry against the snapshot. */
+static size_t binding_identity(const struct meta_cmd *c, char *out, size_t cap)
+{
+    int n = snprintf(out, cap, "%.*s%c%.*s%c%c%.*s%c%.*s%c", (int)c->vhost.len, (const char *)c->vhost.ptr, 0,
+                     (int)c->name2.len, (const char *)c->name2.ptr, 0, (c->flags & META_F_DEST_QUEUE) ? 'q' : 'x',
+                     (int)c->name.len, (const char *)c->name.ptr, 0, (int)c->key.len, (const char *)c->key.ptr, 0);
+    size_t used = n < 0 ? 0 : (size_t)n >= cap ? cap - 1 : (size_t)n;
+    size_t a = c->args.len < cap - used ? c->args.len : cap - used;
+    if (a) memcpy(out + used, c->args.ptr, a);
+    return used + a;
+}
+
+static int snap_parse(const void *bytes, size_t len, uint64_t *index, struct snap_entry **out, uint32_t *n)
+{
+    amqp_reader_t r = amqp_reader(bytes, len);
+    if (amqp_read_u8(&r) != META_VERSION) return -1;
+    *index = amqp_read_u64(&r);
+    uint32_t count = amqp_read_u32(&r);
+    if (r.bad || count > r.left / 12) return -1;
+    struct snap_entry *e = calloc(count ? count : 1, sizeof *e);
+    if (!e) abort();
+    for (uint32_t i = 0; i < count; i++) {
+        e[i].uid = amqp_read_u64(&r);
+        amqp_bytes_t rec = amqp_read_longstr(&r);
+        if (r.bad || meta_decode(rec.ptr, rec.len, &e[i].cmd) != 0) {
+            free(e);
+            return -1;
+        }
+    }
+    *out = e;
+    *n = count;
+    return 0;
+}
+
+/* Removes what the snapshot does not hold: bindings, then queues (or ones with another uid),
+ * then exchanges (or inequivalent ones). */
+static void snap_prune(broker_t *b, const struct snap_entry *e, uint32_t n)
+{
+    dict_t keep;
+    dict_init(&keep);
+    char id[2048];
+    for (uint32_t i = 0; i < n; i++) {
+        const struct meta_cmd *c = &e[i].cmd;
+        if (c->op == META_BIND) {
+            dict_set(&keep, id, binding_identity(c, id, sizeof id), (void *)&e[i]);
+        } else {
+            int k = snprintf(id, sizeof id, "%c%.*s%c%.*s", c->op == META_Q_DECLARE ? 'Q' : 'X', (int)c->vhost.len,
+                             (const char *)c->vhost.ptr, 0, (int)c->name.len, (const char *)c->name.ptr);
+            dict_set(&keep, id, (size_t)k, (void *)&e[i]);
+        }
+    }
+    size_t vp = 0;
+    void *vv;
+    while (dict_next(&b->vhosts, &vp, NULL, NULL, &vv)) {
+        vhost_t *vh = vv;
+        ptrvec_t doomed = {0};
+        size_t p = 0;
+        void *v;
+        while (dict_next(&vh->exchanges, &p, NULL, NULL, &v)) {
+            exchange_t *x = v;
+            for (size_t i = 0; i < x->bindings.n; i++) {
+                struct meta_cmd c = binding_cmd(x->bindings.items[i]);
+                if (!dict_get(&keep, id, binding_identity(&c, id, sizeof id))) ptrvec_push(&doomed, x->bindings.items[i]);
+            }
+        }
+        for (size_t i = 0; i < doomed.n; i++) br_binding_remove(doomed.items[i]);
+        doomed.n = 0;
+        p = 0;
+        while (dict_next(&vh->queues, &p, NULL, NULL, &v)) {
+            queue_t *q = v;
+            int k = snprintf(id, sizeof id, "Q%s%c%s", vh->name, 0, q->name);
+            const struct snap_entry *se = dict_get(&keep, id, (size_t)k);
+            if (!se || se->uid != q->uid) ptrvec_push(&doomed, q);
+        }
+        for (size_t i = 0; i < doomed.n; i++) q_delete(doomed.items[i]);
+        doomed.n = 0;
+        p = 0;
+        while (dict_next(&vh->exchanges, &p, NULL, NULL, &v)) {
+            exchange_t *x = v;
+            if (is_builtin_exchange(x)) continue;
+            int k = snprintf(id, sizeof id, "X%s%c%s", vh->name, 0, x->name);
+            if (!dict_get(&keep, id, (size_t)k)) ptrvec_push(&doomed, x);
+        }
+        for (size_t i = 0; i < doomed.n; i++) ex_delete(doomed.items[i]);
+        ptrvec_free(&doomed);
+    }
+    dict_free(&keep);
+}
+
+void meta_snapshot_install(broker_t *b, const void *bytes, size_t len)
+{
+    uint64_t index;
+    struct snap_entry *e;
+    uint32_t n;
+    if (snap_parse(bytes, len, &index, &e, &n) != 0) {
+        log_error("metadata: malformed snapshot ignored");
+        return;
+    }
+    if (index > b->meta_applied) {
+        b->meta_applying = true;
+        snap_prune(b, e, n);
+        for (uint32_t i = 0; i < n; i++) {
+            br_err_t err;
+            b->meta_uid = e[i].uid;
+            b->meta_home = e[i].cmd.home;
+            if (apply_cmd(b, &e[i].cmd, &err) == BR_PRECONDITION_FAILED && e[i].cmd.op == META_X_DECLARE) {
+                /* the exchange exists with other properties: the snapshot's wins */
+                vhost_t *vh = br_vhost(b, STR(e[i].cmd.vhost));
+                exchange_t *x = vh ? br_exchange(vh, STR(e[i].cmd.name)) : NULL;
+                if (x) ex_delete(x);
+                apply_cmd(b, &e[i].cmd, &err);
+            }
+        }
+        b->meta_applying = false;
+        b->meta_uid = 0;
+        b->meta_home = 0;
+        store_applied(b, index);
+        log_info("metadata: installed snapshot at index %llu (%u records)", (unsigned long long)index, n);
+    }
+    free(e);
 }
 
 /* ---- node-decided deletions -------------------------------------------------------------- */

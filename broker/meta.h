@@ -71,6 +71,13 @@ int meta_apply(broker_t *b, uint64_t index, const void *cmd, size_t len, br_err_
 /* Reads the applied index stored with the registry (boot, before the group replays). */
 void meta_recover(broker_t *b);
 
+/* The metadata group's snapshot: the registry as the commands that rebuild it (exchanges,
+ * queues with their uids and home nodes, bindings) and the index it reflects. take returns 0
+ * with *bytes malloc'd; install brings the registry to the snapshot's state (deleting what it
+ * does not hold, creating what is missing) unless the registry is already at or past it. */
+int meta_snapshot_take(broker_t *b, void **bytes, size_t *len);
+void meta_snapshot_install(broker_t *b, const void *bytes, size_t len);
+
 /* q_delete's hook: clustered and outside meta_apply, a queue deletion this node decided on
  * (owner gone, auto-delete, expiry) is submitted instead of done; returns true then. */
 bool meta_intercept_queue_delete(queue_t *q);
