@@ -497,8 +497,8 @@ struct sim {
     unsigned cc_permille, transfer_permille, snap_permille;
     unsigned cc_wanted; /* membership changes the operator still wants to make (no leader yet) */
     unsigned replay_permille;
-    struct nmsg hist[HIST];     /* delivered messages kept for replays (1 in 8 appends and
-                                   heartbeats and their answers, everything else) */
+    struct nmsg hist[HIST];     /* delivered messages kept for replays: 1 in 8 appends,
+                                   heartbeats and their answers */
     struct nmsg hist_ctl[HIST]; /* votes, snapshots, TimeoutNow: the rare, dangerous kind */
     unsigned hist_n, hist_ctl_n;
     const struct raft_msg *cur_msg; /* the message being stepped (for RAFT_UPD_SNAPSHOT) */
