@@ -547,10 +547,10 @@ md.append(f"""- **meta**: {env['BENCH_META_CONNECTIONS']} connection(s), spread 
   Every message crosses from node 2 to node 1 before it is confirmed. The target uses the
   end-to-end (consumed) rate; confirm latency is publish to basic.ack, end-to-end latency is
   publish to delivery (a timestamp in the body).
-- **xpub-t**: the same path with transient messages and no confirms; the producer is not
+""" + ("""- **xpub-t**: the same path with transient messages and no confirms; the producer is not
   throttled, so a consumer that falls behind shows as a lower consumed rate and a latency
   that is the age of the backlog.
-- Nodes listen on 127.0.0.1 on private ports with private data directories; the client
+""" if any(r["scenario"] == "xpub-t" for r in rows) else "") + """- Nodes listen on 127.0.0.1 on private ports with private data directories; the client
   runs on the same CPUs, so compare ratios within one run.
 """)
 md.append("Reproduce: `make bench-cluster` (or `tests/bench/cluster_run.sh --quick`); "

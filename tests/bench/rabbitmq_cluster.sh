@@ -20,8 +20,8 @@
 #   `rabbitmqctl cluster_status` on node 1 lists 3 running nodes and every AMQP port answers,
 #   and prints the three beam.smp PIDs on one line (node 1 first). On any failure it stops
 #   whatever it started and exits 1.
-# stop: stops the three nodes (rabbitmq.sh stop: SIGTERM, SIGKILL after 30 s, then epmd is
-#   stopped if rabbitmq.sh started it and no node uses it any more). Nodes 3 and 2 go first.
+# stop: stops the three nodes in parallel (rabbitmq.sh stop: SIGTERM, SIGKILL after 30 s),
+#   then epmd, if rabbitmq.sh started it and no node uses it any more.
 # status: prints "running PID1 PID2 PID3 (3 running nodes)" (exit 0) or "stopped ..." (exit 3).
 #
 # Environment: RABBITMQ_DIST_BASE_PORT (see above), RABBITMQ_SCRIPTS (/usr/lib/rabbitmq/bin),
@@ -92,17 +92,24 @@ amqp_answers() {
 }
 
 do_stop() {
-  local i
-  for i in 3 2 1; do
+  local i pids=()
+  # In parallel (each rabbitmq.sh stop is bounded: SIGTERM, SIGKILL after 30 s). Each also
+  # tries to release epmd, but while the others still run it sees their names, so one more
+  # (no-op) stop of node 1 afterwards releases epmd once all three are gone.
+  for i in 1 2 3; do
     [ -d "$(node_dir "$i")" ] || continue
-    node_sh stop "$i" >/dev/null 2>&1 || echo "rabbitmq_cluster.sh: stopping node $i failed" >&2
+    node_sh stop "$i" >/dev/null 2>&1 &
+    pids+=($!)
   done
+  for i in "${pids[@]}"; do wait "$i" || echo "rabbitmq_cluster.sh: stopping a node failed" >&2; done
+  [ -d "$(node_dir 1)" ] && { node_sh stop 1 >/dev/null 2>&1 || true; }
   echo "stopped"
 }
 
 fail_start() {
   echo "rabbitmq_cluster.sh: $*" >&2
   local i f
+  [ -s "$dir/ctl.log" ] && { echo "--- $dir/ctl.log (tail)" >&2; tail -n 20 "$dir/ctl.log" >&2; }
   for i in 1 2 3; do
     f=$(node_dir "$i")/start.out
     [ -s "$f" ] && { echo "--- node $i: $f" >&2; tail -n 10 "$f" >&2; }
@@ -145,10 +152,13 @@ do_start() {
 
   local first
   first=$(node_name 1)
+  : >"$dir/ctl.log"
+  # rabbitmqctl's output (including log lines the nodes print while joining) goes to
+  # DIR/ctl.log, shown if something fails.
   for i in 2 3; do
-    ctl "$i" stop_app >/dev/null || fail_start "node $i: stop_app failed"
-    ctl "$i" join_cluster "$first" >/dev/null || fail_start "node $i: join_cluster $first failed"
-    ctl "$i" start_app >/dev/null || fail_start "node $i: start_app failed"
+    ctl "$i" stop_app >>"$dir/ctl.log" 2>&1 || fail_start "node $i: stop_app failed"
+    ctl "$i" join_cluster "$first" >>"$dir/ctl.log" 2>&1 || fail_start "node $i: join_cluster $first failed"
+    ctl "$i" start_app >>"$dir/ctl.log" 2>&1 || fail_start "node $i: start_app failed"
   done
 
   local deadline=$((SECONDS + CLUSTER_TIMEOUT_S)) n=0
