@@ -424,6 +424,10 @@ env = os.environ
 rows = [json.loads(line) for line in open(results_path) if line.strip()]
 ours_label = env["OURS_LABEL"]
 ours_note = env.get("OURS_NOTE", "")
+# The section is its heading line, a begin marker, the text, and an end marker. Other
+# writers of the file (tests/bench/run.sh) treat a section as "## heading" up to the next
+# "## ", so the heading comes first and nothing of ours sits outside that span.
+HEADING = "## Cluster (issue 5)"
 BEGIN = "<!-- cluster_run.sh: begin (this section is rewritten by tests/bench/cluster_run.sh) -->"
 END = "<!-- cluster_run.sh: end -->"
 
@@ -499,7 +503,7 @@ side_label = {"ours": ours_label, "rabbitmq": "RabbitMQ"}
 failed = sorted({f"{side_label[r['side']]} {r['scenario']}" for r in rows if "error" in r})
 incomplete = sorted({f"{side_label[r['side']]} {r['scenario']}" for r in rows if r.get("exit") == 4})
 unroutable = sorted({f"{side_label[r['side']]} {r['scenario']}" for r in rows if r.get("exit") == 5})
-md = [BEGIN, "## Cluster (issue 5): three nodes on one machine\n"]
+md = [HEADING + ": three nodes on one machine", BEGIN, ""]
 md.append("Written by `tests/bench/cluster_run.sh` (`make bench-cluster`), which replaces only "
           "this section; do not edit the figures by hand.\n")
 if env["BENCH_MODE"] == "rabbitmq-only":
@@ -556,14 +560,37 @@ md.append(f"""- **meta**: {env['BENCH_META_CONNECTIONS']} connection(s), spread 
 md.append("Reproduce: `make bench-cluster` (or `tests/bench/cluster_run.sh --quick`); "
           "see `tests/bench/README.md`.")
 md.append(END)
-section = "\n".join(md) + "\n"
+section = "\n".join(md).split("\n")
+
+
+def replace_section(lines, section):
+    """Replaces our section (heading .. end marker; without an end marker, up to the next
+    "## " heading) or appends it; drops stray markers of ours elsewhere."""
+    begin_tag, end_tag = BEGIN.split(" (")[0], END
+    start = next((i for i, l in enumerate(lines) if l.startswith(HEADING)), None)
+    if start is not None:
+        if start > 0 and lines[start - 1].startswith(begin_tag):
+            start -= 1                       # an older layout had the marker first
+        nxt = next((i for i in range(start + 2, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))
+        end = next((i for i in range(start, nxt) if lines[i].startswith(end_tag)), None)
+        stop = end + 1 if end is not None else nxt
+        while stop < len(lines) and stop < nxt and lines[stop] == "":
+            stop += 1
+        lines = lines[:start] + section + [""] + lines[stop:]
+    lines = [l for i, l in enumerate(lines)
+             if not ((l.startswith(begin_tag) or l.startswith(end_tag))
+                     and not (start is not None and start <= i < start + len(section)))]
+    if start is None:
+        while lines and lines[-1] == "":
+            lines.pop()
+        lines += [""] + section + [""]
+    return lines
+
 
 text = open(out_path).read() if os.path.exists(out_path) else "# Warren performance\n"
-pattern = re.compile(re.escape(BEGIN.split(" (")[0]) + r".*?" + re.escape(END) + r"\n?", re.S)
-if pattern.search(text):
-    text = pattern.sub(lambda m: section, text, count=1)
-else:
-    text = text.rstrip("\n") + "\n\n" + section
+lines = replace_section(text.split("\n"), section)
+text = "\n".join(lines).rstrip("\n") + "\n"
 os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
 with open(out_path, "w") as f:
     f.write(text)
