@@ -13,7 +13,12 @@
  * up. Before that only handshake frames of at most PEER_HANDSHAKE_FRAME bytes are accepted, so an
  * unauthenticated stranger can make us allocate almost nothing.
  *
- * One connection per pair: the node with the smaller id dials. If a second authenticated
+ * A Hello claiming PEER_CLIENT_ID comes from a command-line client: same handshake (minus the
+ * cluster-name check), then the connection is flagged client, belongs to no pnode, may only send
+ * calls and pings, and its replies are found by connection generation (peer_reply).
+ *
+ * One connection per pair: the node with the smaller id dials (or both, for a node marked
+ * dial_always: a joining node whose address the members do not know yet). If a second authenticated
  * connection to the same node appears anyway (a peer restarted before we noticed the old
  * connection die, or both sides dialed), both ends apply the same rule: keep the connection
  * dialed by the smaller id; between two dialed by the same node keep the newer one. Replacing an
@@ -79,7 +84,9 @@ struct pconn {
     enum pc_state state;
     enum pc_auth auth;
     bool dialer;
-    struct pnode *node;         /* dialer: from the start; acceptor: once authenticated */
+    bool client;                /* an authenticated command-line client (PEER_CLIENT_ID) */
+    struct pnode *node;         /* dialer: from the start; acceptor: once authenticated; never
+                                   set for a client */
     uint32_t peer_id;           /* from the peer's Hello/HelloChallenge */
     char peer_name[RW_MAX_NAME + 1];
     size_t peer_max_frame;
@@ -104,6 +111,7 @@ struct pnode {
     ev_timer retry_w;
     double backoff;
     bool fail_logged;           /* a failed dial was logged at info since the last success */
+    bool dial_always;           /* dial even though our id is larger (peer_set_dial_always) */
 };
 
 struct pcall {
@@ -249,7 +257,8 @@ static struct pnode *node_new(peer_mesh_t *m, uint32_t id)
 
 static bool node_should_dial(const struct pnode *n)
 {
-    return n->port > 0 && n->m->cfg.node_id < n->id && !n->up && !n->dialing && !n->m->freeing;
+    return n->port > 0 && (n->m->cfg.node_id < n->id || n->dial_always) && !n->up && !n->dialing &&
+           !n->m->freeing;
 }
 
 /* ---- calls -------------------------------------------------------------------------------- */
@@ -622,7 +631,12 @@ static bool check_peer_ident(struct pconn *c, const struct rw_ident *id)
                   id->node_name);
         return false;
     }
-    if (strcmp(id->cluster_name, m->cluster_name) != 0) {
+    bool client = !c->dialer && id->node_id == PEER_CLIENT_ID;
+    if (c->dialer && id->node_id == PEER_CLIENT_ID) {
+        conn_kill(c, LOG_WARN, "claims the client id %u: not a node", id->node_id);
+        return false;
+    }
+    if (!client && strcmp(id->cluster_name, m->cluster_name) != 0) {
         conn_kill(c, LOG_WARN, "node %u (%s) belongs to cluster '%s', we are '%s'", id->node_id, id->node_name,
                   id->cluster_name, m->cluster_name);
         return false;
@@ -653,10 +667,24 @@ static bool keep_existing(const peer_mesh_t *m, const struct pconn *old, const s
     return old_dialer == smaller;
 }
 
+/* A command-line client passed authentication: it may make calls from now on. */
+static void client_authenticated(struct pconn *c)
+{
+    c->m->n_pending--;
+    c->client = true;
+    c->state = PC_UP;
+    c->auth = AUTH_DONE;
+    log_debug("peer %s: command-line client %s authenticated", c->addr, c->peer_name);
+}
+
 /* c passed authentication: it becomes the node's connection, unless a better one exists. */
 static void conn_authenticated(struct pconn *c)
 {
     peer_mesh_t *m = c->m;
+    if (c->peer_id == PEER_CLIENT_ID) {
+        client_authenticated(c);
+        return;
+    }
     struct pnode *n = c->node ? c->node : node_find(m, c->peer_id);
     if (!n && !(n = node_new(m, c->peer_id))) {
         conn_kill(c, LOG_ERROR, "out of memory");
@@ -766,9 +794,10 @@ static void on_call(struct pconn *c, const struct rw_frame *f)
         send_reply(c, &r);
         return;
     }
-    struct peer_call_in in = {.reply_to = {.node = c->node->id, .conn = c->gen, .id = f->call.id},
+    uint32_t from = c->client ? PEER_CLIENT_ID : c->node->id;
+    struct peer_call_in in = {.reply_to = {.node = from, .conn = c->gen, .id = f->call.id},
                               .method = f->call.method, .payload = f->call.payload, .len = f->call.len};
-    m->cfg.cb.call(m->cfg.ud, c->node->id, &in);
+    m->cfg.cb.call(m->cfg.ud, from, &in);
 }
 
 static void on_call_reply(struct pconn *c, const struct rw_frame *f)
@@ -793,6 +822,12 @@ static void dispatch(struct pconn *c, struct rw_frame *f)
     m->stats.frames_in++;
     if (c->state != PC_UP) {
         dispatch_handshake(c, f);
+        rw_frame_free(f);
+        return;
+    }
+    if (c->client && f->type != RW_FRAME_CALL && f->type != RW_FRAME_PING && f->type != RW_FRAME_PONG) {
+        m->stats.refused++;
+        conn_kill(c, LOG_WARN, "command-line client sent a %s frame", rw_frame_name(f->type));
         rw_frame_free(f);
         return;
     }
@@ -1157,7 +1192,7 @@ void peer_config_defaults(struct peer_config *c)
 static int check_config(const struct peer_config *c, char *err, size_t errlen)
 {
     const char *why = NULL;
-    if (c->node_id == 0) why = "node id must be non-zero";
+    if (c->node_id == 0 || c->node_id == PEER_CLIENT_ID) why = "node id must be non-zero and not the client id";
     else if (!c->cookie || !*c->cookie) why = "the cluster cookie must not be empty";
     else if (!c->node_name || !*c->node_name || strlen(c->node_name) > RW_MAX_NAME) why = "bad node name";
     else if (c->cluster_name && strlen(c->cluster_name) > RW_MAX_NAME) why = "cluster name too long";
@@ -1255,7 +1290,7 @@ int peer_listen_port(const peer_mesh_t *m) { return m->port; }
 
 int peer_add_node(peer_mesh_t *m, uint32_t id, const char *host, int port)
 {
-    if (id == 0 || id == m->cfg.node_id || !host || !*host || strlen(host) >= sizeof m->nodes->host ||
+    if (id == 0 || id == PEER_CLIENT_ID || id == m->cfg.node_id || !host || !*host || strlen(host) >= sizeof m->nodes->host ||
         port <= 0 || port > 65535)
         return PEER_EINVAL;
     struct pnode *n = node_find(m, id);
@@ -1282,6 +1317,15 @@ int peer_remove_node(peer_mesh_t *m, uint32_t id)
     n->next = m->dead_nodes;
     m->dead_nodes = n;
     ev_prepare_start(m->loop, &m->reap_w);
+    return PEER_OK;
+}
+
+int peer_set_dial_always(peer_mesh_t *m, uint32_t id, bool always)
+{
+    struct pnode *n = node_find(m, id);
+    if (!n) return PEER_ENODE;
+    n->dial_always = always;
+    node_schedule_dial(n, true);
     return PEER_OK;
 }
 
@@ -1374,11 +1418,18 @@ int peer_reply(peer_mesh_t *m, const struct peer_reply_to *to, int32_t status, c
                const void *payload, size_t len)
 {
     if (status < 0) return PEER_EINVAL;
-    struct pnode *n = node_find(m, to->node);
-    if (!n || !n->up || n->up->gen != to->conn) return PEER_EDOWN;
+    struct pconn *c = NULL;
+    if (to->node == PEER_CLIENT_ID) {
+        for (c = m->conns; c && !(c->client && c->gen == to->conn); c = c->next) {
+        }
+    } else {
+        struct pnode *n = node_find(m, to->node);
+        if (n && n->up && n->up->gen == to->conn) c = n->up;
+    }
+    if (!c) return PEER_EDOWN;
     struct rw_call_reply r = {.id = to->id, .status = status, .error = error ? error : "",
                               .payload = payload, .len = len};
-    return send_reply(n->up, &r);
+    return send_reply(c, &r);
 }
 
 void peer_get_stats(const peer_mesh_t *m, struct peer_stats *s)
@@ -1386,5 +1437,7 @@ void peer_get_stats(const peer_mesh_t *m, struct peer_stats *s)
     *s = m->stats;
     s->connections = m->n_conns;
     s->nodes_up = 0;
+    s->clients = 0;
     for (const struct pnode *n = m->nodes; n; n = n->next) s->nodes_up += n->up != NULL;
+    for (const struct pconn *c = m->conns; c; c = c->next) s->clients += c->client;
 }

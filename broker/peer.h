@@ -22,6 +22,11 @@
  * callback runs exactly once: with the reply, or PEER_ETIMEDOUT, or PEER_EDOWN when the
  * connection is lost first. Frames are delivered in order per connection.
  *
+ * Command-line clients (warrenctl): a connection whose Hello claims node id PEER_CLIENT_ID is a
+ * client, not a node. It authenticates with the cookie like a node (its cluster name is not
+ * checked: a tool does not know it), may then only make calls and answer pings, is never reported
+ * up or down and never dialed. Its calls reach the call callback with from = PEER_CLIENT_ID.
+ *
  * Threading and re-entrancy: everything runs on the loop thread. Callbacks run from loop
  * callbacks only, never from inside a peer_* call, with two documented exceptions:
  * peer_remove_node reports the node down (and fails its calls) before returning, and so does
@@ -39,6 +44,9 @@
 #include "broker/raftwire.h"
 
 typedef struct peer_mesh peer_mesh_t;
+
+/* The node id a command-line client claims (raftwire refuses id 0 in a Hello). No node may use it. */
+#define PEER_CLIENT_ID 0xffffffffu
 
 enum peer_status {
     PEER_OK = 0,
@@ -81,7 +89,7 @@ struct peer_callbacks {
 };
 
 struct peer_config {
-    uint32_t node_id;           /* non-zero, unique in the cluster */
+    uint32_t node_id;           /* non-zero, not PEER_CLIENT_ID, unique in the cluster */
     const char *node_name;      /* e.g. rabbit@host; shown in peers' logs */
     const char *cluster_name;   /* peers must have the same one ("" is a name too) */
     const char *cookie;         /* the shared secret, non-empty */
@@ -112,6 +120,10 @@ int peer_listen_port(const peer_mesh_t *m);
 int peer_add_node(peer_mesh_t *m, uint32_t id, const char *host, int port);
 /* Forgets a node: closes its connection (reporting it down) and stops dialing it. */
 int peer_remove_node(peer_mesh_t *m, uint32_t id);
+/* always = true: dial the node (added with its address) even though its id is smaller than ours.
+ * A node joining a cluster whose members do not know its address yet needs this; if both ends
+ * dial, the duplicate rule keeps one connection. */
+int peer_set_dial_always(peer_mesh_t *m, uint32_t id, bool always);
 bool peer_is_up(const peer_mesh_t *m, uint32_t id);
 const char *peer_node_name(const peer_mesh_t *m, uint32_t id); /* from its Hello; NULL if unknown */
 
@@ -137,6 +149,7 @@ int peer_reply(peer_mesh_t *m, const struct peer_reply_to *to, int32_t status, c
 struct peer_stats {
     unsigned connections;    /* open TCP connections, authenticated or not */
     unsigned nodes_up;
+    unsigned clients;        /* authenticated command-line client connections */
     uint64_t auth_failures;  /* cookie mismatches seen by this node */
     uint64_t refused;        /* connections closed for a protocol violation (bad or large frame...) */
     uint64_t raft_dropped;   /* Raft messages not sent (peer down, buffer full, too large) */

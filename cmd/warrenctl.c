@@ -1,0 +1,544 @@
+/* warrenctl - command-line tool for a Warren node's cluster (like rabbitmqctl's cluster commands).
+ *
+ * It connects to a node's cluster port as a command-line client of the inter-node protocol
+ * (broker/peer.h: a Hello claiming PEER_CLIENT_ID, then the cookie handshake), makes one or a
+ * few calls ("cl.status", "cl.forget"; broker/cluster.c serves them) and prints the answer.
+ * The node proves the cookie first (HelloChallenge), so a wrong cookie is detected here and
+ * reported as such (exit status 2) before we prove anything ourselves.
+ *
+ * Everything is blocking with one overall deadline per command (--timeout); pings from the node
+ * are answered while waiting so a slow call does not get the connection declared dead.
+ *
+ * Exit status: 0 done, 1 failed (unreachable, refused, timed out), 2 authentication failed
+ * (wrong cookie), 64 usage error. Errors go to stderr. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <sodium.h>
+
+#include "broker/cluster.h"
+#include "broker/peer.h"
+#include "broker/raftwire.h"
+
+#define EXIT_FAIL 1
+#define EXIT_AUTH 2
+#define EXIT_USAGE 64
+#define MAX_FRAME (64u << 20)
+
+struct opts {
+    char host[256];
+    int port;
+    char cookie[256];
+    bool json;
+    double timeout;
+};
+
+/* One connection to the node. */
+struct conn {
+    int fd;
+    struct rw_buf in;
+    uint64_t next_id;
+    char node_name[RW_MAX_NAME + 1];
+    char err[512];  /* why the last operation failed */
+    bool auth_failed;
+};
+
+static double now_secs(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void fail_msg(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail_msg(struct conn *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err, sizeof c->err, fmt, ap);
+    va_end(ap);
+}
+
+/* Waits for fd to be ready for events; false with c->err set on timeout or error. */
+static bool wait_fd(struct conn *c, short events, double deadline)
+{
+    for (;;) {
+        double left = deadline - now_secs();
+        if (left <= 0) {
+            fail_msg(c, "timed out");
+            return false;
+        }
+        struct pollfd p = {.fd = c->fd, .events = events};
+        int r = poll(&p, 1, (int)(left * 1000) + 1);
+        if (r > 0) return true;
+        if (r < 0 && errno != EINTR) {
+            fail_msg(c, "poll: %s", strerror(errno));
+            return false;
+        }
+    }
+}
+
+static bool conn_open(struct conn *c, const struct opts *o, double deadline)
+{
+    memset(c, 0, sizeof *c);
+    c->fd = -1;
+    char port[16];
+    snprintf(port, sizeof port, "%d", o->port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    int g = getaddrinfo(o->host, port, &hints, &res);
+    if (g != 0) {
+        fail_msg(c, "cannot resolve %s: %s", o->host, gai_strerror(g));
+        return false;
+    }
+    c->fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (c->fd < 0) {
+        fail_msg(c, "socket: %s", strerror(errno));
+        freeaddrinfo(res);
+        return false;
+    }
+    int rc = connect(c->fd, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    if (rc != 0 && errno != EINPROGRESS) {
+        fail_msg(c, "cannot connect to %s:%d: %s", o->host, o->port, strerror(errno));
+        return false;
+    }
+    if (!wait_fd(c, POLLOUT, deadline)) return false;
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err) {
+        fail_msg(c, "cannot connect to %s:%d: %s", o->host, o->port, strerror(err));
+        return false;
+    }
+    return true;
+}
+
+static void conn_close(struct conn *c)
+{
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+    rw_buf_free(&c->in);
+}
+
+static bool send_all(struct conn *c, const struct rw_buf *b, double deadline)
+{
+    size_t off = 0;
+    while (off < b->len) {
+        ssize_t n = send(c->fd, b->data + off, b->len - off, MSG_NOSIGNAL);
+        if (n > 0) {
+            off += (size_t)n;
+        } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            if (!wait_fd(c, POLLOUT, deadline)) return false;
+        } else {
+            fail_msg(c, "send: %s", n < 0 ? strerror(errno) : "connection closed");
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The next frame other than a ping (pings are answered here); NULL with c->err on failure. */
+static struct rw_frame *recv_frame(struct conn *c, double deadline)
+{
+    for (;;) {
+        size_t len = 0;
+        int r = rw_frame_length(c->in.data, c->in.len, MAX_FRAME, &len);
+        if (r == RW_ETOOBIG) {
+            fail_msg(c, "the node sent a frame that is too large");
+            return NULL;
+        }
+        if (r == 1 && c->in.len - RW_PREFIX_LEN >= len) {
+            struct rw_frame *f = NULL;
+            char why[256];
+            int rc = rw_decode(c->in.data + RW_PREFIX_LEN, len, &f, why, sizeof why);
+            memmove(c->in.data, c->in.data + RW_PREFIX_LEN + len, c->in.len - RW_PREFIX_LEN - len);
+            c->in.len -= RW_PREFIX_LEN + len;
+            if (rc != RW_OK) {
+                fail_msg(c, "the node sent an invalid frame: %s", why);
+                return NULL;
+            }
+            if (f->type != RW_FRAME_PING) return f;
+            struct rw_buf pong = {0};
+            bool ok = rw_encode_pong(&pong, f->seq) == RW_OK && send_all(c, &pong, deadline);
+            rw_buf_free(&pong);
+            rw_frame_free(f);
+            if (!ok) return NULL;
+            continue;
+        }
+        if (!rw_buf_reserve(&c->in, 65536)) {
+            fail_msg(c, "out of memory");
+            return NULL;
+        }
+        ssize_t n = recv(c->fd, c->in.data + c->in.len, 65536, 0);
+        if (n > 0) {
+            c->in.len += (size_t)n;
+        } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            if (!wait_fd(c, POLLIN, deadline)) return NULL;
+        } else {
+            if (n == 0) fail_msg(c, "the node closed the connection");
+            else fail_msg(c, "recv: %s", strerror(errno));
+            return NULL;
+        }
+    }
+}
+
+/* The cookie handshake as a client (see broker/cluster.proto). */
+static bool conn_auth(struct conn *c, const struct opts *o, double deadline)
+{
+    char host[128] = "localhost";
+    gethostname(host, sizeof host - 1);
+    char me_name[200];
+    snprintf(me_name, sizeof me_name, "warrenctl@%.150s", host);
+    for (char *p = me_name; *p; p++)
+        if (*p < 0x21 || *p > 0x7e) *p = '_';
+    struct rw_ident me = {.version = RW_VERSION, .node_id = PEER_CLIENT_ID, .node_name = me_name,
+                          .cluster_name = "", .max_frame = MAX_FRAME};
+    randombytes_buf(me.nonce, sizeof me.nonce);
+    struct rw_buf b = {0};
+    bool ok = rw_encode_hello(&b, &me) == RW_OK && send_all(c, &b, deadline);
+    rw_buf_free(&b);
+    if (!ok) return false;
+    struct rw_frame *f = recv_frame(c, deadline);
+    if (!f) {
+        fail_msg(c, "the node at %s:%d closed the connection during the handshake (%s)", o->host, o->port, c->err);
+        return false;
+    }
+    if (f->type != RW_FRAME_CHALLENGE) {
+        fail_msg(c, "unexpected %s frame during the handshake", rw_frame_name(f->type));
+        rw_frame_free(f);
+        return false;
+    }
+    snprintf(c->node_name, sizeof c->node_name, "%s", f->ident.node_name);
+    uint32_t their_id = f->ident.node_id;
+    uint8_t want[RW_MAC_LEN], mac[RW_MAC_LEN];
+    peer_auth_mac(o->cookie, true, me.nonce, f->ident.nonce, PEER_CLIENT_ID, their_id, want);
+    bool match = sodium_memcmp(want, f->mac, RW_MAC_LEN) == 0;
+    uint8_t their_nonce[RW_NONCE_LEN];
+    memcpy(their_nonce, f->ident.nonce, RW_NONCE_LEN);
+    rw_frame_free(f);
+    if (!match) {
+        c->auth_failed = true;
+        fail_msg(c, "authentication failed: node %s at %s:%d has a different cluster cookie", c->node_name,
+                 o->host, o->port);
+        return false;
+    }
+    peer_auth_mac(o->cookie, false, me.nonce, their_nonce, PEER_CLIENT_ID, their_id, mac);
+    ok = rw_encode_response(&b, mac) == RW_OK && send_all(c, &b, deadline);
+    rw_buf_free(&b);
+    return ok;
+}
+
+/* One call. On success *reply is the CALL_REPLY frame (caller frees). */
+static bool conn_call(struct conn *c, const char *method, const char *payload, double deadline,
+                      struct rw_frame **reply)
+{
+    struct rw_call call = {.id = ++c->next_id, .method = method, .payload = payload,
+                           .len = payload ? strlen(payload) : 0};
+    struct rw_buf b = {0};
+    bool ok = rw_encode_call(&b, &call, MAX_FRAME) == RW_OK && send_all(c, &b, deadline);
+    rw_buf_free(&b);
+    if (!ok) return false;
+    for (;;) {
+        struct rw_frame *f = recv_frame(c, deadline);
+        if (!f) return false;
+        if (f->type == RW_FRAME_CALL_REPLY && f->reply.id == call.id) {
+            *reply = f;
+            return true;
+        }
+        rw_frame_free(f); /* pongs, stale replies */
+    }
+}
+
+/* Connects, authenticates and calls: the common path of every command. */
+static bool call_once(struct conn *c, const struct opts *o, const char *method, const char *payload,
+                      double deadline, struct rw_frame **reply)
+{
+    if (c->fd < 0) {
+        if (!conn_open(c, o, deadline) || !conn_auth(c, o, deadline)) {
+            char saved[sizeof c->err];
+            snprintf(saved, sizeof saved, "%s", c->err);
+            bool auth = c->auth_failed;
+            conn_close(c);
+            snprintf(c->err, sizeof c->err, "%s", saved);
+            c->auth_failed = auth;
+            return false;
+        }
+    }
+    if (conn_call(c, method, payload, deadline, reply)) return true;
+    char saved[sizeof c->err];
+    snprintf(saved, sizeof saved, "%s", c->err);
+    conn_close(c);
+    snprintf(c->err, sizeof c->err, "%s", saved);
+    return false;
+}
+
+static void sleep_secs(double s)
+{
+    struct timespec ts = {(time_t)s, (long)((s - (time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+/* ---- commands ------------------------------------------------------------------------------ */
+
+static void print_table(const cJSON *st)
+{
+    const cJSON *node = cJSON_GetObjectItemCaseSensitive(st, "node");
+    const cJSON *cname = cJSON_GetObjectItemCaseSensitive(st, "cluster_name");
+    const cJSON *state = cJSON_GetObjectItemCaseSensitive(st, "state");
+    const cJSON *leader = cJSON_GetObjectItemCaseSensitive(st, "metadata_leader");
+    printf("Cluster status of node %s\n", cJSON_IsString(node) ? node->valuestring : "?");
+    if (cJSON_IsString(cname) && cname->valuestring[0]) printf("Cluster name: %s\n", cname->valuestring);
+    printf("State: %s\n", cJSON_IsString(state) ? state->valuestring : "?");
+    printf("Metadata leader: %s\n", cJSON_IsString(leader) ? leader->valuestring : "(none)");
+    printf("\nMembers\n");
+    printf("  %-40s %-8s %-8s %s\n", "NAME", "ROLE", "RUNNING", "LEADER");
+    const cJSON *n;
+    cJSON_ArrayForEach(n, cJSON_GetObjectItemCaseSensitive(st, "nodes"))
+    {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(n, "name");
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(n, "role");
+        printf("  %-40s %-8s %-8s %s\n", cJSON_IsString(name) ? name->valuestring : "?",
+               cJSON_IsString(role) ? role->valuestring : "?",
+               cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(n, "running")) ? "yes" : "no",
+               cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(n, "leader")) ? "yes" : "");
+    }
+}
+
+static int cmd_cluster_status(const struct opts *o)
+{
+    struct conn c = {.fd = -1};
+    struct rw_frame *f = NULL;
+    double deadline = now_secs() + o->timeout;
+    if (!call_once(&c, o, "cl.status", NULL, deadline, &f)) {
+        fprintf(stderr, "warrenctl: %s\n", c.err);
+        return c.auth_failed ? EXIT_AUTH : EXIT_FAIL;
+    }
+    conn_close(&c);
+    int rc = 0;
+    if (f->reply.status != 0) {
+        fprintf(stderr, "warrenctl: %s\n", f->reply.error);
+        rc = EXIT_FAIL;
+    } else if (o->json) {
+        printf("%.*s\n", (int)f->reply.len, (const char *)f->reply.payload);
+    } else {
+        cJSON *st = cJSON_ParseWithLength(f->reply.payload, f->reply.len);
+        if (st) print_table(st);
+        else fprintf(stderr, "warrenctl: the node sent an unreadable status\n"), rc = EXIT_FAIL;
+        cJSON_Delete(st);
+    }
+    rw_frame_free(f);
+    return rc;
+}
+
+static int cmd_forget(const struct opts *o, const char *name)
+{
+    cJSON *req = cJSON_CreateObject();
+    cJSON_AddStringToObject(req, "name", name);
+    char *payload = cJSON_PrintUnformatted(req);
+    cJSON_Delete(req);
+    if (!o->json) printf("Removing node %s from the cluster\n", name);
+    struct conn c = {.fd = -1};
+    double deadline = now_secs() + o->timeout;
+    char last[600] = "no answer";
+    int rc = EXIT_FAIL;
+    while (now_secs() < deadline) {
+        struct rw_frame *f = NULL;
+        if (!call_once(&c, o, "cl.forget", payload, deadline, &f)) {
+            if (c.auth_failed) {
+                rc = EXIT_AUTH;
+                snprintf(last, sizeof last, "%s", c.err);
+                break;
+            }
+            snprintf(last, sizeof last, "%s", c.err);
+            sleep_secs(0.3);
+            continue;
+        }
+        int status = f->reply.status;
+        snprintf(last, sizeof last, "%s", f->reply.error);
+        rw_frame_free(f);
+        if (status == CL_OP_OK) {
+            rc = 0;
+            break;
+        }
+        if (status != CL_OP_RETRY) break; /* refused for good */
+        sleep_secs(0.3);
+    }
+    conn_close(&c);
+    free(payload);
+    if (rc != 0) fprintf(stderr, "warrenctl: cannot forget node %s: %s\n", name, last);
+    else if (o->json) {
+        cJSON *out = cJSON_CreateObject();
+        cJSON_AddStringToObject(out, "result", "ok");
+        cJSON_AddStringToObject(out, "node", name);
+        char *text = cJSON_PrintUnformatted(out);
+        if (text) printf("%s\n", text);
+        free(text);
+        cJSON_Delete(out);
+    }
+    return rc;
+}
+
+static int cmd_await_startup(const struct opts *o)
+{
+    double deadline = now_secs() + o->timeout;
+    char last[600] = "no answer";
+    struct conn c = {.fd = -1};
+    while (now_secs() < deadline) {
+        struct rw_frame *f = NULL;
+        if (!call_once(&c, o, "cl.status", NULL, deadline, &f)) {
+            snprintf(last, sizeof last, "%s", c.err);
+            if (c.auth_failed) {
+                fprintf(stderr, "warrenctl: %s\n", last);
+                return EXIT_AUTH;
+            }
+            sleep_secs(0.2);
+            continue;
+        }
+        cJSON *st = f->reply.status == 0 ? cJSON_ParseWithLength(f->reply.payload, f->reply.len) : NULL;
+        bool formed = st && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(st, "formed"));
+        const cJSON *state = st ? cJSON_GetObjectItemCaseSensitive(st, "state") : NULL;
+        snprintf(last, sizeof last, "node state: %s", cJSON_IsString(state) ? state->valuestring : "unknown");
+        cJSON_Delete(st);
+        rw_frame_free(f);
+        if (formed) {
+            conn_close(&c);
+            return 0;
+        }
+        sleep_secs(0.2);
+    }
+    conn_close(&c);
+    fprintf(stderr, "warrenctl: node at %s:%d did not finish starting within %.0f s (%s)\n", o->host, o->port,
+            o->timeout, last);
+    return EXIT_FAIL;
+}
+
+/* ---- options ------------------------------------------------------------------------------- */
+
+static void usage(FILE *to)
+{
+    fprintf(to,
+            "usage: warrenctl [--node HOST:PORT] [--cookie SECRET | --cookie-file FILE] [--json]\n"
+            "                 [--timeout SECONDS] COMMAND [ARGS]\n"
+            "\n"
+            "Commands:\n"
+            "  cluster_status             members, which are running, and the metadata leader\n"
+            "  forget_cluster_node NAME   remove a stopped node from the cluster for good\n"
+            "  await_startup              wait until the node answers and the cluster is formed\n"
+            "\n"
+            "--node is the node's cluster port (default 127.0.0.1:25672); the cookie defaults to\n"
+            "$WARREN_COOKIE. Exit status: 0 ok, 1 failed, 2 authentication failed, 64 usage.\n");
+}
+
+static bool parse_node(const char *s, struct opts *o)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s || (size_t)(colon - s) >= sizeof o->host) return false;
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port < 1 || port > 65535) return false;
+    size_t n = (size_t)(colon - s);
+    if (s[0] == '[' && s[n - 1] == ']') { /* [v6]:port */
+        s++;
+        n -= 2;
+    }
+    memcpy(o->host, s, n);
+    o->host[n] = '\0';
+    o->port = (int)port;
+    return true;
+}
+
+static bool read_cookie_file(const char *path, struct opts *o)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return false;
+    size_t n = fread(o->cookie, 1, sizeof o->cookie - 1, f);
+    fclose(f);
+    o->cookie[n] = '\0';
+    while (n && (o->cookie[n - 1] == '\n' || o->cookie[n - 1] == '\r' || o->cookie[n - 1] == ' ' ||
+                 o->cookie[n - 1] == '\t'))
+        o->cookie[--n] = '\0';
+    char *s = o->cookie;
+    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r') s++;
+    memmove(o->cookie, s, strlen(s) + 1);
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o = {.host = "127.0.0.1", .port = 25672, .timeout = 0};
+    const char *env = getenv("WARREN_COOKIE");
+    if (env) snprintf(o.cookie, sizeof o.cookie, "%s", env);
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        const char *a = argv[i];
+        bool has_arg = i + 1 < argc;
+        if (strcmp(a, "--node") == 0 && has_arg) {
+            if (!parse_node(argv[++i], &o)) {
+                fprintf(stderr, "warrenctl: --node expects HOST:PORT, got '%s'\n", argv[i]);
+                return EXIT_USAGE;
+            }
+        } else if (strcmp(a, "--cookie") == 0 && has_arg) {
+            snprintf(o.cookie, sizeof o.cookie, "%s", argv[++i]);
+        } else if (strcmp(a, "--cookie-file") == 0 && has_arg) {
+            if (!read_cookie_file(argv[++i], &o)) {
+                fprintf(stderr, "warrenctl: cannot read cookie file %s: %s\n", argv[i], strerror(errno));
+                return EXIT_USAGE;
+            }
+        } else if (strcmp(a, "--json") == 0) {
+            o.json = true;
+        } else if (strcmp(a, "--timeout") == 0 && has_arg) {
+            o.timeout = atof(argv[++i]);
+            if (!(o.timeout > 0)) {
+                fprintf(stderr, "warrenctl: --timeout expects a positive number of seconds\n");
+                return EXIT_USAGE;
+            }
+        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "warrenctl: unknown option %s\n", a);
+            usage(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (!o.cookie[0]) {
+        fprintf(stderr, "warrenctl: no cookie: use --cookie, --cookie-file or $WARREN_COOKIE\n");
+        return EXIT_USAGE;
+    }
+    if (sodium_init() < 0) {
+        fprintf(stderr, "warrenctl: libsodium failed to initialise\n");
+        return EXIT_FAIL;
+    }
+    const char *cmd = argv[i];
+    int nargs = argc - i - 1;
+    if (strcmp(cmd, "cluster_status") == 0 && nargs == 0) {
+        if (!(o.timeout > 0)) o.timeout = 10;
+        return cmd_cluster_status(&o);
+    }
+    if (strcmp(cmd, "forget_cluster_node") == 0 && nargs == 1) {
+        if (!(o.timeout > 0)) o.timeout = 30;
+        return cmd_forget(&o, argv[i + 1]);
+    }
+    if (strcmp(cmd, "await_startup") == 0 && nargs == 0) {
+        if (!(o.timeout > 0)) o.timeout = 60;
+        return cmd_await_startup(&o);
+    }
+    fprintf(stderr, "warrenctl: unknown command or wrong arguments: %s\n", cmd);
+    usage(stderr);
+    return EXIT_USAGE;
+}
