@@ -641,8 +641,14 @@ warren_version=${BENCH_WARREN_VERSION:-"git $(git -C "$REPO" log -1 --format='%h
 [ $mode = rabbitmq-only ] && warren_version="(not measured: second RabbitMQ node in its place)"
 [ $mode = command ] && warren_version="$warren_version via BENCH_WARREN_CMD"
 
-# The report below rewrites OUT: keep the raft section it does not know about.
+# The report below rewrites OUT: keep the raft section it does not know about, and the cluster
+# section tests/bench/cluster_run.sh writes (from its heading to its end marker).
 raft_section get "$OUT" >"$WORK/raft-section.md" 2>/dev/null || : >"$WORK/raft-section.md"
+cluster_section_get() {
+  [ -f "$1" ] || return 0
+  sed -n '/^## Cluster (issue 5)/,/<!-- cluster_run.sh: end -->/p' "$1"
+}
+cluster_section_get "$OUT" >"$WORK/cluster-section.md" || : >"$WORK/cluster-section.md"
 
 BENCH_MODE=$mode BENCH_OURS_LABEL=${SIDE_LABEL[ours]} WARREN_VERSION=$warren_version \
 RABBITMQ_VERSION=$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo unknown) \
@@ -903,6 +909,9 @@ with open(out_path, "w") as f:
 print(f"report written to {out_path}")
 PY
 
+if [ -s "$WORK/cluster-section.md" ] && ! grep -q '^## Cluster (issue 5)' "$OUT"; then
+  { echo; cat "$WORK/cluster-section.md"; } >>"$OUT"
+fi
 if [ $raft = run ] && [ $mode != rabbitmq-only ]; then
   raft_part "$OUT" || log "(raft) part failed; see above"
 else
