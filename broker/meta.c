@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker/cluster.h"
 #include "broker/log.h"
 
 #define META_VERSION 1
@@ -437,4 +438,45 @@ bool meta_intercept_queue_delete(queue_t *q)
     q_ref(q);
     meta_submit(b, &c, delete_submitted, q);
     return true;
+}
+
+/* ---- wiring to the cluster --------------------------------------------------------------- */
+
+static void cl_apply(void *ud, uint64_t index, const void *cmd, size_t len, int *code, char *text, size_t textlen)
+{
+    br_err_t err;
+    *code = meta_apply(ud, index, cmd, len, &err);
+    if (*code) snprintf(text, textlen, "%s", err.text);
+}
+
+static int cl_snapshot_take(void *ud, uint64_t index, void **bytes, size_t *len)
+{
+    (void)index; /* the registry is at the group's applied index: meta_applied says so */
+    return meta_snapshot_take(ud, bytes, len);
+}
+
+static void cl_snapshot_install(void *ud, uint64_t index, const void *bytes, size_t len)
+{
+    (void)index; /* the snapshot names its own index */
+    if (len) meta_snapshot_install(ud, bytes, len);
+}
+
+const struct cl_meta_ops meta_cl_ops = {
+    .apply = cl_apply,
+    .snapshot_take = cl_snapshot_take,
+    .snapshot_install = cl_snapshot_install,
+};
+
+static int cl_submit(void *ctx, const void *cmd, size_t len, meta_submit_cb cb, void *arg)
+{
+    return cl_meta_submit(ctx, cmd, len, cb, arg);
+}
+
+void meta_attach(broker_t *b, cl_t *c)
+{
+    if (!c || !cl_clustered(c)) return;
+    meta_recover(b); /* the stored registry already reflects the commands up to here */
+    b->self_node = cl_self_id(c);
+    b->meta_submit = cl_submit;
+    b->meta_submit_ctx = c;
 }

@@ -78,6 +78,14 @@ void meta_recover(broker_t *b);
 int meta_snapshot_take(broker_t *b, void **bytes, size_t *len);
 void meta_snapshot_install(broker_t *b, const void *bytes, size_t len);
 
+/* Wiring to the cluster (broker/cluster.h): the metadata group's state machine (ud = the
+ * broker) for cl_start, and meta_attach, which routes this broker's changes through c when c is
+ * clustered (and sets b->self_node); unclustered it leaves the broker as it is. */
+struct cl_meta_ops;
+typedef struct cl cl_t;
+extern const struct cl_meta_ops meta_cl_ops;
+void meta_attach(broker_t *b, cl_t *c);
+
 /* q_delete's hook: clustered and outside meta_apply, a queue deletion this node decided on
  * (owner gone, auto-delete, expiry) is submitted instead of done; returns true then. */
 bool meta_intercept_queue_delete(queue_t *q);
