@@ -1,7 +1,10 @@
-/* warren-server - starts one Warren node: loads configuration, opens the store, recovers
- * durable state, applies boot definitions and starts the protocol listeners on one libev
- * loop. SIGTERM/SIGINT shut down cleanly: clients get connection.close 320 CONNECTION_FORCED,
- * the store is flushed and closed. */
+/* warren-server - starts one Warren node: loads configuration, opens the store, creates the
+ * node's cluster membership (broker/cluster.h: checks the cluster keys and opens the cluster
+ * port; a no-op when no cluster_formation nodes are configured), recovers durable state, applies
+ * boot definitions, starts the cluster (rejoin or formation, with the metadata state machine of
+ * broker/meta.h) and the protocol listeners, all on one libev loop. SIGTERM/SIGINT shut down
+ * cleanly: clients get connection.close 320 CONNECTION_FORCED, the cluster leaves (peers see
+ * the connections close), the store is flushed and closed. */
 #include <ev.h>
 #include <signal.h>
 #include <stdio.h>
@@ -13,8 +16,10 @@
 
 #include "amqp091/server.h"
 #include "broker/broker.h"
+#include "broker/cluster.h"
 #include "broker/config.h"
 #include "broker/log.h"
+#include "broker/meta.h"
 #include "broker/store.h"
 
 typedef struct {
@@ -54,6 +59,17 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
     ev_timer_init(&n->shutdown_timer, shutdown_tick, 0.05, 0.05);
     n->shutdown_timer.data = n;
     ev_timer_start(loop, &n->shutdown_timer);
+}
+
+/* Recovers the broker's durable state and boot definitions, then starts the cluster: clustered,
+ * metadata changes go through it from now on and its group replays onto what was recovered. */
+static int boot_state(broker_t *b, cl_t *cluster, const cfg_t *cfg, char *err, size_t errlen)
+{
+    if (broker_recover(b, err, errlen) != 0) return -1;
+    if (cfg->load_definitions[0] && broker_load_definitions(b, cfg->load_definitions, err, errlen) != 0) return -1;
+    if (broker_boot_defaults(b, err, errlen) != 0) return -1;
+    meta_attach(b, cluster);
+    return cl_start(cluster, &meta_cl_ops, b, err, errlen);
 }
 
 int main(int argc, char **argv)
@@ -96,21 +112,21 @@ int main(int argc, char **argv)
         log_error("%s", err);
         return 1;
     }
-    broker_t *b = broker_new(loop, &cfg, store);
-    br_vhost_add(b, cfg.default_vhost);
-    if (broker_recover(b, err, sizeof err) ||
-        (cfg.load_definitions[0] && broker_load_definitions(b, cfg.load_definitions, err, sizeof err)) ||
-        broker_boot_defaults(b, err, sizeof err)) {
+    /* Before recovery, so that a bad cluster configuration or a taken cluster port stops the
+     * node at once; started after it, so the metadata group replays onto the recovered registry. */
+    cl_t *cluster = cl_new(loop, &cfg, store, NULL, err, sizeof err);
+    if (!cluster) {
         log_error("%s", err);
-        broker_free(b);
         store_close(store);
         return 1;
     }
-
+    broker_t *b = broker_new(loop, &cfg, store);
+    br_vhost_add(b, cfg.default_vhost);
     node_t node = {.loop = loop};
-    node.amqp = amqp_server_start(loop, b, &cfg, err, sizeof err);
-    if (!node.amqp) {
+    if (boot_state(b, cluster, &cfg, err, sizeof err) != 0 ||
+        !(node.amqp = amqp_server_start(loop, b, &cfg, err, sizeof err))) {
         log_error("%s", err);
+        cl_free(cluster);
         broker_free(b);
         store_close(store);
         return 1;
@@ -128,6 +144,7 @@ int main(int argc, char **argv)
     ev_run(loop, 0);
 
     amqp_server_free(node.amqp);
+    cl_free(cluster); /* before the broker: it calls nothing back, and stops applying to it */
     broker_free(b);
     store_close(store);
     log_info("stopped");
