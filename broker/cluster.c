@@ -54,6 +54,7 @@
 #define CL_CALL_TIMEOUT 5.0
 #define CL_JOIN_REPEAT 1.0     /* seconds between join calls once one succeeded (promotion) */
 #define CL_WAIT_LOG_EVERY 10.0 /* how often a waiting node says what it waits for */
+#define CL_PROBE_AFTER 3.0     /* leaderless this long: ask a peer whether we were removed */
 
 enum cl_state { CL_STANDALONE, CL_DISCOVER, CL_JOINING, CL_MEMBER, CL_REMOVED };
 enum cl_entry_kind { E_CMD = 1, E_MEMBER = 2, E_FORGET = 3 };
@@ -258,6 +259,10 @@ struct cl {
     bool join_refused_logged, join_ok_logged;
     bool member_flag;       /* stored: this node was a voter once */
     bool self_reg_pending;  /* leader: our own registry entry is being proposed */
+    ev_tstamp leaderless_since; /* member without a known leader since (0: has one) */
+    ev_tstamp next_probe;
+    bool probe_pending;     /* asking a peer whether we are still a member */
+    bool probe_dialing;     /* dial_always set for the configured nodes while leaderless */
 
     uint64_t boot, next_seq;
     struct cl_req *reqs, *reqs_tail;
@@ -1419,17 +1424,70 @@ static void leader_duties(cl_t *c)
     free(w.p);
 }
 
+static void become_removed(cl_t *c)
+{
+    c->state = CL_REMOVED;
+    log_error("cluster: node %s is no longer a member of the cluster (forgotten); delete its data "
+              "directory to add it again",
+              c->self_name);
+}
+
+/* A peer's status: if it is in a formed cluster that does not list us, we were forgotten while
+ * stopped (the removal never reached our log, so only the others can tell us). */
+static void probe_on_reply(void *arg, int status, const char *error, const void *payload, size_t len)
+{
+    (void)error;
+    cl_t *c = arg;
+    c->probe_pending = false;
+    if (status != 0 || c->state != CL_MEMBER) return;
+    cJSON *st = cJSON_ParseWithLength(payload, len);
+    const cJSON *state = st ? cJSON_GetObjectItemCaseSensitive(st, "state") : NULL;
+    bool listed = false, formed = st && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(st, "formed"));
+    const cJSON *nodes = st ? cJSON_GetObjectItemCaseSensitive(st, "nodes") : NULL, *n;
+    cJSON_ArrayForEach(n, nodes)
+    {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(n, "id");
+        listed |= cJSON_IsNumber(id) && (uint32_t)id->valuedouble == c->self_id;
+    }
+    bool member = cJSON_IsString(state) && strcmp(state->valuestring, "member") == 0;
+    cJSON_Delete(st);
+    if (member && formed && !listed) become_removed(c);
+}
+
+static void probe_membership(cl_t *c)
+{
+    ev_tstamp now = ev_now(c->loop);
+    if (mr_group_leader(c->g)) {
+        if (c->leaderless_since && c->probe_dialing) set_dial_always(c, false);
+        c->probe_dialing = false;
+        c->leaderless_since = 0;
+        return;
+    }
+    if (!c->leaderless_since) c->leaderless_since = now;
+    if (now - c->leaderless_since < CL_PROBE_AFTER || c->probe_pending || now < c->next_probe) return;
+    c->next_probe = now + CL_PROBE_AFTER;
+    if (!c->probe_dialing) { /* nodes that forgot us no longer dial us: reach out ourselves */
+        c->probe_dialing = true;
+        set_dial_always(c, true);
+    }
+    uint32_t to = 0;
+    for (int i = 0; i < c->n_cfgnodes && !to; i++)
+        if (i != c->self_index && peer_is_up(c->mesh, c->cfgnodes[i].id)) to = c->cfgnodes[i].id;
+    for (size_t i = 0; i < c->n_reg && !to; i++)
+        if (c->reg[i].id != c->self_id && peer_is_up(c->mesh, c->reg[i].id)) to = c->reg[i].id;
+    if (to && peer_call(c->mesh, to, "cl.status", NULL, 0, CL_CALL_TIMEOUT, probe_on_reply, c, NULL) == PEER_OK)
+        c->probe_pending = true;
+}
+
 static void member_step(cl_t *c)
 {
     if (!raft_conf_has(raft_get_conf(mr_group_raft(c->g)), c->self_id)) {
-        c->state = CL_REMOVED;
-        log_error("cluster: node %s is no longer a member of the cluster (forgotten); delete its data "
-                  "directory to add it again",
-                  c->self_name);
+        become_removed(c);
         return;
     }
     if (!c->member_flag && self_is_voter(c)) member_flag_set(c);
     leader_duties(c);
+    probe_membership(c);
 }
 
 static void formation_step(cl_t *c)
@@ -1660,10 +1718,7 @@ int cl_start(cl_t *c, const struct cl_meta_ops *ops, void *ud, char *err, size_t
         log_info("cluster: rejoining the cluster with stored metadata state (%u voters)", conf->n_voters);
         become_member(c);
     } else if (c->member_flag) {
-        c->state = CL_REMOVED;
-        log_error("cluster: node %s was removed from the cluster (forgotten); delete its data directory to add "
-                  "it again",
-                  c->self_name);
+        become_removed(c);
     } else {
         c->state = CL_JOINING; /* an interrupted join, or a learner not yet promoted */
         set_dial_always(c, true);

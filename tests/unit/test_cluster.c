@@ -897,9 +897,17 @@ static void test_forget_and_add(void **state)
     for (unsigned k = 0; k < st.n_members; k++) assert_string_not_equal(st.members[k].name, f.nodes[2].name);
     /* The forgotten node comes back with its old state: it knows it was removed and stays out. */
     node_start(&f, 2);
-    run_for(1.5);
-    cl_status(f.nodes[2].c, &st);
+    for (double t0 = now_secs(); now_secs() - t0 < WAIT_SECS;) {
+        cl_status(f.nodes[2].c, &st);
+        if (strcmp(st.state, "removed") == 0) break;
+        pump();
+    }
+    assert_string_equal(st.state, "removed");
     assert_false(cl_formed(f.nodes[2].c));
+    submit(&f.nodes[2], &s, "set zombie 1");
+    submit_wait(&f, &f.nodes[2], &s, WAIT_SECS);
+    assert_int_equal(s.code, CL_UNAVAILABLE);
+    assert_string_equal(s.text, "metadata store unavailable: this node was removed from the cluster");
     cl_status(f.nodes[0].c, &st);
     assert_int_equal(st.n_members, 3);
     for (unsigned k = 0; k < st.n_members; k++) assert_string_not_equal(st.members[k].name, f.nodes[2].name);
