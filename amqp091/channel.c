@@ -19,6 +19,7 @@
 #include "broker/meta.h"
 #include "broker/log.h"
 #include "broker/props.h"
+#include "broker/remote.h"
 
 #include <sodium.h>
 #include <stdarg.h>
@@ -287,8 +288,8 @@ void chan_destroy(chan_t *ch)
     while (ch->consumers.n) {
         consumer_t *c = ch->consumers.items[ch->consumers.n - 1];
         queue_t *q = c->q;
+        if (q) q_consumer_remove(q, c); /* before freeing: a remote queue's link reads it */
         consumer_free(ch, c);
-        if (q) q_consumer_remove(q, c);
     }
     ptrvec_free(&ch->consumers);
     settle_all(ch, SETTLE_REQUEUE);
@@ -317,8 +318,8 @@ static void cancel_timed_out_consumer(chan_t *ch, consumer_t *c)
         m.u.basic_cancel.nowait = true;
         send(ch, &m);
     }
-    consumer_free(ch, c);
     if (q) q_consumer_remove(q, c);
+    consumer_free(ch, c);
 }
 
 void chan_check_ack_timeout(chan_t *ch, ev_tstamp now, uint64_t timeout_ms)
@@ -363,36 +364,82 @@ static void confirm_ack(chan_t *ch, uint64_t tag, bool multiple)
     if (ch->conn) ch->conn->srv->broker->stat_confirm++;
 }
 
+static void confirm_nack(chan_t *ch, uint64_t tag)
+{
+    amqp_method_t n = {.id = AMQP_BASIC_NACK};
+    n.u.basic_nack.delivery_tag = tag;
+    send(ch, &n);
+}
+
+static pend_t *pend_at(chan_t *ch, size_t i) { return &ch->pending[(ch->pend_head + i) % ch->pend_cap]; }
+
+/* Confirms, in publish order, every publish at the head that has nothing left to wait for:
+ * a run of acks goes out as one basic.ack (multiple), a refused one as basic.nack. */
+static void confirms_drain(chan_t *ch)
+{
+    bool live = ch->conn && ch->state == CH_OPEN;
+    size_t run = 0;
+    uint64_t last = 0;
+    while (ch->pend_len) {
+        pend_t *p = pend_at(ch, 0);
+        if (p->sync || p->remote) break;
+        if (p->nack) {
+            if (run && live) confirm_ack(ch, last, run > 1);
+            run = 0;
+            if (live) confirm_nack(ch, p->seq);
+        } else {
+            last = p->seq;
+            run++;
+        }
+        ch->pend_head = (ch->pend_head + 1) % ch->pend_cap;
+        ch->pend_len--;
+    }
+    if (run && live) confirm_ack(ch, last, run > 1);
+}
+
 static void confirms_synced(void *arg)
 {
     sync_token_t *t = arg;
     chan_t *ch = t->ch;
-    size_t n = 0;
-    uint64_t last = 0;
-    while (ch->pend_len && ch->pending[ch->pend_head] <= t->upto) {
-        last = ch->pending[ch->pend_head];
-        ch->pend_head = (ch->pend_head + 1) % ch->pend_cap;
-        ch->pend_len--;
-        n++;
-    }
-    if (n && ch->conn && ch->state == CH_OPEN) confirm_ack(ch, last, n > 1);
+    for (size_t i = 0; i < ch->pend_len && pend_at(ch, i)->seq <= t->upto; i++) pend_at(ch, i)->sync = false;
+    confirms_drain(ch);
     free(t);
     chan_unref(ch);
 }
 
-static void pending_push(chan_t *ch, uint64_t seq)
+static void pending_push(chan_t *ch, pend_t p)
 {
     if (ch->pend_len == ch->pend_cap) {
         size_t ncap = ch->pend_cap ? ch->pend_cap * 2 : 64;
-        uint64_t *nb = malloc(ncap * sizeof *nb);
+        pend_t *nb = malloc(ncap * sizeof *nb);
         if (!nb) abort();
-        for (size_t i = 0; i < ch->pend_len; i++) nb[i] = ch->pending[(ch->pend_head + i) % ch->pend_cap];
+        for (size_t i = 0; i < ch->pend_len; i++) nb[i] = *pend_at(ch, i);
         free(ch->pending);
         ch->pending = nb;
         ch->pend_cap = ncap;
         ch->pend_head = 0;
     }
-    ch->pending[(ch->pend_head + ch->pend_len++) % ch->pend_cap] = seq;
+    ch->pending[(ch->pend_head + ch->pend_len++) % ch->pend_cap] = p;
+}
+
+/* A queue on another node answered for publish seq (rq_publish's callback; holds a channel
+ * reference). */
+static void remote_confirmed(void *arg, uint64_t seq, int result)
+{
+    chan_t *ch = arg;
+    size_t lo = 0, hi = ch->pend_len;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (pend_at(ch, mid)->seq < seq) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo < ch->pend_len && pend_at(ch, lo)->seq == seq) {
+        pend_t *p = pend_at(ch, lo);
+        if (p->remote) p->remote--;
+        if (result != Q_PUB_OK) p->nack = true;
+        confirms_drain(ch);
+    }
+    chan_unref(ch);
 }
 
 /* Called before the loop sleeps: one store callback per channel that published durably. */
@@ -410,25 +457,23 @@ void chan_register_syncs(amqp_server_t *s)
     }
 }
 
-static void confirm_publish(chan_t *ch, int result)
+/* result: deliver_message's Q_PUB_* flags; remote: queues on other nodes still to answer. */
+static void confirm_publish(chan_t *ch, int result, unsigned remote)
 {
     if (!ch->confirm) return;
     uint64_t seq = ++ch->pub_seq;
-    if (result & Q_PUB_REJECTED) {
+    bool rejected = result & Q_PUB_REJECTED;
+    bool needs_sync = (result & Q_PUB_SYNC) && !rejected;
+    if (rejected) remote = 0; /* refused already: later answers change nothing */
+    if (ch->pend_len == 0 && !needs_sync && !remote) {
         /* A queue refused it (x-overflow reject-publish): basic.nack, as RabbitMQ. */
-        amqp_method_t n = {.id = AMQP_BASIC_NACK};
-        n.u.basic_nack.delivery_tag = seq;
-        send(ch, &n);
+        if (rejected) confirm_nack(ch, seq);
+        else confirm_ack(ch, seq, false);
         return;
     }
-    bool needs_sync = result & Q_PUB_SYNC;
-    if (!needs_sync) {
-        if (ch->pend_len == 0) confirm_ack(ch, seq, false);
-        else pending_push(ch, seq); /* keep order behind earlier durable ones */
-        return;
-    }
-    pending_push(ch, seq);
-    if (!ch->sync_wanted) {
+    /* Everything else waits its turn behind earlier unconfirmed ones. */
+    pending_push(ch, (pend_t){.seq = seq, .remote = remote, .sync = needs_sync, .nack = rejected});
+    if (needs_sync && !ch->sync_wanted) {
         amqp_server_t *s = ch->conn->srv;
         ch->sync_wanted = true;
         ch->refs++;
@@ -451,8 +496,11 @@ static void send_return(chan_t *ch, msg_t *m, int code, const char *text)
 }
 
 /* Routes and enqueues a complete message; returns Q_PUB_* flags (store sync needed, rejected by
- * a full queue). */
-static int deliver_message(chan_t *ch, msg_t *m, bool mandatory)
+ * a full queue). Queues homed on other nodes get it forwarded (remote.h): with cb set, cb(arg,
+ * tag, result) runs later once per such queue, and *n_remote counts them. A queue whose home is
+ * down does not get it (as in RabbitMQ): if no queue took it, it is unroutable. */
+static int deliver_message(chan_t *ch, msg_t *m, bool mandatory, rq_pub_cb cb, void *arg, uint64_t tag,
+                           unsigned *n_remote)
 {
     broker_t *b = ch->conn->srv->broker;
     vhost_t *vh = ch->conn->vh;
@@ -489,13 +537,22 @@ static int deliver_message(chan_t *ch, msg_t *m, bool mandatory)
     int result = Q_PUB_OK;
     msg_t *stripped = br_strip_bcc(m);
     if (stripped) m = stripped; /* BCC routes but is never delivered */
-    if (qs.n == 0) {
+    size_t taken = 0;
+    for (size_t i = 0; i < qs.n; i++) {
+        queue_t *q = qs.items[i];
+        if (!rq_remote(q)) {
+            result |= q_publish(q, m);
+        } else if (rq_publish(q, m, cb, arg, tag)) {
+            if (cb) (*n_remote)++;
+        } else {
+            continue; /* its home node is down */
+        }
+        taken++;
+        conn_throttle(ch->conn, q);
+    }
+    if (taken == 0) {
         b->stat_unroutable++;
         if (mandatory) send_return(ch, m, AMQP_NO_ROUTE, "NO_ROUTE");
-    }
-    for (size_t i = 0; i < qs.n; i++) {
-        result |= q_publish(qs.items[i], m);
-        conn_throttle(ch->conn, qs.items[i]);
     }
     ptrvec_free(&qs);
     if (stripped) msg_unref(stripped);
@@ -518,7 +575,11 @@ static void publish_complete(chan_t *ch)
         ch->txp[ch->txp_len++] = (tx_publish_t){.m = m, .mandatory = ch->pub_mandatory};
         return;
     }
-    confirm_publish(ch, deliver_message(ch, m, ch->pub_mandatory));
+    unsigned remote = 0;
+    int result = deliver_message(ch, m, ch->pub_mandatory, ch->confirm ? remote_confirmed : NULL, ch,
+                                 ch->pub_seq + 1, &remote);
+    ch->refs += remote; /* one per remote_confirmed callback to come */
+    confirm_publish(ch, result, remote);
     msg_unref(m);
 }
 
@@ -724,6 +785,7 @@ struct meta_req {
 };
 
 static bool replicated(const chan_t *ch) { return meta_clustered(ch->conn->srv->broker); }
+static void declare_ok_remote(chan_t *ch, queue_t *q, bool nowait);
 
 static void meta_reply(chan_t *ch, const struct meta_req *r)
 {
@@ -731,6 +793,10 @@ static void meta_reply(chan_t *ch, const struct meta_req *r)
         queue_t *q = br_queue(ch->conn->vh, r->queue, strlen(r->queue));
         free(ch->last_queue);
         ch->last_queue = strdup(r->queue);
+        if (q && rq_remote(q)) { /* declared on another node first */
+            declare_ok_remote(ch, q, r->nowait);
+            return;
+        }
         if (r->nowait) return;
         amqp_method_t ok = {.id = AMQP_QUEUE_DECLARE_OK};
         ok.u.queue_declare_ok.queue = AMQP_BYTES_CSTR(r->queue);
@@ -794,6 +860,135 @@ static struct meta_cmd meta_cmd_for(chan_t *ch, uint8_t op)
 {
     struct meta_cmd c = {.op = op, .conn = ch->conn->id, .vhost = AMQP_BYTES_CSTR(ch->conn->vh->name)};
     return c;
+}
+
+
+/* ---- queues homed on other nodes (broker/remote.h) ----
+ *
+ * Clustered, a queue whose home is another node answers consume, get, purge, the counts of
+ * declare-ok and the if-unused / if-empty checks of delete from its home. The connection's
+ * frames wait (conn_pause) while the home answers, so replies keep their order and the methods
+ * after see the outcome. A queue whose home node is down fails them with 404, as in RabbitMQ. */
+
+struct remote_req {
+    chan_t *ch;
+    queue_t *q; /* referenced */
+    uint32_t method;
+    bool nowait;
+    bool flag, flag2; /* get: no_ack; delete: if_unused, if_empty */
+    consumer_t *c;    /* consume: the consumer being registered */
+};
+
+static struct remote_req *remote_begin(chan_t *ch, queue_t *q, uint32_t method, bool nowait)
+{
+    struct remote_req *r = calloc(1, sizeof *r);
+    if (!r) abort();
+    r->ch = ch;
+    r->q = q;
+    r->method = method;
+    r->nowait = nowait;
+    q_ref(q);
+    ch->refs++;
+    conn_pause(ch->conn);
+    return r;
+}
+
+static bool remote_live(const struct remote_req *r) { return r->ch->conn && r->ch->state == CH_OPEN; }
+
+static void remote_finish(struct remote_req *r)
+{
+    chan_t *ch = r->ch;
+    if (ch->conn) {
+        conn_flush(ch->conn);
+        conn_resume(ch->conn);
+    }
+    q_unref(r->q);
+    free(r);
+    chan_unref(ch);
+}
+
+/* Raises the channel error and returns true when q's home node is down. */
+static bool remote_unavailable(chan_t *ch, queue_t *q, uint32_t method)
+{
+    if (rq_available(q)) return false;
+    br_err_t err;
+    rq_unavailable(q, &err);
+    fail(ch, method, &err);
+    return true;
+}
+
+static void remote_declare_counted(void *arg, const br_err_t *err, uint32_t messages, uint32_t consumers)
+{
+    struct remote_req *r = arg;
+    if (remote_live(r)) {
+        if (err) {
+            fail(r->ch, r->method, err);
+        } else {
+            amqp_method_t ok = {.id = AMQP_QUEUE_DECLARE_OK};
+            ok.u.queue_declare_ok.queue = (amqp_bytes_t){(const uint8_t *)r->q->name, r->q->name_len};
+            ok.u.queue_declare_ok.message_count = messages;
+            ok.u.queue_declare_ok.consumer_count = consumers;
+            send(r->ch, &ok);
+        }
+    }
+    remote_finish(r);
+}
+
+/* queue.declare(-ok) of a queue homed elsewhere: the counts come from its home. */
+static void declare_ok_remote(chan_t *ch, queue_t *q, bool nowait)
+{
+    if (remote_unavailable(ch, q, AMQP_QUEUE_DECLARE) || nowait) return;
+    rq_stat(q, remote_declare_counted, remote_begin(ch, q, AMQP_QUEUE_DECLARE, false));
+}
+
+static void remote_purged(void *arg, const br_err_t *err, uint32_t messages, uint32_t consumers)
+{
+    (void)consumers;
+    struct remote_req *r = arg;
+    if (remote_live(r)) {
+        if (err) {
+            fail(r->ch, r->method, err);
+        } else if (!r->nowait) {
+            amqp_method_t ok = {.id = AMQP_QUEUE_PURGE_OK};
+            ok.u.queue_purge_ok.message_count = messages;
+            send(r->ch, &ok);
+        }
+    }
+    remote_finish(r);
+}
+
+static void remote_delete_checked(void *arg, const br_err_t *err, uint32_t messages, uint32_t consumers)
+{
+    struct remote_req *r = arg;
+    chan_t *ch = r->ch;
+    queue_t *q = r->q;
+    br_err_t e;
+    if (!remote_live(r)) {
+    } else if (err) {
+        fail(ch, r->method, err);
+    } else if (r->flag && consumers) {
+        br_fail(&e, BR_PRECONDITION_FAILED, "queue '%s' in vhost '%s' in use", q->name, q->vh->name);
+        fail(ch, r->method, &e);
+    } else if (r->flag2 && messages) {
+        br_fail(&e, BR_PRECONDITION_FAILED, "queue '%s' in vhost '%s' not empty", q->name, q->vh->name);
+        fail(ch, r->method, &e);
+    } else {
+        struct meta_cmd c = meta_cmd_for(ch, META_Q_DELETE);
+        c.name = (amqp_bytes_t){(const uint8_t *)q->name, q->name_len};
+        meta_begin(ch, &c, r->method, r->nowait, messages, NULL, 0);
+    }
+    remote_finish(r);
+}
+
+/* queue.delete of a queue homed elsewhere: if-unused / if-empty are checked at its home before
+ * the replicated delete is submitted. */
+static void delete_remote(chan_t *ch, const amqp_method_t *m, queue_t *q)
+{
+    if (remote_unavailable(ch, q, m->id)) return;
+    struct remote_req *r = remote_begin(ch, q, m->id, m->u.queue_delete.nowait);
+    r->flag = m->u.queue_delete.if_unused;
+    r->flag2 = m->u.queue_delete.if_empty;
+    rq_stat(q, remote_delete_checked, r);
 }
 
 static void handle_exchange_declare(chan_t *ch, const amqp_method_t *m)
@@ -888,6 +1083,10 @@ static void handle_queue_declare(chan_t *ch, const amqp_method_t *m)
     }
     if (rc) return fail(ch, m->id, &err);
     remember_queue(ch, q);
+    if (rq_remote(q)) {
+        declare_ok_remote(ch, q, a->nowait);
+        return;
+    }
     if (a->nowait) return;
     amqp_method_t ok = {.id = AMQP_QUEUE_DECLARE_OK};
     ok.u.queue_declare_ok.queue = (amqp_bytes_t){(const uint8_t *)q->name, q->name_len};
@@ -932,6 +1131,16 @@ static void handle_queue_purge(chan_t *ch, const amqp_method_t *m)
     amqp_bytes_t qn = queue_name_or_last(ch, m->u.queue_purge.queue);
     br_err_t err;
     uint32_t n;
+    queue_t *q;
+    if (ch->conn->srv->broker->node_call) { /* clustered: the queue may live elsewhere */
+        if (br_queue_for_read(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)qn.ptr, qn.len, &q, &err))
+            return fail(ch, m->id, &err);
+        if (rq_remote(q)) {
+            if (!remote_unavailable(ch, q, m->id))
+                rq_purge(q, remote_purged, remote_begin(ch, q, m->id, m->u.queue_purge.nowait));
+            return;
+        }
+    }
     if (br_queue_purge(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)qn.ptr, qn.len, &n, &err))
         return fail(ch, m->id, &err);
     if (m->u.queue_purge.nowait) return;
@@ -951,6 +1160,11 @@ static void handle_queue_delete(chan_t *ch, const amqp_method_t *m)
     int rc = br_queue_delete(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)qn.ptr, qn.len,
                              m->u.queue_delete.if_unused, m->u.queue_delete.if_empty, &n, &err);
     if (clustered && meta_dry_end(b) && !rc) {
+        queue_t *q = br_queue(ch->conn->vh, (const char *)qn.ptr, qn.len);
+        if (q && rq_remote(q)) {
+            delete_remote(ch, m, q);
+            return;
+        }
         struct meta_cmd c = meta_cmd_for(ch, META_Q_DELETE);
         c.name = qn;
         return meta_begin(ch, &c, m->id, m->u.queue_delete.nowait, n, NULL, 0);
@@ -1032,6 +1246,28 @@ static void consume_reply_to(chan_t *ch, const amqp_method_t *m)
     }
 }
 
+/* The home of the queue answered a consume from this channel. */
+static void remote_consumed(void *arg, const br_err_t *err)
+{
+    struct remote_req *r = arg;
+    chan_t *ch = r->ch;
+    consumer_t *c = r->c;
+    if (!err && remote_live(r)) {
+        ptrvec_push(&ch->consumers, c);
+        if (!r->nowait) {
+            amqp_method_t ok = {.id = AMQP_BASIC_CONSUME_OK};
+            ok.u.basic_consume_ok.consumer_tag = (amqp_bytes_t){(const uint8_t *)c->tag, c->tag_len};
+            send(ch, &ok);
+        }
+    } else {
+        if (!err) q_consumer_remove(c->q, c); /* registered, but the channel is gone */
+        else if (remote_live(r)) fail(ch, r->method, err);
+        free(c->tag);
+        free(c);
+    }
+    remote_finish(r);
+}
+
 static void handle_consume(chan_t *ch, const amqp_method_t *m)
 {
     const __typeof__(m->u.basic_consume) *a = &m->u.basic_consume;
@@ -1041,6 +1277,8 @@ static void handle_consume(chan_t *ch, const amqp_method_t *m)
     queue_t *q;
     if (br_queue_for_read(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)qn.ptr, qn.len, &q, &err))
         return fail(ch, m->id, &err);
+    bool remote = rq_remote(q);
+    if (remote && remote_unavailable(ch, q, m->id)) return;
     char gen[64];
     amqp_bytes_t tag = a->consumer_tag;
     if (tag.len == 0) {
@@ -1054,10 +1292,10 @@ static void handle_consume(chan_t *ch, const amqp_method_t *m)
         conn_exception(ch->conn, AMQP_NOT_ALLOWED, m->id, "attempt to reuse consumer tag '%.*s'", BYTES_FMT(tag));
         return;
     }
-    bool exclusive_held = false;
-    for (size_t i = 0; i < q->consumers.n; i++)
+    bool exclusive_held = false; /* a remote queue's home checks this */
+    for (size_t i = 0; i < q->consumers.n && !remote; i++)
         if (((consumer_t *)q->consumers.items[i])->exclusive) exclusive_held = true;
-    if (exclusive_held || (a->exclusive && q->consumers.n)) {
+    if (!remote && (exclusive_held || (a->exclusive && q->consumers.n))) {
         chan_exception(ch, AMQP_ACCESS_REFUSED, m->id, "queue '%s' in vhost '%s' in exclusive use", q->name,
                        q->vh->name);
         return;
@@ -1082,6 +1320,12 @@ static void handle_consume(chan_t *ch, const amqp_method_t *m)
     c->prefetch = ch->prefetch;
     c->ops = &chan_consumer_ops;
     c->owner = ch;
+    if (remote) {
+        struct remote_req *r = remote_begin(ch, q, m->id, a->nowait);
+        r->c = c;
+        rq_consume(q, c, remote_consumed, r);
+        return;
+    }
     ptrvec_push(&ch->consumers, c);
     if (!a->nowait) {
         amqp_method_t ok = {.id = AMQP_BASIC_CONSUME_OK};
@@ -1104,8 +1348,52 @@ static void handle_cancel(chan_t *ch, const amqp_method_t *m)
     }
     if (!c) return;
     queue_t *q = c->q;
-    consumer_free(ch, c);
     if (q) q_consumer_remove(q, c);
+    consumer_free(ch, c);
+}
+
+/* basic.get-ok for an entry taken from q (no_ack: settled now). */
+static void get_ok_send(chan_t *ch, queue_t *q, const qentry_t *e, uint32_t message_count, bool no_ack)
+{
+    uint64_t tag = ch->next_tag++;
+    amqp_method_t ok = {.id = AMQP_BASIC_GET_OK};
+    ok.u.basic_get_ok.delivery_tag = tag;
+    ok.u.basic_get_ok.redelivered = e->redelivered;
+    ok.u.basic_get_ok.exchange = (amqp_bytes_t){(const uint8_t *)e->m->exchange, e->m->exchange_len};
+    ok.u.basic_get_ok.routing_key = (amqp_bytes_t){(const uint8_t *)e->m->rk, e->m->rk_len};
+    ok.u.basic_get_ok.message_count = message_count;
+    send(ch, &ok);
+    write_content(ch, e->m);
+    q->vh->broker->stat_deliver++;
+    if (no_ack) {
+        if (rq_remote(q)) msg_unref(e->m); /* the home settled it already */
+        else q_ack(q, e);
+        return;
+    }
+    delivery_t *d = dl_push(ch);
+    d->tag = tag;
+    d->q = q;
+    q_ref(q);
+    d->e = *e;
+    ch->unacked++;
+}
+
+static void remote_got(void *arg, const br_err_t *err, const qentry_t *e, uint32_t message_count)
+{
+    struct remote_req *r = arg;
+    bool live = remote_live(r);
+    if (err) {
+        if (live) fail(r->ch, r->method, err);
+    } else if (!e) {
+        if (live) send_simple(r->ch, AMQP_BASIC_GET_EMPTY);
+    } else if (live) {
+        get_ok_send(r->ch, r->q, e, message_count, r->flag);
+    } else if (r->flag) {
+        msg_unref(e->m);
+    } else {
+        q_requeue(r->q, e); /* the channel went away meanwhile */
+    }
+    remote_finish(r);
 }
 
 static void handle_get(chan_t *ch, const amqp_method_t *m)
@@ -1115,31 +1403,19 @@ static void handle_get(chan_t *ch, const amqp_method_t *m)
     queue_t *q;
     if (br_queue_for_read(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)qn.ptr, qn.len, &q, &err))
         return fail(ch, m->id, &err);
+    if (rq_remote(q)) {
+        if (remote_unavailable(ch, q, m->id)) return;
+        struct remote_req *r = remote_begin(ch, q, m->id, false);
+        r->flag = m->u.basic_get.no_ack;
+        rq_get(q, r->flag, remote_got, r);
+        return;
+    }
     qentry_t e;
     if (!q_get(q, &e)) {
         send_simple(ch, AMQP_BASIC_GET_EMPTY);
         return;
     }
-    uint64_t tag = ch->next_tag++;
-    amqp_method_t ok = {.id = AMQP_BASIC_GET_OK};
-    ok.u.basic_get_ok.delivery_tag = tag;
-    ok.u.basic_get_ok.redelivered = e.redelivered;
-    ok.u.basic_get_ok.exchange = (amqp_bytes_t){(const uint8_t *)e.m->exchange, e.m->exchange_len};
-    ok.u.basic_get_ok.routing_key = (amqp_bytes_t){(const uint8_t *)e.m->rk, e.m->rk_len};
-    ok.u.basic_get_ok.message_count = q_message_count(q);
-    send(ch, &ok);
-    write_content(ch, e.m);
-    q->vh->broker->stat_deliver++;
-    if (m->u.basic_get.no_ack) {
-        q_ack(q, &e);
-        return;
-    }
-    delivery_t *d = dl_push(ch);
-    d->tag = tag;
-    d->q = q;
-    q_ref(q);
-    d->e = e;
-    ch->unacked++;
+    get_ok_send(ch, q, &e, q_message_count(q), m->u.basic_get.no_ack);
 }
 
 /* Applies ack/nack/reject; returns false after raising the channel error. */
@@ -1225,14 +1501,31 @@ static void handle_qos(chan_t *ch, const amqp_method_t *m)
 
 /* ---- tx ---- */
 
-static void tx_commit_synced(void *arg)
+/* tx.commit-ok waits for the store sync of the transaction's durable messages and for the
+ * answers of queues on other nodes. */
+struct tx_wait {
+    chan_t *ch;
+    unsigned remaining;
+};
+
+static void tx_wait_done(struct tx_wait *w)
 {
-    chan_t *ch = arg;
+    if (--w->remaining) return;
+    chan_t *ch = w->ch;
     if (ch->conn && ch->state == CH_OPEN) {
         send_simple(ch, AMQP_TX_COMMIT_OK);
         conn_flush(ch->conn);
     }
     chan_unref(ch);
+    free(w);
+}
+
+static void tx_commit_synced(void *arg) { tx_wait_done(arg); }
+
+static void tx_remote_done(void *arg, uint64_t tag, int result)
+{
+    (void)tag, (void)result;
+    tx_wait_done(arg);
 }
 
 static void tx_commit(chan_t *ch, const amqp_method_t *m)
@@ -1241,9 +1534,17 @@ static void tx_commit(chan_t *ch, const amqp_method_t *m)
         chan_exception(ch, AMQP_PRECONDITION_FAILED, m->id, "channel is not transactional");
         return;
     }
+    struct tx_wait *w = malloc(sizeof *w);
+    if (!w) abort();
+    w->ch = ch;
+    w->remaining = 1; /* this function's own hold */
+    ch->refs++;
     bool needs_sync = false;
     for (size_t i = 0; i < ch->txp_len; i++) {
-        needs_sync |= (deliver_message(ch, ch->txp[i].m, ch->txp[i].mandatory) & Q_PUB_SYNC) != 0;
+        unsigned remote = 0;
+        needs_sync |= (deliver_message(ch, ch->txp[i].m, ch->txp[i].mandatory, tx_remote_done, w, 0, &remote) &
+                       Q_PUB_SYNC) != 0;
+        w->remaining += remote;
         msg_unref(ch->txp[i].m);
     }
     ch->txp_len = 0;
@@ -1261,11 +1562,10 @@ static void tx_commit(chan_t *ch, const amqp_method_t *m)
     broker_t *b = ch->conn->srv->broker;
     if (needs_sync && b->store) {
         /* commit-ok promises the transaction's persistent messages are on disk. */
-        ch->refs++;
-        store_on_synced(b->store, tx_commit_synced, ch);
-        return;
+        w->remaining++;
+        store_on_synced(b->store, tx_commit_synced, w);
     }
-    send_simple(ch, AMQP_TX_COMMIT_OK);
+    tx_wait_done(w);
 }
 
 static void tx_rollback(chan_t *ch, const amqp_method_t *m)

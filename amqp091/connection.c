@@ -12,6 +12,7 @@
  * a short grace period. */
 #include "amqp091/session.h"
 #include "broker/log.h"
+#include "broker/remote.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -53,14 +54,18 @@ bool conn_output_blocked(const conn_t *c)
  * message's latency with it. Like RabbitMQ's credit flow, we stop reading from a publishing
  * connection while a consumed queue it published to is deep, and resume when the backlog
  * halves. The pause is bounded (a few ms at a time) so a connection that both publishes and
- * acks can never deadlock itself. Queues without consumers never throttle (backlogs are fine). */
+ * acks can never deadlock itself. Queues without consumers never throttle (backlogs are fine).
+ * A queue homed on another node throttles on the bytes forwarded there and not yet answered
+ * (remote.h), until they fall low again: that only depends on the home node, not on this
+ * connection, so the pause needs no time bound (the home going down clears the backlog). */
 #define THROTTLE_HIGH 2000
 #define THROTTLE_LOW 1000
 #define THROTTLE_MAX_PAUSE 0.05
 
 void conn_throttle(conn_t *c, queue_t *q)
 {
-    if (c->throttled_by || !c->net || q->consumers.n == 0 || q->ready_len < THROTTLE_HIGH) return;
+    if (c->throttled_by || !c->net) return;
+    if (rq_remote(q) ? rq_backlog(q) < RQ_BACKLOG_HIGH : q->consumers.n == 0 || q->ready_len < THROTTLE_HIGH) return;
     q_ref(q);
     c->throttled_by = q;
     c->throttled_at = ev_now(c->srv->loop);
@@ -71,9 +76,12 @@ static void conn_unthrottle_check(conn_t *c)
 {
     queue_t *q = c->throttled_by;
     if (!q) return;
-    if (!q->deleted && q->ready_len > THROTTLE_LOW && q->consumers.n &&
-        ev_now(c->srv->loop) - c->throttled_at < THROTTLE_MAX_PAUSE)
+    if (rq_remote(q)) {
+        if (!q->deleted && rq_available(q) && rq_backlog(q) > RQ_BACKLOG_LOW) return;
+    } else if (!q->deleted && q->ready_len > THROTTLE_LOW && q->consumers.n &&
+               ev_now(c->srv->loop) - c->throttled_at < THROTTLE_MAX_PAUSE) {
         return;
+    }
     c->throttled_by = NULL;
     q_unref(q);
     if (c->net && !c->alarm_blocked) net_pause_reading(c->net, false);

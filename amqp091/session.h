@@ -43,6 +43,15 @@ typedef struct {
     bool multiple, requeue, is_ack;
 } tx_ack_t;
 
+/* A publish awaiting its confirm: confirmed (in order) once its store sync and every queue on
+ * another node have answered. */
+typedef struct {
+    uint64_t seq;
+    uint32_t remote; /* forwarded to queues on other nodes, not answered yet */
+    bool sync;       /* waits for the store to sync */
+    bool nack;       /* a queue refused it (or its node was unreachable): basic.nack */
+} pend_t;
+
 struct chan {
     conn_t *conn;
     uint16_t id;
@@ -72,7 +81,7 @@ struct chan {
 
     bool confirm;
     uint64_t pub_seq;
-    uint64_t *pending;  /* confirm seqs awaiting store sync, FIFO */
+    pend_t *pending;    /* publishes awaiting their confirm, by seq (FIFO) */
     size_t pend_head, pend_len, pend_cap;
     bool sync_wanted;   /* registered in the server's list for a sync callback */
     chan_t *next_sync;

@@ -10,6 +10,7 @@
 #include "broker/broker.h"
 #include "broker/headers_match.h"
 #include "broker/log.h"
+#include "broker/remote.h"
 
 #include <sodium.h>
 #include <stdarg.h>
@@ -118,6 +119,13 @@ void broker_free(broker_t *b)
             x->durable = false;
             ex_delete(x);
         }
+    }
+    /* After the queues: their deletion cancelled the remote consumers; what remains (unsettled
+     * deliveries of other nodes' clients) only holds references. */
+    rq_free(b);
+    pos = 0;
+    while (dict_next(&b->vhosts, &pos, NULL, NULL, &v)) {
+        vhost_t *vh = v;
         dict_free(&vh->queues);
         dict_free(&vh->exchanges);
         br_policies_free(vh);

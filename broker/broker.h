@@ -164,7 +164,8 @@ struct consumer {
     uint32_t prefetch; /* 0 = unlimited */
     uint32_t unacked;
     const consumer_ops_t *ops;
-    void *owner; /* adapter's channel */
+    void *owner;  /* adapter's channel */
+    void *remote; /* remote.c: the link of a consumer of a queue homed on another node */
 };
 
 struct queue {
@@ -220,6 +221,19 @@ struct queue {
 typedef void (*meta_submit_cb)(void *arg, int code, const char *text);
 typedef int (*meta_submit_fn)(void *ctx, const void *cmd, size_t len, meta_submit_cb cb, void *arg);
 
+/* How the broker reaches other nodes for classic queues homed elsewhere (remote.c; the cluster
+ * glue provides these, see broker/remote.h for the exact contract). They mirror peer_call /
+ * peer_reply / peer_is_up / peer_node_name of broker/peer.h. */
+struct peer_reply_to;
+typedef void (*br_node_reply_cb)(void *arg, int status, const char *error, const void *payload, size_t len);
+typedef int (*br_node_call_fn)(void *ctx, uint32_t node, const char *method, const void *payload, size_t len,
+                               double timeout, br_node_reply_cb cb, void *arg);
+typedef int (*br_node_reply_fn)(void *ctx, const struct peer_reply_to *to, int status, const char *error,
+                                const void *payload, size_t len);
+typedef bool (*br_node_up_fn)(void *ctx, uint32_t node);
+typedef const char *(*br_node_name_fn)(void *ctx, uint32_t node);
+struct rq_state;
+
 struct broker {
     struct ev_loop *loop;
     cfg_t *cfg;
@@ -250,6 +264,14 @@ struct broker {
     uint64_t meta_uid;        /* meta_apply: queue uid to use for a queue it creates */
     uint32_t meta_home;       /* meta_apply: home node of a queue it creates */
     uint64_t meta_applied;    /* highest metadata log index reflected in the stored registry */
+    /* classic queues homed on other nodes (remote.c): set by the cluster glue; node_call NULL =
+     * every queue is served locally (unclustered) */
+    br_node_call_fn node_call;
+    br_node_reply_fn node_reply;
+    br_node_up_fn node_is_up;     /* NULL: up unless rq_node_down said otherwise */
+    br_node_name_fn node_name;    /* NULL: nodes are named by their id */
+    void *node_ctx;
+    struct rq_state *rq;          /* remote.c's state, created on first use */
 };
 
 /* ---- delayed messages (delayed.c) ---- */

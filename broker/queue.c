@@ -19,11 +19,16 @@
  *    expired entries are removed when they reach the head of their level (as RabbitMQ does), by
  *    a timer armed for the earliest head, and dead-lettered when the queue has a DLX.
  *  - Length limits count ready messages only: drop-head dead-letters the head, reject-publish
- *    refuses the new message (and -dlx dead-letters it). */
+ *    refuses the new message (and -dlx dead-letters it).
+ *  - Clustered, a queue whose home is another node (rq_remote) holds no messages here: publish,
+ *    settlements, consumer removal and dispatch go through remote.c, and only its home node
+ *    runs its timers (x-expires, TTL) and decides on auto-delete. Its local consumers list holds
+ *    this node's consumers of it (remote.c manages them). */
 #include "broker/broker.h"
 #include "broker/meta.h"
 #include "broker/log.h"
 #include "broker/props.h"
+#include "broker/remote.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -484,7 +489,7 @@ static void expires_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 void q_touch(queue_t *q)
 {
     struct ev_loop *loop = q->vh->broker->loop;
-    if (q->expires < 0 || !loop || q->deleted) return;
+    if (q->expires < 0 || !loop || q->deleted || rq_remote(q)) return;
     ev_timer_stop(loop, &q->expires_timer);
     if (q->consumers.n) return; /* re-armed when the last consumer goes */
     ev_timer_set(&q->expires_timer, (double)q->expires / 1000.0, 0);
@@ -580,6 +585,10 @@ static void enforce_limits(queue_t *q)
 int q_publish(queue_t *q, msg_t *m)
 {
     broker_t *b = q->vh->broker;
+    if (rq_remote(q)) { /* dead-lettering, delayed messages: forwarded without a confirm */
+        rq_publish(q, m, NULL, NULL, 0);
+        return Q_PUB_OK;
+    }
     if (q->overflow == OVERFLOW_DROP_HEAD && over_limit(q, 1, m->body_len) && q->ready_len == 0 &&
         q->consumers.n) {
         /* Limits apply to what would be enqueued: a consumer ready right now takes it. */
@@ -701,6 +710,10 @@ static void deliver_entry(queue_t *q, consumer_t *c, qentry_t *e)
 static void q_dispatch(queue_t *q)
 {
     broker_t *b = q->vh->broker;
+    if (rq_remote(q)) {
+        rq_dispatch(q);
+        return;
+    }
     expire_heads(q);
     /* Bounded per pass so one busy queue cannot starve the loop; reschedules itself. */
     for (int budget = 0; budget < 1024; budget++) {
@@ -739,11 +752,13 @@ void br_dispatch_pending(broker_t *b)
         }
     }
     br_pageout_flush(b);
+    rq_flush(b);
 }
 
 bool q_get(queue_t *q, qentry_t *out)
 {
     broker_t *b = q->vh->broker;
+    if (rq_remote(q)) return false; /* rq_get */
     q_touch(q);
     expire_heads(q);
     while (q->ready_len) {
@@ -769,6 +784,7 @@ bool q_get(queue_t *q, qentry_t *out)
 
 void q_ack(queue_t *q, const qentry_t *e)
 {
+    if (rq_remote(q)) return rq_settle(q, e, RQ_ACK);
     if (q->unacked) q->unacked--;
     q->stat_ack++;
     q->vh->broker->stat_ack++;
@@ -778,12 +794,14 @@ void q_ack(queue_t *q, const qentry_t *e)
 
 void q_discard(queue_t *q, const qentry_t *e)
 {
+    if (rq_remote(q)) return rq_settle(q, e, RQ_DISCARD);
     if (!q->deleted) q_dead_letter(q, e->m, "rejected");
     q_ack(q, e);
 }
 
 void q_requeue(queue_t *q, const qentry_t *e)
 {
+    if (rq_remote(q)) return rq_settle(q, e, RQ_REQUEUE);
     if (q->unacked) q->unacked--;
     if (q->deleted) {
         unstore_entry(q, e, false);
@@ -803,6 +821,7 @@ void q_requeue(queue_t *q, const qentry_t *e)
 
 uint32_t q_purge(queue_t *q)
 {
+    if (rq_remote(q)) return 0; /* rq_purge */
     uint32_t n = (uint32_t)q->ready_len;
     while (q->ready_len) {
         qentry_t e = ready_pop(q);
@@ -836,6 +855,7 @@ void q_consumer_add(queue_t *q, consumer_t *c)
 
 void q_consumer_remove(queue_t *q, consumer_t *c)
 {
+    if (rq_remote(q)) return rq_consumer_remove(q, c);
     ptrvec_remove(&q->consumers, c);
     if (q->rr_next >= q->consumers.n) q->rr_next = 0;
     if (q->auto_delete && q->had_consumer && q->consumers.n == 0 && !q->deleted) {
@@ -879,6 +899,7 @@ void q_delete(queue_t *q)
         ev_timer_stop(loop, &q->expires_timer);
     }
     dict_del(&q->vh->queues, q->name, q->name_len);
+    if (rq_remote(q)) rq_queue_deleted(q);
     /* Cancel consumers: the adapter drops its consumer record in the callback. */
     while (q->consumers.n) {
         consumer_t *c = q->consumers.items[q->consumers.n - 1];
