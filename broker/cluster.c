@@ -44,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cjson/cJSON.h>
 
@@ -361,7 +362,9 @@ static void local_put(cl_t *c, const char *what, const void *val, size_t len)
 }
 
 /* Bumps the boot counter durably (at startup, so blocking is fine): request ids of this run
- * start at boot << 32 and can never repeat those of an earlier run. */
+ * start at boot << 32 and can never repeat those of an earlier run. The counter is also at
+ * least the wall clock in seconds, so a node whose store was wiped (and which the cluster may
+ * still remember by its dedupe session) does not start below its old ids either. */
 static int boot_bump(cl_t *c)
 {
     void *val = NULL;
@@ -370,7 +373,8 @@ static int boot_bump(cl_t *c)
     if (rc < 0) return -1;
     uint64_t boot = rc == 1 && len == 8 ? store_get_be64(val) : 0;
     free(val);
-    c->boot = boot + 1;
+    uint64_t now = (uint64_t)time(NULL);
+    c->boot = boot + 1 > now ? boot + 1 : now;
     uint8_t buf[8];
     store_put_be64(buf, c->boot);
     local_put(c, "boot", buf, sizeof buf);
@@ -555,13 +559,11 @@ static struct cl_req *req_find(cl_t *c, uint64_t id)
     return NULL;
 }
 
-/* The smallest request id still waiting here: every earlier one has been answered. */
+/* The smallest request id still waiting here: every earlier one has been answered. The list is
+ * in id order (appended as ids are handed out), so that is its head. */
 static uint64_t reqs_acked_below(cl_t *c, uint64_t fallback)
 {
-    uint64_t low = fallback;
-    for (struct cl_req *r = c->reqs; r; r = r->next)
-        if (r->id < low) low = r->id;
-    return low;
+    return c->reqs ? c->reqs->id : fallback;
 }
 
 static void schedule_kick(cl_t *c)
@@ -737,6 +739,19 @@ static void sm_apply(mr_group_t *g, raft_index index, const struct raft_entry *e
     }
 }
 
+/* A snapshot replaced entries this node never applied: requests of ours among them are answered
+ * from our session (their results are in it), since the apply wrapper will not see them. */
+static void reqs_finish_from_snapshot(cl_t *c)
+{
+    struct cl_session *s = sess_get(c, c->self_id, false);
+    if (!s) return;
+    for (struct cl_req *r = c->reqs, *next; r; r = next) {
+        next = r->next;
+        struct cl_result *res = sess_find(s, r->id);
+        if (res) req_finish(r, res->code, res->text);
+    }
+}
+
 /* Snapshot: [u32 'WCS1'][u32 n]{u32 id, str name, str host, u16 port}
  *           [u32 n]{u32 origin, u64 floor, u32 n{u64 req, i32 code, str text}}[user bytes] */
 #define CL_SNAP_MAGIC 0x57435331u
@@ -817,6 +832,7 @@ static void sm_snapshot_install(mr_group_t *g, raft_index index, const void *byt
     }
     if (rd.bad) log_error("cluster: metadata snapshot at index %llu is truncated", (unsigned long long)index);
     if (c->ops && c->ops->snapshot_install) c->ops->snapshot_install(c->ud, index, rd.bad ? NULL : rd.p, rd.bad ? 0 : rd.left);
+    reqs_finish_from_snapshot(c);
 }
 
 static void sm_role_changed(mr_group_t *g, enum raft_role role, raft_id leader)
@@ -1604,6 +1620,8 @@ static int mesh_start(cl_t *c, const cfg_t *cfg, char *err, size_t errlen)
     pc.down_after = c->opt.down_after;
     pc.backoff_min = c->opt.backoff_min;
     pc.backoff_max = c->opt.backoff_max;
+    pc.tls_server = c->opt.tls_server;
+    pc.tls_client = c->opt.tls_client;
     pc.cb = (struct peer_callbacks){.up = mesh_up, .down = mesh_down, .raft = mesh_raft, .call = mesh_call};
     pc.ud = c;
     c->mesh = peer_mesh_new(c->loop, &pc, err, errlen);

@@ -78,6 +78,8 @@ struct cl_options {
     double down_after;          /* silence that makes a peer down: cluster.peer_timeout */
     double backoff_min, backoff_max; /* reconnect delays: 0.1 s and 5 s */
     int listen_port;            /* > 0: overrides the port (tests); default: see cl_new */
+    SSL_CTX *tls_server;        /* both set: TLS on every inter-node connection (the mesh takes */
+    SSL_CTX *tls_client;        /* its own references); both NULL: plain TCP */
 };
 void cl_options_defaults(struct cl_options *o);
 
