@@ -828,9 +828,9 @@ static void meta_done(void *arg, const br_err_t *err)
     struct meta_req *r = arg;
     chan_t *ch = r->ch;
     if (ch->conn && ch->state == CH_OPEN) {
-        if (err) fail(ch, r->method, err);
+        if (err) fail(ch, r->method, err); /* a hard error (541) closes the connection */
         else meta_reply(ch, r);
-        conn_flush(ch->conn);
+        if (ch->conn) conn_flush(ch->conn);
     }
     if (ch->conn) conn_resume(ch->conn);
     free(r->queue);
@@ -1071,7 +1071,10 @@ static void handle_queue_declare(chan_t *ch, const amqp_method_t *m)
         name = AMQP_BYTES_CSTR(gen);
     }
     if (clustered) meta_dry_begin(b);
-    int rc = br_queue_declare(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)name.ptr, name.len,
+    /* (the dry run of a server-named declare gets the empty name: the reserved amq.* prefix is
+     * only refused in names clients choose) */
+    amqp_bytes_t checked = clustered && a->queue.len == 0 ? a->queue : name;
+    int rc = br_queue_declare(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)checked.ptr, checked.len,
                               a->passive, a->durable, a->exclusive, a->auto_delete, a->arguments, &q, &err);
     if (clustered && meta_dry_end(b) && !rc) {
         struct meta_cmd c = meta_cmd_for(ch, META_Q_DECLARE);
