@@ -253,7 +253,7 @@ struct cl {
 
     enum cl_state state;
     bool started;
-    ev_tstamp t_start, next_wait_log;
+    ev_tstamp t_start, next_wait_log, next_refusal_log;
     bool join_pending;
     ev_tstamp next_join;
     uint32_t join_hint;     /* a node that said it is a member of the cluster */
@@ -666,7 +666,10 @@ static void reqs_expire(cl_t *c)
         if (now < r->deadline) continue;
         char text[CL_TEXT_MAX];
         unavailable_text(c, text, sizeof text);
-        log_warn("cluster: metadata change refused: %s", text);
+        if (now >= c->next_refusal_log) { /* one line a second, not one per client */
+            c->next_refusal_log = now + 1.0;
+            log_warn("cluster: metadata change refused: %s", text);
+        }
         req_finish(r, CL_UNAVAILABLE, text);
     }
 }
