@@ -281,6 +281,8 @@ struct cl {
     size_t out_cap;
     void (*fallback)(void *ud, uint32_t from, const struct peer_call_in *in);
     void *fallback_ud;
+    void (*watch_up)(void *ud, uint32_t node), (*watch_down)(void *ud, uint32_t node);
+    void *watch_ud;
     bool closing;
 };
 
@@ -866,12 +868,14 @@ static void mesh_up(void *ud, uint32_t node)
     cl_t *c = ud;
     mr_host_peer_up(c->host, node);
     schedule_kick(c);
+    if (c->watch_up) c->watch_up(c->watch_ud, node);
 }
 
 static void mesh_down(void *ud, uint32_t node)
 {
     cl_t *c = ud;
     mr_host_peer_down(c->host, node);
+    if (c->watch_down) c->watch_down(c->watch_ud, node);
 }
 
 static bool mesh_raft(void *ud, uint32_t from, struct rw_frame *batch)
@@ -1530,14 +1534,19 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- names --------------------------------------------------------------------------------- */
 
-static const char *node_display_name(cl_t *c, uint32_t id)
+const char *cl_node_name(cl_t *c, uint32_t id)
 {
     if (id == c->self_id) return c->self_name;
     const struct cl_node *r = reg_find(c, id);
     if (r) return r->name;
     for (int i = 0; i < c->n_cfgnodes; i++)
         if (c->cfgnodes[i].id == id) return c->cfgnodes[i].name;
-    const char *n = c->mesh ? peer_node_name(c->mesh, id) : NULL;
+    return c->mesh ? peer_node_name(c->mesh, id) : NULL;
+}
+
+static const char *node_display_name(cl_t *c, uint32_t id)
+{
+    const char *n = cl_node_name(c, id);
     return n ? n : "(unknown node)";
 }
 
@@ -1793,6 +1802,14 @@ void cl_set_call_fallback(cl_t *c, void (*fn)(void *ud, uint32_t from, const str
 {
     c->fallback = fn;
     c->fallback_ud = ud;
+}
+
+void cl_set_peer_watch(cl_t *c, void (*up)(void *ud, uint32_t node), void (*down)(void *ud, uint32_t node),
+                       void *ud)
+{
+    c->watch_up = up;
+    c->watch_down = down;
+    c->watch_ud = ud;
 }
 
 bool cl_formed(const cl_t *c)

@@ -115,6 +115,13 @@ bool cl_formed(const cl_t *c);
 peer_mesh_t *cl_mesh(cl_t *c);
 mr_host_t *cl_host(cl_t *c);
 void cl_set_call_fallback(cl_t *c, void (*fn)(void *ud, uint32_t from, const struct peer_call_in *in), void *ud);
+/* Also tells ud when a node's connection comes up or goes down (after the mesh's state changed,
+ * so peer_is_up agrees; after the Raft host heard of it). Either may be NULL. */
+void cl_set_peer_watch(cl_t *c, void (*up)(void *ud, uint32_t node), void (*down)(void *ud, uint32_t node),
+                       void *ud);
+/* A node's name: this node, a registered or configured node, or one connected (its Hello);
+ * NULL if unknown. */
+const char *cl_node_name(cl_t *c, uint32_t id);
 
 /* ---- metadata changes -------------------------------------------------------------------- */
 

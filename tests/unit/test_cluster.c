@@ -1084,6 +1084,69 @@ static void test_cli_client(void **state)
     fx_free(&f);
 }
 
+/* ---- tests: hooks for other users of the mesh --------------------------------------------- */
+
+struct hooks {
+    peer_mesh_t *mesh;
+    int calls, ups, downs;
+    uint32_t last_down;
+};
+
+static void hook_call(void *ud, uint32_t from, const struct peer_call_in *in)
+{
+    (void)from;
+    struct hooks *h = ud;
+    h->calls++;
+    assert_string_equal(in->method, "q.echo");
+    assert_int_equal(peer_reply(h->mesh, &in->reply_to, 0, NULL, in->payload, in->len), PEER_OK);
+}
+
+static void hook_up(void *ud, uint32_t node)
+{
+    (void)node;
+    ((struct hooks *)ud)->ups++;
+}
+
+static void hook_down(void *ud, uint32_t node)
+{
+    struct hooks *h = ud;
+    h->downs++;
+    h->last_down = node;
+}
+
+static bool hook_downed(struct fx *f, void *arg)
+{
+    (void)f;
+    return ((struct hooks *)arg)->downs > 0;
+}
+
+static void test_hooks(void **state)
+{
+    (void)state;
+    struct fx f;
+    fx_init(&f, 3);
+    for (int i = 0; i < 3; i++) node_start(&f, i);
+    wait_formed(&f, 0x7, 3);
+    struct hooks h = {.mesh = cl_mesh(f.nodes[0].c)};
+    cl_set_call_fallback(f.nodes[0].c, hook_call, &h);
+    cl_set_peer_watch(f.nodes[0].c, hook_up, hook_down, &h);
+    struct raw_reply r = {0};
+    assert_int_equal(peer_call(cl_mesh(f.nodes[1].c), cl_self_id(f.nodes[0].c), "q.echo", "x", 1, 5.0, raw_reply_cb,
+                               &r, NULL),
+                     PEER_OK);
+    assert_true(run_until(&f, raw_done, &r, WAIT_SECS));
+    assert_int_equal(r.status, 0);
+    assert_int_equal(h.calls, 1);
+    uint32_t gone = cl_self_id(f.nodes[2].c);
+    assert_string_equal(cl_node_name(f.nodes[0].c, gone), f.nodes[2].name);
+    assert_null(cl_node_name(f.nodes[0].c, 12345));
+    node_stop(&f, 2);
+    assert_true(run_until(&f, hook_downed, &h, WAIT_SECS));
+    assert_int_equal(h.last_down, gone);
+    assert_false(peer_is_up(cl_mesh(f.nodes[0].c), gone));
+    fx_free(&f);
+}
+
 int main(void)
 {
     loop = EV_DEFAULT;
@@ -1099,6 +1162,7 @@ int main(void)
         cmocka_unit_test(test_forget_and_add),
         cmocka_unit_test(test_wrong_cookie),
         cmocka_unit_test(test_cli_client),
+        cmocka_unit_test(test_hooks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
