@@ -298,8 +298,8 @@ start_warren_side() {
   while :; do
     local cport=$((SIDE_AUX[$side] + i % 3))
     rc=0
-    st=$(timeout --kill-after=2 10 "$WARRENCTL_BIN" --node "127.0.0.1:$cport" --cookie "$COOKIE" \
-           cluster_status --json 2>"$WORK/logs/warrenctl.err") || rc=$?
+    st=$(timeout --kill-after=2 10 "$WARRENCTL_BIN" --node "127.0.0.1:$cport" --cookie "$COOKIE" --json \
+           cluster_status 2>"$WORK/logs/warrenctl.err") || rc=$?
     if [ $rc -eq 0 ]; then
       state=$(cluster_status_ok <<<"$st" 2>&1 | tail -n 1)
     else
