@@ -55,17 +55,21 @@ bool conn_output_blocked(const conn_t *c)
  * connection while a consumed queue it published to is deep, and resume when the backlog
  * halves. The pause is bounded (a few ms at a time) so a connection that both publishes and
  * acks can never deadlock itself. Queues without consumers never throttle (backlogs are fine).
- * A queue homed on another node throttles on the bytes forwarded there and not yet answered
- * (remote.h), until they fall low again: that only depends on the home node, not on this
- * connection, so the pause needs no time bound (the home going down clears the backlog). */
+ * A queue homed on another node throttles on what its home said about its depth (the same rule,
+ * evaluated there), and on the bytes forwarded there and not yet answered (remote.h) until they
+ * fall low again: that only depends on the home node, not on this connection, so that pause
+ * needs no time bound (the home going down clears the backlog). */
 #define THROTTLE_HIGH 2000
 #define THROTTLE_LOW 1000
 #define THROTTLE_MAX_PAUSE 0.05
+#define THROTTLE_MAX_PAUSE_REMOTE 0.25 /* the home says when the queue drained */
 
 void conn_throttle(conn_t *c, queue_t *q)
 {
     if (c->throttled_by || !c->net) return;
-    if (rq_remote(q) ? rq_backlog(q) < RQ_BACKLOG_HIGH : q->consumers.n == 0 || q->ready_len < THROTTLE_HIGH) return;
+    if (rq_remote(q) ? !q->remote_deep && rq_backlog(q) < RQ_BACKLOG_HIGH
+                     : q->consumers.n == 0 || q->ready_len < THROTTLE_HIGH)
+        return;
     q_ref(q);
     c->throttled_by = q;
     c->throttled_at = ev_now(c->srv->loop);
@@ -77,7 +81,9 @@ static void conn_unthrottle_check(conn_t *c)
     queue_t *q = c->throttled_by;
     if (!q) return;
     if (rq_remote(q)) {
-        if (!q->deleted && rq_available(q) && rq_backlog(q) > RQ_BACKLOG_LOW) return;
+        bool up = !q->deleted && rq_available(q);
+        if (up && rq_backlog(q) > RQ_BACKLOG_LOW) return;
+        if (up && q->remote_deep && ev_now(c->srv->loop) - c->throttled_at < THROTTLE_MAX_PAUSE_REMOTE) return;
     } else if (!q->deleted && q->ready_len > THROTTLE_LOW && q->consumers.n &&
                ev_now(c->srv->loop) - c->throttled_at < THROTTLE_MAX_PAUSE) {
         return;

@@ -94,6 +94,9 @@ static void user_free(user_t *u)
 
 void broker_free(broker_t *b)
 {
+    /* Shutdown, not deletion: nothing of it may reach the cluster (which is freed first). */
+    b->meta_submit = NULL;
+    rq_close(b);
     if (b->loop) {
         ev_ref(b->loop);
         ev_prepare_stop(b->loop, &b->dispatch_watcher);

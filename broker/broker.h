@@ -177,6 +177,8 @@ struct queue {
     uint64_t owner_conn; /* exclusive owner (cluster-wide connection id in a cluster) */
     uint32_t home;       /* node id of the node that holds the messages (0 = this one, unclustered) */
     bool delete_pending; /* clustered: a replicated delete has been submitted */
+    bool remote_deep;    /* remote.c flow control: homed elsewhere, its home said it is deep; homed
+                            here, some node was told so (and hears when it drained) */
     amqp_bytes_t args_raw;
     amqp_table_t args;
 

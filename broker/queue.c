@@ -748,6 +748,7 @@ void br_dispatch_pending(broker_t *b)
             list = q->next_sched;
             q->scheduled = false;
             q_dispatch(q);
+            rq_check_drained(q);
             q_unref(q);
         }
     }

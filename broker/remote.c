@@ -20,10 +20,11 @@
  *                'S' u8 how (rq_settle_how) u64 delivery id
  *                'C' u64 consumer id u32 messages u64 bytes   (credit: handed to the client)
  *                'X' u64 consumer id                           (cancel)
- *                reply: one result byte per queue of every 'P' record (RES_*), sent once the
- *                home's store synced the batch's durable writes.
+ *                reply: one result byte per queue of every 'P' record (RES_*, | RES_DEEP when
+ *                the queue is deep), sent once the home's store synced the batch's writes.
  *   "q.dlv"    : 'D' u64 consumer id u64 delivery id u8 redelivered message
- *                'X' u64 consumer id (the home cancelled it: queue deleted); reply empty.
+ *                'X' u64 consumer id (the home cancelled it: queue deleted)
+ *                'U' queue ref (a queue reported deep has drained); reply empty.
  *   "q.consume": queue ref, u64 consumer id, shortstr tag, u8 flags (1 no_ack, 2 exclusive),
  *                u32 priority (int32), u32 prefetch; reply empty (status 0) or an error.
  *   "q.get"    : queue ref, u8 no_ack; reply empty (get-empty) or u64 delivery id,
@@ -64,7 +65,7 @@
 #define RQ_WINDOW_BYTES (4u << 20)
 #define RQ_RETRY 0.002          /* resend of a batch the transport refused (send buffer full) */
 
-enum { RES_OK = 0, RES_REJECTED = 1, RES_GONE = 2 };
+enum { RES_OK = 0, RES_REJECTED = 1, RES_GONE = 2, RES_DEEP = 0x80 };
 
 /* ---- u64 -> pointer map (open addressing, linear probing, backward-shift deletion) ---- */
 
@@ -165,6 +166,7 @@ static uint64_t *map_keys(const u64map_t *m, size_t *n)
 /* ---- state ---- */
 
 typedef struct {
+    queue_t *q; /* referenced */
     rq_pub_cb cb;
     void *arg;
     uint64_t tag;
@@ -247,6 +249,7 @@ struct rq_state {
     deferred_t *def;
     size_t ndef, defcap;
     sync_reply_t *syncs;
+    bool closing; /* broker_free: the transport is gone, send nothing */
 };
 
 static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
@@ -323,13 +326,13 @@ static void call_node(struct rq_state *s, uint32_t node, const char *method, con
                       br_node_reply_cb cb, void *arg)
 {
     broker_t *b = s->b;
-    int rc = b->node_call(b->node_ctx, node, method, pl->data, pl->len, RQ_TIMEOUT, cb, arg);
+    int rc = s->closing ? PEER_EDOWN : b->node_call(b->node_ctx, node, method, pl->data, pl->len, RQ_TIMEOUT, cb, arg);
     if (rc) defer_reply(s, cb, arg, rc < 0 ? rc : PEER_EINVAL);
 }
 
 static void reply(broker_t *b, const struct peer_reply_to *to, int status, const char *error, const amqp_buf_t *pl)
 {
-    if (b->node_reply) b->node_reply(b->node_ctx, to, status, error, pl ? pl->data : NULL, pl ? pl->len : 0);
+    if (b->node_reply && !(b->rq && b->rq->closing)) b->node_reply(b->node_ctx, to, status, error, pl ? pl->data : NULL, pl ? pl->len : 0);
 }
 
 /* ---- node names and availability ---- */
@@ -419,20 +422,24 @@ static void put_record(rq_peer_t *p, uint8_t kind)
     amqp_buf_put_u8(&p->out, kind);
 }
 
-static void waiter_push(rq_peer_t *p, rq_pub_cb cb, void *arg, uint64_t tag)
+static void waiter_push(rq_peer_t *p, queue_t *q, rq_pub_cb cb, void *arg, uint64_t tag)
 {
     if (p->wn == p->wcap) {
         p->wcap = p->wcap ? p->wcap * 2 : 64;
         p->w = realloc(p->w, p->wcap * sizeof *p->w);
         if (!p->w) abort();
     }
-    p->w[p->wn++] = (waiter_t){cb, arg, tag};
+    q_ref(q);
+    p->w[p->wn++] = (waiter_t){q, cb, arg, tag};
 }
 
 static void fail_waiters(waiter_t *w, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        w[i].q->remote_deep = false;
         if (w[i].cb) w[i].cb(w[i].arg, w[i].tag, RQ_PUB_FAILED);
+        q_unref(w[i].q);
+    }
 }
 
 typedef struct {
@@ -449,11 +456,15 @@ static void batch_replied(void *arg, int status, const char *error, const void *
     bc->p->inflight -= bc->bytes;
     const uint8_t *res = payload;
     if (status != 0) log_debug("forwarded publishes to node %u failed (%d)", bc->p->node, status);
-    for (size_t i = 0; i < bc->wn; i++) {
-        if (!bc->w[i].cb) continue;
-        int r = RQ_PUB_FAILED;
-        if (status == 0 && i < len) r = res[i] == RES_REJECTED ? Q_PUB_REJECTED : Q_PUB_OK;
-        bc->w[i].cb(bc->w[i].arg, bc->w[i].tag, r);
+    if (status != 0 || len < bc->wn) {
+        fail_waiters(bc->w, bc->wn);
+    } else {
+        for (size_t i = 0; i < bc->wn; i++) {
+            waiter_t *w = &bc->w[i];
+            w->q->remote_deep = res[i] & RES_DEEP;
+            if (w->cb) w->cb(w->arg, w->tag, (res[i] & ~RES_DEEP) == RES_REJECTED ? Q_PUB_REJECTED : Q_PUB_OK);
+            q_unref(w->q);
+        }
     }
     free(bc->w);
     free(bc);
@@ -464,7 +475,7 @@ static void batch_send(rq_peer_t *p)
     struct rq_state *s = p->s;
     broker_t *b = s->b;
     end_coalesce(p);
-    if (!p->out.len || p->busy) return;
+    if (!p->out.len || p->busy || s->closing) return;
     batch_call_t *bc = malloc(sizeof *bc);
     if (!bc) abort();
     *bc = (batch_call_t){p, p->w, p->wn, p->out.len};
@@ -491,7 +502,7 @@ static void dlv_replied(void *arg, int status, const char *error, const void *pa
 static void dlv_send(rq_peer_t *p)
 {
     broker_t *b = p->s->b;
-    if (!p->dout.len || p->dbusy) return;
+    if (!p->dout.len || p->dbusy || p->s->closing) return;
     int rc = b->node_call(b->node_ctx, p->node, "q.dlv", p->dout.data, p->dout.len, RQ_TIMEOUT, dlv_replied, NULL);
     if (rc == PEER_EBUSY) {
         p->dbusy = true;
@@ -567,7 +578,7 @@ bool rq_publish(queue_t *q, msg_t *m, rq_pub_cb cb, void *arg, uint64_t tag)
     nq[1] = (uint8_t)n;
     amqp_buf_put_shortstr(&p->out, str_bytes(q->name, q->name_len));
     amqp_buf_put_u64(&p->out, q->uid);
-    waiter_push(p, cb, arg, tag);
+    waiter_push(p, q, cb, arg, tag);
     if (p->out.len >= RQ_BATCH_MAX) batch_send(p);
     return true;
 }
@@ -870,6 +881,15 @@ static int rx_dlv(rq_peer_t *p, amqp_reader_t *r)
 {
     while (r->left) {
         uint8_t kind = amqp_read_u8(r);
+        if (kind == 'U') {
+            amqp_bytes_t vn = amqp_read_shortstr(r), qn = amqp_read_shortstr(r);
+            uint64_t uid = amqp_read_u64(r);
+            if (r->bad) return -1;
+            vhost_t *vh = br_vhost(p->s->b, (const char *)vn.ptr, vn.len);
+            queue_t *q = vh ? br_queue(vh, (const char *)qn.ptr, qn.len) : NULL;
+            if (q && q->uid == uid && rq_remote(q)) q->remote_deep = false;
+            continue;
+        }
         uint64_t cid = amqp_read_u64(r);
         if (kind == 'D') {
             uint64_t did = amqp_read_u64(r);
@@ -986,6 +1006,19 @@ static void rx_cancel(rq_peer_t *p, uint64_t id)
     if (pc) pc_remove(pc);
 }
 
+void rq_drained(queue_t *q)
+{
+    broker_t *b = q->vh->broker;
+    q->remote_deep = false;
+    if (!b->rq) return;
+    for (size_t i = 0; i < b->rq->npeers; i++) {
+        rq_peer_t *p = b->rq->peers[i];
+        if (!rq_node_is_up(b, p->node)) continue;
+        amqp_buf_put_u8(&p->dout, 'U');
+        put_qref(&p->dout, q);
+    }
+}
+
 /* ---- home side: requests ---- */
 
 static queue_t *rx_queue(broker_t *b, amqp_reader_t *r, br_err_t *err)
@@ -1092,6 +1125,7 @@ static void rx_count(rq_peer_t *p, amqp_reader_t *r, const struct peer_reply_to 
     amqp_buf_t pl = {0};
     if (purge) {
         amqp_buf_put_u32(&pl, q_purge(q));
+        rq_check_drained(q);
     } else {
         q_touch(q);
         amqp_buf_put_u32(&pl, q_message_count(q));
@@ -1127,6 +1161,10 @@ static bool rx_publish(broker_t *b, amqp_reader_t *r, amqp_buf_t *res, bool *syn
             int rc = q_publish(q, m);
             if (rc & Q_PUB_SYNC) *sync = true;
             result = rc & Q_PUB_REJECTED ? RES_REJECTED : RES_OK;
+            if (q->consumers.n && q->ready_len >= RQ_DEEP) {
+                result |= RES_DEEP;
+                q->remote_deep = true; /* rq_drained tells when it no longer is */
+            }
         }
         amqp_buf_put_u8(res, result);
     }
@@ -1289,7 +1327,51 @@ void rq_node_up(broker_t *b, uint32_t node)
     if (p) p->down = false;
 }
 
+/* ---- glue over a peer mesh ---- */
+
+static int mesh_call(void *ctx, uint32_t node, const char *method, const void *payload, size_t len, double timeout,
+                     br_node_reply_cb cb, void *arg)
+{
+    return peer_call(ctx, node, method, payload, len, timeout, cb, arg, NULL);
+}
+
+static int mesh_reply(void *ctx, const struct peer_reply_to *to, int status, const char *error, const void *payload,
+                      size_t len)
+{
+    return peer_reply(ctx, to, status, error, payload, len);
+}
+
+static bool mesh_is_up(void *ctx, uint32_t node) { return peer_is_up(ctx, node); }
+static const char *mesh_name(void *ctx, uint32_t node) { return peer_node_name(ctx, node); }
+
+void rq_attach_mesh(broker_t *b, peer_mesh_t *mesh)
+{
+    if (!mesh) return;
+    b->node_ctx = mesh;
+    b->node_reply = mesh_reply;
+    b->node_is_up = mesh_is_up;
+    b->node_name = mesh_name;
+    b->node_call = mesh_call;
+    log_info("classic queues: served from their home node to every node of the cluster");
+}
+
+void rq_mesh_call(void *ud, uint32_t from, const struct peer_call_in *in)
+{
+    broker_t *b = ud;
+    if (!rq_is_method(in->method)) return reply(b, &in->reply_to, BR_NOT_IMPLEMENTED, "no handler for this call", NULL);
+    rq_handle_call(b, from, in->method, in->payload, in->len, &in->reply_to);
+}
+
+void rq_mesh_up(void *ud, uint32_t node) { rq_node_up(ud, node); }
+void rq_mesh_down(void *ud, uint32_t node) { rq_node_down(ud, node); }
+
 /* ---- teardown ---- */
+
+void rq_close(broker_t *b)
+{
+    if (b->rq) b->rq->closing = true;
+    else b->node_call = NULL; /* nothing was ever forwarded: the records are plain ones now */
+}
 
 void rq_free(broker_t *b)
 {

@@ -48,6 +48,11 @@
  *     callback (both after the mesh state changed, so node_is_up agrees);
  *   - at shutdown: stop the transport so that no callback into this module runs any more (the
  *     mesh drops pending calls without calling them), then broker_free (which calls rq_free).
+ *
+ * Over broker/peer.h's mesh that is, with the helpers below (ud = the broker):
+ *     rq_attach_mesh(b, cl_mesh(cluster));            after b->self_node is set
+ *     cl_set_call_fallback(cluster, rq_mesh_call, b); calls not starting with "cl."
+ *     rq_mesh_up(b, node) / rq_mesh_down(b, node)     from the mesh's up/down callbacks
  */
 #ifndef WARREN_REMOTE_H
 #define WARREN_REMOTE_H
@@ -75,8 +80,19 @@ void rq_node_down(broker_t *b, uint32_t node);
 void rq_node_up(broker_t *b, uint32_t node);
 /* b->node_is_up when set; otherwise up unless rq_node_down was called (and no rq_node_up since). */
 bool rq_node_is_up(broker_t *b, uint32_t node);
-/* Releases everything (broker_free calls it after deleting the queues). */
+/* broker_free: from now on nothing is sent (the transport may be gone already), then after the
+ * queues are deleted rq_free releases everything. */
+void rq_close(broker_t *b);
 void rq_free(broker_t *b);
+
+/* Glue over a peer mesh: node_call/node_reply/node_is_up/node_name = peer_call/peer_reply/
+ * peer_is_up/peer_node_name on mesh (names the glue knows better may replace node_name). */
+void rq_attach_mesh(broker_t *b, peer_mesh_t *mesh);
+/* Handlers with the mesh's callback signatures, ud = the broker_t. rq_mesh_call answers calls
+ * that are not "q." with BR_NOT_IMPLEMENTED. */
+void rq_mesh_call(void *ud, uint32_t from, const struct peer_call_in *in);
+void rq_mesh_up(void *ud, uint32_t node);
+void rq_mesh_down(void *ud, uint32_t node);
 
 /* ---- operations on a queue with rq_remote(q) (adapters, queue.c) ---- */
 
@@ -113,10 +129,16 @@ typedef void (*rq_count_cb)(void *arg, const br_err_t *err, uint32_t messages, u
 void rq_stat(queue_t *q, rq_count_cb cb, void *arg);
 void rq_purge(queue_t *q, rq_count_cb cb, void *arg);
 
-/* Bytes forwarded to q's home and not answered yet (publisher flow control). */
+/* Publisher flow control: bytes forwarded to q's home and not answered yet; and q->remote_deep,
+ * set from the home's answers while the queue has consumers and at least RQ_DEEP messages
+ * ready (the local throttle's rule, applied at the home). */
 uint64_t rq_backlog(const queue_t *q);
 #define RQ_BACKLOG_HIGH (8u << 20)
 #define RQ_BACKLOG_LOW (2u << 20)
+#define RQ_DEEP 2000
+#define RQ_DRAINED (RQ_DEEP / 2)
+/* Home side: q (remote_deep) drained below RQ_DRAINED: tell the other nodes. */
+void rq_drained(queue_t *q);
 
 /* ---- queue.c's hooks for remote queues ---- */
 
@@ -124,6 +146,10 @@ enum rq_settle_how { RQ_ACK = 0, RQ_REQUEUE = 1, RQ_DISCARD = 2 };
 void rq_settle(queue_t *q, const qentry_t *e, enum rq_settle_how how); /* drops e->m's reference */
 void rq_consumer_remove(queue_t *q, consumer_t *c);
 void rq_dispatch(queue_t *q);      /* deliveries held back by the consumers' channels */
+static inline void rq_check_drained(queue_t *q) /* after a dispatch pass of a local queue */
+{
+    if (q->remote_deep && (q->ready_len <= RQ_DRAINED || !q->consumers.n) && !rq_remote(q)) rq_drained(q);
+}
 void rq_queue_deleted(queue_t *q); /* before q_delete cancels the local consumers */
 void rq_flush(broker_t *b);        /* end of br_dispatch_pending: sends this iteration's batches */
 

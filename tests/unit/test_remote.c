@@ -961,6 +961,30 @@ static void test_publish_volume_in_order(void **state)
     }
 }
 
+/* Flow control: the home reports a deep consumed queue to the publishing node, and tells it
+ * when the queue has drained. */
+static void test_deep_and_drained(void **state)
+{
+    struct fx *f = *state;
+    declare_queue(f, "fq", 2, false, AMQP_BYTES_EMPTY);
+    queue_t *qa = Q(f, 1, "fq"), *qb = Q(f, 2, "fq");
+    struct fc fc;
+    fc_init(&fc, "slow", 0, true);
+    fc.can = false;
+    q_consumer_add(qb, &fc.c);
+    struct results r = {0};
+    for (int i = 0; i < RQ_DEEP + 10; i++) publish(f, 1, "", "fq", "x", false, &r);
+    WAIT_FOR(f, r.ok == RQ_DEEP + 10);
+    assert_true(qa->remote_deep);
+    assert_true(rq_backlog(qa) == 0);
+    fc.can = true;
+    q_schedule(qb);
+    WAIT_FOR(f, !qa->remote_deep);
+    WAIT_FOR(f, qb->ready_len == 0);
+    q_consumer_remove(qb, &fc.c);
+    fc_release(&fc);
+}
+
 int main(void)
 {
     log_set_level(LOG_WARN);
@@ -978,6 +1002,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dead_letter_across_nodes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_publish_volume_in_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deep_and_drained, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
