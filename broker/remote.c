@@ -57,6 +57,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker/cluster.h"
 #include "broker/log.h"
 
 #define RQ_TIMEOUT 30.0
@@ -1364,6 +1365,35 @@ void rq_mesh_call(void *ud, uint32_t from, const struct peer_call_in *in)
 
 void rq_mesh_up(void *ud, uint32_t node) { rq_node_up(ud, node); }
 void rq_mesh_down(void *ud, uint32_t node) { rq_node_down(ud, node); }
+
+/* Over a cl_t: the mesh it owns, and the names it knows (configured nodes too, even down). */
+static int cl_call(void *ctx, uint32_t node, const char *method, const void *payload, size_t len, double timeout,
+                   br_node_reply_cb cb, void *arg)
+{
+    return peer_call(cl_mesh(ctx), node, method, payload, len, timeout, cb, arg, NULL);
+}
+
+static int cl_reply(void *ctx, const struct peer_reply_to *to, int status, const char *error, const void *payload,
+                    size_t len)
+{
+    return peer_reply(cl_mesh(ctx), to, status, error, payload, len);
+}
+
+static bool cl_is_up(void *ctx, uint32_t node) { return peer_is_up(cl_mesh(ctx), node); }
+static const char *cl_name(void *ctx, uint32_t node) { return cl_node_name(ctx, node); }
+
+void rq_attach_cluster(broker_t *b, cl_t *c)
+{
+    if (!c || !cl_clustered(c) || !cl_mesh(c)) return;
+    b->node_ctx = c;
+    b->node_reply = cl_reply;
+    b->node_is_up = cl_is_up;
+    b->node_name = cl_name;
+    b->node_call = cl_call;
+    cl_set_call_fallback(c, rq_mesh_call, b);
+    cl_set_peer_watch(c, rq_mesh_up, rq_mesh_down, b);
+    log_info("classic queues: served from their home node to every node of the cluster");
+}
 
 /* ---- teardown ---- */
 

@@ -49,10 +49,12 @@
  *   - at shutdown: stop the transport so that no callback into this module runs any more (the
  *     mesh drops pending calls without calling them), then broker_free (which calls rq_free).
  *
- * Over broker/peer.h's mesh that is, with the helpers below (ud = the broker):
- *     rq_attach_mesh(b, cl_mesh(cluster));            after b->self_node is set
- *     cl_set_call_fallback(cluster, rq_mesh_call, b); calls not starting with "cl."
- *     rq_mesh_up(b, node) / rq_mesh_down(b, node)     from the mesh's up/down callbacks
+ * With broker/cluster.h all of that is one call, after meta_attach (which sets self_node):
+ *     rq_attach_cluster(b, cluster);
+ * (node_call etc. over cl_mesh, names from cl_node_name, cl_set_call_fallback(rq_mesh_call),
+ * cl_set_peer_watch(rq_mesh_up, rq_mesh_down)). Over a bare peer mesh, with the helpers below
+ * (ud = the broker): rq_attach_mesh(b, mesh), rq_mesh_call as the mesh's call handler for
+ * "q." methods, rq_mesh_up / rq_mesh_down from its up/down callbacks.
  */
 #ifndef WARREN_REMOTE_H
 #define WARREN_REMOTE_H
@@ -85,6 +87,9 @@ bool rq_node_is_up(broker_t *b, uint32_t node);
 void rq_close(broker_t *b);
 void rq_free(broker_t *b);
 
+/* The whole glue for a cluster (no-op when c is not clustered). */
+struct cl;
+void rq_attach_cluster(broker_t *b, struct cl *c);
 /* Glue over a peer mesh: node_call/node_reply/node_is_up/node_name = peer_call/peer_reply/
  * peer_is_up/peer_node_name on mesh (names the glue knows better may replace node_name). */
 void rq_attach_mesh(broker_t *b, peer_mesh_t *mesh);

@@ -295,3 +295,32 @@ def test_consumer_node_down_requeues_at_home(cluster, uniq):
         assert method is not None and method.redelivered
     finally:
         pub.close()
+
+
+@pytest.mark.timeout(120)
+def test_transactions_and_recover_across_nodes(cluster, uniq):
+    q = uniq("q")
+    n1, n2, _n3 = cluster.nodes
+    declare_on(n2, q, cluster, durable=True)
+    conn = pika_connect(n1)
+    try:
+        ch = conn.channel()
+        ch.tx_select()
+        ch.basic_publish("", q, b"t1", pika.BasicProperties(delivery_mode=2))
+        ch.basic_publish("", q, b"t2")
+        ch.tx_rollback()
+        assert ch.queue_declare(q, passive=True).method.message_count == 0
+        ch.basic_publish("", q, b"t3", pika.BasicProperties(delivery_mode=2))
+        ch.tx_commit()  # commit-ok once the home stored it
+        assert ch.queue_declare(q, passive=True).method.message_count == 1
+        # basic.get without ack, basic.recover: back at the home, redelivered.
+        g = conn.channel()
+        method, _p, body = g.basic_get(q)
+        assert body == b"t3" and not method.redelivered
+        g.basic_recover(requeue=True)
+        method, _p, body = g.basic_get(q)
+        assert body == b"t3" and method.redelivered
+        g.basic_ack(method.delivery_tag)
+        assert wait_for(lambda: g.queue_declare(q, passive=True).method.message_count == 0)
+    finally:
+        conn.close()
