@@ -20,6 +20,7 @@
 #include "broker/config.h"
 #include "broker/log.h"
 #include "broker/meta.h"
+#include "broker/remote.h"
 #include "broker/store.h"
 
 typedef struct {
@@ -69,6 +70,7 @@ static int boot_state(broker_t *b, cl_t *cluster, const cfg_t *cfg, char *err, s
     if (cfg->load_definitions[0] && broker_load_definitions(b, cfg->load_definitions, err, errlen) != 0) return -1;
     if (broker_boot_defaults(b, err, errlen) != 0) return -1;
     meta_attach(b, cluster);
+    rq_attach_cluster(b, cluster); /* classic queues on other nodes: proxies to their home */
     return cl_start(cluster, &meta_cl_ops, b, err, errlen);
 }
 

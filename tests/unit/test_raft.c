@@ -515,6 +515,32 @@ static int step_ev(struct raft *r, struct raft_event ev) { return raft_step(r, &
 
 /* ---- membership ------------------------------------------------------------------------- */
 
+/* A committed entry applies on every follower within message delays, without waiting for a
+ * heartbeat: caught-up followers get the new commit index in an empty append, and so does a
+ * follower outside the quorum once it catches up. No tick is stepped after the proposal. */
+static void test_commit_reaches_followers_without_heartbeat(void **state) {
+    (void)state;
+    struct cluster *c = &CL;
+    cl_init(c, 3, 3, true, true);
+    cl_elect(c, 1);
+    raft_index base = c->r[1].commit;
+    /* all three up: everyone applies the entry */
+    assert_int_equal(cl_propose(c, 1, "a"), RAFT_OK);
+    cl_deliver(c);
+    for (raft_id id = 1; id <= 3; id++) assert_int_equal(c->applied[id], base + 1);
+    /* node 3 slow: its write is durable only after the quorum (1, 2) committed the entry */
+    c->manual[3] = true;
+    assert_int_equal(cl_propose(c, 1, "b"), RAFT_OK);
+    cl_deliver(c);
+    assert_int_equal(c->r[1].commit, base + 2);
+    assert_int_equal(c->applied[2], base + 2);
+    assert_int_equal(c->applied[3], base + 1);
+    cl_persist(c, 3); /* acknowledges; the leader answers with the commit index at once */
+    cl_deliver(c);
+    assert_int_equal(c->applied[3], base + 2);
+    cl_free(c);
+}
+
 static void test_learner_never_campaigns_or_counts(void **state) {
     (void)state;
     raft_id v[] = {1, 2, 3}, l[] = {4};
@@ -1243,7 +1269,8 @@ static void test_quiescent_and_wake(void **state) {
     cl_propose(c, 1, "a");
     assert_false(raft_quiescent(&c->r[1]));
     cl_deliver(c);
-    assert_false(raft_quiescent(&c->r[2])); /* does not know the commit index yet */
+    assert_true(raft_quiescent(&c->r[2]));  /* the commit index came in an empty append */
+    assert_false(raft_quiescent(&c->r[1])); /* but no heartbeat round has confirmed that yet */
     cl_heartbeat(c, 1);
     for (raft_id id = 1; id <= 3; id++) assert_true(raft_quiescent(&c->r[id]));
     assert_int_equal(c->r[1].cap_out, 0); /* an idle leader keeps no output buffer */
@@ -1346,6 +1373,7 @@ int main(void) {
         cmocka_unit_test(test_conflict_truncation),
         cmocka_unit_test(test_prevote_keeps_term),
         cmocka_unit_test(test_check_quorum_step_down),
+        cmocka_unit_test(test_commit_reaches_followers_without_heartbeat),
         cmocka_unit_test(test_learner_never_campaigns_or_counts),
         cmocka_unit_test(test_add_voter_promotes_after_catch_up),
         cmocka_unit_test(test_promotion_waits_for_commit),
