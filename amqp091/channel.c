@@ -877,6 +877,7 @@ struct remote_req {
     bool nowait;
     bool flag, flag2; /* get: no_ack; delete: if_unused, if_empty */
     consumer_t *c;    /* consume: the consumer being registered */
+    char *tag;        /* cancel: the consumer tag for cancel-ok */
 };
 
 static struct remote_req *remote_begin(chan_t *ch, queue_t *q, uint32_t method, bool nowait)
@@ -903,6 +904,7 @@ static void remote_finish(struct remote_req *r)
         conn_resume(ch->conn);
     }
     q_unref(r->q);
+    free(r->tag);
     free(r);
     chan_unref(ch);
 }
@@ -1339,11 +1341,36 @@ static void handle_consume(chan_t *ch, const amqp_method_t *m)
     q_consumer_add(q, c);
 }
 
+/* The home of a remote consumer's queue has processed the cancel (the stat call is ordered after
+ * it): now cancel-ok, so that the consumer count any node reports no longer includes it, as in
+ * RabbitMQ, where the queue has removed the consumer before cancel-ok is sent. */
+static void remote_cancelled(void *arg, const br_err_t *err, uint32_t messages, uint32_t consumers)
+{
+    (void)err, (void)messages, (void)consumers; /* a cancel succeeds whatever the home says */
+    struct remote_req *r = arg;
+    if (remote_live(r) && !r->nowait) {
+        amqp_method_t ok = {.id = AMQP_BASIC_CANCEL_OK};
+        ok.u.basic_cancel_ok.consumer_tag = AMQP_BYTES_CSTR(r->tag);
+        send(r->ch, &ok);
+    }
+    remote_finish(r);
+}
+
 static void handle_cancel(chan_t *ch, const amqp_method_t *m)
 {
     amqp_bytes_t tag = m->u.basic_cancel.consumer_tag;
     if (ch->reply_ctag && amqp_bytes_eq_cstr(tag, ch->reply_ctag)) reply_to_stop(ch);
     consumer_t *c = find_consumer(ch, tag);
+    if (c && c->q && rq_remote(c->q) && rq_available(c->q)) {
+        queue_t *q = c->q;
+        q_consumer_remove(q, c);
+        consumer_free(ch, c);
+        struct remote_req *r = remote_begin(ch, q, m->id, m->u.basic_cancel.nowait);
+        r->tag = strndup((const char *)tag.ptr, tag.len);
+        if (!r->tag) abort();
+        rq_stat(q, remote_cancelled, r);
+        return;
+    }
     if (!m->u.basic_cancel.nowait) {
         amqp_method_t ok = {.id = AMQP_BASIC_CANCEL_OK};
         ok.u.basic_cancel_ok.consumer_tag = tag;
