@@ -440,6 +440,38 @@ bool meta_intercept_queue_delete(queue_t *q)
     return true;
 }
 
+static int cl_submit(void *ctx, const void *cmd, size_t len, meta_submit_cb cb, void *arg);
+
+/* ---- nodes leaving --------------------------------------------------------------------- */
+
+static bool is_metadata_leader(broker_t *b)
+{
+    mr_host_t *h = cl_host(b->meta_submit_ctx);
+    mr_group_t *g = h ? mr_host_group(h, CL_META_GROUP) : NULL;
+    return g && mr_group_role(g) == RAFT_LEADER;
+}
+
+void meta_node_down(broker_t *b, uint32_t node)
+{
+    /* (only when the changes go through a cl_t: unit tests wire other transports) */
+    if (b->meta_submit != cl_submit || !is_metadata_leader(b)) return;
+    size_t vp = 0;
+    void *vv;
+    unsigned n = 0;
+    while (dict_next(&b->vhosts, &vp, NULL, NULL, &vv)) {
+        vhost_t *vh = vv;
+        size_t p = 0;
+        void *v;
+        while (dict_next(&vh->queues, &p, NULL, NULL, &v)) {
+            queue_t *q = v;
+            if (q->home != node || (q->durable && !q->exclusive) || q->delete_pending) continue;
+            meta_intercept_queue_delete(q); /* submits the replicated delete */
+            n++;
+        }
+    }
+    if (n) log_info("metadata: node %u is down: deleting its %u transient or exclusive queue(s)", node, n);
+}
+
 /* ---- wiring to the cluster --------------------------------------------------------------- */
 
 static void cl_apply(void *ud, uint64_t index, const void *cmd, size_t len, int *code, char *text, size_t textlen)

@@ -86,6 +86,11 @@ typedef struct cl cl_t;
 extern const struct cl_meta_ops meta_cl_ops;
 void meta_attach(broker_t *b, cl_t *c);
 
+/* A node left (its connection is down): as RabbitMQ does, its non-durable and exclusive queues
+ * are deleted cluster-wide. The metadata leader submits the deletions (other nodes do nothing),
+ * so a node that was the leader itself leaves them to a later pass. */
+void meta_node_down(broker_t *b, uint32_t node);
+
 /* q_delete's hook: clustered and outside meta_apply, a queue deletion this node decided on
  * (owner gone, auto-delete, expiry) is submitted instead of done; returns true then. */
 bool meta_intercept_queue_delete(queue_t *q);

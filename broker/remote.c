@@ -58,6 +58,7 @@
 #include <string.h>
 
 #include "broker/cluster.h"
+#include "broker/meta.h"
 #include "broker/log.h"
 
 #define RQ_TIMEOUT 30.0
@@ -1320,6 +1321,7 @@ void rq_node_down(broker_t *b, uint32_t node)
     log_info("queues: node %u down: its consumers and deliveries released", node);
     client_side_down(p);
     home_side_down(p);
+    meta_node_down(b, node); /* its transient and exclusive queues go, as in RabbitMQ */
 }
 
 void rq_node_up(broker_t *b, uint32_t node)

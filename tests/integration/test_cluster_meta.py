@@ -76,6 +76,19 @@ def exists_or_locked(node, queue):
             conn.close()
 
 
+def passive_error(node, queue):
+    """The reply text of a passive declare of queue through node, or None when it succeeds."""
+    conn = pika_connect(node)
+    try:
+        conn.channel().queue_declare(queue, passive=True)
+        return None
+    except pika.exceptions.ChannelClosedByBroker as e:
+        return e.reply_text
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
 def exists(node, queue):
     conn = pika_connect(node)
     try:
@@ -286,3 +299,35 @@ def test_durable_topology_and_messages_survive_a_full_restart(make_cluster, uniq
         assert ch.queue_declare(q, passive=True).method.message_count == 21
     finally:
         conn.close()
+
+
+def test_transient_queues_of_a_lost_node_are_deleted(make_cluster, uniq):
+    c = make_cluster()
+    wait_formed(c, c.nodes, NAMES)
+    n1, n2, n3 = c.nodes
+    transient, durable = uniq("transient"), uniq("durable")
+    conn = pika_connect(n2)
+    ch = conn.channel()
+    ch.queue_declare(transient, durable=False)
+    ch.queue_declare(durable, durable=True)
+    conn.close()
+    assert converges(lambda: exists(n1, transient))
+    n2.kill9()
+    # As RabbitMQ: the lost node's non-durable queues are deleted cluster-wide; its durable ones
+    # stay, unavailable until it returns.
+    for node in (n1, n3):
+        # gone from the metadata, not merely unavailable (which is a 404 naming the home node)
+        assert converges(lambda: passive_error(node, transient) == f"NOT_FOUND - no queue '{transient}' in vhost '/'",
+                         timeout=30), node.name
+    conn = pika_connect(n1)
+    try:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+            conn.channel().queue_declare(durable, passive=True)
+        assert info.value.reply_code == 404
+        assert info.value.reply_text == (f"NOT_FOUND - home node '{NAMES[1]}' of durable queue '{durable}' "
+                                         "in vhost '/' is down or inaccessible")
+    finally:
+        conn.close()
+    n2.start()
+    c.await_startup(n2)
+    assert converges(lambda: exists(n1, durable) and not exists(n2, transient), timeout=15)
