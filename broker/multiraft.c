@@ -8,15 +8,20 @@
  * Data flow of one loop iteration:
  *
  *   mr_host_receive / mr_propose / tick  ->  group_step: raft_step + group_handle:
- *       snapshot, hard state, entries  -> raftlog writes into the store's current batch;
- *                                         the group goes on the host's dirty list
- *       messages -> copied into the destination node's outbox (or into the group's held
- *                   queue while a hard state it wrote is not yet synced)
+ *       snapshot, hard state, compaction -> raftlog writes into the store's current batch;
+ *       entries -> only noted (pend_from..pend_last): raft's log holds them until the seal;
+ *                  either way the group goes on the host's dirty list
+ *       messages -> queued in the destination node's outbox (an append's entries by
+ *                   reference to raft's log; everything else copied), or copied into the
+ *                   group's held queue while a hard state it wrote is not yet synced
  *       apply / reads / role           -> user ops, done callbacks
  *   ev_prepare (before the store's own prepare, which runs at EV_MINPRI and submits the batch):
- *       host_seal:  one store_on_synced for all dirty groups, recording for each the last
- *                   (index, term) it wrote, the snapshot it installed or took, its hard state
- *       host_flush: one transport send per node with that node's outbox
+ *       host_seal:  each dirty group writes the entries it appended in this iteration as one
+ *                   run (raftlog.h: one RocksDB record instead of one per entry); then one
+ *                   store_on_synced for all of them, recording for each the last (index,
+ *                   term) it wrote, the snapshot it installed or took, its hard state
+ *       host_flush: one transport send per node with that node's outbox, the entries it
+ *                   refers to looked up in raft's logs again (dropped if gone)
  *   store synced callback (host_on_synced): release held messages whose hard state is now
  *       durable, step RAFT_EV_PERSISTED / RAFT_EV_SNAPSHOT for each recorded group, and seal
  *       again (callbacks may have written; the store submits right after its callbacks).
@@ -29,9 +34,12 @@
  *     calls that would step the group being handled (g->busy) are deferred to the end.
  *   - A group is either on the active list (ticked) or hibernating (not ticked, quiescent).
  *   - A closed group's memory lives on while a pending seal or the dirty list refers to it.
- *   - Outboxes and held queues hold copies (raft's memory is valid only until the next step);
- *     their arrays are linked by offsets, so growing them never invalidates anything, and
- *     pointers are resolved only right before the transport reads them.
+ *   - Raft's memory is valid only until the next step, so outboxes and held queues hold copies,
+ *     except for an append's entries in an outbox: those are named by (index, term) and taken
+ *     from raft's log again right before the send, as are a group's pending entries at the
+ *     seal (an entry is fixed by its index and term, and unpersisted entries are never
+ *     compacted). Queue arrays are linked by offsets, so growing them never invalidates
+ *     anything, and pointers are resolved only right before the transport reads them.
  * Who frees: the host owns groups, outboxes, seals; the transport copies what it sends; the
  * user owns snapshot bytes it hands in (snapshot_take's buffer is freed here).
  */
@@ -46,11 +54,13 @@
 /* ---- message queues (outboxes and held messages) ----------------------------------------- */
 
 struct mr_qmsg {
-    struct raft_msg msg; /* entries/snap/data pointers are set by msgq_resolve */
+    struct raft_msg msg; /* entries/snap/data pointers are set by msgq_resolve; type 0: dropped */
     uint64_t gid;
     size_t ent_off;  /* first entry in q->ents */
     size_t snap_off; /* snapshot meta in q->bytes, SIZE_MAX if none */
     size_t data_off; /* snapshot bytes in q->bytes */
+    raft_term ref_term; /* non-zero: the entries were not copied; they are the group's log at
+                           msg.index + 1.., whose last one has this term (see msgq_push) */
 };
 
 struct mr_msgq {
@@ -61,9 +71,13 @@ struct mr_msgq {
     size_t n_ents, cap_ents;
     uint8_t *bytes;
     size_t n_bytes, cap_bytes;
+    unsigned slack_rounds; /* consecutive resets that found the arena mostly unused */
 };
 
 #define MR_ALIGN 16
+#define MR_SLACK_ROUNDS 64 /* ... before it shrinks */
+
+static mr_group_t *table_find(const mr_host_t *h, uint64_t id);
 
 static void *mr_xrealloc(void *p, size_t size)
 {
@@ -97,8 +111,14 @@ static size_t msgq_bytes(struct mr_msgq *q, size_t len)
     return off;
 }
 
-/* Copies m (with its entries and snapshot) to the end of q. */
-static void msgq_push(struct mr_msgq *q, uint64_t gid, const struct raft_msg *m)
+/* Copies m (with its entries and snapshot) to the end of q. With r (the sender's raft, for an
+ * outbox), the entries of an append are not copied but looked up again in r's log when the
+ * outbox is sent (msgq_resolve): the leader's log holds them anyway, and copying every entry
+ * into the outbox (besides the transport's own copy) was a large part of the loop's work.
+ * (index, term) names an entry for good, so finding the last one's term at its index then
+ * proves the log still holds the same entries; if not, the message is dropped (raft resends). */
+static void msgq_push(struct mr_msgq *q, uint64_t gid, const struct raft_msg *m,
+                      const struct raft *r)
 {
     if (q->n == q->cap) {
         q->cap = grow_cap(q->cap, q->n + 1, 16);
@@ -115,6 +135,14 @@ static void msgq_push(struct mr_msgq *q, uint64_t gid, const struct raft_msg *m)
     qm->ent_off = q->n_ents;
     qm->snap_off = SIZE_MAX;
     qm->data_off = 0;
+    qm->ref_term = 0;
+    if (r != NULL && m->type == RAFT_MSG_APPEND && m->n_entries > 0 &&
+        raft_term_at(r, m->index + m->n_entries) == m->entries[m->n_entries - 1].term &&
+        m->entries[m->n_entries - 1].term != 0) {
+        qm->ref_term = m->entries[m->n_entries - 1].term;
+        q->n_ents += m->n_entries; /* slots filled by msgq_resolve */
+        return; /* an append has no snapshot */
+    }
     for (uint32_t i = 0; i < m->n_entries; i++) {
         const struct raft_entry *e = &m->entries[i];
         size_t off = msgq_bytes(q, e->len);
@@ -134,13 +162,39 @@ static void msgq_push(struct mr_msgq *q, uint64_t gid, const struct raft_msg *m)
     }
 }
 
-/* Points every queued message at its copies. Valid until the next push or reset. */
-static void msgq_resolve(struct mr_msgq *q)
+/* Looks a message's entries up in its group's log again (see msgq_push); false if they are
+ * gone (the group closed, or raft truncated or compacted them since). */
+static bool msgq_resolve_ref(struct mr_msgq *q, struct mr_qmsg *qm, const mr_host_t *h)
 {
-    for (size_t i = 0; i < q->n_ents; i++)
-        q->ents[i].data = q->ents[i].len > 0 ? q->bytes + q->ent_data_off[i] : NULL;
+    mr_group_t *g = h != NULL ? table_find(h, qm->gid) : NULL;
+    if (g == NULL)
+        return false;
+    const struct raft *r = mr_group_raft(g);
+    raft_index first = qm->msg.index + 1, last = qm->msg.index + qm->msg.n_entries;
+    if (raft_term_at(r, last) != qm->ref_term)
+        return false;
+    for (raft_index i = first; i <= last; i++) {
+        const struct raft_entry *e = raft_entry_at(r, i);
+        if (e == NULL)
+            return false;
+        q->ents[qm->ent_off + (i - first)] = *e;
+    }
+    return true;
+}
+
+/* Points every queued message at its copies, or at the log entries it refers to (host h; NULL
+ * for a queue without such references). Valid until the next push, reset or raft step. */
+static void msgq_resolve(struct mr_msgq *q, const mr_host_t *h)
+{
     for (size_t i = 0; i < q->n; i++) {
         struct mr_qmsg *qm = &q->msgs[i];
+        if (qm->ref_term != 0) {
+            if (!msgq_resolve_ref(q, qm, h))
+                qm->msg.type = 0; /* dropped: loss is tolerated, raft resends */
+        } else {
+            for (size_t e = qm->ent_off; e < qm->ent_off + qm->msg.n_entries; e++)
+                q->ents[e].data = q->ents[e].len > 0 ? q->bytes + q->ent_data_off[e] : NULL;
+        }
         qm->msg.entries = qm->msg.n_entries > 0 ? &q->ents[qm->ent_off] : NULL;
         qm->msg.snap = qm->snap_off != SIZE_MAX
                            ? (const struct raft_snapshot_meta *)(q->bytes + qm->snap_off)
@@ -149,13 +203,19 @@ static void msgq_resolve(struct mr_msgq *q)
     }
 }
 
-/* Empties q; a byte arena much larger than what this round used shrinks, so that one burst
- * does not pin megabytes forever. */
+/* Empties q; a byte arena much larger than what the last MR_SLACK_ROUNDS rounds used shrinks,
+ * so that one burst does not pin megabytes forever (shrinking at once made bursty traffic
+ * free and fault in fresh pages round after round). */
 static void msgq_reset(struct mr_msgq *q)
 {
     if (q->cap_bytes > (1u << 20) && q->n_bytes < q->cap_bytes / 8) {
-        q->cap_bytes /= 2;
-        q->bytes = mr_xrealloc(q->bytes, q->cap_bytes);
+        if (++q->slack_rounds >= MR_SLACK_ROUNDS) {
+            q->cap_bytes /= 2;
+            q->bytes = mr_xrealloc(q->bytes, q->cap_bytes);
+            q->slack_rounds = 0;
+        }
+    } else {
+        q->slack_rounds = 0;
     }
     q->n = 0;
     q->n_ents = 0;
@@ -234,7 +294,11 @@ struct mr_group {
     mr_group_t *active_prev, *active_next; /* ticked groups */
     mr_group_t *dirty_next;                /* wrote since the last seal */
 
-    raft_index stored_last; /* highest log index written to the store */
+    struct rlog_cursor log; /* where its stored runs of entries start (raftlog.h) */
+    /* Entries appended since the last seal, written as one run when it is sealed: indexes
+     * pend_from..pend_last of raft's log (pend_last = pend_from - 1: a pure truncation). */
+    raft_index pend_from; /* 0: none */
+    raft_index pend_last;
     raft_index applied;     /* last index handed to the state machine (or snapshot) */
 
     /* Writes since the last seal, acknowledged to raft when that seal syncs. */
@@ -310,6 +374,8 @@ struct mr_host {
     size_t n_peers;
     struct mr_outmsg *out_scratch;
     size_t out_cap;
+    struct raft_entry *ent_scratch; /* a pending run's entries, gathered for rlog_append */
+    size_t ent_cap;
 
     bool closing;
     struct mr_host_stats stats;
@@ -446,12 +512,16 @@ static void host_flush(mr_host_t *h)
             h->out_cap = grow_cap(h->out_cap, q->n, 64);
             h->out_scratch = mr_xrealloc(h->out_scratch, h->out_cap * sizeof *h->out_scratch);
         }
-        msgq_resolve(q);
+        msgq_resolve(q, h);
+        size_t n = 0;
         for (size_t i = 0; i < q->n; i++)
-            h->out_scratch[i] = (struct mr_outmsg){q->msgs[i].gid, &q->msgs[i].msg};
-        h->stats.sends++;
-        h->stats.msgs_sent += q->n;
-        h->transport.send(h->transport.ctx, h->peers[p].node, h->out_scratch, q->n);
+            if (q->msgs[i].msg.type != 0)
+                h->out_scratch[n++] = (struct mr_outmsg){q->msgs[i].gid, &q->msgs[i].msg};
+        if (n > 0) {
+            h->stats.sends++;
+            h->stats.msgs_sent += n;
+            h->transport.send(h->transport.ctx, h->peers[p].node, h->out_scratch, n);
+        }
         msgq_reset(&h->peers[p].outbox); /* after send: it may shrink the arena used above */
     }
 }
@@ -576,6 +646,36 @@ static void group_mark_dirty(mr_group_t *g)
     g->host->n_dirty++;
 }
 
+/* Writes the entries the group appended since the last seal as one run. They are read from
+ * raft's log, where they still are: raft only compacts entries below its snapshot, which no
+ * unpersisted entry is, and a truncation or a snapshot install since then updated (or
+ * cleared) the pending range. Pointers from raft_entry_at are used at once (RocksDB copies). */
+static void group_flush_log(mr_group_t *g)
+{
+    if (g->pend_from == 0)
+        return;
+    mr_host_t *h = g->host;
+    raft_index from = g->pend_from;
+    size_t n = g->pend_last + 1 - from;
+    g->pend_from = 0;
+    if (n > h->ent_cap) {
+        h->ent_cap = grow_cap(h->ent_cap, n, 256);
+        h->ent_scratch = mr_xrealloc(h->ent_scratch, h->ent_cap * sizeof *h->ent_scratch);
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct raft_entry *e = raft_entry_at(&g->raft, from + i);
+        if (e == NULL) { /* cannot happen (see above); never acknowledge what was not written */
+            log_error("multiraft: group %llu: entry %llu to store is not in raft's log",
+                      (unsigned long long)g->id, (unsigned long long)(from + i));
+            g->wr_index = 0;
+            g->wr_term = 0;
+            return;
+        }
+        h->ent_scratch[i] = *e;
+    }
+    rlog_append(h->store, g->id, from, h->ent_scratch, n, &g->log);
+}
+
 /* Registers one synced callback covering every write the dirty groups made so far. */
 static void host_on_synced(void *arg);
 
@@ -596,6 +696,7 @@ static void host_seal(mr_host_t *h)
             group_maybe_free(g);
             continue;
         }
+        group_flush_log(g);
         s->items[s->n++] = (struct mr_seal_item){g, g->wr_index, g->wr_term, g->wr_snap_index,
                                                  g->wr_snap_term, g->wr_own_snap};
         g->wr_index = g->wr_snap_index = g->wr_own_snap = 0;
@@ -621,9 +722,10 @@ static void group_release_held(mr_group_t *g)
     if (q == NULL)
         return;
     g->held = NULL;
-    msgq_resolve(q);
+    msgq_resolve(q, NULL);
     for (size_t i = 0; i < q->n; i++)
-        msgq_push(&peer_get(g->host, q->msgs[i].msg.to)->outbox, g->id, &q->msgs[i].msg);
+        msgq_push(&peer_get(g->host, q->msgs[i].msg.to)->outbox, g->id, &q->msgs[i].msg,
+                  NULL);
     msgq_free(q);
     free(q);
 }
@@ -728,7 +830,7 @@ static void group_take_snapshot(mr_group_t *g)
         free(bytes);
         return;
     }
-    rlog_save_snapshot(g->host->store, g->id, &meta, bytes, len, false);
+    rlog_save_snapshot(g->host->store, g->id, &meta, bytes, len, false, NULL);
     free(bytes);
     g->wr_own_snap = index;
     g->snapshotting = true;
@@ -774,8 +876,9 @@ static void group_install(mr_group_t *g, const struct raft_update *u, const stru
     }
     if (g->ops->snapshot_install != NULL)
         g->ops->snapshot_install(g, u->snapshot.index, in->data, in->data_len);
-    rlog_save_snapshot(g->host->store, g->id, &u->snapshot, in->data, in->data_len, true);
-    g->stored_last = 0;
+    rlog_save_snapshot(g->host->store, g->id, &u->snapshot, in->data, in->data_len, true,
+                       &g->log);
+    g->pend_from = 0; /* entries appended before it are gone with the old log */
     g->applied = u->snapshot.index;
     g->wr_index = 0; /* superseded: the snapshot replaced those entries */
     g->wr_term = 0;
@@ -786,10 +889,13 @@ static void group_install(mr_group_t *g, const struct raft_update *u, const stru
     pending_fail_all(g, MR_EDEPOSED);
 }
 
+/* The write itself waits for the seal (group_flush_log), so that all of a loop iteration's
+ * appends of the group become one run; until then raft's log holds the entries. */
 static void group_write_entries(mr_group_t *g, const struct raft_update *u)
 {
-    rlog_append(g->host->store, g->id, u->entries_first, u->entries, u->n_entries,
-                &g->stored_last);
+    if (g->pend_from == 0 || u->entries_first < g->pend_from)
+        g->pend_from = u->entries_first;
+    g->pend_last = u->entries_first + u->n_entries - 1;
     if (u->n_entries > 0) {
         g->wr_index = u->entries_first + u->n_entries - 1;
         g->wr_term = u->entries[u->n_entries - 1].term;
@@ -838,10 +944,10 @@ static void group_send(mr_group_t *g, const struct raft_msg *msg)
             g->held = mr_xrealloc(NULL, sizeof *g->held);
             memset(g->held, 0, sizeof *g->held);
         }
-        msgq_push(g->held, g->id, &m);
+        msgq_push(g->held, g->id, &m, NULL);
         g->host->stats.msgs_held++;
     } else {
-        msgq_push(&peer_get(g->host, m.to)->outbox, g->id, &m);
+        msgq_push(&peer_get(g->host, m.to)->outbox, g->id, &m, &g->raft);
     }
     free(snap_data);
 }
@@ -956,7 +1062,7 @@ static void group_handle(mr_group_t *g, const struct raft_update *u, const struc
         reads_answer(g, u->reads, u->n_reads);
     reads_serve(g);
     if (u->flags & RAFT_UPD_COMPACT) {
-        rlog_compact(store, g->id, u->compact_index);
+        rlog_compact(store, g->id, u->compact_index, &g->log);
         group_mark_dirty(g);
     }
     if (u->flags & RAFT_UPD_ROLE)
@@ -1191,7 +1297,7 @@ static int group_restore(mr_group_t *g)
             g->ops->snapshot_install(g, st.snap.index, st.snap_data, st.snap_len);
         g->applied = st.snap.index;
     }
-    g->stored_last = st.n > 0 ? st.first + st.n - 1 : 0;
+    g->log = st.cursor;
     rlog_state_free(&st);
     return rc;
 }
@@ -1257,8 +1363,12 @@ static void group_close(mr_group_t *g, bool destroy)
     if (g == NULL || g->closed)
         return;
     mr_host_t *h = g->host;
-    if (destroy)
+    if (destroy) {
+        g->pend_from = 0;
         rlog_destroy(h->store, g->id);
+    } else {
+        group_flush_log(g); /* what raft appended is written as it would have been */
+    }
     table_remove(h, g);
     h->n_groups--;
     if (!g->hibernating)
@@ -1408,6 +1518,9 @@ void mr_host_free(mr_host_t *h)
     /* Every write made so far becomes durable and every seal callback runs (doing nothing but
      * bookkeeping now that closing is set), so no store callback outlives the host. */
     h->closing = true;
+    for (mr_group_t *g = h->dirty; g != NULL; g = g->dirty_next)
+        if (!g->closed)
+            group_flush_log(g); /* entries appended since the last seal: written now */
     store_flush_sync(h->store);
     if (h->seals_outstanding != 0)
         log_error("multiraft: %zu seal callbacks outstanding at host free",
@@ -1438,6 +1551,7 @@ void mr_host_free(mr_host_t *h)
         msgq_free(&h->peers[i].outbox);
     free(h->peers);
     free(h->out_scratch);
+    free(h->ent_scratch);
     free(h->table);
     free(h);
 }

@@ -5,13 +5,20 @@
  * a group's state back at startup. It never waits for the disk: the host learns durability
  * from store_on_synced and then tells raft (RAFT_EV_PERSISTED).
  *
- * Key layout (see raftlog.h): 'L' gid index, 'H' gid, 'S' gid, all integers big-endian.
+ * Key layout (see raftlog.h): runs of entries 'L' gid first in STORE_LOG; 'H' gid and 'S' gid
+ * in STORE_MAIN; all integers big-endian.
  *
  * Invariants:
- *   - A group's stored entries are contiguous: appends overwrite from `first` and delete any
- *     stored suffix beyond the new last index (tracked by the caller in stored_last, so the
- *     common case - appending past the end - costs no range delete at all); compaction only
- *     removes a prefix.
+ *   - Read in key order, with each run replacing what earlier runs held from its first index
+ *     on, a group's runs give a contiguous log. An append at `first` deletes every run starting
+ *     after first (their keys lie in (first, top]) and puts its own run at first, replacing a
+ *     run that started there; a run that starts earlier and reaches first is cut short by it on
+ *     reading. Appending past the end, the common case, costs no range delete at all.
+ *   - A run of count 0 (a pure truncation) is only ever the last run: the next append starts
+ *     at or below its key, so it is replaced or deleted.
+ *   - Compaction deletes only keys below a run start b <= upto + 1 (or everything when upto
+ *     covers the whole stored log): every run it deletes lies wholly at or below upto, and no
+ *     entry above upto changes, since a run's entries can only be cut by later runs.
  *   - A snapshot received from the leader replaces the whole stored log in the same batch, so
  *     a crash can never leave the new snapshot next to entries of the old history.
  *   - Everything a call writes lands in one store batch, which RocksDB writes atomically.
@@ -23,7 +30,6 @@
 
 #include "broker/log.h"
 
-#define RLOG_ENTRY_HDR 9  /* u64 term + u8 type */
 #define RLOG_HS_LEN 12    /* u64 term + u32 vote */
 #define RLOG_SNAP_HDR 20  /* u64 index + u64 term + u32 conf_len */
 
@@ -42,11 +48,11 @@ static uint32_t get_be32(const uint8_t *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-void rlog_entry_key(uint8_t key[RLOG_ENTRY_KEY_LEN], uint64_t gid, raft_index index)
+void rlog_entry_key(uint8_t key[RLOG_ENTRY_KEY_LEN], uint64_t gid, raft_index first)
 {
     key[0] = RLOG_KEY_ENTRY;
     store_put_be64(key + 1, gid);
-    store_put_be64(key + 9, index);
+    store_put_be64(key + 9, first);
 }
 
 void rlog_group_key(uint8_t key[RLOG_GROUP_KEY_LEN], uint8_t tag, uint64_t gid)
@@ -55,29 +61,55 @@ void rlog_group_key(uint8_t key[RLOG_GROUP_KEY_LEN], uint8_t tag, uint64_t gid)
     store_put_be64(key + 1, gid);
 }
 
-/* Deletes the group's entries with index in [from, to). */
-static void rlog_delete_entries(store_t *s, uint64_t gid, raft_index from, raft_index to)
+/* Deletes the group's runs whose first index is in [from, to). */
+static void rlog_delete_runs(store_t *s, uint64_t gid, raft_index from, raft_index to)
 {
     if (from >= to)
         return;
     uint8_t begin[RLOG_ENTRY_KEY_LEN], end[RLOG_ENTRY_KEY_LEN];
     rlog_entry_key(begin, gid, from);
     rlog_entry_key(end, gid, to);
-    store_del_range(s, begin, sizeof begin, end, sizeof end);
+    store_del_range_in(s, STORE_LOG, begin, sizeof begin, end, sizeof end);
 }
 
-/* Deletes every entry of the group: [gid 0, gid+1 0) covers all indexes, UINT64_MAX included. */
+/* Deletes every run of the group: [gid, gid+1) covers all indexes, UINT64_MAX included. */
 static void rlog_delete_all_entries(store_t *s, uint64_t gid)
 {
     uint8_t begin[RLOG_GROUP_KEY_LEN], end[RLOG_GROUP_KEY_LEN];
     rlog_group_key(begin, RLOG_KEY_ENTRY, gid);
     if (gid == UINT64_MAX) { /* no gid+1: the end is the next tag */
         uint8_t tag_end = RLOG_KEY_ENTRY + 1;
-        store_del_range(s, begin, sizeof begin, &tag_end, 1);
+        store_del_range_in(s, STORE_LOG, begin, sizeof begin, &tag_end, 1);
         return;
     }
     rlog_group_key(end, RLOG_KEY_ENTRY, gid + 1);
-    store_del_range(s, begin, sizeof begin, end, sizeof end);
+    store_del_range_in(s, STORE_LOG, begin, sizeof begin, end, sizeof end);
+}
+
+/* ---- the cursor: where the stored runs start --------------------------------------------- */
+
+/* Records a run stored at `first`: starts at or after it are gone (deleted or replaced). When
+ * the array is full, the start whose removal leaves the smallest gap goes (never the oldest,
+ * which compaction keys on, nor the newest), so the sample stays spread over the log. */
+static void cursor_push(struct rlog_cursor *c, raft_index first)
+{
+    while (c->n_starts > 0 && c->starts[c->n_starts - 1] >= first)
+        c->n_starts--;
+    if (c->n_starts == RLOG_STARTS) {
+        unsigned drop = 1;
+        raft_index best = UINT64_MAX;
+        for (unsigned i = 1; i < RLOG_STARTS; i++) {
+            raft_index next = i + 1 < RLOG_STARTS ? c->starts[i + 1] : first;
+            if (next - c->starts[i - 1] < best) {
+                best = next - c->starts[i - 1];
+                drop = i;
+            }
+        }
+        memmove(&c->starts[drop], &c->starts[drop + 1],
+                (RLOG_STARTS - drop - 1) * sizeof c->starts[0]);
+        c->n_starts--;
+    }
+    c->starts[c->n_starts++] = first;
 }
 
 /* ---- writes ------------------------------------------------------------------------------ */
@@ -91,46 +123,91 @@ void rlog_save_hard_state(store_t *s, uint64_t gid, raft_term term, raft_id vote
     store_put(s, key, sizeof key, val, sizeof val);
 }
 
-/* One entry: the value is header + data; a small stack buffer avoids a malloc for most
- * entries (RocksDB copies the bytes, so the buffer can be reused at once). */
-static void rlog_put_entry(store_t *s, uint64_t gid, raft_index index, const struct raft_entry *e)
-{
-    uint8_t key[RLOG_ENTRY_KEY_LEN];
-    rlog_entry_key(key, gid, index);
-    uint8_t small[2048];
-    size_t vlen = RLOG_ENTRY_HDR + e->len;
-    uint8_t *val = vlen <= sizeof small ? small : malloc(vlen);
-    if (val == NULL) {
-        log_error("raftlog: out of memory encoding a %zu byte entry", vlen);
-        abort(); /* dropping a log write would break the persisted-before-ack contract */
-    }
-    store_put_be64(val, e->term);
-    val[8] = (uint8_t)e->type;
-    if (e->len > 0)
-        memcpy(val + RLOG_ENTRY_HDR, e->data, e->len);
-    store_put(s, key, sizeof key, val, vlen);
-    if (val != small)
-        free(val);
-}
+/* Parts of a run's value on the stack up to this many entries; beyond, one malloc. */
+#define RLOG_SMALL_RUN 16
 
 void rlog_append(store_t *s, uint64_t gid, raft_index first, const struct raft_entry *entries,
-                 size_t n, raft_index *stored_last)
+                 size_t n, struct rlog_cursor *c)
 {
-    raft_index new_last = first + n - 1; /* first - 1 when n == 0: a pure truncation */
-    if (*stored_last > new_last)
-        rlog_delete_entries(s, gid, new_last + 1, *stored_last + 1);
-    for (size_t i = 0; i < n; i++)
-        rlog_put_entry(s, gid, first + i, &entries[i]);
-    *stored_last = new_last;
+    if (c->top > first)
+        rlog_delete_runs(s, gid, first + 1, c->top + 1);
+    if (n == 0 && c->top < first)
+        return; /* truncating nothing */
+
+    /* The value is gathered from the header bytes below and the entries' own data, so RocksDB
+     * copies each payload once, straight into its batch. */
+    const void *small_parts[1 + 2 * RLOG_SMALL_RUN];
+    size_t small_lens[1 + 2 * RLOG_SMALL_RUN];
+    uint8_t small_hdr[RLOG_RUN_HDR + RLOG_SMALL_RUN * RLOG_ENTRY_HDR];
+    const void **parts = small_parts;
+    size_t *lens = small_lens;
+    uint8_t *hdr = small_hdr;
+    void *heap = NULL;
+    if (n > RLOG_SMALL_RUN) {
+        size_t np = 1 + 2 * n;
+        heap = malloc(np * (sizeof *parts + sizeof *lens) + RLOG_RUN_HDR + n * RLOG_ENTRY_HDR);
+        if (heap == NULL || np > INT32_MAX) {
+            log_error("raftlog: out of memory encoding a run of %zu entries", n);
+            abort(); /* dropping a log write would break the persisted-before-ack contract */
+        }
+        parts = heap;
+        lens = (size_t *)(parts + np);
+        hdr = (uint8_t *)(lens + np);
+    }
+    put_be32(hdr, (uint32_t)n);
+    int np = 0;
+    parts[np] = hdr;
+    lens[np++] = RLOG_RUN_HDR;
+    bool last_is_hdr = true; /* headers lie back to back in hdr: adjacent ones make one part */
+    uint8_t *h = hdr + RLOG_RUN_HDR;
+    for (size_t i = 0; i < n; i++, h += RLOG_ENTRY_HDR) {
+        const struct raft_entry *e = &entries[i];
+        store_put_be64(h, e->term);
+        h[8] = (uint8_t)e->type;
+        put_be32(h + 9, e->len);
+        if (last_is_hdr) {
+            lens[np - 1] += RLOG_ENTRY_HDR;
+        } else {
+            parts[np] = h;
+            lens[np++] = RLOG_ENTRY_HDR;
+        }
+        last_is_hdr = e->len == 0;
+        if (e->len > 0) {
+            parts[np] = e->data;
+            lens[np++] = e->len;
+        }
+    }
+    uint8_t key[RLOG_ENTRY_KEY_LEN];
+    rlog_entry_key(key, gid, first);
+    store_putv_in(s, STORE_LOG, key, sizeof key, np, parts, lens);
+    free(heap);
+    cursor_push(c, first);
+    c->top = n > 0 ? first + n - 1 : first;
 }
 
-void rlog_compact(store_t *s, uint64_t gid, raft_index upto)
+void rlog_compact(store_t *s, uint64_t gid, raft_index upto, struct rlog_cursor *c)
 {
-    rlog_delete_entries(s, gid, 0, upto + 1);
+    if (c->n_starts == 0)
+        return;
+    if (upto >= c->top) { /* every stored entry is covered */
+        rlog_delete_runs(s, gid, 0, c->top + 1);
+        c->n_starts = 0;
+        c->top = 0;
+        return;
+    }
+    /* The last known start at or below upto + 1: every run before it ends at or below upto. */
+    unsigned keep = 0;
+    while (keep + 1 < c->n_starts && c->starts[keep + 1] <= upto + 1)
+        keep++;
+    if (keep == 0)
+        return;
+    rlog_delete_runs(s, gid, 0, c->starts[keep]);
+    memmove(&c->starts[0], &c->starts[keep], (c->n_starts - keep) * sizeof c->starts[0]);
+    c->n_starts = (uint8_t)(c->n_starts - keep);
 }
 
 void rlog_save_snapshot(store_t *s, uint64_t gid, const struct raft_snapshot_meta *meta,
-                        const void *data, size_t len, bool replace_log)
+                        const void *data, size_t len, bool replace_log, struct rlog_cursor *c)
 {
     uint8_t conf[RAFT_CONF_MAX_ENCODED];
     size_t conf_len = raft_conf_encode(&meta->conf, conf);
@@ -146,8 +223,11 @@ void rlog_save_snapshot(store_t *s, uint64_t gid, const struct raft_snapshot_met
     memcpy(val + RLOG_SNAP_HDR, conf, conf_len);
     if (len > 0)
         memcpy(val + RLOG_SNAP_HDR + conf_len, data, len);
-    if (replace_log)
+    if (replace_log) {
         rlog_delete_all_entries(s, gid);
+        if (c != NULL)
+            memset(c, 0, sizeof *c);
+    }
     uint8_t key[RLOG_GROUP_KEY_LEN];
     rlog_group_key(key, RLOG_KEY_SNAPSHOT, gid);
     store_put(s, key, sizeof key, val, vlen);
@@ -240,36 +320,74 @@ static int rlog_load_hard_state(store_t *s, uint64_t gid, struct rlog_state *out
     return 0;
 }
 
-static int rlog_push_entry(struct rlog_state *out, size_t *cap, const uint8_t *val, size_t vlen)
+/* Adds one run read back at `first` to out: it cuts what earlier runs held from first on. */
+static int rlog_add_run(struct rlog_state *out, size_t *cap, uint64_t gid, raft_index first,
+                        const uint8_t *val, size_t vlen)
 {
-    if (out->n == *cap) {
-        size_t ncap = *cap ? *cap * 2 : 64;
+    if (vlen < RLOG_RUN_HDR)
+        goto malformed;
+    uint32_t count = get_be32(val);
+    if (out->n == 0 && out->first == 0) {
+        out->first = first;
+    } else if (first > out->first + out->n) {
+        log_error("raftlog: group %llu: gap in the stored log at index %llu",
+                  (unsigned long long)gid, (unsigned long long)(out->first + out->n));
+        return -1;
+    } else {
+        size_t keep = (size_t)(first - out->first); /* keys ascend: first > out->first */
+        for (size_t i = keep; i < out->n; i++)
+            free(out->entries[i].data);
+        out->n = keep;
+    }
+    if (out->n + count > *cap) {
+        size_t ncap = *cap ? *cap : 64;
+        while (ncap < out->n + count)
+            ncap *= 2;
         struct raft_entry *e = realloc(out->entries, ncap * sizeof *e);
         if (e == NULL)
             return -1;
         out->entries = e;
         *cap = ncap;
     }
-    struct raft_entry *e = &out->entries[out->n];
-    e->term = store_get_be64(val);
-    e->type = val[8];
-    e->len = (uint32_t)(vlen - RLOG_ENTRY_HDR);
-    e->data = NULL;
-    if (e->len > 0) {
-        e->data = malloc(e->len);
-        if (e->data == NULL)
-            return -1;
-        memcpy(e->data, val + RLOG_ENTRY_HDR, e->len);
+    size_t off = RLOG_RUN_HDR;
+    for (uint32_t i = 0; i < count; i++) {
+        if (vlen - off < RLOG_ENTRY_HDR)
+            goto malformed;
+        const uint8_t *h = val + off;
+        uint32_t len = get_be32(h + 9);
+        off += RLOG_ENTRY_HDR;
+        if (vlen - off < len)
+            goto malformed;
+        struct raft_entry *e = &out->entries[out->n];
+        e->term = store_get_be64(h);
+        e->type = h[8];
+        e->len = len;
+        e->data = NULL;
+        if (len > 0) {
+            e->data = malloc(len);
+            if (e->data == NULL)
+                return -1;
+            memcpy(e->data, val + off, len);
+        }
+        off += len;
+        out->n++;
     }
-    out->n++;
+    if (off != vlen)
+        goto malformed;
+    cursor_push(&out->cursor, first);
+    out->cursor.top = count > 0 ? first + count - 1 : first; /* it cut everything after it */
     return 0;
+malformed:
+    log_error("raftlog: group %llu: malformed log run at index %llu", (unsigned long long)gid,
+              (unsigned long long)first);
+    return -1;
 }
 
 static int rlog_load_entries(store_t *s, uint64_t gid, struct rlog_state *out)
 {
     uint8_t prefix[RLOG_GROUP_KEY_LEN];
     rlog_group_key(prefix, RLOG_KEY_ENTRY, gid);
-    store_iter_t *it = store_iter_prefix(s, prefix, sizeof prefix);
+    store_iter_t *it = store_iter_prefix_in(s, STORE_LOG, prefix, sizeof prefix);
     if (it == NULL)
         return -1;
     size_t cap = 0;
@@ -277,21 +395,13 @@ static int rlog_load_entries(store_t *s, uint64_t gid, struct rlog_state *out)
     const void *k, *v;
     size_t klen, vlen;
     while (rc == 0 && store_iter_next(it, &k, &klen, &v, &vlen)) {
-        if (klen != RLOG_ENTRY_KEY_LEN || vlen < RLOG_ENTRY_HDR) {
-            log_error("raftlog: group %llu: malformed entry record", (unsigned long long)gid);
+        if (klen != RLOG_ENTRY_KEY_LEN) {
+            log_error("raftlog: group %llu: malformed log key", (unsigned long long)gid);
             rc = -1;
             break;
         }
-        raft_index index = store_get_be64((const uint8_t *)k + 9);
-        if (out->n == 0) {
-            out->first = index;
-        } else if (index != out->first + out->n) {
-            log_error("raftlog: group %llu: gap in the stored log at index %llu",
-                      (unsigned long long)gid, (unsigned long long)(out->first + out->n));
-            rc = -1;
-            break;
-        }
-        rc = rlog_push_entry(out, &cap, v, vlen);
+        raft_index first = store_get_be64((const uint8_t *)k + 9);
+        rc = rlog_add_run(out, &cap, gid, first, v, vlen);
     }
     store_iter_free(it);
     return rc;

@@ -32,6 +32,11 @@
  *     store_flush_sync() or from store_close() - never from a put/del/on_synced/kick call.
  *   - completed_seq <= submitted_seq; batch seq numbers increase by one per submission.
  *
+ * Key spaces (store.h) are RocksDB column families of the one database: a batch may write to
+ * both, and RocksDB's one write-ahead log keeps it atomic. (With more than one column family,
+ * RocksDB also syncs a closed WAL before flushing a memtable, so without fsync per batch
+ * (store_set_sync(false)) the log still reaches the disk at each memtable switch.)
+ *
  * A failed synced write is fatal (logged, then abort()): after a failed fsync the state of the
  * WAL is unknown, and running the waiters would confirm data that may be gone. Restarting
  * recovers from the WAL, which is the only safe path.
@@ -58,6 +63,16 @@
 #define STORE_MAX_TOTAL_WAL_BYTES (128u << 20)
 #define STORE_INFO_LOG_BYTES (4u << 20)
 #define STORE_INFO_LOG_KEEP 3
+/* STORE_LOG: a Raft group deletes its log records once a snapshot covers them, typically a few
+ * thousand entries behind the head. A memtable several times that size holds mostly deleted
+ * records when it fills, so its flush writes little, and compaction has little to merge: with
+ * 16 MB memtables, a third of the Raft data still reached table files (compressed, checksummed,
+ * compacted and deleted again); with 64 MB, under a tenth. Three of them (one filling, two
+ * flushing) keep a flush that waits for the disk from stalling writes: with two, the p99 commit
+ * latency of tests/bench/raft_bench tripled. Memory is only used as records arrive: a node
+ * without busy Raft groups never fills them. */
+#define STORE_LOG_WRITE_BUFFER_BYTES (64u << 20)
+#define STORE_LOG_WRITE_BUFFERS 3
 
 /* One callback waiting for its batch to become durable. */
 struct store_waiter {
@@ -80,8 +95,11 @@ struct store {
     char *dir;
 
     rocksdb_t *db;
-    rocksdb_options_t *options;
+    rocksdb_column_family_handle_t *cf[STORE_SPACES]; /* indexed by enum store_space */
+    rocksdb_options_t *options;     /* the database's and STORE_MAIN's */
+    rocksdb_options_t *log_options; /* STORE_LOG's */
     rocksdb_block_based_table_options_t *table_options;
+    rocksdb_block_based_table_options_t *log_table_options;
     rocksdb_cache_t *block_cache;
     rocksdb_writeoptions_t *sync_write;
     rocksdb_readoptions_t *read_committed;
@@ -408,6 +426,20 @@ static void store_configure(store_t *s, int compression)
     rocksdb_options_set_max_total_wal_size(s->options, STORE_MAX_TOTAL_WAL_BYTES);
     rocksdb_options_set_max_log_file_size(s->options, STORE_INFO_LOG_BYTES);
     rocksdb_options_set_keep_log_file_num(s->options, STORE_INFO_LOG_KEEP);
+    rocksdb_options_set_create_missing_column_families(s->options, 1);
+
+    /* STORE_LOG (see store.h and STORE_LOG_WRITE_BUFFER_BYTES): the same block cache, no bloom
+     * filter (its records are only scanned, at startup) and no compression (what reaches a
+     * table file is deleted again soon; compressing it was pure cost). */
+    s->log_table_options = rocksdb_block_based_options_create();
+    rocksdb_block_based_options_set_block_cache(s->log_table_options, s->block_cache);
+    rocksdb_block_based_options_set_cache_index_and_filter_blocks(s->log_table_options, 0);
+    s->log_options = rocksdb_options_create();
+    rocksdb_options_set_block_based_table_factory(s->log_options, s->log_table_options);
+    rocksdb_options_set_write_buffer_size(s->log_options, STORE_LOG_WRITE_BUFFER_BYTES);
+    rocksdb_options_set_max_write_buffer_number(s->log_options, STORE_LOG_WRITE_BUFFERS);
+    rocksdb_options_set_compression(s->log_options, rocksdb_no_compression);
+    rocksdb_options_set_level_compaction_dynamic_level_bytes(s->log_options, 1);
 
     s->sync_write = rocksdb_writeoptions_create();
     rocksdb_writeoptions_set_sync(s->sync_write, 1);
@@ -422,15 +454,30 @@ static void store_unconfigure(store_t *s)
         rocksdb_writeoptions_destroy(s->sync_write);
     if (s->options)
         rocksdb_options_destroy(s->options);
+    if (s->log_options)
+        rocksdb_options_destroy(s->log_options);
     if (s->table_options)
         rocksdb_block_based_options_destroy(s->table_options);
+    if (s->log_table_options)
+        rocksdb_block_based_options_destroy(s->log_table_options);
     if (s->block_cache)
         rocksdb_cache_destroy(s->block_cache);
     s->read_committed = NULL;
     s->sync_write = NULL;
     s->options = NULL;
+    s->log_options = NULL;
     s->table_options = NULL;
+    s->log_table_options = NULL;
     s->block_cache = NULL;
+}
+
+/* Opens the database and both key spaces (STORE_LOG is created on first use). */
+static rocksdb_t *store_open_cfs(store_t *s, char **err)
+{
+    const char *names[STORE_SPACES] = {"default", "log"};
+    const rocksdb_options_t *opts[STORE_SPACES] = {s->options, s->log_options};
+    return rocksdb_open_column_families(s->options, s->dir, STORE_SPACES, names, opts, s->cf,
+                                        err);
 }
 
 /* Opens the database with LZ4, falling back to no compression if this RocksDB build lacks it.
@@ -438,13 +485,13 @@ static void store_unconfigure(store_t *s)
 static rocksdb_t *store_open_db(store_t *s, char **err)
 {
     store_configure(s, rocksdb_lz4_compression);
-    rocksdb_t *db = rocksdb_open(s->options, s->dir, err);
+    rocksdb_t *db = store_open_cfs(s, err);
     if (db == NULL && *err != NULL && strstr(*err, "ompression") != NULL) {
         rocksdb_free(*err);
         *err = NULL;
         store_unconfigure(s);
         store_configure(s, rocksdb_no_compression);
-        db = rocksdb_open(s->options, s->dir, err);
+        db = store_open_cfs(s, err);
     }
     return db;
 }
@@ -458,6 +505,9 @@ static bool store_err_is_lock(const char *err)
 
 static void store_free(store_t *s)
 {
+    for (int i = 0; i < STORE_SPACES; i++)
+        if (s->cf[i] != NULL)
+            rocksdb_column_family_handle_destroy(s->cf[i]); /* before the close, as RocksDB asks */
     if (s->db)
         rocksdb_close(s->db);
     store_unconfigure(s);
@@ -560,26 +610,57 @@ void store_close(store_t *s)
 
 /* ---- writes ------------------------------------------------------------------------------ */
 
-void store_put(store_t *s, const void *key, size_t klen, const void *val, size_t vlen)
+void store_put_in(store_t *s, enum store_space sp, const void *key, size_t klen, const void *val,
+                  size_t vlen)
 {
-    rocksdb_writebatch_put(s->current->writes, store_bytes(key), klen, store_bytes(val), vlen);
+    rocksdb_writebatch_put_cf(s->current->writes, s->cf[sp], store_bytes(key), klen,
+                              store_bytes(val), vlen);
     s->current->ops++;
     s->current->bytes += klen + vlen;
 }
 
-void store_del(store_t *s, const void *key, size_t klen)
+void store_putv_in(store_t *s, enum store_space sp, const void *key, size_t klen, int nparts,
+                   const void *const *parts, const size_t *lens)
 {
-    rocksdb_writebatch_delete(s->current->writes, store_bytes(key), klen);
+    const char *k = store_bytes(key);
+    size_t vlen = 0;
+    for (int i = 0; i < nparts; i++)
+        vlen += lens[i];
+    rocksdb_writebatch_putv_cf(s->current->writes, s->cf[sp], 1, &k, &klen, nparts,
+                               (const char *const *)parts, lens);
+    s->current->ops++;
+    s->current->bytes += klen + vlen;
+}
+
+void store_del_in(store_t *s, enum store_space sp, const void *key, size_t klen)
+{
+    rocksdb_writebatch_delete_cf(s->current->writes, s->cf[sp], store_bytes(key), klen);
     s->current->ops++;
     s->current->bytes += klen;
 }
 
-void store_del_range(store_t *s, const void *begin, size_t blen, const void *end, size_t elen)
+void store_del_range_in(store_t *s, enum store_space sp, const void *begin, size_t blen,
+                        const void *end, size_t elen)
 {
-    rocksdb_writebatch_delete_range(s->current->writes, store_bytes(begin), blen,
-                                    store_bytes(end), elen);
+    rocksdb_writebatch_delete_range_cf(s->current->writes, s->cf[sp], store_bytes(begin), blen,
+                                       store_bytes(end), elen);
     s->current->ops++;
     s->current->bytes += blen + elen;
+}
+
+void store_put(store_t *s, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    store_put_in(s, STORE_MAIN, key, klen, val, vlen);
+}
+
+void store_del(store_t *s, const void *key, size_t klen)
+{
+    store_del_in(s, STORE_MAIN, key, klen);
+}
+
+void store_del_range(store_t *s, const void *begin, size_t blen, const void *end, size_t elen)
+{
+    store_del_range_in(s, STORE_MAIN, begin, blen, end, elen);
 }
 
 void store_set_sync(store_t *s, bool sync)
@@ -629,11 +710,17 @@ void store_flush_sync(store_t *s)
 
 int store_get(store_t *s, const void *key, size_t klen, void **val, size_t *vlen)
 {
+    return store_get_in(s, STORE_MAIN, key, klen, val, vlen);
+}
+
+int store_get_in(store_t *s, enum store_space sp, const void *key, size_t klen, void **val,
+                 size_t *vlen)
+{
     char *err = NULL;
     *val = NULL;
     *vlen = 0;
-    rocksdb_pinnableslice_t *found =
-        rocksdb_get_pinned(s->db, s->read_committed, store_bytes(key), klen, &err);
+    rocksdb_pinnableslice_t *found = rocksdb_get_pinned_cf(s->db, s->read_committed, s->cf[sp],
+                                                           store_bytes(key), klen, &err);
     if (err != NULL) {
         log_error("store: read from %s failed: %s", s->dir, err);
         rocksdb_free(err);
@@ -687,6 +774,12 @@ static size_t store_prefix_successor(const uint8_t *prefix, size_t plen, uint8_t
 
 store_iter_t *store_iter_prefix(store_t *s, const void *prefix, size_t plen)
 {
+    return store_iter_prefix_in(s, STORE_MAIN, prefix, plen);
+}
+
+store_iter_t *store_iter_prefix_in(store_t *s, enum store_space sp, const void *prefix,
+                                   size_t plen)
+{
     store_iter_t *it = malloc(sizeof(*it) + 2 * plen);
     if (it == NULL) {
         log_error("store: out of memory creating an iterator");
@@ -705,7 +798,7 @@ store_iter_t *store_iter_prefix(store_t *s, const void *prefix, size_t plen)
     if (it->upper != NULL)
         rocksdb_readoptions_set_iterate_upper_bound(it->options, (const char *)it->upper,
                                                     it->upper_len);
-    it->it = rocksdb_create_iterator(s->db, it->options);
+    it->it = rocksdb_create_iterator_cf(s->db, it->options, s->cf[sp]);
     return it;
 }
 

@@ -32,9 +32,21 @@
 typedef struct store store_t;
 typedef void (*store_cb)(void *arg);
 
-/* Opens (creating) a RocksDB database in dir (mkdir -p). Tuned for a log-like, write-heavy
- * workload with a small memory footprint. Returns NULL and fills err on failure, e.g.
- * "data directory ./data is in use by another process". */
+/* Key spaces (RocksDB column families) of one store. Both share the write-ahead log, so one
+ * batch - one fsync - still covers writes to both, atomically. They differ in tuning:
+ *   STORE_MAIN  the broker's data (the plain store_* calls): small memtables, LZ4, bloom
+ *               filters for point lookups;
+ *   STORE_LOG   log-like data written in large records, read back only at startup and deleted
+ *               by range soon after (Raft logs, broker/raftlog.c): larger memtables, so that
+ *               most records are deleted before a flush would write them to a table file, and
+ *               no compression or bloom filter (the few records that reach a table file are
+ *               short-lived and only ever scanned). */
+enum store_space { STORE_MAIN = 0, STORE_LOG = 1 };
+#define STORE_SPACES 2
+
+/* Opens (creating) a RocksDB database in dir (mkdir -p), with both key spaces. Tuned for a
+ * log-like, write-heavy workload with a small memory footprint. Returns NULL and fills err on
+ * failure, e.g. "data directory ./data is in use by another process". */
 store_t *store_open(const char *dir, struct ev_loop *loop, char *err, size_t errlen);
 /* Flushes the pending batch synchronously (waits for the storage thread), runs remaining
  * callbacks, stops the thread, closes RocksDB. Safe to call once at shutdown; NULL is a no-op.
@@ -50,6 +62,15 @@ void store_set_sync(store_t *s, bool sync);
 void store_put(store_t *s, const void *key, size_t klen, const void *val, size_t vlen);
 void store_del(store_t *s, const void *key, size_t klen);
 void store_del_range(store_t *s, const void *begin, size_t blen, const void *end, size_t elen); /* [begin,end) */
+/* The same in a given key space. putv stores the concatenation of parts[0..nparts) as one
+ * value, copied once (no need to assemble it in a buffer first). */
+void store_put_in(store_t *s, enum store_space sp, const void *key, size_t klen, const void *val,
+                  size_t vlen);
+void store_putv_in(store_t *s, enum store_space sp, const void *key, size_t klen, int nparts,
+                   const void *const *parts, const size_t *lens);
+void store_del_in(store_t *s, enum store_space sp, const void *key, size_t klen);
+void store_del_range_in(store_t *s, enum store_space sp, const void *begin, size_t blen,
+                        const void *end, size_t elen);
 /* Calls cb(arg) on the loop thread once every write queued before this call is durable (synced). */
 void store_on_synced(store_t *s, store_cb cb, void *arg);
 /* Forces the current batch to be submitted now-ish (normally the ev_prepare does it). */
@@ -65,6 +86,11 @@ typedef struct store_iter store_iter_t;
 /* Iterates keys with the given prefix in key order. Returns NULL on allocation failure.
  * Pointers returned by store_iter_next stay valid until the next call or store_iter_free. */
 store_iter_t *store_iter_prefix(store_t *s, const void *prefix, size_t plen);
+/* The same in a given key space (store_get and store_iter_prefix read STORE_MAIN). */
+int store_get_in(store_t *s, enum store_space sp, const void *key, size_t klen, void **val,
+                 size_t *vlen);
+store_iter_t *store_iter_prefix_in(store_t *s, enum store_space sp, const void *prefix,
+                                   size_t plen);
 bool store_iter_next(store_iter_t *it, const void **key, size_t *klen, const void **val, size_t *vlen);
 /* Positions the iterator at the first key >= key (within its prefix); the next store_iter_next
  * returns that entry. */

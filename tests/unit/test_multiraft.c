@@ -510,15 +510,17 @@ static void test_raftlog_roundtrip(void **state)
     struct raft_entry ents[10];
     for (unsigned i = 0; i < 10; i++)
         ents[i] = entry(1, 100 + i, &bufs[i]);
-    raft_index stored_last = 0;
+    struct rlog_cursor cur = {0};
     rlog_save_hard_state(s, 7, 3, 2);
-    rlog_append(s, 7, 1, ents, 10, &stored_last);
-    assert_int_equal(stored_last, 10);
+    rlog_append(s, 7, 1, ents, 10, &cur);
+    assert_int_equal(cur.top, 10);
     /* A conflicting suffix: 6..7 rewritten at term 2, 8..10 must go. */
-    struct raft_entry repl[2] = {entry(2, 600, &bufs[0]), entry(2, 700, &bufs[1])};
-    rlog_append(s, 7, 6, repl, 2, &stored_last);
-    assert_int_equal(stored_last, 7);
-    rlog_append(s, 8, 1, ents + 2, 3, &(raft_index){0}); /* another group, untouched */
+    uint64_t rbufs[2];
+    struct raft_entry repl[2] = {entry(2, 600, &rbufs[0]), entry(2, 700, &rbufs[1])};
+    rlog_append(s, 7, 6, repl, 2, &cur);
+    assert_int_equal(cur.top, 7);
+    assert_int_equal(cur.n_starts, 2);
+    rlog_append(s, 8, 1, ents + 2, 3, &(struct rlog_cursor){0}); /* another group, untouched */
     store_flush_sync(s);
 
     struct rlog_state st;
@@ -532,16 +534,28 @@ static void test_raftlog_roundtrip(void **state)
     assert_int_equal(st.entries[4].term, 1);
     assert_int_equal(st.entries[5].term, 2);
     uint64_t v;
+    memcpy(&v, st.entries[4].data, 8);
+    assert_int_equal(v, 104);
     memcpy(&v, st.entries[6].data, 8);
     assert_int_equal(v, 700);
+    assert_int_equal(st.cursor.top, 7);
+    assert_int_equal(st.cursor.n_starts, 2);
     rlog_state_free(&st);
 
-    /* Compaction below a snapshot. */
+    /* Compaction below a snapshot deletes whole runs only: up to 3 keeps the run 1..5. */
     struct raft_snapshot_meta meta = {.index = 5, .term = 1};
     meta.conf.n_voters = 3;
     meta.conf.voters[0] = 1, meta.conf.voters[1] = 2, meta.conf.voters[2] = 3;
-    rlog_save_snapshot(s, 7, &meta, "state", 5, false);
-    rlog_compact(s, 7, 3);
+    rlog_save_snapshot(s, 7, &meta, "state", 5, false, NULL);
+    rlog_compact(s, 7, 3, &cur);
+    store_flush_sync(s);
+    assert_int_equal(rlog_load(s, 7, &st), 0);
+    assert_int_equal(st.first, 1);
+    assert_int_equal(st.n, 7);
+    rlog_state_free(&st);
+    /* Up to 5, the run 1..5 is covered: the log starts with the run at 6. */
+    rlog_compact(s, 7, 5, &cur);
+    assert_int_equal(cur.n_starts, 1);
     store_flush_sync(s);
     assert_int_equal(rlog_load(s, 7, &st), 0);
     assert_true(st.has_snapshot);
@@ -549,14 +563,16 @@ static void test_raftlog_roundtrip(void **state)
     assert_int_equal(st.snap.conf.n_voters, 3);
     assert_int_equal(st.snap_len, 5);
     assert_memory_equal(st.snap_data, "state", 5);
-    assert_int_equal(st.first, 4);
-    assert_int_equal(st.n, 4);
+    assert_int_equal(st.first, 6);
+    assert_int_equal(st.n, 2);
     rlog_state_free(&st);
 
     /* A leader's snapshot replaces the whole log. */
     meta.index = 20;
     meta.term = 4;
-    rlog_save_snapshot(s, 7, &meta, "new", 3, true);
+    rlog_save_snapshot(s, 7, &meta, "new", 3, true, &cur);
+    assert_int_equal(cur.top, 0);
+    assert_int_equal(cur.n_starts, 0);
     store_flush_sync(s);
     assert_int_equal(rlog_load(s, 7, &st), 0);
     assert_int_equal(st.n, 0);
@@ -580,6 +596,123 @@ static void test_raftlog_roundtrip(void **state)
     assert_int_equal(rlog_load(s, 8, &st), 0);
     assert_int_equal(st.n, 3);
     rlog_state_free(&st);
+    store_close(s);
+}
+
+/* Loads group gid and checks that it holds first..first+n-1 with term terms[i] and value
+ * base + index (the values test_raftlog_runs writes). */
+static void assert_log(store_t *s, uint64_t gid, raft_index first, size_t n, const raft_term *terms)
+{
+    struct rlog_state st;
+    assert_int_equal(rlog_load(s, gid, &st), 0);
+    assert_int_equal(st.first, first);
+    assert_int_equal(st.n, n);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v;
+        assert_int_equal(st.entries[i].len, 8);
+        memcpy(&v, st.entries[i].data, 8);
+        assert_int_equal(st.entries[i].term, terms[i]);
+        assert_int_equal(v, terms[i] * 1000 + first + i);
+    }
+    rlog_state_free(&st);
+}
+
+/* Appends count entries of term t at first (value t * 1000 + index) as one run. */
+static void append_run(store_t *s, uint64_t gid, raft_index first, size_t count, raft_term t,
+                       struct rlog_cursor *c)
+{
+    uint64_t bufs[64];
+    struct raft_entry ents[64];
+    assert_true(count <= 64);
+    for (size_t i = 0; i < count; i++)
+        ents[i] = entry(t, t * 1000 + first + i, &bufs[i]);
+    rlog_append(s, gid, first, ents, count, c);
+}
+
+/* Runs: a run replaces what earlier runs hold from its first index on, truncations leave a
+ * marker, compaction deletes whole runs (every run when the snapshot covers the log), the
+ * cursor read back continues correctly, and a gap is reported. */
+static void test_raftlog_runs(void **state)
+{
+    struct fx *f = *state;
+    fx_init(f, 0);
+    char err[256] = "", dir[160];
+    snprintf(dir, sizeof dir, "%s/db", f->tmp);
+    store_t *s = store_open(dir, f->loop, err, sizeof err);
+    assert_non_null(s);
+    raft_term t[32];
+
+    struct rlog_cursor c = {0};
+    append_run(s, 1, 1, 10, 1, &c);
+    append_run(s, 1, 4, 2, 2, &c); /* cuts the first run at 3 */
+    store_flush_sync(s);
+    t[0] = t[1] = t[2] = 1, t[3] = t[4] = 2;
+    assert_log(s, 1, 1, 5, t);
+    append_run(s, 1, 6, 3, 2, &c);
+    rlog_append(s, 1, 8, NULL, 0, &c); /* truncate to 7: a marker at 8 */
+    assert_int_equal(c.top, 8);
+    store_flush_sync(s);
+    t[5] = t[6] = 2;
+    assert_log(s, 1, 1, 7, t);
+    /* A lower truncation deletes the marker too (a run starting at 3, replacing 3..). */
+    append_run(s, 1, 3, 1, 3, &c);
+    store_flush_sync(s);
+    t[2] = 3;
+    assert_log(s, 1, 1, 3, t);
+    /* Appending past the end; then the loaded cursor carries on where c is. */
+    append_run(s, 1, 4, 4, 3, &c);
+    store_flush_sync(s);
+    t[3] = t[4] = t[5] = t[6] = 3;
+    assert_log(s, 1, 1, 7, t);
+    struct rlog_state st;
+    assert_int_equal(rlog_load(s, 1, &st), 0);
+    struct rlog_cursor loaded = st.cursor;
+    rlog_state_free(&st);
+    assert_int_equal(loaded.top, c.top);
+    append_run(s, 1, 6, 1, 4, &loaded);
+    store_flush_sync(s);
+    t[5] = 4;
+    assert_log(s, 1, 1, 6, t);
+    /* Truncating beyond the end writes nothing. */
+    store_stats_t before, after;
+    store_get_stats(s, &before);
+    rlog_append(s, 1, 10, NULL, 0, &loaded);
+    store_flush_sync(s);
+    store_get_stats(s, &after);
+    assert_int_equal(after.writes, before.writes);
+    /* Compaction covering the whole log deletes every run. */
+    rlog_compact(s, 1, 6, &loaded);
+    assert_int_equal(loaded.n_starts, 0);
+    store_flush_sync(s);
+    assert_log(s, 1, 1, 0, t); /* no snapshot stored: an empty log starts at 1 */
+
+    /* Many runs: the cursor keeps a spread sample, always the oldest; compaction deletes up to
+     * a known start and never an entry above the compaction point. */
+    struct rlog_cursor m = {0};
+    for (raft_index i = 1; i <= 30; i++)
+        append_run(s, 2, i, 1, 1, &m);
+    assert_int_equal(m.n_starts, RLOG_STARTS);
+    assert_int_equal(m.starts[0], 1);
+    assert_int_equal(m.starts[RLOG_STARTS - 1], 30);
+    rlog_compact(s, 2, 20, &m);
+    store_flush_sync(s);
+    assert_int_equal(rlog_load(s, 2, &st), 0);
+    assert_true(st.first <= 21);
+    assert_int_equal(st.first, m.starts[0]);
+    assert_int_equal(st.first + st.n - 1, 30);
+    rlog_state_free(&st);
+    /* A run read back with the whole sample: thinned the same way. */
+    assert_int_equal(rlog_load(s, 2, &st), 0);
+    assert_int_equal(st.cursor.top, 30);
+    assert_int_equal(st.cursor.starts[0], st.first);
+    rlog_state_free(&st);
+
+    /* A gap between runs is corruption. */
+    append_run(s, 3, 1, 3, 1, &(struct rlog_cursor){0});
+    append_run(s, 3, 10, 3, 1, &(struct rlog_cursor){0});
+    store_flush_sync(s);
+    assert_int_equal(rlog_load(s, 3, &st), -1);
+    assert_int_equal(st.n, 0);
     store_close(s);
 }
 
@@ -671,6 +804,104 @@ static void test_restart_recovers_log(void **state)
     assert_sequence(f, 0, 40);
     assert_sequence(f, 1, 20);
     assert_int_equal(f->done_err, 0);
+}
+
+/* Cuts a node off (or reconnects it), telling the others as a transport would, so that their
+ * hibernating groups wake and elect. */
+static void cut_node(struct fx *f, raft_id node, bool up)
+{
+    for (raft_id id = 1; id <= NODES; id++) {
+        if (id == node)
+            continue;
+        mr_loopback_set_link(f->lb, node, id, up);
+        mr_loopback_set_link(f->lb, id, node, up);
+        if (up)
+            mr_host_peer_up(f->nodes[id].host, node);
+        else
+            mr_host_peer_down(f->nodes[id].host, node);
+    }
+}
+
+/* A live node other than `not` leads group 0 at a term above `term`. */
+struct new_leader_want {
+    raft_id not;
+    raft_term term;
+};
+
+static bool new_leader(struct fx *f, void *arg)
+{
+    const struct new_leader_want *w = arg;
+    raft_id l = leader_of(f, 0);
+    return l != 0 && l != w->not && mr_group_raft(grp(f, l, 0))->term > w->term;
+}
+
+/* Every live node except `not` applied at least n values of group 0. */
+struct applied_except_want {
+    raft_id not;
+    size_t n;
+};
+
+static bool applied_except(struct fx *f, void *arg)
+{
+    const struct applied_except_want *w = arg;
+    for (raft_id id = 1; id <= NODES; id++)
+        if (id != w->not && f->nodes[id].host != NULL && f->nodes[id].sm[0].n < w->n)
+            return false;
+    return true;
+}
+
+/* An isolated leader's unreplicated entries are replaced by the next leader's: the host writes
+ * the new entries over its stored suffix, and after a restart the node reads back the log
+ * everyone agrees on, not its own lost entries. */
+static void test_conflicting_suffix_replaced(void **state)
+{
+    struct fx *f = *state;
+    fx_init(f, 1);
+    fx_start_all(f);
+    wait_leaders(f);
+    for (unsigned k = 0; k < 5; k++)
+        propose_value(f, 0, k);
+    wait_applied(f, 0, 1, 5);
+
+    raft_id old = group_leader(f, 0);
+    raft_term old_term = mr_group_raft(grp(f, old, 0))->term;
+    cut_node(f, old, false);
+    for (unsigned k = 0; k < 6; k++) { /* only the old leader ever stores these */
+        uint64_t v = 0xdead0000u + k;
+        assert_int_equal(mr_propose(grp(f, old, 0), &v, sizeof v, on_done, f), MR_OK);
+    }
+    struct new_leader_want nl = {old, old_term};
+    if (!drive(f, new_leader, &nl, TEST_DEADLINE_SEC))
+        fail_msg("the connected nodes did not elect a new leader");
+    for (unsigned k = 5; k < 12; k++)
+        propose_value(f, 0, k);
+    struct applied_except_want ae = {old, 12};
+    if (!drive(f, applied_except, &ae, TEST_DEADLINE_SEC))
+        fail_msg("the new leader did not commit");
+    assert_true(raft_last_index(mr_group_raft(grp(f, old, 0))) >= 12); /* 5 + noop + 6 */
+
+    cut_node(f, old, true);
+    wait_applied(f, 0, 1, 12);
+    assert_sequence(f, 0, 12);
+    raft_id leader = leader_of(f, 0);
+    assert_int_equal(raft_last_index(mr_group_raft(grp(f, old, 0))),
+                     raft_last_index(mr_group_raft(grp(f, leader, 0))));
+    assert_int_equal(f->done_err, 6); /* the lost proposals, reported as such */
+
+    node_stop(f, old);
+    node_start(f, old);
+    wait_applied(f, 0, 1, 12);
+    assert_sequence(f, 0, 12);
+    const struct raft *r = mr_group_raft(grp(f, old, 0));
+    for (raft_index i = r->log_offset + 1; i <= raft_last_index(r); i++) {
+        const struct raft_entry *e = raft_entry_at(r, i);
+        assert_non_null(e);
+        if (e->len == 8) {
+            uint64_t v;
+            memcpy(&v, e->data, 8);
+            assert_true(v >> 16 != 0xdead);
+        }
+    }
 }
 
 static void test_one_fsync_many_groups(void **state)
@@ -797,20 +1028,31 @@ static void test_peer_down_elects_new_leader(void **state)
     assert_int_equal(f->done_err, 0);
 }
 
-/* Lowest stored entry index of a group on a node (0 if none). */
-static raft_index first_stored(store_t *s, uint64_t gid)
+/* Last index that the group's first stored run still provides (cut by the next run's start),
+ * 0 if nothing is stored: compaction must have deleted every run wholly below a snapshot. */
+static raft_index first_run_end(store_t *s, uint64_t gid)
 {
     uint8_t prefix[RLOG_GROUP_KEY_LEN];
     rlog_group_key(prefix, RLOG_KEY_ENTRY, gid);
-    store_iter_t *it = store_iter_prefix(s, prefix, sizeof prefix);
+    store_iter_t *it = store_iter_prefix_in(s, STORE_LOG, prefix, sizeof prefix);
     assert_non_null(it);
     const void *k, *v;
     size_t kl, vl;
-    raft_index first = 0;
-    if (store_iter_next(it, &k, &kl, &v, &vl))
-        first = store_get_be64((const uint8_t *)k + 9);
+    raft_index end = 0;
+    if (store_iter_next(it, &k, &kl, &v, &vl)) {
+        assert_true(vl >= RLOG_RUN_HDR);
+        const uint8_t *c = v;
+        raft_index first = store_get_be64((const uint8_t *)k + 9);
+        uint32_t count = (uint32_t)c[0] << 24 | (uint32_t)c[1] << 16 | (uint32_t)c[2] << 8 | c[3];
+        end = first + count - 1;
+        if (store_iter_next(it, &k, &kl, &v, &vl)) {
+            raft_index next = store_get_be64((const uint8_t *)k + 9);
+            if (next - 1 < end)
+                end = next - 1;
+        }
+    }
     store_iter_free(it);
-    return first;
+    return end;
 }
 
 struct compacted_want {
@@ -827,8 +1069,8 @@ static bool compacted(struct fx *f, void *arg)
         const struct raft *r = mr_group_raft(grp(f, id, 0));
         if (r->snap.index < w->snap_at_least)
             return false;
-        raft_index first = first_stored(f->nodes[id].store, GID(0));
-        if (first != 0 && first <= r->snap.index - f->cfg.trailing)
+        raft_index end = first_run_end(f->nodes[id].store, GID(0));
+        if (end != 0 && end <= r->snap.index - f->cfg.trailing)
             return false;
         struct raft_snapshot_meta meta;
         void *data = NULL;
@@ -1007,8 +1249,10 @@ int main(void)
     log_set_level(LOG_WARN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_raftlog_roundtrip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_raftlog_runs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_elect_replicate_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_recovers_log, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_conflicting_suffix_replaced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_one_fsync_many_groups, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hibernation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peer_down_elects_new_leader, setup, teardown),
