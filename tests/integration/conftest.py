@@ -168,10 +168,27 @@ def pki(tmp_path_factory):
 # Broker processes
 # ---------------------------------------------------------------------------
 
+_handed_out = set()
+
+
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that is free now, below the kernel's ephemeral range (32768-60999 by default):
+    a port the kernel picked with bind(0) can be taken by some outgoing connection's source
+    port (e.g. cluster nodes dialing each other) before the broker binds it. Never the same
+    port twice in one test session."""
+    import random
+    for _ in range(1000):
+        port = random.randint(20000, 32000)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def port_accepts(host, port, timeout=0.5):
