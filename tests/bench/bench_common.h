@@ -1,5 +1,6 @@
-/* bench_common.h - what the benchmark programs (warren_bench, pipeline_bench) share: the
- * latency histogram and the description of librabbitmq replies. The histogram has log-linear
+/* bench_common.h - what the benchmark programs (warren_bench, pipeline_bench, cluster_bench)
+ * share: the latency histogram, the description of librabbitmq replies, and opening and closing
+ * a connection. The histogram has log-linear
  * buckets, 32 per power of two, so any reported percentile is within ~3% of the true sample
  * while the table stays a fixed 15 KB; values below 64 ns get exact buckets, above that a
  * value's bucket is its binary exponent plus its next 5 significant bits. Header-only (static
@@ -11,7 +12,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <sys/time.h>
+
 #include <amqp.h>
+#include <amqp_tcp_socket.h>
 
 #define HIST_SUB_BITS 5u
 #define HIST_SUB (1u << HIST_SUB_BITS)
@@ -123,6 +127,68 @@ static inline bool bench_reply_ok(amqp_connection_state_t conn, const char *what
     return false;
 }
 
-/* Opens a connection with channel 1 ready; every step is bounded by a timeout. */
+/* Every program uses channel 1 of its connections, the default frame_max, and these bounds. */
+#define BENCH_CONN_CHANNEL 1
+#define BENCH_CONN_FRAME_MAX 131072
+#define BENCH_CONN_HANDSHAKE_S 10
+#define BENCH_CONN_RPC_S 30
+
+/* Opens a connection (PLAIN login) with channel BENCH_CONN_CHANNEL open; the TCP connect is
+ * bounded by connect_s, the handshake and every RPC by the limits above. NULL with err filled
+ * on failure. */
+static inline amqp_connection_state_t bench_open(const char *host, int port, const char *vhost, const char *user,
+                                                 const char *pass, double connect_s, char *err, size_t errlen)
+{
+    amqp_connection_state_t conn = amqp_new_connection();
+    if (conn == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    amqp_socket_t *socket = amqp_tcp_socket_new(conn);
+    if (socket == NULL) {
+        snprintf(err, errlen, "cannot create socket");
+        amqp_destroy_connection(conn);
+        return NULL;
+    }
+    struct timeval connect_tv = {.tv_sec = (time_t)connect_s,
+                                 .tv_usec = (suseconds_t)((connect_s - (double)(time_t)connect_s) * 1e6)};
+    int rc = amqp_socket_open_noblock(socket, host, port, &connect_tv);
+    if (rc != AMQP_STATUS_OK) {
+        snprintf(err, errlen, "connect to %s:%d: %s", host, port, amqp_error_string2(rc));
+        amqp_destroy_connection(conn);
+        return NULL;
+    }
+    struct timeval handshake_tv = {.tv_sec = BENCH_CONN_HANDSHAKE_S};
+    struct timeval rpc_tv = {.tv_sec = BENCH_CONN_RPC_S};
+    amqp_set_handshake_timeout(conn, &handshake_tv);
+    amqp_set_rpc_timeout(conn, &rpc_tv);
+    amqp_rpc_reply_t reply = amqp_login(conn, vhost, 0, BENCH_CONN_FRAME_MAX, 0, AMQP_SASL_METHOD_PLAIN, user, pass);
+    if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
+        char detail[384];
+        bench_describe_reply(reply, detail, sizeof detail);
+        snprintf(err, errlen, "login to %s:%d: %s", host, port, detail);
+        amqp_destroy_connection(conn);
+        return NULL;
+    }
+    amqp_channel_open(conn, BENCH_CONN_CHANNEL);
+    if (!bench_reply_ok(conn, "channel.open", err, errlen)) {
+        amqp_destroy_connection(conn);
+        return NULL;
+    }
+    return conn;
+}
+
+/* Closes politely when the connection is healthy; after an error the close may fail, which does
+ * not matter because the socket is torn down either way. */
+static inline void bench_close(amqp_connection_state_t conn, bool healthy)
+{
+    if (conn == NULL)
+        return;
+    if (healthy) {
+        amqp_channel_close(conn, BENCH_CONN_CHANNEL, AMQP_REPLY_SUCCESS);
+        amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
+    }
+    amqp_destroy_connection(conn);
+}
 
 #endif

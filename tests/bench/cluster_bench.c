@@ -71,7 +71,6 @@
 #include "bench_common.h"
 
 #define CB_CHANNEL 1
-#define CB_FRAME_MAX 131072
 #define CB_STAMP_BYTES 8
 #define CB_MAX_NODES 16
 #define CB_MAX_WORKERS 256
@@ -79,7 +78,6 @@
 #define CB_MAX_WINDOW 100000u
 #define CB_POLL_MS 100            /* how often blocked readers re-check the stop flag */
 #define CB_CONNECT_TIMEOUT_S 5
-#define CB_RPC_TIMEOUT_S 30
 #define CB_CONFIRM_GRACE_S 30     /* wait for outstanding confirms after the stop */
 #define CB_HARD_GRACE_S 60        /* after the stop, give up on stuck threads */
 #define CB_NAME_MAX 200
@@ -473,58 +471,10 @@ static bool cb_claim(struct cb_run *run)
 static amqp_connection_state_t cb_connect(const struct cb_options *opt, const struct cb_node *node,
                                           double timeout_s, char *err, size_t errlen)
 {
-    amqp_connection_state_t conn = amqp_new_connection();
-    if (conn == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    amqp_socket_t *socket = amqp_tcp_socket_new(conn);
-    if (socket == NULL) {
-        snprintf(err, errlen, "cannot create socket");
-        amqp_destroy_connection(conn);
-        return NULL;
-    }
-    struct timeval connect_tv = {
-        .tv_sec = (time_t)timeout_s,
-        .tv_usec = (suseconds_t)((timeout_s - (double)(time_t)timeout_s) * 1e6)};
-    int rc = amqp_socket_open_noblock(socket, node->host, node->port, &connect_tv);
-    if (rc != AMQP_STATUS_OK) {
-        snprintf(err, errlen, "connect to %s:%d: %s", node->host, node->port,
-                 amqp_error_string2(rc));
-        amqp_destroy_connection(conn);
-        return NULL;
-    }
-    struct timeval handshake_tv = {.tv_sec = CB_CONNECT_TIMEOUT_S * 2};
-    struct timeval rpc_tv = {.tv_sec = CB_RPC_TIMEOUT_S};
-    amqp_set_handshake_timeout(conn, &handshake_tv);
-    amqp_set_rpc_timeout(conn, &rpc_tv);
-    amqp_rpc_reply_t reply = amqp_login(conn, opt->vhost, 0, CB_FRAME_MAX, 0,
-                                        AMQP_SASL_METHOD_PLAIN, opt->user, opt->pass);
-    if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
-        char detail[256];
-        bench_describe_reply(reply, detail, sizeof detail);
-        snprintf(err, errlen, "login to %s:%d: %s", node->host, node->port, detail);
-        amqp_destroy_connection(conn);
-        return NULL;
-    }
-    amqp_channel_open(conn, CB_CHANNEL);
-    if (!bench_reply_ok(conn, "channel.open", err, errlen)) {
-        amqp_destroy_connection(conn);
-        return NULL;
-    }
-    return conn;
+    return bench_open(node->host, node->port, opt->vhost, opt->user, opt->pass, timeout_s, err, errlen);
 }
 
-static void cb_disconnect(amqp_connection_state_t conn, bool healthy)
-{
-    if (conn == NULL)
-        return;
-    if (healthy) {
-        amqp_channel_close(conn, CB_CHANNEL, AMQP_REPLY_SUCCESS);
-        amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
-    }
-    amqp_destroy_connection(conn);
-}
+static void cb_disconnect(amqp_connection_state_t conn, bool healthy) { bench_close(conn, healthy); }
 
 static bool cb_wait_for_gate(struct cb_run *run)
 {
@@ -1175,7 +1125,7 @@ static uint64_t xpub_report(const struct cb_options *opt, struct cb_worker *work
 static uint64_t cb_supervise(struct cb_run *run, struct cb_worker *workers, unsigned n)
 {
     const struct cb_options *opt = run->opt;
-    uint64_t gate_deadline = cb_now_ns() + (CB_CONNECT_TIMEOUT_S * 3 + CB_RPC_TIMEOUT_S) *
+    uint64_t gate_deadline = cb_now_ns() + (CB_CONNECT_TIMEOUT_S * 3 + BENCH_CONN_RPC_S) *
                                                NS_PER_S;
     while (atomic_load(&run->ready) < n) {
         if (atomic_load(&run->failed) || cb_interrupted)

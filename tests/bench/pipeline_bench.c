@@ -67,7 +67,6 @@
 #include "bench_common.h"
 
 #define PB_CHANNEL 1
-#define PB_FRAME_MAX 131072
 #define PB_HEADER_BYTES 32
 #define PB_MAX_WORKERS 256
 #define PB_MAX_SIZE (16u * 1024 * 1024)
@@ -75,7 +74,6 @@
 #define PB_MAX_WINDOW 100000u
 #define PB_POLL_MS 100
 #define PB_CONNECT_TIMEOUT_S 5
-#define PB_RPC_TIMEOUT_S 30
 #define PB_CONFIRM_GRACE_S 30
 #define PB_HARD_GRACE_S 60
 #define PB_PRIORITIES 10
@@ -431,56 +429,10 @@ static bool pb_stopping(struct pb_run *run) { return atomic_load(&run->stop); }
 static amqp_connection_state_t pb_connect(const struct pb_options *opt, char *err,
                                           size_t errlen)
 {
-    amqp_connection_state_t conn = amqp_new_connection();
-    if (conn == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    amqp_socket_t *socket = amqp_tcp_socket_new(conn);
-    if (socket == NULL) {
-        snprintf(err, errlen, "cannot create socket");
-        amqp_destroy_connection(conn);
-        return NULL;
-    }
-    struct timeval connect_tv = {.tv_sec = PB_CONNECT_TIMEOUT_S};
-    int rc = amqp_socket_open_noblock(socket, opt->host, opt->port, &connect_tv);
-    if (rc != AMQP_STATUS_OK) {
-        snprintf(err, errlen, "connect to %s:%d: %s", opt->host, opt->port,
-                 amqp_error_string2(rc));
-        amqp_destroy_connection(conn);
-        return NULL;
-    }
-    struct timeval handshake_tv = {.tv_sec = PB_CONNECT_TIMEOUT_S * 2};
-    struct timeval rpc_tv = {.tv_sec = PB_RPC_TIMEOUT_S};
-    amqp_set_handshake_timeout(conn, &handshake_tv);
-    amqp_set_rpc_timeout(conn, &rpc_tv);
-    amqp_rpc_reply_t reply = amqp_login(conn, opt->vhost, 0, PB_FRAME_MAX, 0,
-                                        AMQP_SASL_METHOD_PLAIN, opt->user, opt->pass);
-    if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
-        char detail[384];
-        bench_describe_reply(reply, detail, sizeof detail);
-        snprintf(err, errlen, "login to %s:%d: %s", opt->host, opt->port, detail);
-        amqp_destroy_connection(conn);
-        return NULL;
-    }
-    amqp_channel_open(conn, PB_CHANNEL);
-    if (!bench_reply_ok(conn, "channel.open", err, errlen)) {
-        amqp_destroy_connection(conn);
-        return NULL;
-    }
-    return conn;
+    return bench_open(opt->host, opt->port, opt->vhost, opt->user, opt->pass, PB_CONNECT_TIMEOUT_S, err, errlen);
 }
 
-static void pb_disconnect(amqp_connection_state_t conn, bool healthy)
-{
-    if (conn == NULL)
-        return;
-    if (healthy) {
-        amqp_channel_close(conn, PB_CHANNEL, AMQP_REPLY_SUCCESS);
-        amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
-    }
-    amqp_destroy_connection(conn);
-}
+static void pb_disconnect(amqp_connection_state_t conn, bool healthy) { bench_close(conn, healthy); }
 
 /* After the broker closed the channel (e.g. 404 on a delete), acknowledge the close and
  * open the channel again, so the setup connection can go on. */
@@ -1324,7 +1276,7 @@ static bool pb_start_workers(struct pb_run *run, struct pb_worker *workers, unsi
 
 static bool pb_open_gate(struct pb_run *run, unsigned nworkers)
 {
-    uint64_t deadline = pb_now_ns() + (PB_CONNECT_TIMEOUT_S * 3 + PB_RPC_TIMEOUT_S) * NS_PER_S;
+    uint64_t deadline = pb_now_ns() + (PB_CONNECT_TIMEOUT_S * 3 + BENCH_CONN_RPC_S) * NS_PER_S;
     while (atomic_load(&run->ready) < nworkers) {
         if (atomic_load(&run->failed) || pb_interrupted)
             return false;

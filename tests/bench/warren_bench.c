@@ -50,14 +50,12 @@
 #include "bench_common.h"
 
 #define BENCH_CHANNEL 1
-#define BENCH_FRAME_MAX 131072
 #define BENCH_STAMP_BYTES 8
 #define BENCH_MAX_WORKERS 1000
 #define BENCH_MAX_SIZE (64u * 1024 * 1024)
 #define BENCH_MAX_WINDOW 1000000u
 #define BENCH_POLL_MS 100            /* how often blocked readers re-check the stop flag */
 #define BENCH_CONNECT_TIMEOUT_S 5
-#define BENCH_RPC_TIMEOUT_S 30
 #define BENCH_CONFIRM_GRACE_S 30     /* wait for outstanding confirms after the run */
 #define BENCH_HARD_GRACE_S 60        /* after duration + this, give up on stuck threads */
 #define BENCH_READY_POLL_MS 5
@@ -418,60 +416,12 @@ static bool bench_stopping(struct bench_run *run) { return atomic_load(&run->sto
 static amqp_connection_state_t bench_connect(const struct bench_options *opt, double timeout_s,
                                              char *err, size_t errlen)
 {
-    amqp_connection_state_t conn = amqp_new_connection();
-    if (conn == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    amqp_socket_t *socket = amqp_tcp_socket_new(conn);
-    if (socket == NULL) {
-        snprintf(err, errlen, "cannot create socket");
-        amqp_destroy_connection(conn);
-        return NULL;
-    }
-    struct timeval connect_tv = {.tv_sec = (time_t)timeout_s,
-                                 .tv_usec = (suseconds_t)((timeout_s - (double)(time_t)timeout_s) * 1e6)};
-    int rc = amqp_socket_open_noblock(socket, opt->host, opt->port, &connect_tv);
-    if (rc != AMQP_STATUS_OK) {
-        snprintf(err, errlen, "connect to %s:%d: %s", opt->host, opt->port,
-                 amqp_error_string2(rc));
-        amqp_destroy_connection(conn);
-        return NULL;
-    }
-    struct timeval handshake_tv = {.tv_sec = BENCH_CONNECT_TIMEOUT_S * 2};
-    struct timeval rpc_tv = {.tv_sec = BENCH_RPC_TIMEOUT_S};
-    amqp_set_handshake_timeout(conn, &handshake_tv);
-    amqp_set_rpc_timeout(conn, &rpc_tv);
-
-    amqp_rpc_reply_t reply = amqp_login(conn, opt->vhost, 0, BENCH_FRAME_MAX, 0,
-                                        AMQP_SASL_METHOD_PLAIN, opt->user, opt->pass);
-    if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
-        char detail[384];
-        bench_describe_reply(reply, detail, sizeof detail);
-        snprintf(err, errlen, "login to %s:%d: %s", opt->host, opt->port, detail);
-        amqp_destroy_connection(conn);
-        return NULL;
-    }
-    amqp_channel_open(conn, BENCH_CHANNEL);
-    if (!bench_reply_ok(conn, "channel.open", err, errlen)) {
-        amqp_destroy_connection(conn);
-        return NULL;
-    }
-    return conn;
+    return bench_open(opt->host, opt->port, opt->vhost, opt->user, opt->pass, timeout_s, err, errlen);
 }
 
 /* Closes politely when the connection is healthy; after an error the close may fail,
  * which does not matter because the socket is torn down either way. */
-static void bench_disconnect(amqp_connection_state_t conn, bool healthy)
-{
-    if (conn == NULL)
-        return;
-    if (healthy) {
-        amqp_channel_close(conn, BENCH_CHANNEL, AMQP_REPLY_SUCCESS);
-        amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
-    }
-    amqp_destroy_connection(conn);
-}
+static void bench_disconnect(amqp_connection_state_t conn, bool healthy) { bench_close(conn, healthy); }
 
 /* Declares the benchmark queue and, for a fresh run, empties it. Returns false on error. */
 static bool bench_prepare_queue(const struct bench_options *opt, char *err, size_t errlen)
@@ -1085,7 +1035,7 @@ static bool bench_start_workers(struct bench_run *run, struct bench_worker *work
 /* Waits (bounded) until every worker is connected and at the gate, then opens it. */
 static bool bench_open_gate(struct bench_run *run, unsigned nworkers)
 {
-    uint64_t deadline = bench_now_ns() + (BENCH_CONNECT_TIMEOUT_S * 3 + BENCH_RPC_TIMEOUT_S) *
+    uint64_t deadline = bench_now_ns() + (BENCH_CONNECT_TIMEOUT_S * 3 + BENCH_CONN_RPC_S) *
                                              NS_PER_S;
     while (atomic_load(&run->ready) < nworkers) {
         if (atomic_load(&run->failed) || bench_interrupted)
