@@ -74,6 +74,7 @@ case "$XPUB_TRANSIENT" in 0|1) ;; *) echo "cluster_run.sh: BENCH_XPUB_TRANSIENT 
 
 log() { printf '[cluster-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+. "$REPO/tests/bench/lib.sh"
 
 if [ "${BENCH_SKIP_DEPS:-0}" != 1 ]; then
   scripts/deps.sh bench
@@ -132,38 +133,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
-main_pid=$$
-(
-  trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
-  sleep "$MAX_SECONDS" & sleeper=$!
-  wait "$sleeper"
-  echo "[cluster-bench] hard limit of ${MAX_SECONDS}s reached, stopping" >&2
-  kill -TERM "$main_pid"
-) &
-WATCHDOG_PID=$!
+start_watchdog "$MAX_SECONDS" cluster-bench
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# A block of N consecutive free ports in 20000-31999 (below Linux's ephemeral range, so no
-# outgoing connection elsewhere holds them).
-USED_PORTS=" "
-pick_block() {   # pick_block N -> PICKED_PORT (the first)
-  local n=$1 p i k ok
-  for i in $(seq 500); do
-    p=$((20000 + RANDOM % (12000 - n)))
-    ok=1
-    for k in $(seq 0 $((n - 1))); do
-      case "$USED_PORTS" in *" $((p + k)) "*) ok=0; break ;; esac
-      if port_in_use $((p + k)); then ok=0; break; fi
-    done
-    if [ $ok = 1 ]; then
-      for k in $(seq 0 $((n - 1))); do USED_PORTS="$USED_PORTS$((p + k)) "; done
-      PICKED_PORT=$p
-      return 0
-    fi
-  done
-  die "no block of $n free ports found"
-}
 
 define_side() {   # define_side SIDE KIND LABEL
   local side=$1

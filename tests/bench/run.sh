@@ -98,6 +98,7 @@ done
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+. "$REPO/tests/bench/lib.sh"
 
 # ------------------------------------------------------------------------------------------
 # The raft part: tests/bench/raft_bench, written into the "Multi-Raft host" section.
@@ -376,37 +377,11 @@ trap 'log "interrupted"; exit 130' INT TERM
 # above still stops both brokers.
 # (Long client runs are waited for in the background, so the trap runs at once; other
 # steps are short and have their own time limits.)
-main_pid=$$
-(
-  trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
-  sleep "$MAX_SECONDS" & sleeper=$!
-  wait "$sleeper"
-  echo "[bench] hard limit of ${MAX_SECONDS}s reached, stopping" >&2
-  kill -TERM "$main_pid"
-) &
-WATCHDOG_PID=$!
+start_watchdog "$MAX_SECONDS" bench
 
 # ------------------------------------------------------------------------------------------
 # Brokers
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# Ports come from 20000-31999, below Linux's ephemeral range (32768+), so an outgoing
-# connection elsewhere on the machine cannot be holding the port we are about to listen on.
-USED_PORTS=" "
-pick_port() {
-  local p i
-  for i in $(seq 500); do
-    p=$((20000 + RANDOM % 12000))
-    case "$USED_PORTS" in *" $p "*) continue ;; esac
-    if ! port_in_use "$p"; then
-      USED_PORTS="$USED_PORTS$p "
-      PICKED_PORT=$p
-      return 0
-    fi
-  done
-  die "no free port found"
-}
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
