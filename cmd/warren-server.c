@@ -69,6 +69,9 @@ static int boot_state(broker_t *b, cl_t *cluster, const cfg_t *cfg, char *err, s
     if (broker_recover(b, err, errlen) != 0) return -1;
     if (cfg->load_definitions[0] && broker_load_definitions(b, cfg->load_definitions, err, errlen) != 0) return -1;
     if (broker_boot_defaults(b, err, errlen) != 0) return -1;
+    /* What the definitions and defaults created is on disk before any client can see it (a
+     * kill -9 right after start must not lose the users a client just logged in as). */
+    if (b->store) store_flush_sync(b->store);
     meta_attach(b, cluster);
     rq_attach_cluster(b, cluster); /* classic queues on other nodes: proxies to their home */
     return cl_start(cluster, &meta_cl_ops, b, err, errlen);
