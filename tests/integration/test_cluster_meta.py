@@ -51,57 +51,35 @@ def converges(check, expected=True, timeout=5.0):
     return True
 
 
-def exchange_exists(node, exchange):
+def passive_error(node, name, kind="queue"):
+    """(code, text) of a passive declare of a queue or exchange through node; (None, None) when
+    it succeeds. One connection per call: a refused declare closes its channel."""
     conn = pika_connect(node)
     try:
-        conn.channel().exchange_declare(exchange, passive=True)
-        return True
+        ch = conn.channel()
+        if kind == "queue":
+            ch.queue_declare(name, passive=True)
+        else:
+            ch.exchange_declare(name, passive=True)
+        return None, None
     except pika.exceptions.ChannelClosedByBroker as e:
-        assert e.reply_code == 404, e
-        return False
-    finally:
-        if conn.is_open:
-            conn.close()
-
-
-def exists_or_locked(node, queue):
-    conn = pika_connect(node)
-    try:
-        conn.channel().queue_declare(queue, passive=True)
-        return True
-    except pika.exceptions.ChannelClosedByBroker as e:
-        return e.reply_code == 405
-    finally:
-        if conn.is_open:
-            conn.close()
-
-
-def passive_error(node, queue):
-    """The reply text of a passive declare of queue through node, or None when it succeeds."""
-    conn = pika_connect(node)
-    try:
-        conn.channel().queue_declare(queue, passive=True)
-        return None
-    except pika.exceptions.ChannelClosedByBroker as e:
-        return e.reply_text
+        return e.reply_code, e.reply_text
     finally:
         if conn.is_open:
             conn.close()
 
 
 def exists(node, queue):
-    conn = pika_connect(node)
-    try:
-        ch = conn.channel()
-        try:
-            ch.queue_declare(queue, passive=True)
-            return True
-        except pika.exceptions.ChannelClosedByBroker as e:
-            assert e.reply_code in (404, 405), e
-            return e.reply_code == 405  # exists, owned by another connection
-    finally:
-        if conn.is_open:
-            conn.close()
+    """True when node knows the queue (405: it exists, owned by another connection)."""
+    code, text = passive_error(node, queue)
+    assert code in (None, 404, 405), text
+    return code in (None, 405)
+
+
+def exchange_exists(node, exchange):
+    code, text = passive_error(node, exchange, kind="exchange")
+    assert code in (None, 404), text
+    return code is None
 
 
 def test_declarations_are_visible_on_every_node(make_cluster, uniq):
@@ -171,7 +149,7 @@ def test_exclusive_and_server_named_queues(make_cluster):
     name = ch.queue_declare("", exclusive=True).method.queue
     assert name.startswith("amq.gen-")
     # Another connection, on another node, sees it but may not use it.
-    assert converges(lambda: exists_or_locked(n1, name))
+    assert converges(lambda: exists(n1, name))
     other = pika_connect(n1)
     try:
         code, text = channel_error(other.channel(), lambda c2: c2.queue_declare(name, passive=True))
@@ -317,7 +295,7 @@ def test_transient_queues_of_a_lost_node_are_deleted(make_cluster, uniq):
     # stay, unavailable until it returns.
     for node in (n1, n3):
         # gone from the metadata, not merely unavailable (which is a 404 naming the home node)
-        assert converges(lambda: passive_error(node, transient) == f"NOT_FOUND - no queue '{transient}' in vhost '/'",
+        assert converges(lambda: passive_error(node, transient)[1] == f"NOT_FOUND - no queue '{transient}' in vhost '/'",
                          timeout=30), node.name
     conn = pika_connect(n1)
     try:
