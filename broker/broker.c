@@ -92,6 +92,16 @@ static void user_free(user_t *u)
     free(u);
 }
 
+/* Frees a vhost whose queues and exchanges are gone already. */
+static void vhost_free_shell(vhost_t *vh)
+{
+    dict_free(&vh->queues);
+    dict_free(&vh->exchanges);
+    br_policies_free(vh);
+    free(vh->name);
+    free(vh);
+}
+
 void broker_free(broker_t *b)
 {
     /* Shutdown, not deletion: nothing of it may reach the cluster (which is freed first). */
@@ -127,18 +137,15 @@ void broker_free(broker_t *b)
      * deliveries of other nodes' clients) only holds references. */
     rq_free(b);
     pos = 0;
-    while (dict_next(&b->vhosts, &pos, NULL, NULL, &v)) {
-        vhost_t *vh = v;
-        dict_free(&vh->queues);
-        dict_free(&vh->exchanges);
-        br_policies_free(vh);
-        free(vh->name);
-        free(vh);
-    }
+    while (dict_next(&b->vhosts, &pos, NULL, NULL, &v)) vhost_free_shell(v);
     dict_free(&b->vhosts);
     pos = 0;
     while (dict_next(&b->users, &pos, NULL, NULL, &v)) user_free(v);
     dict_free(&b->users);
+    for (size_t i = 0; i < b->dead_users.n; i++) user_free(b->dead_users.items[i]);
+    ptrvec_free(&b->dead_users);
+    for (size_t i = 0; i < b->dead_vhosts.n; i++) vhost_free_shell(b->dead_vhosts.items[i]);
+    ptrvec_free(&b->dead_vhosts);
     free(b);
 }
 
@@ -256,6 +263,83 @@ int br_set_permissions(broker_t *b, user_t *u, vhost_t *vh, const char *configur
     return 0;
 }
 
+/* Deletes the 'P' record of u's permissions on the vhost named vname. */
+static void perm_unpersist(broker_t *b, const char *uname, const char *vname)
+{
+    if (!b->store) return;
+    amqp_buf_t key = {0};
+    amqp_buf_put_u8(&key, KEY_PERM);
+    amqp_buf_append(&key, vname, strlen(vname) + 1);
+    amqp_buf_append(&key, uname, strlen(uname));
+    store_del(b->store, key.data, key.len);
+    amqp_buf_free(&key);
+}
+
+bool br_clear_permissions(broker_t *b, user_t *u, const vhost_t *vh)
+{
+    perm_t *p = dict_get(&u->perms, vh->name, strlen(vh->name));
+    if (!p) return false;
+    dict_del(&u->perms, vh->name, strlen(vh->name));
+    perm_free(p);
+    perm_unpersist(b, u->name, vh->name);
+    return true;
+}
+
+void br_user_delete(broker_t *b, user_t *u)
+{
+    size_t pos = 0;
+    const char *k;
+    size_t kl;
+    void *v;
+    while (dict_next(&u->perms, &pos, &k, &kl, &v)) {
+        char *vname = strndup(k, kl);
+        perm_unpersist(b, u->name, vname);
+        free(vname);
+        perm_free(v);
+    }
+    dict_free(&u->perms);
+    dict_init(&u->perms); /* live connections of the user now have no permissions at all */
+    dict_del(&b->users, u->name, strlen(u->name));
+    if (b->store) {
+        amqp_buf_t key = {0};
+        amqp_buf_put_u8(&key, KEY_USER);
+        amqp_buf_append(&key, u->name, strlen(u->name));
+        store_del(b->store, key.data, key.len);
+        amqp_buf_free(&key);
+    }
+    ptrvec_push(&b->dead_users, u);
+}
+
+void ex_delete(exchange_t *x); /* exchange.c */
+
+void br_vhost_delete(broker_t *b, vhost_t *vh)
+{
+    ptrvec_t doomed = {0};
+    size_t pos = 0;
+    void *v;
+    /* Queues first (they take their bindings and messages along), then exchanges. */
+    while (dict_next(&vh->queues, &pos, NULL, NULL, &v)) ptrvec_push(&doomed, v);
+    for (size_t i = 0; i < doomed.n; i++) q_delete(doomed.items[i]);
+    doomed.n = 0;
+    pos = 0;
+    while (dict_next(&vh->exchanges, &pos, NULL, NULL, &v)) ptrvec_push(&doomed, v);
+    for (size_t i = 0; i < doomed.n; i++) ex_delete(doomed.items[i]);
+    ptrvec_free(&doomed);
+    br_policies_delete_all(vh);
+    pos = 0;
+    while (dict_next(&b->users, &pos, NULL, NULL, &v)) br_clear_permissions(b, v, vh);
+    dict_del(&b->vhosts, vh->name, strlen(vh->name));
+    if (b->store) {
+        amqp_buf_t key = {0};
+        amqp_buf_put_u8(&key, KEY_VHOST);
+        amqp_buf_append(&key, vh->name, strlen(vh->name));
+        store_del(b->store, key.data, key.len);
+        amqp_buf_free(&key);
+    }
+    vh->deleted = true;
+    ptrvec_push(&b->dead_vhosts, vh);
+}
+
 user_t *br_authenticate(broker_t *b, const char *name, size_t nlen, const char *pw, size_t pwlen)
 {
     user_t *u = br_user(b, name, nlen);
@@ -297,6 +381,12 @@ int br_check_perm(user_t *u, vhost_t *vh, enum perm_kind kind, bool is_queue, co
     if (re && auth_regex_match(re, res, rlen)) return 0;
     return br_fail(err, BR_ACCESS_REFUSED, "access to %s '%.*s' in vhost '%s' refused for user '%s'",
                    is_queue ? "queue" : "exchange", (int)rlen, res, vh->name, u->name);
+}
+
+/* A connection's vhost was deleted under it: as RabbitMQ, its next operation closes it. */
+static int vhost_gone(vhost_t *vh, br_err_t *err)
+{
+    return vh->deleted ? br_fail(err, 320, "vhost '%s' is deleted", vh->name) : 0;
 }
 
 /* ---- exchanges ---- */
@@ -360,6 +450,7 @@ int br_exchange_declare(vhost_t *vh, user_t *u, const char *name, size_t len, co
                         bool passive, bool durable, bool auto_delete, bool internal, amqp_bytes_t args,
                         br_err_t *err)
 {
+    if (vhost_gone(vh, err)) return err->code;
     if (passive) {
         if (len == 0) return 0;
         if (!br_exchange(vh, name, len))
@@ -414,6 +505,7 @@ int br_exchange_declare(vhost_t *vh, user_t *u, const char *name, size_t len, co
 
 int br_exchange_delete(vhost_t *vh, user_t *u, const char *name, size_t len, bool if_unused, br_err_t *err)
 {
+    if (vhost_gone(vh, err)) return err->code;
     if (len == 0 || (has_amq_prefix(name, len) && br_exchange(vh, name, len)))
         return len ? br_fail(err, BR_ACCESS_REFUSED, "deletion of system exchange '%.*s' in vhost '%s' not allowed",
                              (int)len, name, vh->name)
@@ -633,6 +725,7 @@ int br_queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name,
                      bool durable, bool exclusive, bool auto_delete, amqp_bytes_t args, queue_t **out,
                      br_err_t *err)
 {
+    if (vhost_gone(vh, err)) return err->code;
     char gen[48];
     queue_t *q = NULL;
     if (passive) {
@@ -672,6 +765,7 @@ int br_queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name,
 static int queue_for_op(vhost_t *vh, user_t *u, uint64_t conn_id, enum perm_kind kind, const char *name,
                         size_t len, queue_t **out, br_err_t *err)
 {
+    if (vhost_gone(vh, err)) return err->code;
     queue_t *q = br_queue(vh, name, len);
     if (!q) return br_fail(err, BR_NOT_FOUND, "no queue '%.*s' in vhost '%s'", (int)len, name, vh->name);
     if (br_check_perm(u, vh, kind, true, name, len, err)) return err->code;
@@ -684,6 +778,7 @@ int br_queue_delete(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, 
                     bool if_empty, uint32_t *msg_count, br_err_t *err)
 {
     *msg_count = 0;
+    if (vhost_gone(vh, err)) return err->code;
     if (br_check_perm(u, vh, PERM_CONFIGURE, true, name, len, err)) return err->code;
     queue_t *q = br_queue(vh, name, len);
     if (!q) return 0;
@@ -718,6 +813,7 @@ int br_queue_for_read(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name
 static int binding_ends(vhost_t *vh, user_t *u, uint64_t conn_id, bool dest_is_queue, const char *dest,
                         size_t dlen, const char *src, size_t slen, exchange_t **xs, void **d, br_err_t *err)
 {
+    if (vhost_gone(vh, err)) return err->code;
     if (slen == 0 || (!dest_is_queue && dlen == 0))
         return br_fail(err, BR_ACCESS_REFUSED, "operation not permitted on the default exchange");
     if (br_check_perm(u, vh, PERM_WRITE, dest_is_queue, dest, dlen, err)) return err->code;
@@ -774,6 +870,7 @@ int br_unbind(vhost_t *vh, user_t *u, uint64_t conn_id, bool dest_is_queue, cons
 
 int br_publish_target(vhost_t *vh, user_t *u, const char *name, size_t len, exchange_t **out, br_err_t *err)
 {
+    if (vhost_gone(vh, err)) return err->code;
     exchange_t *x = br_exchange(vh, name, len);
     if (!x) return br_fail(err, BR_NOT_FOUND, "no exchange '%.*s' in vhost '%s'", (int)len, name, vh->name);
     if (x->internal)

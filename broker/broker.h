@@ -98,6 +98,7 @@ struct vhost {
     dict_t exchanges; /* name -> exchange_t* */
     dict_t queues;    /* name -> queue_t* */
     ptrvec_t policies, operator_policies; /* policy_t* */
+    bool deleted; /* removed by br_vhost_delete; kept alive for connections still pointing at it */
 };
 
 /* ---- exchanges and bindings ---- */
@@ -274,6 +275,9 @@ struct broker {
     br_node_name_fn node_name;    /* NULL: nodes are named by their id */
     void *node_ctx;
     struct rq_state *rq;          /* remote.c's state, created on first use */
+    /* Deleted users and vhosts: connections hold pointers to them (amqp091/session.h), so they
+     * are unlinked from the registry at once but freed only with the broker. */
+    ptrvec_t dead_users, dead_vhosts;
 };
 
 /* ---- delayed messages (delayed.c) ---- */
@@ -312,6 +316,14 @@ user_t *br_user(broker_t *b, const char *name, size_t len);
 user_t *br_user_add(broker_t *b, const char *name, auth_hash_alg_t alg, const char *hash, const char *tags);
 int br_set_permissions(broker_t *b, user_t *u, vhost_t *vh, const char *configure, const char *write,
                        const char *read, char *err, size_t errlen);
+/* Removes u's permissions on vh (and their record); false when it had none. */
+bool br_clear_permissions(broker_t *b, user_t *u, const vhost_t *vh);
+/* Deletes a user: unlinked from the registry with its permissions and records. Its connections
+ * keep their pointer (freed with the broker) but it has no permissions left. */
+void br_user_delete(broker_t *b, user_t *u);
+/* Deletes a vhost and everything in it (queues, exchanges, bindings, policies, permissions), as
+ * RabbitMQ's delete_vhost does. The struct lives on, marked deleted, for its connections. */
+void br_vhost_delete(broker_t *b, vhost_t *vh);
 /* Verifies a password; NULL when the user is unknown or the password is wrong. */
 user_t *br_authenticate(broker_t *b, const char *name, size_t nlen, const char *pw, size_t pwlen);
 bool br_user_is_loopback_only(broker_t *b, const user_t *u);
@@ -367,6 +379,13 @@ const policy_t *br_policy_match(const vhost_t *vh, bool is_operator, bool is_que
 /* A key of a policy definition, or NULL. */
 const amqp_value_t *br_policy_value(const policy_t *p, const char *key);
 void br_policies_free(vhost_t *vh);
+/* Validates a policy as br_policy_set would, without setting it: 0, or -1 with err. */
+int br_policy_check(const char *name, const char *pattern, const char *apply_to, amqp_bytes_t definition, char *err,
+                    size_t errlen);
+/* Deletes every policy of vh with its stored record (vhost deletion). */
+void br_policies_delete_all(vhost_t *vh);
+/* Recovery: the stored policies ('O' records). Returns how many. */
+int br_policies_recover(broker_t *b);
 /* Recomputes a queue's effective settings from its arguments and policies. */
 void q_apply_settings(queue_t *q);
 
@@ -411,6 +430,6 @@ void br_dispatch_pending(broker_t *b);
 
 /* storage keys */
 enum { KEY_MSG = 'm', KEY_QINDEX = 'i', KEY_QUEUE = 'Q', KEY_EXCHANGE = 'X', KEY_BINDING = 'B', KEY_VHOST = 'V',
-       KEY_USER = 'U', KEY_PERM = 'P', KEY_DELAY = 'D', KEY_META_APPLIED = 'A' };
+       KEY_USER = 'U', KEY_PERM = 'P', KEY_DELAY = 'D', KEY_META_APPLIED = 'A', KEY_POLICY = 'O' };
 
 #endif

@@ -15,9 +15,16 @@
  *     written in the same store batch, so after a crash the stored registry reflects exactly
  *     the commands up to the stored index; the group's replay skips those (meta_recover).
  *
- * Snapshot (meta_snapshot_take/install): u8 version=1, u64 applied index, u32 count, then count
- * records of [u64 queue uid][u32 length][command] - exchange declares, then queue declares,
- * then bindings - that rebuild the registry.
+   - Registry records other than topology (vhosts, users, permissions, policies) are commands
+ *     too (apply_registry): a user's password hash and its random salt are computed by the
+ *     requesting node and carried in the command, so every node stores the same hash. Deleted
+ *     users and vhosts stay allocated for the connections pointing at them (broker.c).
+ *
+ * Snapshot (meta_snapshot_take/install): u8 version=2, u64 applied index, u32 count, then count
+ * records of [u64 queue uid][u32 length][command] - vhosts, users, permissions, policies, then
+ * exchange declares, queue declares and bindings - that rebuild the registry. Installing prunes
+ * whatever the snapshot does not hold. A version 1 snapshot (topology only, written before the
+ * registry records were replicated) prunes and rebuilds topology only.
  *
  * Command encoding (big-endian): u8 version=1, u8 op, u8 flags, u32 home, u64 conn,
  * shortstr vhost, shortstr name, shortstr name2, shortstr key, longstr args.
@@ -64,9 +71,63 @@ int meta_decode(const void *buf, size_t len, struct meta_cmd *c)
     c->key = amqp_read_shortstr(&r);
     c->args = amqp_read_longstr(&r);
     if (r.bad || r.left != 0) return -1;
-    if (c->op < META_X_DECLARE || c->op > META_UNBIND) return -1;
+    if (c->op < META_X_DECLARE || c->op > META_OP_LAST) return -1;
     if (c->args.len && amqp_table_validate(c->args) != 0) return -1;
     return 0;
+}
+
+/* ---- registry command builders ------------------------------------------------------------ */
+
+static void put_str(amqp_buf_t *t, const char *key, const char *val)
+{
+    if (val) amqp_table_put_longstr(t, key, AMQP_BYTES_CSTR(val));
+}
+
+/* Closes the args table opened at pos 0 of buf and points c->args at its content. */
+static void args_close(struct meta_cmd *c, amqp_buf_t *buf)
+{
+    amqp_table_close(buf, 0);
+    c->args = (amqp_bytes_t){buf->data + 4, buf->len - 4};
+}
+
+void meta_user_cmd(struct meta_cmd *c, amqp_buf_t *buf, uint8_t op, const char *user, const char *hash, int alg,
+                   const char *tags)
+{
+    *c = (struct meta_cmd){.op = op, .name = AMQP_BYTES_CSTR(user)};
+    buf->len = 0;
+    amqp_table_open(buf);
+    put_str(buf, "password_hash", hash);
+    if (alg >= 0) put_str(buf, "hashing_algorithm", auth_hash_alg_name((auth_hash_alg_t)alg));
+    put_str(buf, "tags", tags);
+    args_close(c, buf);
+}
+
+void meta_perm_cmd(struct meta_cmd *c, amqp_buf_t *buf, const char *vhost, const char *user, const char *configure,
+                   const char *write, const char *read)
+{
+    *c = (struct meta_cmd){.op = META_PERM_SET, .vhost = AMQP_BYTES_CSTR(vhost), .name = AMQP_BYTES_CSTR(user)};
+    buf->len = 0;
+    amqp_table_open(buf);
+    put_str(buf, "configure", configure);
+    put_str(buf, "write", write);
+    put_str(buf, "read", read);
+    args_close(c, buf);
+}
+
+void meta_policy_cmd(struct meta_cmd *c, amqp_buf_t *buf, const char *vhost, bool is_operator, const char *name,
+                     const char *pattern, const char *apply_to, int priority, amqp_bytes_t definition)
+{
+    *c = (struct meta_cmd){.op = META_POLICY_SET, .flags = is_operator ? META_F_OPERATOR : 0,
+                           .vhost = AMQP_BYTES_CSTR(vhost), .name = AMQP_BYTES_CSTR(name)};
+    buf->len = 0;
+    amqp_table_open(buf);
+    put_str(buf, "pattern", pattern);
+    put_str(buf, "apply-to", apply_to);
+    amqp_table_put_i64(buf, "priority", priority);
+    amqp_table_put_key(buf, "definition");
+    amqp_buf_put_u8(buf, 'F');
+    amqp_buf_put_longstr(buf, definition);
+    args_close(c, buf);
 }
 
 /* ---- submission -------------------------------------------------------------------------- */
@@ -91,6 +152,15 @@ static void submitted(void *arg, int code, const char *text)
 
 void meta_submit(broker_t *b, const struct meta_cmd *c, meta_done_cb done, void *arg)
 {
+    if (!meta_clustered(b)) { /* a single node: the change applies now */
+        amqp_buf_t buf = {0};
+        meta_encode(&buf, c);
+        br_err_t err;
+        int rc = meta_apply(b, 0, buf.data, buf.len, &err);
+        amqp_buf_free(&buf);
+        done(arg, rc ? &err : NULL);
+        return;
+    }
     struct submission *s = malloc(sizeof *s);
     if (!s) abort();
     s->done = done;
@@ -132,8 +202,148 @@ void meta_recover(broker_t *b)
 
 #define STR(bytes) (const char *)(bytes).ptr, (bytes).len
 
+/* ---- apply: vhosts, users, permissions, policies ----------------------------------------- */
+
+/* A string argument of a registry command as a C string (malloc'd), or NULL when absent. */
+static char *arg_str(const amqp_table_t *t, const char *key)
+{
+    const amqp_value_t *v = amqp_table_get(t, key);
+    if (!v || v->type != 'S') return NULL;
+    return strndup((const char *)v->v.str.ptr, v->v.str.len);
+}
+
+static int no_user(br_err_t *err, amqp_bytes_t name)
+{
+    return br_fail(err, BR_NOT_FOUND, "User \"%.*s\" does not exist", (int)name.len, (const char *)name.ptr);
+}
+
+static int no_vhost(br_err_t *err, amqp_bytes_t name)
+{
+    return br_fail(err, BR_NOT_FOUND, "Virtual host \"%.*s\" does not exist", (int)name.len,
+                   (const char *)name.ptr);
+}
+
+static int apply_user(broker_t *b, const struct meta_cmd *c, const amqp_table_t *a, br_err_t *err)
+{
+    char *name = strndup((const char *)c->name.ptr, c->name.len);
+    user_t *u = br_user(b, STR(c->name));
+    int rc = 0;
+    if (c->op == META_USER_ADD && u) {
+        rc = br_fail(err, BR_PRECONDITION_FAILED, "User \"%s\" already exists", name);
+    } else if ((c->op == META_USER_UPDATE || c->op == META_USER_DELETE) && !u) {
+        rc = no_user(err, c->name);
+    } else if (c->op == META_USER_DELETE) {
+        br_user_delete(b, u);
+    } else {
+        char *hash = arg_str(a, "password_hash"), *alg_name = arg_str(a, "hashing_algorithm"), *tags = arg_str(a, "tags");
+        int alg = auth_hash_alg_parse(alg_name);
+        if (alg < 0) {
+            rc = br_fail(err, BR_PRECONDITION_FAILED, "unknown hashing algorithm '%s'", alg_name);
+        } else if (c->op == META_USER_UPDATE) { /* only what the command names changes */
+            if (!hash) { /* keep the current password (copied: br_user_add replaces the fields) */
+                hash = strdup(u->password_hash ? u->password_hash : "");
+                alg = (int)u->hash_alg;
+            }
+            if (!tags) tags = strdup(u->tags ? u->tags : "");
+            br_user_add(b, name, (auth_hash_alg_t)alg, *hash ? hash : NULL, tags);
+        } else {
+            br_user_add(b, name, (auth_hash_alg_t)alg, hash && *hash ? hash : NULL, tags ? tags : "");
+        }
+        free(hash);
+        free(alg_name);
+        free(tags);
+    }
+    free(name);
+    return rc;
+}
+
+static int apply_perm(broker_t *b, const struct meta_cmd *c, const amqp_table_t *a, br_err_t *err)
+{
+    user_t *u = br_user(b, STR(c->name));
+    vhost_t *vh = br_vhost(b, STR(c->vhost));
+    if (!u) return no_user(err, c->name);
+    if (!vh) return no_vhost(err, c->vhost);
+    if (c->op == META_PERM_CLEAR) {
+        br_clear_permissions(b, u, vh);
+        return 0;
+    }
+    char *conf = arg_str(a, "configure"), *wr = arg_str(a, "write"), *rd = arg_str(a, "read");
+    int rc = 0;
+    if (br_set_permissions(b, u, vh, conf ? conf : "", wr ? wr : "", rd ? rd : "", err->text, sizeof err->text))
+        rc = err->code = BR_PRECONDITION_FAILED;
+    free(conf);
+    free(wr);
+    free(rd);
+    return rc;
+}
+
+static int apply_policy(broker_t *b, const struct meta_cmd *c, const amqp_table_t *a, br_err_t *err)
+{
+    vhost_t *vh = br_vhost(b, STR(c->vhost));
+    if (!vh) return no_vhost(err, c->vhost);
+    bool op = c->flags & META_F_OPERATOR;
+    char *name = strndup((const char *)c->name.ptr, c->name.len);
+    int rc = 0;
+    if (c->op == META_POLICY_CLEAR) {
+        if (br_policy_clear(vh, op, name) != 0) rc = br_fail(err, BR_NOT_FOUND, "Parameter does not exist");
+        free(name);
+        return rc;
+    }
+    char *pattern = arg_str(a, "pattern"), *apply_to = arg_str(a, "apply-to");
+    const amqp_value_t *prio = amqp_table_get(a, "priority"), *def = amqp_table_get(a, "definition");
+    int64_t priority = 0;
+    if (prio) amqp_value_int(prio, &priority);
+    amqp_buf_t raw = {0};
+    if (def && def->type == 'F') amqp_table_encode(&raw, &def->v.table);
+    amqp_bytes_t def_bytes = raw.len > 4 ? (amqp_bytes_t){raw.data + 4, raw.len - 4} : AMQP_BYTES_EMPTY;
+    if (br_policy_set(vh, op, name, pattern ? pattern : "", apply_to ? apply_to : "all", (int)priority, def_bytes,
+                      err->text, sizeof err->text))
+        rc = err->code = BR_PRECONDITION_FAILED;
+    amqp_buf_free(&raw);
+    free(name);
+    free(pattern);
+    free(apply_to);
+    return rc;
+}
+
+/* The registry commands (op >= META_VHOST_ADD). */
+static int apply_registry(broker_t *b, const struct meta_cmd *c, br_err_t *err)
+{
+    amqp_table_t a = {0};
+    if (c->args.len && amqp_table_parse(c->args, &a) != 0) return br_fail(err, BR_INTERNAL_ERROR, "malformed arguments");
+    int rc = 0;
+    switch (c->op) {
+    case META_VHOST_ADD: {
+        char *name = strndup((const char *)c->vhost.ptr, c->vhost.len);
+        if (!br_vhost(b, STR(c->vhost))) br_vhost_add(b, name);
+        free(name);
+        break;
+    }
+    case META_VHOST_DELETE: {
+        vhost_t *vh = br_vhost(b, STR(c->vhost));
+        if (vh) br_vhost_delete(b, vh);
+        else rc = no_vhost(err, c->vhost);
+        break;
+    }
+    case META_USER_ADD:
+    case META_USER_PUT:
+    case META_USER_UPDATE:
+    case META_USER_DELETE: rc = apply_user(b, c, &a, err); break;
+    case META_PERM_SET:
+    case META_PERM_CLEAR: rc = apply_perm(b, c, &a, err); break;
+    case META_POLICY_SET:
+    case META_POLICY_CLEAR: rc = apply_policy(b, c, &a, err); break;
+    default: rc = br_fail(err, BR_COMMAND_INVALID, "unknown metadata command %u", c->op);
+    }
+    amqp_table_free(&a);
+    return rc;
+}
+
+/* ---- apply: topology ---------------------------------------------------------------------- */
+
 static int apply_cmd(broker_t *b, const struct meta_cmd *c, br_err_t *err)
 {
+    if (c->op >= META_VHOST_ADD) return apply_registry(b, c, err);
     vhost_t *vh = br_vhost(b, STR(c->vhost));
     if (!vh) return br_fail(err, BR_NOT_FOUND, "no vhost '%.*s'", (int)c->vhost.len, (const char *)c->vhost.ptr);
     bool durable = c->flags & META_F_DURABLE, auto_delete = c->flags & META_F_AUTO_DELETE;
@@ -243,14 +453,68 @@ static struct meta_cmd binding_cmd(const binding_t *bd)
     return c;
 }
 
+#define SNAP_VERSION 2 /* 1: topology only */
+
+static const char *apply_to_text(apply_to_t at)
+{
+    return at == APPLY_QUEUES ? "queues" : at == APPLY_EXCHANGES ? "exchanges" : "all";
+}
+
+/* The snapshot records of vhosts, users, permissions and policies (before the topology, which
+ * needs the vhosts). */
+static void snap_registry(broker_t *b, amqp_buf_t *out, uint32_t *count)
+{
+    amqp_buf_t args = {0};
+    struct meta_cmd c;
+    size_t p = 0;
+    void *v;
+    while (dict_next(&b->vhosts, &p, NULL, NULL, &v)) {
+        c = (struct meta_cmd){.op = META_VHOST_ADD, .vhost = AMQP_BYTES_CSTR(((vhost_t *)v)->name)};
+        snap_record(out, 0, &c, count);
+    }
+    p = 0;
+    while (dict_next(&b->users, &p, NULL, NULL, &v)) {
+        user_t *u = v;
+        meta_user_cmd(&c, &args, META_USER_PUT, u->name, u->password_hash, (int)u->hash_alg, u->tags);
+        snap_record(out, 0, &c, count);
+        size_t pp = 0;
+        const char *vname;
+        size_t vlen;
+        void *pv;
+        while (dict_next(&u->perms, &pp, &vname, &vlen, &pv)) {
+            perm_t *perm = pv;
+            char *vn = strndup(vname, vlen);
+            meta_perm_cmd(&c, &args, vn, u->name, auth_regex_pattern(perm->configure), auth_regex_pattern(perm->write),
+                          auth_regex_pattern(perm->read));
+            snap_record(out, 0, &c, count);
+            free(vn);
+        }
+    }
+    p = 0;
+    while (dict_next(&b->vhosts, &p, NULL, NULL, &v)) {
+        vhost_t *vh = v;
+        for (int op = 0; op < 2; op++) {
+            const ptrvec_t *list = op ? &vh->operator_policies : &vh->policies;
+            for (size_t i = 0; i < list->n; i++) {
+                const policy_t *pol = list->items[i];
+                meta_policy_cmd(&c, &args, vh->name, op, pol->name, pol->pattern_text, apply_to_text(pol->apply_to),
+                                pol->priority, pol->def_raw);
+                snap_record(out, 0, &c, count);
+            }
+        }
+    }
+    amqp_buf_free(&args);
+}
+
 int meta_snapshot_take(broker_t *b, void **bytes, size_t *len)
 {
     amqp_buf_t out = {0};
-    amqp_buf_put_u8(&out, META_VERSION);
+    amqp_buf_put_u8(&out, SNAP_VERSION);
     amqp_buf_put_u64(&out, b->meta_applied);
     size_t count_at = out.len;
     amqp_buf_put_u32(&out, 0);
     uint32_t count = 0;
+    snap_registry(b, &out, &count);
     for (int pass = 0; pass < 3; pass++) {
         size_t vp = 0;
         void *vv;
@@ -301,10 +565,12 @@ static size_t binding_identity(const struct meta_cmd *c, char *out, size_t cap)
     return used + a;
 }
 
-static int snap_parse(const void *bytes, size_t len, uint64_t *index, struct snap_entry **out, uint32_t *n)
+static int snap_parse(const void *bytes, size_t len, int *version, uint64_t *index, struct snap_entry **out,
+                      uint32_t *n)
 {
     amqp_reader_t r = amqp_reader(bytes, len);
-    if (amqp_read_u8(&r) != META_VERSION) return -1;
+    *version = amqp_read_u8(&r);
+    if (*version != 1 && *version != SNAP_VERSION) return -1;
     *index = amqp_read_u64(&r);
     uint32_t count = amqp_read_u32(&r);
     if (r.bad || count > r.left / 12) return -1;
@@ -332,6 +598,7 @@ static void snap_prune(broker_t *b, const struct snap_entry *e, uint32_t n)
     char id[2048];
     for (uint32_t i = 0; i < n; i++) {
         const struct meta_cmd *c = &e[i].cmd;
+        if (c->op >= META_VHOST_ADD) continue; /* snap_prune_registry's */
         if (c->op == META_BIND) {
             dict_set(&keep, id, binding_identity(c, id, sizeof id), (void *)&e[i]);
         } else {
@@ -378,17 +645,82 @@ static void snap_prune(broker_t *b, const struct snap_entry *e, uint32_t n)
     dict_free(&keep);
 }
 
+/* Identity of a registry record for pruning: kind letter, vhost, name. */
+static size_t registry_identity(char kind, amqp_bytes_t vhost, amqp_bytes_t name, char *out, size_t cap)
+{
+    int k = snprintf(out, cap, "%c%.*s%c%.*s", kind, (int)vhost.len, (const char *)vhost.ptr, 0, (int)name.len,
+                     (const char *)name.ptr);
+    return k < 0 ? 0 : (size_t)k >= cap ? cap - 1 : (size_t)k;
+}
+
+/* Removes the vhosts, users, permissions and policies the snapshot does not hold. */
+static void snap_prune_registry(broker_t *b, const struct snap_entry *e, uint32_t n)
+{
+    dict_t keep;
+    dict_init(&keep);
+    char id[1024];
+    for (uint32_t i = 0; i < n; i++) {
+        const struct meta_cmd *c = &e[i].cmd;
+        char kind = c->op == META_VHOST_ADD ? 'V' : c->op == META_USER_PUT ? 'U' : c->op == META_PERM_SET ? 'P'
+                  : c->op == META_POLICY_SET ? ((c->flags & META_F_OPERATOR) ? 'o' : 'p') : 0;
+        if (kind) dict_set(&keep, id, registry_identity(kind, c->vhost, c->name, id, sizeof id), (void *)&e[i]);
+    }
+    ptrvec_t doomed = {0};
+    size_t p = 0;
+    void *v;
+    while (dict_next(&b->vhosts, &p, NULL, NULL, &v))
+        if (!dict_get(&keep, id, registry_identity('V', AMQP_BYTES_CSTR(((vhost_t *)v)->name), AMQP_BYTES_EMPTY, id, sizeof id)))
+            ptrvec_push(&doomed, v);
+    for (size_t i = 0; i < doomed.n; i++) br_vhost_delete(b, doomed.items[i]);
+    doomed.n = 0;
+    p = 0;
+    while (dict_next(&b->users, &p, NULL, NULL, &v)) {
+        user_t *u = v;
+        if (!dict_get(&keep, id, registry_identity('U', AMQP_BYTES_EMPTY, AMQP_BYTES_CSTR(u->name), id, sizeof id))) {
+            ptrvec_push(&doomed, u);
+            continue;
+        }
+        size_t vp = 0;
+        void *vv;
+        while (dict_next(&b->vhosts, &vp, NULL, NULL, &vv)) {
+            vhost_t *vh = vv;
+            if (!dict_get(&keep, id, registry_identity('P', AMQP_BYTES_CSTR(vh->name), AMQP_BYTES_CSTR(u->name), id, sizeof id)))
+                br_clear_permissions(b, u, vh);
+        }
+    }
+    for (size_t i = 0; i < doomed.n; i++) br_user_delete(b, doomed.items[i]);
+    p = 0;
+    while (dict_next(&b->vhosts, &p, NULL, NULL, &v)) {
+        vhost_t *vh = v;
+        for (int op = 0; op < 2; op++) {
+            doomed.n = 0;
+            const ptrvec_t *list = op ? &vh->operator_policies : &vh->policies;
+            for (size_t i = 0; i < list->n; i++) {
+                const policy_t *pol = list->items[i];
+                if (!dict_get(&keep, id, registry_identity(op ? 'o' : 'p', AMQP_BYTES_CSTR(vh->name),
+                                                           AMQP_BYTES_CSTR(pol->name), id, sizeof id)))
+                    ptrvec_push(&doomed, pol->name);
+            }
+            for (size_t i = 0; i < doomed.n; i++) br_policy_clear(vh, op, doomed.items[i]);
+        }
+    }
+    ptrvec_free(&doomed);
+    dict_free(&keep);
+}
+
 void meta_snapshot_install(broker_t *b, const void *bytes, size_t len)
 {
     uint64_t index;
     struct snap_entry *e;
     uint32_t n;
-    if (snap_parse(bytes, len, &index, &e, &n) != 0) {
+    int version;
+    if (snap_parse(bytes, len, &version, &index, &e, &n) != 0) {
         log_error("metadata: malformed snapshot ignored");
         return;
     }
     if (index > b->meta_applied) {
         b->meta_applying = true;
+        if (version >= 2) snap_prune_registry(b, e, n);
         snap_prune(b, e, n);
         for (uint32_t i = 0; i < n; i++) {
             br_err_t err;

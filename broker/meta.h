@@ -9,7 +9,12 @@
  * state, every node computes the same outcome; the requesting node answers its client with its
  * own outcome once its apply has run, so the client then sees its change on that node.
  *
- * Unclustered (b->meta_submit == NULL), nothing here is used: the adapters call br_* directly.
+ * The registry's other records are commands too: vhosts, users, permissions and policies (the
+ * META_VHOST_* .. META_POLICY_* ops). warrenctl's admin commands (broker/admin.c) and the boot
+ * definitions of the node that founds a cluster go through meta_submit like a client's declare.
+ *
+ * Unclustered (b->meta_submit == NULL) the AMQP adapters call br_* directly; meta_submit then
+ * applies the command at once (meta_apply at index 0) and calls back before it returns.
  */
 #ifndef WARREN_META_H
 #define WARREN_META_H
@@ -27,6 +32,26 @@ enum meta_op {
     META_Q_DELETE = 4,
     META_BIND = 5,
     META_UNBIND = 6,
+    /* The registry's other records. Fields used (see meta.c for the args tables' keys):
+     *   VHOST_ADD/DELETE    vhost                        (add is idempotent)
+     *   USER_ADD/PUT/UPDATE name = user, args {password_hash, hashing_algorithm, tags}
+     *                       (ADD: must not exist; PUT: create or replace; UPDATE: must exist,
+     *                       changes only the keys present)
+     *   USER_DELETE         name = user
+     *   PERM_SET/CLEAR      vhost, name = user, args {configure, write, read}
+     *   POLICY_SET/CLEAR    vhost, name = policy, args {pattern, apply-to, priority, definition},
+     *                       flags META_F_OPERATOR for an operator policy */
+    META_VHOST_ADD = 7,
+    META_VHOST_DELETE = 8,
+    META_USER_ADD = 9,
+    META_USER_PUT = 10,
+    META_USER_UPDATE = 11,
+    META_USER_DELETE = 12,
+    META_PERM_SET = 13,
+    META_PERM_CLEAR = 14,
+    META_POLICY_SET = 15,
+    META_POLICY_CLEAR = 16,
+    META_OP_LAST = META_POLICY_CLEAR,
 };
 
 enum {
@@ -37,6 +62,7 @@ enum {
     META_F_DEST_QUEUE = 1u << 4, /* bind/unbind: the destination is a queue */
     META_F_IF_UNUSED = 1u << 5,
     META_F_IF_EMPTY = 1u << 6,
+    META_F_OPERATOR = 1u << 7,   /* policy set/clear: an operator policy */
 };
 
 /* One command. Decoded commands point into the buffer they were decoded from. */
@@ -58,9 +84,19 @@ int meta_decode(const void *buf, size_t len, struct meta_cmd *c);
 
 static inline bool meta_clustered(const broker_t *b) { return b->meta_submit != NULL; }
 
+/* Builders of the registry commands: the args table is written into *buf, which c points into
+ * (buf must outlive c; free it with amqp_buf_free). NULL strings are left out (USER_UPDATE:
+ * unchanged); alg < 0 leaves hashing_algorithm out. */
+void meta_user_cmd(struct meta_cmd *c, amqp_buf_t *buf, uint8_t op, const char *user, const char *hash, int alg,
+                   const char *tags);
+void meta_perm_cmd(struct meta_cmd *c, amqp_buf_t *buf, const char *vhost, const char *user, const char *configure,
+                   const char *write, const char *read);
+void meta_policy_cmd(struct meta_cmd *c, amqp_buf_t *buf, const char *vhost, bool is_operator, const char *name,
+                     const char *pattern, const char *apply_to, int priority, amqp_bytes_t definition);
+
 /* Sends c through the cluster; done(arg, err) runs once it has been applied on this node
  * (err NULL: it succeeded here) or has failed (err: the reply code and text). done may run
- * before meta_submit returns. */
+ * before meta_submit returns (always does unclustered: the command applies at once). */
 typedef void (*meta_done_cb)(void *arg, const br_err_t *err);
 void meta_submit(broker_t *b, const struct meta_cmd *c, meta_done_cb done, void *arg);
 

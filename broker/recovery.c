@@ -309,6 +309,7 @@ int broker_recover(broker_t *b, char *err, size_t errlen)
     if (!b->store) return 0;
     recover_vhosts(b);
     int nu = recover_users(b);
+    br_policies_recover(b); /* before the queues, which pick their policy when created */
     int nx = recover_exchanges(b);
     int nq = recover_queues(b);
     int nb = recover_bindings(b);
