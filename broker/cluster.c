@@ -40,6 +40,8 @@
  */
 #include "broker/cluster.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +49,9 @@
 #include <time.h>
 
 #include <cjson/cJSON.h>
+#include <openssl/err.h>
+#include <sodium.h>
+#include <unistd.h>
 
 #include "broker/log.h"
 #include "broker/raftlog.h"
@@ -209,6 +214,7 @@ struct cl_req {
     uint64_t call_id;    /* REQ_FORWARDED: the cl.propose call */
     bool local_inflight; /* a local proposal's done callback is outstanding */
     bool finished;       /* cb has run */
+    bool boot;           /* submitted by the founded hook: the founder's boot state */
 };
 
 /* Where an operation's answer goes: a peer's call or a local callback. */
@@ -283,6 +289,14 @@ struct cl {
     void *fallback_ud;
     void (*watch_up)(void *ud, uint32_t node), (*watch_down)(void *ud, uint32_t node);
     void *watch_ud;
+    void (*admin)(void *ud, uint32_t from, const struct peer_call_in *in);
+    void *admin_ud;
+    void (*founded)(void *ud);
+    void *founded_ud;
+    /* The founder's boot state (ops->founded): commands submitted, not yet finished; whether one
+     * failed (submitted again later); whether they are all applied (stored as "booted"). */
+    unsigned boot_pending;
+    bool boot_submitting, boot_failed, booted;
     bool closing;
 };
 
@@ -541,6 +555,38 @@ static void req_free(struct cl_req *r)
     free(r);
 }
 
+/* ---- the founder's boot state ------------------------------------------------------------- */
+
+/* The node that founds the cluster puts its boot state (default vhost and user, definitions)
+ * into the log through the founded hook, so every node gets it from the log or a snapshot; no other
+ * node applies boot state locally (cmd/warren-server.c). The node counts as formed only once
+ * those commands have applied (await_startup), and remembers ("booted") that they did: a founder
+ * that crashed before they committed submits them again when it restarts. */
+static void boot_submit(cl_t *c)
+{
+    if (!c->founded || c->boot_pending || c->booted) return;
+    c->boot_failed = false;
+    c->boot_submitting = true;
+    c->founded(c->founded_ud);
+    c->boot_submitting = false;
+    if (!c->boot_pending) {
+        c->booted = true;
+        local_put(c, "booted", "1", 1);
+    }
+}
+
+static void boot_done(cl_t *c, int code)
+{
+    if (code == CL_UNAVAILABLE) c->boot_failed = true; /* other codes are the commands' own outcome */
+    if (--c->boot_pending || c->closing) return;
+    if (c->boot_failed) {
+        log_warn("cluster: the boot definitions did not commit; submitting them again");
+        return; /* member_step retries */
+    }
+    c->booted = true;
+    local_put(c, "booted", "1", 1);
+}
+
 /* Runs the callback once; the memory stays while a local proposal still refers to it. */
 static void req_finish(struct cl_req *r, int code, const char *text)
 {
@@ -551,6 +597,7 @@ static void req_finish(struct cl_req *r, int code, const char *text)
     if (r->call_id) peer_call_cancel(c->mesh, r->call_id);
     r->call_id = 0;
     if (!c->closing) r->cb(r->arg, code, code ? (text ? text : "") : NULL);
+    if (r->boot) boot_done(c, code);
     if (!r->local_inflight) req_free(r);
 }
 
@@ -1243,9 +1290,15 @@ static void mesh_call(void *ud, uint32_t from, const struct peer_call_in *in)
 {
     cl_t *c = ud;
     struct cl_sink sink = {.local = false, .to = in->reply_to};
-    if (strncmp(in->method, "cl.", 3) != 0) {
+    if (strncmp(in->method, "cl.", 3) != 0 && strncmp(in->method, "admin.", 6) != 0) {
         if (c->fallback) c->fallback(c->fallback_ud, from, in);
         else sink_fail(c, &sink, CL_OP_REFUSED, "unknown method %s", in->method);
+        return;
+    }
+    if (strncmp(in->method, "admin.", 6) == 0) {
+        /* warrenctl's admin commands (broker/admin.c), from clients and nodes alike */
+        if (c->admin) c->admin(c->admin_ud, from, in);
+        else sink_fail(c, &sink, CL_OP_REFUSED, "this node serves no admin commands");
         return;
     }
     if (strcmp(in->method, "cl.status") == 0) handle_status(c, &sink);
@@ -1303,6 +1356,7 @@ static void found_cluster(cl_t *c)
     }
     log_info("cluster: no existing cluster found: node %s founds cluster '%s'", c->self_name, c->cluster_name);
     become_member(c);
+    boot_submit(c);
 }
 
 static void start_joining(cl_t *c, uint32_t hint)
@@ -1509,6 +1563,7 @@ static void member_step(cl_t *c)
         return;
     }
     if (!c->member_flag && self_is_voter(c)) member_flag_set(c);
+    if (c->boot_failed && !c->boot_pending) boot_submit(c);
     leader_duties(c);
     probe_membership(c);
 }
@@ -1616,10 +1671,81 @@ static int config_nodes(cl_t *c, const cfg_t *cfg, char *err, size_t errlen)
     return 0;
 }
 
+/* ---- inter-node TLS (cluster.ssl keys) ---------------------------------------------------- */
+
+static SSL_CTX *tls_fail(SSL_CTX *ctx, char *err, size_t errlen, const char *what, const char *path)
+{
+    unsigned long e = ERR_get_error();
+    char why[256] = "";
+    if (e) ERR_error_string_n(e, why, sizeof why);
+    ERR_clear_error();
+    snprintf(err, errlen, "cluster: %s %s%s%s", what, path ? path : "", why[0] ? ": " : "", why);
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+/* One side's context: every node presents its certificate as server and as client (so peers that
+ * verify_peer see one both ways); verify_peer checks the other side against cacertfile. Host
+ * names are not checked: nodes dial addresses, and the cookie handshake (inside TLS) is what
+ * proves membership; TLS adds confidentiality and, with verify_peer, a certificate check. */
+static SSL_CTX *tls_ctx(const cfg_t *cfg, bool server, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+    if (!ctx) return tls_fail(NULL, err, errlen, "cannot create a TLS context", NULL);
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    if (cfg->cluster_ssl_certfile[0] && SSL_CTX_use_certificate_chain_file(ctx, cfg->cluster_ssl_certfile) != 1)
+        return tls_fail(ctx, err, errlen, "cannot load cluster.ssl_options.certfile", cfg->cluster_ssl_certfile);
+    if (cfg->cluster_ssl_keyfile[0] &&
+        SSL_CTX_use_PrivateKey_file(ctx, cfg->cluster_ssl_keyfile, SSL_FILETYPE_PEM) != 1)
+        return tls_fail(ctx, err, errlen, "cannot load cluster.ssl_options.keyfile", cfg->cluster_ssl_keyfile);
+    if (cfg->cluster_ssl_certfile[0] && SSL_CTX_check_private_key(ctx) != 1)
+        return tls_fail(ctx, err, errlen, "cluster.ssl_options.keyfile does not match the certificate", NULL);
+    if (cfg->cluster_ssl_cacertfile[0] && SSL_CTX_load_verify_locations(ctx, cfg->cluster_ssl_cacertfile, NULL) != 1)
+        return tls_fail(ctx, err, errlen, "cannot load cluster.ssl_options.cacertfile", cfg->cluster_ssl_cacertfile);
+    int mode = SSL_VERIFY_NONE;
+    if (cfg->cluster_ssl_verify_peer) {
+        mode = SSL_VERIFY_PEER;
+        if (server && cfg->cluster_ssl_fail_if_no_peer_cert) mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+    }
+    SSL_CTX_set_verify(ctx, mode, NULL);
+    return ctx;
+}
+
+/* Fills o's TLS contexts from the cluster.ssl keys unless the caller gave its own (tests).
+ * *made says whether they are ours to release once the mesh holds its references. */
+static int tls_from_config(struct cl_options *o, const cfg_t *cfg, bool *made, char *err, size_t errlen)
+{
+    *made = false;
+    if (!cfg->cluster_ssl || o->tls_server || o->tls_client) return 0;
+    if (!cfg->cluster_ssl_certfile[0] || !cfg->cluster_ssl_keyfile[0]) {
+        snprintf(err, errlen, "cluster: cluster.ssl = true needs cluster.ssl_options.certfile and keyfile");
+        return -1;
+    }
+    o->tls_server = tls_ctx(cfg, true, err, errlen);
+    o->tls_client = o->tls_server ? tls_ctx(cfg, false, err, errlen) : NULL;
+    if (!o->tls_client) {
+        SSL_CTX_free(o->tls_server);
+        o->tls_server = NULL;
+        return -1;
+    }
+    *made = true;
+    return 0;
+}
+
+static void tls_release(struct cl_options *o, bool made)
+{
+    if (!made) return;
+    SSL_CTX_free(o->tls_server);
+    SSL_CTX_free(o->tls_client);
+    o->tls_server = o->tls_client = NULL;
+}
+
 static int mesh_start(cl_t *c, const cfg_t *cfg, char *err, size_t errlen)
 {
     char cookie[256];
     if (read_cookie(cfg, cookie, sizeof cookie, err, errlen) != 0) return -1;
+    bool tls_made;
+    if (tls_from_config(&c->opt, cfg, &tls_made, err, errlen) != 0) return -1;
     struct peer_config pc;
     peer_config_defaults(&pc);
     pc.node_id = c->self_id;
@@ -1638,7 +1764,9 @@ static int mesh_start(cl_t *c, const cfg_t *cfg, char *err, size_t errlen)
     pc.ud = c;
     c->mesh = peer_mesh_new(c->loop, &pc, err, errlen);
     memset(cookie, 0, sizeof cookie);
+    tls_release(&c->opt, tls_made); /* the mesh holds its own references */
     if (!c->mesh) return -1;
+    if (cfg->cluster_ssl) log_info("cluster: inter-node connections use TLS");
     if (c->opt.listen_port > 0) c->self_port = c->opt.listen_port;
     for (int i = 0; i < c->n_cfgnodes; i++)
         if (i != c->self_index) peer_add_node(c->mesh, c->cfgnodes[i].id, c->cfgnodes[i].host, c->cfgnodes[i].port);
@@ -1698,6 +1826,76 @@ cl_t *cl_new(struct ev_loop *loop, const cfg_t *cfg, store_t *store, const struc
     return c;
 }
 
+/* ---- the control listener of a single node -------------------------------------------------- */
+
+/* A single node's cookie when none is configured: generated once into the data directory. */
+static int control_cookie(const cfg_t *cfg, char *out, size_t outlen, char *err, size_t errlen)
+{
+    if (cfg->cluster_cookie[0] || cfg->cluster_cookie_file[0]) return read_cookie(cfg, out, outlen, err, errlen);
+    char path[sizeof cfg->cluster_cookie_file];
+    snprintf(path, sizeof path, "%.480s/.warren.cookie", cfg->data_dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        uint8_t rnd[24];
+        char text[64];
+        randombytes_buf(rnd, sizeof rnd);
+        sodium_bin2base64(text, sizeof text, rnd, sizeof rnd, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+        size_t n = strlen(text);
+        bool ok = write(fd, text, n) == (ssize_t)n && fsync(fd) == 0;
+        close(fd);
+        if (!ok) {
+            unlink(path);
+            snprintf(err, errlen, "cluster: cannot write %s: %s", path, strerror(errno));
+            return -1;
+        }
+        log_info("cluster: generated the cookie for warrenctl in %s", path);
+    } else if (errno != EEXIST) {
+        snprintf(err, errlen, "cluster: cannot create %s: %s", path, strerror(errno));
+        return -1;
+    }
+    cfg_t tmp;
+    memset(&tmp, 0, sizeof tmp);
+    snprintf(tmp.cluster_cookie_file, sizeof tmp.cluster_cookie_file, "%s", path);
+    return read_cookie(&tmp, out, outlen, err, errlen);
+}
+
+/* Calls on the control listener: only command-line clients, only status and admin commands. */
+static void control_call(void *ud, uint32_t from, const struct peer_call_in *in)
+{
+    cl_t *c = ud;
+    struct cl_sink sink = {.local = false, .to = in->reply_to};
+    if (from != PEER_CLIENT_ID) sink_fail(c, &sink, CL_OP_REFUSED, "node %s is not clustered", c->self_name);
+    else if (strcmp(in->method, "cl.status") == 0 || strncmp(in->method, "admin.", 6) == 0) mesh_call(ud, from, in);
+    else sink_fail(c, &sink, CL_OP_REFUSED, "%s: node %s is not clustered", in->method, c->self_name);
+}
+
+int cl_control_listen(cl_t *c, const cfg_t *cfg, char *err, size_t errlen)
+{
+    if (c->clustered || c->mesh) return 0;
+    char cookie[256];
+    if (control_cookie(cfg, cookie, sizeof cookie, err, errlen) != 0) return -1;
+    bool tls_made;
+    if (tls_from_config(&c->opt, cfg, &tls_made, err, errlen) != 0) return -1;
+    struct peer_config pc;
+    peer_config_defaults(&pc);
+    pc.node_id = c->self_id;
+    pc.node_name = c->self_name;
+    pc.cluster_name = c->cluster_name;
+    pc.cookie = cookie;
+    pc.listen_host = "127.0.0.1"; /* a single node's admin port is for local tools only */
+    pc.listen_port = c->opt.listen_port > 0 ? c->opt.listen_port : cfg->cluster_listener.port;
+    pc.tls_server = c->opt.tls_server;
+    pc.tls_client = c->opt.tls_client;
+    pc.cb = (struct peer_callbacks){.call = control_call};
+    pc.ud = c;
+    c->mesh = peer_mesh_new(c->loop, &pc, err, errlen);
+    memset(cookie, 0, sizeof cookie);
+    tls_release(&c->opt, tls_made);
+    if (!c->mesh) return -1;
+    log_info("cluster: not clustered; warrenctl control port 127.0.0.1:%d", peer_listen_port(c->mesh));
+    return 0;
+}
+
 /* The founder's bootstrap members, if this node founded the cluster. */
 static unsigned founder_members(cl_t *c, raft_id *members)
 {
@@ -1735,6 +1933,9 @@ int cl_start(cl_t *c, const struct cl_meta_ops *ops, void *ud, char *err, size_t
     free(gids);
     raft_id members[RAFT_MAX_NODES];
     unsigned n_members = founder_members(c, members);
+    c->booted = local_get(c, "booted", &val, &len) == 1;
+    free(val);
+    val = NULL;
     ev_timer_start(c->loop, &c->timer);
     if (!stored && n_members == 0) {
         c->state = CL_DISCOVER;
@@ -1747,6 +1948,7 @@ int cl_start(cl_t *c, const struct cl_meta_ops *ops, void *ud, char *err, size_t
     if (raft_conf_has(conf, c->self_id) && (c->member_flag || raft_conf_is_voter(conf, c->self_id))) {
         log_info("cluster: rejoining the cluster with stored metadata state (%u voters)", conf->n_voters);
         become_member(c);
+        if (n_members) boot_submit(c); /* the founder, if its boot state never committed */
     } else if (c->member_flag) {
         become_removed(c);
     } else {
@@ -1804,6 +2006,18 @@ void cl_set_call_fallback(cl_t *c, void (*fn)(void *ud, uint32_t from, const str
     c->fallback_ud = ud;
 }
 
+void cl_set_founded_hook(cl_t *c, void (*fn)(void *ud), void *ud)
+{
+    c->founded = fn;
+    c->founded_ud = ud;
+}
+
+void cl_set_admin_handler(cl_t *c, void (*fn)(void *ud, uint32_t from, const struct peer_call_in *in), void *ud)
+{
+    c->admin = fn;
+    c->admin_ud = ud;
+}
+
 void cl_set_peer_watch(cl_t *c, void (*up)(void *ud, uint32_t node), void (*down)(void *ud, uint32_t node),
                        void *ud)
 {
@@ -1815,7 +2029,7 @@ void cl_set_peer_watch(cl_t *c, void (*up)(void *ud, uint32_t node), void (*down
 bool cl_formed(const cl_t *c)
 {
     if (!c->clustered) return true;
-    return c->state == CL_MEMBER && c->g && mr_group_leader(c->g) != 0 &&
+    return c->state == CL_MEMBER && c->g && mr_group_leader(c->g) != 0 && c->boot_pending == 0 &&
            raft_conf_is_voter(raft_get_conf(mr_group_raft(c->g)), c->self_id);
 }
 
@@ -1855,6 +2069,8 @@ int cl_meta_submit(cl_t *c, const void *cmd, size_t len, cl_submit_cb cb, void *
     else c->reqs = r;
     c->reqs_tail = r;
     c->n_reqs++;
+    r->boot = c->boot_submitting;
+    if (r->boot) c->boot_pending++;
     req_kick(c, r);
     return 0;
 }

@@ -64,6 +64,12 @@ struct cl_meta_ops {
     void (*snapshot_install)(void *ud, uint64_t index, const void *bytes, size_t len);
 };
 
+/* Optional: fn(ud) runs when this node has just founded the cluster (or restarted as its founder
+ * before its earlier boot submissions committed). It submits the cluster's boot state
+ * (cl_meta_submit) from inside the call; the node reports formed (cl_formed) only once those
+ * commands have applied. Set it before cl_start. */
+void cl_set_founded_hook(cl_t *c, void (*fn)(void *ud), void *ud);
+
 /* Timing and sizes; zeroes and cl_options_defaults() mean the defaults below. */
 struct cl_options {
     double submit_timeout;      /* how long a metadata change waits for a quorum: 5 s */
@@ -115,6 +121,15 @@ bool cl_formed(const cl_t *c);
 peer_mesh_t *cl_mesh(cl_t *c);
 mr_host_t *cl_host(cl_t *c);
 void cl_set_call_fallback(cl_t *c, void (*fn)(void *ud, uint32_t from, const struct peer_call_in *in), void *ud);
+/* Calls whose method starts with "admin." (warrenctl's admin commands, broker/admin.c), from
+ * command-line clients and nodes; answer them with peer_reply on cl_mesh(). */
+void cl_set_admin_handler(cl_t *c, void (*fn)(void *ud, uint32_t from, const struct peer_call_in *in), void *ud);
+/* Unclustered only: opens the control listener, so warrenctl can reach a single node. It listens
+ * on 127.0.0.1 at cluster.listener.port (never another interface: a single node has no peers)
+ * and authenticates clients with cluster.cookie / cluster.cookie_file, or else with a cookie
+ * generated once into <data_dir>/.warren.cookie (mode 0600, like RabbitMQ's .erlang.cookie).
+ * Returns 0, or -1 with err (port in use, unreadable cookie): the node then runs without it. */
+int cl_control_listen(cl_t *c, const cfg_t *cfg, char *err, size_t errlen);
 /* Also tells ud when a node's connection comes up or goes down (after the mesh's state changed,
  * so peer_is_up agrees; after the Raft host heard of it). Either may be NULL. */
 void cl_set_peer_watch(cl_t *c, void (*up)(void *ud, uint32_t node), void (*down)(void *ud, uint32_t node),

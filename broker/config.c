@@ -210,6 +210,14 @@ static int set_verify(cfg_t *c, const cfg_key_t *k, const char *v, const char **
     return 0;
 }
 
+static int set_cluster_verify(cfg_t *c, const cfg_key_t *k, const char *v, const char **why) {
+    (void)k;
+    if (strcmp(v, "verify_peer") == 0) c->cluster_ssl_verify_peer = true;
+    else if (strcmp(v, "verify_none") == 0) c->cluster_ssl_verify_peer = false;
+    else { *why = "expected verify_peer or verify_none"; return -1; }
+    return 0;
+}
+
 static int set_mem_relative(cfg_t *c, const cfg_key_t *k, const char *v, const char **why) {
     (void)k;
     double d;
@@ -296,6 +304,12 @@ static const cfg_key_t cfg_keys[] = {
     STR("cluster.cookie", cluster_cookie),
     STR("cluster.cookie_file", cluster_cookie_file),
     U64("cluster.peer_timeout", cluster_peer_timeout, 100, 3600000),
+    FN("cluster.ssl", set_bool, cluster_ssl),
+    STR("cluster.ssl_options.certfile", cluster_ssl_certfile),
+    STR("cluster.ssl_options.keyfile", cluster_ssl_keyfile),
+    STR("cluster.ssl_options.cacertfile", cluster_ssl_cacertfile),
+    FN("cluster.ssl_options.verify", set_cluster_verify, cluster_ssl_verify_peer),
+    FN("cluster.ssl_options.fail_if_no_peer_cert", set_bool, cluster_ssl_fail_if_no_peer_cert),
     INT("management.tcp.port", mgmt_port, 1, 65535),
     INT("management.listener.port", mgmt_port, 1, 65535),
     INT("mqtt.listeners.tcp.default", mqtt_port, 1, 65535),

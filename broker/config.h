@@ -57,6 +57,13 @@ typedef struct {
     cfg_cluster_node_t cluster_nodes[CFG_MAX_CLUSTER_NODES];
     int n_cluster_nodes;
     uint64_t cluster_peer_timeout;               /* cluster.peer_timeout, ms without traffic before a peer is down; 5000 */
+    /* Inter-node TLS (and warrenctl's connections to the cluster port): cluster.ssl = true|false
+     * (default false); cluster.ssl_options.certfile/keyfile (this node's certificate, presented
+     * both as server and as client), cacertfile (CAs that verify peers), verify = verify_peer |
+     * verify_none (default verify_none), fail_if_no_peer_cert = true|false (default false). */
+    bool cluster_ssl;
+    char cluster_ssl_certfile[512], cluster_ssl_keyfile[512], cluster_ssl_cacertfile[512];
+    bool cluster_ssl_verify_peer, cluster_ssl_fail_if_no_peer_cert;
     int mgmt_port;                   /* management.tcp.port / management.listener.port, default 15672 */
     int mqtt_port;                   /* mqtt.listeners.tcp.default, default 1883 */
     int stomp_port;                  /* stomp.listeners.tcp.default, default 61613 */
