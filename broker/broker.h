@@ -308,6 +308,10 @@ int broker_recover(broker_t *b, char *err, size_t errlen);
 int broker_boot_defaults(broker_t *b, char *err, size_t errlen);
 /* Loads a RabbitMQ definitions JSON file (users, vhosts, permissions, exchanges, queues, bindings). */
 int broker_load_definitions(broker_t *b, const char *path, char *err, size_t errlen);
+/* Clustered, on the node that founds the cluster: submits the boot state (definitions file,
+ * default vhost, and the default user unless the definitions had users) through the metadata
+ * log instead of applying it locally. Returns 0, or -1 with err (unreadable or invalid file). */
+int broker_boot_submit(broker_t *b, char *err, size_t errlen);
 void broker_free(broker_t *b);
 
 vhost_t *br_vhost(broker_t *b, const char *name, size_t len);

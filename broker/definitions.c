@@ -1,15 +1,30 @@
 /* definitions.c - boot-time definitions: the default user and vhost from config, and
- * RabbitMQ's definitions JSON (users, vhosts, permissions, exchanges, queues, bindings) as
- * exported by `rabbitmqctl export_definitions` or the management API.
+ * RabbitMQ's definitions JSON (users, vhosts, permissions, policies, exchanges, queues,
+ * bindings) as exported by `rabbitmqctl export_definitions` or the management API.
+ *
+ * Data flow: the JSON and the defaults become metadata commands (broker/meta.h), handed to a
+ * sink. A single node applies them at once (meta_apply, as a submitted command would be). In a
+ * cluster only the founding node turns its boot state into commands, and submits them through
+ * the metadata log (broker_boot_submit, from the cluster's founded hook), so every node gets the
+ * same users (with the same password hashes), vhosts, policies and queue uids from the log or a
+ * snapshot; other nodes apply no boot state of their own (cmd/warren-server.c).
+ *
+ * Invariants: what can be checked without the registry (hashing algorithms, permission regexes,
+ * policies) is checked before anything is emitted, and is a boot error, as before; what depends
+ * on the registry (a permission for an unknown user, a queue that exists with other properties)
+ * is the apply's outcome and only logged. A password in clear is hashed here (SHA-256, a random
+ * salt) once, so the command carries the hash, never the password.
  *
  * JSON arguments become AMQP field tables the way RabbitMQ converts them: strings -> longstr,
  * integers -> long (l), other numbers -> double, booleans -> bool, objects -> tables, arrays ->
  * arrays, null -> void. */
 #include "broker/broker.h"
 #include "broker/log.h"
+#include "broker/meta.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,8 +109,49 @@ static void tags_text(const cJSON *o, char *out, size_t cap)
     }
 }
 
-static int load_users(broker_t *b, const cJSON *root, char *err, size_t errlen)
+/* Where the commands go: applied here (a single node) or submitted to the cluster (founder). */
+struct sink {
+    broker_t *b;
+    bool submit;
+    unsigned users; /* user commands emitted (the default user is only made when none are) */
+};
+
+static void submitted(void *arg, const br_err_t *err)
 {
+    char *what = arg;
+    if (err) log_warn("definitions: %s: %s", what, err->text);
+    free(what);
+}
+
+static void emit(struct sink *k, const struct meta_cmd *c, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void emit(struct sink *k, const struct meta_cmd *c, const char *fmt, ...)
+{
+    char what[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    if (c->op == META_USER_PUT) k->users++;
+    if (k->submit) {
+        meta_submit(k->b, c, submitted, strdup(what));
+        return;
+    }
+    amqp_buf_t buf = {0};
+    meta_encode(&buf, c);
+    br_err_t err;
+    if (meta_apply(k->b, 0, buf.data, buf.len, &err)) log_warn("definitions: %s: %s", what, err.text);
+    amqp_buf_free(&buf);
+}
+
+static void emit_vhost(struct sink *k, const char *name)
+{
+    struct meta_cmd c = {.op = META_VHOST_ADD, .vhost = AMQP_BYTES_CSTR(name)};
+    emit(k, &c, "vhost '%s'", name);
+}
+
+static int load_users(struct sink *k, const cJSON *root, char *err, size_t errlen)
+{
+    amqp_buf_t args = {0};
     const cJSON *u;
     cJSON_ArrayForEach(u, cJSON_GetObjectItemCaseSensitive(root, "users"))
     {
@@ -108,97 +164,116 @@ static int load_users(broker_t *b, const cJSON *root, char *err, size_t errlen)
         int alg = auth_hash_alg_parse(jstr(u, "hashing_algorithm", ""));
         if (alg < 0) {
             snprintf(err, errlen, "definitions: user '%s' has an unknown hashing_algorithm", name);
+            amqp_buf_free(&args);
             return -1;
         }
         char *made = NULL;
         if (!hash && pw) hash = made = auth_hash_password(AUTH_HASH_SHA256, pw, strlen(pw)), alg = AUTH_HASH_SHA256;
-        br_user_add(b, name, (auth_hash_alg_t)alg, hash && *hash ? hash : NULL, tags);
+        struct meta_cmd c;
+        meta_user_cmd(&c, &args, META_USER_PUT, name, hash ? hash : "", alg, tags);
+        emit(k, &c, "user '%s'", name);
         free(made);
     }
+    amqp_buf_free(&args);
     return 0;
 }
 
-static int load_permissions(broker_t *b, const cJSON *root, char *err, size_t errlen)
+/* A permission regex that does not compile stops the boot, as before. */
+static int check_regex(const char *pattern, char *err, size_t errlen)
 {
+    auth_regex_t *re = auth_regex_compile(pattern, err, errlen);
+    if (!re) return -1;
+    auth_regex_free(re);
+    return 0;
+}
+
+static int load_permissions(struct sink *k, const cJSON *root, char *err, size_t errlen)
+{
+    amqp_buf_t args = {0};
     const cJSON *p;
+    int rc = 0;
     cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(root, "permissions"))
     {
         const char *un = jstr(p, "user", ""), *vn = jstr(p, "vhost", "/");
-        user_t *u = br_user(b, un, strlen(un));
-        vhost_t *vh = br_vhost(b, vn, strlen(vn));
-        if (!u || !vh) {
-            log_warn("definitions: permissions for unknown user '%s' or vhost '%s' skipped", un, vn);
-            continue;
+        const char *cf = jstr(p, "configure", ""), *wr = jstr(p, "write", ""), *rd = jstr(p, "read", "");
+        if (check_regex(cf, err, errlen) || check_regex(wr, err, errlen) || check_regex(rd, err, errlen)) {
+            rc = -1;
+            break;
         }
-        if (br_set_permissions(b, u, vh, jstr(p, "configure", ""), jstr(p, "write", ""), jstr(p, "read", ""), err,
-                               errlen))
-            return -1;
+        struct meta_cmd c;
+        meta_perm_cmd(&c, &args, vn, un, cf, wr, rd);
+        emit(k, &c, "permissions of user '%s' in vhost '%s' skipped", un, vn);
     }
-    return 0;
+    amqp_buf_free(&args);
+    return rc;
 }
 
-static int load_policies(broker_t *b, const cJSON *root, const char *key, bool is_operator, char *err,
+static int load_policies(struct sink *k, const cJSON *root, const char *key, bool is_operator, char *err,
                          size_t errlen)
 {
-    amqp_buf_t def = {0};
+    amqp_buf_t def = {0}, args = {0};
     const cJSON *o;
     int rc = 0;
     cJSON_ArrayForEach(o, cJSON_GetObjectItemCaseSensitive(root, key))
     {
         const cJSON *prio = cJSON_GetObjectItemCaseSensitive(o, "priority");
-        vhost_t *vh = br_vhost_add(b, jstr(o, "vhost", "/"));
-        if (br_policy_set(vh, is_operator, jstr(o, "name", ""), jstr(o, "pattern", ""), jstr(o, "apply-to", "all"),
-                          cJSON_IsNumber(prio) ? prio->valueint : 0,
-                          json_args(&def, cJSON_GetObjectItemCaseSensitive(o, "definition")), err, errlen)) {
+        const char *vn = jstr(o, "vhost", "/"), *name = jstr(o, "name", ""), *pattern = jstr(o, "pattern", "");
+        const char *apply_to = jstr(o, "apply-to", "all");
+        amqp_bytes_t d = json_args(&def, cJSON_GetObjectItemCaseSensitive(o, "definition"));
+        if (br_policy_check(name, pattern, apply_to, d, err, errlen)) {
             rc = -1;
             break;
         }
+        emit_vhost(k, vn);
+        struct meta_cmd c;
+        meta_policy_cmd(&c, &args, vn, is_operator, name, pattern, apply_to, cJSON_IsNumber(prio) ? prio->valueint : 0, d);
+        emit(k, &c, "policy '%s' in vhost '%s'", name, vn);
     }
     amqp_buf_free(&def);
+    amqp_buf_free(&args);
     return rc;
 }
 
-static int load_topology(broker_t *b, const cJSON *root, char *err, size_t errlen)
+static void load_topology(struct sink *k, const cJSON *root)
 {
     amqp_buf_t args = {0};
-    br_err_t e;
     const cJSON *o;
-    int rc = 0;
     cJSON_ArrayForEach(o, cJSON_GetObjectItemCaseSensitive(root, "exchanges"))
     {
-        const char *name = jstr(o, "name", ""), *type = jstr(o, "type", "direct");
-        vhost_t *vh = br_vhost_add(b, jstr(o, "vhost", "/"));
-        if (br_exchange_declare(vh, NULL, name, strlen(name), type, strlen(type), false, jbool(o, "durable", true),
-                                jbool(o, "auto_delete", false), jbool(o, "internal", false),
-                                json_args(&args, cJSON_GetObjectItemCaseSensitive(o, "arguments")), &e))
-            log_warn("definitions: exchange '%s': %s", name, e.text);
+        const char *name = jstr(o, "name", ""), *vn = jstr(o, "vhost", "/");
+        emit_vhost(k, vn);
+        struct meta_cmd c = {.op = META_X_DECLARE, .vhost = AMQP_BYTES_CSTR(vn), .name = AMQP_BYTES_CSTR(name),
+                             .name2 = AMQP_BYTES_CSTR(jstr(o, "type", "direct")), .home = k->b->self_node};
+        c.flags = (jbool(o, "durable", true) ? META_F_DURABLE : 0) | (jbool(o, "auto_delete", false) ? META_F_AUTO_DELETE : 0) |
+                  (jbool(o, "internal", false) ? META_F_INTERNAL : 0);
+        c.args = json_args(&args, cJSON_GetObjectItemCaseSensitive(o, "arguments"));
+        emit(k, &c, "exchange '%s'", name);
     }
     cJSON_ArrayForEach(o, cJSON_GetObjectItemCaseSensitive(root, "queues"))
     {
-        const char *name = jstr(o, "name", "");
-        vhost_t *vh = br_vhost_add(b, jstr(o, "vhost", "/"));
-        queue_t *q;
-        if (br_queue_declare(vh, NULL, 0, name, strlen(name), false, jbool(o, "durable", true), false,
-                             jbool(o, "auto_delete", false),
-                             json_args(&args, cJSON_GetObjectItemCaseSensitive(o, "arguments")), &q, &e))
-            log_warn("definitions: queue '%s': %s", name, e.text);
+        const char *name = jstr(o, "name", ""), *vn = jstr(o, "vhost", "/");
+        emit_vhost(k, vn);
+        struct meta_cmd c = {.op = META_Q_DECLARE, .vhost = AMQP_BYTES_CSTR(vn), .name = AMQP_BYTES_CSTR(name),
+                             .home = k->b->self_node};
+        c.flags = (jbool(o, "durable", true) ? META_F_DURABLE : 0) | (jbool(o, "auto_delete", false) ? META_F_AUTO_DELETE : 0);
+        c.args = json_args(&args, cJSON_GetObjectItemCaseSensitive(o, "arguments"));
+        emit(k, &c, "queue '%s'", name);
     }
     cJSON_ArrayForEach(o, cJSON_GetObjectItemCaseSensitive(root, "bindings"))
     {
-        const char *src = jstr(o, "source", ""), *dst = jstr(o, "destination", ""), *rk = jstr(o, "routing_key", "");
-        vhost_t *vh = br_vhost_add(b, jstr(o, "vhost", "/"));
+        const char *src = jstr(o, "source", ""), *dst = jstr(o, "destination", ""), *vn = jstr(o, "vhost", "/");
+        emit_vhost(k, vn);
         bool to_queue = strcmp(jstr(o, "destination_type", "queue"), "exchange") != 0;
-        if (br_bind(vh, NULL, 0, to_queue, dst, strlen(dst), src, strlen(src), rk, strlen(rk),
-                    json_args(&args, cJSON_GetObjectItemCaseSensitive(o, "arguments")), &e))
-            log_warn("definitions: binding %s -> %s: %s", src, dst, e.text);
+        struct meta_cmd c = {.op = META_BIND, .vhost = AMQP_BYTES_CSTR(vn), .name = AMQP_BYTES_CSTR(dst),
+                             .name2 = AMQP_BYTES_CSTR(src), .key = AMQP_BYTES_CSTR(jstr(o, "routing_key", "")),
+                             .flags = to_queue ? META_F_DEST_QUEUE : 0};
+        c.args = json_args(&args, cJSON_GetObjectItemCaseSensitive(o, "arguments"));
+        emit(k, &c, "binding %s -> %s", src, dst);
     }
     amqp_buf_free(&args);
-    (void)err;
-    (void)errlen;
-    return rc;
 }
 
-int broker_load_definitions(broker_t *b, const char *path, char *err, size_t errlen)
+static int definitions_emit(struct sink *k, const char *path, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -220,34 +295,60 @@ int broker_load_definitions(broker_t *b, const char *path, char *err, size_t err
         return -1;
     }
     const cJSON *v;
-    cJSON_ArrayForEach(v, cJSON_GetObjectItemCaseSensitive(root, "vhosts")) br_vhost_add(b, jstr(v, "name", "/"));
-    int rc = load_users(b, root, err, errlen);
-    if (!rc) rc = load_permissions(b, root, err, errlen);
-    if (!rc) rc = load_policies(b, root, "policies", false, err, errlen);
-    if (!rc) rc = load_policies(b, root, "operator_policies", true, err, errlen);
-    if (!rc) rc = load_topology(b, root, err, errlen);
+    cJSON_ArrayForEach(v, cJSON_GetObjectItemCaseSensitive(root, "vhosts")) emit_vhost(k, jstr(v, "name", "/"));
+    int rc = load_users(k, root, err, errlen);
+    if (!rc) rc = load_permissions(k, root, err, errlen);
+    if (!rc) rc = load_policies(k, root, "policies", false, err, errlen);
+    if (!rc) rc = load_policies(k, root, "operator_policies", true, err, errlen);
+    if (!rc) load_topology(k, root);
     cJSON_Delete(root);
-    if (!rc) log_info("loaded definitions from %s", path);
+    if (!rc) log_info("%s definitions from %s", k->submit ? "submitted" : "loaded", path);
     return rc;
+}
+
+/* The default vhost, and the default user with its permissions when add_user says so. */
+static int defaults_emit(struct sink *k, bool add_user, char *err, size_t errlen)
+{
+    cfg_t *c = k->b->cfg;
+    emit_vhost(k, c->default_vhost);
+    if (!add_user || !c->default_user[0]) return 0;
+    char tags[512] = "";
+    size_t n = 0;
+    for (int i = 0; i < c->n_default_user_tags; i++)
+        n += (size_t)snprintf(tags + n, sizeof tags - n, "%s%s", i ? "," : "", c->default_user_tags[i]);
+    if (check_regex(c->default_perm_configure, err, errlen) || check_regex(c->default_perm_write, err, errlen) ||
+        check_regex(c->default_perm_read, err, errlen))
+        return -1;
+    char *hash = auth_hash_password(AUTH_HASH_SHA256, c->default_pass, strlen(c->default_pass));
+    amqp_buf_t args = {0};
+    struct meta_cmd cmd;
+    meta_user_cmd(&cmd, &args, META_USER_PUT, c->default_user, hash, AUTH_HASH_SHA256, tags);
+    emit(k, &cmd, "default user '%s'", c->default_user);
+    meta_perm_cmd(&cmd, &args, c->default_vhost, c->default_user, c->default_perm_configure, c->default_perm_write,
+                  c->default_perm_read);
+    emit(k, &cmd, "permissions of the default user");
+    amqp_buf_free(&args);
+    free(hash);
+    return 0;
+}
+
+int broker_load_definitions(broker_t *b, const char *path, char *err, size_t errlen)
+{
+    struct sink k = {.b = b};
+    return definitions_emit(&k, path, err, errlen);
 }
 
 int broker_boot_defaults(broker_t *b, char *err, size_t errlen)
 {
-    cfg_t *c = b->cfg;
-    vhost_t *vh = br_vhost_add(b, c->default_vhost);
     /* As RabbitMQ: the default user is only created when no users were defined otherwise
-     * (e.g. by boot definitions). */
-    if (c->default_user[0] && dict_size(&b->users) == 0) {
-        char tags[512] = "";
-        size_t n = 0;
-        for (int i = 0; i < c->n_default_user_tags; i++)
-            n += (size_t)snprintf(tags + n, sizeof tags - n, "%s%s", i ? "," : "", c->default_user_tags[i]);
-        char *hash = auth_hash_password(AUTH_HASH_SHA256, c->default_pass, strlen(c->default_pass));
-        user_t *u = br_user_add(b, c->default_user, AUTH_HASH_SHA256, hash, tags);
-        free(hash);
-        if (br_set_permissions(b, u, vh, c->default_perm_configure, c->default_perm_write, c->default_perm_read, err,
-                               errlen))
-            return -1;
-    }
-    return 0;
+     * (e.g. by boot definitions, or stored from an earlier run). */
+    struct sink k = {.b = b};
+    return defaults_emit(&k, dict_size(&b->users) == 0, err, errlen);
+}
+
+int broker_boot_submit(broker_t *b, char *err, size_t errlen)
+{
+    struct sink k = {.b = b, .submit = true};
+    if (b->cfg->load_definitions[0] && definitions_emit(&k, b->cfg->load_definitions, err, errlen) != 0) return -1;
+    return defaults_emit(&k, k.users == 0, err, errlen);
 }
