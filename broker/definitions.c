@@ -19,6 +19,7 @@
  * integers -> long (l), other numbers -> double, booleans -> bool, objects -> tables, arrays ->
  * arrays, null -> void. */
 #include "broker/broker.h"
+#include "broker/admin.h"
 #include "broker/log.h"
 #include "broker/meta.h"
 
@@ -82,6 +83,8 @@ static amqp_bytes_t json_args(amqp_buf_t *out, const cJSON *obj)
     json_table_encode(out, obj);
     return (amqp_bytes_t){out->data + 4, out->len - 4};
 }
+
+amqp_bytes_t definitions_json_table(amqp_buf_t *out, const cJSON *obj) { return json_args(out, obj); }
 
 static const char *jstr(const cJSON *o, const char *key, const char *dflt)
 {

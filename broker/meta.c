@@ -836,6 +836,13 @@ static int cl_submit(void *ctx, const void *cmd, size_t len, meta_submit_cb cb, 
     return cl_meta_submit(ctx, cmd, len, cb, arg);
 }
 
+/* The founder's boot state goes through the log (see broker_boot_submit). */
+static void founded(void *ud)
+{
+    char err[512];
+    if (broker_boot_submit(ud, err, sizeof err) != 0) log_error("cluster boot definitions: %s", err);
+}
+
 void meta_attach(broker_t *b, cl_t *c)
 {
     if (!c || !cl_clustered(c)) return;
@@ -843,4 +850,5 @@ void meta_attach(broker_t *b, cl_t *c)
     b->self_node = cl_self_id(c);
     b->meta_submit = cl_submit;
     b->meta_submit_ctx = c;
+    cl_set_founded_hook(c, founded, b);
 }

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "amqp091/server.h"
+#include "broker/admin.h"
 #include "broker/broker.h"
 #include "broker/cluster.h"
 #include "broker/config.h"
@@ -67,12 +68,21 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 static int boot_state(broker_t *b, cl_t *cluster, const cfg_t *cfg, char *err, size_t errlen)
 {
     if (broker_recover(b, err, errlen) != 0) return -1;
-    if (cfg->load_definitions[0] && broker_load_definitions(b, cfg->load_definitions, err, errlen) != 0) return -1;
-    if (broker_boot_defaults(b, err, errlen) != 0) return -1;
+    /* Boot definitions and defaults: a single node applies them here, at every start. In a
+     * cluster they are replicated metadata like the rest: only the node that founds the cluster
+     * turns them into commands and submits them through the metadata log (meta.c's founded hook,
+     * broker_boot_submit), so every node holds the same users, password hashes, vhosts and queue
+     * uids; other nodes get them from the log or a snapshot, and nothing diverges at a restart. */
+    if (!cl_clustered(cluster)) {
+        if (cfg->load_definitions[0] && broker_load_definitions(b, cfg->load_definitions, err, errlen) != 0)
+            return -1;
+        if (broker_boot_defaults(b, err, errlen) != 0) return -1;
+    }
     /* What the definitions and defaults created is on disk before any client can see it (a
      * kill -9 right after start must not lose the users a client just logged in as). */
     if (b->store) store_flush_sync(b->store);
     meta_attach(b, cluster);
+    admin_attach(b, cluster); /* warrenctl's admin commands (and a single node's control port) */
     rq_attach_cluster(b, cluster); /* classic queues on other nodes: proxies to their home */
     return cl_start(cluster, &meta_cl_ops, b, err, errlen);
 }
@@ -126,7 +136,7 @@ int main(int argc, char **argv)
         return 1;
     }
     broker_t *b = broker_new(loop, &cfg, store);
-    br_vhost_add(b, cfg.default_vhost);
+    if (!cl_clustered(cluster)) br_vhost_add(b, cfg.default_vhost); /* clustered: from the log */
     node_t node = {.loop = loop};
     if (boot_state(b, cluster, &cfg, err, sizeof err) != 0 ||
         !(node.amqp = amqp_server_start(loop, b, &cfg, err, sizeof err))) {

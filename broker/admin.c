@@ -1,0 +1,441 @@
+/* admin.c - warrenctl's admin commands on the node (see admin.h).
+ *
+ * Data flow: cluster.c hands every "admin.*" call to admin_call. A list command is answered at
+ * once from this node's applied registry (as RabbitMQ 4 serves reads from its local Khepri copy).
+ * A change is checked against the local registry first, for RabbitMQ's error without a round
+ * trip; then it becomes one metadata command, goes through meta_submit (the metadata Raft group
+ * when clustered, applied at once otherwise), and the call is answered from the submission's
+ * callback, i.e. once the change has applied on this node, with the apply's outcome. The apply
+ * itself re-checks what the registry decides (a user that exists, a vhost that is gone), so two
+ * nodes racing on the same name get one success and one error, the same on every node.
+ *
+ * Replies: status 0 with a JSON payload, or status = the AMQP-style code (403, 404, 406, 541...)
+ * with the error text, which warrenctl prints.
+ *
+ * Invariant: a password never leaves this file in clear: it is hashed here and only the hash is
+ * put in the command. */
+#include "broker/admin.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "broker/cluster.h"
+#include "broker/log.h"
+#include "broker/meta.h"
+
+struct admin {
+    broker_t *b;
+    cl_t *c;
+};
+
+/* A change waiting for its metadata command to apply. */
+struct pending {
+    struct admin *a;
+    struct peer_reply_to to;
+};
+
+static void reply_json(struct admin *a, const struct peer_reply_to *to, cJSON *payload)
+{
+    char *text = cJSON_PrintUnformatted(payload);
+    cJSON_Delete(payload);
+    if (text) peer_reply(cl_mesh(a->c), to, 0, NULL, text, strlen(text));
+    else peer_reply(cl_mesh(a->c), to, BR_INTERNAL_ERROR, "out of memory", NULL, 0);
+    free(text);
+}
+
+static void reply_error(struct admin *a, const struct peer_reply_to *to, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void reply_error(struct admin *a, const struct peer_reply_to *to, int code, const char *fmt, ...)
+{
+    char text[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    peer_reply(cl_mesh(a->c), to, code, text, NULL, 0);
+}
+
+static void submitted(void *arg, const br_err_t *err)
+{
+    struct pending *p = arg;
+    if (err) reply_error(p->a, &p->to, err->code ? err->code : BR_INTERNAL_ERROR, "%s", err->text);
+    else {
+        cJSON *ok = cJSON_CreateObject();
+        cJSON_AddStringToObject(ok, "result", "ok");
+        reply_json(p->a, &p->to, ok);
+    }
+    free(p);
+}
+
+static void submit(struct admin *a, const struct peer_reply_to *to, const struct meta_cmd *c)
+{
+    struct pending *p = malloc(sizeof *p);
+    if (!p) abort();
+    p->a = a;
+    p->to = *to;
+    meta_submit(a->b, c, submitted, p);
+}
+
+/* ---- request fields ------------------------------------------------------------------------- */
+
+static const char *field(const cJSON *req, const char *key, const char *dflt)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(req, key);
+    return cJSON_IsString(j) ? j->valuestring : dflt;
+}
+
+static bool too_long(const char *s) { return strlen(s) > 255; } /* names are AMQP shortstrs */
+
+/* ---- vhosts --------------------------------------------------------------------------------- */
+
+static void add_vhost(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *vh = field(req, "vhost", "");
+    if (!*vh || too_long(vh)) return reply_error(a, to, BR_PRECONDITION_FAILED, "invalid vhost name \"%s\"", vh);
+    if (br_vhost(a->b, vh, strlen(vh)))
+        return reply_error(a, to, BR_PRECONDITION_FAILED, "Virtual host \"%s\" already exists", vh);
+    struct meta_cmd c = {.op = META_VHOST_ADD, .vhost = AMQP_BYTES_CSTR(vh)};
+    submit(a, to, &c);
+}
+
+static void delete_vhost(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *vh = field(req, "vhost", "");
+    if (!br_vhost(a->b, vh, strlen(vh)))
+        return reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+    struct meta_cmd c = {.op = META_VHOST_DELETE, .vhost = AMQP_BYTES_CSTR(vh)};
+    submit(a, to, &c);
+}
+
+static void list_vhosts(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    (void)req;
+    cJSON *out = cJSON_CreateArray();
+    size_t p = 0;
+    void *v;
+    while (dict_next(&a->b->vhosts, &p, NULL, NULL, &v)) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "name", ((vhost_t *)v)->name);
+        cJSON_AddItemToArray(out, o);
+    }
+    reply_json(a, to, out);
+}
+
+/* ---- users ---------------------------------------------------------------------------------- */
+
+static void put_user(struct admin *a, const struct peer_reply_to *to, uint8_t op, const char *user,
+                     const char *password, const char *tags)
+{
+    if (!*user || too_long(user)) return reply_error(a, to, BR_PRECONDITION_FAILED, "invalid user name \"%s\"", user);
+    char *hash = password ? auth_hash_password(AUTH_HASH_SHA256, password, strlen(password)) : NULL;
+    if (password && !hash) return reply_error(a, to, BR_INTERNAL_ERROR, "cannot hash the password");
+    amqp_buf_t args = {0};
+    struct meta_cmd c;
+    meta_user_cmd(&c, &args, op, user, hash, hash ? AUTH_HASH_SHA256 : -1, tags);
+    submit(a, to, &c);
+    amqp_buf_free(&args);
+    free(hash);
+}
+
+static void add_user(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *user = field(req, "user", ""), *pw = field(req, "password", NULL);
+    if (!pw) return reply_error(a, to, BR_PRECONDITION_FAILED, "a password is required");
+    if (br_user(a->b, user, strlen(user)))
+        return reply_error(a, to, BR_PRECONDITION_FAILED, "User \"%s\" already exists", user);
+    put_user(a, to, META_USER_ADD, user, pw, "");
+}
+
+static void change_password(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *user = field(req, "user", ""), *pw = field(req, "password", NULL);
+    if (!pw) return reply_error(a, to, BR_PRECONDITION_FAILED, "a password is required");
+    if (!br_user(a->b, user, strlen(user))) return reply_error(a, to, BR_NOT_FOUND, "User \"%s\" does not exist", user);
+    put_user(a, to, META_USER_UPDATE, user, pw, NULL);
+}
+
+static void set_user_tags(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *user = field(req, "user", "");
+    if (!br_user(a->b, user, strlen(user))) return reply_error(a, to, BR_NOT_FOUND, "User \"%s\" does not exist", user);
+    char tags[1024] = "";
+    size_t n = 0;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(req, "tags"))
+    {
+        if (cJSON_IsString(t) && n < sizeof tags)
+            n += (size_t)snprintf(tags + n, sizeof tags - n, "%s%s", n ? "," : "", t->valuestring);
+    }
+    put_user(a, to, META_USER_UPDATE, user, NULL, tags);
+}
+
+static void delete_user(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *user = field(req, "user", "");
+    if (!br_user(a->b, user, strlen(user))) return reply_error(a, to, BR_NOT_FOUND, "User \"%s\" does not exist", user);
+    struct meta_cmd c = {.op = META_USER_DELETE, .name = AMQP_BYTES_CSTR(user)};
+    submit(a, to, &c);
+}
+
+/* "a,b" -> ["a","b"] */
+static cJSON *tags_array(const char *tags)
+{
+    cJSON *arr = cJSON_CreateArray();
+    const char *p = tags ? tags : "";
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        char *t = strndup(p, n);
+        if (n) cJSON_AddItemToArray(arr, cJSON_CreateString(t));
+        free(t);
+        p += n + (comma ? 1 : 0);
+    }
+    return arr;
+}
+
+static void list_users(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    (void)req;
+    cJSON *out = cJSON_CreateArray();
+    size_t p = 0;
+    void *v;
+    while (dict_next(&a->b->users, &p, NULL, NULL, &v)) {
+        user_t *u = v;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "user", u->name);
+        cJSON_AddItemToObject(o, "tags", tags_array(u->tags));
+        cJSON_AddItemToArray(out, o);
+    }
+    reply_json(a, to, out);
+}
+
+/* ---- permissions ---------------------------------------------------------------------------- */
+
+static bool regex_ok(struct admin *a, const struct peer_reply_to *to, const char *pattern)
+{
+    char err[256];
+    auth_regex_t *re = auth_regex_compile(pattern, err, sizeof err);
+    if (!re) {
+        reply_error(a, to, BR_PRECONDITION_FAILED, "invalid regular expression \"%s\": %s", pattern, err);
+        return false;
+    }
+    auth_regex_free(re);
+    return true;
+}
+
+static bool user_and_vhost(struct admin *a, const struct peer_reply_to *to, const char *user, const char *vh)
+{
+    if (!br_user(a->b, user, strlen(user))) {
+        reply_error(a, to, BR_NOT_FOUND, "User \"%s\" does not exist", user);
+        return false;
+    }
+    if (!br_vhost(a->b, vh, strlen(vh))) {
+        reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+        return false;
+    }
+    return true;
+}
+
+static void set_permissions(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *vh = field(req, "vhost", "/"), *user = field(req, "user", "");
+    const char *conf = field(req, "configure", ""), *wr = field(req, "write", ""), *rd = field(req, "read", "");
+    if (!user_and_vhost(a, to, user, vh) || !regex_ok(a, to, conf) || !regex_ok(a, to, wr) || !regex_ok(a, to, rd))
+        return;
+    amqp_buf_t args = {0};
+    struct meta_cmd c;
+    meta_perm_cmd(&c, &args, vh, user, conf, wr, rd);
+    submit(a, to, &c);
+    amqp_buf_free(&args);
+}
+
+static void clear_permissions(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *vh = field(req, "vhost", "/"), *user = field(req, "user", "");
+    if (!user_and_vhost(a, to, user, vh)) return;
+    struct meta_cmd c = {.op = META_PERM_CLEAR, .vhost = AMQP_BYTES_CSTR(vh), .name = AMQP_BYTES_CSTR(user)};
+    submit(a, to, &c);
+}
+
+static void list_permissions(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *vh = field(req, "vhost", "/");
+    vhost_t *v = br_vhost(a->b, vh, strlen(vh));
+    if (!v) return reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+    cJSON *out = cJSON_CreateArray();
+    size_t p = 0;
+    void *uv;
+    while (dict_next(&a->b->users, &p, NULL, NULL, &uv)) {
+        user_t *u = uv;
+        perm_t *perm = dict_get(&u->perms, vh, strlen(vh));
+        if (!perm) continue;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "user", u->name);
+        cJSON_AddStringToObject(o, "configure", auth_regex_pattern(perm->configure));
+        cJSON_AddStringToObject(o, "write", auth_regex_pattern(perm->write));
+        cJSON_AddStringToObject(o, "read", auth_regex_pattern(perm->read));
+        cJSON_AddItemToArray(out, o);
+    }
+    reply_json(a, to, out);
+}
+
+/* ---- policies ------------------------------------------------------------------------------- */
+
+static cJSON *value_json(const amqp_value_t *v);
+
+static cJSON *table_json(const amqp_table_t *t)
+{
+    cJSON *o = cJSON_CreateObject();
+    for (size_t i = 0; i < t->n; i++) {
+        char *key = strndup((const char *)t->fields[i].key.ptr, t->fields[i].key.len);
+        cJSON_AddItemToObject(o, key, value_json(&t->fields[i].value));
+        free(key);
+    }
+    return o;
+}
+
+/* The field-table value back as JSON (the inverse of definitions.c's conversion). */
+static cJSON *value_json(const amqp_value_t *v)
+{
+    int64_t i;
+    switch (v->type) {
+    case 't': return cJSON_CreateBool(v->v.b);
+    case 'd': return cJSON_CreateNumber(v->v.d);
+    case 'f': return cJSON_CreateNumber(v->v.f);
+    case 'S':
+    case 'x': {
+        char *s = strndup((const char *)v->v.str.ptr, v->v.str.len);
+        cJSON *j = cJSON_CreateString(s);
+        free(s);
+        return j;
+    }
+    case 'F': return table_json(&v->v.table);
+    case 'A': {
+        cJSON *arr = cJSON_CreateArray();
+        for (size_t k = 0; k < v->v.array.n; k++) cJSON_AddItemToArray(arr, value_json(&v->v.array.items[k]));
+        return arr;
+    }
+    default:
+        if (amqp_value_int(v, &i)) return cJSON_CreateNumber((double)i);
+        return cJSON_CreateNull();
+    }
+}
+
+static void set_policy(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *vh = field(req, "vhost", "/"), *name = field(req, "name", ""), *pattern = field(req, "pattern", "");
+    const char *apply_to = field(req, "apply_to", "all");
+    const cJSON *prio = cJSON_GetObjectItemCaseSensitive(req, "priority");
+    const char *def_text = field(req, "definition", "");
+    if (!*name || too_long(name)) return reply_error(a, to, BR_PRECONDITION_FAILED, "invalid policy name \"%s\"", name);
+    if (!br_vhost(a->b, vh, strlen(vh)))
+        return reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+    cJSON *def = cJSON_Parse(def_text);
+    if (!cJSON_IsObject(def) || !def->child) {
+        cJSON_Delete(def);
+        return reply_error(a, to, BR_PRECONDITION_FAILED, "Invalid policy definition: \"%s\" is not a JSON object with "
+                           "at least one key", def_text);
+    }
+    amqp_buf_t table = {0}, args = {0};
+    amqp_bytes_t d = definitions_json_table(&table, def);
+    cJSON_Delete(def);
+    char err[512];
+    if (br_policy_check(name, pattern, apply_to, d, err, sizeof err) == 0) {
+        struct meta_cmd c;
+        meta_policy_cmd(&c, &args, vh, false, name, pattern, apply_to, cJSON_IsNumber(prio) ? prio->valueint : 0, d);
+        submit(a, to, &c);
+    } else {
+        reply_error(a, to, BR_PRECONDITION_FAILED, "%s", err);
+    }
+    amqp_buf_free(&table);
+    amqp_buf_free(&args);
+}
+
+static void clear_policy(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *vh = field(req, "vhost", "/"), *name = field(req, "name", "");
+    vhost_t *v = br_vhost(a->b, vh, strlen(vh));
+    if (!v) return reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+    bool found = false;
+    for (size_t i = 0; i < v->policies.n && !found; i++) found = strcmp(((policy_t *)v->policies.items[i])->name, name) == 0;
+    if (!found) return reply_error(a, to, BR_NOT_FOUND, "Parameter does not exist");
+    struct meta_cmd c = {.op = META_POLICY_CLEAR, .vhost = AMQP_BYTES_CSTR(vh), .name = AMQP_BYTES_CSTR(name)};
+    submit(a, to, &c);
+}
+
+static void list_policies(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *vh = field(req, "vhost", "/");
+    vhost_t *v = br_vhost(a->b, vh, strlen(vh));
+    if (!v) return reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+    cJSON *out = cJSON_CreateArray();
+    for (size_t i = 0; i < v->policies.n; i++) {
+        const policy_t *p = v->policies.items[i];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "vhost", vh);
+        cJSON_AddStringToObject(o, "name", p->name);
+        cJSON_AddStringToObject(o, "pattern", p->pattern_text);
+        cJSON_AddStringToObject(o, "apply-to", p->apply_to == APPLY_QUEUES      ? "queues"
+                                               : p->apply_to == APPLY_EXCHANGES ? "exchanges"
+                                                                                : "all");
+        cJSON_AddItemToObject(o, "definition", table_json(&p->def));
+        cJSON_AddNumberToObject(o, "priority", p->priority);
+        cJSON_AddItemToArray(out, o);
+    }
+    reply_json(a, to, out);
+}
+
+/* ---- dispatch ------------------------------------------------------------------------------- */
+
+static const struct {
+    const char *method;
+    void (*fn)(struct admin *a, const struct peer_reply_to *to, const cJSON *req);
+} commands[] = {
+    {"admin.add_vhost", add_vhost},
+    {"admin.delete_vhost", delete_vhost},
+    {"admin.list_vhosts", list_vhosts},
+    {"admin.add_user", add_user},
+    {"admin.delete_user", delete_user},
+    {"admin.change_password", change_password},
+    {"admin.set_user_tags", set_user_tags},
+    {"admin.list_users", list_users},
+    {"admin.set_permissions", set_permissions},
+    {"admin.clear_permissions", clear_permissions},
+    {"admin.list_permissions", list_permissions},
+    {"admin.set_policy", set_policy},
+    {"admin.clear_policy", clear_policy},
+    {"admin.list_policies", list_policies},
+};
+
+static void admin_call(void *ud, uint32_t from, const struct peer_call_in *in)
+{
+    (void)from;
+    struct admin *a = ud;
+    cJSON *req = in->len ? cJSON_ParseWithLength(in->payload, in->len) : cJSON_CreateObject();
+    if (!cJSON_IsObject(req)) {
+        cJSON_Delete(req);
+        reply_error(a, &in->reply_to, BR_COMMAND_INVALID, "malformed request");
+        return;
+    }
+    size_t i = 0;
+    while (i < sizeof commands / sizeof commands[0] && strcmp(commands[i].method, in->method) != 0) i++;
+    if (i < sizeof commands / sizeof commands[0]) commands[i].fn(a, &in->reply_to, req);
+    else reply_error(a, &in->reply_to, BR_COMMAND_INVALID, "unknown command %s", in->method);
+    cJSON_Delete(req);
+}
+
+void admin_attach(broker_t *b, cl_t *c)
+{
+    if (!c) return;
+    static struct admin a; /* one broker per process */
+    a.b = b;
+    a.c = c;
+    cl_set_admin_handler(c, admin_call, &a);
+    char err[512];
+    if (!cl_clustered(c) && cl_control_listen(c, b->cfg, err, sizeof err) != 0)
+        log_warn("%s: warrenctl cannot reach this node", err);
+}
