@@ -1,8 +1,11 @@
-/* warrenctl - command-line tool for a Warren node's cluster (like rabbitmqctl's cluster commands).
+/* warrenctl - command-line tool for a Warren node (rabbitmqctl's cluster and admin commands).
  *
  * It connects to a node's cluster port as a command-line client of the inter-node protocol
  * (broker/peer.h: a Hello claiming PEER_CLIENT_ID, then the cookie handshake), makes one or a
- * few calls ("cl.status", "cl.forget"; broker/cluster.c serves them) and prints the answer.
+ * few calls ("cl.status", "cl.forget", served by broker/cluster.c; "admin.*" - users, vhosts,
+ * permissions, policies - served by broker/admin.c) and prints the answer. A single
+ * (unclustered) node serves the same calls on 127.0.0.1 at its cluster.listener.port. With
+ * --tls the connection is TLS (the cluster's cluster.ssl = true), as the nodes' own.
  * The node proves the cookie first (HelloChallenge), so a wrong cookie is detected here and
  * reported as such (exit status 2) before we prove anything ourselves.
  *
@@ -24,6 +27,8 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <sodium.h>
 
 #include "broker/cluster.h"
@@ -41,6 +46,8 @@ struct opts {
     char cookie[256];
     bool json;
     double timeout;
+    bool tls;                 /* --tls: the cluster port speaks TLS (cluster.ssl = true) */
+    char cacert[512], cert[512], key[512]; /* --cacert: verify the node; --cert/--key: ours */
 };
 
 /* One connection to the node. */
@@ -51,6 +58,8 @@ struct conn {
     char node_name[RW_MAX_NAME + 1];
     char err[512];  /* why the last operation failed */
     bool auth_failed;
+    SSL_CTX *ctx;   /* --tls */
+    SSL *ssl;
 };
 
 static double now_secs(void)
@@ -126,15 +135,70 @@ static bool conn_open(struct conn *c, const struct opts *o, double deadline)
 
 static void conn_close(struct conn *c)
 {
+    if (c->ssl) SSL_free(c->ssl);
+    if (c->ctx) SSL_CTX_free(c->ctx);
+    c->ssl = NULL;
+    c->ctx = NULL;
     if (c->fd >= 0) close(c->fd);
     c->fd = -1;
     rw_buf_free(&c->in);
+}
+
+/* TLS: waits for what OpenSSL asked for; false with c->err on a real error. */
+static bool tls_retry(struct conn *c, int rc, double deadline, const char *what)
+{
+    int e = SSL_get_error(c->ssl, rc);
+    if (e == SSL_ERROR_WANT_READ) return wait_fd(c, POLLIN, deadline);
+    if (e == SSL_ERROR_WANT_WRITE) return wait_fd(c, POLLOUT, deadline);
+    char why[256] = "connection closed";
+    unsigned long code = ERR_get_error();
+    if (code) ERR_error_string_n(code, why, sizeof why);
+    fail_msg(c, "TLS %s failed: %s", what, why);
+    return false;
+}
+
+static bool conn_tls(struct conn *c, const struct opts *o, double deadline)
+{
+    c->ctx = SSL_CTX_new(TLS_client_method());
+    if (!c->ctx) {
+        fail_msg(c, "cannot create a TLS context");
+        return false;
+    }
+    SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
+    if (o->cacert[0]) {
+        if (SSL_CTX_load_verify_locations(c->ctx, o->cacert, NULL) != 1) {
+            fail_msg(c, "cannot load --cacert %s", o->cacert);
+            return false;
+        }
+        SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
+    }
+    if (o->cert[0] && (SSL_CTX_use_certificate_chain_file(c->ctx, o->cert) != 1 ||
+                       SSL_CTX_use_PrivateKey_file(c->ctx, o->key[0] ? o->key : o->cert, SSL_FILETYPE_PEM) != 1)) {
+        fail_msg(c, "cannot load --cert %s / --key %s", o->cert, o->key);
+        return false;
+    }
+    c->ssl = SSL_new(c->ctx);
+    if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) {
+        fail_msg(c, "cannot start TLS");
+        return false;
+    }
+    for (;;) {
+        int rc = SSL_connect(c->ssl);
+        if (rc == 1) return true;
+        if (!tls_retry(c, rc, deadline, "handshake")) return false;
+    }
 }
 
 static bool send_all(struct conn *c, const struct rw_buf *b, double deadline)
 {
     size_t off = 0;
     while (off < b->len) {
+        if (c->ssl) {
+            int n = SSL_write(c->ssl, b->data + off, (int)(b->len - off));
+            if (n > 0) off += (size_t)n;
+            else if (!tls_retry(c, n, deadline, "write")) return false;
+            continue;
+        }
         ssize_t n = send(c->fd, b->data + off, b->len - off, MSG_NOSIGNAL);
         if (n > 0) {
             off += (size_t)n;
@@ -179,6 +243,12 @@ static struct rw_frame *recv_frame(struct conn *c, double deadline)
         if (!rw_buf_reserve(&c->in, 65536)) {
             fail_msg(c, "out of memory");
             return NULL;
+        }
+        if (c->ssl) {
+            int n = SSL_read(c->ssl, c->in.data + c->in.len, 65536);
+            if (n > 0) c->in.len += (size_t)n;
+            else if (!tls_retry(c, n, deadline, "read")) return NULL;
+            continue;
         }
         ssize_t n = recv(c->fd, c->in.data + c->in.len, 65536, 0);
         if (n > 0) {
@@ -265,7 +335,7 @@ static bool call_once(struct conn *c, const struct opts *o, const char *method, 
                       double deadline, struct rw_frame **reply)
 {
     if (c->fd < 0) {
-        if (!conn_open(c, o, deadline) || !conn_auth(c, o, deadline)) {
+        if (!conn_open(c, o, deadline) || (o->tls && !conn_tls(c, o, deadline)) || !conn_auth(c, o, deadline)) {
             char saved[sizeof c->err];
             snprintf(saved, sizeof saved, "%s", c->err);
             bool auth = c->auth_failed;
@@ -423,6 +493,242 @@ static int cmd_await_startup(const struct opts *o)
     return EXIT_FAIL;
 }
 
+/* ---- admin commands (users, vhosts, permissions, policies) ---------------------------------- */
+
+/* One admin call: prints info (rabbitmqctl's "Adding user ..." line) unless --json, then the
+ * node's error ("Error:" and its text, on stderr) or *out = the reply's JSON (caller frees). */
+static int admin_call(const struct opts *o, const char *method, cJSON *req, const char *info, cJSON **out)
+{
+    char *payload = cJSON_PrintUnformatted(req);
+    cJSON_Delete(req);
+    if (info && !o->json) printf("%s\n", info);
+    struct conn c = {.fd = -1};
+    struct rw_frame *f = NULL;
+    bool ok = payload && call_once(&c, o, method, payload, now_secs() + o->timeout, &f);
+    free(payload);
+    conn_close(&c);
+    if (!ok) {
+        fprintf(stderr, "warrenctl: %s\n", c.err[0] ? c.err : "out of memory");
+        return c.auth_failed ? EXIT_AUTH : EXIT_FAIL;
+    }
+    int rc = 0;
+    if (f->reply.status != 0) {
+        fprintf(stderr, "Error:\n%s\n", f->reply.error[0] ? f->reply.error : "the node refused the command");
+        rc = EXIT_FAIL;
+    } else {
+        *out = cJSON_ParseWithLength(f->reply.payload, f->reply.len);
+        if (!*out) {
+            fprintf(stderr, "warrenctl: the node sent an unreadable answer\n");
+            rc = EXIT_FAIL;
+        }
+    }
+    rw_frame_free(f);
+    return rc;
+}
+
+/* A change: success prints nothing more (or {"result":"ok"} with --json). */
+static int admin_change(const struct opts *o, const char *method, cJSON *req, const char *info)
+{
+    cJSON *out = NULL;
+    int rc = admin_call(o, method, req, info, &out);
+    if (rc == 0 && o->json) {
+        char *text = cJSON_PrintUnformatted(out);
+        if (text) printf("%s\n", text);
+        free(text);
+    }
+    cJSON_Delete(out);
+    return rc;
+}
+
+/* A list: --json prints the node's array; otherwise a header and tab-separated columns
+ * (rabbitmqctl's layout). cols are the JSON keys; arrays print as [a, b], objects as JSON. */
+static int admin_list(const struct opts *o, const char *method, cJSON *req, const char *info, const char *const *cols,
+                      int ncols)
+{
+    cJSON *out = NULL;
+    int rc = admin_call(o, method, req, info, &out);
+    if (rc != 0) return rc;
+    if (o->json) {
+        char *text = cJSON_PrintUnformatted(out);
+        if (text) printf("%s\n", text);
+        free(text);
+    } else {
+        for (int i = 0; i < ncols; i++) printf("%s%s", i ? "\t" : "", cols[i]);
+        printf("\n");
+        const cJSON *row;
+        cJSON_ArrayForEach(row, out)
+        {
+            for (int i = 0; i < ncols; i++) {
+                const cJSON *v = cJSON_GetObjectItemCaseSensitive(row, cols[i]);
+                printf("%s", i ? "\t" : "");
+                if (cJSON_IsString(v)) {
+                    printf("%s", v->valuestring);
+                } else if (cJSON_IsArray(v)) {
+                    printf("[");
+                    const cJSON *e;
+                    int k = 0;
+                    cJSON_ArrayForEach(e, v) printf("%s%s", k++ ? ", " : "", cJSON_IsString(e) ? e->valuestring : "?");
+                    printf("]");
+                } else if (v) {
+                    char *text = cJSON_PrintUnformatted(v);
+                    printf("%s", text ? text : "");
+                    free(text);
+                }
+            }
+            printf("\n");
+        }
+    }
+    cJSON_Delete(out);
+    return 0;
+}
+
+/* Per-command options (after the command name, as rabbitmqctl takes them): -p/--vhost VHOST,
+ * --priority N, --apply-to WHAT; the rest are positional. Returns the positional count, -1 on a
+ * usage error. */
+struct cmd_args {
+    const char *vhost;
+    const char *apply_to;
+    int priority;
+    const char *pos[16];
+};
+
+static int parse_cmd_args(int argc, char **argv, struct cmd_args *a)
+{
+    a->vhost = "/";
+    a->apply_to = "all";
+    a->priority = 0;
+    int n = 0;
+    for (int i = 0; i < argc; i++) {
+        bool next = i + 1 < argc;
+        if ((strcmp(argv[i], "-p") == 0 || strcmp(argv[i], "--vhost") == 0) && next) {
+            a->vhost = argv[++i];
+        } else if (strcmp(argv[i], "--priority") == 0 && next) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || !*argv[i]) return -1;
+            a->priority = (int)v;
+        } else if (strcmp(argv[i], "--apply-to") == 0 && next) {
+            a->apply_to = argv[++i];
+        } else if (strcmp(argv[i], "--") == 0) {
+            while (++i < argc && n < 16) a->pos[n++] = argv[i];
+        } else if (argv[i][0] == '-' && argv[i][1] && strcmp(argv[i], "-") != 0 && argv[i][1] != '.' &&
+                   argv[i][1] != '^') {
+            return -1; /* an unknown option (regexes like "^x" or ".*" pass as positionals) */
+        } else if (n < 16) {
+            a->pos[n++] = argv[i];
+        } else {
+            return -1;
+        }
+    }
+    return n;
+}
+
+/* Returns the exit status, or -1 when cmd is not an admin command or has the wrong arguments. */
+static int admin_command(const struct opts *o, const char *cmd, int argc, char **argv)
+{
+    struct cmd_args a;
+    int n = parse_cmd_args(argc, argv, &a);
+    if (n < 0) return -1;
+    char info[1024];
+    cJSON *req = cJSON_CreateObject();
+#define STR(k, v) cJSON_AddStringToObject(req, k, v)
+    if (strcmp(cmd, "add_vhost") == 0 && n == 1) {
+        STR("vhost", a.pos[0]);
+        snprintf(info, sizeof info, "Adding vhost \"%s\" ...", a.pos[0]);
+        return admin_change(o, "admin.add_vhost", req, info);
+    }
+    if (strcmp(cmd, "delete_vhost") == 0 && n == 1) {
+        STR("vhost", a.pos[0]);
+        snprintf(info, sizeof info, "Deleting vhost \"%s\" ...", a.pos[0]);
+        return admin_change(o, "admin.delete_vhost", req, info);
+    }
+    if (strcmp(cmd, "list_vhosts") == 0 && n == 0) {
+        static const char *const cols[] = {"name"};
+        return admin_list(o, "admin.list_vhosts", req, "Listing vhosts ...", cols, 1);
+    }
+    if (strcmp(cmd, "add_user") == 0 && n == 2) {
+        STR("user", a.pos[0]);
+        STR("password", a.pos[1]);
+        snprintf(info, sizeof info, "Adding user \"%s\" ...", a.pos[0]);
+        return admin_change(o, "admin.add_user", req, info);
+    }
+    if (strcmp(cmd, "delete_user") == 0 && n == 1) {
+        STR("user", a.pos[0]);
+        snprintf(info, sizeof info, "Deleting user \"%s\" ...", a.pos[0]);
+        return admin_change(o, "admin.delete_user", req, info);
+    }
+    if (strcmp(cmd, "change_password") == 0 && n == 2) {
+        STR("user", a.pos[0]);
+        STR("password", a.pos[1]);
+        snprintf(info, sizeof info, "Changing password for user \"%s\" ...", a.pos[0]);
+        return admin_change(o, "admin.change_password", req, info);
+    }
+    if (strcmp(cmd, "set_user_tags") == 0 && n >= 1) {
+        STR("user", a.pos[0]);
+        cJSON *tags = cJSON_AddArrayToObject(req, "tags");
+        size_t off = 0;
+        info[0] = '\0';
+        for (int i = 1; i < n; i++) {
+            cJSON_AddItemToArray(tags, cJSON_CreateString(a.pos[i]));
+            if (off < sizeof info) off += (size_t)snprintf(info + off, sizeof info - off, "%s%s", i > 1 ? ", " : "", a.pos[i]);
+        }
+        char line[1200];
+        snprintf(line, sizeof line, "Setting tags for user \"%s\" to [%s] ...", a.pos[0], info);
+        return admin_change(o, "admin.set_user_tags", req, line);
+    }
+    if (strcmp(cmd, "list_users") == 0 && n == 0) {
+        static const char *const cols[] = {"user", "tags"};
+        return admin_list(o, "admin.list_users", req, "Listing users ...", cols, 2);
+    }
+    if (strcmp(cmd, "set_permissions") == 0 && n == 4) {
+        STR("vhost", a.vhost);
+        STR("user", a.pos[0]);
+        STR("configure", a.pos[1]);
+        STR("write", a.pos[2]);
+        STR("read", a.pos[3]);
+        snprintf(info, sizeof info, "Setting permissions for user \"%s\" in vhost \"%s\" ...", a.pos[0], a.vhost);
+        return admin_change(o, "admin.set_permissions", req, info);
+    }
+    if (strcmp(cmd, "clear_permissions") == 0 && n == 1) {
+        STR("vhost", a.vhost);
+        STR("user", a.pos[0]);
+        snprintf(info, sizeof info, "Clearing permissions for user \"%s\" in vhost \"%s\" ...", a.pos[0], a.vhost);
+        return admin_change(o, "admin.clear_permissions", req, info);
+    }
+    if (strcmp(cmd, "list_permissions") == 0 && n == 0) {
+        static const char *const cols[] = {"user", "configure", "write", "read"};
+        STR("vhost", a.vhost);
+        snprintf(info, sizeof info, "Listing permissions for vhost \"%s\" ...", a.vhost);
+        return admin_list(o, "admin.list_permissions", req, info, cols, 4);
+    }
+    if (strcmp(cmd, "set_policy") == 0 && n == 3) {
+        STR("vhost", a.vhost);
+        STR("name", a.pos[0]);
+        STR("pattern", a.pos[1]);
+        STR("definition", a.pos[2]);
+        STR("apply_to", a.apply_to);
+        cJSON_AddNumberToObject(req, "priority", a.priority);
+        snprintf(info, sizeof info, "Setting policy \"%s\" for pattern \"%s\" to \"%s\" with priority \"%d\" for vhost \"%s\" ...",
+                 a.pos[0], a.pos[1], a.pos[2], a.priority, a.vhost);
+        return admin_change(o, "admin.set_policy", req, info);
+    }
+    if (strcmp(cmd, "clear_policy") == 0 && n == 1) {
+        STR("vhost", a.vhost);
+        STR("name", a.pos[0]);
+        snprintf(info, sizeof info, "Clearing policy \"%s\" on vhost \"%s\" ...", a.pos[0], a.vhost);
+        return admin_change(o, "admin.clear_policy", req, info);
+    }
+    if (strcmp(cmd, "list_policies") == 0 && n == 0) {
+        static const char *const cols[] = {"vhost", "name", "pattern", "apply-to", "definition", "priority"};
+        STR("vhost", a.vhost);
+        snprintf(info, sizeof info, "Listing policies for vhost \"%s\" ...", a.vhost);
+        return admin_list(o, "admin.list_policies", req, info, cols, 6);
+    }
+#undef STR
+    cJSON_Delete(req);
+    return -1;
+}
+
 /* ---- options ------------------------------------------------------------------------------- */
 
 static void usage(FILE *to)
@@ -431,13 +737,24 @@ static void usage(FILE *to)
             "usage: warrenctl [--node HOST:PORT] [--cookie SECRET | --cookie-file FILE] [--json]\n"
             "                 [--timeout SECONDS] COMMAND [ARGS]\n"
             "\n"
+            "                 [--tls [--cacert FILE] [--cert FILE --key FILE]]\n"
+            "\n"
             "Commands:\n"
             "  cluster_status             members, which are running, and the metadata leader\n"
             "  forget_cluster_node NAME   remove a stopped node from the cluster for good\n"
             "  await_startup              wait until the node answers and the cluster is formed\n"
+            "  add_vhost VHOST | delete_vhost VHOST | list_vhosts\n"
+            "  add_user USER PASSWORD | delete_user USER | change_password USER PASSWORD\n"
+            "  set_user_tags USER [TAG ...] | list_users\n"
+            "  set_permissions [-p VHOST] USER CONF WRITE READ | clear_permissions [-p VHOST] USER\n"
+            "  list_permissions [-p VHOST]\n"
+            "  set_policy [-p VHOST] [--priority N] [--apply-to queues|exchanges|all] NAME PATTERN JSON\n"
+            "  clear_policy [-p VHOST] NAME | list_policies [-p VHOST]\n"
             "\n"
-            "--node is the node's cluster port (default 127.0.0.1:25672); the cookie defaults to\n"
-            "$WARREN_COOKIE. Exit status: 0 ok, 1 failed, 2 authentication failed, 64 usage.\n");
+            "--node is the node's cluster port (default 127.0.0.1:25672; a single node listens on\n"
+            "127.0.0.1 there). The cookie defaults to $WARREN_COOKIE (a single node without one\n"
+            "generates <data_dir>/.warren.cookie). Changes go through the cluster's metadata log.\n"
+            "Exit status: 0 ok, 1 failed, 2 authentication failed, 64 usage.\n");
 }
 
 static bool parse_node(const char *s, struct opts *o)
@@ -495,6 +812,12 @@ int main(int argc, char **argv)
                 fprintf(stderr, "warrenctl: cannot read cookie file %s: %s\n", argv[i], strerror(errno));
                 return EXIT_USAGE;
             }
+        } else if (strcmp(a, "--tls") == 0) {
+            o.tls = true;
+        } else if ((strcmp(a, "--cacert") == 0 || strcmp(a, "--cert") == 0 || strcmp(a, "--key") == 0) && has_arg) {
+            char *dst = a[2] == 'c' && a[3] == 'a' ? o.cacert : a[2] == 'c' ? o.cert : o.key;
+            snprintf(dst, sizeof o.cacert, "%s", argv[++i]);
+            o.tls = true;
         } else if (strcmp(a, "--json") == 0) {
             o.json = true;
         } else if (strcmp(a, "--timeout") == 0 && has_arg) {
@@ -538,6 +861,9 @@ int main(int argc, char **argv)
         if (!(o.timeout > 0)) o.timeout = 60;
         return cmd_await_startup(&o);
     }
+    if (!(o.timeout > 0)) o.timeout = 15; /* a refused change takes up to 5 s (no quorum) */
+    int rc = admin_command(&o, cmd, nargs, argv + i + 1);
+    if (rc >= 0) return rc;
     fprintf(stderr, "warrenctl: unknown command or wrong arguments: %s\n", cmd);
     usage(stderr);
     return EXIT_USAGE;
