@@ -1,7 +1,10 @@
 /* test_meta.c - the metadata state machine (broker/meta.c): command encoding, deterministic
  * apply on several brokers (same commands, same registry, same outcomes), replays at or below
  * the applied index skipped, and snapshots that bring a fresh or a diverged registry to the
- * snapshot's state. The brokers here have no loop and no store: meta.c only needs the registry. */
+ * snapshot's state. The brokers here have no loop and no store: meta.c only needs the registry.
+ * The registry records (vhosts, users, permissions, policies) are commands too: encoded,
+ * applied identically on several brokers (outcomes and registries equal), and part of the
+ * snapshot, whose install prunes what it does not hold. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -235,6 +238,225 @@ static void test_snapshot_fresh_and_diverged(void **state)
     broker_free(fresh);
 }
 
+/* ---- vhosts, users, permissions, policies ------------------------------------------------- */
+
+static char *hash_of(const char *pw)
+{
+    static const uint8_t salt[AUTH_SALT_LEN] = {1, 2, 3, 4};
+    return auth_hash_password_with_salt(AUTH_HASH_SHA256, salt, pw, strlen(pw));
+}
+
+static int apply_user(broker_t **bs, int n, uint64_t idx, uint8_t op, const char *user, const char *pw, const char *tags)
+{
+    amqp_buf_t args = {0};
+    struct meta_cmd c;
+    char *hash = pw ? hash_of(pw) : NULL;
+    meta_user_cmd(&c, &args, op, user, hash, hash ? AUTH_HASH_SHA256 : -1, tags);
+    int rc = apply_all(bs, n, idx, &c);
+    amqp_buf_free(&args);
+    free(hash);
+    return rc;
+}
+
+static int apply_perm(broker_t **bs, int n, uint64_t idx, const char *vhost, const char *user, const char *re)
+{
+    amqp_buf_t args = {0};
+    struct meta_cmd c;
+    meta_perm_cmd(&c, &args, vhost, user, re, re, re);
+    int rc = apply_all(bs, n, idx, &c);
+    amqp_buf_free(&args);
+    return rc;
+}
+
+/* A policy whose definition is {"max-length": max_len}. */
+static int apply_policy(broker_t **bs, int n, uint64_t idx, const char *vhost, const char *name, const char *pattern,
+                        int64_t max_len)
+{
+    amqp_buf_t def = {0}, args = {0};
+    amqp_table_open(&def);
+    amqp_table_put_i64(&def, "max-length", max_len);
+    amqp_table_close(&def, 0);
+    struct meta_cmd c;
+    meta_policy_cmd(&c, &args, vhost, false, name, pattern, "queues", 1, (amqp_bytes_t){def.data + 4, def.len - 4});
+    int rc = apply_all(bs, n, idx, &c);
+    amqp_buf_free(&def);
+    amqp_buf_free(&args);
+    return rc;
+}
+
+static void test_registry_encoding(void **state)
+{
+    (void)state;
+    amqp_buf_t args = {0}, buf = {0};
+    struct meta_cmd c, d;
+    meta_user_cmd(&c, &args, META_USER_ADD, "bob", "aGFzaA==", AUTH_HASH_SHA512, "administrator,monitoring");
+    meta_encode(&buf, &c);
+    assert_int_equal(meta_decode(buf.data, buf.len, &d), 0);
+    assert_int_equal(d.op, META_USER_ADD);
+    assert_true(amqp_bytes_eq_cstr(d.name, "bob"));
+    amqp_table_t t;
+    assert_int_equal(amqp_table_parse(d.args, &t), 0);
+    const amqp_value_t *v = amqp_table_get(&t, "hashing_algorithm");
+    assert_non_null(v);
+    assert_true(amqp_bytes_eq_cstr(v->v.str, "rabbit_password_hashing_sha512"));
+    assert_true(amqp_bytes_eq_cstr(amqp_table_get(&t, "tags")->v.str, "administrator,monitoring"));
+    amqp_table_free(&t);
+    /* An update that names only the tags carries no password fields at all. */
+    meta_user_cmd(&c, &args, META_USER_UPDATE, "bob", NULL, -1, "x");
+    assert_int_equal(amqp_table_parse(c.args, &t), 0);
+    assert_null(amqp_table_get(&t, "password_hash"));
+    assert_null(amqp_table_get(&t, "hashing_algorithm"));
+    amqp_table_free(&t);
+    /* A policy: operator flag, definition as a nested table. */
+    amqp_buf_t def = {0};
+    amqp_table_open(&def);
+    amqp_table_put_i64(&def, "max-length", 2);
+    amqp_table_close(&def, 0);
+    meta_policy_cmd(&c, &args, "v1", true, "p", "^q", "queues", -3, (amqp_bytes_t){def.data + 4, def.len - 4});
+    buf.len = 0;
+    meta_encode(&buf, &c);
+    assert_int_equal(meta_decode(buf.data, buf.len, &d), 0);
+    assert_int_equal(d.op, META_POLICY_SET);
+    assert_int_equal(d.flags, META_F_OPERATOR);
+    assert_true(amqp_bytes_eq_cstr(d.vhost, "v1"));
+    assert_int_equal(amqp_table_parse(d.args, &t), 0);
+    int64_t prio;
+    assert_true(amqp_value_int(amqp_table_get(&t, "priority"), &prio));
+    assert_int_equal(prio, -3);
+    assert_int_equal(amqp_table_get(&t, "definition")->type, 'F');
+    amqp_table_free(&t);
+    /* The op range check knows the last op and nothing past it. */
+    buf.data[1] = META_OP_LAST;
+    assert_int_equal(meta_decode(buf.data, buf.len, &d), 0);
+    buf.data[1] = META_OP_LAST + 1;
+    assert_int_equal(meta_decode(buf.data, buf.len, &d), -1);
+    amqp_buf_free(&def);
+    amqp_buf_free(&args);
+    amqp_buf_free(&buf);
+}
+
+static void test_registry_apply_is_deterministic(void **state)
+{
+    (void)state;
+    broker_t *bs[3] = {new_broker(1), new_broker(2), new_broker(3)};
+    uint64_t idx = 1;
+    struct meta_cmd vh = {.op = META_VHOST_ADD, .vhost = AMQP_BYTES_CSTR("v1")};
+    assert_int_equal(apply_all(bs, 3, idx++, &vh), 0);
+    assert_int_equal(apply_all(bs, 3, idx++, &vh), 0); /* idempotent */
+    assert_int_equal(apply_user(bs, 3, idx++, META_USER_ADD, "bob", "secret", "monitoring"), 0);
+    assert_int_equal(apply_user(bs, 3, idx++, META_USER_ADD, "bob", "other", ""), BR_PRECONDITION_FAILED);
+    assert_int_equal(apply_user(bs, 3, idx++, META_USER_UPDATE, "nobody", "x", NULL), BR_NOT_FOUND);
+    assert_int_equal(apply_perm(bs, 3, idx++, "v1", "bob", ".*"), 0);
+    assert_int_equal(apply_perm(bs, 3, idx++, "v1", "nobody", ".*"), BR_NOT_FOUND);
+    assert_int_equal(apply_perm(bs, 3, idx++, "nope", "bob", ".*"), BR_NOT_FOUND);
+    assert_int_equal(apply_perm(bs, 3, idx++, "v1", "bob", "("), BR_PRECONDITION_FAILED); /* bad regex */
+    assert_int_equal(apply_policy(bs, 3, idx++, "v1", "lim", "^q", 2), 0);
+    struct meta_cmd q = {.op = META_Q_DECLARE, .vhost = AMQP_BYTES_CSTR("v1"), .name = AMQP_BYTES_CSTR("q1"),
+                         .flags = META_F_DURABLE, .home = 1};
+    assert_int_equal(apply_all(bs, 3, idx++, &q), 0);
+    for (int i = 0; i < 3; i++) {
+        assert_non_null(br_authenticate(bs[i], "bob", 3, "secret", 6));
+        vhost_t *v = br_vhost(bs[i], "v1", 2);
+        assert_int_equal(br_queue(v, "q1", 2)->max_len, 2); /* the policy applies everywhere */
+        br_err_t err;
+        assert_int_equal(br_check_vhost_access(bs[i], br_user(bs[i], "bob", 3), "v1", 2, &v, &err), 0);
+    }
+    /* Tags only: the password stays. A new password: the old one stops working. */
+    assert_int_equal(apply_user(bs, 3, idx++, META_USER_UPDATE, "bob", NULL, "administrator"), 0);
+    assert_non_null(br_authenticate(bs[1], "bob", 3, "secret", 6));
+    assert_string_equal(br_user(bs[1], "bob", 3)->tags, "administrator");
+    assert_int_equal(apply_user(bs, 3, idx++, META_USER_UPDATE, "bob", "new", NULL), 0);
+    assert_null(br_authenticate(bs[2], "bob", 3, "secret", 6));
+    assert_non_null(br_authenticate(bs[2], "bob", 3, "new", 3));
+    assert_string_equal(br_user(bs[2], "bob", 3)->tags, "administrator");
+    assert_same_registry(bs[0], bs[1]);
+    assert_same_registry(bs[0], bs[2]);
+    /* Clearing: the policy (queue limit lifted), the permissions, then deletions. */
+    struct meta_cmd pc = {.op = META_POLICY_CLEAR, .vhost = AMQP_BYTES_CSTR("v1"), .name = AMQP_BYTES_CSTR("lim")};
+    assert_int_equal(apply_all(bs, 3, idx++, &pc), 0);
+    assert_int_equal(apply_all(bs, 3, idx++, &pc), BR_NOT_FOUND);
+    assert_int_equal(br_queue(br_vhost(bs[0], "v1", 2), "q1", 2)->max_len, -1);
+    struct meta_cmd clr = {.op = META_PERM_CLEAR, .vhost = AMQP_BYTES_CSTR("v1"), .name = AMQP_BYTES_CSTR("bob")};
+    assert_int_equal(apply_all(bs, 3, idx++, &clr), 0);
+    assert_null(dict_get(&br_user(bs[0], "bob", 3)->perms, "v1", 2));
+    user_t *bob = br_user(bs[0], "bob", 3); /* a connection's pointer stays valid after delete */
+    struct meta_cmd du = {.op = META_USER_DELETE, .name = AMQP_BYTES_CSTR("bob")};
+    assert_int_equal(apply_all(bs, 3, idx++, &du), 0);
+    assert_int_equal(apply_all(bs, 3, idx++, &du), BR_NOT_FOUND);
+    assert_null(br_authenticate(bs[0], "bob", 3, "new", 3));
+    assert_string_equal(bob->name, "bob");
+    vhost_t *v1 = br_vhost(bs[0], "v1", 2);
+    struct meta_cmd dv = {.op = META_VHOST_DELETE, .vhost = AMQP_BYTES_CSTR("v1")};
+    assert_int_equal(apply_all(bs, 3, idx++, &dv), 0);
+    assert_int_equal(apply_all(bs, 3, idx++, &dv), BR_NOT_FOUND);
+    for (int i = 0; i < 3; i++) assert_null(br_vhost(bs[i], "v1", 2));
+    /* A connection still on the deleted vhost is closed with 320 at its next operation. */
+    br_err_t err;
+    queue_t *out;
+    assert_int_equal(br_queue_declare(v1, NULL, 0, "x", 1, false, false, false, false, AMQP_BYTES_EMPTY, &out, &err), 320);
+    assert_same_registry(bs[0], bs[1]);
+    assert_same_registry(bs[0], bs[2]);
+    for (int i = 0; i < 3; i++) broker_free(bs[i]);
+}
+
+static void test_registry_snapshot(void **state)
+{
+    (void)state;
+    broker_t *a = new_broker(1), *diverged = new_broker(2), *fresh = broker_new(NULL, &cfg, NULL);
+    broker_t *both[2] = {a, diverged}, *only_a[1] = {a}, *only_d[1] = {diverged};
+    uint64_t idx = 1;
+    struct meta_cmd vh = {.op = META_VHOST_ADD, .vhost = AMQP_BYTES_CSTR("shared")};
+    apply_all(both, 2, idx++, &vh);
+    apply_user(both, 2, idx++, META_USER_ADD, "alice", "pw", "administrator");
+    apply_perm(both, 2, idx++, "shared", "alice", "^a");
+    apply_perm(both, 2, idx++, "/", "alice", ".*");
+    apply_policy(both, 2, idx++, "shared", "p1", ".*", 5);
+    /* a moves on; the diverged broker has extras the snapshot must remove. */
+    vh.vhost = AMQP_BYTES_CSTR("late");
+    apply_all(only_a, 1, idx++, &vh);
+    apply_user(only_a, 1, idx++, META_USER_PUT, "carol", "pw2", "");
+    apply_policy(only_a, 1, idx++, "late", "p2", "^x", 7);
+    vh.vhost = AMQP_BYTES_CSTR("stale");
+    apply_all(only_d, 1, 6, &vh);
+    apply_user(only_d, 1, 7, META_USER_ADD, "mallory", "pw", "");
+    apply_perm(only_d, 1, 8, "shared", "mallory", ".*");
+    apply_policy(only_d, 1, 9, "shared", "extra", "^e", 1);
+    struct meta_cmd clr = {.op = META_PERM_CLEAR, .vhost = AMQP_BYTES_CSTR("/"), .name = AMQP_BYTES_CSTR("alice")};
+    apply_all(only_a, 1, idx++, &clr); /* a dropped a permission the diverged broker still has */
+    vh.vhost = AMQP_BYTES_CSTR("later");
+    apply_all(only_a, 1, idx++, &vh); /* a is past everything the diverged broker applied */
+
+    void *snap;
+    size_t len;
+    assert_int_equal(meta_snapshot_take(a, &snap, &len), 0);
+    assert_int_equal(((uint8_t *)snap)[0], 2);
+    meta_snapshot_install(fresh, snap, len);
+    meta_snapshot_install(diverged, snap, len);
+    assert_same_registry(a, fresh);
+    assert_same_registry(a, diverged);
+    assert_null(br_vhost(diverged, "stale", 5));
+    assert_null(br_user(diverged, "mallory", 7));
+    assert_null(dict_get(&br_user(diverged, "alice", 5)->perms, "/", 1));
+    assert_non_null(br_authenticate(fresh, "carol", 5, "pw2", 3));
+    assert_int_equal(br_vhost(fresh, "late", 4)->policies.n, 1);
+    assert_int_equal(br_vhost(diverged, "shared", 6)->policies.n, 1);
+    /* A version 1 snapshot (topology only) leaves users and vhosts alone. */
+    broker_t *old = new_broker(4);
+    broker_t *only_old[1] = {old};
+    apply_user(only_old, 1, 1, META_USER_ADD, "keeper", "pw", "");
+    uint8_t *v1 = malloc(len);
+    memcpy(v1, snap, len);
+    v1[0] = 1;
+    meta_snapshot_install(old, v1, len);
+    assert_non_null(br_user(old, "keeper", 6));
+    free(v1);
+    free(snap);
+    broker_free(a);
+    broker_free(diverged);
+    broker_free(fresh);
+    broker_free(old);
+}
+
 int main(void)
 {
     cfg_defaults(&cfg);
@@ -242,6 +464,9 @@ int main(void)
         cmocka_unit_test(test_encoding),
         cmocka_unit_test(test_apply_is_deterministic),
         cmocka_unit_test(test_snapshot_fresh_and_diverged),
+        cmocka_unit_test(test_registry_encoding),
+        cmocka_unit_test(test_registry_apply_is_deterministic),
+        cmocka_unit_test(test_registry_snapshot),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
