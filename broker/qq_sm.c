@@ -17,8 +17,8 @@
  * DLX_SETTLE; the state holds exactly one msg_t reference per qmsg_t.
  *
  * Data flow of one qsm_apply: stamp now -> drop expired heads -> the command itself (its result
- * effect first) -> assignment (checkout: ready messages to consumers with credit) -> drop-head
- * length limits. Assignment and limits run after every command, which is simpler than knowing
+ * effect first) -> drop expired heads again -> assignment (checkout: ready messages to consumers
+ * with credit) -> drop-head length limits. Assignment and limits run after every command, which is simpler than knowing
  * which commands can change them and costs one empty check when nothing is ready.
  *
  * Invariants (qsm_restore refuses snapshots that break them):
@@ -702,6 +702,7 @@ static void assign(qsm_t *s, consumer_t *c, qmsg_t *q)
 
 static void checkout(qsm_t *s)
 {
+    expire_heads(s); /* again: the command may have put an expired message at a head (a return) */
     while (s->ready) {
         uint32_t idx = 0;
         consumer_t *c = next_consumer(s, &idx);
@@ -794,14 +795,15 @@ static void op_cancel(qsm_t *s, const struct qsm_cmd *c)
     con_maybe_remove(s, k);
 }
 
-/* SETTLE, RETURN, DISCARD: only messages the named consumer holds; other ids are ignored. */
+/* SETTLE, RETURN, DISCARD: only messages checked out to a consumer of the named channel
+ * (node, chan); other ids are ignored. The tag is not needed: an AMQP channel settles by
+ * delivery tag, which names a message, whichever of its consumers (or basic.get) took it. */
 static void op_settle_like(qsm_t *s, const struct qsm_cmd *c)
 {
-    consumer_t *k = con_find(s, c->node, c->chan, c->tag);
-    if (!k) return;
     for (uint32_t i = 0; i < c->n_ids; i++) {
         qmsg_t *q = idmap_get(&s->ids, cmd_id(c, i));
-        if (!q || q->where != W_CHECKED || q->owner != k) continue;
+        if (!q || q->where != W_CHECKED || q->owner->node != c->node || q->owner->chan != c->chan) continue;
+        consumer_t *k = q->owner;
         checked_detach(s, q);
         if (c->op == QSM_SETTLE) {
             s->settled_total++;
@@ -811,8 +813,8 @@ static void op_settle_like(qsm_t *s, const struct qsm_cmd *c)
         } else {
             dead_letter(s, q, RS_REJECTED);
         }
+        con_maybe_remove(s, k);
     }
-    con_maybe_remove(s, k);
 }
 
 static void op_dequeue(qsm_t *s, const struct qsm_cmd *c)
@@ -871,7 +873,7 @@ static void op_down(qsm_t *s, const struct qsm_cmd *c)
         }
         con_remove(s, k);
     }
-    qsort(back, n, sizeof *back, cmp_qmsg_id);
+    if (n) qsort(back, n, sizeof *back, cmp_qmsg_id);
     for (size_t i = 0; i < n; i++) return_msg(s, back[i], true);
     free(back);
     size_t w = 0;
