@@ -41,6 +41,7 @@ class WarrenCluster:
         self.pki = pki
         self.cookie = cookie
         self.extra_config = dict(extra_config or {})
+        self.ctl_extra = []  # warrenctl options added to every call (e.g. --tls --cacert F)
         self.nodes = []
         ports = [free_port() for _ in range(size)]
         names = [f"warren{i + 1}@127.0.0.1" for i in range(size)]
@@ -97,7 +98,7 @@ class WarrenCluster:
     def ctl(self, node, *args, cookie=None, timeout=30):
         """Runs warrenctl against node's cluster port; returns the CompletedProcess."""
         command = [warrenctl_bin(), "--node", f"127.0.0.1:{node.cluster_port}",
-                   "--cookie", cookie or self.cookie, *args]
+                   "--cookie", cookie or self.cookie, *self.ctl_extra, *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
     def status(self, node, timeout=15):
