@@ -20,6 +20,8 @@
 #include "broker/log.h"
 #include "broker/props.h"
 #include "broker/remote.h"
+#include "broker/qq.h"
+#include "broker/qq_sm.h"
 
 #include <sodium.h>
 #include <stdarg.h>
@@ -41,6 +43,7 @@ chan_t *chan_new(conn_t *c, uint16_t id)
     ch->refs = 1;
     ch->next_tag = 1;
     ch->flow_active = true;
+    ch->qq_chan = qq_channel_id(c->srv->broker);
     return ch;
 }
 
@@ -285,6 +288,9 @@ void chan_on_drain(chan_t *ch)
 void chan_destroy(chan_t *ch)
 {
     reply_to_stop(ch);
+    /* Quorum queues: one DOWN per queue returns this channel's messages and drops its
+     * consumers and publisher records (the per-delivery requeues below are skipped there). */
+    if (ch->conn) qq_channel_closing(ch->conn->srv->broker, ch->qq_chan);
     while (ch->consumers.n) {
         consumer_t *c = ch->consumers.items[ch->consumers.n - 1];
         queue_t *q = c->q;
@@ -540,7 +546,10 @@ static int deliver_message(chan_t *ch, msg_t *m, bool mandatory, rq_pub_cb cb, v
     size_t taken = 0;
     for (size_t i = 0; i < qs.n; i++) {
         queue_t *q = qs.items[i];
-        if (!rq_remote(q)) {
+        if (q->qq) {
+            if (!qq_publish(q, m, ch->qq_chan, cb, arg, tag)) continue;
+            if (cb) (*n_remote)++;
+        } else if (!rq_remote(q)) {
             result |= q_publish(q, m);
         } else if (rq_publish(q, m, cb, arg, tag)) {
             if (cb) (*n_remote)++;
@@ -1084,7 +1093,16 @@ static void handle_queue_declare(chan_t *ch, const amqp_method_t *m)
                   (a->exclusive ? META_F_EXCLUSIVE : 0);
         c.home = b->self_node;
         c.name = name, c.args = a->arguments;
-        return meta_begin(ch, &c, m->id, a->nowait, 0, (const char *)name.ptr, name.len);
+        amqp_table_t t = {0};
+        amqp_buf_t members = {0};
+        if (a->arguments.len && amqp_table_parse(a->arguments, &t) == 0 && qq_args_quorum(&t)) {
+            qq_choose_members(b, &t, &members);
+            c.key = (amqp_bytes_t){members.data, members.len};
+        }
+        amqp_table_free(&t);
+        meta_begin(ch, &c, m->id, a->nowait, 0, (const char *)name.ptr, name.len);
+        amqp_buf_free(&members);
+        return;
     }
     if (rc) return fail(ch, m->id, &err);
     remember_queue(ch, q);
@@ -1136,10 +1154,14 @@ static void handle_queue_purge(chan_t *ch, const amqp_method_t *m)
     amqp_bytes_t qn = queue_name_or_last(ch, m->u.queue_purge.queue);
     br_err_t err;
     uint32_t n;
-    queue_t *q;
-    if (ch->conn->srv->broker->node_call) { /* clustered: the queue may live elsewhere */
+    queue_t *q = br_queue(ch->conn->vh, (const char *)qn.ptr, qn.len);
+    if (ch->conn->srv->broker->node_call || (q && q->qq)) { /* the queue may live elsewhere */
         if (br_queue_for_read(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)qn.ptr, qn.len, &q, &err))
             return fail(ch, m->id, &err);
+        if (q->qq) {
+            qq_purge(q, remote_purged, remote_begin(ch, q, m->id, m->u.queue_purge.nowait));
+            return;
+        }
         if (rq_remote(q)) {
             if (!remote_unavailable(ch, q, m->id))
                 rq_purge(q, remote_purged, remote_begin(ch, q, m->id, m->u.queue_purge.nowait));
@@ -1284,6 +1306,11 @@ static void handle_consume(chan_t *ch, const amqp_method_t *m)
         return fail(ch, m->id, &err);
     bool remote = rq_remote(q);
     if (remote && remote_unavailable(ch, q, m->id)) return;
+    if (q->qq && ch->global_prefetch) {
+        conn_exception(ch->conn, AMQP_NOT_IMPLEMENTED, m->id, "queue '%s' in vhost '%s' does not support global qos",
+                       q->name, q->vh->name);
+        return;
+    }
     char gen[64];
     amqp_bytes_t tag = a->consumer_tag;
     if (tag.len == 0) {
@@ -1300,7 +1327,8 @@ static void handle_consume(chan_t *ch, const amqp_method_t *m)
     bool exclusive_held = false; /* a remote queue's home checks this */
     for (size_t i = 0; i < q->consumers.n && !remote; i++)
         if (((consumer_t *)q->consumers.items[i])->exclusive) exclusive_held = true;
-    if (!remote && (exclusive_held || (a->exclusive && q->consumers.n))) {
+    size_t others = q->qq ? qq_consumer_count(q) : q->consumers.n;
+    if (!remote && (exclusive_held || (a->exclusive && others))) {
         chan_exception(ch, AMQP_ACCESS_REFUSED, m->id, "queue '%s' in vhost '%s' in exclusive use", q->name,
                        q->vh->name);
         return;
@@ -1325,10 +1353,11 @@ static void handle_consume(chan_t *ch, const amqp_method_t *m)
     c->prefetch = ch->prefetch;
     c->ops = &chan_consumer_ops;
     c->owner = ch;
-    if (remote) {
+    if (remote || q->qq) {
         struct remote_req *r = remote_begin(ch, q, m->id, a->nowait);
         r->c = c;
-        rq_consume(q, c, remote_consumed, r);
+        if (q->qq) qq_consume(q, c, ch->qq_chan, remote_consumed, r);
+        else rq_consume(q, c, remote_consumed, r);
         return;
     }
     ptrvec_push(&ch->consumers, c);
@@ -1396,7 +1425,7 @@ static void get_ok_send(chan_t *ch, queue_t *q, const qentry_t *e, uint32_t mess
     write_content(ch, e->m);
     q->vh->broker->stat_deliver++;
     if (no_ack) {
-        if (rq_remote(q)) msg_unref(e->m); /* the home settled it already */
+        if (rq_remote(q) || q->qq) msg_unref(e->m); /* the home / the replicated state settled it */
         else q_ack(q, e);
         return;
     }
@@ -1433,6 +1462,19 @@ static void handle_get(chan_t *ch, const amqp_method_t *m)
     queue_t *q;
     if (br_queue_for_read(ch->conn->vh, ch->conn->user, ch->conn->id, (const char *)qn.ptr, qn.len, &q, &err))
         return fail(ch, m->id, &err);
+    if (q->qq) {
+        if (q->sac) {
+            chan_exception(ch, AMQP_RESOURCE_LOCKED, m->id,
+                           "cannot obtain access to locked queue '%s' in vhost '%s'. basic.get operations are not "
+                           "supported by quorum queues with single active consumer",
+                           q->name, q->vh->name);
+            return;
+        }
+        struct remote_req *r = remote_begin(ch, q, m->id, false);
+        r->flag = m->u.basic_get.no_ack;
+        qq_get(q, r->flag, ch->qq_chan, remote_got, r);
+        return;
+    }
     if (rq_remote(q)) {
         if (remote_unavailable(ch, q, m->id)) return;
         struct remote_req *r = remote_begin(ch, q, m->id, false);

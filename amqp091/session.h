@@ -79,6 +79,7 @@ struct chan {
     ptrvec_t consumers; /* consumer_t* */
     char *last_queue;   /* the channel's most recently declared queue ("" in later methods) */
 
+    uint64_t qq_chan; /* node-unique id of this channel for quorum queues (qq_channel_id) */
     bool confirm;
     uint64_t pub_seq;
     pend_t *pending;    /* publishes awaiting their confirm, by seq (FIFO) */

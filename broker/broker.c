@@ -8,6 +8,7 @@
  * store's batches are ordered, so a message confirmed after a declare implies the declare is
  * durable too. */
 #include "broker/broker.h"
+#include "broker/qq.h"
 #include "broker/headers_match.h"
 #include "broker/log.h"
 #include "broker/remote.h"
@@ -106,6 +107,7 @@ void broker_free(broker_t *b)
 {
     /* Shutdown, not deletion: nothing of it may reach the cluster (which is freed first). */
     b->meta_submit = NULL;
+    qq_free(b); /* quorum queues' groups close (their storage stays); a no-op when done already */
     rq_close(b);
     if (b->loop) {
         ev_ref(b->loop);
@@ -711,7 +713,7 @@ static int validate_queue_args(vhost_t *vh, const char *name, size_t len, amqp_b
         if (qt->type != 'S')
             rc = br_fail(err, BR_PRECONDITION_FAILED, "invalid arg 'x-queue-type' for queue '%.*s' in vhost '%s'",
                          (int)len, name, vh->name);
-        else if (!amqp_bytes_eq_cstr(qt->v.str, "classic"))
+        else if (!amqp_bytes_eq_cstr(qt->v.str, "classic") && !amqp_bytes_eq_cstr(qt->v.str, "quorum"))
             rc = br_fail(err, BR_PRECONDITION_FAILED,
                          "invalid arg 'x-queue-type' for queue '%.*s' in vhost '%s': queue type '%.*s' is not "
                          "supported yet",
@@ -728,6 +730,7 @@ int br_queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name,
     if (vhost_gone(vh, err)) return err->code;
     char gen[48];
     queue_t *q = NULL;
+    bool server_named = len == 0;
     if (passive) {
         q = len ? br_queue(vh, name, len) : NULL;
         if (!q) return br_fail(err, BR_NOT_FOUND, "no queue '%.*s' in vhost '%s'", (int)len, name, vh->name);
@@ -754,8 +757,16 @@ int br_queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name,
         return 0;
     }
     if (validate_queue_args(vh, name, len, args, err)) return err->code;
+    amqp_table_t parsed = {0};
+    bool quorum = args.len && amqp_table_parse(args, &parsed) == 0 && qq_args_quorum(&parsed);
+    int qrc = quorum ? qq_check_declare(vh, name, len, server_named, durable, exclusive, auto_delete, &parsed, err) : 0;
+    amqp_table_free(&parsed);
+    if (qrc) return qrc;
     if (vh->broker->meta_dry_run) return would_mutate(vh->broker);
     q = q_new(vh, name, len, durable, exclusive, auto_delete, exclusive ? conn_id : 0, args);
+    /* A quorum queue's replica and Raft group; members from the metadata command (clustered)
+     * or this node alone. */
+    if (quorum) qq_attach(q, vh->broker->meta_applying ? vh->broker->meta_members : (amqp_bytes_t){0});
     /* Exclusive queues die with their connection: never worth storing. */
     if (!exclusive) q_persist_definition(q);
     *out = q;
@@ -783,9 +794,9 @@ int br_queue_delete(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, 
     queue_t *q = br_queue(vh, name, len);
     if (!q) return 0;
     if (q->exclusive && q->owner_conn != conn_id) return exclusive_locked(q, err);
-    if (if_unused && q->consumers.n)
+    if (if_unused && (q->qq ? qq_consumer_count(q) : q->consumers.n))
         return br_fail(err, BR_PRECONDITION_FAILED, "queue '%s' in vhost '%s' in use", q->name, vh->name);
-    if (if_empty && q->ready_len)
+    if (if_empty && (q->qq ? qq_message_count(q) : q->ready_len))
         return br_fail(err, BR_PRECONDITION_FAILED, "queue '%s' in vhost '%s' not empty", q->name, vh->name);
     *msg_count = q_message_count(q);
     if (vh->broker->meta_dry_run) return would_mutate(vh->broker);

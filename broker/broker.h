@@ -137,7 +137,10 @@ struct exchange {
 typedef struct {
     msg_t *m;
     uint64_t seq;
-    int64_t expires_at; /* ms (ev_now based); 0 = never */
+    union {
+        int64_t expires_at; /* ms (ev_now based); 0 = never */
+        uint64_t qq_chan;   /* a quorum queue's delivery: the channel it was checked out to */
+    };
     uint32_t redelivered : 1;
 } qentry_t;
 
@@ -176,7 +179,9 @@ struct queue {
     uint64_t uid; /* stable id used in storage keys */
     bool durable, exclusive, auto_delete, deleted;
     uint64_t owner_conn; /* exclusive owner (cluster-wide connection id in a cluster) */
-    uint32_t home;       /* node id of the node that holds the messages (0 = this one, unclustered) */
+    uint32_t home;       /* node id of the node that holds the messages (0 = this one, unclustered);
+                            quorum queue: the node that declared it */
+    struct qq *qq;       /* a quorum queue (qq.h), NULL for a classic queue */
     bool delete_pending; /* clustered: a replicated delete has been submitted */
     bool remote_deep;    /* remote.c flow control: homed elsewhere, its home said it is deep; homed
                             here, some node was told so (and hears when it drained) */
@@ -266,6 +271,7 @@ struct broker {
     bool meta_applying;       /* inside meta_apply: mutations are the replicated ones */
     uint64_t meta_uid;        /* meta_apply: queue uid to use for a queue it creates */
     uint32_t meta_home;       /* meta_apply: home node of a queue it creates */
+    amqp_bytes_t meta_members;/* meta_apply: members of a quorum queue it creates (u32 ids) */
     uint64_t meta_applied;    /* highest metadata log index reflected in the stored registry */
     /* classic queues homed on other nodes (remote.c): set by the cluster glue; node_call NULL =
      * every queue is served locally (unclustered) */
@@ -275,6 +281,7 @@ struct broker {
     br_node_name_fn node_name;    /* NULL: nodes are named by their id */
     void *node_ctx;
     struct rq_state *rq;          /* remote.c's state, created on first use */
+    struct qq_state *qq;          /* qq.c's state (quorum queues), created on first use */
     /* Deleted users and vhosts: connections hold pointers to them (amqp091/session.h), so they
      * are unlinked from the registry at once but freed only with the broker. */
     ptrvec_t dead_users, dead_vhosts;

@@ -37,6 +37,7 @@
 
 #include "broker/cluster.h"
 #include "broker/log.h"
+#include "broker/qq.h"
 
 #define META_VERSION 1
 
@@ -383,7 +384,9 @@ int meta_apply(broker_t *b, uint64_t index, const void *cmd, size_t len, br_err_
         b->meta_applying = true;
         b->meta_uid = index;
         b->meta_home = c.home;
+        b->meta_members = c.op == META_Q_DECLARE ? c.key : (amqp_bytes_t){0};
         rc = apply_cmd(b, &c, err);
+        b->meta_members = (amqp_bytes_t){0};
         b->meta_applying = false;
         b->meta_uid = 0;
         b->meta_home = 0;
@@ -424,7 +427,8 @@ static struct meta_cmd exchange_cmd(const exchange_t *x)
     return c;
 }
 
-static struct meta_cmd queue_cmd(const queue_t *q)
+/* members: a quorum queue's member ids (u32 each), carried in the key field (kept by caller). */
+static struct meta_cmd queue_cmd(const queue_t *q, amqp_buf_t *members)
 {
     struct meta_cmd c = {.op = META_Q_DECLARE, .vhost = AMQP_BYTES_CSTR(q->vh->name), .conn = q->owner_conn,
                          .home = q->home};
@@ -432,6 +436,9 @@ static struct meta_cmd queue_cmd(const queue_t *q)
               (q->exclusive ? META_F_EXCLUSIVE : 0);
     c.name = (amqp_bytes_t){(const uint8_t *)q->name, q->name_len};
     c.args = q->args_raw;
+    members->len = 0;
+    qq_members_encode(q, members);
+    c.key = (amqp_bytes_t){members->data, members->len};
     return c;
 }
 
@@ -523,10 +530,12 @@ int meta_snapshot_take(broker_t *b, void **bytes, size_t *len)
             size_t p = 0;
             void *v;
             if (pass == 1) {
+                amqp_buf_t members = {0};
                 while (dict_next(&vh->queues, &p, NULL, NULL, &v)) {
-                    struct meta_cmd c = queue_cmd(v);
+                    struct meta_cmd c = queue_cmd(v, &members);
                     snap_record(&out, ((queue_t *)v)->uid, &c, &count);
                 }
+                amqp_buf_free(&members);
                 continue;
             }
             while (dict_next(&vh->exchanges, &p, NULL, NULL, &v)) {
@@ -726,6 +735,7 @@ void meta_snapshot_install(broker_t *b, const void *bytes, size_t len)
             br_err_t err;
             b->meta_uid = e[i].uid;
             b->meta_home = e[i].cmd.home;
+            b->meta_members = e[i].cmd.op == META_Q_DECLARE ? e[i].cmd.key : (amqp_bytes_t){0};
             if (apply_cmd(b, &e[i].cmd, &err) == BR_PRECONDITION_FAILED && e[i].cmd.op == META_X_DECLARE) {
                 /* the exchange exists with other properties: the snapshot's wins */
                 vhost_t *vh = br_vhost(b, STR(e[i].cmd.vhost));
@@ -737,6 +747,7 @@ void meta_snapshot_install(broker_t *b, const void *bytes, size_t len)
         b->meta_applying = false;
         b->meta_uid = 0;
         b->meta_home = 0;
+        b->meta_members = (amqp_bytes_t){0};
         store_applied(b, index);
         log_info("metadata: installed snapshot at index %llu (%u records)", (unsigned long long)index, n);
     }

@@ -267,7 +267,7 @@ struct mr_reads {
     struct mr_read items[];
 };
 
-enum mr_defer_type { DEFER_PROPOSE, DEFER_CONF, DEFER_TRANSFER, DEFER_READ };
+enum mr_defer_type { DEFER_PROPOSE, DEFER_CONF, DEFER_TRANSFER, DEFER_READ, DEFER_CAMPAIGN };
 
 /* A user call on a group that was being handled; run right after. */
 struct mr_deferred {
@@ -1153,6 +1153,15 @@ static int group_transfer_now(mr_group_t *g, raft_id node)
     return mr_status_from_raft(group_step(g, &ev, NULL, NULL, NULL));
 }
 
+static int group_campaign_now(mr_group_t *g)
+{
+    if (g->raft.role == RAFT_LEADER)
+        return MR_OK;
+    group_wake(g);
+    struct raft_event ev = {.type = RAFT_EV_CAMPAIGN};
+    return mr_status_from_raft(group_step(g, &ev, NULL, NULL, NULL));
+}
+
 static int group_read_now(mr_group_t *g, uint64_t ctx)
 {
     if (g->raft.role != RAFT_LEADER)
@@ -1216,6 +1225,9 @@ static void deferred_run(mr_group_t *g, struct mr_deferred *d)
         break;
     case DEFER_TRANSFER:
         group_transfer_now(g, d->node);
+        break;
+    case DEFER_CAMPAIGN:
+        group_campaign_now(g);
         break;
     case DEFER_READ:
         rc = group_read_now(g, d->ctx);
@@ -1427,6 +1439,20 @@ int mr_transfer(mr_group_t *g, raft_id node)
         return rc;
     }
     return group_transfer_now(g, node);
+}
+
+int mr_campaign(mr_group_t *g)
+{
+    if (g->closed || g->host->closing)
+        return MR_ECLOSED;
+    if (g->busy)
+        return group_defer(g, DEFER_CAMPAIGN, NULL, 0, NULL, NULL);
+    return group_campaign_now(g);
+}
+
+void mr_group_set_snapshot_threshold(mr_group_t *g, unsigned entries)
+{
+    g->raft.cfg.snapshot_threshold = entries;
 }
 
 int mr_read_index(mr_group_t *g, uint64_t ctx)

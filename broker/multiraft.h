@@ -166,6 +166,11 @@ int mr_propose(mr_group_t *g, const void *data, size_t len, mr_done_cb done, voi
 int mr_conf_change(mr_group_t *g, enum raft_conf_op op, raft_id node, mr_done_cb done, void *arg);
 /* Hands leadership to node (leader only). */
 int mr_transfer(mr_group_t *g, raft_id node);
+/* Starts an election now (a group whose only voter is this node elects itself at once). */
+int mr_campaign(mr_group_t *g);
+/* Entries applied between snapshots for this group (0: never), e.g. scaled to the size of the
+ * state so that the cost of snapshots stays proportional to the work done. */
+void mr_group_set_snapshot_threshold(mr_group_t *g, unsigned entries);
 /* Linearizable read: ops->read_ready(ctx) fires once it is safe to serve from the state
  * machine (leader only). */
 int mr_read_index(mr_group_t *g, uint64_t ctx);

@@ -18,8 +18,9 @@
  *
  * Data flow of one qsm_apply: stamp now -> drop expired heads -> the command itself (its result
  * effect first) -> drop expired heads again -> assignment (checkout: ready messages to consumers
- * with credit) -> drop-head length limits. Assignment and limits run after every command, which is simpler than knowing
- * which commands can change them and costs one empty check when nothing is ready.
+ * with credit) -> drop-head length limits. Assignment and limits run after every command, which
+ * is simpler than knowing which commands can change them and costs one empty check when nothing
+ * is ready.
  *
  * Invariants (qsm_restore refuses snapshots that break them):
  *   - counters (ready, unacked, dlx and their bytes) equal the sums over the structures;

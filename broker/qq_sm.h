@@ -74,7 +74,8 @@
  *     place; of a cancelled one, registers it again at the end of the order. An unsettled
  *     basic.get is held by the cancelled pseudo-consumer (node, chan, tag ""): it never receives
  *     assignments and is not counted in stats.consumers. QSM_SETTLE/RETURN/DISCARD ignore ids
- *     the named consumer does not hold. QSM_DOWN returns messages in msg_id order.
+ *     that no consumer of (node, chan) holds; their tag is still encoded but plays no part.
+ *     QSM_DOWN returns messages in msg_id order.
  *   - QSM_PURGE removes ready messages without dead-lettering them.
  *   - QSM_ENQUEUE's msg is validated by qsm_decode; qsm_apply of a hand-built command whose
  *     record msg_from_record refuses answers QSM_R_REJECTED and changes nothing else.
@@ -117,9 +118,9 @@ enum qsm_op {
     QSM_ENQUEUE = 1,    /* node, chan, req, seq, expiration_ms, msg */
     QSM_CHECKOUT = 2,   /* node, chan, tag, prefetch, priority, flags: register or update a consumer */
     QSM_CANCEL = 3,     /* node, chan, tag: no more assignments to it */
-    QSM_SETTLE = 4,     /* node, chan, tag, ids: ack */
-    QSM_RETURN = 5,     /* node, chan, tag, ids: nack/reject with requeue */
-    QSM_DISCARD = 6,    /* node, chan, tag, ids: reject without requeue (dead-letter "rejected") */
+    QSM_SETTLE = 4,     /* node, chan, ids: ack (ids held by any consumer of the channel; tag ignored) */
+    QSM_RETURN = 5,     /* node, chan, ids: nack/reject with requeue */
+    QSM_DISCARD = 6,    /* node, chan, ids: reject without requeue (dead-letter "rejected") */
     QSM_DEQUEUE = 7,    /* node, chan, req, flags (QSM_F_NO_ACK): basic.get */
     QSM_DOWN = 8,       /* node, chan (0 = every channel of node), seq = keep_boot (see below) */
     QSM_PURGE = 9,      /* req: drop every ready message */

@@ -29,6 +29,8 @@
 #include "broker/log.h"
 #include "broker/props.h"
 #include "broker/remote.h"
+#include "broker/qq.h"
+#include "broker/qq_sm.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -365,6 +367,10 @@ void q_apply_settings(queue_t *q)
     q->sac = sac && sac->type == 't' && sac->v.b;
     q->consumer_timeout = arg_int(t, "x-consumer-timeout", -1);
     if (q->consumer_timeout < 0) q->consumer_timeout = value_int(br_policy_value(p, "consumer-timeout"), -1);
+    if (q->qq) {
+        qq_settings_changed(q); /* the leader proposes them to the replicas */
+        return;
+    }
     if (q->levels) {
         enforce_limits(q);
         q_touch(q);
@@ -417,7 +423,8 @@ queue_t *q_new(vhost_t *vh, const char *name, size_t len, bool durable, bool exc
     return q;
 }
 
-/* Queue record: [u64 uid][u8 flags][u32 args_len][args][u32 home node, clustered only];
+/* Queue record: [u64 uid][u8 flags][u32 args_len][args][u32 home node, clustered or quorum]
+ * [u8 n][n x u32 member node ids, quorum queues only];
  * key 'Q' vhost \0 name. */
 static size_t queue_key(const queue_t *q, uint8_t **out)
 {
@@ -439,7 +446,9 @@ void q_persist_definition(queue_t *q)
     if (!s || !q->durable) return;
     uint8_t *key;
     size_t klen = queue_key(q, &key);
-    size_t vlen = 8 + 1 + 4 + q->args_raw.len + (q->home ? 4 : 0);
+    amqp_buf_t members = {0};
+    if (q->qq) qq_members_encode(q, &members);
+    size_t vlen = 8 + 1 + 4 + q->args_raw.len + (q->home || q->qq ? 4 : 0) + (q->qq ? 1 + members.len : 0);
     uint8_t *val = malloc(vlen);
     if (!val) abort();
     store_put_be64(val, q->uid);
@@ -447,10 +456,15 @@ void q_persist_definition(queue_t *q)
     uint32_t al = (uint32_t)q->args_raw.len;
     val[9] = (uint8_t)(al >> 24); val[10] = (uint8_t)(al >> 16); val[11] = (uint8_t)(al >> 8); val[12] = (uint8_t)al;
     if (al) memcpy(val + 13, q->args_raw.ptr, al);
-    if (q->home) {
+    if (q->home || q->qq) {
         uint8_t *h = val + 13 + al;
         h[0] = (uint8_t)(q->home >> 24); h[1] = (uint8_t)(q->home >> 16); h[2] = (uint8_t)(q->home >> 8); h[3] = (uint8_t)q->home;
     }
+    if (q->qq) { /* quorum queue: [u8 count][u32 member ids] */
+        val[13 + al + 4] = (uint8_t)(members.len / 4);
+        if (members.len) memcpy(val + 13 + al + 5, members.data, members.len);
+    }
+    amqp_buf_free(&members);
     store_put(s, key, klen, val, vlen);
     free(key);
     free(val);
@@ -490,8 +504,10 @@ void q_touch(queue_t *q)
 {
     struct ev_loop *loop = q->vh->broker->loop;
     if (q->expires < 0 || !loop || q->deleted || rq_remote(q)) return;
+    /* A quorum queue's expiry runs on the node that declared it, with the replicated count. */
+    if (q->qq && q->vh->broker->self_node && q->home != q->vh->broker->self_node) return;
     ev_timer_stop(loop, &q->expires_timer);
-    if (q->consumers.n) return; /* re-armed when the last consumer goes */
+    if (q->qq ? qq_consumer_count(q) : q->consumers.n) return; /* re-armed when the last consumer goes */
     ev_timer_set(&q->expires_timer, (double)q->expires / 1000.0, 0);
     ev_timer_start(loop, &q->expires_timer);
 }
@@ -543,6 +559,7 @@ static void ttl_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 uint32_t q_message_count(queue_t *q)
 {
+    if (q->qq) return qq_message_count(q);
     expire_heads(q);
     return (uint32_t)q->ready_len;
 }
@@ -585,6 +602,10 @@ static void enforce_limits(queue_t *q)
 int q_publish(queue_t *q, msg_t *m)
 {
     broker_t *b = q->vh->broker;
+    if (q->qq) { /* dead-lettering, delayed messages: enqueued without a confirm */
+        qq_publish(q, m, 0, NULL, NULL, 0);
+        return Q_PUB_OK;
+    }
     if (rq_remote(q)) { /* dead-lettering, delayed messages: forwarded without a confirm */
         rq_publish(q, m, NULL, NULL, 0);
         return Q_PUB_OK;
@@ -759,7 +780,7 @@ void br_dispatch_pending(broker_t *b)
 bool q_get(queue_t *q, qentry_t *out)
 {
     broker_t *b = q->vh->broker;
-    if (rq_remote(q)) return false; /* rq_get */
+    if (rq_remote(q) || q->qq) return false; /* rq_get, qq_get */
     q_touch(q);
     expire_heads(q);
     while (q->ready_len) {
@@ -785,6 +806,7 @@ bool q_get(queue_t *q, qentry_t *out)
 
 void q_ack(queue_t *q, const qentry_t *e)
 {
+    if (q->qq) return qq_settle(q, e, QSM_SETTLE);
     if (rq_remote(q)) return rq_settle(q, e, RQ_ACK);
     if (q->unacked) q->unacked--;
     q->stat_ack++;
@@ -795,6 +817,7 @@ void q_ack(queue_t *q, const qentry_t *e)
 
 void q_discard(queue_t *q, const qentry_t *e)
 {
+    if (q->qq) return qq_settle(q, e, QSM_DISCARD);
     if (rq_remote(q)) return rq_settle(q, e, RQ_DISCARD);
     if (!q->deleted) q_dead_letter(q, e->m, "rejected");
     q_ack(q, e);
@@ -802,6 +825,7 @@ void q_discard(queue_t *q, const qentry_t *e)
 
 void q_requeue(queue_t *q, const qentry_t *e)
 {
+    if (q->qq) return qq_settle(q, e, QSM_RETURN);
     if (rq_remote(q)) return rq_settle(q, e, RQ_REQUEUE);
     if (q->unacked) q->unacked--;
     if (q->deleted) {
@@ -822,7 +846,7 @@ void q_requeue(queue_t *q, const qentry_t *e)
 
 uint32_t q_purge(queue_t *q)
 {
-    if (rq_remote(q)) return 0; /* rq_purge */
+    if (rq_remote(q) || q->qq) return 0; /* rq_purge, qq_purge */
     uint32_t n = (uint32_t)q->ready_len;
     while (q->ready_len) {
         qentry_t e = ready_pop(q);
@@ -856,6 +880,7 @@ void q_consumer_add(queue_t *q, consumer_t *c)
 
 void q_consumer_remove(queue_t *q, consumer_t *c)
 {
+    if (q->qq) return qq_consumer_remove(q, c);
     if (rq_remote(q)) return rq_consumer_remove(q, c);
     ptrvec_remove(&q->consumers, c);
     if (q->rr_next >= q->consumers.n) q->rr_next = 0;
@@ -901,6 +926,7 @@ void q_delete(queue_t *q)
     }
     dict_del(&q->vh->queues, q->name, q->name_len);
     if (rq_remote(q)) rq_queue_deleted(q);
+    if (q->qq) qq_detach(q); /* its group and replica go; before the consumers are cancelled */
     /* Cancel consumers: the adapter drops its consumer record in the callback. */
     while (q->consumers.n) {
         consumer_t *c = q->consumers.items[q->consumers.n - 1];

@@ -7,6 +7,7 @@
  * record delete landed in different batches) are removed. Bodies are not kept in memory:
  * recovered messages are paged out and loaded on delivery, so a large backlog boots small. */
 #include "broker/broker.h"
+#include "broker/qq.h"
 #include "broker/log.h"
 
 #include <stdlib.h>
@@ -156,6 +157,12 @@ static int recover_queues(broker_t *b)
         q->uid = store_get_be64(val);
         if (q->uid >= b->next_queue_uid) b->next_queue_uid = q->uid + 1;
         if (vl >= 13 + (size_t)al + 4) q->home = be32(val + 13 + al);
+        if (qq_args_quorum(&q->args)) { /* [u8 n][n x u32 members] after the home */
+            size_t at = 13 + (size_t)al + 4;
+            size_t nm = vl > at ? val[at] : 0;
+            if (at + 1 + 4 * nm > vl) nm = 0;
+            qq_attach(q, (amqp_bytes_t){val + at + 1, 4 * nm});
+        }
         n++;
     }
     store_iter_free(it);

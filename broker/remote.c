@@ -51,6 +51,7 @@
  *   - Bad input from a peer is answered with an error and never trusted further.
  */
 #include "broker/remote.h"
+#include "broker/qq.h"
 
 #include <sodium.h>
 #include <stdio.h>
@@ -1361,12 +1362,23 @@ void rq_attach_mesh(broker_t *b, peer_mesh_t *mesh)
 void rq_mesh_call(void *ud, uint32_t from, const struct peer_call_in *in)
 {
     broker_t *b = ud;
+    if (strncmp(in->method, "qq.", 3) == 0) /* quorum queues share the mesh */
+        return qq_handle_call(b, from, in->method, in->payload, in->len, &in->reply_to);
     if (!rq_is_method(in->method)) return reply(b, &in->reply_to, BR_NOT_IMPLEMENTED, "no handler for this call", NULL);
     rq_handle_call(b, from, in->method, in->payload, in->len, &in->reply_to);
 }
 
-void rq_mesh_up(void *ud, uint32_t node) { rq_node_up(ud, node); }
-void rq_mesh_down(void *ud, uint32_t node) { rq_node_down(ud, node); }
+void rq_mesh_up(void *ud, uint32_t node)
+{
+    rq_node_up(ud, node);
+    qq_node_up(ud, node);
+}
+
+void rq_mesh_down(void *ud, uint32_t node)
+{
+    rq_node_down(ud, node);
+    qq_node_down(ud, node);
+}
 
 /* Over a cl_t: the mesh it owns, and the names it knows (configured nodes too, even down). */
 static int cl_call(void *ctx, uint32_t node, const char *method, const void *payload, size_t len, double timeout,

@@ -70,7 +70,7 @@
 static inline bool rq_remote(const queue_t *q)
 {
     const broker_t *b = q->vh->broker;
-    return b->node_call && q->home && q->home != b->self_node;
+    return b->node_call && q->home && q->home != b->self_node && !q->qq; /* quorum queues: qq.h */
 }
 
 /* ---- the glue's entry points ---- */

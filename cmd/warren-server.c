@@ -21,6 +21,7 @@
 #include "broker/config.h"
 #include "broker/log.h"
 #include "broker/meta.h"
+#include "broker/qq.h"
 #include "broker/remote.h"
 #include "broker/store.h"
 
@@ -84,7 +85,8 @@ static int boot_state(broker_t *b, cl_t *cluster, const cfg_t *cfg, char *err, s
     meta_attach(b, cluster);
     admin_attach(b, cluster); /* warrenctl's admin commands (and a single node's control port) */
     rq_attach_cluster(b, cluster); /* classic queues on other nodes: proxies to their home */
-    return cl_start(cluster, &meta_cl_ops, b, err, errlen);
+    if (cl_start(cluster, &meta_cl_ops, b, err, errlen) != 0) return -1;
+    return qq_start(b, cluster, err, errlen); /* quorum queues' Raft groups on this node */
 }
 
 int main(int argc, char **argv)
@@ -159,6 +161,7 @@ int main(int argc, char **argv)
     ev_run(loop, 0);
 
     amqp_server_free(node.amqp);
+    qq_free(b);      /* its groups live on the cluster's Raft host */
     cl_free(cluster); /* before the broker: it calls nothing back, and stops applying to it */
     broker_free(b);
     store_close(store);

@@ -1331,6 +1331,9 @@ int raft_step(struct raft *r, const struct raft_event *ev, struct raft_update *o
     case RAFT_EV_TRANSFER: rc = transfer(r, ev->u.transfer.to); break;
     case RAFT_EV_READ_INDEX: rc = read_index(r, ev->u.read.ctx); break;
     case RAFT_EV_WAKE: wake(r); break;
+    case RAFT_EV_CAMPAIGN:
+        if (r->role != RAFT_LEADER && may_campaign(r)) campaign(r, r->cfg.pre_vote ? CAMPAIGN_PRE : CAMPAIGN_NORMAL);
+        break;
     default: rc = RAFT_EINVAL; break;
     }
     if (r->role == RAFT_LEADER) {

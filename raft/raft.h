@@ -181,6 +181,9 @@ enum raft_event_type {
                            resumes now: restart timers, treat peers as recently active; the
                            leader lease (check_quorum) lapses until the leader is heard from
                            again (a follower) or a quorum answers (a leader) */
+    RAFT_EV_CAMPAIGN,   /* start an election now instead of waiting for the election timeout
+                           (like etcd's MsgHup): a group whose only voter is this node elects
+                           itself at once. No effect on a leader or a non-voter. */
 };
 
 struct raft_event {

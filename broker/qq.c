@@ -1,0 +1,1611 @@
+/* qq.c - quorum queues: the broker's queue operations as commands of a per-queue Raft group.
+ *
+ * Role: the host side of broker/qq_sm.c (see qq.h for the whole picture). One struct qq per
+ * quorum queue record on this node; one struct qq_state per node.
+ *
+ * Data flow of an operation that needs an answer (publish, consume, get, purge):
+ *
+ *   caller -> op (encoded command, callback, req id) -> the queue's outbox
+ *   -> flush (ev_prepare, once per loop iteration):
+ *        this node leads the group:  mr_propose(command)           (arg = req id)
+ *        another node leads it:      one "qq.p" call with every command of the outbox
+ *        no leader known:            kept; a retry timer flushes again shortly
+ *   -> the command commits and every member applies it (qsm_apply); its result effect carries
+ *      (origin node, req): on the origin node it completes the op (the callback runs); on a
+ *      leader serving a forwarded command it is kept for the reply to the origin.
+ *   A failed attempt (deposed leader, lost call, timeout) puts the op back in the outbox.
+ *
+ * Invariants:
+ *   - An op lives in s->ops (by req) from creation to completion and is completed exactly
+ *     once. Everything else refers to it by req, never by pointer, except the outbox, which
+ *     frees an op completed while queued when it pops it.
+ *   - Callbacks of ops never run inside the qq_* call that created them.
+ *   - The state machine's initial settings come from the queue's arguments only (immutable,
+ *     the same on every member and at every replay); policies reach it as CONFIG commands
+ *     proposed by the leader, so a replay after a restart computes the same state.
+ *   - Deliveries: every member computes every assignment; only the consumer's own node acts on
+ *     it. A consumer's deliveries are held until its consume-ok has gone out.
+ *   - Dead-lettering (an effect) is done by the leader only.
+ */
+#include "broker/qq.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "broker/cluster.h"
+#include "broker/log.h"
+#include "broker/multiraft.h"
+#include "broker/props.h"
+#include "broker/qq_sm.h"
+
+#define QQ_CALL_TIMEOUT 5.0    /* a forwarded batch waits this long for the leader's answer */
+#define QQ_OP_TIMEOUT 15.0     /* consume / get / purge give up after this long */
+#define QQ_RETRY_INTERVAL 0.05 /* no leader known: look again after this long */
+#define QQ_DEFAULT_GROUP_SIZE 3
+
+enum op_kind { OP_PLAIN, OP_PUBLISH, OP_CONSUME, OP_GET, OP_PURGE };
+
+typedef struct qq qq_t;
+
+struct qq_op {
+    struct qq_op *next; /* in the outbox */
+    qq_t *qq;
+    uint64_t req;
+    uint8_t kind;
+    bool queued;   /* in the outbox */
+    bool finished; /* completed while queued: freed when popped */
+    ev_tstamp deadline; /* 0 = retry until the queue goes */
+    amqp_buf_t cmd;
+    union {
+        struct { rq_pub_cb cb; void *arg; uint64_t tag; } pub;
+        struct { rq_done_cb cb; void *arg; struct qcons *qc; } consume;
+        struct { rq_get_cb cb; void *arg; uint64_t chan; bool no_ack; } get;
+        struct { rq_count_cb cb; void *arg; } count;
+    } u;
+};
+
+/* A consumer on this node: its deliveries are held until consume-ok went out. */
+struct qcons {
+    consumer_t *c;
+    uint64_t chan;
+    bool ready;
+    qentry_t *held;
+    size_t nheld, capheld;
+};
+
+struct chanrec {
+    uint64_t next_seq; /* the channel's last enqueue sequence number for this queue */
+};
+
+/* Settlements of one channel collected during a loop iteration. */
+struct acc {
+    uint8_t op;
+    uint64_t chan;
+    uint64_t *ids;
+    uint32_t n, cap;
+};
+
+struct qq {
+    queue_t *q;
+    struct qq_state *s;
+    uint64_t gid;
+    raft_id members[RAFT_MAX_NODES];
+    unsigned n_members;
+    mr_group_t *g; /* open on a member once qq_start ran */
+    qsm_t *sm;
+    uint32_t leader_hint;
+    unsigned rr; /* non-member: which member to try next */
+    struct qq_op *out_head, *out_tail;
+    struct acc *accs;
+    size_t n_accs, cap_accs;
+    bool dirty;
+    qq_t *next_dirty;
+    qq_t *next_grave; /* detached, waiting for flush to destroy its group */
+    dict_t chans; /* chan id (8 bytes) -> struct chanrec* */
+    dict_t cons;  /* chan id (8 bytes) + tag -> struct qcons* */
+    ev_timer expire_w, campaign_w;
+    int campaigns_left;
+    bool is_new;        /* created at runtime (not recovered): campaign at once */
+    bool transfer_done; /* client-local leader placement done */
+    bool detached;
+    uint64_t applied_since_check;
+};
+
+/* A forwarded batch being served by this node as leader. */
+struct rslot {
+    struct rbatch *batch;
+    uint32_t origin;
+    uint64_t req;
+    bool retry, has_result;
+    struct qsm_result r; /* r.m holds a reference */
+};
+struct rbatch {
+    struct qq_state *s;
+    struct peer_reply_to to;
+    uint32_t n, left;
+    struct rslot slots[];
+};
+
+/* A forwarded batch sent by this node. */
+struct fbatch {
+    struct qq_state *s;
+    uint64_t gid;
+    uint32_t n;
+    uint64_t reqs[];
+};
+
+struct qq_state {
+    broker_t *b;
+    cl_t *cl;
+    mr_host_t *host;
+    bool own_host;
+    bool started;
+    raft_id self;
+    uint32_t boot;
+    uint32_t chan_counter;
+    uint64_t next_req;
+    dict_t groups; /* gid (8 bytes) -> qq_t* (every attached quorum queue) */
+    dict_t ops;    /* req (8 bytes) -> struct qq_op* */
+    dict_t rwait;  /* origin (4) + req (8) -> struct rslot* */
+    qq_t *dirty;
+    qq_t *graveyard; /* detached queues: groups are destroyed outside the host's callbacks */
+    ev_prepare flush_w;
+    ev_timer retry_w;
+    uint64_t closing_chan;
+};
+
+static const struct mr_sm_ops qq_sm_ops;
+static void flush_all(struct qq_state *s);
+
+/* ---- small helpers ------------------------------------------------------------------------ */
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    for (int i = 3; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
+static struct qq_state *state_of(broker_t *b)
+{
+    if (!b->qq) {
+        struct qq_state *s = calloc(1, sizeof *s);
+        if (!s) abort();
+        s->b = b;
+        dict_init(&s->groups);
+        dict_init(&s->ops);
+        dict_init(&s->rwait);
+        s->next_req = 1;
+        b->qq = s;
+    }
+    return b->qq;
+}
+
+static raft_id self_id(const broker_t *b) { return b->self_node ? b->self_node : 1; }
+
+static bool is_member(const qq_t *qq, raft_id id)
+{
+    for (unsigned i = 0; i < qq->n_members; i++)
+        if (qq->members[i] == id) return true;
+    return false;
+}
+
+static bool node_up(struct qq_state *s, uint32_t node)
+{
+    broker_t *b = s->b;
+    if (node == s->self) return true;
+    return b->node_is_up ? b->node_is_up(b->node_ctx, node) : b->node_call != NULL;
+}
+
+static bool is_leader(const qq_t *qq) { return qq->g && mr_group_role(qq->g) == RAFT_LEADER; }
+
+static const amqp_value_t *setting(const queue_t *q, const char *arg, const char *policy_key)
+{
+    const amqp_value_t *v = amqp_table_get(&q->args, arg);
+    if (v) return v;
+    if (policy_key && q->operator_policy) {
+        v = br_policy_value(q->operator_policy, policy_key);
+        if (v) return v;
+    }
+    return policy_key && q->policy ? br_policy_value(q->policy, policy_key) : NULL;
+}
+
+static int64_t int_setting(const queue_t *q, const char *arg, const char *policy_key, int64_t dflt)
+{
+    const amqp_value_t *v = setting(q, arg, policy_key);
+    int64_t i;
+    return v && amqp_value_int(v, &i) ? i : dflt;
+}
+
+static bool str_setting_is(const queue_t *q, const char *arg, const char *policy_key, const char *want)
+{
+    const amqp_value_t *v = setting(q, arg, policy_key);
+    return v && v->type == 'S' && amqp_bytes_eq_cstr(v->v.str, want);
+}
+
+/* The state machine's settings: from the arguments only (with_policies false: the initial
+ * settings, identical at every replay) or arguments plus policies (what the leader proposes). */
+static void config_of(const queue_t *q, bool with_policies, struct qsm_config *c)
+{
+    const queue_t *src = q;
+    queue_t bare;
+    if (!with_policies) {
+        bare = *q;
+        bare.policy = bare.operator_policy = NULL;
+        src = &bare;
+    }
+    qsm_config_defaults(c);
+    c->delivery_limit = int_setting(src, "x-delivery-limit", "delivery-limit", 20);
+    if (c->delivery_limit < 0) c->delivery_limit = -1;
+    c->max_length = int_setting(src, "x-max-length", "max-length", -1);
+    c->max_bytes = int_setting(src, "x-max-length-bytes", "max-length-bytes", -1);
+    c->msg_ttl = int_setting(src, "x-message-ttl", "message-ttl", -1);
+    c->overflow = str_setting_is(src, "x-overflow", "overflow", "reject-publish") ||
+                          str_setting_is(src, "x-overflow", "overflow", "reject-publish-dlx")
+                      ? QSM_REJECT_PUBLISH
+                      : QSM_DROP_HEAD;
+    c->dlx_strategy = str_setting_is(src, "x-dead-letter-strategy", "dead-letter-strategy", "at-least-once")
+                          ? QSM_AT_LEAST_ONCE
+                          : QSM_AT_MOST_ONCE;
+    const amqp_value_t *dlx = setting(src, "x-dead-letter-exchange", "dead-letter-exchange");
+    c->dead_letter = dlx && dlx->type == 'S';
+    const amqp_value_t *sac = amqp_table_get(&q->args, "x-single-active-consumer");
+    c->single_active = sac && sac->type == 't' && sac->v.b;
+}
+
+static bool config_equal(const struct qsm_config *a, const struct qsm_config *b)
+{
+    return a->delivery_limit == b->delivery_limit && a->max_length == b->max_length && a->max_bytes == b->max_bytes &&
+           a->msg_ttl == b->msg_ttl && a->overflow == b->overflow && a->dlx_strategy == b->dlx_strategy &&
+           a->dead_letter == b->dead_letter && a->single_active == b->single_active;
+}
+
+/* ---- declaration ---------------------------------------------------------------------------- */
+
+bool qq_args_quorum(const amqp_table_t *args)
+{
+    const amqp_value_t *t = args ? amqp_table_get(args, "x-queue-type") : NULL;
+    return t && t->type == 'S' && amqp_bytes_eq_cstr(t->v.str, "quorum");
+}
+
+/* Arguments RabbitMQ knows but refuses on a quorum queue (declared for other queue types);
+ * unknown x- arguments are accepted and ignored, as RabbitMQ does. */
+static const char *const qq_refused_arguments[] = {
+    "x-max-priority", "x-queue-mode", "x-queue-version", "x-queue-master-locator", "x-max-age",
+    "x-stream-max-segment-size-bytes", "x-initial-cluster-size", "x-stream-filter-size-bytes",
+};
+
+static bool str_in(const amqp_value_t *v, const char *const *set, size_t n)
+{
+    for (size_t i = 0; v && v->type == 'S' && i < n; i++)
+        if (amqp_bytes_eq_cstr(v->v.str, set[i])) return true;
+    return false;
+}
+
+int qq_check_declare(vhost_t *vh, const char *name, size_t len, bool server_named, bool durable, bool exclusive,
+                     bool auto_delete, const amqp_table_t *args, br_err_t *err)
+{
+    if (server_named)
+        return br_fail(err, BR_PRECONDITION_FAILED,
+                       "Cannot declare a server-named queue for type rabbit_quorum_queue");
+    const char *prop = auto_delete ? "auto-delete" : exclusive ? "exclusive-owner" : !durable ? "non-durable" : NULL;
+    if (prop)
+        return br_fail(err, BR_PRECONDITION_FAILED, "invalid property '%s' for queue '%.*s' in vhost '%s'", prop,
+                       (int)len, name, vh->name);
+    for (size_t k = 0; k < sizeof qq_refused_arguments / sizeof qq_refused_arguments[0]; k++)
+        if (amqp_table_get(args, qq_refused_arguments[k]))
+            return br_fail(err, BR_PRECONDITION_FAILED,
+                           "invalid arg '%s' for queue '%.*s' in vhost '%s' of queue type rabbit_quorum_queue",
+                           qq_refused_arguments[k], (int)len, name, vh->name);
+    const amqp_value_t *gs = amqp_table_get(args, "x-quorum-initial-group-size");
+    int64_t n;
+    if (gs && (!amqp_value_int(gs, &n) || n <= 0))
+        return br_fail(err, BR_PRECONDITION_FAILED,
+                       "invalid arg 'x-quorum-initial-group-size' for queue '%.*s' in vhost '%s': %s", (int)len,
+                       name, vh->name, !amqp_value_int(gs, &n) ? "{unacceptable_type,longstr}" : n == 0 ? "{value_zero,0}" : "{value_negative,-1}");
+    const amqp_value_t *dl = amqp_table_get(args, "x-delivery-limit");
+    if (dl && !amqp_value_int(dl, &n))
+        return br_fail(err, BR_PRECONDITION_FAILED, "invalid arg 'x-delivery-limit' for queue '%.*s' in vhost '%s'",
+                       (int)len, name, vh->name);
+    static const char *const strategies[] = {"at-most-once", "at-least-once"};
+    const amqp_value_t *st = amqp_table_get(args, "x-dead-letter-strategy");
+    if (st && !str_in(st, strategies, 2))
+        return br_fail(err, BR_PRECONDITION_FAILED,
+                       "invalid arg 'x-dead-letter-strategy' for queue '%.*s' in vhost '%s': invalid_dlx_strategy",
+                       (int)len, name, vh->name);
+    static const char *const locators[] = {"client-local", "balanced", "random", "least-leaders"};
+    const amqp_value_t *ll = amqp_table_get(args, "x-queue-leader-locator");
+    if (ll && !str_in(ll, locators, 4))
+        return br_fail(err, BR_PRECONDITION_FAILED,
+                       "invalid arg 'x-queue-leader-locator' for queue '%.*s' in vhost '%s': invalid_queue_locator_arg",
+                       (int)len, name, vh->name);
+    return 0;
+}
+
+void qq_choose_members(broker_t *b, const amqp_table_t *args, amqp_buf_t *out)
+{
+    struct qq_state *s = state_of(b);
+    int64_t want = QQ_DEFAULT_GROUP_SIZE;
+    const amqp_value_t *gs = args ? amqp_table_get(args, "x-quorum-initial-group-size") : NULL;
+    if (gs) amqp_value_int(gs, &want);
+    if (want < 1) want = 1;
+    if (want > RAFT_MAX_NODES) want = RAFT_MAX_NODES;
+    amqp_buf_put_u32(out, self_id(b));
+    if (!s->cl || !cl_clustered(s->cl)) return;
+    struct cl_status st;
+    cl_status(s->cl, &st);
+    /* Running voters first, then the others, each in the order the cluster lists them. */
+    int64_t have = 1;
+    for (int pass = 0; pass < 2 && have < want; pass++)
+        for (unsigned i = 0; i < st.n_members && have < want; i++) {
+            const struct cl_member *m = &st.members[i];
+            if (m->id == self_id(b) || !m->voter || m->running != (pass == 0)) continue;
+            amqp_buf_put_u32(out, m->id);
+            have++;
+        }
+}
+
+void qq_members_encode(const queue_t *q, amqp_buf_t *out)
+{
+    const qq_t *qq = q->qq;
+    for (unsigned i = 0; qq && i < qq->n_members; i++) amqp_buf_put_u32(out, qq->members[i]);
+}
+
+/* ---- ops ------------------------------------------------------------------------------------ */
+
+static void mark_dirty(qq_t *qq)
+{
+    if (qq->dirty || qq->detached) return;
+    qq->dirty = true;
+    qq->next_dirty = qq->s->dirty;
+    qq->s->dirty = qq;
+}
+
+static void flush_accs(qq_t *qq);
+
+/* Appends an op; settlements collected before it go first, so commands keep the order in
+ * which the channel issued them (a reject with requeue, then a basic.get, must find it). */
+static void outbox_push(qq_t *qq, struct qq_op *op)
+{
+    if (qq->n_accs) flush_accs(qq);
+    op->next = NULL;
+    op->queued = true;
+    if (qq->out_tail) qq->out_tail->next = op;
+    else qq->out_head = op;
+    qq->out_tail = op;
+    mark_dirty(qq);
+}
+
+static struct qq_op *op_new(qq_t *qq, uint8_t kind, struct qsm_cmd *cmd, double timeout)
+{
+    struct qq_state *s = qq->s;
+    struct qq_op *op = calloc(1, sizeof *op);
+    if (!op) abort();
+    op->qq = qq;
+    op->kind = kind;
+    op->req = s->next_req++;
+    op->deadline = timeout > 0 ? ev_now(s->b->loop) + timeout : 0;
+    cmd->node = s->self;
+    cmd->now_ms = wall_ms();
+    if (kind != OP_PLAIN) cmd->req = op->req;
+    qsm_encode(&op->cmd, cmd);
+    uint8_t key[8];
+    put_be64(key, op->req);
+    dict_set(&s->ops, key, 8, op);
+    return op;
+}
+
+static void op_free(struct qq_op *op)
+{
+    amqp_buf_free(&op->cmd);
+    free(op);
+}
+
+static struct qq_op *op_find(struct qq_state *s, uint64_t req)
+{
+    uint8_t key[8];
+    put_be64(key, req);
+    return dict_get(&s->ops, key, 8);
+}
+
+static qentry_t entry_for(msg_t *m, uint64_t msg_id, uint64_t chan, uint32_t delivery_count, bool redelivered);
+static void qcons_ready(qq_t *qq, struct qcons *qc);
+static void qcons_drop(qq_t *qq, struct qcons *qc, bool cancel);
+
+/* Completes an op exactly once: err NULL with the result (may be NULL for commands without
+ * one), or an error. */
+static void op_complete(struct qq_op *op, const br_err_t *err, const struct qsm_result *r)
+{
+    struct qq_state *s = op->qq->s;
+    uint8_t key[8];
+    put_be64(key, op->req);
+    dict_del(&s->ops, key, 8);
+    qq_t *qq = op->qq;
+    switch (op->kind) {
+    case OP_PUBLISH:
+        if (op->u.pub.cb)
+            op->u.pub.cb(op->u.pub.arg, op->u.pub.tag,
+                         err ? RQ_PUB_FAILED : r && r->status == QSM_R_REJECTED ? Q_PUB_REJECTED : Q_PUB_OK);
+        break;
+    case OP_CONSUME: {
+        struct qcons *qc = op->u.consume.qc;
+        if (err && qc) qcons_drop(qq, qc, false); /* not registered: forget it here too */
+        rq_done_cb cb = op->u.consume.cb;
+        void *arg = op->u.consume.arg;
+        if (!err && qc) qc->ready = true;
+        cb(arg, err);
+        /* The callback may have removed the consumer (its channel went meanwhile). */
+        if (!err && qc) {
+            uint8_t ck[8 + 256];
+            put_be64(ck, qc->chan);
+            size_t tl = qc->c->tag_len < 256 ? qc->c->tag_len : 255;
+            memcpy(ck + 8, qc->c->tag, tl);
+            if (dict_get(&qq->cons, ck, 8 + tl) == qc) qcons_ready(qq, qc);
+        }
+        break;
+    }
+    case OP_GET:
+        if (err) {
+            op->u.get.cb(op->u.get.arg, err, NULL, 0);
+        } else if (!r || r->status == QSM_R_EMPTY || !r->m) {
+            op->u.get.cb(op->u.get.arg, NULL, NULL, 0);
+        } else {
+            qentry_t e = entry_for(r->m, r->msg_id, op->u.get.chan, r->delivery_count, r->redelivered);
+            qq->q->stat_get++;
+            op->u.get.cb(op->u.get.arg, NULL, &e, r->count);
+        }
+        break;
+    case OP_PURGE:
+        op->u.count.cb(op->u.count.arg, err, r ? r->count : 0, 0);
+        break;
+    default:
+        break;
+    }
+    if (op->queued) op->finished = true;
+    else op_free(op);
+}
+
+static void op_fail(struct qq_op *op, int code, const char *text)
+{
+    br_err_t err;
+    br_fail(&err, code, "%s", text);
+    op_complete(op, &err, NULL);
+}
+
+/* Puts an op whose attempt failed back in its queue's outbox. */
+static void op_retry(struct qq_state *s, uint64_t req)
+{
+    struct qq_op *op = op_find(s, req);
+    if (op && !op->queued) outbox_push(op->qq, op);
+}
+
+/* ---- the group: apply and effects ----------------------------------------------------------- */
+
+static qq_t *qq_of_group(mr_group_t *g) { return mr_group_user(g); }
+
+/* The message as a consumer gets it: with x-delivery-count when it was delivered before (as
+ * RabbitMQ 4 adds it), else the shared message itself. Returns a new reference. */
+static msg_t *with_delivery_count(msg_t *m, uint32_t count)
+{
+    if (count == 0) return msg_ref(m);
+    props_core_t p;
+    if (props_core_read(m->props, m->props_len, &p) != 0) return msg_ref(m);
+    amqp_table_t old = {0};
+    bool have_old = p.has_headers && amqp_table_parse(p.headers, &old) == 0;
+    amqp_buf_t hdr = {0}, props = {0};
+    size_t pos = amqp_table_open(&hdr);
+    for (size_t i = 0; have_old && i < old.n; i++) {
+        if (amqp_bytes_eq_cstr(old.fields[i].key, "x-delivery-count")) continue;
+        amqp_buf_put_shortstr(&hdr, old.fields[i].key);
+        amqp_value_encode(&hdr, &old.fields[i].value);
+    }
+    amqp_table_put_i64(&hdr, "x-delivery-count", count);
+    amqp_table_close(&hdr, pos);
+    amqp_bytes_t hb = {hdr.data + pos + 4, hdr.len - pos - 4};
+    msg_t *dm = NULL;
+    if (props_rewrite(m->props, m->props_len, &hb, false, false, &props) == 0) {
+        dm = msg_new(m->exchange, m->exchange_len, m->rk, m->rk_len, props.data, props.len, m->body_len);
+        if (m->body_len) memcpy(dm->body, m->body, m->body_len);
+        dm->id = m->id;
+        dm->persistent = m->persistent;
+        dm->priority = m->priority;
+        dm->has_expiration = m->has_expiration;
+    }
+    if (have_old) amqp_table_free(&old);
+    amqp_buf_free(&hdr);
+    amqp_buf_free(&props);
+    return dm ? dm : msg_ref(m);
+}
+
+static qentry_t entry_for(msg_t *m, uint64_t msg_id, uint64_t chan, uint32_t delivery_count, bool redelivered)
+{
+    qentry_t e = {0};
+    e.m = with_delivery_count(m, delivery_count);
+    e.seq = msg_id;
+    e.qq_chan = chan;
+    e.redelivered = redelivered;
+    return e;
+}
+
+static struct qcons *cons_find(qq_t *qq, uint64_t chan, amqp_bytes_t tag)
+{
+    uint8_t key[8 + 256];
+    put_be64(key, chan);
+    size_t tl = tag.len < 256 ? tag.len : 255;
+    memcpy(key + 8, tag.ptr, tl);
+    return dict_get(&qq->cons, key, 8 + tl);
+}
+
+static void accumulate(qq_t *qq, uint8_t op, uint64_t chan, uint64_t id);
+
+static void fx_deliver(void *ud, uint32_t node, uint64_t chan, amqp_bytes_t tag, uint64_t msg_id, msg_t *m,
+                       uint32_t delivery_count, bool redelivered)
+{
+    qq_t *qq = ud;
+    if (node != qq->s->self) return; /* the consumer's own node hands it over */
+    struct qcons *qc = cons_find(qq, chan, tag);
+    if (!qc) {
+        /* Its consumer is gone here but its channel lives (a cancel on its way): give it back. */
+        uint8_t key[8];
+        put_be64(key, chan);
+        if (dict_get(&qq->chans, key, 8)) accumulate(qq, QSM_RETURN, chan, msg_id);
+        return;
+    }
+    qentry_t e = entry_for(m, msg_id, chan, delivery_count, redelivered);
+    if (!qc->ready) {
+        if (qc->nheld == qc->capheld) {
+            qc->capheld = qc->capheld ? qc->capheld * 2 : 16;
+            qc->held = realloc(qc->held, qc->capheld * sizeof *qc->held);
+            if (!qc->held) abort();
+        }
+        qc->held[qc->nheld++] = e;
+        return;
+    }
+    queue_t *q = qq->q;
+    q->stat_deliver++;
+    if (redelivered) q->stat_redeliver++;
+    q->vh->broker->stat_deliver++;
+    qc->c->ops->deliver(qc->c, q, &e);
+}
+
+static void fx_result(void *ud, uint32_t node, uint64_t req, const struct qsm_result *r)
+{
+    qq_t *qq = ud;
+    struct qq_state *s = qq->s;
+    if (node == s->self) {
+        struct qq_op *op = op_find(s, req);
+        if (op && op->qq == qq) op_complete(op, NULL, r);
+        return;
+    }
+    uint8_t key[12];
+    put_be32(key, node);
+    put_be64(key + 4, req);
+    struct rslot *slot = dict_del(&s->rwait, key, 12);
+    if (!slot) return;
+    slot->has_result = true;
+    slot->r = *r;
+    if (r->m) msg_ref(r->m);
+}
+
+static void fx_dead_letter(void *ud, msg_t *m, const char *reason, uint32_t delivery_count, uint64_t dlx_id)
+{
+    (void)delivery_count;
+    qq_t *qq = ud;
+    if (!is_leader(qq)) return;
+    q_dead_letter(qq->q, m, reason);
+    if (dlx_id) {
+        /* At-least-once: the dead-lettered copy has been handed to its targets' queues here;
+         * settle it in the source queue. (RabbitMQ waits for the targets' confirms.) */
+        struct qsm_cmd cmd = {.op = QSM_DLX_SETTLE, .n_ids = 1, .ids_in = &dlx_id};
+        outbox_push(qq, op_new(qq, OP_PLAIN, &cmd, 0));
+    }
+}
+
+static void arm_expiry(qq_t *qq)
+{
+    struct qsm_stats st;
+    qsm_stats(qq->sm, &st);
+    struct ev_loop *loop = qq->s->b->loop;
+    if (!st.earliest_expiry || !is_leader(qq)) {
+        ev_timer_stop(loop, &qq->expire_w);
+        return;
+    }
+    double after = (double)(st.earliest_expiry - wall_ms()) / 1000.0 + 0.001;
+    if (after < 0.001) after = 0.001;
+    if (ev_is_active(&qq->expire_w) && ev_timer_remaining(loop, &qq->expire_w) <= after) return;
+    ev_timer_stop(loop, &qq->expire_w);
+    ev_timer_set(&qq->expire_w, after, 0);
+    ev_timer_start(loop, &qq->expire_w);
+}
+
+static void expire_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop, (void)revents;
+    qq_t *qq = w->data;
+    if (!is_leader(qq)) return;
+    struct qsm_cmd cmd = {.op = QSM_EXPIRE};
+    outbox_push(qq, op_new(qq, OP_PLAIN, &cmd, 0));
+}
+
+static void sm_apply(mr_group_t *g, raft_index index, const struct raft_entry *entry)
+{
+    (void)index;
+    qq_t *qq = qq_of_group(g);
+    if (qq->detached) return;
+    struct qsm_cmd cmd;
+    if (qsm_decode(entry->data, entry->len, &cmd) != 0) {
+        log_warn("quorum queue '%s': malformed command at index %llu ignored", qq->q->name,
+                 (unsigned long long)index);
+        return;
+    }
+    if (cmd.op == QSM_ENQUEUE && cmd.node == qq->s->self) qq->q->stat_publish++;
+    struct qsm_effects fx = {.ud = qq, .deliver = fx_deliver, .result = fx_result, .dead_letter = fx_dead_letter};
+    qsm_apply(qq->sm, &cmd, &fx);
+    if (is_leader(qq)) arm_expiry(qq);
+    /* Snapshots every max(4096, 2 x live messages) entries: their cost stays proportional to
+     * the commands applied, and the log behind them (disk, recovery time) to the live state. */
+    if (++qq->applied_since_check >= 1024) {
+        qq->applied_since_check = 0;
+        uint64_t live = qsm_live(qq->sm);
+        uint64_t thr = live * 2 > 4096 ? live * 2 : 4096;
+        mr_group_set_snapshot_threshold(g, thr > 0x7fffffff ? 0x7fffffff : (unsigned)thr);
+    }
+}
+
+static int sm_snapshot_take(mr_group_t *g, raft_index index, void **bytes, size_t *len)
+{
+    (void)index;
+    qq_t *qq = qq_of_group(g);
+    amqp_buf_t out = {0};
+    qsm_snapshot(qq->sm, &out);
+    *bytes = out.data;
+    *len = out.len;
+    return 0;
+}
+
+static void sm_snapshot_install(mr_group_t *g, raft_index index, const void *bytes, size_t len)
+{
+    qq_t *qq = qq_of_group(g);
+    qsm_t *sm = qsm_restore(bytes, len);
+    if (!sm) {
+        log_error("quorum queue '%s': unreadable snapshot at index %llu ignored", qq->q->name,
+                  (unsigned long long)index);
+        return;
+    }
+    qsm_free(qq->sm);
+    qq->sm = sm;
+}
+
+static void propose_down(qq_t *qq, uint32_t node, uint64_t chan, uint64_t keep_boot)
+{
+    struct qsm_cmd cmd = {.op = QSM_DOWN, .chan = chan, .seq = keep_boot};
+    struct qq_op *op = op_new(qq, OP_PLAIN, &cmd, 0);
+    /* op_new stamped this node as the command's node: DOWN names the node that went */
+    amqp_buf_free(&op->cmd);
+    cmd.node = node;
+    qsm_encode(&op->cmd, &cmd);
+    outbox_push(qq, op);
+}
+
+static void leader_duties(qq_t *qq)
+{
+    struct qq_state *s = qq->s;
+    queue_t *q = qq->q;
+    /* Policies: the settings in force reach the replicas as a command. */
+    struct qsm_config want;
+    config_of(q, true, &want);
+    if (!config_equal(&want, qsm_config(qq->sm))) {
+        struct qsm_cmd cmd = {.op = QSM_CONFIG, .config = want};
+        outbox_push(qq, op_new(qq, OP_PLAIN, &cmd, 0));
+    }
+    /* Consumers of nodes that are down get their messages back. */
+    for (unsigned i = 0; i < qq->n_members; i++)
+        if (qq->members[i] != s->self && !node_up(s, qq->members[i])) propose_down(qq, qq->members[i], 0, 0);
+    /* client-local placement: the declaring node leads its new queue. */
+    if (!qq->transfer_done) {
+        qq->transfer_done = true;
+        if (qq->is_new && q->home && q->home != s->self && is_member(qq, q->home) && node_up(s, q->home) &&
+            !str_setting_is(q, "x-queue-leader-locator", "queue-leader-locator", "balanced"))
+            mr_transfer(qq->g, q->home);
+    }
+    arm_expiry(qq);
+}
+
+static void sm_role_changed(mr_group_t *g, enum raft_role role, raft_id leader)
+{
+    qq_t *qq = qq_of_group(g);
+    if (qq->detached) return;
+    if (leader) qq->leader_hint = (uint32_t)leader;
+    if (role == RAFT_LEADER) {
+        log_info("quorum queue '%s' in vhost '%s': leader on this node (term %llu)", qq->q->name, qq->q->vh->name,
+                 (unsigned long long)mr_group_raft(g)->term);
+        leader_duties(qq);
+    }
+    else ev_timer_stop(qq->s->b->loop, &qq->expire_w);
+    mark_dirty(qq); /* waiting commands can go to the (new) leader */
+}
+
+static const struct mr_sm_ops qq_sm_ops = {
+    .apply = sm_apply,
+    .snapshot_take = sm_snapshot_take,
+    .snapshot_install = sm_snapshot_install,
+    .role_changed = sm_role_changed,
+};
+
+/* A new group elects its first leader at once rather than after an election timeout. */
+static void campaign_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    qq_t *qq = w->data;
+    if (!qq->g || mr_group_leader(qq->g) || qq->campaigns_left-- <= 0) {
+        ev_timer_stop(loop, w);
+        return;
+    }
+    mr_campaign(qq->g);
+}
+
+static void group_open(qq_t *qq)
+{
+    struct qq_state *s = qq->s;
+    if (qq->g || qq->detached || !s->started || !is_member(qq, s->self)) return;
+    int err = 0;
+    qq->g = mr_group_open(s->host, qq->gid, qq->members, qq->n_members, &qq_sm_ops, qq, &err);
+    if (!qq->g) {
+        log_error("quorum queue '%s' in vhost '%s': cannot open its Raft group (%s)", qq->q->name, qq->q->vh->name,
+                  mr_status_name(err));
+        return;
+    }
+    if (qq->n_members == 1 || (qq->is_new && qq->q->home == s->self)) {
+        mr_campaign(qq->g);
+        qq->campaigns_left = 20;
+        ev_timer_start(s->b->loop, &qq->campaign_w);
+    }
+    if (!qq->is_new) {
+        /* Restarted: consumers of this node's previous runs are gone. */
+        propose_down(qq, s->self, 0, s->boot);
+    }
+}
+
+/* ---- attach / detach ------------------------------------------------------------------------ */
+
+void qq_attach(queue_t *q, amqp_bytes_t members)
+{
+    broker_t *b = q->vh->broker;
+    struct qq_state *s = state_of(b);
+    qq_t *qq = calloc(1, sizeof *qq);
+    if (!qq) abort();
+    qq->q = q;
+    qq->s = s;
+    qq->gid = q->uid;
+    for (size_t i = 0; i + 4 <= members.len && qq->n_members < RAFT_MAX_NODES; i += 4)
+        qq->members[qq->n_members++] = amqp_get_u32(members.ptr + i);
+    if (qq->n_members == 0) qq->members[qq->n_members++] = self_id(b);
+    dict_init(&qq->chans);
+    dict_init(&qq->cons);
+    ev_timer_init(&qq->expire_w, expire_cb, 0, 0);
+    qq->expire_w.data = qq;
+    ev_timer_init(&qq->campaign_w, campaign_cb, 0.1, 0.1);
+    qq->campaign_w.data = qq;
+    struct qsm_config cfg;
+    config_of(q, false, &cfg);
+    qq->sm = qsm_new(&cfg);
+    qq->is_new = s->started;
+    q->qq = qq;
+    uint8_t key[8];
+    put_be64(key, qq->gid);
+    dict_set(&s->groups, key, 8, qq);
+    /* Opened by the next flush: this may run inside a callback of the Raft host. */
+    if (s->started && is_member(qq, s->self)) mark_dirty(qq);
+}
+
+static void qcons_free_held(struct qcons *qc)
+{
+    for (size_t i = 0; i < qc->nheld; i++) msg_unref(qc->held[i].m);
+    free(qc->held);
+    qc->held = NULL;
+    qc->nheld = qc->capheld = 0;
+}
+
+void qq_detach(queue_t *q)
+{
+    qq_t *qq = q->qq;
+    if (!qq || qq->detached) return;
+    struct qq_state *s = qq->s;
+    qq->detached = true;
+    struct ev_loop *loop = s->b->loop;
+    ev_timer_stop(loop, &qq->expire_w);
+    ev_timer_stop(loop, &qq->campaign_w);
+    /* Fail what waits for this queue. */
+    size_t pos = 0;
+    void *v;
+    ptrvec_t mine = {0};
+    while (dict_next(&s->ops, &pos, NULL, NULL, &v))
+        if (((struct qq_op *)v)->qq == qq) ptrvec_push(&mine, v);
+    for (size_t i = 0; i < mine.n; i++) {
+        struct qq_op *op = mine.items[i];
+        if (op->kind == OP_PUBLISH) op_complete(op, NULL, NULL); /* confirmed: gone with the queue */
+        else op_fail(op, BR_NOT_FOUND, "queue deleted");
+    }
+    ptrvec_free(&mine);
+    while (qq->out_head) {
+        struct qq_op *op = qq->out_head;
+        qq->out_head = op->next;
+        op->queued = false;
+        if (op->finished) op_free(op);
+        else {
+            uint8_t key[8];
+            put_be64(key, op->req);
+            dict_del(&s->ops, key, 8);
+            op_free(op);
+        }
+    }
+    qq->out_tail = NULL;
+    for (size_t i = 0; i < qq->n_accs; i++) free(qq->accs[i].ids);
+    free(qq->accs);
+    qq->accs = NULL;
+    qq->n_accs = qq->cap_accs = 0;
+    pos = 0;
+    while (dict_next(&qq->cons, &pos, NULL, NULL, &v)) {
+        struct qcons *qc = v;
+        qcons_free_held(qc);
+        qc->c->remote = NULL;
+        free(qc);
+    }
+    dict_free(&qq->cons);
+    dict_init(&qq->cons);
+    pos = 0;
+    while (dict_next(&qq->chans, &pos, NULL, NULL, &v)) free(v);
+    dict_free(&qq->chans);
+    dict_init(&qq->chans);
+    uint8_t key[8];
+    put_be64(key, qq->gid);
+    if (dict_get(&s->groups, key, 8) == qq) dict_del(&s->groups, key, 8);
+    /* This may run inside a callback of the Raft host (the metadata group applying the
+     * deletion), where groups must not be closed: the flush watcher destroys it. */
+    q->qq = NULL;
+    qq->next_grave = s->graveyard;
+    s->graveyard = qq;
+}
+
+/* Destroys detached queues' groups (and their storage) and frees them. */
+static void bury(struct qq_state *s)
+{
+    while (s->graveyard) {
+        qq_t *qq = s->graveyard;
+        s->graveyard = qq->next_grave;
+        if (qq->g) mr_group_destroy(qq->g);
+        qq->g = NULL;
+        qsm_free(qq->sm);
+        free(qq);
+    }
+}
+
+/* ---- channels and consumers ----------------------------------------------------------------- */
+
+uint64_t qq_channel_id(broker_t *b)
+{
+    struct qq_state *s = state_of(b);
+    return ((uint64_t)s->boot << 32) | ++s->chan_counter;
+}
+
+static struct chanrec *chan_rec(qq_t *qq, uint64_t chan)
+{
+    uint8_t key[8];
+    put_be64(key, chan);
+    struct chanrec *r = dict_get(&qq->chans, key, 8);
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r) abort();
+        dict_set(&qq->chans, key, 8, r);
+    }
+    return r;
+}
+
+void qq_channel_closing(broker_t *b, uint64_t chan)
+{
+    if (!b->qq || !chan) return;
+    struct qq_state *s = b->qq;
+    s->closing_chan = chan;
+    uint8_t key[8];
+    put_be64(key, chan);
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&s->groups, &pos, NULL, NULL, &v)) {
+        qq_t *qq = v;
+        struct chanrec *r = dict_del(&qq->chans, key, 8);
+        if (!r) continue;
+        free(r);
+        propose_down(qq, s->self, chan, 0);
+    }
+}
+
+static void qcons_key(const struct qcons *qc, uint8_t *key, size_t *klen)
+{
+    put_be64(key, qc->chan);
+    size_t tl = qc->c->tag_len < 256 ? qc->c->tag_len : 255;
+    memcpy(key + 8, qc->c->tag, tl);
+    *klen = 8 + tl;
+}
+
+static void qcons_ready(qq_t *qq, struct qcons *qc)
+{
+    /* Deliveries that arrived before consume-ok went out, in order. */
+    size_t n = qc->nheld;
+    qentry_t *held = qc->held;
+    qc->held = NULL;
+    qc->nheld = qc->capheld = 0;
+    for (size_t i = 0; i < n; i++) {
+        queue_t *q = qq->q;
+        q->stat_deliver++;
+        q->vh->broker->stat_deliver++;
+        qc->c->ops->deliver(qc->c, q, &held[i]);
+    }
+    free(held);
+}
+
+/* Forgets a local consumer; with cancel, the replicated state is told (basic.cancel). */
+static void qcons_drop(qq_t *qq, struct qcons *qc, bool cancel)
+{
+    uint8_t key[8 + 256];
+    size_t klen;
+    qcons_key(qc, key, &klen);
+    dict_del(&qq->cons, key, klen);
+    consumer_t *c = qc->c;
+    ptrvec_remove(&qq->q->consumers, c);
+    if (cancel) {
+        struct qsm_cmd cmd = {.op = QSM_CANCEL, .chan = qc->chan, .tag = {(const uint8_t *)c->tag, c->tag_len}};
+        outbox_push(qq, op_new(qq, OP_PLAIN, &cmd, 0));
+    }
+    for (size_t i = 0; i < qc->nheld; i++) accumulate(qq, QSM_RETURN, qc->chan, qc->held[i].seq);
+    qcons_free_held(qc);
+    c->remote = NULL;
+    free(qc);
+}
+
+void qq_consume(queue_t *q, consumer_t *c, uint64_t chan, rq_done_cb done, void *arg)
+{
+    qq_t *qq = q->qq;
+    struct qcons *qc = calloc(1, sizeof *qc);
+    if (!qc) abort();
+    qc->c = c;
+    qc->chan = chan;
+    c->q = q;
+    c->remote = qc;
+    uint8_t key[8 + 256];
+    size_t klen;
+    qcons_key(qc, key, &klen);
+    dict_set(&qq->cons, key, klen, qc);
+    ptrvec_push(&q->consumers, c);
+    chan_rec(qq, chan);
+    struct qsm_cmd cmd = {.op = QSM_CHECKOUT,
+                          .chan = chan,
+                          .tag = {(const uint8_t *)c->tag, c->tag_len},
+                          .prefetch = c->prefetch,
+                          .priority = c->priority,
+                          .flags = (uint8_t)((c->no_ack ? QSM_F_NO_ACK : 0) | (c->exclusive ? QSM_F_EXCLUSIVE : 0))};
+    struct qq_op *op = op_new(qq, OP_CONSUME, &cmd, QQ_OP_TIMEOUT);
+    op->u.consume.cb = done;
+    op->u.consume.arg = arg;
+    op->u.consume.qc = qc;
+    outbox_push(qq, op);
+    q_touch(q);
+}
+
+void qq_consumer_remove(queue_t *q, consumer_t *c)
+{
+    qq_t *qq = q->qq;
+    struct qcons *qc = c->remote;
+    if (!qq || !qc) {
+        ptrvec_remove(&q->consumers, c);
+        return;
+    }
+    /* A consume still waiting for its answer: the op forgets the consumer too. */
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&qq->s->ops, &pos, NULL, NULL, &v)) {
+        struct qq_op *op = v;
+        if (op->kind == OP_CONSUME && op->u.consume.qc == qc) op->u.consume.qc = NULL;
+    }
+    qcons_drop(qq, qc, qc->chan != qq->s->closing_chan);
+}
+
+/* ---- publish, get, purge, settle ------------------------------------------------------------ */
+
+static int64_t expiration_of(const msg_t *m)
+{
+    props_core_t p;
+    if (!m->has_expiration || props_core_read(m->props, m->props_len, &p) != 0 || !p.has_expiration) return -1;
+    int64_t v = 0;
+    for (size_t i = 0; i < p.expiration.len && i < 20; i++)
+        if (p.expiration.ptr[i] >= '0' && p.expiration.ptr[i] <= '9') v = v * 10 + (p.expiration.ptr[i] - '0');
+    return v;
+}
+
+bool qq_publish(queue_t *q, msg_t *m, uint64_t chan, rq_pub_cb cb, void *arg, uint64_t tag)
+{
+    qq_t *qq = q->qq;
+    if (!qq || qq->detached || !m->body) return false;
+    size_t rl = msg_record_size(m);
+    uint8_t *rec = malloc(rl ? rl : 1);
+    if (!rec) abort();
+    msg_record_write(m, rec);
+    struct qsm_cmd cmd = {.op = QSM_ENQUEUE,
+                          .chan = chan,
+                          .seq = chan ? ++chan_rec(qq, chan)->next_seq : 0,
+                          .expiration_ms = expiration_of(m),
+                          .msg = {rec, rl}};
+    struct qq_op *op = op_new(qq, OP_PUBLISH, &cmd, 0);
+    free(rec);
+    op->u.pub.cb = cb;
+    op->u.pub.arg = arg;
+    op->u.pub.tag = tag;
+    outbox_push(qq, op);
+    return true;
+}
+
+void qq_get(queue_t *q, bool no_ack, uint64_t chan, rq_get_cb cb, void *arg)
+{
+    qq_t *qq = q->qq;
+    chan_rec(qq, chan);
+    struct qsm_cmd cmd = {.op = QSM_DEQUEUE, .chan = chan, .flags = no_ack ? QSM_F_NO_ACK : 0};
+    struct qq_op *op = op_new(qq, OP_GET, &cmd, QQ_OP_TIMEOUT);
+    op->u.get.cb = cb;
+    op->u.get.arg = arg;
+    op->u.get.chan = chan;
+    op->u.get.no_ack = no_ack;
+    outbox_push(qq, op);
+    q_touch(q);
+}
+
+void qq_purge(queue_t *q, rq_count_cb cb, void *arg)
+{
+    qq_t *qq = q->qq;
+    struct qsm_cmd cmd = {.op = QSM_PURGE};
+    struct qq_op *op = op_new(qq, OP_PURGE, &cmd, QQ_OP_TIMEOUT);
+    op->u.count.cb = cb;
+    op->u.count.arg = arg;
+    outbox_push(qq, op);
+}
+
+static void accumulate(qq_t *qq, uint8_t op, uint64_t chan, uint64_t id)
+{
+    if (qq->detached) return;
+    struct acc *a = qq->n_accs ? &qq->accs[qq->n_accs - 1] : NULL;
+    if (!a || a->op != op || a->chan != chan) {
+        if (qq->n_accs == qq->cap_accs) {
+            qq->cap_accs = qq->cap_accs ? qq->cap_accs * 2 : 4;
+            qq->accs = realloc(qq->accs, qq->cap_accs * sizeof *qq->accs);
+            if (!qq->accs) abort();
+        }
+        a = &qq->accs[qq->n_accs++];
+        memset(a, 0, sizeof *a);
+        a->op = op;
+        a->chan = chan;
+    }
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 16;
+        a->ids = realloc(a->ids, a->cap * sizeof *a->ids);
+        if (!a->ids) abort();
+    }
+    a->ids[a->n++] = id;
+    mark_dirty(qq);
+}
+
+void qq_settle(queue_t *q, const qentry_t *e, int op)
+{
+    qq_t *qq = q->qq;
+    if (op == QSM_SETTLE) {
+        q->stat_ack++;
+        q->vh->broker->stat_ack++;
+    }
+    if (qq && !qq->detached && e->qq_chan != qq->s->closing_chan) accumulate(qq, (uint8_t)op, e->qq_chan, e->seq);
+    msg_unref(e->m);
+}
+
+uint32_t qq_message_count(queue_t *q)
+{
+    if (!q->qq || !q->qq->sm || !q->qq->g) return 0;
+    struct qsm_stats st;
+    qsm_stats(q->qq->sm, &st);
+    return (uint32_t)st.ready;
+}
+
+uint32_t qq_consumer_count(queue_t *q)
+{
+    if (!q->qq || !q->qq->sm || !q->qq->g) return (uint32_t)q->consumers.n;
+    struct qsm_stats st;
+    qsm_stats(q->qq->sm, &st);
+    return st.consumers;
+}
+
+void qq_settings_changed(queue_t *q)
+{
+    qq_t *qq = q->qq;
+    if (qq && !qq->detached && qq->sm && is_leader(qq)) {
+        struct qsm_config want;
+        config_of(q, true, &want);
+        if (!config_equal(&want, qsm_config(qq->sm))) {
+            struct qsm_cmd cmd = {.op = QSM_CONFIG, .config = want};
+            outbox_push(qq, op_new(qq, OP_PLAIN, &cmd, 0));
+        }
+    }
+}
+
+void qq_info(queue_t *q, struct qq_info *out)
+{
+    memset(out, 0, sizeof *out);
+    qq_t *qq = q->qq;
+    if (!qq) return;
+    out->n_members = qq->n_members < 16 ? qq->n_members : 16;
+    memcpy(out->members, qq->members, out->n_members * sizeof out->members[0]);
+    out->leader = qq->leader_hint;
+    if (!qq->g) return;
+    out->member = true;
+    out->leader = (uint32_t)mr_group_leader(qq->g);
+    const struct raft *r = mr_group_raft(qq->g);
+    out->term = r->term;
+    out->commit = r->commit;
+    out->applied = mr_group_applied(qq->g);
+    struct qsm_stats st;
+    qsm_stats(qq->sm, &st);
+    out->ready = st.ready;
+    out->ready_bytes = st.ready_bytes;
+    out->unacked = st.unacked;
+    out->unacked_bytes = st.unacked_bytes;
+    out->dlx = st.dlx;
+    out->consumers = st.consumers;
+}
+
+/* ---- flushing: proposals here, forwarded batches to the leader ------------------------------ */
+
+static void local_done(mr_group_t *g, void *arg, int status, raft_index index)
+{
+    (void)index;
+    qq_t *qq = qq_of_group(g);
+    uint64_t req = (uint64_t)(uintptr_t)arg;
+    struct qq_op *op = op_find(qq->s, req);
+    if (!op) return; /* completed by its result already */
+    if (status == MR_OK) op_complete(op, NULL, NULL);
+    else if (!op->queued) outbox_push(op->qq, op);
+}
+
+static void fwd_reply(void *arg, int status, const char *error, const void *payload, size_t len)
+{
+    (void)error;
+    struct fbatch *fb = arg;
+    struct qq_state *s = fb->s;
+    amqp_reader_t r = amqp_reader(payload, status == 0 ? len : 0);
+    uint8_t code = status == 0 ? amqp_read_u8(&r) : 1;
+    uint32_t leader = status == 0 ? amqp_read_u32(&r) : 0;
+    uint32_t n = status == 0 ? amqp_read_u32(&r) : 0;
+    uint8_t gk[8];
+    put_be64(gk, fb->gid);
+    qq_t *qq = s->b->qq ? dict_get(&s->groups, gk, 8) : NULL;
+    if (qq && code != 0) qq->leader_hint = leader && leader != s->self ? leader : 0;
+    if (qq && !qq->g && code != 0 && !leader) qq->rr++;
+    for (uint32_t i = 0; i < fb->n; i++) {
+        bool retry = true;
+        struct qsm_result res = {0};
+        bool has = false;
+        msg_t *m = NULL;
+        if (code == 0 && !r.bad && i < n) {
+            retry = amqp_read_u8(&r) != 0;
+            has = amqp_read_u8(&r) != 0;
+            if (has) {
+                res.status = amqp_read_u8(&r);
+                res.count = amqp_read_u32(&r);
+                res.msg_id = amqp_read_u64(&r);
+                res.delivery_count = amqp_read_u32(&r);
+                res.redelivered = amqp_read_u8(&r) != 0;
+                amqp_bytes_t rec = amqp_read_longstr(&r);
+                if (!r.bad && rec.len) m = msg_from_record(rec.ptr, rec.len, true);
+                res.m = m;
+            }
+            if (r.bad) retry = true;
+        }
+        struct qq_op *op = op_find(s, fb->reqs[i]);
+        if (op) {
+            if (retry) {
+                if (!op->queued) outbox_push(op->qq, op);
+            } else {
+                op_complete(op, NULL, has ? &res : NULL);
+            }
+        }
+        if (m) msg_unref(m);
+    }
+    if (qq && code != 0 && qq->out_head) {
+        /* No leader there: look again after a pause rather than at once. */
+        ev_timer_again(s->b->loop, &s->retry_w);
+    }
+    free(fb);
+}
+
+static void send_batch(qq_t *qq, uint32_t to)
+{
+    struct qq_state *s = qq->s;
+    size_t n = 0;
+    for (struct qq_op *op = qq->out_head; op; op = op->next) n++;
+    struct fbatch *fb = malloc(sizeof *fb + n * sizeof fb->reqs[0]);
+    if (!fb) abort();
+    fb->s = s;
+    fb->gid = qq->gid;
+    fb->n = 0;
+    amqp_buf_t out = {0};
+    amqp_buf_put_u64(&out, qq->gid);
+    size_t count_at = out.len;
+    amqp_buf_put_u32(&out, 0);
+    while (qq->out_head) {
+        struct qq_op *op = qq->out_head;
+        qq->out_head = op->next;
+        op->queued = false;
+        if (op->finished) {
+            op_free(op);
+            continue;
+        }
+        fb->reqs[fb->n++] = op->req;
+        amqp_buf_put_longstr(&out, (amqp_bytes_t){op->cmd.data, op->cmd.len});
+    }
+    qq->out_tail = NULL;
+    amqp_buf_patch_u32(&out, count_at, fb->n);
+    broker_t *b = s->b;
+    int rc = fb->n ? b->node_call(b->node_ctx, to, "qq.p", out.data, out.len, QQ_CALL_TIMEOUT, fwd_reply, fb) : -1;
+    amqp_buf_free(&out);
+    if (rc != 0) {
+        for (uint32_t i = 0; i < fb->n; i++) op_retry(s, fb->reqs[i]);
+        free(fb);
+        if (qq->out_head) ev_timer_again(b->loop, &s->retry_w);
+    }
+}
+
+static void flush_accs(qq_t *qq)
+{
+    size_t n = qq->n_accs;
+    qq->n_accs = 0; /* before pushing: outbox_push flushes pending settlements first */
+    for (size_t i = 0; i < n; i++) {
+        struct acc *a = &qq->accs[i];
+        struct qsm_cmd cmd = {.op = a->op, .chan = a->chan, .n_ids = a->n, .ids_in = a->ids};
+        outbox_push(qq, op_new(qq, OP_PLAIN, &cmd, 0));
+        free(a->ids);
+    }
+}
+
+static void expire_ops(qq_t *qq, ev_tstamp now)
+{
+    for (struct qq_op *op = qq->out_head; op; op = op->next)
+        if (!op->finished && op->deadline && op->deadline <= now)
+            op_fail(op, BR_INTERNAL_ERROR, "quorum queue unavailable: no leader could be reached in time");
+}
+
+static void flush_one(qq_t *qq)
+{
+    struct qq_state *s = qq->s;
+    flush_accs(qq);
+    if (!qq->out_head) return;
+    expire_ops(qq, ev_now(s->b->loop));
+    uint32_t leader = qq->g ? (uint32_t)mr_group_leader(qq->g) : qq->leader_hint;
+    if (qq->g && leader == s->self) {
+        while (qq->out_head) {
+            struct qq_op *op = qq->out_head;
+            qq->out_head = op->next;
+            op->queued = false;
+            if (op->finished) {
+                op_free(op);
+                continue;
+            }
+            int rc = mr_propose(qq->g, op->cmd.data, op->cmd.len, local_done, (void *)(uintptr_t)op->req);
+            if (rc != MR_OK) { /* lost leadership meanwhile: try again shortly */
+                op->next = qq->out_head;
+                op->queued = true;
+                qq->out_head = op;
+                break;
+            }
+        }
+        if (!qq->out_head) qq->out_tail = NULL;
+        else ev_timer_again(s->b->loop, &s->retry_w);
+        return;
+    }
+    if (!leader && !qq->g && qq->n_members) { /* not a member: ask the members in turn */
+        for (unsigned i = 0; i < qq->n_members && !leader; i++) {
+            uint32_t m = qq->members[(qq->rr + i) % qq->n_members];
+            if (m != s->self && node_up(s, m)) leader = m;
+        }
+    }
+    if (leader && leader != s->self && s->b->node_call && node_up(s, leader)) {
+        send_batch(qq, leader);
+        return;
+    }
+    ev_timer_again(s->b->loop, &s->retry_w); /* no leader yet */
+}
+
+static void flush_all(struct qq_state *s)
+{
+    while (s->dirty) {
+        qq_t *qq = s->dirty;
+        s->dirty = qq->next_dirty;
+        qq->dirty = false;
+        if (qq->detached) continue;
+        if (!qq->g) group_open(qq); /* attached inside a host callback: opened here */
+        flush_one(qq);
+    }
+}
+
+static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)loop, (void)revents;
+    flush_all(w->data);
+    bury(w->data);
+}
+
+static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct qq_state *s = w->data;
+    ev_timer_stop(loop, w);
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&s->groups, &pos, NULL, NULL, &v)) {
+        qq_t *qq = v;
+        if (qq->out_head) mark_dirty(qq);
+    }
+}
+
+/* ---- serving forwarded batches (this node leads) -------------------------------------------- */
+
+static void rbatch_reply(struct rbatch *rb)
+{
+    struct qq_state *s = rb->s;
+    amqp_buf_t out = {0};
+    amqp_buf_put_u8(&out, 0);
+    amqp_buf_put_u32(&out, 0);
+    amqp_buf_put_u32(&out, rb->n);
+    for (uint32_t i = 0; i < rb->n; i++) {
+        struct rslot *sl = &rb->slots[i];
+        amqp_buf_put_u8(&out, sl->retry);
+        amqp_buf_put_u8(&out, sl->has_result);
+        if (sl->has_result) {
+            amqp_buf_put_u8(&out, (uint8_t)sl->r.status);
+            amqp_buf_put_u32(&out, sl->r.count);
+            amqp_buf_put_u64(&out, sl->r.msg_id);
+            amqp_buf_put_u32(&out, sl->r.delivery_count);
+            amqp_buf_put_u8(&out, sl->r.redelivered);
+            if (sl->r.m) {
+                size_t rl = msg_record_size(sl->r.m);
+                amqp_buf_put_u32(&out, (uint32_t)rl);
+                amqp_buf_reserve(&out, rl);
+                msg_record_write(sl->r.m, out.data + out.len);
+                out.len += rl;
+                msg_unref(sl->r.m);
+            } else {
+                amqp_buf_put_u32(&out, 0);
+            }
+        }
+    }
+    if (s->b->node_reply) s->b->node_reply(s->b->node_ctx, &rb->to, 0, NULL, out.data, out.len);
+    amqp_buf_free(&out);
+    free(rb);
+}
+
+static void remote_done(mr_group_t *g, void *arg, int status, raft_index index)
+{
+    (void)g, (void)index;
+    struct rslot *sl = arg;
+    struct rbatch *rb = sl->batch;
+    if (status != MR_OK) sl->retry = true;
+    if (sl->req) { /* a result that never came (e.g. the queue is gone) */
+        uint8_t key[12];
+        put_be32(key, sl->origin);
+        put_be64(key + 4, sl->req);
+        if (dict_get(&rb->s->rwait, key, 12) == sl) dict_del(&rb->s->rwait, key, 12);
+    }
+    if (--rb->left == 0) rbatch_reply(rb);
+}
+
+static void reply_not_leader(struct qq_state *s, const struct peer_reply_to *to, uint32_t leader)
+{
+    amqp_buf_t out = {0};
+    amqp_buf_put_u8(&out, 1);
+    amqp_buf_put_u32(&out, leader);
+    amqp_buf_put_u32(&out, 0);
+    if (s->b->node_reply) s->b->node_reply(s->b->node_ctx, to, 0, NULL, out.data, out.len);
+    amqp_buf_free(&out);
+}
+
+void qq_handle_call(broker_t *b, uint32_t from, const char *method, const void *payload, size_t len,
+                    const struct peer_reply_to *to)
+{
+    struct qq_state *s = state_of(b);
+    if (strcmp(method, "qq.p") != 0 || from == PEER_CLIENT_ID) {
+        if (b->node_reply) b->node_reply(b->node_ctx, to, BR_NOT_IMPLEMENTED, "no handler for this call", NULL, 0);
+        return;
+    }
+    amqp_reader_t r = amqp_reader(payload, len);
+    uint64_t gid = amqp_read_u64(&r);
+    uint32_t n = amqp_read_u32(&r);
+    uint8_t gk[8];
+    put_be64(gk, gid);
+    qq_t *qq = dict_get(&s->groups, gk, 8);
+    if (r.bad || n > r.left / 4 || !qq || !qq->g || !is_leader(qq)) {
+        reply_not_leader(s, to, qq && qq->g ? (uint32_t)mr_group_leader(qq->g) : 0);
+        return;
+    }
+    struct rbatch *rb = calloc(1, sizeof *rb + (n ? n : 1) * sizeof rb->slots[0]);
+    if (!rb) abort();
+    rb->s = s;
+    rb->to = *to;
+    rb->n = n;
+    rb->left = n + 1; /* +1: held until every proposal is in */
+    for (uint32_t i = 0; i < n; i++) {
+        struct rslot *sl = &rb->slots[i];
+        sl->batch = rb;
+        amqp_bytes_t cmdb = amqp_read_longstr(&r);
+        struct qsm_cmd cmd;
+        if (r.bad || qsm_decode(cmdb.ptr, cmdb.len, &cmd) != 0) {
+            sl->retry = false; /* malformed: answered as done, with no result */
+            rb->left--;
+            continue;
+        }
+        sl->origin = cmd.node;
+        sl->req = cmd.req;
+        if (cmd.req) {
+            uint8_t key[12];
+            put_be32(key, cmd.node);
+            put_be64(key + 4, cmd.req);
+            dict_set(&s->rwait, key, 12, sl);
+        }
+        if (mr_propose(qq->g, cmdb.ptr, cmdb.len, remote_done, sl) != MR_OK) remote_done(qq->g, sl, MR_ENOTLEADER, 0);
+    }
+    if (--rb->left == 0) rbatch_reply(rb);
+}
+
+/* ---- nodes ---------------------------------------------------------------------------------- */
+
+void qq_node_down(broker_t *b, uint32_t node)
+{
+    if (!b->qq) return;
+    struct qq_state *s = b->qq;
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&s->groups, &pos, NULL, NULL, &v)) {
+        qq_t *qq = v;
+        if (is_leader(qq)) propose_down(qq, node, 0, 0);
+        if (qq->leader_hint == node) qq->leader_hint = 0;
+        if (qq->out_head) mark_dirty(qq);
+    }
+}
+
+void qq_node_up(broker_t *b, uint32_t node)
+{
+    (void)node;
+    if (!b->qq) return;
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&b->qq->groups, &pos, NULL, NULL, &v)) {
+        qq_t *qq = v;
+        if (qq->out_head) mark_dirty(qq);
+    }
+}
+
+/* ---- start / stop --------------------------------------------------------------------------- */
+
+static void no_send(void *ctx, raft_id node, const struct mr_outmsg *msgs, size_t n)
+{
+    (void)ctx, (void)node, (void)msgs, (void)n; /* unclustered: one-member groups send nothing */
+}
+
+static uint32_t bump_boot(store_t *st)
+{
+    static const uint8_t key[] = {CL_KEY_LOCAL, 'q', 'q', 'b', 'o', 'o', 't'};
+    uint32_t boot = 0;
+    void *val;
+    size_t vlen;
+    if (st && store_get(st, key, sizeof key, &val, &vlen) == 1) {
+        if (vlen == 4) boot = amqp_get_u32(val);
+        free(val);
+    }
+    boot++;
+    if (st) {
+        uint8_t v[4];
+        put_be32(v, boot);
+        store_put(st, key, sizeof key, v, sizeof v);
+    }
+    return boot;
+}
+
+int qq_start(broker_t *b, cl_t *c, char *err, size_t errlen)
+{
+    struct qq_state *s = state_of(b);
+    s->cl = c && cl_clustered(c) ? c : NULL;
+    s->self = self_id(b);
+    s->boot = bump_boot(b->store);
+    if (s->cl) {
+        s->host = cl_host(c);
+    } else if (b->store) {
+        struct mr_host_config hc = {.node_id = s->self};
+        struct mr_transport tr = {.send = no_send};
+        s->host = mr_host_new(b->loop, b->store, &hc, &tr);
+        s->own_host = true;
+    }
+    if (!s->host) {
+        snprintf(err, errlen, "quorum queues: cannot start the Raft host");
+        return -1;
+    }
+    ev_prepare_init(&s->flush_w, flush_cb);
+    s->flush_w.data = s;
+    ev_prepare_start(b->loop, &s->flush_w);
+    ev_unref(b->loop); /* the flush watcher alone must not keep the loop running */
+    ev_init(&s->retry_w, retry_cb);
+    s->retry_w.repeat = QQ_RETRY_INTERVAL;
+    s->retry_w.data = s;
+    s->started = true;
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&s->groups, &pos, NULL, NULL, &v)) group_open(v);
+    return 0;
+}
+
+void qq_free(broker_t *b)
+{
+    struct qq_state *s = b->qq;
+    if (!s) return;
+    if (s->started) {
+        ev_ref(b->loop);
+        ev_prepare_stop(b->loop, &s->flush_w);
+        ev_timer_stop(b->loop, &s->retry_w);
+    }
+    /* Queues still attached: close their groups (storage stays) and free their state. */
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&s->groups, &pos, NULL, NULL, &v)) {
+        qq_t *qq = v;
+        if (qq->g) mr_group_close(qq->g);
+        qq->g = NULL;
+    }
+    pos = 0;
+    while (dict_next(&s->ops, &pos, NULL, NULL, &v)) {
+        struct qq_op *op = v;
+        op->queued = false;
+        op_free(op);
+    }
+    dict_free(&s->ops);
+    pos = 0;
+    while (dict_next(&s->groups, &pos, NULL, NULL, &v)) {
+        qq_t *qq = v;
+        ev_timer_stop(b->loop, &qq->expire_w);
+        ev_timer_stop(b->loop, &qq->campaign_w);
+        for (size_t i = 0; i < qq->n_accs; i++) free(qq->accs[i].ids);
+        free(qq->accs);
+        size_t p2 = 0;
+        void *v2;
+        while (dict_next(&qq->cons, &p2, NULL, NULL, &v2)) {
+            struct qcons *qc = v2;
+            qcons_free_held(qc);
+            qc->c->remote = NULL;
+            free(qc);
+        }
+        dict_free(&qq->cons);
+        p2 = 0;
+        while (dict_next(&qq->chans, &p2, NULL, NULL, &v2)) free(v2);
+        dict_free(&qq->chans);
+        qsm_free(qq->sm);
+        qq->q->qq = NULL;
+        free(qq);
+    }
+    dict_free(&s->groups);
+    dict_free(&s->rwait);
+    bury(s);
+    if (s->own_host) mr_host_free(s->host);
+    free(s);
+    b->qq = NULL;
+}
