@@ -317,13 +317,17 @@ static void test_prefetch_and_credit(void **st)
     assert_string_equal(got(r, "c1"), "m1 m2 m3");
     /* a settle of an id the consumer does not hold changes nothing */
     settle(s, r, 1, 1, "c1", 999);
-    settle(s, r, 1, 1, "other", r->dlv[1].id);
+    settle(s, r, 1, 2, "c1", r->dlv[1].id); /* another channel: not its message */
+    settle(s, r, 2, 1, "c1", r->dlv[1].id); /* another node */
     assert_string_equal(got(r, "c1"), "m1 m2 m3");
     /* raising the prefetch with a new checkout gives credit at once */
     consume(s, r, 1, 1, "c1", 4, 0, 0);
     assert_string_equal(got(r, "c1"), "m1 m2 m3 m4 m5");
     assert_int_equal(stats(s).settled_total, 1);
     assert_int_equal(stats(s).consumers, 1);
+    /* settling is per channel (delivery tags are): the consumer tag plays no part */
+    settle(s, r, 1, 1, "whatever", r->dlv[1].id);
+    assert_int_equal(stats(s).settled_total, 2);
     qsm_free(s);
     free(r);
 }
