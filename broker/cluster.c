@@ -1685,9 +1685,9 @@ static SSL_CTX *tls_fail(SSL_CTX *ctx, char *err, size_t errlen, const char *wha
 }
 
 /* One side's context: every node presents its certificate as server and as client (so peers that
- * verify_peer see one both ways); verify_peer checks the other side against cacertfile. Host
- * names are not checked: nodes dial addresses, and the cookie handshake (inside TLS) is what
- * proves membership; TLS adds confidentiality and, with verify_peer, a certificate check. */
+ * verify_peer see one both ways); verify_peer checks the other side against cacertfile, and the
+ * dialing side also checks the dialed host name or address (peer.c). The cookie handshake runs
+ * inside TLS and still proves membership; TLS adds confidentiality and certificate checks. */
 static SSL_CTX *tls_ctx(const cfg_t *cfg, bool server, char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
