@@ -154,6 +154,8 @@ struct qq_state {
     ev_prepare flush_w;
     ev_timer retry_w;
     uint64_t closing_chan;
+    struct relay { uint32_t node; amqp_buf_t buf; uint32_t n; } *relays; /* deliveries to relay */
+    size_t n_relays, cap_relays;
 };
 
 static const struct mr_sm_ops qq_sm_ops;
@@ -342,19 +344,42 @@ void qq_choose_members(broker_t *b, const amqp_table_t *args, amqp_buf_t *out)
     if (gs) amqp_value_int(gs, &want);
     if (want < 1) want = 1;
     if (want > RAFT_MAX_NODES) want = RAFT_MAX_NODES;
-    amqp_buf_put_u32(out, self_id(b));
-    if (!s->cl || !cl_clustered(s->cl)) return;
-    struct cl_status st;
-    cl_status(s->cl, &st);
-    /* Running voters first, then the others, each in the order the cluster lists them. */
-    int64_t have = 1;
-    for (int pass = 0; pass < 2 && have < want; pass++)
-        for (unsigned i = 0; i < st.n_members && have < want; i++) {
-            const struct cl_member *m = &st.members[i];
-            if (m->id == self_id(b) || !m->voter || m->running != (pass == 0)) continue;
-            amqp_buf_put_u32(out, m->id);
-            have++;
+    uint32_t ids[RAFT_MAX_NODES];
+    unsigned n = 0;
+    ids[n++] = self_id(b);
+    if (s->cl && cl_clustered(s->cl)) {
+        struct cl_status st;
+        cl_status(s->cl, &st);
+        /* Running voters first, then the others, each in the order the cluster lists them. */
+        for (int pass = 0; pass < 2 && n < want; pass++)
+            for (unsigned i = 0; i < st.n_members && n < want; i++) {
+                const struct cl_member *m = &st.members[i];
+                if (m->id == self_id(b) || !m->voter || m->running != (pass == 0)) continue;
+                ids[n++] = m->id;
+            }
+    }
+    /* The first member is the preferred leader: this node (client-local, the default), or with
+     * x-queue-leader-locator balanced the member leading the fewest quorum queues this node
+     * knows of. */
+    const amqp_value_t *ll = args ? amqp_table_get(args, "x-queue-leader-locator") : NULL;
+    static const char *const balanced[] = {"balanced", "random", "least-leaders"};
+    if (str_in(ll, balanced, 3) && n > 1) {
+        unsigned best = 0;
+        size_t best_count = (size_t)-1;
+        for (unsigned i = 0; i < n; i++) {
+            size_t count = 0, pos = 0;
+            void *v;
+            while (dict_next(&s->groups, &pos, NULL, NULL, &v)) {
+                qq_t *qq = v;
+                if (qq->g && mr_group_leader(qq->g) == ids[i]) count++;
+            }
+            if (count < best_count) best = i, best_count = count;
         }
+        uint32_t t = ids[0];
+        ids[0] = ids[best];
+        ids[best] = t;
+    }
+    for (unsigned i = 0; i < n; i++) amqp_buf_put_u32(out, ids[i]);
 }
 
 void qq_members_encode(const queue_t *q, amqp_buf_t *out)
@@ -550,11 +575,14 @@ static struct qcons *cons_find(qq_t *qq, uint64_t chan, amqp_bytes_t tag)
 
 static void accumulate(qq_t *qq, uint8_t op, uint64_t chan, uint64_t id);
 
-static void fx_deliver(void *ud, uint32_t node, uint64_t chan, amqp_bytes_t tag, uint64_t msg_id, msg_t *m,
-                       uint32_t delivery_count, bool redelivered)
+static void relay_add(qq_t *qq, uint32_t node, uint64_t chan, amqp_bytes_t tag, uint64_t msg_id, msg_t *m,
+                      uint32_t delivery_count, bool redelivered);
+
+/* A delivery for a consumer of this node (from this node's replica, or relayed by the leader
+ * for a node that holds no replica). */
+static void deliver_local(qq_t *qq, uint64_t chan, amqp_bytes_t tag, uint64_t msg_id, msg_t *m,
+                          uint32_t delivery_count, bool redelivered)
 {
-    qq_t *qq = ud;
-    if (node != qq->s->self) return; /* the consumer's own node hands it over */
     struct qcons *qc = cons_find(qq, chan, tag);
     if (!qc) {
         /* Its consumer is gone here but its channel lives (a cancel on its way): give it back. */
@@ -578,6 +606,15 @@ static void fx_deliver(void *ud, uint32_t node, uint64_t chan, amqp_bytes_t tag,
     if (redelivered) q->stat_redeliver++;
     q->vh->broker->stat_deliver++;
     qc->c->ops->deliver(qc->c, q, &e);
+}
+
+static void fx_deliver(void *ud, uint32_t node, uint64_t chan, amqp_bytes_t tag, uint64_t msg_id, msg_t *m,
+                       uint32_t delivery_count, bool redelivered)
+{
+    qq_t *qq = ud;
+    if (node == qq->s->self) deliver_local(qq, chan, tag, msg_id, m, delivery_count, redelivered);
+    /* A consumer on a node without a replica: its node hears of it from the leader. */
+    else if (!is_member(qq, node) && is_leader(qq)) relay_add(qq, node, chan, tag, msg_id, m, delivery_count, redelivered);
 }
 
 static void fx_result(void *ud, uint32_t node, uint64_t req, const struct qsm_result *r)
@@ -713,12 +750,11 @@ static void leader_duties(qq_t *qq)
     /* Consumers of nodes that are down get their messages back. */
     for (unsigned i = 0; i < qq->n_members; i++)
         if (qq->members[i] != s->self && !node_up(s, qq->members[i])) propose_down(qq, qq->members[i], 0, 0);
-    /* client-local placement: the declaring node leads its new queue. */
+    /* Placement: the preferred leader (the first member) leads a new queue. */
     if (!qq->transfer_done) {
         qq->transfer_done = true;
-        if (qq->is_new && q->home && q->home != s->self && is_member(qq, q->home) && node_up(s, q->home) &&
-            !str_setting_is(q, "x-queue-leader-locator", "queue-leader-locator", "balanced"))
-            mr_transfer(qq->g, q->home);
+        uint32_t want = qq->members[0];
+        if (qq->is_new && want != s->self && node_up(s, want)) mr_transfer(qq->g, want);
     }
     arm_expiry(qq);
 }
@@ -767,7 +803,7 @@ static void group_open(qq_t *qq)
                   mr_status_name(err));
         return;
     }
-    if (qq->n_members == 1 || (qq->is_new && qq->q->home == s->self)) {
+    if (qq->n_members == 1 || (qq->is_new && qq->members[0] == s->self)) {
         mr_campaign(qq->g);
         qq->campaigns_left = 20;
         ev_timer_start(s->b->loop, &qq->campaign_w);
@@ -1168,6 +1204,85 @@ void qq_info(queue_t *q, struct qq_info *out)
     out->consumers = st.consumers;
 }
 
+/* ---- relayed deliveries ---------------------------------------------------------------------
+ *
+ * "qq.d" payload: u32 count, then per delivery [u64 gid][u64 chan][shortstr tag][u64 msg id]
+ * [u32 delivery count][u8 redelivered][longstr message record]. One call per node and loop
+ * iteration, answered with nothing. (A leader that dies with relayed deliveries in flight
+ * leaves those messages checked out until the consumer's channel closes.) */
+
+static void relay_add(qq_t *qq, uint32_t node, uint64_t chan, amqp_bytes_t tag, uint64_t msg_id, msg_t *m,
+                      uint32_t delivery_count, bool redelivered)
+{
+    struct qq_state *s = qq->s;
+    if (!s->b->node_call || !m->body) return;
+    struct relay *r = NULL;
+    for (size_t i = 0; i < s->n_relays && !r; i++)
+        if (s->relays[i].node == node) r = &s->relays[i];
+    if (!r) {
+        if (s->n_relays == s->cap_relays) {
+            s->cap_relays = s->cap_relays ? s->cap_relays * 2 : 4;
+            s->relays = realloc(s->relays, s->cap_relays * sizeof *s->relays);
+            if (!s->relays) abort();
+        }
+        r = &s->relays[s->n_relays++];
+        memset(r, 0, sizeof *r);
+        r->node = node;
+        amqp_buf_put_u32(&r->buf, 0);
+    }
+    amqp_buf_put_u64(&r->buf, qq->gid);
+    amqp_buf_put_u64(&r->buf, chan);
+    amqp_buf_put_shortstr(&r->buf, tag);
+    amqp_buf_put_u64(&r->buf, msg_id);
+    amqp_buf_put_u32(&r->buf, delivery_count);
+    amqp_buf_put_u8(&r->buf, redelivered);
+    size_t rl = msg_record_size(m);
+    amqp_buf_put_u32(&r->buf, (uint32_t)rl);
+    amqp_buf_reserve(&r->buf, rl);
+    msg_record_write(m, r->buf.data + r->buf.len);
+    r->buf.len += rl;
+    amqp_buf_patch_u32(&r->buf, 0, ++r->n);
+}
+
+static void relay_sent(void *arg, int status, const char *error, const void *payload, size_t len)
+{
+    (void)arg, (void)status, (void)error, (void)payload, (void)len;
+}
+
+static void relay_flush(struct qq_state *s)
+{
+    for (size_t i = 0; i < s->n_relays; i++) {
+        struct relay *r = &s->relays[i];
+        broker_t *b = s->b;
+        if (b->node_call) b->node_call(b->node_ctx, r->node, "qq.d", r->buf.data, r->buf.len, QQ_CALL_TIMEOUT, relay_sent, NULL);
+        amqp_buf_free(&r->buf);
+    }
+    s->n_relays = 0;
+}
+
+static void relay_receive(struct qq_state *s, const void *payload, size_t len)
+{
+    amqp_reader_t r = amqp_reader(payload, len);
+    uint32_t n = amqp_read_u32(&r);
+    for (uint32_t i = 0; i < n && !r.bad; i++) {
+        uint64_t gid = amqp_read_u64(&r);
+        uint64_t chan = amqp_read_u64(&r);
+        amqp_bytes_t tag = amqp_read_shortstr(&r);
+        uint64_t msg_id = amqp_read_u64(&r);
+        uint32_t count = amqp_read_u32(&r);
+        bool redelivered = amqp_read_u8(&r) != 0;
+        amqp_bytes_t rec = amqp_read_longstr(&r);
+        if (r.bad) break;
+        uint8_t gk[8];
+        put_be64(gk, gid);
+        qq_t *qq = dict_get(&s->groups, gk, 8);
+        msg_t *m = qq ? msg_from_record(rec.ptr, rec.len, true) : NULL;
+        if (!m) continue;
+        deliver_local(qq, chan, tag, msg_id, m, count, redelivered);
+        msg_unref(m);
+    }
+}
+
 /* ---- flushing: proposals here, forwarded batches to the leader ------------------------------ */
 
 static void local_done(mr_group_t *g, void *arg, int status, raft_index index)
@@ -1345,6 +1460,7 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     (void)loop, (void)revents;
     flush_all(w->data);
+    relay_flush(w->data);
     bury(w->data);
 }
 
@@ -1426,6 +1542,11 @@ void qq_handle_call(broker_t *b, uint32_t from, const char *method, const void *
                     const struct peer_reply_to *to)
 {
     struct qq_state *s = state_of(b);
+    if (strcmp(method, "qq.d") == 0 && from != PEER_CLIENT_ID) {
+        relay_receive(s, payload, len);
+        if (b->node_reply) b->node_reply(b->node_ctx, to, 0, NULL, NULL, 0);
+        return;
+    }
     if (strcmp(method, "qq.p") != 0 || from == PEER_CLIENT_ID) {
         if (b->node_reply) b->node_reply(b->node_ctx, to, BR_NOT_IMPLEMENTED, "no handler for this call", NULL, 0);
         return;
@@ -1605,6 +1726,8 @@ void qq_free(broker_t *b)
     dict_free(&s->groups);
     dict_free(&s->rwait);
     bury(s);
+    for (size_t i = 0; i < s->n_relays; i++) amqp_buf_free(&s->relays[i].buf);
+    free(s->relays);
     if (s->own_host) mr_host_free(s->host);
     free(s);
     b->qq = NULL;

@@ -364,3 +364,54 @@ def test_minority_accepts_no_enqueue_and_resumes(cluster, uniq):
         m, _p, body = ch.basic_get(q, auto_ack=True)
     assert body == b"held"
     conn.close()
+
+
+@pytest.mark.timeout(120)
+def test_nodes_without_a_replica_publish_consume_and_get(cluster, uniq):
+    n1, n2, n3 = cluster.nodes
+    q = uniq("qqc-one-member")
+    declare(n1, q, **{"x-quorum-initial-group-size": 1})
+    for n in (n2, n3):
+        wait_declared(n, q)
+    leader, _ = wait_leader(cluster, q)
+    assert leader is n1  # the only member: the declaring node
+    conn = pika_connect(n3)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for i in range(100):
+        ch.basic_publish("", q, str(i).encode(), pika.BasicProperties(delivery_mode=2))
+    m, _p, body = ch.basic_get(q)
+    assert body == b"0"
+    ch.basic_nack(m.delivery_tag, requeue=True)
+    conn.close()
+    conn = pika_connect(n2)
+    ch = conn.channel()
+    got = []
+    ch.basic_qos(prefetch_count=10)
+    ch.basic_consume(q, lambda c, m, p, b: (got.append((int(b), m.redelivered)), c.basic_ack(m.delivery_tag)))
+    assert pika_process_until(conn, lambda: len(got) == 100, timeout=20), len(got)
+    assert [b for b, _ in got] == list(range(100)) and got[0][1] is True
+    conn.close()
+    assert message_count(n1, q) == 0
+
+
+@pytest.mark.timeout(120)
+def test_leader_locator_client_local_and_balanced(cluster, uniq):
+    n1, n2, n3 = cluster.nodes
+    q = uniq("qqc-local")
+    declare(n2, q)
+    assert wait_leader(cluster, q)[0] is n2  # client-local: the declaring node leads
+    leaders = []
+    for i in range(3):
+        qb = uniq(f"qqc-balanced{i}")
+        declare(n1, qb, **{"x-queue-leader-locator": "balanced"})
+        deadline = time.monotonic() + 10
+        node = None
+        while time.monotonic() < deadline:
+            node, _ = leader_of(cluster, qb)
+            if node is not None and (i == 0 or node not in leaders or time.monotonic() > deadline - 8):
+                break
+            time.sleep(0.05)
+        leaders.append(node)
+    # n2 already leads one queue: the balanced ones go to the nodes leading fewer.
+    assert len(set(leaders)) >= 2 and leaders.count(n2) <= 1, [n.name for n in leaders]
