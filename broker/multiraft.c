@@ -1601,8 +1601,15 @@ void mr_host_peer_down(mr_host_t *h, raft_id node)
     peer_get(h, node)->down = true;
     for (size_t i = 0; i < h->table_cap; i++) {
         mr_group_t *g = h->table[i];
-        if (g != NULL && g->hibernating && g->raft.leader == node)
+        if (g == NULL || g->raft.leader != node)
+            continue;
+        if (g->hibernating)
             group_wake(g);
+        if (!g->busy && !g->closed) { /* elect a successor now, not after an election timeout */
+            struct raft_event ev = {.type = RAFT_EV_PEER_DOWN};
+            ev.u.peer.id = node;
+            group_step(g, &ev, NULL, NULL, NULL);
+        }
     }
 }
 

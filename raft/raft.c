@@ -1104,6 +1104,22 @@ static void tick(struct raft *r) {
     else reset_election_timeout(r); /* look again after another timeout */
 }
 
+/* RAFT_EV_PEER_DOWN: the leader's node is gone (the caller saw its connection close). Waiting a
+ * whole election timeout (1-2 s by default) for silence to prove it would only delay the
+ * election; instead the survivors campaign one tick apart in id order. */
+static void leader_down(struct raft *r, raft_id id) {
+    if (r->role != RAFT_FOLLOWER || r->leader != id || id == r->cfg.id) return;
+    unsigned rank = 0;
+    for (unsigned i = 0; i < r->conf.n_voters; i++) {
+        raft_id v = r->conf.voters[i];
+        if (v != id && v < r->cfg.id) rank++;
+    }
+    r->leader = 0; /* no lease any more: votes for a new leader are granted at once */
+    unsigned wait = 1 + 2 * rank;
+    if (r->election_timeout > wait && r->election_elapsed + wait < r->election_timeout)
+        r->election_elapsed = r->election_timeout - wait;
+}
+
 static void persisted(struct raft *r, raft_index idx, raft_term t) {
     /* stale if the write was overtaken by a truncation or a snapshot */
     if (idx > raft_last_index(r) || idx < r->log_offset || raft_term_at(r, idx) != t || idx <= r->persisted)
@@ -1331,6 +1347,7 @@ int raft_step(struct raft *r, const struct raft_event *ev, struct raft_update *o
     case RAFT_EV_TRANSFER: rc = transfer(r, ev->u.transfer.to); break;
     case RAFT_EV_READ_INDEX: rc = read_index(r, ev->u.read.ctx); break;
     case RAFT_EV_WAKE: wake(r); break;
+    case RAFT_EV_PEER_DOWN: leader_down(r, ev->u.peer.id); break;
     case RAFT_EV_CAMPAIGN:
         if (r->role != RAFT_LEADER && may_campaign(r)) campaign(r, r->cfg.pre_vote ? CAMPAIGN_PRE : CAMPAIGN_NORMAL);
         break;

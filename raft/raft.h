@@ -181,6 +181,10 @@ enum raft_event_type {
                            resumes now: restart timers, treat peers as recently active; the
                            leader lease (check_quorum) lapses until the leader is heard from
                            again (a follower) or a quorum answers (a leader) */
+    RAFT_EV_PEER_DOWN,  /* the caller's transport lost node u.peer.id (its connection closed): a
+                           follower whose leader that was stops trusting it (no lease) and
+                           campaigns after 1 + rank ticks, rank = how many of the other
+                           surviving voters have a lower id, so they do not split the vote */
     RAFT_EV_CAMPAIGN,   /* start an election now instead of waiting for the election timeout
                            (like etcd's MsgHup): a group whose only voter is this node elects
                            itself at once. No effect on a leader or a non-voter. */
@@ -195,6 +199,7 @@ struct raft_event {
         struct { raft_index index; } snapshot;
         struct { uint32_t op; raft_id id; } conf;
         struct { raft_id to; } transfer;
+        struct { raft_id id; } peer;
         struct { uint64_t ctx; } read;
     } u;
 };

@@ -1117,6 +1117,36 @@ static void test_timeout_now_campaigns_at_once(void **state) {
     raft_free(&r);
 }
 
+/* RAFT_EV_PEER_DOWN: the survivors of a dead leader elect a successor within a few ticks, the
+ * lowest id first, without splitting the vote; a report about a node that is not the leader
+ * changes nothing. */
+static void test_peer_down_elects_successor_at_once(void **state) {
+    (void)state;
+    struct cluster *c = &CL;
+    cl_init(c, 3, 3, true, true);
+    cl_elect(c, 3);
+    for (raft_id id = 1; id <= 3; id++) {
+        c->cut[3][id] = c->cut[id][3] = true; /* node 3 dies */
+    }
+    struct raft_event down = {.type = RAFT_EV_PEER_DOWN};
+    down.u.peer.id = 2; /* not the leader: ignored */
+    cl_step(c, 1, &down);
+    assert_int_equal(c->r[1].leader, 3);
+    down.u.peer.id = 3;
+    cl_step(c, 1, &down);
+    cl_step(c, 2, &down);
+    assert_int_equal(c->r[1].leader, 0);
+    cl_tick(c, 2, 1); /* node 2 waits longer (rank 1) */
+    cl_deliver(c);
+    assert_int_equal(c->r[2].role, RAFT_FOLLOWER);
+    cl_tick(c, 1, 1); /* node 1 (rank 0) campaigns after one tick and wins at once */
+    cl_deliver(c);
+    assert_int_equal(c->r[1].role, RAFT_LEADER);
+    assert_int_equal(c->r[2].leader, 1);
+    assert_int_equal(c->r[1].term, 2);
+    cl_free(c);
+}
+
 static int cl_transfer(struct cluster *c, raft_id id, raft_id to) {
     struct raft_event ev = {.type = RAFT_EV_TRANSFER};
     ev.u.transfer.to = to;
@@ -1388,6 +1418,7 @@ int main(void) {
         cmocka_unit_test(test_snapshot_follower_cases),
         cmocka_unit_test(test_restore_from_snapshot),
         cmocka_unit_test(test_timeout_now_campaigns_at_once),
+        cmocka_unit_test(test_peer_down_elects_successor_at_once),
         cmocka_unit_test(test_transfer),
         cmocka_unit_test(test_transfer_waits_for_catch_up_or_gives_up),
         cmocka_unit_test(test_read_index_single_voter),
