@@ -657,8 +657,8 @@ static void snap_prune(broker_t *b, const struct snap_entry *e, uint32_t n)
 /* Identity of a registry record for pruning: kind letter, vhost, name. */
 static size_t registry_identity(char kind, amqp_bytes_t vhost, amqp_bytes_t name, char *out, size_t cap)
 {
-    int k = snprintf(out, cap, "%c%.*s%c%.*s", kind, (int)vhost.len, (const char *)vhost.ptr, 0, (int)name.len,
-                     (const char *)name.ptr);
+    const char *v = vhost.len ? (const char *)vhost.ptr : "", *n = name.len ? (const char *)name.ptr : "";
+    int k = snprintf(out, cap, "%c%.*s%c%.*s", kind, (int)vhost.len, v, 0, (int)name.len, n);
     return k < 0 ? 0 : (size_t)k >= cap ? cap - 1 : (size_t)k;
 }
 
