@@ -26,6 +26,7 @@
 #include "broker/cluster.h"
 #include "broker/log.h"
 #include "broker/meta.h"
+#include "broker/qq.h"
 
 struct admin {
     broker_t *b;
@@ -389,6 +390,235 @@ static void list_policies(struct admin *a, const struct peer_reply_to *to, const
     reply_json(a, to, out);
 }
 
+/* ---- queues (list_queues; quorum queue membership like rabbitmq-queues) ----------------------- */
+
+static cJSON *node_name_json(struct admin *a, uint32_t id)
+{
+    const char *name = id ? cl_node_name(a->c, id) : NULL;
+    if (!name && id && id == a->b->self_node) name = cl_self_name(a->c);
+    if (!name && !id) name = cl_self_name(a->c);
+    if (name) return cJSON_CreateString(name);
+    char buf[32];
+    snprintf(buf, sizeof buf, "node-%u", id);
+    return cJSON_CreateString(buf);
+}
+
+static void list_queues(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *vh = field(req, "vhost", "/");
+    vhost_t *v = br_vhost(a->b, vh, strlen(vh));
+    if (!v) return reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+    cJSON *out = cJSON_CreateArray();
+    size_t pos = 0;
+    void *val;
+    while (dict_next(&v->queues, &pos, NULL, NULL, &val)) {
+        queue_t *q = val;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "name", q->name);
+        cJSON_AddStringToObject(o, "vhost", vh);
+        cJSON_AddStringToObject(o, "type", q->qq ? "quorum" : "classic");
+        cJSON_AddBoolToObject(o, "durable", q->durable);
+        if (q->qq) {
+            struct qq_info info;
+            qq_info(q, &info);
+            cJSON_AddNumberToObject(o, "messages", (double)(info.ready + info.unacked));
+            cJSON_AddNumberToObject(o, "messages_ready", (double)info.ready);
+            cJSON_AddNumberToObject(o, "messages_unacknowledged", (double)info.unacked);
+            cJSON_AddNumberToObject(o, "consumers", info.consumers);
+            cJSON_AddItemToObject(o, "leader", info.leader ? node_name_json(a, info.leader) : cJSON_CreateString(""));
+            cJSON *members = cJSON_CreateArray(), *online = cJSON_CreateArray();
+            for (unsigned i = 0; i < info.n_members; i++) {
+                cJSON_AddItemToArray(members, node_name_json(a, info.members[i]));
+                bool up = info.members[i] == a->b->self_node || !a->b->node_is_up ||
+                          a->b->node_is_up(a->b->node_ctx, info.members[i]);
+                if (up) cJSON_AddItemToArray(online, node_name_json(a, info.members[i]));
+            }
+            cJSON_AddItemToObject(o, "members", members);
+            cJSON_AddItemToObject(o, "online", online);
+            cJSON_AddNumberToObject(o, "term", (double)info.term);
+            cJSON_AddNumberToObject(o, "commit_index", (double)info.commit);
+            cJSON_AddItemToObject(o, "node", info.leader ? node_name_json(a, info.leader) : cJSON_CreateString(""));
+        } else {
+            bool here = !q->home || q->home == a->b->self_node;
+            cJSON_AddNumberToObject(o, "messages", here ? q_message_count(q) + q->unacked : 0);
+            cJSON_AddNumberToObject(o, "consumers", q->consumers.n);
+            cJSON_AddStringToObject(o, "leader", "");
+            cJSON_AddItemToObject(o, "members", cJSON_CreateArray());
+            cJSON_AddItemToObject(o, "online", cJSON_CreateArray());
+            cJSON_AddItemToObject(o, "node", node_name_json(a, q->home));
+        }
+        cJSON_AddItemToArray(out, o);
+    }
+    reply_json(a, to, out);
+}
+
+/* A membership change waiting for the queue's leader. Answers that say "try again" (no
+ * leader yet, leadership moving, another change in progress) are retried for up to 10 s. */
+struct member_req {
+    struct admin *a;
+    struct peer_reply_to to;
+    char vhost[256], queue[256];
+    uint32_t node;
+    bool add;
+    ev_tstamp deadline;
+    ev_timer retry;
+};
+
+static void member_done(void *arg, int code, const char *text);
+
+static void member_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop, (void)revents;
+    struct member_req *r = w->data;
+    vhost_t *v = br_vhost(r->a->b, r->vhost, strlen(r->vhost));
+    queue_t *q = v ? br_queue(v, r->queue, strlen(r->queue)) : NULL;
+    if (!q || !q->qq) return member_done(r, BR_NOT_FOUND, "the queue was deleted");
+    qq_member_change(q, r->node, r->add, member_done, r);
+}
+
+static void member_done(void *arg, int code, const char *text)
+{
+    struct member_req *r = arg;
+    struct ev_loop *loop = r->a->b->loop;
+    if (code && strstr(text, "try again") && ev_now(loop) < r->deadline) {
+        ev_timer_init(&r->retry, member_retry, 0.2, 0);
+        r->retry.data = r;
+        ev_timer_start(loop, &r->retry);
+        return;
+    }
+    if (code) reply_error(r->a, &r->to, code, "%s", text);
+    else reply_json(r->a, &r->to, cJSON_CreateObject());
+    free(r);
+}
+
+static bool member_target(struct admin *a, const struct peer_reply_to *to, const char *node, uint32_t *id)
+{
+    *id = cl_node_id(node);
+    const char *known = cl_node_name(a->c, *id);
+    if (!known || strcmp(known, node) != 0) {
+        reply_error(a, to, BR_NOT_FOUND, "node %s is not a member of the cluster", node);
+        return false;
+    }
+    return true;
+}
+
+static void change_member(struct admin *a, const struct peer_reply_to *to, const cJSON *req, bool add)
+{
+    const char *vh = field(req, "vhost", "/"), *name = field(req, "queue", ""), *node = field(req, "node", "");
+    vhost_t *v = br_vhost(a->b, vh, strlen(vh));
+    if (!v) return reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+    queue_t *q = br_queue(v, name, strlen(name));
+    if (!q) return reply_error(a, to, BR_NOT_FOUND, "queue '%s' in vhost '%s' does not exist", name, vh);
+    if (!q->qq) return reply_error(a, to, BR_PRECONDITION_FAILED, "queue '%s' in vhost '%s' is not a quorum queue", name, vh);
+    uint32_t id;
+    if (!member_target(a, to, node, &id)) return;
+    struct member_req *r = calloc(1, sizeof *r);
+    if (!r) abort();
+    r->a = a;
+    r->to = *to;
+    snprintf(r->vhost, sizeof r->vhost, "%s", vh);
+    snprintf(r->queue, sizeof r->queue, "%s", name);
+    r->node = id;
+    r->add = add;
+    r->deadline = ev_now(a->b->loop) + 10.0;
+    qq_member_change(q, id, add, member_done, r);
+}
+
+static void add_member(struct admin *a, const struct peer_reply_to *to, const cJSON *req) { change_member(a, to, req, true); }
+static void delete_member(struct admin *a, const struct peer_reply_to *to, const cJSON *req) { change_member(a, to, req, false); }
+
+/* grow NODE all|even: adds NODE to every quorum queue (all) or to those with an even number of
+ * members (even) that do not have it, one queue after the other. */
+struct grow {
+    struct admin *a;
+    struct peer_reply_to to;
+    uint32_t node;
+    ptrvec_t queues; /* referenced queue_t* still to do */
+    size_t next;
+    cJSON *out;
+    ev_tstamp deadline; /* "try again" answers are retried until then */
+    ev_timer retry;
+};
+
+static void grow_next(struct grow *g);
+
+static void grow_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop, (void)revents;
+    struct grow *g = w->data;
+    g->next--; /* the same queue again */
+    grow_next(g);
+}
+
+static void grow_one_done(void *arg, int code, const char *text)
+{
+    struct grow *g = arg;
+    queue_t *q = g->queues.items[g->next - 1];
+    struct ev_loop *loop = g->a->b->loop;
+    if (code && strstr(text, "try again") && ev_now(loop) < g->deadline && !q->deleted) {
+        ev_timer_init(&g->retry, grow_retry, 0.2, 0);
+        g->retry.data = g;
+        ev_timer_start(loop, &g->retry);
+        return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "vhost", q->vh->name);
+    cJSON_AddStringToObject(o, "name", q->name);
+    cJSON_AddStringToObject(o, "result", code ? text : "ok");
+    cJSON_AddItemToArray(g->out, o);
+    grow_next(g);
+}
+
+static void grow_next(struct grow *g)
+{
+    while (g->next < g->queues.n) {
+        queue_t *q = g->queues.items[g->next++];
+        if (q->deleted || !q->qq) continue;
+        qq_member_change(q, g->node, true, grow_one_done, g);
+        return;
+    }
+    reply_json(g->a, &g->to, g->out);
+    for (size_t i = 0; i < g->queues.n; i++) q_unref(g->queues.items[i]);
+    ptrvec_free(&g->queues);
+    free(g);
+}
+
+static void grow(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *node = field(req, "node", ""), *which = field(req, "which", "all");
+    bool even = strcmp(which, "even") == 0;
+    if (!even && strcmp(which, "all") != 0)
+        return reply_error(a, to, BR_PRECONDITION_FAILED, "expected 'all' or 'even', got '%s'", which);
+    uint32_t id;
+    if (!member_target(a, to, node, &id)) return;
+    struct grow *g = calloc(1, sizeof *g);
+    if (!g) abort();
+    g->a = a;
+    g->to = *to;
+    g->node = id;
+    g->out = cJSON_CreateArray();
+    g->deadline = ev_now(a->b->loop) + 30.0;
+    size_t vp = 0;
+    void *vv;
+    while (dict_next(&a->b->vhosts, &vp, NULL, NULL, &vv)) {
+        vhost_t *v = vv;
+        size_t qp = 0;
+        void *qv;
+        while (dict_next(&v->queues, &qp, NULL, NULL, &qv)) {
+            queue_t *q = qv;
+            if (!q->qq) continue;
+            struct qq_info info;
+            qq_info(q, &info);
+            bool has = false;
+            for (unsigned i = 0; i < info.n_members; i++) has |= info.members[i] == id;
+            if (has || (even && info.n_members % 2)) continue;
+            q_ref(q);
+            ptrvec_push(&g->queues, q);
+        }
+    }
+    grow_next(g);
+}
+
 /* ---- dispatch ------------------------------------------------------------------------------- */
 
 static const struct {
@@ -409,6 +639,10 @@ static const struct {
     {"admin.set_policy", set_policy},
     {"admin.clear_policy", clear_policy},
     {"admin.list_policies", list_policies},
+    {"admin.list_queues", list_queues},
+    {"admin.add_member", add_member},
+    {"admin.delete_member", delete_member},
+    {"admin.grow", grow},
 };
 
 static void admin_call(void *ud, uint32_t from, const struct peer_call_in *in)

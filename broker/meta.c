@@ -344,7 +344,7 @@ static int apply_registry(broker_t *b, const struct meta_cmd *c, br_err_t *err)
 
 static int apply_cmd(broker_t *b, const struct meta_cmd *c, br_err_t *err)
 {
-    if (c->op >= META_VHOST_ADD) return apply_registry(b, c, err);
+    if (c->op >= META_VHOST_ADD && c->op != META_Q_MEMBERS) return apply_registry(b, c, err);
     vhost_t *vh = br_vhost(b, STR(c->vhost));
     if (!vh) return br_fail(err, BR_NOT_FOUND, "no vhost '%.*s'", (int)c->vhost.len, (const char *)c->vhost.ptr);
     bool durable = c->flags & META_F_DURABLE, auto_delete = c->flags & META_F_AUTO_DELETE;
@@ -362,6 +362,13 @@ static int apply_cmd(broker_t *b, const struct meta_cmd *c, br_err_t *err)
                                 auto_delete, c->args, &q, err);
     case META_Q_DELETE:
         return br_queue_delete(vh, NULL, c->conn, STR(c->name), false, false, &count, err);
+    case META_Q_MEMBERS:
+        q = br_queue(vh, STR(c->name));
+        if (!q || !q->qq) return br_fail(err, BR_NOT_FOUND, "no quorum queue '%.*s' in vhost '%s'", (int)c->name.len,
+                                         (const char *)c->name.ptr, vh->name);
+        qq_set_members(q, c->key);
+        q_persist_definition(q);
+        return 0;
     case META_BIND:
     case META_UNBIND:
         return (c->op == META_BIND ? br_bind : br_unbind)(vh, NULL, c->conn, dest_queue, STR(c->name), STR(c->name2),

@@ -51,7 +51,10 @@ enum meta_op {
     META_PERM_CLEAR = 14,
     META_POLICY_SET = 15,
     META_POLICY_CLEAR = 16,
-    META_OP_LAST = META_POLICY_CLEAR,
+    /* A quorum queue's members changed (qq_member_change): vhost, name = queue, key = the new
+     * member ids (u32 each). */
+    META_Q_MEMBERS = 17,
+    META_OP_LAST = META_Q_MEMBERS,
 };
 
 enum {

@@ -36,6 +36,7 @@
 
 #include "broker/cluster.h"
 #include "broker/log.h"
+#include "broker/meta.h"
 #include "broker/multiraft.h"
 #include "broker/props.h"
 #include "broker/qq_sm.h"
@@ -110,6 +111,9 @@ struct qq {
     bool is_new;        /* created at runtime (not recovered): campaign at once */
     bool transfer_done; /* client-local leader placement done */
     bool detached;
+    bool joining;  /* added by a membership change: opens without bootstrap members */
+    bool removing; /* removed from the members: the group goes at the next flush */
+    bool changing; /* a membership change is in progress (one at a time) */
     uint64_t applied_since_check;
 };
 
@@ -680,7 +684,7 @@ static void sm_apply(mr_group_t *g, raft_index index, const struct raft_entry *e
 {
     (void)index;
     qq_t *qq = qq_of_group(g);
-    if (qq->detached) return;
+    if (qq->detached || qq->removing) return;
     struct qsm_cmd cmd;
     if (qsm_decode(entry->data, entry->len, &cmd) != 0) {
         log_warn("quorum queue '%s': malformed command at index %llu ignored", qq->q->name,
@@ -762,7 +766,7 @@ static void leader_duties(qq_t *qq)
 static void sm_role_changed(mr_group_t *g, enum raft_role role, raft_id leader)
 {
     qq_t *qq = qq_of_group(g);
-    if (qq->detached) return;
+    if (qq->detached || qq->removing) return;
     if (leader) qq->leader_hint = (uint32_t)leader;
     if (role == RAFT_LEADER) {
         log_info("quorum queue '%s' in vhost '%s': leader on this node (term %llu)", qq->q->name, qq->q->vh->name,
@@ -797,7 +801,8 @@ static void group_open(qq_t *qq)
     struct qq_state *s = qq->s;
     if (qq->g || qq->detached || !s->started || !is_member(qq, s->self)) return;
     int err = 0;
-    qq->g = mr_group_open(s->host, qq->gid, qq->members, qq->n_members, &qq_sm_ops, qq, &err);
+    /* A member added to a running group learns the configuration from its leader. */
+    qq->g = mr_group_open(s->host, qq->gid, qq->members, qq->joining ? 0 : qq->n_members, &qq_sm_ops, qq, &err);
     if (!qq->g) {
         log_error("quorum queue '%s' in vhost '%s': cannot open its Raft group (%s)", qq->q->name, qq->q->vh->name,
                   mr_status_name(err));
@@ -1204,6 +1209,212 @@ void qq_info(queue_t *q, struct qq_info *out)
     out->consumers = st.consumers;
 }
 
+/* ---- membership ------------------------------------------------------------------------------
+ *
+ * Adding a member: the leader adds it to the Raft configuration as a learner (promoted to voter
+ * once caught up through snapshot + log), then the new member list goes through the metadata
+ * log, which makes the new node open the group (until then the leader's messages to it are
+ * dropped and retried); if that fails the learner is removed again.
+ * Removing one: out of the Raft configuration first, then out of the metadata (the node then
+ * deletes its replica). Both run on the group's leader; other nodes forward the request
+ * ("qq.m": u64 gid, u32 node, u8 add; answered with a status and a text). */
+
+struct mchange {
+    struct qq_state *s;
+    uint64_t gid;
+    uint32_t node;
+    bool add;
+    qq_member_cb cb; /* local request */
+    void *arg;
+    bool remote;     /* forwarded: answer to `to` */
+    struct peer_reply_to to;
+};
+
+static qq_t *qq_by_gid(struct qq_state *s, uint64_t gid)
+{
+    uint8_t key[8];
+    put_be64(key, gid);
+    return dict_get(&s->groups, key, 8);
+}
+
+static void mchange_finish(struct mchange *mc, int code, const char *text)
+{
+    qq_t *qq = qq_by_gid(mc->s, mc->gid);
+    if (qq) qq->changing = false;
+    if (mc->remote) {
+        broker_t *b = mc->s->b;
+        if (b->node_reply) b->node_reply(b->node_ctx, &mc->to, code, code ? text : NULL, NULL, 0);
+    } else {
+        mc->cb(mc->arg, code, code ? text : "");
+    }
+    free(mc);
+}
+
+static void drop_replica(qq_t *qq)
+{
+    qq->removing = false;
+    if (qq->g) mr_group_destroy(qq->g);
+    qq->g = NULL;
+    ev_timer_stop(qq->s->b->loop, &qq->expire_w);
+    struct qsm_config cfg;
+    config_of(qq->q, false, &cfg);
+    qsm_free(qq->sm);
+    qq->sm = qsm_new(&cfg);
+    log_info("quorum queue '%s' in vhost '%s': this node is no longer a member", qq->q->name, qq->q->vh->name);
+}
+
+void qq_set_members(queue_t *q, amqp_bytes_t members)
+{
+    qq_t *qq = q->qq;
+    if (!qq) return;
+    struct qq_state *s = qq->s;
+    bool was = is_member(qq, s->self);
+    qq->n_members = 0;
+    for (size_t i = 0; i + 4 <= members.len && qq->n_members < RAFT_MAX_NODES; i += 4)
+        qq->members[qq->n_members++] = amqp_get_u32(members.ptr + i);
+    bool now = is_member(qq, s->self);
+    if (now && !was) {
+        qq->joining = true;
+        if (s->started) mark_dirty(qq);
+    } else if (was && !now && qq->g) {
+        qq->removing = true; /* the group cannot be destroyed inside the metadata apply */
+        mark_dirty(qq);
+    }
+}
+
+static void submit_members(struct mchange *mc, qq_t *qq, void (*done)(void *, const br_err_t *))
+{
+    amqp_buf_t members = {0};
+    for (unsigned i = 0; i < qq->n_members; i++)
+        if (mc->add || qq->members[i] != mc->node) amqp_buf_put_u32(&members, qq->members[i]);
+    if (mc->add) amqp_buf_put_u32(&members, mc->node);
+    struct meta_cmd c = {.op = META_Q_MEMBERS,
+                         .vhost = AMQP_BYTES_CSTR(qq->q->vh->name),
+                         .name = {(const uint8_t *)qq->q->name, qq->q->name_len},
+                         .key = {members.data, members.len}};
+    meta_submit(mc->s->b, &c, done, mc);
+    amqp_buf_free(&members);
+}
+
+static void removed_from_meta(void *arg, const br_err_t *err)
+{
+    struct mchange *mc = arg;
+    mchange_finish(mc, err ? err->code : 0, err ? err->text : "");
+}
+
+static const char *conf_error(int status)
+{
+    return status == MR_EBUSY ? "a membership change is in progress: try again"
+           : status == MR_ENOTLEADER || status == MR_EDEPOSED ? "the queue's leader changed: try again"
+                                                               : mr_status_name(status);
+}
+
+static void rollback_done(mr_group_t *g, void *arg, int status, raft_index index)
+{
+    (void)g, (void)arg, (void)status, (void)index;
+}
+
+static void added_to_meta(void *arg, const br_err_t *err)
+{
+    struct mchange *mc = arg;
+    qq_t *qq = qq_by_gid(mc->s, mc->gid);
+    if (err && qq && qq->g) /* the node would never open the group: take the learner out again */
+        mr_conf_change(qq->g, RAFT_CC_REMOVE, mc->node, rollback_done, NULL);
+    mchange_finish(mc, err ? err->code : 0, err ? err->text : "");
+}
+
+static void conf_done(mr_group_t *g, void *arg, int status, raft_index index)
+{
+    (void)g, (void)index;
+    struct mchange *mc = arg;
+    if (status != MR_OK) {
+        mchange_finish(mc, BR_INTERNAL_ERROR, conf_error(status));
+        return;
+    }
+    qq_t *qq = qq_by_gid(mc->s, mc->gid);
+    if (!qq) mchange_finish(mc, BR_NOT_FOUND, "queue deleted meanwhile");
+    else submit_members(mc, qq, mc->add ? added_to_meta : removed_from_meta);
+}
+
+static void mchange_forwarded(void *arg, int status, const char *error, const void *payload, size_t len)
+{
+    (void)payload, (void)len;
+    struct mchange *mc = arg;
+    mchange_finish(mc, status < 0 ? BR_INTERNAL_ERROR : status,
+                   status < 0 ? "the queue's leader did not answer" : error ? error : "");
+}
+
+/* On any node: the leader does the change; elsewhere it is forwarded to the leader. */
+static void mchange_start(struct mchange *mc)
+{
+    struct qq_state *s = mc->s;
+    qq_t *qq = qq_by_gid(s, mc->gid);
+    broker_t *b = s->b;
+    if (!qq) return mchange_finish(mc, BR_NOT_FOUND, "no such quorum queue");
+    if (!b->meta_submit) return mchange_finish(mc, BR_PRECONDITION_FAILED, "not clustered: a quorum queue has one member");
+    uint32_t leader = qq->g ? (uint32_t)mr_group_leader(qq->g) : qq->leader_hint;
+    for (unsigned i = 0; !leader && !mc->remote && i < qq->n_members; i++) /* leader unknown here: ask a member */
+        if (qq->members[i] != s->self && node_up(s, qq->members[i])) leader = qq->members[i];
+    if (leader && leader != s->self) {
+        if (mc->remote) return mchange_finish(mc, BR_INTERNAL_ERROR, "not the leader: try again");
+        uint8_t payload[13];
+        put_be64(payload, mc->gid);
+        put_be32(payload + 8, mc->node);
+        payload[12] = mc->add;
+        if (b->node_call(b->node_ctx, leader, "qq.m", payload, sizeof payload, 30.0, mchange_forwarded, mc) != 0)
+            mchange_finish(mc, BR_INTERNAL_ERROR, "the queue's leader is unreachable");
+        return;
+    }
+    if (!leader || !is_leader(qq)) return mchange_finish(mc, BR_INTERNAL_ERROR, "the queue has no leader now: try again");
+    if (qq->changing) return mchange_finish(mc, BR_INTERNAL_ERROR, "a membership change is in progress: try again");
+    bool member = is_member(qq, mc->node);
+    if (mc->add && member) return mchange_finish(mc, BR_PRECONDITION_FAILED, "already a member");
+    if (!mc->add && !member) return mchange_finish(mc, BR_NOT_FOUND, "not a member");
+    if (!mc->add && qq->n_members == 1) return mchange_finish(mc, BR_PRECONDITION_FAILED, "last_node: the only member cannot be removed");
+    if (mc->add && qq->n_members >= RAFT_MAX_NODES) return mchange_finish(mc, BR_PRECONDITION_FAILED, "too many members");
+    if (mc->add && !node_up(s, mc->node)) return mchange_finish(mc, BR_PRECONDITION_FAILED, "the node is not running");
+    if (!mc->add && mc->node == s->self) {
+        /* A leader removing itself would be deposed mid-change: hand over first. */
+        for (unsigned i = 0; i < qq->n_members; i++)
+            if (qq->members[i] != s->self && node_up(s, qq->members[i])) {
+                mr_transfer(qq->g, qq->members[i]);
+                break;
+            }
+        return mchange_finish(mc, BR_INTERNAL_ERROR, "leadership is moving to another member: try again");
+    }
+    qq->changing = true;
+    int rc = mr_conf_change(qq->g, mc->add ? RAFT_CC_ADD_VOTER : RAFT_CC_REMOVE, mc->node, conf_done, mc);
+    if (rc != MR_OK) mchange_finish(mc, BR_INTERNAL_ERROR, conf_error(rc));
+}
+
+void qq_member_change(queue_t *q, uint32_t node, bool add, qq_member_cb cb, void *arg)
+{
+    struct mchange *mc = calloc(1, sizeof *mc);
+    if (!mc) abort();
+    mc->s = state_of(q->vh->broker);
+    mc->gid = q->qq ? q->qq->gid : 0;
+    mc->node = node;
+    mc->add = add;
+    mc->cb = cb;
+    mc->arg = arg;
+    mchange_start(mc);
+}
+
+static void mchange_serve(struct qq_state *s, const void *payload, size_t len, const struct peer_reply_to *to)
+{
+    struct mchange *mc = calloc(1, sizeof *mc);
+    if (!mc) abort();
+    mc->s = s;
+    mc->remote = true;
+    mc->to = *to;
+    if (len != 13) return mchange_finish(mc, BR_INTERNAL_ERROR, "malformed request");
+    const uint8_t *p = payload;
+    mc->gid = amqp_get_u64(p);
+    mc->node = amqp_get_u32(p + 8);
+    mc->add = p[12] != 0;
+    mchange_start(mc);
+}
+
 /* ---- relayed deliveries ---------------------------------------------------------------------
  *
  * "qq.d" payload: u32 count, then per delivery [u64 gid][u64 chan][shortstr tag][u64 msg id]
@@ -1451,6 +1662,7 @@ static void flush_all(struct qq_state *s)
         s->dirty = qq->next_dirty;
         qq->dirty = false;
         if (qq->detached) continue;
+        if (qq->removing) drop_replica(qq);
         if (!qq->g) group_open(qq); /* attached inside a host callback: opened here */
         flush_one(qq);
     }
@@ -1542,6 +1754,10 @@ void qq_handle_call(broker_t *b, uint32_t from, const char *method, const void *
                     const struct peer_reply_to *to)
 {
     struct qq_state *s = state_of(b);
+    if (strcmp(method, "qq.m") == 0 && from != PEER_CLIENT_ID) {
+        mchange_serve(s, payload, len, to);
+        return;
+    }
     if (strcmp(method, "qq.d") == 0 && from != PEER_CLIENT_ID) {
         relay_receive(s, payload, len);
         if (b->node_reply) b->node_reply(b->node_ctx, to, 0, NULL, NULL, 0);

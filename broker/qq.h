@@ -82,6 +82,14 @@ uint32_t qq_consumer_count(queue_t *q);
 /* The queue's arguments or policies changed: the leader proposes the new settings. */
 void qq_settings_changed(queue_t *q);
 
+/* Membership (like rabbitmq-queues add_member / delete_member), from any node: the queue's
+ * leader does it. cb(arg, code, text) once done: code 0, or a reply code with a reason
+ * ("already a member", "not a member", "last_node: ...", "... try again"). */
+typedef void (*qq_member_cb)(void *arg, int code, const char *text);
+void qq_member_change(queue_t *q, uint32_t node, bool add, qq_member_cb cb, void *arg);
+/* META_Q_MEMBERS applied: the queue's member list is now `members` (u32 ids). */
+void qq_set_members(queue_t *q, amqp_bytes_t members);
+
 /* The cluster glue (remote.c's mesh handlers): incoming "qq." calls, node up / down. */
 struct peer_reply_to;
 void qq_handle_call(broker_t *b, uint32_t from, const char *method, const void *payload, size_t len,

@@ -718,6 +718,28 @@ static int admin_command(const struct opts *o, const char *cmd, int argc, char *
         snprintf(info, sizeof info, "Clearing policy \"%s\" on vhost \"%s\" ...", a.pos[0], a.vhost);
         return admin_change(o, "admin.clear_policy", req, info);
     }
+    if (strcmp(cmd, "list_queues") == 0 && n == 0) {
+        static const char *const cols[] = {"name", "type", "messages", "consumers", "leader", "members", "online"};
+        STR("vhost", a.vhost);
+        snprintf(info, sizeof info, "Timeout: 60.0 seconds ...\nListing queues for vhost %s ...", a.vhost);
+        return admin_list(o, "admin.list_queues", req, info, cols, 7);
+    }
+    if ((strcmp(cmd, "add_member") == 0 || strcmp(cmd, "delete_member") == 0) && n == 2) {
+        bool add = cmd[0] == 'a';
+        STR("vhost", a.vhost);
+        STR("queue", a.pos[0]);
+        STR("node", a.pos[1]);
+        snprintf(info, sizeof info, "%s node %s %s quorum queue %s in vhost %s ...", add ? "Adding" : "Removing",
+                 a.pos[1], add ? "to" : "from", a.pos[0], a.vhost);
+        return admin_change(o, add ? "admin.add_member" : "admin.delete_member", req, info);
+    }
+    if (strcmp(cmd, "grow") == 0 && n == 2) {
+        static const char *const cols[] = {"vhost", "name", "result"};
+        STR("node", a.pos[0]);
+        STR("which", a.pos[1]);
+        snprintf(info, sizeof info, "Growing %s quorum queues onto %s ...", a.pos[1], a.pos[0]);
+        return admin_list(o, "admin.grow", req, info, cols, 3);
+    }
     if (strcmp(cmd, "list_policies") == 0 && n == 0) {
         static const char *const cols[] = {"vhost", "name", "pattern", "apply-to", "definition", "priority"};
         STR("vhost", a.vhost);
@@ -750,6 +772,9 @@ static void usage(FILE *to)
             "  list_permissions [-p VHOST]\n"
             "  set_policy [-p VHOST] [--priority N] [--apply-to queues|exchanges|all] NAME PATTERN JSON\n"
             "  clear_policy [-p VHOST] NAME | list_policies [-p VHOST]\n"
+            "  list_queues [-p VHOST]     name, type, messages, consumers, leader, members, online\n"
+            "  add_member [-p VHOST] QUEUE NODE | delete_member [-p VHOST] QUEUE NODE\n"
+            "  grow NODE all|even         add NODE to every quorum queue (even: with an even count)\n"
             "\n"
             "--node is the node's cluster port (default 127.0.0.1:25672; a single node listens on\n"
             "127.0.0.1 there). The cookie defaults to $WARREN_COOKIE (a single node without one\n"

@@ -5,6 +5,7 @@ Three warren-server processes on 127.0.0.1 (helpers/cluster.py). The leader of a
 found from the nodes' logs ("leader on this node (term N)": the highest term wins). Every wait
 and every load loop is bounded in time and count.
 """
+import json
 import os
 import re
 import signal
@@ -415,3 +416,65 @@ def test_leader_locator_client_local_and_balanced(cluster, uniq):
         leaders.append(node)
     # n2 already leads one queue: the balanced ones go to the nodes leading fewer.
     assert len(set(leaders)) >= 2 and leaders.count(n2) <= 1, [n.name for n in leaders]
+
+
+def queue_row(c, node, queue):
+    result = c.ctl(node, "--json", "list_queues")
+    assert result.returncode == 0, result.stderr
+    rows = [r for r in json.loads(result.stdout) if r["name"] == queue]
+    return rows[0] if rows else None
+
+
+@pytest.mark.timeout(180)
+def test_membership_add_grow_delete(cluster, uniq):
+    n1, n2, n3 = cluster.nodes
+    q = uniq("qqc-members")
+    declare(n1, q, **{"x-quorum-initial-group-size": 1})
+    for n in (n2, n3):
+        wait_declared(n, q)
+    conn = pika_connect(n1)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for i in range(200):
+        ch.basic_publish("", q, str(i).encode(), pika.BasicProperties(delivery_mode=2))
+    conn.close()
+    row = queue_row(cluster, n2, q)
+    assert row["type"] == "quorum" and row["members"] == [n1.name] and row["leader"] == ""  # n2 holds no replica
+    assert queue_row(cluster, n1, q)["leader"] == n1.name
+    # add_member through a node that is not the leader, grow onto the third
+    r = cluster.ctl(n2, "add_member", q, n2.name)
+    assert r.returncode == 0, r.stderr
+    r = cluster.ctl(n2, "add_member", q, n2.name)
+    assert r.returncode != 0 and "already a member" in r.stderr
+    r = cluster.ctl(n3, "--json", "grow", n3.name, "all")
+    assert r.returncode == 0, r.stderr
+    assert {x["name"]: x["result"] for x in json.loads(r.stdout)}.get(q) == "ok"
+    # the new members caught up (snapshot + log) and hold every message
+    for n in (n2, n3):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (queue_row(cluster, n, q) or {}).get("messages") != 200:
+            time.sleep(0.1)
+        row = queue_row(cluster, n, q)
+        assert row["messages"] == 200 and sorted(row["members"]) == sorted(NAMES), row
+    # with three members, losing the leader loses nothing
+    n1.kill9()
+    wait_leader(cluster, q, exclude=(n1,), timeout=10)
+    r = cluster.ctl(n2, "delete_member", q, n1.name)
+    assert r.returncode == 0, r.stderr
+    assert sorted(queue_row(cluster, n2, q)["members"]) == sorted([n2.name, n3.name])
+    n1.start()
+    cluster.wait_status(n1, lambda st: st.get("formed") is True, timeout=40, what="n1 back")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and queue_row(cluster, n1, q)["leader"] != "":
+        time.sleep(0.1)
+    assert sorted(queue_row(cluster, n1, q)["members"]) == sorted([n2.name, n3.name])
+    conn = pika_connect(n1)  # a node without a replica still serves the queue
+    ch = conn.channel()
+    got = []
+    ch.basic_qos(prefetch_count=50)
+    ch.basic_consume(q, lambda c, m, p, b: (got.append(int(b)), c.basic_ack(m.delivery_tag)))
+    assert pika_process_until(conn, lambda: len(got) == 200, timeout=20), len(got)
+    assert got == list(range(200))
+    conn.close()
+    r = cluster.ctl(n2, "delete_member", q, n1.name)
+    assert r.returncode != 0 and "not a member" in r.stderr
