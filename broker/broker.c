@@ -735,7 +735,7 @@ int br_queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name,
         q = len ? br_queue(vh, name, len) : NULL;
         if (!q) return br_fail(err, BR_NOT_FOUND, "no queue '%.*s' in vhost '%s'", (int)len, name, vh->name);
         if (q->exclusive && q->owner_conn != conn_id) return exclusive_locked(q, err);
-        q_touch(q);
+        if (!q->qq) q_touch(q); /* a passive declare is no use of a quorum queue (as RabbitMQ) */
         *out = q;
         return 0;
     }

@@ -306,3 +306,42 @@ def test_messages_survive_restart_with_counts(fresh_broker, uniq):
     m, p, body = ch.basic_get(q, auto_ack=True)
     assert body == b"0" and p.headers["x-delivery-count"] == 1
     conn.close()
+
+
+def test_single_active_consumer_fails_over_to_the_next(broker, uniq):
+    q = uniq("qq-sac")
+    conn = pika_connect(broker)
+    ch = conn.channel()
+    ch.queue_declare(q, durable=True, arguments=qargs(x_single_active_consumer=True))
+    ch.confirm_delivery()
+    first, second = [], []
+    ch.basic_qos(prefetch_count=10)
+    t1 = ch.basic_consume(q, lambda c, m, p, b: (first.append(b), c.basic_ack(m.delivery_tag)))
+    ch.basic_consume(q, lambda c, m, p, b: (second.append(b), c.basic_ack(m.delivery_tag)))
+    for i in range(5):
+        ch.basic_publish("", q, str(i).encode())
+    assert pika_process_until(conn, lambda: len(first) == 5, timeout=5)
+    assert second == []  # only the active (first registered) consumer receives
+    ch.basic_cancel(t1)
+    for i in range(5, 8):
+        ch.basic_publish("", q, str(i).encode())
+    assert pika_process_until(conn, lambda: len(second) == 3, timeout=5)
+    assert second == [b"5", b"6", b"7"] and len(first) == 5
+    ch.queue_delete(q)
+    conn.close()
+
+
+def test_unused_queue_expires(ch, uniq):
+    q = uniq("qq-expires")
+    ch.queue_declare(q, durable=True, arguments=qargs(x_expires=300))
+    deadline = time.monotonic() + 5
+    gone = False
+    while not gone and time.monotonic() < deadline:
+        time.sleep(0.1)
+        try:
+            ch.queue_declare(q, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            assert e.reply_code == 404
+            gone = True
+            ch = ch.connection.channel()
+    assert gone
