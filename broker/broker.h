@@ -411,6 +411,9 @@ int q_publish(queue_t *q, msg_t *m);
 void q_discard(queue_t *q, const qentry_t *e);
 /* Dead-letters m from q with reason ("rejected", "expired", "maxlen") when q has a DLX. */
 void q_dead_letter(queue_t *q, msg_t *m, const char *reason);
+/* At-least-once dead-lettering: done(arg, ok) once every queue the copy reached has it safely
+ * (confirmed / synced): ok false when one refused it or it reached none (no DLX, unroutable). */
+void q_dead_letter_confirmed(queue_t *q, msg_t *m, const char *reason, void (*done)(void *arg, bool ok), void *arg);
 /* Marks the queue used (resets its x-expires timer). */
 void q_touch(queue_t *q);
 void q_consumer_add(queue_t *q, consumer_t *c);

@@ -14,6 +14,8 @@
 #include "broker/broker.h"
 #include "broker/log.h"
 #include "broker/props.h"
+#include "broker/qq.h"
+#include "broker/remote.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,18 +135,45 @@ static bool is_cycle(const amqp_table_t *headers, const queue_t *target)
     return seen;
 }
 
-void q_dead_letter(queue_t *q, msg_t *m, const char *reason)
+/* A dead-lettering in progress whose sender wants to know when every copy is safe. */
+struct dl_confirm {
+    unsigned pending; /* targets still to answer (+1 while routing) */
+    bool failed;
+    void (*done)(void *arg, bool ok);
+    void *arg;
+};
+
+static void dl_settle_one(struct dl_confirm *c, bool ok)
 {
-    if (!q->dlx) return;
+    if (!ok) c->failed = true;
+    if (--c->pending) return;
+    c->done(c->arg, !c->failed);
+    free(c);
+}
+
+static void dl_target_answered(void *arg, uint64_t tag, int result)
+{
+    (void)tag;
+    dl_settle_one(arg, result == Q_PUB_OK);
+}
+
+static void dl_target_synced(void *arg) { dl_settle_one(arg, true); }
+
+/* Builds the dead-lettered copy of m and routes it from q's DLX; with c, every target that
+ * takes it is counted in c->pending and answers through c. Returns how many queues took it. */
+static unsigned dead_letter_route(queue_t *q, msg_t *m, const char *reason, struct dl_confirm *c)
+{
+    if (!q->dlx) return 0;
     broker_t *b = q->vh->broker;
     exchange_t *x = br_exchange(q->vh, q->dlx, strlen(q->dlx));
-    if (!x) return;
-    if (!m->body && !q_body_load(b, m)) return;
+    if (!x) return 0;
+    if (!m->body && !q_body_load(b, m)) return 0;
     props_core_t p;
-    if (props_core_read(m->props, m->props_len, &p) != 0) return;
+    if (props_core_read(m->props, m->props_len, &p) != 0) return 0;
     amqp_table_t old = {0};
     bool have_old = p.has_headers && amqp_table_parse(p.headers, &old) == 0;
     amqp_buf_t hdr = {0}, props = {0};
+    unsigned taken = 0;
     build_headers(&hdr, q, m, have_old ? &old : NULL, reason, &p);
     amqp_bytes_t hb = {hdr.data + 4, hdr.len - 4};
     if (props_rewrite(m->props, m->props_len, &hb, false, p.has_expiration, &props) != 0) goto out;
@@ -164,7 +193,23 @@ void q_dead_letter(queue_t *q, msg_t *m, const char *reason)
         for (size_t i = 0; i < qs.n; i++) {
             queue_t *t = qs.items[i];
             if (is_cycle(&newh, t)) continue;
-            q_publish(t, dm);
+            if (!c) {
+                q_publish(t, dm);
+                taken++;
+            } else if (t->qq) {
+                if (qq_publish(t, dm, 0, dl_target_answered, c, 0)) c->pending++, taken++;
+            } else if (rq_remote(t)) {
+                if (rq_publish(t, dm, dl_target_answered, c, 0)) c->pending++, taken++;
+            } else {
+                int r = q_publish(t, dm);
+                if (r & Q_PUB_REJECTED) {
+                    c->failed = true;
+                } else if ((r & Q_PUB_SYNC) && b->store) {
+                    c->pending++;
+                    store_on_synced(b->store, dl_target_synced, c);
+                }
+                taken++;
+            }
         }
         ptrvec_free(&qs);
         amqp_table_free(&newh);
@@ -174,4 +219,18 @@ out:
     if (have_old) amqp_table_free(&old);
     amqp_buf_free(&hdr);
     amqp_buf_free(&props);
+    return taken;
+}
+
+void q_dead_letter(queue_t *q, msg_t *m, const char *reason) { dead_letter_route(q, m, reason, NULL); }
+
+void q_dead_letter_confirmed(queue_t *q, msg_t *m, const char *reason, void (*done)(void *arg, bool ok), void *arg)
+{
+    struct dl_confirm *c = calloc(1, sizeof *c);
+    if (!c) abort();
+    c->pending = 1; /* held while routing */
+    c->done = done;
+    c->arg = arg;
+    if (dead_letter_route(q, m, reason, c) == 0) c->failed = true; /* no DLX, unroutable: kept, retried */
+    dl_settle_one(c, true);
 }

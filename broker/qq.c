@@ -107,6 +107,8 @@ struct qq {
     dict_t chans; /* chan id (8 bytes) -> struct chanrec* */
     dict_t cons;  /* chan id (8 bytes) + tag -> struct qcons* */
     ev_timer expire_w, campaign_w;
+    ev_timer dlx_w;  /* at-least-once: retries dead-letterings that failed */
+    dict_t dlx_out;  /* at-least-once: dlx ids being dead-lettered now (8-byte keys) */
     int campaigns_left;
     bool is_new;        /* created at runtime (not recovered): campaign at once */
     bool transfer_done; /* client-local leader placement done */
@@ -640,18 +642,63 @@ static void fx_result(void *ud, uint32_t node, uint64_t req, const struct qsm_re
     if (r->m) msg_ref(r->m);
 }
 
-static void fx_dead_letter(void *ud, msg_t *m, const char *reason, uint32_t delivery_count, uint64_t dlx_id)
+/* At-least-once dead-lettering (as RabbitMQ's dlx worker on the leader): the message stays in
+ * the source queue until every queue its copy reached has confirmed it; then DLX_SETTLE. A copy
+ * that reached no queue (no DLX, unroutable) or was refused is tried again later; a new leader
+ * starts over with every unsettled one (duplicates are possible, as in RabbitMQ). */
+struct dlx_ctx {
+    broker_t *b; /* not the qq_state: a late answer may come after qq_free (b->qq NULL then) */
+    uint64_t gid, id;
+};
+
+static qq_t *qq_by_gid(struct qq_state *s, uint64_t gid);
+
+static void dlx_done(void *arg, bool ok)
+{
+    struct dlx_ctx *x = arg;
+    qq_t *qq = x->b->qq ? qq_by_gid(x->b->qq, x->gid) : NULL;
+    if (qq) {
+        uint8_t key[8];
+        put_be64(key, x->id);
+        dict_del(&qq->dlx_out, key, 8);
+        if (ok) {
+            struct qsm_cmd cmd = {.op = QSM_DLX_SETTLE, .n_ids = 1, .ids_in = &x->id};
+            outbox_push(qq, op_new(qq, OP_PLAIN, &cmd, 0));
+        } else if (!ev_is_active(&qq->dlx_w)) {
+            ev_timer_set(&qq->dlx_w, 5.0, 0);
+            ev_timer_start(x->b->loop, &qq->dlx_w);
+        }
+    }
+    free(x);
+}
+
+static void dlx_send(void *ud, uint64_t id, msg_t *m, const char *reason, uint32_t delivery_count)
 {
     (void)delivery_count;
     qq_t *qq = ud;
+    uint8_t key[8];
+    put_be64(key, id);
+    if (dict_get(&qq->dlx_out, key, 8)) return; /* on its way already */
+    dict_set(&qq->dlx_out, key, 8, qq);
+    struct dlx_ctx *x = malloc(sizeof *x);
+    if (!x) abort();
+    *x = (struct dlx_ctx){qq->s->b, qq->gid, id};
+    q_dead_letter_confirmed(qq->q, m, reason, dlx_done, x);
+}
+
+static void dlx_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop, (void)revents;
+    qq_t *qq = w->data;
+    if (is_leader(qq)) qsm_dlx_each(qq->sm, dlx_send, qq);
+}
+
+static void fx_dead_letter(void *ud, msg_t *m, const char *reason, uint32_t delivery_count, uint64_t dlx_id)
+{
+    qq_t *qq = ud;
     if (!is_leader(qq)) return;
-    q_dead_letter(qq->q, m, reason);
-    if (dlx_id) {
-        /* At-least-once: the dead-lettered copy has been handed to its targets' queues here;
-         * settle it in the source queue. (RabbitMQ waits for the targets' confirms.) */
-        struct qsm_cmd cmd = {.op = QSM_DLX_SETTLE, .n_ids = 1, .ids_in = &dlx_id};
-        outbox_push(qq, op_new(qq, OP_PLAIN, &cmd, 0));
-    }
+    if (dlx_id) dlx_send(qq, dlx_id, m, reason, delivery_count);
+    else q_dead_letter(qq->q, m, reason);
 }
 
 static void arm_expiry(qq_t *qq)
@@ -751,6 +798,8 @@ static void leader_duties(qq_t *qq)
         struct qsm_cmd cmd = {.op = QSM_CONFIG, .config = want};
         outbox_push(qq, op_new(qq, OP_PLAIN, &cmd, 0));
     }
+    /* At-least-once: dead-letterings the previous leader had not finished. */
+    qsm_dlx_each(qq->sm, dlx_send, qq);
     /* Consumers of nodes that are down get their messages back. */
     for (unsigned i = 0; i < qq->n_members; i++)
         if (qq->members[i] != s->self && !node_up(s, qq->members[i])) propose_down(qq, qq->members[i], 0, 0);
@@ -839,6 +888,9 @@ void qq_attach(queue_t *q, amqp_bytes_t members)
     qq->expire_w.data = qq;
     ev_timer_init(&qq->campaign_w, campaign_cb, 0.1, 0.1);
     qq->campaign_w.data = qq;
+    ev_timer_init(&qq->dlx_w, dlx_retry_cb, 5.0, 0);
+    qq->dlx_w.data = qq;
+    dict_init(&qq->dlx_out);
     struct qsm_config cfg;
     config_of(q, false, &cfg);
     qq->sm = qsm_new(&cfg);
@@ -868,6 +920,9 @@ void qq_detach(queue_t *q)
     struct ev_loop *loop = s->b->loop;
     ev_timer_stop(loop, &qq->expire_w);
     ev_timer_stop(loop, &qq->campaign_w);
+    ev_timer_stop(loop, &qq->dlx_w);
+    dict_free(&qq->dlx_out);
+    dict_init(&qq->dlx_out);
     /* Fail what waits for this queue. */
     size_t pos = 0;
     void *v;
@@ -1921,6 +1976,8 @@ void qq_free(broker_t *b)
         qq_t *qq = v;
         ev_timer_stop(b->loop, &qq->expire_w);
         ev_timer_stop(b->loop, &qq->campaign_w);
+        ev_timer_stop(b->loop, &qq->dlx_w);
+        dict_free(&qq->dlx_out);
         for (size_t i = 0; i < qq->n_accs; i++) free(qq->accs[i].ids);
         free(qq->accs);
         size_t p2 = 0;

@@ -1043,6 +1043,12 @@ bool qsm_has_consumer(const qsm_t *s, uint32_t node, uint64_t chan, amqp_bytes_t
 
 uint64_t qsm_live(const qsm_t *s) { return s->ready + s->unacked + s->dlx; }
 
+void qsm_dlx_each(const qsm_t *s, qsm_dlx_fn fn, void *ud)
+{
+    for (const qmsg_t *q = s->dlx_list.head; q; q = q->next)
+        fn(ud, q->id, q->m, reason_names[q->reason], q->acquired);
+}
+
 /* ---- command wire format ------------------------------------------------------------------------- */
 
 /* Fields each op carries, in this order after [u8 version][u8 op][i64 now_ms]. */

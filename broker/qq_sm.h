@@ -218,6 +218,10 @@ const struct qsm_config *qsm_config(const qsm_t *s);
 /* Is (node, chan, tag) a registered (not cancelled) consumer? the active one under SAC?
  * (true only when registered, not cancelled and, under SAC, the active one) */
 bool qsm_has_consumer(const qsm_t *s, uint32_t node, uint64_t chan, amqp_bytes_t tag);
+/* At-least-once: the dead-lettered messages not settled yet, in dead-lettering order, with their
+ * dlx id (a new leader hands them to the DLX again; so does a retry after a failure). */
+typedef void (*qsm_dlx_fn)(void *ud, uint64_t dlx_id, msg_t *m, const char *reason, uint32_t delivery_count);
+void qsm_dlx_each(const qsm_t *s, qsm_dlx_fn fn, void *ud);
 /* Live messages (ready + checked out + dlx): the snapshot size in messages. */
 uint64_t qsm_live(const qsm_t *s);
 

@@ -345,3 +345,38 @@ def test_unused_queue_expires(ch, uniq):
             gone = True
             ch = ch.connection.channel()
     assert gone
+
+
+def test_at_least_once_dead_lettering_waits_for_a_route(ch, uniq):
+    q, dlx, dlq = uniq("qq-alo"), uniq("qq-alo-dlx"), uniq("qq-alo-dlq")
+    ch.exchange_declare(dlx, "direct", durable=True)
+    ch.queue_declare(q, durable=True, arguments=qargs(x_dead_letter_exchange=dlx, x_dead_letter_routing_key="k",
+                                                       x_dead_letter_strategy="at-least-once",
+                                                       x_overflow="reject-publish"))
+    ch.confirm_delivery()
+    ch.basic_publish("", q, b"keep-me")
+    m, _p, _b = ch.basic_get(q)
+    ch.basic_reject(m.delivery_tag, requeue=False)
+    # No queue is bound to the DLX yet: the message stays in the source queue (not ready).
+    time.sleep(0.5)
+    assert ch.basic_get(q) == (None, None, None)
+    if RABBITMQ_MODE:  # RabbitMQ's dlx worker retries on a much longer timer (minutes)
+        ch.queue_delete(q)
+        ch.exchange_delete(dlx)
+        return
+    # Once a route exists it is delivered there (retried every few seconds), and leaves the
+    # source queue.
+    ch.queue_declare(dlq, durable=True, arguments=Q)
+    ch.queue_bind(dlq, dlx, "k")
+    deadline = time.monotonic() + 15
+    got = None
+    while got is None and time.monotonic() < deadline:
+        m, p, body = ch.basic_get(dlq, auto_ack=True)
+        if m:
+            got = (body, p.headers["x-death"][0]["reason"])
+        else:
+            time.sleep(0.1)
+    assert got == (b"keep-me", "rejected")
+    ch.queue_delete(q)
+    ch.queue_delete(dlq)
+    ch.exchange_delete(dlx)
