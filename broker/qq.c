@@ -611,7 +611,9 @@ static void deliver_local(qq_t *qq, uint64_t chan, amqp_bytes_t tag, uint64_t ms
     q->stat_deliver++;
     if (redelivered) q->stat_redeliver++;
     q->vh->broker->stat_deliver++;
+    bool no_ack = qc->c->no_ack;
     qc->c->ops->deliver(qc->c, q, &e);
+    if (no_ack) msg_unref(e.m); /* settled at assignment: the consumer keeps no reference */
 }
 
 static void fx_deliver(void *ud, uint32_t node, uint64_t chan, amqp_bytes_t tag, uint64_t msg_id, msg_t *m,
@@ -1046,7 +1048,9 @@ static void qcons_ready(qq_t *qq, struct qcons *qc)
         queue_t *q = qq->q;
         q->stat_deliver++;
         q->vh->broker->stat_deliver++;
+        bool no_ack = qc->c->no_ack;
         qc->c->ops->deliver(qc->c, q, &held[i]);
+        if (no_ack) msg_unref(held[i].m);
     }
     free(held);
 }
