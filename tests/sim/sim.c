@@ -1892,6 +1892,21 @@ static unsigned down_voters(struct sim *s, unsigned *n_voters) {
 }
 
 /* One random action. */
+/* A node's transport reports a peer's connection lost (RAFT_EV_PEER_DOWN): mostly about the
+ * leader it follows, sometimes about another node, and often wrongly (the peer is fine): it
+ * may only speed up elections, never break safety. */
+static void peer_down_report(struct sim *s) {
+    struct node *nd = random_up(s);
+    if (!nd) return;
+    raft_id about = nd->r.leader && sim_rng_below(&s->g, 4) ? nd->r.leader
+                                                             : (raft_id)(1 + sim_rng_below(&s->g, s->n_slots));
+    if (s->o->trace_all) trace(s, "n%u PEER_DOWN %u", nd->id, (unsigned)about);
+    wake(s, nd);
+    struct raft_event ev = {.type = RAFT_EV_PEER_DOWN};
+    ev.u.peer.id = about;
+    step(s, nd, &ev);
+}
+
 static void action(struct sim *s, bool faults) {
     unsigned r = (unsigned)sim_rng_below(&s->g, 1000);
     s->now++;
@@ -1929,6 +1944,10 @@ static void action(struct sim *s, bool faults) {
         return;
     }
     if (r < 800) { /* a tick on one node (clocks drift independently) */
+        if (faults && sim_rng_below(&s->g, 16) == 0) {
+            peer_down_report(s);
+            return;
+        }
         tick(s);
         return;
     }
