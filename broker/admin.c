@@ -395,7 +395,8 @@ static void list_policies(struct admin *a, const struct peer_reply_to *to, const
 static cJSON *node_name_json(struct admin *a, uint32_t id)
 {
     const char *name = id ? cl_node_name(a->c, id) : NULL;
-    if (!name && id && id == a->b->self_node) name = cl_self_name(a->c);
+    uint32_t self = a->b->self_node ? a->b->self_node : 1; /* unclustered quorum queues: node 1 */
+    if (!name && id && id == self) name = cl_self_name(a->c);
     if (!name && !id) name = cl_self_name(a->c);
     if (name) return cJSON_CreateString(name);
     char buf[32];

@@ -460,3 +460,46 @@ def test_disk_stays_bounded_behind_one_unacked_message(fresh_broker, uniq):
     time.sleep(0.2)
     assert ch.queue_declare(q, passive=True).method.message_count == 0
     conn.close()
+
+
+@pytest.mark.skipif(bool(EXTERNAL or RABBITMQ_MODE), reason="drives a private Warren with warrenctl")
+def test_policies_reach_quorum_queues_and_list_queues(fresh_broker, uniq):
+    import json
+    import subprocess
+    from conftest import free_port
+    from helpers.cluster import warrenctl_bin
+    port = free_port()
+    b = fresh_broker(config={"cluster.listener.port": port})
+    cookie_file = os.path.join(b.data_dir, ".warren.cookie")
+
+    def ctl(*args):
+        r = subprocess.run([warrenctl_bin(), "--node", f"127.0.0.1:{port}", "--cookie-file", cookie_file, *args],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    q = uniq("qq-policy")
+    conn = pika_connect(b)
+    ch = conn.channel()
+    ch.queue_declare(q, durable=True, arguments=Q)
+    # a policy set after the declare: the leader proposes the new settings to the replicas
+    ctl("set_policy", "--apply-to", "queues", "lim", f"^{q}$", '{"max-length": 2, "delivery-limit": 1}')
+    time.sleep(0.3)
+    ch.confirm_delivery()
+    for i in range(5):
+        ch.basic_publish("", q, str(i).encode())
+    assert ch.queue_declare(q, passive=True).method.message_count == 2
+    m, _p, body = ch.basic_get(q)
+    assert body == b"3"
+    ch.basic_nack(m.delivery_tag, requeue=True)
+    m, p, body = ch.basic_get(q)
+    assert body == b"3" and p.headers["x-delivery-count"] == 1
+    ch.basic_nack(m.delivery_tag, requeue=True)  # over delivery-limit 1: dropped
+    m, _p, body = ch.basic_get(q, auto_ack=True)
+    assert body == b"4"
+    ch.basic_publish("", q, b"5")
+    rows = {r["name"]: r for r in json.loads(ctl("--json", "list_queues"))}
+    row = rows[q]
+    assert row["type"] == "quorum" and row["messages"] == 1 and row["consumers"] == 0
+    assert row["leader"] and row["members"] == [row["leader"]] == row["online"]
+    conn.close()
