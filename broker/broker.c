@@ -847,8 +847,8 @@ static int binding_ends(vhost_t *vh, user_t *u, uint64_t conn_id, bool dest_is_q
 int br_bind(vhost_t *vh, user_t *u, uint64_t conn_id, bool dest_is_queue, const char *dest, size_t dlen,
             const char *src, size_t slen, const char *key, size_t klen, amqp_bytes_t args, br_err_t *err)
 {
-    exchange_t *x;
-    void *d;
+    exchange_t *x = NULL;
+    void *d = NULL;
     if (binding_ends(vh, u, conn_id, dest_is_queue, dest, dlen, src, slen, &x, &d, err)) return err->code;
     if (x->type == EX_HEADERS && args.len) {
         amqp_table_t t;
@@ -868,8 +868,8 @@ int br_bind(vhost_t *vh, user_t *u, uint64_t conn_id, bool dest_is_queue, const 
 int br_unbind(vhost_t *vh, user_t *u, uint64_t conn_id, bool dest_is_queue, const char *dest, size_t dlen,
               const char *src, size_t slen, const char *key, size_t klen, amqp_bytes_t args, br_err_t *err)
 {
-    exchange_t *x;
-    void *d;
+    exchange_t *x = NULL;
+    void *d = NULL;
     if (binding_ends(vh, u, conn_id, dest_is_queue, dest, dlen, src, slen, &x, &d, err)) return err->code;
     binding_t *bd = ex_find_binding(x, dest_is_queue, d, key, klen, args);
     if (bd && vh->broker->meta_dry_run) return would_mutate(vh->broker);
