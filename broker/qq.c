@@ -729,6 +729,29 @@ static void expire_cb(struct ev_loop *loop, ev_timer *w, int revents)
     outbox_push(qq, op_new(qq, OP_PLAIN, &cmd, 0));
 }
 
+/* The leader took this node for dead (it was paused, or cut off longer than the peer timeout)
+ * and removed its consumers: they are alive, so they register again (the messages they held
+ * were returned and will be redelivered, as after a partition in RabbitMQ). */
+static void reregister(qq_t *qq)
+{
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&qq->cons, &pos, NULL, NULL, &v)) {
+        struct qcons *qc = v;
+        consumer_t *c = qc->c;
+        struct qsm_cmd cmd = {.op = QSM_CHECKOUT,
+                              .chan = qc->chan,
+                              .tag = {(const uint8_t *)c->tag, c->tag_len},
+                              .prefetch = c->prefetch,
+                              .priority = c->priority,
+                              .flags = (uint8_t)((c->no_ack ? QSM_F_NO_ACK : 0) | (c->exclusive ? QSM_F_EXCLUSIVE : 0))};
+        outbox_push(qq, op_new(qq, OP_PLAIN, &cmd, 0));
+    }
+    if (dict_size(&qq->cons))
+        log_info("quorum queue '%s' in vhost '%s': consumers of this node re-registered (the leader had taken it for "
+                 "down)", qq->q->name, qq->q->vh->name);
+}
+
 static void sm_apply(mr_group_t *g, raft_index index, const struct raft_entry *entry)
 {
     (void)index;
@@ -743,6 +766,7 @@ static void sm_apply(mr_group_t *g, raft_index index, const struct raft_entry *e
     if (cmd.op == QSM_ENQUEUE && cmd.node == qq->s->self) qq->q->stat_publish++;
     struct qsm_effects fx = {.ud = qq, .deliver = fx_deliver, .result = fx_result, .dead_letter = fx_dead_letter};
     qsm_apply(qq->sm, &cmd, &fx);
+    if (cmd.op == QSM_DOWN && cmd.node == qq->s->self && cmd.chan == 0 && cmd.seq == 0) reregister(qq);
     if (is_leader(qq)) arm_expiry(qq);
     /* Snapshots every max(4096, 2 x live messages) entries: their cost stays proportional to
      * the commands applied, and the log behind them (disk, recovery time) to the live state. */

@@ -478,3 +478,37 @@ def test_membership_add_grow_delete(cluster, uniq):
     conn.close()
     r = cluster.ctl(n2, "delete_member", q, n1.name)
     assert r.returncode != 0 and "not a member" in r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_consumer_on_a_node_taken_for_dead_keeps_consuming(cluster, uniq):
+    """A node paused longer than the peer timeout is taken for down: the leader returns its
+    consumers' messages; when it resumes, its consumers register again and keep receiving."""
+    n1, n2, n3 = cluster.nodes
+    q = uniq("qqc-suspect")
+    declare(n1, q)
+    for n in (n2, n3):
+        wait_declared(n, q)
+    conn = pika_connect(n3)
+    ch = conn.channel()
+    got = []
+    ch.basic_qos(prefetch_count=5)
+    ch.basic_consume(q, lambda c, m, p, b: got.append((b, m.delivery_tag)))
+    pub = pika_connect(n1)
+    pch = pub.channel()
+    pch.confirm_delivery()
+    pch.basic_publish("", q, b"before")
+    assert pika_process_until(conn, lambda: len(got) == 1, timeout=10)
+    os.kill(n3.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(6.5)  # longer than cluster.peer_timeout (5 s): n3 is down for the others
+    finally:
+        os.kill(n3.proc.pid, signal.SIGCONT)
+    time.sleep(1.0)
+    for i in range(3):
+        pch.basic_publish("", q, f"after{i}".encode())
+    assert pika_process_until(conn, lambda: {b"after0", b"after1", b"after2"} <= {b for b, _ in got}, timeout=15), got
+    for _, tag in got:
+        ch.basic_ack(tag)
+    conn.close()
+    pub.close()
