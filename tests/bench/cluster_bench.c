@@ -109,6 +109,8 @@ struct cb_options {
     const char *prefix;
     /* xpub */
     const char *queue;
+    const char *queue_type;   /* x-queue-type at declare ("quorum"), NULL = none (classic) */
+    unsigned queues;          /* xpub: queues <queue>-1..N when > 1 (worker i uses i mod N) */
     unsigned queue_node, publish_node, consume_node;   /* 1-based */
     unsigned producers, consumers;
     size_t size;
@@ -133,6 +135,8 @@ static void cb_usage(FILE *out)
         "  --prefix P (cluster-bench-meta)   queue name prefix\n"
         " xpub:\n"
         "  --queue NAME (cluster-bench-xpub) --queue-node I (1) --publish-node I (2)\n"
+        "  --queue-type quorum|classic (x-queue-type at declare; default: no argument)\n"
+        "  --queues N (1)           N queues NAME-1..N; producer/consumer i uses queue i mod N\n"
         "  --consume-node I (1) --producers N (1) --consumers N (1) --size BYTES (1024)\n"
         "  --transient              delivery_mode 1 (default: persistent)\n"
         "  --confirm W (100)        at most W unconfirmed publishes; 0 = no confirms\n"
@@ -192,7 +196,7 @@ static bool cb_parse_nodes(const char *text, struct cb_options *opt)
 
 enum {
     OPT_MODE = 256, OPT_NODES, OPT_USER, OPT_PASS, OPT_VHOST, OPT_SCENARIO, OPT_DURATION,
-    OPT_COUNT, OPT_PROGRESS, OPT_CONNECTIONS, OPT_PREFIX, OPT_QUEUE, OPT_QUEUE_NODE,
+    OPT_COUNT, OPT_PROGRESS, OPT_CONNECTIONS, OPT_PREFIX, OPT_QUEUE, OPT_QUEUE_NODE, OPT_QUEUE_TYPE, OPT_QUEUES,
     OPT_PUBLISH_NODE, OPT_CONSUME_NODE, OPT_PRODUCERS, OPT_CONSUMERS, OPT_SIZE, OPT_TRANSIENT,
     OPT_PERSISTENT, OPT_CONFIRM, OPT_PREFETCH, OPT_ACK, OPT_KEEP_QUEUE, OPT_HELP
 };
@@ -211,6 +215,8 @@ static const struct option cb_long_options[] = {
     {"prefix", required_argument, NULL, OPT_PREFIX},
     {"queue", required_argument, NULL, OPT_QUEUE},
     {"queue-node", required_argument, NULL, OPT_QUEUE_NODE},
+    {"queue-type", required_argument, NULL, OPT_QUEUE_TYPE},
+    {"queues", required_argument, NULL, OPT_QUEUES},
     {"publish-node", required_argument, NULL, OPT_PUBLISH_NODE},
     {"consume-node", required_argument, NULL, OPT_CONSUME_NODE},
     {"producers", required_argument, NULL, OPT_PRODUCERS},
@@ -281,6 +287,14 @@ static bool cb_apply_option(struct cb_options *opt, int id, const char *arg)
         if (strlen(arg) == 0 || strlen(arg) > 255) return cb_bad("queue", arg);
         opt->queue = arg;
         return true;
+    case OPT_QUEUE_TYPE:
+        if (strcmp(arg, "quorum") != 0 && strcmp(arg, "classic") != 0) return cb_bad("queue-type", arg);
+        opt->queue_type = arg;
+        return true;
+    case OPT_QUEUES:
+        if (!cb_parse_u64(arg, 1, CB_MAX_WORKERS, &n)) return cb_bad("queues", arg);
+        opt->queues = (unsigned)n;
+        return true;
     case OPT_QUEUE_NODE:
     case OPT_PUBLISH_NODE:
     case OPT_CONSUME_NODE:
@@ -343,7 +357,7 @@ static int cb_parse_args(int argc, char **argv, struct cb_options *opt)
 {
     *opt = (struct cb_options){
         .mode = CB_META, .user = "guest", .pass = "guest", .vhost = "/", .duration_s = 10,
-        .prefix = "cluster-bench-meta", .queue = "cluster-bench-xpub", .queue_node = 1,
+        .prefix = "cluster-bench-meta", .queue = "cluster-bench-xpub", .queues = 1, .queue_node = 1,
         .publish_node = 2, .consume_node = 1, .producers = 1, .consumers = 1, .size = 1024,
         .persistent = true, .confirm_window = 100, .prefetch = 100,
     };
@@ -706,6 +720,22 @@ static int producer_read(struct cb_worker *w, amqp_connection_state_t conn, stru
     }
 }
 
+/* The queue worker `index` uses (xpub). */
+static void cb_queue_name(const struct cb_options *opt, unsigned index, char *out, size_t cap)
+{
+    if (opt->queues <= 1) snprintf(out, cap, "%s", opt->queue);
+    else snprintf(out, cap, "%s-%u", opt->queue, index % opt->queues + 1);
+}
+
+static amqp_table_t cb_queue_args(const struct cb_options *opt, amqp_table_entry_t *entry)
+{
+    if (!opt->queue_type) return amqp_empty_table;
+    entry->key = amqp_cstring_bytes("x-queue-type");
+    entry->value.kind = AMQP_FIELD_KIND_UTF8;
+    entry->value.value.bytes = amqp_cstring_bytes(opt->queue_type);
+    return (amqp_table_t){.num_entries = 1, .entries = entry};
+}
+
 static bool producer_loop(struct cb_worker *w, amqp_connection_state_t conn)
 {
     struct cb_run *run = w->run;
@@ -723,7 +753,9 @@ static bool producer_loop(struct cb_worker *w, amqp_connection_state_t conn)
     amqp_basic_properties_t props = {0};
     props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
     props.delivery_mode = opt->persistent ? AMQP_DELIVERY_PERSISTENT : AMQP_DELIVERY_NONPERSISTENT;
-    amqp_bytes_t key = amqp_cstring_bytes(opt->queue);
+    char qname[300];
+    cb_queue_name(opt, w->index, qname, sizeof qname);
+    amqp_bytes_t key = amqp_cstring_bytes(qname);
     amqp_bytes_t payload = {.len = opt->size, .bytes = body};
     bool ok = true;
 
@@ -924,7 +956,9 @@ static void *consumer_main(void *arg)
         }
     }
     if (ok) {
-        amqp_basic_consume(conn, CB_CHANNEL, amqp_cstring_bytes(opt->queue), amqp_empty_bytes,
+        char qname[300];
+        cb_queue_name(opt, w->index, qname, sizeof qname);
+        amqp_basic_consume(conn, CB_CHANNEL, amqp_cstring_bytes(qname), amqp_empty_bytes,
                            0, opt->auto_ack, 0, amqp_empty_table);
         if (!bench_reply_ok(conn, "basic.consume", err, sizeof err)) {
             cb_fail(run, "consumer %u: %s", w->index, err);
@@ -938,7 +972,8 @@ static void *consumer_main(void *arg)
     return NULL;
 }
 
-/* Declares (durable, classic: no arguments) and purges the xpub queue on the queue node. */
+/* Declares (durable; x-queue-type from --queue-type, else no arguments) and purges the xpub
+ * queue(s) on the queue node. */
 static bool xpub_prepare(const struct cb_options *opt, bool delete_only)
 {
     char err[512];
@@ -948,17 +983,22 @@ static bool xpub_prepare(const struct cb_options *opt, bool delete_only)
         fprintf(stderr, "cluster_bench: %s\n", err);
         return false;
     }
-    amqp_bytes_t q = amqp_cstring_bytes(opt->queue);
-    bool ok;
-    if (delete_only) {
-        amqp_queue_delete(conn, CB_CHANNEL, q, 0, 0);
-        ok = bench_reply_ok(conn, "queue.delete", err, sizeof err);
-    } else {
-        amqp_queue_declare(conn, CB_CHANNEL, q, 0, 1, 0, 0, amqp_empty_table);
-        ok = bench_reply_ok(conn, "queue.declare", err, sizeof err);
-        if (ok) {
-            amqp_queue_purge(conn, CB_CHANNEL, q);
-            ok = bench_reply_ok(conn, "queue.purge", err, sizeof err);
+    bool ok = true;
+    for (unsigned i = 0; ok && i < opt->queues; i++) {
+        char qname[300];
+        cb_queue_name(opt, i, qname, sizeof qname);
+        amqp_bytes_t q = amqp_cstring_bytes(qname);
+        if (delete_only) {
+            amqp_queue_delete(conn, CB_CHANNEL, q, 0, 0);
+            ok = bench_reply_ok(conn, "queue.delete", err, sizeof err);
+        } else {
+            amqp_table_entry_t entry;
+            amqp_queue_declare(conn, CB_CHANNEL, q, 0, 1, 0, 0, cb_queue_args(opt, &entry));
+            ok = bench_reply_ok(conn, "queue.declare", err, sizeof err);
+            if (ok) {
+                amqp_queue_purge(conn, CB_CHANNEL, q);
+                ok = bench_reply_ok(conn, "queue.purge", err, sizeof err);
+            }
         }
     }
     if (!ok)
@@ -1078,9 +1118,10 @@ static uint64_t xpub_report(const struct cb_options *opt, struct cb_worker *work
     uint64_t good = confirming ? acked : published;
     good = good > returned ? good - returned : 0;
     double pub_rate = cb_rate(good, publish_s);
-    printf("scenario %s: queue %s (durable, classic) declared on node %u; %u producer(s) on "
+    printf("scenario %s: queue %s x%u (durable, %s) declared on node %u; %u producer(s) on "
            "node %u, %zu B %s, %s; %u consumer(s) on node %u, %s ack, prefetch %u\n",
-           opt->scenario, opt->queue, opt->queue_node, opt->producers, opt->publish_node,
+           opt->scenario, opt->queue, opt->queues, opt->queue_type ? opt->queue_type : "classic",
+           opt->queue_node, opt->producers, opt->publish_node,
            opt->size, opt->persistent ? "persistent" : "transient",
            confirming ? "confirms" : "no confirms", opt->consumers, opt->consume_node,
            opt->auto_ack ? "auto" : "manual", opt->prefetch);
