@@ -25,6 +25,10 @@
 #           BENCH_XPUB_CONSUME_NODE (1) with manual acks, prefetch 100.
 #           Target: Warren >= 2x RabbitMQ's msg/s (end to end, consumed).
 #   xpub-t  the same path, transient messages, no confirms (BENCH_XPUB_TRANSIENT=0: skip).
+#   qq-1, qq-4, qq-10 (issue 6; BENCH_QUORUM=0: skip): quorum queues (3 members) declared on
+#           node 1 (its leader), 1 KB persistent, confirms window 100, published through node 2,
+#           consumed through node 3 with prefetch 100 and manual acks: one queue with 1
+#           publisher and 1 consumer; one queue 4/4; 10 queues 10/10 (one of each per queue).
 # Each is the median of BENCH_RUNS runs, alternating which cluster goes first. The results
 # replace the "Cluster" section of docs/performance.md (between its markers) and nothing else.
 #
@@ -59,6 +63,7 @@ RUNS=${BENCH_RUNS:-3}
 META_CONNECTIONS=${BENCH_META_CONNECTIONS:-3}
 XPUB_CONSUME_NODE=${BENCH_XPUB_CONSUME_NODE:-1}
 XPUB_TRANSIENT=${BENCH_XPUB_TRANSIENT:-1}
+QUORUM=${BENCH_QUORUM:-1}
 CLUSTER_TIMEOUT=${BENCH_CLUSTER_TIMEOUT:-90}
 MAX_SECONDS=${BENCH_MAX_SECONDS:-1800}
 WARREN_BIN=${WARREN_BIN:-$REPO/build/warren-server}
@@ -362,6 +367,17 @@ if [ "$XPUB_TRANSIENT" = 1 ]; then
     --ack manual
 fi
 
+if [ "$QUORUM" = 1 ]; then
+  qq_args=(--mode xpub --queue-type quorum --queue-node 1 --publish-node 2 --consume-node 3 --size 1024
+           --confirm 100 --prefetch 100 --ack manual)
+  log "qq-1: quorum queue on node 1 (3 members), 1 publisher via node 2, 1 consumer via node 3"
+  scenario qq-1 "${qq_args[@]}" --queue bench-qq1
+  log "qq-4: one quorum queue, 4 publishers / 4 consumers"
+  scenario qq-4 "${qq_args[@]}" --queue bench-qq4 --producers 4 --consumers 4
+  log "qq-10: 10 quorum queues, 10 publishers / 10 consumers"
+  scenario qq-10 "${qq_args[@]}" --queue bench-qq10 --queues 10 --producers 10 --consumers 10
+fi
+
 stop_side ours
 stop_side rabbitmq
 log "measurements done in $((SECONDS - started_at)) s"
@@ -444,6 +460,11 @@ add("xpub", "consumed (end-to-end)", "consumed_per_s", "msg/s", ">= 2x", lambda 
 add("xpub", "published and confirmed", "published_per_s", "msg/s")
 add("xpub", "confirm latency p99", "confirm_p99_ms", "ms")
 add("xpub", "end-to-end latency p99", "p99_ms", "ms")
+for scen in ("qq-1", "qq-4", "qq-10"):
+    if any(r["scenario"] == scen for r in rows):
+        add(scen, "quorum: consumed (end-to-end)", "consumed_per_s", "msg/s", ">= 3x", lambda o, r, q: q >= 3)
+        add(scen, "quorum: confirm latency p99", "confirm_p99_ms", "ms", "<= 0.5x", lambda o, r, q: q <= 0.5)
+        add(scen, "quorum: end-to-end latency p99", "p99_ms", "ms")
 if any(r["scenario"] == "xpub-t" for r in rows):
     add("xpub-t", "consumed (end-to-end)", "consumed_per_s", "msg/s")
     add("xpub-t", "published (no confirms)", "published_per_s", "msg/s")
