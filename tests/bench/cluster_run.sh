@@ -529,7 +529,7 @@ md.append("|" + "|".join("---" for _ in headers) + "|")
 for row in lines:
     md.append("| " + " | ".join(row) + " |")
 md.append("")
-md.append("Ratio is ours / RabbitMQ; \"Met\" compares it with the issue 5 target.\n")
+md.append("Ratio is ours / RabbitMQ; \"Met\" compares it with the issue's target (5: meta, xpub; 6: qq).\n")
 md.append("### Method\n")
 md.append(f"""- **meta**: {env['BENCH_META_CONNECTIONS']} connection(s), spread round-robin over the
   three nodes, each on its own thread, repeat queue.declare (durable, unique name) +
@@ -546,7 +546,13 @@ md.append(f"""- **meta**: {env['BENCH_META_CONNECTIONS']} connection(s), spread 
 """ + ("""- **xpub-t**: the same path with transient messages and no confirms; the producer is not
   throttled, so a consumer that falls behind shows as a lower consumed rate and a latency
   that is the age of the backlog.
-""" if any(r["scenario"] == "xpub-t" for r in rows) else "") + """- Nodes listen on 127.0.0.1 on private ports with private data directories; the client
+""" if any(r["scenario"] == "xpub-t" for r in rows) else "") + ("""- **qq-1 / qq-4 / qq-10** (issue 6): quorum queues (`x-queue-type: quorum`, three members)
+  declared through node 1, which leads them; 1 KB persistent messages published through
+  node 2 with confirms (window 100), consumed through node 3 (prefetch 100, manual ack): one
+  queue with 1 publisher and 1 consumer, one queue with 4 and 4, ten queues with one of each.
+  A confirm needs the message on a majority of the queue's members; every message crosses
+  the cluster twice.
+""" if any(r["scenario"] == "qq-1" for r in rows) else "") + """- Nodes listen on 127.0.0.1 on private ports with private data directories; the client
   runs on the same CPUs, so compare ratios within one run.
 """)
 md.append("Reproduce: `make bench-cluster` (or `tests/bench/cluster_run.sh --quick`); "
