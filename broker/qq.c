@@ -591,10 +591,16 @@ static void deliver_local(qq_t *qq, uint64_t chan, amqp_bytes_t tag, uint64_t ms
 {
     struct qcons *qc = cons_find(qq, chan, tag);
     if (!qc) {
-        /* Its consumer is gone here but its channel lives (a cancel on its way): give it back. */
+        /* Its consumer is gone here but its channel lives (a cancel on its way, or a late
+         * retry of its checkout registered it again): give the message back, and make sure
+         * the consumer is cancelled so that it is given nothing more. */
         uint8_t key[8];
         put_be64(key, chan);
-        if (dict_get(&qq->chans, key, 8)) accumulate(qq, QSM_RETURN, chan, msg_id);
+        if (dict_get(&qq->chans, key, 8)) {
+            accumulate(qq, QSM_RETURN, chan, msg_id);
+            struct qsm_cmd cmd = {.op = QSM_CANCEL, .chan = chan, .tag = tag};
+            outbox_push(qq, op_new(qq, OP_PLAIN, &cmd, 0));
+        }
         return;
     }
     qentry_t e = entry_for(m, msg_id, chan, delivery_count, redelivered);

@@ -41,7 +41,7 @@
 #include "broker/props.h"
 
 #define QSM_WIRE_VERSION 1
-#define QSM_SNAP_VERSION 1
+#define QSM_SNAP_VERSION 2
 /* Seen-but-not-contiguous publisher seqs kept per enqueuer; beyond it the oldest hole is given
  * up (next jumps to the smallest seen seq), so a lost seq cannot grow the set forever. */
 #define QSM_DEDUP_WINDOW 4096
@@ -103,6 +103,11 @@ struct qsm {
     dict_t con_index;          /* (node, chan, tag) -> consumer_t*, lookup only */
     enqueuer_t *enq;           /* sorted by (node, chan) */
     size_t n_enq, cap_enq;
+    /* Per node, the boot its last restart DOWN kept (keep_boot): a CHECKOUT from a channel of an
+     * earlier boot is a late retry of a dead channel's command and is ignored (it would register
+     * a consumer nobody serves and pin the messages it is given). Ascending by node. */
+    struct boot_floor { uint32_t node, boot; } *floors;
+    size_t n_floors, cap_floors;
     mlist_t dlx_list;
     uint64_t ready, ready_bytes, unacked, unacked_bytes, dlx, dlx_bytes;
     uint64_t enqueued_total, delivered_total, settled_total, returned_total, dead_lettered_total;
@@ -772,8 +777,31 @@ static void op_enqueue(qsm_t *s, const struct qsm_cmd *c)
     fx_result(s, c->node, c->req, &r);
 }
 
+static uint32_t boot_floor(const qsm_t *s, uint32_t node)
+{
+    for (size_t i = 0; i < s->n_floors; i++)
+        if (s->floors[i].node == node) return s->floors[i].boot;
+    return 0;
+}
+
+static void raise_boot_floor(qsm_t *s, uint32_t node, uint32_t boot)
+{
+    size_t i = 0;
+    while (i < s->n_floors && s->floors[i].node < node) i++;
+    if (i < s->n_floors && s->floors[i].node == node) {
+        if (boot > s->floors[i].boot) s->floors[i].boot = boot;
+        return;
+    }
+    if (s->n_floors == s->cap_floors)
+        s->floors = xrealloc(s->floors, (s->cap_floors = s->cap_floors ? s->cap_floors * 2 : 4) * sizeof *s->floors);
+    memmove(s->floors + i + 1, s->floors + i, (s->n_floors - i) * sizeof *s->floors);
+    s->floors[i] = (struct boot_floor){node, boot};
+    s->n_floors++;
+}
+
 static void op_checkout(qsm_t *s, const struct qsm_cmd *c)
 {
+    if ((uint32_t)(c->chan >> 32) < boot_floor(s, c->node)) return; /* a channel of an earlier boot */
     consumer_t *k = con_find(s, c->node, c->chan, c->tag);
     if (!k) {
         k = con_new(s, c->node, c->chan, c->tag);
@@ -857,6 +885,7 @@ static bool down_matches(const struct qsm_cmd *c, uint32_t node, uint64_t chan)
 
 static void op_down(qsm_t *s, const struct qsm_cmd *c)
 {
+    if (c->chan == 0 && c->seq) raise_boot_floor(s, c->node, (uint32_t)c->seq);
     /* Collect the gone consumers' messages first, return them oldest first afterwards. */
     qmsg_t **back = NULL;
     size_t n = 0, cap = 0;
@@ -976,6 +1005,7 @@ void qsm_free(qsm_t *s)
     }
     for (size_t i = 0; i < s->n_enq; i++) enq_free(&s->enq[i]);
     free(s->enq);
+    free(s->floors);
     idmap_free(&s->ids);
     dict_free(&s->con_index);
     free(s);
@@ -1260,6 +1290,11 @@ void qsm_snapshot(const qsm_t *s, amqp_buf_t *out)
         amqp_buf_put_u32(out, e->len - e->head);
         for (uint32_t j = e->head; j < e->len; j++) amqp_buf_put_u64(out, e->seen[j]);
     }
+    amqp_buf_put_u32(out, (uint32_t)s->n_floors);
+    for (size_t i = 0; i < s->n_floors; i++) {
+        amqp_buf_put_u32(out, s->floors[i].node);
+        amqp_buf_put_u32(out, s->floors[i].boot);
+    }
 }
 
 /* Restore reads into a live qsm_t, attaching everything as soon as it exists, so one
@@ -1397,10 +1432,24 @@ static bool read_enqueuers(restore_t *x)
     return true;
 }
 
+static bool read_floors(restore_t *x)
+{
+    uint32_t n;
+    if (!read_count(x, 8, &n)) return false;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t node = amqp_read_u32(&x->r), boot = amqp_read_u32(&x->r);
+        const qsm_t *s = x->s;
+        if (x->r.bad || boot == 0 || (s->n_floors && s->floors[s->n_floors - 1].node >= node)) return false;
+        raise_boot_floor(x->s, node, boot); /* appended: nodes ascend */
+    }
+    return true;
+}
+
 qsm_t *qsm_restore(const void *bytes, size_t len)
 {
     restore_t x = {.r = amqp_reader(bytes, len)};
     struct qsm_config cfg;
+    memset(&cfg, 0, sizeof cfg); /* padding too: configs are compared and snapshotted bytewise */
     if (amqp_read_u8(&x.r) != QSM_SNAP_VERSION || !read_config(&x.r, &cfg)) return NULL;
     qsm_t *s = x.s = qsm_new(&cfg);
     s->next_id = amqp_read_u64(&x.r);
@@ -1413,7 +1462,7 @@ qsm_t *qsm_restore(const void *bytes, size_t len)
     s->dead_lettered_total = amqp_read_u64(&x.r);
     bool ok = !x.r.bad && s->next_id >= 1 && s->hi_streak <= 2 && read_consumers(&x) && rr <= s->n_cons &&
               read_ready(&x, &s->returns) && read_ready(&x, &s->hi) && read_ready(&x, &s->lo) && read_dlx(&x) &&
-              read_enqueuers(&x) && !x.r.bad && x.r.left == 0;
+              read_enqueuers(&x) && read_floors(&x) && !x.r.bad && x.r.left == 0;
     s->rr_last = (int64_t)rr - 1;
     idmap_free(&x.all);
     if (!ok) {
