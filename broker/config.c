@@ -264,6 +264,13 @@ static int set_cluster_ip(cfg_t *c, const cfg_key_t *k, const char *v, const cha
     return 0;
 }
 
+static int set_mgmt_ip(cfg_t *c, const cfg_key_t *k, const char *v, const char **why) {
+    (void)k;
+    if (strlen(v) >= sizeof c->mgmt_ip) { *why = "address too long"; return -1; }
+    snprintf(c->mgmt_ip, sizeof c->mgmt_ip, "%s", v);
+    return 0;
+}
+
 #define STR(key, field) { key, set_str, offsetof(cfg_t, field), sizeof(((cfg_t *)0)->field), 0, 0 }
 #define INT(key, field, lo, hi) { key, set_int, offsetof(cfg_t, field), 0, lo, hi }
 #define U64(key, field, lo, hi) { key, set_u64, offsetof(cfg_t, field), 0, lo, hi }
@@ -312,6 +319,8 @@ static const cfg_key_t cfg_keys[] = {
     FN("cluster.ssl_options.fail_if_no_peer_cert", set_bool, cluster_ssl_fail_if_no_peer_cert),
     INT("management.tcp.port", mgmt_port, 1, 65535),
     INT("management.listener.port", mgmt_port, 1, 65535),
+    FN("management.tcp.ip", set_mgmt_ip, mgmt_ip),
+    FN("management.listener.ip", set_mgmt_ip, mgmt_ip),
     INT("mqtt.listeners.tcp.default", mqtt_port, 1, 65535),
     INT("stomp.listeners.tcp.default", stomp_port, 1, 65535),
 };

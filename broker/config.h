@@ -65,6 +65,7 @@ typedef struct {
     char cluster_ssl_certfile[512], cluster_ssl_keyfile[512], cluster_ssl_cacertfile[512];
     bool cluster_ssl_verify_peer, cluster_ssl_fail_if_no_peer_cert;
     int mgmt_port;                   /* management.tcp.port / management.listener.port, default 15672 */
+    char mgmt_ip[64];                /* management.tcp.ip / management.listener.ip, default "" (all) */
     int mqtt_port;                   /* mqtt.listeners.tcp.default, default 1883 */
     int stomp_port;                  /* stomp.listeners.tcp.default, default 61613 */
     /* Collections still holding their built-in defaults: the first explicit entry replaces

@@ -24,10 +24,12 @@
 #include "broker/qq.h"
 #include "broker/remote.h"
 #include "broker/store.h"
+#include "mgmt/mgmt.h"
 
 typedef struct {
     struct ev_loop *loop;
     amqp_server_t *amqp;
+    mgmt_t *mgmt; /* the management API (HTTP) */
     ev_signal sigterm, sigint;
     ev_timer shutdown_timer;
     int shutdown_ticks;
@@ -59,6 +61,7 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
     log_info("received signal %d, shutting down", w->signum);
     n->shutdown_ticks = 1;
     amqp_server_shutdown(n->amqp);
+    mgmt_shutdown(n->mgmt);
     ev_timer_init(&n->shutdown_timer, shutdown_tick, 0.05, 0.05);
     n->shutdown_timer.data = n;
     ev_timer_start(loop, &n->shutdown_timer);
@@ -87,6 +90,19 @@ static int boot_state(broker_t *b, cl_t *cluster, const cfg_t *cfg, char *err, s
     rq_attach_cluster(b, cluster); /* classic queues on other nodes: proxies to their home */
     if (cl_start(cluster, &meta_cl_ops, b, err, errlen) != 0) return -1;
     return qq_start(b, cluster, err, errlen); /* quorum queues' Raft groups on this node */
+}
+
+static size_t amqp_connections(void *ctx) { return amqp_server_connection_count(ctx); }
+
+/* The management API on management.tcp.port. A port it cannot bind is logged and the node runs
+ * without it (several nodes of a test cluster on one host would otherwise all want 15672). */
+static mgmt_t *start_mgmt(struct ev_loop *loop, broker_t *b, cl_t *cluster, const cfg_t *cfg, amqp_server_t *amqp)
+{
+    mgmt_t *m = mgmt_new(loop, b, cluster, cfg);
+    mgmt_set_counters(m, amqp_connections, NULL, amqp);
+    char err[512];
+    if (mgmt_listen(m, err, sizeof err) != 0) log_warn("management API disabled: %s", err);
+    return m;
 }
 
 int main(int argc, char **argv)
@@ -148,6 +164,7 @@ int main(int argc, char **argv)
         store_close(store);
         return 1;
     }
+    node.mgmt = start_mgmt(loop, b, cluster, &cfg, node.amqp);
     ev_signal_init(&node.sigterm, on_signal, SIGTERM);
     ev_signal_init(&node.sigint, on_signal, SIGINT);
     node.sigterm.data = node.sigint.data = &node;
@@ -163,6 +180,7 @@ int main(int argc, char **argv)
     amqp_server_free(node.amqp);
     qq_free(b);      /* its groups live on the cluster's Raft host */
     cl_free(cluster); /* before the broker: it calls nothing back, and stops applying to it */
+    mgmt_free(node.mgmt); /* after the cluster: a change it still reported found its request */
     broker_free(b);
     store_close(store);
     log_info("stopped");

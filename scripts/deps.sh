@@ -5,7 +5,7 @@ set -euo pipefail
 want=${1:-test}
 
 pkgs=(cmake make gcc pkg-config libev-dev librocksdb-dev libsodium-dev libcjson-dev libssl-dev
-      libpcre2-dev openssl protobuf-c-compiler libprotobuf-c-dev)
+      libpcre2-dev openssl protobuf-c-compiler libprotobuf-c-dev libhttp-parser-dev)
 if [ "$want" != build ]; then
   pkgs+=(libcmocka-dev librabbitmq-dev clang libclang-rt-14-dev python3 python3-pip)
 fi
@@ -32,9 +32,9 @@ fi
 
 if [ "$want" != build ]; then
   py=python3
-  if ! $py -c 'import pika, amqp, pytest, aio_pika' 2>/dev/null; then
+  if ! $py -c 'import pika, amqp, pytest, aio_pika, requests' 2>/dev/null; then
     echo "deps: installing Python client libraries"
-    $py -m pip install -q pika amqp pytest aio-pika 2>/dev/null || \
-      $py -m pip install -q --break-system-packages pika amqp pytest aio-pika
+    $py -m pip install -q pika amqp pytest aio-pika requests 2>/dev/null || \
+      $py -m pip install -q --break-system-packages pika amqp pytest aio-pika requests
   fi
 fi

@@ -1,0 +1,449 @@
+/* api_read.c - the read-only endpoints of the management API (GET).
+ *
+ * Every answer is built from this node's copy of the registry (in a cluster the metadata log
+ * keeps every node's copy the same, so any node answers for the cluster, as RabbitMQ 4 reads
+ * its local Khepri copy), and from the counters the broker keeps (broker_t and queue_t stat_*).
+ * Listings are filtered to what the user may see (router.c: mgmt_vhost_visible); the router
+ * has already checked the vhost of vhost-scoped paths. Nothing here changes the registry,
+ * except the aliveness test, which declares its queue as RabbitMQ's does. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/cluster.h"
+#include "broker/qq.h"
+#include "broker/remote.h"
+#include "mgmt/internal.h"
+
+#define MGMT_COMPAT_VERSION "3.10.8" /* the RabbitMQ release whose API this one follows */
+#define WARREN_VERSION "0.1.0"
+
+static vhost_t *param_vhost(mgmt_req_t *r) { return br_vhost(r->m->b, r->params[0], strlen(r->params[0])); }
+
+/* Calls fn on every vhost r's user may see (only params[0] when the path names one). */
+static void each_vhost(mgmt_req_t *r, bool scoped, void (*fn)(mgmt_req_t *r, vhost_t *vh, void *arg), void *arg)
+{
+    if (scoped) {
+        vhost_t *vh = param_vhost(r);
+        if (vh) fn(r, vh, arg);
+        return;
+    }
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&r->m->b->vhosts, &pos, NULL, NULL, &v))
+        if (mgmt_vhost_visible(r, v)) fn(r, v, arg);
+}
+
+/* ---- overview ---- */
+
+struct totals {
+    uint64_t queues, exchanges, consumers, ready, unacked;
+};
+
+static void queue_depth(queue_t *q, uint64_t *ready, uint64_t *unacked, uint32_t *consumers)
+{
+    *ready = *unacked = *consumers = 0;
+    if (q->qq) {
+        struct qq_info info;
+        qq_info(q, &info);
+        *ready = info.ready, *unacked = info.unacked, *consumers = info.consumers;
+    } else if (!rq_remote(q)) {
+        *ready = q_message_count(q), *unacked = q->unacked, *consumers = q_consumer_count(q);
+    }
+}
+
+static void add_totals(mgmt_req_t *r, vhost_t *vh, void *arg)
+{
+    (void)r;
+    struct totals *t = arg;
+    t->exchanges += dict_size(&vh->exchanges);
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&vh->queues, &pos, NULL, NULL, &v)) {
+        uint64_t ready, unacked;
+        uint32_t consumers;
+        queue_depth(v, &ready, &unacked, &consumers);
+        t->queues++;
+        t->ready += ready, t->unacked += unacked, t->consumers += consumers;
+    }
+}
+
+static void add_stat(cJSON *o, const char *name, uint64_t n)
+{
+    cJSON_AddNumberToObject(o, name, (double)n);
+    char key[80];
+    snprintf(key, sizeof key, "%s_details", name);
+    cJSON_AddNumberToObject(cJSON_AddObjectToObject(o, key), "rate", 0.0);
+}
+
+static void add_listener(cJSON *arr, mgmt_t *m, const char *protocol, const char *host, int port)
+{
+    cJSON *l = cJSON_CreateObject();
+    cJSON_AddItemToObject(l, "node", mgmt_json_node_name(m, 0));
+    cJSON_AddStringToObject(l, "protocol", protocol);
+    cJSON_AddStringToObject(l, "ip_address", host && host[0] ? host : "::");
+    cJSON_AddNumberToObject(l, "port", port);
+    cJSON_AddItemToArray(arr, l);
+}
+
+static cJSON *listeners_json(mgmt_t *m)
+{
+    const cfg_t *cfg = m->cfg;
+    cJSON *arr = cJSON_CreateArray();
+    for (int i = 0; i < cfg->n_tcp; i++) add_listener(arr, m, "amqp", cfg->tcp[i].host, cfg->tcp[i].port);
+    for (int i = 0; i < cfg->n_ssl; i++) add_listener(arr, m, "amqp/ssl", cfg->ssl[i].host, cfg->ssl[i].port);
+    if (m->cl && cl_listen_port(m->cl)) add_listener(arr, m, "clustering", cfg->cluster_listener.host, cl_listen_port(m->cl));
+    if (m->port) add_listener(arr, m, "http", cfg->mgmt_ip, m->port);
+    return arr;
+}
+
+static cJSON *exchange_types_json(void)
+{
+    static const char *const types[][2] = {
+        {"direct", "AMQP direct exchange, as per the AMQP specification"},
+        {"fanout", "AMQP fanout exchange, as per the AMQP specification"},
+        {"headers", "AMQP headers exchange, as per the AMQP specification"},
+        {"topic", "AMQP topic exchange, as per the AMQP specification"},
+        {"x-delayed-message", "Delayed Message Exchange"},
+    };
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        cJSON *t = cJSON_CreateObject();
+        cJSON_AddStringToObject(t, "name", types[i][0]);
+        cJSON_AddStringToObject(t, "description", types[i][1]);
+        cJSON_AddBoolToObject(t, "enabled", true);
+        cJSON_AddItemToArray(arr, t);
+    }
+    return arr;
+}
+
+static const char *cluster_name(mgmt_t *m)
+{
+    if (m->cfg->cluster_name[0]) return m->cfg->cluster_name;
+    char buf[32];
+    const char *n = mgmt_node_name(m, 0, buf, sizeof buf);
+    return n == buf ? m->cfg->node_name : n;
+}
+
+void mgmt_get_overview(mgmt_req_t *r)
+{
+    mgmt_t *m = r->m;
+    broker_t *b = m->b;
+    struct totals t = {0};
+    each_vhost(r, false, add_totals, &t);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "management_version", MGMT_COMPAT_VERSION);
+    cJSON_AddStringToObject(o, "rates_mode", "basic");
+    cJSON_AddItemToObject(o, "exchange_types", exchange_types_json());
+    cJSON_AddStringToObject(o, "product_version", WARREN_VERSION);
+    cJSON_AddStringToObject(o, "product_name", "Warren");
+    cJSON_AddStringToObject(o, "rabbitmq_version", MGMT_COMPAT_VERSION);
+    cJSON_AddStringToObject(o, "cluster_name", cluster_name(m));
+    cJSON_AddBoolToObject(o, "disable_stats", false);
+    cJSON_AddBoolToObject(o, "enable_queue_totals", true);
+    cJSON *ms = cJSON_AddObjectToObject(o, "message_stats");
+    add_stat(ms, "publish", b->stat_publish);
+    add_stat(ms, "confirm", b->stat_confirm);
+    add_stat(ms, "deliver_get", b->stat_deliver);
+    add_stat(ms, "ack", b->stat_ack);
+    add_stat(ms, "drop_unroutable", b->stat_unroutable);
+    cJSON *qt = cJSON_AddObjectToObject(o, "queue_totals");
+    add_stat(qt, "messages", t.ready + t.unacked);
+    add_stat(qt, "messages_ready", t.ready);
+    add_stat(qt, "messages_unacknowledged", t.unacked);
+    cJSON *ot = cJSON_AddObjectToObject(o, "object_totals");
+    cJSON_AddNumberToObject(ot, "channels", m->count_channels ? (double)m->count_channels(m->count_ctx) : 0);
+    cJSON_AddNumberToObject(ot, "connections", m->count_connections ? (double)m->count_connections(m->count_ctx) : 0);
+    cJSON_AddNumberToObject(ot, "consumers", (double)t.consumers);
+    cJSON_AddNumberToObject(ot, "exchanges", (double)t.exchanges);
+    cJSON_AddNumberToObject(ot, "queues", (double)t.queues);
+    cJSON_AddNumberToObject(o, "statistics_db_event_queue", 0);
+    cJSON_AddItemToObject(o, "node", mgmt_json_node_name(m, 0));
+    cJSON_AddItemToObject(o, "listeners", listeners_json(m));
+    cJSON *ctx = cJSON_AddArrayToObject(o, "contexts");
+    cJSON *c0 = cJSON_CreateObject();
+    cJSON_AddItemToObject(c0, "node", mgmt_json_node_name(m, 0));
+    cJSON_AddStringToObject(c0, "description", "RabbitMQ Management");
+    cJSON_AddStringToObject(c0, "path", "/");
+    char port[16];
+    snprintf(port, sizeof port, "%d", m->port);
+    cJSON_AddStringToObject(c0, "port", port);
+    cJSON_AddItemToArray(ctx, c0);
+    mgmt_reply_json(r, 200, o);
+}
+
+void mgmt_get_whoami(mgmt_req_t *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", r->user->name);
+    cJSON_AddItemToObject(o, "tags", mgmt_json_tags(r->user->tags));
+    mgmt_reply_json(r, 200, o);
+}
+
+/* ---- vhosts ---- */
+
+static cJSON *vhost_json(mgmt_req_t *r, vhost_t *vh)
+{
+    struct totals t = {0};
+    add_totals(r, vh, &t);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", vh->name);
+    cJSON_AddStringToObject(o, "description", "");
+    cJSON_AddItemToObject(o, "tags", cJSON_CreateArray());
+    cJSON_AddStringToObject(o, "default_queue_type", "undefined");
+    cJSON *meta = cJSON_AddObjectToObject(o, "metadata");
+    cJSON_AddStringToObject(meta, "description", "");
+    cJSON_AddItemToObject(meta, "tags", cJSON_CreateArray());
+    cJSON_AddBoolToObject(o, "tracing", false);
+    cJSON *cs = cJSON_AddObjectToObject(o, "cluster_state");
+    char buf[32];
+    cJSON_AddStringToObject(cs, mgmt_node_name(r->m, 0, buf, sizeof buf), "running");
+    add_stat(o, "messages", t.ready + t.unacked);
+    add_stat(o, "messages_ready", t.ready);
+    add_stat(o, "messages_unacknowledged", t.unacked);
+    return o;
+}
+
+static void add_vhost(mgmt_req_t *r, vhost_t *vh, void *arg) { cJSON_AddItemToArray(arg, vhost_json(r, vh)); }
+
+void mgmt_get_vhosts(mgmt_req_t *r)
+{
+    cJSON *arr = cJSON_CreateArray();
+    each_vhost(r, false, add_vhost, arr);
+    mgmt_reply_json(r, 200, arr);
+}
+
+void mgmt_get_vhost(mgmt_req_t *r) { mgmt_reply_json(r, 200, vhost_json(r, param_vhost(r))); }
+
+/* ---- users and permissions (administrators) ---- */
+
+void mgmt_get_users(mgmt_req_t *r)
+{
+    cJSON *arr = cJSON_CreateArray();
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&r->m->b->users, &pos, NULL, NULL, &v)) cJSON_AddItemToArray(arr, mgmt_json_user(v));
+    mgmt_reply_json(r, 200, arr);
+}
+
+void mgmt_get_user(mgmt_req_t *r)
+{
+    user_t *u = br_user(r->m->b, r->params[0], strlen(r->params[0]));
+    if (!u) return mgmt_reply_not_found(r);
+    mgmt_reply_json(r, 200, mgmt_json_user(u));
+}
+
+static cJSON *permissions_json(broker_t *b)
+{
+    cJSON *arr = cJSON_CreateArray();
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&b->users, &pos, NULL, NULL, &v)) {
+        user_t *u = v;
+        size_t pp = 0;
+        const char *vname;
+        size_t vlen;
+        void *pv;
+        while (dict_next(&u->perms, &pp, &vname, &vlen, &pv)) {
+            perm_t *p = pv;
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "user", u->name);
+            char *vn = strndup(vname, vlen);
+            if (!vn) abort();
+            cJSON_AddStringToObject(o, "vhost", vn);
+            free(vn);
+            cJSON_AddStringToObject(o, "configure", auth_regex_pattern(p->configure));
+            cJSON_AddStringToObject(o, "write", auth_regex_pattern(p->write));
+            cJSON_AddStringToObject(o, "read", auth_regex_pattern(p->read));
+            cJSON_AddItemToArray(arr, o);
+        }
+    }
+    return arr;
+}
+
+void mgmt_get_permissions(mgmt_req_t *r) { mgmt_reply_json(r, 200, permissions_json(r->m->b)); }
+
+/* ---- exchanges ---- */
+
+static void add_exchanges(mgmt_req_t *r, vhost_t *vh, void *arg)
+{
+    (void)r;
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&vh->exchanges, &pos, NULL, NULL, &v)) cJSON_AddItemToArray(arg, mgmt_json_exchange(v));
+}
+
+void mgmt_get_exchanges(mgmt_req_t *r)
+{
+    cJSON *arr = cJSON_CreateArray();
+    each_vhost(r, r->params[0] != NULL, add_exchanges, arr);
+    mgmt_reply_json(r, 200, arr);
+}
+
+void mgmt_get_exchange(mgmt_req_t *r)
+{
+    const char *name = strcmp(r->params[1], "amq.default") == 0 ? "" : r->params[1];
+    exchange_t *x = br_exchange(param_vhost(r), name, strlen(name));
+    if (!x) return mgmt_reply_not_found(r);
+    mgmt_reply_json(r, 200, mgmt_json_exchange(x));
+}
+
+/* ---- queues ---- */
+
+static void add_queues(mgmt_req_t *r, vhost_t *vh, void *arg)
+{
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&vh->queues, &pos, NULL, NULL, &v)) cJSON_AddItemToArray(arg, mgmt_json_queue(r->m, v));
+}
+
+void mgmt_get_queues(mgmt_req_t *r)
+{
+    cJSON *arr = cJSON_CreateArray();
+    each_vhost(r, r->params[0] != NULL, add_queues, arr);
+    mgmt_reply_json(r, 200, arr);
+}
+
+void mgmt_get_queue(mgmt_req_t *r)
+{
+    queue_t *q = br_queue(param_vhost(r), r->params[1], strlen(r->params[1]));
+    if (!q) return mgmt_reply_not_found(r);
+    mgmt_reply_json(r, 200, mgmt_json_queue(r->m, q));
+}
+
+/* ---- bindings ---- */
+
+static void add_bindings(mgmt_req_t *r, vhost_t *vh, void *arg)
+{
+    (void)r;
+    mgmt_json_bindings(arg, vh);
+}
+
+void mgmt_get_bindings(mgmt_req_t *r)
+{
+    cJSON *arr = cJSON_CreateArray();
+    each_vhost(r, r->params[0] != NULL, add_bindings, arr);
+    mgmt_reply_json(r, 200, arr);
+}
+
+/* ---- definitions (export) ---- */
+
+static bool builtin_exchange(const exchange_t *x)
+{
+    return x->name_len == 0 || (x->name_len >= 4 && memcmp(x->name, "amq.", 4) == 0);
+}
+
+static void def_policies(cJSON *arr, vhost_t *vh)
+{
+    for (size_t i = 0; i < vh->policies.n; i++) {
+        const policy_t *p = vh->policies.items[i];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "vhost", vh->name);
+        cJSON_AddStringToObject(o, "name", p->name);
+        cJSON_AddStringToObject(o, "pattern", p->pattern_text);
+        cJSON_AddStringToObject(o, "apply-to", p->apply_to == APPLY_QUEUES      ? "queues"
+                                               : p->apply_to == APPLY_EXCHANGES ? "exchanges"
+                                                                                : "all");
+        cJSON_AddItemToObject(o, "definition", mgmt_json_table(&p->def));
+        cJSON_AddNumberToObject(o, "priority", p->priority);
+        cJSON_AddItemToArray(arr, o);
+    }
+}
+
+static void def_topology(cJSON *root, vhost_t *vh)
+{
+    size_t pos = 0;
+    void *v;
+    cJSON *queues = cJSON_GetObjectItem(root, "queues"), *exchanges = cJSON_GetObjectItem(root, "exchanges");
+    while (dict_next(&vh->queues, &pos, NULL, NULL, &v)) {
+        queue_t *q = v;
+        if (q->exclusive) continue;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "name", q->name);
+        cJSON_AddStringToObject(o, "vhost", vh->name);
+        cJSON_AddBoolToObject(o, "durable", q->durable);
+        cJSON_AddBoolToObject(o, "auto_delete", q->auto_delete);
+        cJSON_AddItemToObject(o, "arguments", mgmt_json_table(&q->args));
+        cJSON_AddItemToArray(queues, o);
+    }
+    pos = 0;
+    cJSON *bindings = cJSON_GetObjectItem(root, "bindings");
+    while (dict_next(&vh->exchanges, &pos, NULL, NULL, &v)) {
+        exchange_t *x = v;
+        if (builtin_exchange(x)) continue;
+        cJSON *o = mgmt_json_exchange(x);
+        cJSON_AddItemToArray(exchanges, o);
+    }
+    cJSON *all = cJSON_CreateArray();
+    mgmt_json_bindings(all, vh);
+    for (cJSON *b = all->child; b;) {
+        cJSON *next = b->next;
+        const cJSON *src = cJSON_GetObjectItem(b, "source");
+        if (cJSON_IsString(src) && src->valuestring[0]) {
+            cJSON *d = cJSON_DetachItemViaPointer(all, b);
+            cJSON_DeleteItemFromObject(d, "properties_key");
+            cJSON_AddItemToArray(bindings, d);
+        }
+        b = next;
+    }
+    cJSON_Delete(all);
+}
+
+void mgmt_get_definitions(mgmt_req_t *r)
+{
+    broker_t *b = r->m->b;
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "rabbit_version", MGMT_COMPAT_VERSION);
+    cJSON_AddStringToObject(root, "rabbitmq_version", MGMT_COMPAT_VERSION);
+    cJSON_AddStringToObject(root, "product_name", "Warren");
+    cJSON_AddStringToObject(root, "product_version", WARREN_VERSION);
+    cJSON *users = cJSON_AddArrayToObject(root, "users");
+    cJSON *vhosts = cJSON_AddArrayToObject(root, "vhosts");
+    cJSON_AddItemToObject(root, "permissions", permissions_json(b));
+    cJSON_AddArrayToObject(root, "topic_permissions");
+    cJSON_AddArrayToObject(root, "parameters");
+    cJSON_AddArrayToObject(root, "global_parameters");
+    cJSON *policies = cJSON_AddArrayToObject(root, "policies");
+    cJSON_AddArrayToObject(root, "queues");
+    cJSON_AddArrayToObject(root, "exchanges");
+    cJSON_AddArrayToObject(root, "bindings");
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&b->users, &pos, NULL, NULL, &v)) cJSON_AddItemToArray(users, mgmt_json_user(v));
+    pos = 0;
+    while (dict_next(&b->vhosts, &pos, NULL, NULL, &v)) {
+        vhost_t *vh = v;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "name", vh->name);
+        cJSON_AddItemToArray(vhosts, o);
+        def_policies(policies, vh);
+        def_topology(root, vh);
+    }
+    mgmt_reply_json(r, 200, root);
+}
+
+/* ---- health ---- */
+
+void mgmt_get_health_alarms(mgmt_req_t *r)
+{
+    unsigned alarms = r->m->b->alarms;
+    if (!alarms) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "status", "ok");
+        return mgmt_reply_json(r, 200, o);
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "status", "failed");
+    cJSON_AddStringToObject(o, "reason", "resource alarm(s) in effect in the cluster");
+    cJSON *list = cJSON_AddArrayToObject(o, "alarms");
+    static const struct { unsigned bit; const char *resource; } kinds[] = {{BR_ALARM_MEMORY, "memory"},
+                                                                           {BR_ALARM_DISK, "disk"}};
+    for (size_t i = 0; i < 2; i++) {
+        if (!(alarms & kinds[i].bit)) continue;
+        cJSON *a = cJSON_CreateObject();
+        cJSON_AddStringToObject(a, "resource", kinds[i].resource);
+        cJSON_AddItemToObject(a, "node", mgmt_json_node_name(r->m, 0));
+        cJSON_AddItemToArray(list, a);
+    }
+    mgmt_reply_json(r, 503, o);
+}

@@ -1,0 +1,146 @@
+/* internal.h - what the files of mgmt/ share: the management context, one HTTP request, the
+ * reply functions, the router's entry point and the JSON builders (prefix mgmt_).
+ *
+ * Layers inside mgmt/: listener.c (TCP via amqp091/net.c) -> http.c (bytes -> requests with
+ * Debian's http-parser, responses -> bytes; limits, keep-alive, pipelining) -> router.c (path
+ * and method -> handler, Basic auth and RabbitMQ's tag rules) -> api_read.c / api_write.c
+ * (the endpoints) -> broker/. json.c turns broker objects into RabbitMQ's JSON shapes.
+ *
+ * A request is answered exactly once, with mgmt_reply_*: at once, or later (a change that
+ * waits for the metadata log); until then its connection parses nothing further. */
+#ifndef WARREN_MGMT_INTERNAL_H
+#define WARREN_MGMT_INTERNAL_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "broker/broker.h"
+#include "mgmt/mgmt.h"
+
+#define MGMT_MAX_HEADER_BYTES (16 * 1024) /* request line + headers; more -> 431 */
+#define MGMT_MAX_BODY (1024 * 1024)       /* more -> 413 */
+#define MGMT_MAX_SEGS 8                   /* path segments kept; deeper paths are not routed */
+#define MGMT_MAX_PARAMS 4
+
+typedef struct mgmt_conn mgmt_conn_t;
+struct net_listener;
+
+struct mgmt {
+    struct ev_loop *loop;
+    broker_t *b;
+    cl_t *cl;
+    const cfg_t *cfg;
+    struct net_listener *listener;
+    int port;
+    size_t (*count_connections)(void *ctx);
+    size_t (*count_channels)(void *ctx);
+    void *count_ctx;
+    mgmt_conn_t *conns; /* every open HTTP connection (listener.c's list) */
+    bool shutting_down;
+};
+
+enum mgmt_method { MGMT_GET, MGMT_PUT, MGMT_DELETE, MGMT_POST, MGMT_HEAD, MGMT_OTHER };
+
+/* One parsed request. Strings are NUL-terminated and owned by the request. */
+typedef struct mgmt_req {
+    mgmt_t *m;
+    mgmt_conn_t *conn;
+    enum mgmt_method method;
+    char *url;              /* as received: path and query */
+    size_t url_len;
+    char *auth;             /* the Authorization header, or NULL */
+    size_t auth_len;
+    char *body;             /* NULL when empty */
+    size_t body_len;
+    bool peer_loopback;
+    /* routing: the path's percent-decoded segments (without "/api") and the route's captures */
+    char *segs[MGMT_MAX_SEGS];
+    int nsegs;
+    const char *params[MGMT_MAX_PARAMS];
+    char *query;            /* after '?', raw; NULL when none */
+    user_t *user;           /* set once authenticated */
+    bool answered;
+} mgmt_req_t;
+
+/* ---- http.c: the transport-independent HTTP connection ---- */
+
+/* The byte stream under a connection (listener.c: a net_conn_t; the fuzzer: a sink). */
+typedef struct {
+    void (*write)(void *ud, const void *data, size_t len);
+    void (*close)(void *ud);              /* close once what was written is sent */
+    void (*pause)(void *ud, bool paused); /* stop / resume reading (may be NULL) */
+    size_t (*pending)(void *ud);          /* output bytes not sent yet (may be NULL) */
+} mgmt_io_t;
+
+mgmt_conn_t *mgmt_conn_new(mgmt_t *m, const mgmt_io_t *io, void *ud, bool peer_loopback);
+/* Bytes from the peer: parsed, and every complete request is routed. */
+void mgmt_conn_feed(mgmt_conn_t *c, const void *data, size_t len);
+/* The transport is gone: frees the connection now, or once its pending request is answered. */
+void mgmt_conn_gone(mgmt_conn_t *c);
+/* The transport drained its output (resume reading if it was paused for back-pressure). */
+void mgmt_conn_drained(mgmt_conn_t *c);
+/* For listener.c's list of connections. */
+mgmt_conn_t *mgmt_conn_next(mgmt_conn_t *c);
+void mgmt_conn_link(mgmt_conn_t *c, mgmt_conn_t *next);
+void *mgmt_conn_ud(mgmt_conn_t *c);
+
+/* Replies (exactly one per request). body: taken over (NULL = no body). */
+void mgmt_reply_json(mgmt_req_t *r, int status, cJSON *body);
+void mgmt_reply_status(mgmt_req_t *r, int status); /* no body (204, 405, ...) */
+void mgmt_reply_error(mgmt_req_t *r, int status, const char *error, const char *reason);
+void mgmt_reply_not_found(mgmt_req_t *r);          /* RabbitMQ's 404 "Object Not Found" */
+/* A broker reply code and text as RabbitMQ's management answers it (406 -> 400 bad_request,
+ * 403 -> 401 not_authorised, 404 -> 404, 541 -> 503, ...). */
+void mgmt_reply_br_error(mgmt_req_t *r, const br_err_t *err);
+
+/* ---- router.c ---- */
+
+/* Routes one complete request (authenticates, authorizes, calls the endpoint). */
+void mgmt_route(mgmt_req_t *r);
+/* Query parameter value (decoded into buf), or NULL. */
+const char *mgmt_query(const mgmt_req_t *r, const char *key, char *buf, size_t buflen);
+bool mgmt_user_has_tag(const user_t *u, const char *tag);
+bool mgmt_user_is_monitor(const user_t *u); /* monitoring or administrator: sees every vhost */
+/* May r's user see vh's objects in listings (monitor, or has permissions there)? */
+bool mgmt_vhost_visible(const mgmt_req_t *r, const vhost_t *vh);
+
+/* ---- endpoints (api_read.c, api_write.c) ---- */
+
+void mgmt_get_overview(mgmt_req_t *r);
+void mgmt_get_whoami(mgmt_req_t *r);
+void mgmt_get_vhosts(mgmt_req_t *r);
+void mgmt_get_vhost(mgmt_req_t *r);
+void mgmt_get_users(mgmt_req_t *r);
+void mgmt_get_user(mgmt_req_t *r);
+void mgmt_get_permissions(mgmt_req_t *r);
+void mgmt_get_exchanges(mgmt_req_t *r);
+void mgmt_get_exchange(mgmt_req_t *r);
+void mgmt_get_queues(mgmt_req_t *r);
+void mgmt_get_queue(mgmt_req_t *r);
+void mgmt_get_bindings(mgmt_req_t *r);
+void mgmt_get_definitions(mgmt_req_t *r);
+void mgmt_get_health_alarms(mgmt_req_t *r);
+void mgmt_get_aliveness(mgmt_req_t *r);
+void mgmt_put_queue(mgmt_req_t *r);
+void mgmt_delete_queue(mgmt_req_t *r);
+void mgmt_put_exchange(mgmt_req_t *r);
+void mgmt_delete_exchange(mgmt_req_t *r);
+
+/* ---- json.c ---- */
+
+cJSON *mgmt_json_table(const amqp_table_t *t);
+cJSON *mgmt_json_table_raw(amqp_bytes_t raw); /* field-table content -> object ({} if bad) */
+cJSON *mgmt_json_tags(const char *tags);
+cJSON *mgmt_json_node_name(mgmt_t *m, uint32_t id); /* 0 = this node */
+const char *mgmt_node_name(mgmt_t *m, uint32_t id, char *buf, size_t len);
+cJSON *mgmt_json_queue(mgmt_t *m, queue_t *q);
+cJSON *mgmt_json_exchange(const exchange_t *x);
+cJSON *mgmt_json_user(const user_t *u);
+/* RabbitMQ's name for an exchange in paths: "" is "amq.default". */
+const char *mgmt_exchange_type_name(const exchange_t *x);
+/* Appends every binding of vh (the default exchange's implicit ones first) to arr. */
+void mgmt_json_bindings(cJSON *arr, vhost_t *vh);
+
+#endif

@@ -1,0 +1,127 @@
+/* listener.c - the management listener: TCP connections (amqp091/net.c) carrying HTTP.
+ *
+ * Role: mgmt_new / mgmt_listen / mgmt_shutdown / mgmt_free, and the glue between a net_conn_t
+ * and an HTTP connection (http.c): net's on_data feeds the parser, on_drain resumes reading,
+ * on_close tells the HTTP connection its transport is gone.
+ *
+ * Invariant: m->conns lists every HTTP connection whose transport is open; a connection leaves
+ * the list in on_close (net.c calls it exactly once, from its own loop callbacks). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "amqp091/net.h"
+#include "broker/log.h"
+#include "mgmt/internal.h"
+
+/* What a net connection's user data points to. */
+struct mgmt_link {
+    mgmt_t *m;
+    net_conn_t *net;
+    mgmt_conn_t *http;
+};
+
+static void io_write(void *ud, const void *data, size_t len) { net_write(((struct mgmt_link *)ud)->net, data, len); }
+static void io_close(void *ud) { net_close(((struct mgmt_link *)ud)->net, true); }
+static void io_pause(void *ud, bool paused) { net_pause_reading(((struct mgmt_link *)ud)->net, paused); }
+static size_t io_pending(void *ud) { return net_out_pending(((struct mgmt_link *)ud)->net); }
+
+static const mgmt_io_t net_io = {io_write, io_close, io_pause, io_pending};
+
+static void on_data(void *ud, const uint8_t *data, size_t len)
+{
+    struct mgmt_link *l = ud;
+    mgmt_conn_feed(l->http, data, len);
+}
+
+static void on_drain(void *ud)
+{
+    struct mgmt_link *l = ud;
+    mgmt_conn_drained(l->http);
+}
+
+static void unlink_conn(mgmt_t *m, mgmt_conn_t *c)
+{
+    if (m->conns == c) {
+        m->conns = mgmt_conn_next(c);
+        return;
+    }
+    for (mgmt_conn_t *p = m->conns; p; p = mgmt_conn_next(p)) {
+        if (mgmt_conn_next(p) == c) {
+            mgmt_conn_link(p, mgmt_conn_next(c));
+            return;
+        }
+    }
+}
+
+static void on_close(void *ud)
+{
+    struct mgmt_link *l = ud;
+    unlink_conn(l->m, l->http);
+    mgmt_conn_gone(l->http);
+    free(l);
+}
+
+static const net_handler_t handler = {on_data, on_drain, on_close};
+
+static void on_accept(void *arg, net_conn_t *net)
+{
+    mgmt_t *m = arg;
+    struct mgmt_link *l = calloc(1, sizeof *l);
+    if (!l) abort();
+    l->m = m;
+    l->net = net;
+    l->http = mgmt_conn_new(m, &net_io, l, net_peer_is_loopback(net));
+    mgmt_conn_link(l->http, m->conns);
+    m->conns = l->http;
+    net_conn_set_handler(net, &handler, l);
+    net_set_watermarks(net, 4 * 1024 * 1024, 1024 * 1024);
+    if (m->shutting_down) net_close(net, false);
+}
+
+mgmt_t *mgmt_new(struct ev_loop *loop, broker_t *b, cl_t *cl, const cfg_t *cfg)
+{
+    mgmt_t *m = calloc(1, sizeof *m);
+    if (!m) abort();
+    m->loop = loop;
+    m->b = b;
+    m->cl = cl;
+    m->cfg = cfg;
+    return m;
+}
+
+int mgmt_listen(mgmt_t *m, char *err, size_t errlen)
+{
+    const char *host = m->cfg->mgmt_ip[0] ? m->cfg->mgmt_ip : NULL;
+    m->listener = net_listen(m->loop, host, m->cfg->mgmt_port, NULL, on_accept, m, err, errlen);
+    if (!m->listener) return -1;
+    m->port = net_listener_port(m->listener);
+    log_info("management API (HTTP) listening on %s:%d", host ? host : "[::]", m->port);
+    return 0;
+}
+
+int mgmt_port(const mgmt_t *m) { return m ? m->port : 0; }
+
+void mgmt_set_counters(mgmt_t *m, size_t (*connections)(void *ctx), size_t (*channels)(void *ctx), void *ctx)
+{
+    m->count_connections = connections;
+    m->count_channels = channels;
+    m->count_ctx = ctx;
+}
+
+void mgmt_shutdown(mgmt_t *m)
+{
+    if (!m) return;
+    m->shutting_down = true;
+    if (m->listener) net_listener_close(m->listener);
+    m->listener = NULL;
+    for (mgmt_conn_t *c = m->conns; c; c = mgmt_conn_next(c))
+        net_close(((struct mgmt_link *)mgmt_conn_ud(c))->net, false);
+}
+
+void mgmt_free(mgmt_t *m)
+{
+    if (!m) return;
+    if (m->listener) net_listener_close(m->listener);
+    free(m);
+}
