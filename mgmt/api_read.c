@@ -21,7 +21,10 @@
 static vhost_t *param_vhost(mgmt_req_t *r) { return br_vhost(r->m->b, r->params[0], strlen(r->params[0])); }
 
 /* Calls fn on every vhost r's user may see (only params[0] when the path names one). */
-static void each_vhost(mgmt_req_t *r, bool scoped, void (*fn)(mgmt_req_t *r, vhost_t *vh, void *arg), void *arg)
+enum { OBJECTS = 0, VHOSTS = 1 }; /* what a listing shows: monitoring users see every vhost */
+
+static void each_vhost(mgmt_req_t *r, bool scoped, int what, void (*fn)(mgmt_req_t *r, vhost_t *vh, void *arg),
+                       void *arg)
 {
     if (scoped) {
         vhost_t *vh = param_vhost(r);
@@ -31,7 +34,7 @@ static void each_vhost(mgmt_req_t *r, bool scoped, void (*fn)(mgmt_req_t *r, vho
     size_t pos = 0;
     void *v;
     while (dict_next(&r->m->b->vhosts, &pos, NULL, NULL, &v))
-        if (mgmt_vhost_visible(r, v)) fn(r, v, arg);
+        if (mgmt_vhost_visible(r, v, what == VHOSTS)) fn(r, v, arg);
 }
 
 /* ---- overview ---- */
@@ -130,7 +133,7 @@ void mgmt_get_overview(mgmt_req_t *r)
     mgmt_t *m = r->m;
     broker_t *b = m->b;
     struct totals t = {0};
-    each_vhost(r, false, add_totals, &t);
+    each_vhost(r, false, VHOSTS, add_totals, &t);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "management_version", MGMT_COMPAT_VERSION);
     cJSON_AddStringToObject(o, "rates_mode", "basic");
@@ -209,11 +212,16 @@ static void add_vhost(mgmt_req_t *r, vhost_t *vh, void *arg) { cJSON_AddItemToAr
 void mgmt_get_vhosts(mgmt_req_t *r)
 {
     cJSON *arr = cJSON_CreateArray();
-    each_vhost(r, false, add_vhost, arr);
+    each_vhost(r, false, VHOSTS, add_vhost, arr);
     mgmt_reply_json(r, 200, arr);
 }
 
-void mgmt_get_vhost(mgmt_req_t *r) { mgmt_reply_json(r, 200, vhost_json(r, param_vhost(r))); }
+void mgmt_get_vhost(mgmt_req_t *r)
+{
+    vhost_t *vh = param_vhost(r);
+    if (!vh) return mgmt_reply_not_found(r);
+    mgmt_reply_json(r, 200, vhost_json(r, vh));
+}
 
 /* ---- users and permissions (administrators) ---- */
 
@@ -276,7 +284,7 @@ static void add_exchanges(mgmt_req_t *r, vhost_t *vh, void *arg)
 void mgmt_get_exchanges(mgmt_req_t *r)
 {
     cJSON *arr = cJSON_CreateArray();
-    each_vhost(r, r->params[0] != NULL, add_exchanges, arr);
+    each_vhost(r, r->params[0] != NULL, OBJECTS, add_exchanges, arr);
     mgmt_reply_json(r, 200, arr);
 }
 
@@ -300,7 +308,7 @@ static void add_queues(mgmt_req_t *r, vhost_t *vh, void *arg)
 void mgmt_get_queues(mgmt_req_t *r)
 {
     cJSON *arr = cJSON_CreateArray();
-    each_vhost(r, r->params[0] != NULL, add_queues, arr);
+    each_vhost(r, r->params[0] != NULL, OBJECTS, add_queues, arr);
     mgmt_reply_json(r, 200, arr);
 }
 
@@ -322,7 +330,7 @@ static void add_bindings(mgmt_req_t *r, vhost_t *vh, void *arg)
 void mgmt_get_bindings(mgmt_req_t *r)
 {
     cJSON *arr = cJSON_CreateArray();
-    each_vhost(r, r->params[0] != NULL, add_bindings, arr);
+    each_vhost(r, r->params[0] != NULL, OBJECTS, add_bindings, arr);
     mgmt_reply_json(r, 200, arr);
 }
 

@@ -103,8 +103,9 @@ void mgmt_route(mgmt_req_t *r);
 const char *mgmt_query(const mgmt_req_t *r, const char *key, char *buf, size_t buflen);
 bool mgmt_user_has_tag(const user_t *u, const char *tag);
 bool mgmt_user_is_monitor(const user_t *u); /* monitoring or administrator: sees every vhost */
-/* May r's user see vh's objects in listings (monitor, or has permissions there)? */
-bool mgmt_vhost_visible(const mgmt_req_t *r, const vhost_t *vh);
+/* May r's user see vh in listings? Administrators always; others with permissions there;
+ * monitoring users too when monitor_sees_all (the vhost list, the overview's totals). */
+bool mgmt_vhost_visible(const mgmt_req_t *r, const vhost_t *vh, bool monitor_sees_all);
 
 /* ---- endpoints (api_read.c, api_write.c) ---- */
 

@@ -5,9 +5,13 @@
  * known path with another method 405, before any authentication; then the credentials (none:
  * 401 with an empty body; wrong: 401 "Login failed"); then the tags (no management tag: 401
  * "Not management user"; administrator-only endpoints: 401 "Not administrator user"); then, for
- * endpoints scoped to a vhost, a vhost that does not exist is 404 and one the user has no
- * permissions on is 401 "User not authorised to access virtual host" (even for administrators,
- * as in RabbitMQ).
+ * endpoints scoped to a vhost, a vhost that does not exist is 404 and one a user other than an
+ * administrator has no permissions on is 401 "User not authorised to access virtual host".
+ *
+ * Visibility (RabbitMQ 3.10.8's observed behaviour): administrators see every vhost and object;
+ * the vhost list and the overview's totals also show monitoring users everything; object
+ * listings (queues, exchanges, bindings) show other users only the vhosts they have
+ * permissions on.
  *
  * Paths: "/api/queues/%2F/q" -> segments {"queues", "/", "q"}, each percent-decoded on its own,
  * so names may contain '/'. A route pattern's "*" segments are captured into r->params in order;
@@ -36,7 +40,7 @@ static const struct route routes[] = {
     {MGMT_GET, "overview", mgmt_get_overview, AUTH_MGMT},
     {MGMT_GET, "whoami", mgmt_get_whoami, AUTH_MGMT},
     {MGMT_GET, "vhosts", mgmt_get_vhosts, AUTH_MGMT},
-    {MGMT_GET, "vhosts/*", mgmt_get_vhost, AUTH_VHOST},
+    {MGMT_GET, "vhosts/*", mgmt_get_vhost, AUTH_ADMIN},
     {MGMT_GET, "users", mgmt_get_users, AUTH_ADMIN},
     {MGMT_GET, "users/*", mgmt_get_user, AUTH_ADMIN},
     {MGMT_GET, "permissions", mgmt_get_permissions, AUTH_ADMIN},
@@ -249,9 +253,10 @@ static bool has_vhost_perms(const user_t *u, const vhost_t *vh)
     return dict_get(&u->perms, vh->name, strlen(vh->name)) != NULL;
 }
 
-bool mgmt_vhost_visible(const mgmt_req_t *r, const vhost_t *vh)
+bool mgmt_vhost_visible(const mgmt_req_t *r, const vhost_t *vh, bool monitor_sees_all)
 {
-    return mgmt_user_is_monitor(r->user) || has_vhost_perms(r->user, vh);
+    if (mgmt_user_has_tag(r->user, "administrator")) return true;
+    return (monitor_sees_all && mgmt_user_is_monitor(r->user)) || has_vhost_perms(r->user, vh);
 }
 
 static bool authorize(mgmt_req_t *r, enum auth_level level)
@@ -270,7 +275,7 @@ static bool authorize(mgmt_req_t *r, enum auth_level level)
             mgmt_reply_not_found(r);
             return false;
         }
-        if (!has_vhost_perms(r->user, vh)) {
+        if (!mgmt_user_has_tag(r->user, "administrator") && !has_vhost_perms(r->user, vh)) {
             mgmt_reply_error(r, 401, "not_authorised", "User not authorised to access virtual host");
             return false;
         }

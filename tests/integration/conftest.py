@@ -27,7 +27,8 @@ Fixtures:
   conn, ch        a pika BlockingConnection to the session broker, and a channel on it.
   amqp_conn, amqp_ch   the same with py-amqp.
 
-Broker handles expose .host .port .tls_port .ca .data_dir .restart(kill9=False)
+Broker handles expose .host .port .tls_port .mgmt_port (management API, HTTP; for an
+external broker from WARREN_TEST_EXTERNAL_MGMT_PORT, else None) .ca .data_dir .restart(kill9=False)
 .stop() .kill9() .start() .send_signal(sig) .log_text(). The broker's stderr goes to
 <tmp>/broker.log; its tail is attached to the report of any failing test that used it.
 A Warren broker must exit with status 0 within 5 s of SIGTERM and leave no sanitizer
@@ -225,6 +226,7 @@ class BrokerProcess:
         self.host = "127.0.0.1"
         self.port = free_port()
         self.tls_port = free_port()
+        self.mgmt_port = free_port()  # the management API (HTTP), on 127.0.0.1
         self.ca = pki.ca
         self.pki = pki
         self.data_dir = os.path.join(workdir, "data")
@@ -255,6 +257,7 @@ class BrokerProcess:
         ]
         if self.flavour == "warren":
             lines.append(f"data_dir = {self.data_dir}")
+        lines += [f"management.tcp.port = {self.mgmt_port}", f"management.tcp.ip = {self.host}"]
         lines.append("log.console.level = info")
         if self.flavour == "rabbitmq":
             lines += ["log.console = true", "log.file = false"]
@@ -285,7 +288,7 @@ class BrokerProcess:
         os.makedirs(home, exist_ok=True)
         plugins = os.path.join(self.workdir, "enabled_plugins")
         with open(plugins, "w") as f:
-            f.write("[].\n")
+            f.write("[rabbitmq_management].\n")  # the management API tests compare with it
         if not hasattr(self, "dist_port"):
             self.dist_port = free_port()
         env.update({
@@ -450,6 +453,8 @@ class ExternalBroker:
         self.data_dir = None
         self.log_path = None
         self.running = True
+        mgmt = os.environ.get("WARREN_TEST_EXTERNAL_MGMT_PORT")
+        self.mgmt_port = int(mgmt) if mgmt else None
 
     def restart(self, kill9=False):
         pytest.skip("cannot restart an external broker (WARREN_TEST_EXTERNAL is set)")

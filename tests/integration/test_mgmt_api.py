@@ -1,0 +1,452 @@
+"""The management plugin's HTTP API (issue 7, first slice): RabbitMQ's paths, methods, status
+codes and JSON field names, checked against what AMQP clients did on the same broker.
+
+One broker per module (module_broker) with users of every kind:
+  guest   administrator, permissions on / and v2
+  mon     monitoring, no permissions
+  mgr     management, permissions on v2 only
+  notag   no tags, permissions on /
+
+Checked against RabbitMQ 3.10.8 with rabbitmq_management (WARREN_TEST_RABBITMQ=1: conftest
+enables the plugin). RabbitMQ's counters come from its stats database, refreshed every few
+seconds, so counts are polled (wait_for) rather than read once. Tests of Warren's own limits
+(431 / 413) run against Warren only.
+"""
+import base64
+import socket
+
+import pytest
+import requests
+
+import conftest
+from helpers import passwords
+from helpers.clients import pika_connect, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+DEFS = passwords.definitions(
+    users=[passwords.user("guest", "guest", tags="administrator"),
+           passwords.user("mon", "mon-pw", tags="monitoring"),
+           passwords.user("mgr", "mgr-pw", tags="management"),
+           passwords.user("notag", "notag-pw")],
+    vhosts=("/", "v2"),
+    permissions=[passwords.permission("guest", "/"), passwords.permission("guest", "v2"),
+                 passwords.permission("mgr", "v2"), passwords.permission("notag", "/")])
+
+GUEST = ("guest", "guest")
+NOT_FOUND = {"error": "Object Not Found", "reason": "Not Found"}
+STATS_WAIT = 15.0  # RabbitMQ's stats database lags behind by its collection interval
+
+
+@pytest.fixture(scope="module")
+def mb(module_broker):
+    if conftest.EXTERNAL:
+        pytest.skip("needs a broker with this module's users")
+    return module_broker(definitions=DEFS)
+
+
+class Api:
+    def __init__(self, broker):
+        self.base = f"http://{broker.host}:{broker.mgmt_port}/api"
+        self.session = requests.Session()
+
+    def call(self, method, path, auth=GUEST, **kw):
+        return self.session.request(method, self.base + path, auth=auth, timeout=10, **kw)
+
+    def get(self, path, auth=GUEST, **kw):
+        return self.call("GET", path, auth=auth, **kw)
+
+    def ok(self, path, auth=GUEST):
+        r = self.get(path, auth=auth)
+        assert r.status_code == 200, (path, r.status_code, r.text)
+        return r.json()
+
+
+@pytest.fixture
+def api(mb):
+    a = Api(mb)
+    yield a
+    a.session.close()
+
+
+@pytest.fixture
+def ch(mb):
+    c = pika_connect(mb)
+    yield c.channel()
+    if c.is_open:
+        c.close()
+
+
+def node_name(api):
+    return api.ok("/overview")["node"]
+
+
+# ---------------------------------------------------------------------------
+# Authentication and authorization
+# ---------------------------------------------------------------------------
+
+def test_no_credentials_is_401_with_basic_challenge(api):
+    r = api.get("/overview", auth=None)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith("Basic ")
+    assert r.content == b""
+
+
+def test_wrong_password_is_login_failed(api):
+    r = api.get("/overview", auth=("guest", "wrong"))
+    assert r.status_code == 401
+    assert r.json() == {"error": "not_authorized", "reason": "Login failed"}
+    r = api.get("/overview", auth=("nobody", "x"))
+    assert r.status_code == 401
+    assert r.json() == {"error": "not_authorized", "reason": "Login failed"}
+
+
+def test_user_without_tags_is_not_management_user(api):
+    r = api.get("/overview", auth=("notag", "notag-pw"))
+    assert r.status_code == 401
+    assert r.json() == {"error": "not_authorised", "reason": "Not management user"}
+
+
+def test_administrator_only_endpoints(api):
+    for path in ("/users", "/users/guest", "/permissions", "/definitions", "/vhosts/v2"):
+        for who in (("mgr", "mgr-pw"), ("mon", "mon-pw")):
+            r = api.get(path, auth=who)
+            assert r.status_code == 401, (path, who)
+            assert r.json() == {"error": "not_authorised", "reason": "Not administrator user"}
+        assert api.get(path).status_code == 200
+
+
+def test_vhost_scoped_paths_need_permissions_there(api):
+    denied = {"error": "not_authorised", "reason": "User not authorised to access virtual host"}
+    for who in (("mgr", "mgr-pw"), ("mon", "mon-pw")):
+        r = api.get("/queues/%2F", auth=who)
+        assert r.status_code == 401
+        assert r.json() == denied
+    assert api.get("/queues/v2", auth=("mgr", "mgr-pw")).status_code == 200
+    assert api.get("/exchanges/v2", auth=("mgr", "mgr-pw")).status_code == 200
+    assert api.get("/bindings/v2", auth=("mgr", "mgr-pw")).status_code == 200
+
+
+def test_listings_are_filtered_to_visible_vhosts(api, ch, uniq):
+    q = uniq("q")
+    ch.queue_declare(q)
+    # the vhost list: a management user sees its vhosts, monitoring users and administrators all
+    assert [v["name"] for v in api.ok("/vhosts", auth=("mgr", "mgr-pw"))] == ["v2"]
+    assert sorted(v["name"] for v in api.ok("/vhosts", auth=("mon", "mon-pw"))) == ["/", "v2"]
+    # object listings: administrators see all; other users (monitoring too, as RabbitMQ 3.10)
+    # only the vhosts they have permissions on
+    for listing in ("/queues", "/bindings"):
+        for who in (("mgr", "mgr-pw"), ("mon", "mon-pw")):
+            assert q not in [x.get("name", x.get("destination")) for x in api.ok(listing, auth=who)]
+    assert q in [x["name"] for x in api.ok("/queues")]
+
+
+def test_whoami(api):
+    assert api.ok("/whoami") == {"name": "guest", "tags": ["administrator"]}
+    me = api.ok("/whoami", auth=("mon", "mon-pw"))
+    assert me["name"] == "mon" and me["tags"] == ["monitoring"]
+
+
+# ---------------------------------------------------------------------------
+# Read-only endpoints
+# ---------------------------------------------------------------------------
+
+def test_overview_fields(api, mb, ch, uniq):
+    o = api.ok("/overview")
+    for key in ("management_version", "rabbitmq_version", "product_name", "product_version",
+                "cluster_name", "node", "object_totals", "queue_totals", "message_stats",
+                "listeners", "exchange_types", "rates_mode"):
+        assert key in o, key
+    for key in ("connections", "channels", "exchanges", "queues", "consumers"):
+        assert isinstance(o["object_totals"][key], int), key
+    for key in ("messages", "messages_ready", "messages_unacknowledged"):
+        # (RabbitMQ leaves them out until its stats database has a sample)
+        assert isinstance(o["queue_totals"].get(key, 0), int), key
+    amqp = [l for l in o["listeners"] if l["protocol"] == "amqp"]
+    assert amqp and amqp[0]["port"] == mb.port
+    assert {"direct", "fanout", "topic", "headers"} <= {t["name"] for t in o["exchange_types"]}
+    # object and message totals follow what a client does
+    q = uniq("q")
+    ch.queue_declare(q)
+    ch.confirm_delivery()
+    before = o["message_stats"].get("publish", 0)
+    for i in range(3):
+        ch.basic_publish("", q, b"m%d" % i)
+
+    def counted():
+        now = api.ok("/overview")
+        return (now["message_stats"].get("publish", 0) >= before + 3
+                and now["object_totals"]["connections"] >= 1
+                and now["queue_totals"].get("messages", 0) >= 3)
+    assert wait_for(counted, STATS_WAIT), api.ok("/overview")
+
+
+def test_vhosts(api):
+    names = [v["name"] for v in api.ok("/vhosts")]
+    assert "/" in names and "v2" in names
+    v = api.ok("/vhosts/%2F")
+    assert v["name"] == "/"
+    assert api.get("/vhosts/nope").json() == NOT_FOUND
+    assert api.get("/vhosts/nope").status_code == 404
+
+
+def test_users_and_permissions(api):
+    users = {u["name"]: u for u in api.ok("/users")}
+    assert set(users) >= {"guest", "mon", "mgr", "notag"}
+    g = users["guest"]
+    assert g["tags"] == ["administrator"]
+    assert g["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+    assert base64.b64decode(g["password_hash"]) and len(base64.b64decode(g["password_hash"])) == 36
+    assert api.ok("/users/mgr")["tags"] == ["management"]
+    assert api.ok("/users/notag")["tags"] == []
+    r = api.get("/users/nobody")
+    assert r.status_code == 404 and r.json() == NOT_FOUND
+    perms = api.ok("/permissions")
+    assert {"user": "mgr", "vhost": "v2", "configure": ".*", "write": ".*", "read": ".*"} in perms
+    assert not [p for p in perms if p["user"] == "mon"]
+
+
+def test_queue_counts_follow_amqp_clients(api, ch, uniq):
+    q = uniq("q")
+    ch.queue_declare(q, durable=True, arguments={"x-max-length": 100})
+    for i in range(3):
+        ch.basic_publish("", q, b"body%d" % i)
+    path = f"/queues/%2F/{q}"
+    assert wait_for(lambda: api.ok(path).get("messages") == 3, STATS_WAIT), api.ok(path)
+    info = api.ok(path)
+    assert info["name"] == q and info["vhost"] == "/"
+    assert info["type"] == "classic" and info["state"] == "running"
+    assert info["durable"] is True and info["auto_delete"] is False and info["exclusive"] is False
+    assert info["arguments"] == {"x-max-length": 100}
+    assert info["messages_ready"] == 3 and info["messages_unacknowledged"] == 0
+    assert info["consumers"] == 0
+    assert info["node"] == node_name(api)
+    assert info["policy"] is None
+    # one delivered, not acked
+    method, _, _ = ch.basic_get(q, auto_ack=False)
+    assert method is not None
+    assert wait_for(lambda: (api.ok(path)["messages_ready"], api.ok(path)["messages_unacknowledged"]) == (2, 1),
+                    STATS_WAIT), api.ok(path)
+    ch.basic_ack(method.delivery_tag)
+    # a consumer is counted
+    ch.basic_consume(q, lambda *a: None)
+    assert wait_for(lambda: api.ok(path)["consumers"] == 1, STATS_WAIT), api.ok(path)
+    listed = [x for x in api.ok("/queues/%2F") if x["name"] == q]
+    assert len(listed) == 1 and listed[0]["type"] == "classic"
+
+
+def test_quorum_queue_fields(api, ch, uniq):
+    q = uniq("qq")
+    ch.queue_declare(q, durable=True, arguments={"x-queue-type": "quorum"})
+    ch.confirm_delivery()
+    ch.basic_publish("", q, b"x")
+    path = f"/queues/%2F/{q}"
+    node = node_name(api)
+    assert wait_for(lambda: api.ok(path).get("leader") == node and api.ok(path).get("messages") == 1,
+                    STATS_WAIT), api.ok(path)
+    info = api.ok(path)
+    assert info["type"] == "quorum"
+    assert info["members"] == [node] and info["online"] == [node]
+    assert info["arguments"] == {"x-queue-type": "quorum"}
+    assert info["node"] == node
+
+
+def test_unknown_objects_are_404(api):
+    for path in ("/queues/%2F/nope", "/queues/nope/x", "/queues/nope", "/exchanges/%2F/nope",
+                 "/exchanges/nope", "/vhosts/nope", "/users/nope", "/nonexistent", "/aliveness-test/nope"):
+        r = api.get(path)
+        assert r.status_code == 404, path
+        assert r.json() == NOT_FOUND, path
+
+
+def test_exchanges(api, ch, uniq):
+    x = uniq("x")
+    ch.exchange_declare(x, "topic", durable=True, arguments={"alternate-exchange": "amq.fanout"})
+    names = [e["name"] for e in api.ok("/exchanges/%2F")]
+    assert {"", "amq.direct", "amq.fanout", "amq.topic", "amq.headers", "amq.match", x} <= set(names)
+    assert x in [e["name"] for e in api.ok("/exchanges")]
+    e = api.ok(f"/exchanges/%2F/{x}")
+    assert {k: e[k] for k in ("name", "vhost", "type", "durable", "auto_delete", "internal", "arguments")} == {
+        "name": x, "vhost": "/", "type": "topic", "durable": True, "auto_delete": False, "internal": False,
+        "arguments": {"alternate-exchange": "amq.fanout"}}
+    d = api.ok("/exchanges/%2F/amq.default")
+    assert d["name"] == "" and d["type"] == "direct"
+
+
+def test_bindings(api, ch, uniq):
+    q, x = uniq("q"), uniq("x")
+    ch.queue_declare(q)
+    ch.exchange_declare(x, "direct")
+    ch.queue_bind(q, x, routing_key="rk")
+    bindings = api.ok("/bindings/%2F")
+    mine = [b for b in bindings if b["destination"] == q]
+    by_source = {b["source"]: b for b in mine}
+    assert set(by_source) == {"", x}
+    b = by_source[x]
+    assert {k: b[k] for k in ("source", "vhost", "destination", "destination_type", "routing_key", "arguments")} == {
+        "source": x, "vhost": "/", "destination": q, "destination_type": "queue", "routing_key": "rk",
+        "arguments": {}}
+    assert b["properties_key"] == "rk"
+    assert by_source[""]["routing_key"] == q
+    assert any(b["destination"] == q for b in api.ok("/bindings"))
+
+
+def test_definitions_export(api, ch, uniq):
+    q, x = uniq("q"), uniq("x")
+    ch.queue_declare(q, durable=True, arguments={"x-message-ttl": 60000})
+    ch.exchange_declare(x, "fanout", durable=True)
+    ch.queue_bind(q, x, routing_key="k")
+    d = api.ok("/definitions")
+    for key in ("rabbit_version", "rabbitmq_version", "users", "vhosts", "permissions", "policies",
+                "queues", "exchanges", "bindings", "parameters", "global_parameters", "topic_permissions"):
+        assert key in d, key
+    users = {u["name"]: u for u in d["users"]}
+    assert users["guest"]["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+    assert users["guest"]["password_hash"] == api.ok("/users/guest")["password_hash"]
+    assert users["guest"]["tags"] in (["administrator"], "administrator")
+    assert {"name": "v2"} in [{"name": v["name"]} for v in d["vhosts"]]
+    assert {"user": "mgr", "vhost": "v2", "configure": ".*", "write": ".*", "read": ".*"} in d["permissions"]
+    assert {"name": q, "vhost": "/", "durable": True, "auto_delete": False,
+            "arguments": {"x-message-ttl": 60000}} in d["queues"]
+    assert {"name": x, "vhost": "/", "type": "fanout", "durable": True, "auto_delete": False,
+            "internal": False, "arguments": {}} in d["exchanges"]
+    assert {"source": x, "vhost": "/", "destination": q, "destination_type": "queue",
+            "routing_key": "k", "arguments": {}} in d["bindings"]
+    assert not [e for e in d["exchanges"] if e["name"] == "" or e["name"].startswith("amq.")]
+    assert not [b for b in d["bindings"] if b["source"] == ""]
+
+
+def test_health_and_aliveness(api):
+    r = api.get("/health/checks/alarms")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    r = api.get("/aliveness-test/%2F")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+# ---------------------------------------------------------------------------
+# Writes
+# ---------------------------------------------------------------------------
+
+def test_put_and_delete_queue(api, mb, ch, uniq):
+    import pika
+    q = uniq("q")
+    path = f"/queues/%2F/{q}"
+    r = api.call("PUT", path, json={"durable": True, "arguments": {"x-max-length": 5}})
+    assert r.status_code == 201, r.text
+    assert api.call("PUT", path, json={"durable": True, "arguments": {"x-max-length": 5}}).status_code == 204
+    r = api.call("PUT", path, json={"durable": True})
+    assert r.status_code == 400
+    assert r.json()["error"] == "bad_request" and "inequivalent arg 'x-max-length'" in r.json()["reason"]
+    # visible to AMQP clients, as declared
+    ok = ch.queue_declare(q, passive=True).method
+    assert ok.message_count == 0
+    ch.basic_publish("", q, b"hello")
+    assert wait_for(lambda: api.ok(path).get("messages") == 1, STATS_WAIT)
+    info = api.ok(path)
+    assert info["durable"] is True and info["arguments"] == {"x-max-length": 5}
+    r = api.call("DELETE", path, params={"if-empty": "true"})
+    assert r.status_code == 400 and r.json()["error"] == "bad_request"
+    assert api.call("DELETE", path).status_code == 204
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+        ch.queue_declare(q, passive=True)
+    assert info.value.reply_code == 404
+    r = api.call("DELETE", path)
+    assert r.status_code == 404 and r.json() == NOT_FOUND
+
+
+def test_put_quorum_queue(api, ch, uniq):
+    q = uniq("qq")
+    path = f"/queues/%2F/{q}"
+    r = api.call("PUT", path, json={"durable": True, "arguments": {"x-queue-type": "quorum"}})
+    assert r.status_code == 201, r.text
+    assert api.ok(path)["type"] == "quorum"
+    ch.confirm_delivery()
+    ch.basic_publish("", q, b"x")
+    assert ch.queue_declare(q, passive=True).method.message_count == 1
+    assert api.call("DELETE", path).status_code == 204
+
+
+def test_put_and_delete_exchange(api, ch, uniq):
+    x = uniq("x")
+    path = f"/exchanges/%2F/{x}"
+    r = api.call("PUT", path, json={"type": "headers", "durable": True})
+    assert r.status_code == 201, r.text
+    assert api.call("PUT", path, json={"type": "headers", "durable": True}).status_code == 204
+    e = api.ok(path)
+    assert e["type"] == "headers" and e["durable"] is True
+    ch.exchange_declare(x, "headers", passive=True)
+    r = api.call("PUT", path, json={"type": "fanout", "durable": True})
+    assert r.status_code == 400 and r.json()["error"] == "bad_request"
+    r = api.call("PUT", f"/exchanges/%2F/{uniq('y')}", json={"type": "bogus"})
+    assert r.status_code == 400 and r.json()["error"] == "bad_request"
+    # defaults: a direct, non-durable exchange
+    y = uniq("y")
+    assert api.call("PUT", f"/exchanges/%2F/{y}", json={}).status_code == 201
+    e = api.ok(f"/exchanges/%2F/{y}")
+    assert e["type"] == "direct" and e["durable"] is False
+    assert api.call("DELETE", f"/exchanges/%2F/{y}").status_code == 204
+    assert api.call("DELETE", path).status_code == 204
+    assert api.get(path).status_code == 404
+    assert api.call("DELETE", path).status_code == 404
+
+
+def test_write_errors(api, uniq):
+    r = api.call("PUT", f"/queues/%2F/{uniq('q')}", data="not json")
+    assert r.status_code == 400 and r.json() == {"error": "bad_request", "reason": "not_json"}
+    r = api.call("PUT", "/queues/%2F/amq.reserved", json={})
+    assert r.status_code == 401 and r.json() == {"error": "not_authorised", "reason": "Access refused."}
+    r = api.call("PUT", f"/queues/%2F/{uniq('q')}", json={}, auth=("mgr", "mgr-pw"))
+    assert r.status_code == 401
+    assert r.json() == {"error": "not_authorised", "reason": "User not authorised to access virtual host"}
+    assert api.call("POST", "/queues/%2F/whatever").status_code == 405
+
+
+def test_management_user_declares_in_its_vhost(api, uniq):
+    q = uniq("q")
+    auth = ("mgr", "mgr-pw")
+    assert api.call("PUT", f"/queues/v2/{q}", json={}, auth=auth).status_code == 201
+    assert q in [x["name"] for x in api.ok("/queues/v2", auth=auth)]
+    assert api.call("DELETE", f"/queues/v2/{q}", auth=auth).status_code == 204
+
+
+# ---------------------------------------------------------------------------
+# HTTP: keep-alive, pipelining, limits
+# ---------------------------------------------------------------------------
+
+def _raw(broker, data, timeout=3.0):
+    with socket.create_connection((broker.host, broker.mgmt_port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        except socket.timeout:
+            pass
+    return out
+
+
+def test_pipelined_requests_on_one_connection(mb):
+    auth = base64.b64encode(b"guest:guest").decode()
+    one = f"GET /api/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n".encode()
+    last = f"GET /api/vhosts/%2F HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic {auth}\r\n\r\n"
+    out = _raw(mb, one * 3 + last.encode())
+    assert out.count(b"HTTP/1.1 200 OK") == 4
+    assert out.count(b'"name":"guest"') == 3
+
+
+def test_request_size_limits(mb):
+    if mb.flavour != "warren":
+        pytest.skip("Warren's own limits")
+    out = _raw(mb, b"GET /api/whoami HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 431 ")
+    auth = base64.b64encode(b"guest:guest").decode()
+    out = _raw(mb, f"PUT /api/queues/%2F/big HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n"
+                   f"Content-Length: {2 * 1024 * 1024}\r\n\r\n".encode())
+    assert out.startswith(b"HTTP/1.1 413 ")
+    out = _raw(mb, b"NOT HTTP AT ALL\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 ")
+    # the broker is still serving
+    assert requests.get(f"http://{mb.host}:{mb.mgmt_port}/api/whoami", auth=GUEST, timeout=5).status_code == 200
