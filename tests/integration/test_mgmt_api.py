@@ -450,3 +450,98 @@ def test_request_size_limits(mb):
     assert out.startswith(b"HTTP/1.1 400 ")
     # the broker is still serving
     assert requests.get(f"http://{mb.host}:{mb.mgmt_port}/api/whoami", auth=GUEST, timeout=5).status_code == 200
+
+
+def test_exported_definitions_boot_a_fresh_broker(api, ch, fresh_broker, uniq):
+    """GET /api/definitions from one broker, used as load_definitions of another, reproduces
+    its users, vhosts, permissions, queues, exchanges and bindings."""
+    q, x = uniq("q"), uniq("x")
+    ch.queue_declare(q, durable=True, arguments={"x-max-length": 7})
+    ch.exchange_declare(x, "topic", durable=True)
+    ch.queue_bind(q, x, routing_key="a.#")
+    exported = api.ok("/definitions")
+    other = fresh_broker(definitions=exported)
+    api2 = Api(other)
+    try:
+        assert api2.ok(f"/queues/%2F/{q}")["arguments"] == {"x-max-length": 7}
+        assert api2.ok(f"/exchanges/%2F/{x}")["type"] == "topic"
+        assert [b for b in api2.ok("/bindings/%2F") if b["source"] == x and b["destination"] == q
+                and b["routing_key"] == "a.#"]
+        assert {u["name"] for u in api2.ok("/users")} >= {"guest", "mon", "mgr", "notag"}
+        assert api2.ok("/whoami", auth=("mgr", "mgr-pw"))["tags"] == ["management"]
+        assert "v2" in [v["name"] for v in api2.ok("/vhosts")]
+        exported2 = api2.ok("/definitions")
+        for key in ("users", "permissions", "queues", "exchanges", "bindings"):
+            assert sorted(map(repr, exported2[key])) == sorted(map(repr, exported[key])), key
+    finally:
+        api2.session.close()
+
+
+CLUSTER_NAMES = ["warren1@127.0.0.1", "warren2@127.0.0.1", "warren3@127.0.0.1"]
+
+
+def test_cluster_writes_go_through_the_metadata_log(tmp_path, pki, uniq):
+    """On a 3-node Warren cluster: a change made through one node's API is answered once it
+    applied there, and every node's API and AMQP clients then see it."""
+    import pika
+    if conftest.EXTERNAL or conftest.RABBITMQ_MODE:
+        pytest.skip("starts its own Warren cluster")
+    from helpers.cluster import WarrenCluster, running_names
+    c = WarrenCluster(str(tmp_path / "cluster"), pki, size=3).start()
+    apis = []
+    try:
+        for node in c.nodes:
+            c.wait_status(node, lambda st: st.get("formed") is True and running_names(st) == CLUSTER_NAMES,
+                          timeout=40, what="a formed cluster of 3")
+        apis = [Api(n) for n in c.nodes]
+        a1, a2, a3 = apis
+        for i, a in enumerate(apis):
+            o = a.ok("/overview")
+            assert o["node"] == CLUSTER_NAMES[i] and o["cluster_name"] == "itest"
+        # a classic queue declared through node 2 lives there; every node lists it
+        q = uniq("q")
+        path = f"/queues/%2F/{q}"
+        assert a2.call("PUT", path, json={"durable": True}).status_code == 201
+        assert a2.ok(path)["node"] == CLUSTER_NAMES[1]
+        assert wait_for(lambda: all(a.get(path).status_code == 200 for a in (a1, a3)), 10)
+        assert a1.ok(path)["node"] == CLUSTER_NAMES[1]
+        assert a3.call("PUT", path, json={"durable": True}).status_code == 204
+        assert a3.call("PUT", path, json={"durable": False}).status_code == 400
+        conn = pika_connect(c.nodes[0])
+        try:
+            ch = conn.channel()
+            ch.confirm_delivery()
+            for _ in range(2):
+                ch.basic_publish("", q, b"m")
+            assert wait_for(lambda: a2.ok(path).get("messages") == 2, 10), a2.ok(path)
+            # a quorum queue declared through node 1 gets three members
+            qq = uniq("qq")
+            qpath = f"/queues/%2F/{qq}"
+            r = a1.call("PUT", qpath, json={"durable": True, "arguments": {"x-queue-type": "quorum"}})
+            assert r.status_code == 201, r.text
+            assert wait_for(lambda: sorted(a3.ok(qpath).get("online", [])) == CLUSTER_NAMES
+                            and a3.ok(qpath).get("leader") in CLUSTER_NAMES, 15), a3.ok(qpath)
+            assert sorted(a3.ok(qpath)["members"]) == CLUSTER_NAMES
+            ch.basic_publish("", qq, b"x")
+            assert wait_for(lambda: a1.ok(qpath).get("messages") == 1, 10), a1.ok(qpath)
+            # deleted through node 3: gone everywhere, for AMQP clients too
+            assert a3.call("DELETE", path).status_code == 204
+            assert wait_for(lambda: all(a.get(path).status_code == 404 for a in apis), 10)
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+                ch.queue_declare(q, passive=True)
+            assert info.value.reply_code == 404
+            ch = conn.channel()
+            # exchanges: declared through node 3, deleted through node 1
+            x = uniq("x")
+            assert a3.call("PUT", f"/exchanges/%2F/{x}", json={"type": "fanout"}).status_code == 201
+            ch.exchange_declare(x, "fanout", passive=True)
+            assert wait_for(lambda: a1.get(f"/exchanges/%2F/{x}").status_code == 200, 10)
+            assert a1.call("DELETE", f"/exchanges/%2F/{x}").status_code == 204
+            assert wait_for(lambda: all(a.get(f"/exchanges/%2F/{x}").status_code == 404 for a in apis), 10)
+        finally:
+            if conn.is_open:
+                conn.close()
+    finally:
+        for a in apis:
+            a.session.close()
+        c.stop()
