@@ -4,6 +4,10 @@
  * and an HTTP connection (http.c): net's on_data feeds the parser, on_drain resumes reading,
  * on_close tells the HTTP connection its transport is gone.
  *
+ * A connection that sends nothing for MGMT_IDLE_TIMEOUT seconds is closed (cowboy's idle_timeout,
+ * which RabbitMQ's management listener uses, is 60 s too): idle keep-alive connections and
+ * requests that never complete do not hold a socket forever.
+ *
  * Invariant: m->conns lists every HTTP connection whose transport is open; a connection leaves
  * the list in on_close (net.c calls it exactly once, from its own loop callbacks). */
 #include <stdio.h>
@@ -14,11 +18,14 @@
 #include "broker/log.h"
 #include "mgmt/internal.h"
 
+#define MGMT_IDLE_TIMEOUT 60.0
+
 /* What a net connection's user data points to. */
 struct mgmt_link {
     mgmt_t *m;
     net_conn_t *net;
     mgmt_conn_t *http;
+    ev_timer idle;
 };
 
 static void io_write(void *ud, const void *data, size_t len) { net_write(((struct mgmt_link *)ud)->net, data, len); }
@@ -31,6 +38,7 @@ static const mgmt_io_t net_io = {io_write, io_close, io_pause, io_pending};
 static void on_data(void *ud, const uint8_t *data, size_t len)
 {
     struct mgmt_link *l = ud;
+    ev_timer_again(l->m->loop, &l->idle);
     mgmt_conn_feed(l->http, data, len);
 }
 
@@ -57,12 +65,21 @@ static void unlink_conn(mgmt_t *m, mgmt_conn_t *c)
 static void on_close(void *ud)
 {
     struct mgmt_link *l = ud;
+    ev_timer_stop(l->m->loop, &l->idle);
     unlink_conn(l->m, l->http);
     mgmt_conn_gone(l->http);
     free(l);
 }
 
 static const net_handler_t handler = {on_data, on_drain, on_close};
+
+static void on_idle(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop, (void)revents;
+    struct mgmt_link *l = w->data;
+    ev_timer_stop(l->m->loop, w);
+    net_close(l->net, true);
+}
 
 static void on_accept(void *arg, net_conn_t *net)
 {
@@ -76,6 +93,10 @@ static void on_accept(void *arg, net_conn_t *net)
     m->conns = l->http;
     net_conn_set_handler(net, &handler, l);
     net_set_watermarks(net, 4 * 1024 * 1024, 1024 * 1024);
+    ev_init(&l->idle, on_idle);
+    l->idle.repeat = MGMT_IDLE_TIMEOUT;
+    l->idle.data = l;
+    ev_timer_again(m->loop, &l->idle);
     if (m->shutting_down) net_close(net, false);
 }
 
