@@ -38,6 +38,7 @@ struct mgmt {
     size_t (*count_channels)(void *ctx);
     void *count_ctx;
     mgmt_conn_t *conns; /* every open HTTP connection (listener.c's list) */
+    ev_tstamp started;  /* for the node's uptime */
     bool shutting_down;
 };
 
@@ -128,6 +129,34 @@ void mgmt_put_queue(mgmt_req_t *r);
 void mgmt_delete_queue(mgmt_req_t *r);
 void mgmt_put_exchange(mgmt_req_t *r);
 void mgmt_delete_exchange(mgmt_req_t *r);
+void mgmt_delete_queue_contents(mgmt_req_t *r);
+void mgmt_get_queue_bindings(mgmt_req_t *r);
+void mgmt_get_exchange_bindings_source(mgmt_req_t *r);
+void mgmt_get_exchange_bindings_destination(mgmt_req_t *r);
+/* api_admin.c */
+void mgmt_put_user(mgmt_req_t *r);
+void mgmt_delete_user(mgmt_req_t *r);
+void mgmt_get_user_permissions(mgmt_req_t *r);
+void mgmt_put_vhost(mgmt_req_t *r);
+void mgmt_delete_vhost(mgmt_req_t *r);
+void mgmt_get_vhost_permissions(mgmt_req_t *r);
+void mgmt_get_permission(mgmt_req_t *r);
+void mgmt_put_permission(mgmt_req_t *r);
+void mgmt_delete_permission(mgmt_req_t *r);
+void mgmt_get_policies(mgmt_req_t *r);
+void mgmt_get_policy(mgmt_req_t *r);
+void mgmt_put_policy(mgmt_req_t *r);
+void mgmt_delete_policy(mgmt_req_t *r);
+/* api_node.c */
+void mgmt_get_nodes(mgmt_req_t *r);
+void mgmt_get_node(mgmt_req_t *r);
+void mgmt_get_cluster_name(mgmt_req_t *r);
+void mgmt_get_extensions(mgmt_req_t *r);
+void mgmt_get_health_local_alarms(mgmt_req_t *r);
+void mgmt_get_health_vhosts(mgmt_req_t *r);
+void mgmt_get_health_port(mgmt_req_t *r);
+void mgmt_get_health_protocol(mgmt_req_t *r);
+void mgmt_get_health_quorum_critical(mgmt_req_t *r);
 
 /* ---- json.c ---- */
 

@@ -108,6 +108,7 @@ mgmt_t *mgmt_new(struct ev_loop *loop, broker_t *b, cl_t *cl, const cfg_t *cfg)
     m->b = b;
     m->cl = cl;
     m->cfg = cfg;
+    m->started = loop ? ev_now(loop) : 0;
     return m;
 }
 

@@ -27,6 +27,8 @@ enum auth_level {
     AUTH_MGMT,  /* any user with a management tag */
     AUTH_ADMIN, /* administrator */
     AUTH_VHOST, /* management tag and permissions on the vhost in params[0] */
+    AUTH_MONITOR, /* monitoring or administrator */
+    AUTH_POLICY,  /* policymaker or administrator, and AUTH_VHOST */
 };
 
 struct route {
@@ -41,23 +43,50 @@ static const struct route routes[] = {
     {MGMT_GET, "whoami", mgmt_get_whoami, AUTH_MGMT},
     {MGMT_GET, "vhosts", mgmt_get_vhosts, AUTH_MGMT},
     {MGMT_GET, "vhosts/*", mgmt_get_vhost, AUTH_ADMIN},
+    {MGMT_PUT, "vhosts/*", mgmt_put_vhost, AUTH_ADMIN},
+    {MGMT_DELETE, "vhosts/*", mgmt_delete_vhost, AUTH_ADMIN},
+    {MGMT_GET, "vhosts/*/permissions", mgmt_get_vhost_permissions, AUTH_ADMIN},
     {MGMT_GET, "users", mgmt_get_users, AUTH_ADMIN},
     {MGMT_GET, "users/*", mgmt_get_user, AUTH_ADMIN},
+    {MGMT_PUT, "users/*", mgmt_put_user, AUTH_ADMIN},
+    {MGMT_DELETE, "users/*", mgmt_delete_user, AUTH_ADMIN},
+    {MGMT_GET, "users/*/permissions", mgmt_get_user_permissions, AUTH_ADMIN},
     {MGMT_GET, "permissions", mgmt_get_permissions, AUTH_ADMIN},
+    {MGMT_GET, "permissions/*/*", mgmt_get_permission, AUTH_ADMIN},
+    {MGMT_PUT, "permissions/*/*", mgmt_put_permission, AUTH_ADMIN},
+    {MGMT_DELETE, "permissions/*/*", mgmt_delete_permission, AUTH_ADMIN},
+    {MGMT_GET, "policies", mgmt_get_policies, AUTH_MGMT},
+    {MGMT_GET, "policies/*", mgmt_get_policies, AUTH_VHOST},
+    {MGMT_GET, "policies/*/*", mgmt_get_policy, AUTH_VHOST},
+    {MGMT_PUT, "policies/*/*", mgmt_put_policy, AUTH_POLICY},
+    {MGMT_DELETE, "policies/*/*", mgmt_delete_policy, AUTH_POLICY},
+    {MGMT_GET, "nodes", mgmt_get_nodes, AUTH_MONITOR},
+    {MGMT_GET, "nodes/*", mgmt_get_node, AUTH_MONITOR},
+    {MGMT_GET, "cluster-name", mgmt_get_cluster_name, AUTH_MGMT},
+    {MGMT_GET, "extensions", mgmt_get_extensions, AUTH_MGMT},
     {MGMT_GET, "exchanges", mgmt_get_exchanges, AUTH_MGMT},
     {MGMT_GET, "exchanges/*", mgmt_get_exchanges, AUTH_VHOST},
     {MGMT_GET, "exchanges/*/*", mgmt_get_exchange, AUTH_VHOST},
     {MGMT_PUT, "exchanges/*/*", mgmt_put_exchange, AUTH_VHOST},
     {MGMT_DELETE, "exchanges/*/*", mgmt_delete_exchange, AUTH_VHOST},
+    {MGMT_GET, "exchanges/*/*/bindings/source", mgmt_get_exchange_bindings_source, AUTH_VHOST},
+    {MGMT_GET, "exchanges/*/*/bindings/destination", mgmt_get_exchange_bindings_destination, AUTH_VHOST},
     {MGMT_GET, "queues", mgmt_get_queues, AUTH_MGMT},
     {MGMT_GET, "queues/*", mgmt_get_queues, AUTH_VHOST},
     {MGMT_GET, "queues/*/*", mgmt_get_queue, AUTH_VHOST},
     {MGMT_PUT, "queues/*/*", mgmt_put_queue, AUTH_VHOST},
     {MGMT_DELETE, "queues/*/*", mgmt_delete_queue, AUTH_VHOST},
+    {MGMT_GET, "queues/*/*/bindings", mgmt_get_queue_bindings, AUTH_VHOST},
+    {MGMT_DELETE, "queues/*/*/contents", mgmt_delete_queue_contents, AUTH_VHOST},
     {MGMT_GET, "bindings", mgmt_get_bindings, AUTH_MGMT},
     {MGMT_GET, "bindings/*", mgmt_get_bindings, AUTH_VHOST},
     {MGMT_GET, "definitions", mgmt_get_definitions, AUTH_ADMIN},
     {MGMT_GET, "health/checks/alarms", mgmt_get_health_alarms, AUTH_MGMT},
+    {MGMT_GET, "health/checks/local-alarms", mgmt_get_health_local_alarms, AUTH_MGMT},
+    {MGMT_GET, "health/checks/virtual-hosts", mgmt_get_health_vhosts, AUTH_MGMT},
+    {MGMT_GET, "health/checks/port-listener/*", mgmt_get_health_port, AUTH_MGMT},
+    {MGMT_GET, "health/checks/protocol-listener/*", mgmt_get_health_protocol, AUTH_MGMT},
+    {MGMT_GET, "health/checks/node-is-quorum-critical", mgmt_get_health_quorum_critical, AUTH_MGMT},
     {MGMT_GET, "aliveness-test/*", mgmt_get_aliveness, AUTH_VHOST},
 };
 
@@ -265,18 +294,27 @@ static bool authorize(mgmt_req_t *r, enum auth_level level)
         mgmt_reply_error(r, 401, "not_authorised", "Not management user");
         return false;
     }
-    if (level == AUTH_ADMIN && !mgmt_user_has_tag(r->user, "administrator")) {
+    bool admin = mgmt_user_has_tag(r->user, "administrator");
+    if (level == AUTH_ADMIN && !admin) {
         mgmt_reply_error(r, 401, "not_authorised", "Not administrator user");
         return false;
     }
-    if (level == AUTH_VHOST) {
+    if (level == AUTH_MONITOR && !mgmt_user_is_monitor(r->user)) {
+        mgmt_reply_error(r, 401, "not_authorised", "Not monitor user");
+        return false;
+    }
+    if (level == AUTH_VHOST || level == AUTH_POLICY) {
         vhost_t *vh = br_vhost(r->m->b, r->params[0], strlen(r->params[0]));
         if (!vh) {
             mgmt_reply_not_found(r);
             return false;
         }
-        if (!mgmt_user_has_tag(r->user, "administrator") && !has_vhost_perms(r->user, vh)) {
+        if (!admin && !has_vhost_perms(r->user, vh)) {
             mgmt_reply_error(r, 401, "not_authorised", "User not authorised to access virtual host");
+            return false;
+        }
+        if (level == AUTH_POLICY && !admin && !mgmt_user_has_tag(r->user, "policymaker")) {
+            mgmt_reply_error(r, 401, "not_authorised", "User not authorised to access object");
             return false;
         }
     }
