@@ -274,18 +274,31 @@ static cJSON *filtered_bindings(vhost_t *vh, const char *key, const char *value,
     return out;
 }
 
+/* As RabbitMQ 3.10.8, the lists of an object that does not exist are answered too: an
+ * exchange's are empty, a queue's holds the default exchange's implicit binding. */
 void mgmt_get_queue_bindings(mgmt_req_t *r)
 {
     vhost_t *vh = br_vhost(r->m->b, r->params[0], strlen(r->params[0]));
-    if (!br_queue(vh, r->params[1], strlen(r->params[1]))) return mgmt_reply_not_found(r);
-    mgmt_reply_json(r, 200, filtered_bindings(vh, "destination", r->params[1], "queue"));
+    const char *name = r->params[1];
+    if (br_queue(vh, name, strlen(name))) return mgmt_reply_json(r, 200, filtered_bindings(vh, "destination", name, "queue"));
+    cJSON *b = cJSON_CreateObject();
+    cJSON_AddStringToObject(b, "source", "");
+    cJSON_AddStringToObject(b, "vhost", vh->name);
+    cJSON_AddStringToObject(b, "destination", name);
+    cJSON_AddStringToObject(b, "destination_type", "queue");
+    cJSON_AddStringToObject(b, "routing_key", name);
+    cJSON_AddItemToObject(b, "arguments", cJSON_CreateObject());
+    cJSON_AddStringToObject(b, "properties_key", name);
+    cJSON *arr = cJSON_CreateArray();
+    cJSON_AddItemToArray(arr, b);
+    mgmt_reply_json(r, 200, arr);
 }
 
 static void exchange_bindings(mgmt_req_t *r, bool as_source)
 {
     vhost_t *vh = br_vhost(r->m->b, r->params[0], strlen(r->params[0]));
     const char *name = strcmp(r->params[1], "amq.default") == 0 ? "" : r->params[1];
-    if (!br_exchange(vh, name, strlen(name))) return mgmt_reply_not_found(r);
+    if (!br_exchange(vh, name, strlen(name))) return mgmt_reply_json(r, 200, cJSON_CreateArray());
     mgmt_reply_json(r, 200, as_source ? filtered_bindings(vh, "source", name, NULL)
                                       : filtered_bindings(vh, "destination", name, "exchange"));
 }

@@ -5,8 +5,8 @@
  *
  * The input is the byte stream of one connection, cut into chunks whose sizes come from the
  * input's first byte, so requests split across reads are covered. A sink transport collects the
- * responses. After each input the topology the input created is deleted again, so runs do not
- * accumulate state.
+ * responses. After each input what the input created (queues, exchanges, vhosts, users,
+ * policies) is deleted again, so runs do not accumulate state.
  *
  * Properties checked (abort() on violation):
  *   - nothing crashes, leaks or reads out of bounds (ASan/UBSan);
@@ -84,9 +84,25 @@ static void check_output(const char *out, size_t len)
     }
 }
 
+/* Deletes the vhosts, users and policies the input created (a deleted user or vhost is only
+ * unlinked: the broker keeps it until it is freed, so this grows a little per input). */
+static void cleanup_registry(void)
+{
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&broker->vhosts, &pos, NULL, NULL, &v))
+        if (strcmp(((vhost_t *)v)->name, "/") != 0) br_vhost_delete(broker, v);
+    pos = 0;
+    while (dict_next(&broker->users, &pos, NULL, NULL, &v))
+        if (strcmp(((user_t *)v)->name, "guest") != 0) br_user_delete(broker, v);
+    vhost_t *root = br_vhost(broker, "/", 1);
+    while (root->policies.n) br_policy_clear(root, false, ((policy_t *)root->policies.items[0])->name);
+}
+
 /* Deletes what the input declared (queues, non-default exchanges), as a fresh broker has none. */
 static void cleanup(void)
 {
+    cleanup_registry();
     size_t pos = 0;
     void *v;
     while (dict_next(&broker->vhosts, &pos, NULL, NULL, &v)) {
