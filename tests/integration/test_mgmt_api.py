@@ -509,6 +509,8 @@ def test_policies(api, ch, uniq):
 
 def test_nodes(api, mb):
     node = node_name(api)
+    # (RabbitMQ fills a node's figures in after its first stats collection)
+    assert wait_for(lambda: "mem_used" in api.ok("/nodes")[0], STATS_WAIT)
     nodes = api.ok("/nodes")
     assert [n["name"] for n in nodes] == [node]
     n = nodes[0]
