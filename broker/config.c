@@ -321,6 +321,11 @@ static const cfg_key_t cfg_keys[] = {
     INT("management.listener.port", mgmt_port, 1, 65535),
     FN("management.tcp.ip", set_mgmt_ip, mgmt_ip),
     FN("management.listener.ip", set_mgmt_ip, mgmt_ip),
+    INT("management.ssl.port", mgmt_ssl_port, 1, 65535),
+    STR("management.ssl.ip", mgmt_ssl_ip),
+    STR("management.ssl.certfile", mgmt_ssl_certfile),
+    STR("management.ssl.keyfile", mgmt_ssl_keyfile),
+    STR("management.ssl.cacertfile", mgmt_ssl_cacertfile),
     INT("mqtt.listeners.tcp.default", mqtt_port, 1, 65535),
     INT("stomp.listeners.tcp.default", stomp_port, 1, 65535),
 };

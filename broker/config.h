@@ -66,6 +66,9 @@ typedef struct {
     bool cluster_ssl_verify_peer, cluster_ssl_fail_if_no_peer_cert;
     int mgmt_port;                   /* management.tcp.port / management.listener.port, default 15672 */
     char mgmt_ip[64];                /* management.tcp.ip / management.listener.ip, default "" (all) */
+    int mgmt_ssl_port;               /* management.ssl.port: HTTPS listener, default 0 = none */
+    char mgmt_ssl_ip[64];            /* management.ssl.ip, default "" (all) */
+    char mgmt_ssl_certfile[512], mgmt_ssl_keyfile[512], mgmt_ssl_cacertfile[512]; /* management.ssl.* */
     int mqtt_port;                   /* mqtt.listeners.tcp.default, default 1883 */
     int stomp_port;                  /* stomp.listeners.tcp.default, default 61613 */
     /* Collections still holding their built-in defaults: the first explicit entry replaces

@@ -158,6 +158,7 @@ static void each_listener(mgmt_t *m, void (*fn)(const char *protocol, int port, 
     for (int i = 0; i < cfg->n_ssl; i++) fn("amqp/ssl", cfg->ssl[i].port, arg);
     if (m->cl && cl_listen_port(m->cl)) fn("clustering", cl_listen_port(m->cl), arg);
     if (m->port) fn("http", m->port, arg);
+    if (m->tls_port) fn("https", m->tls_port, arg);
 }
 
 struct listener_check {

@@ -97,6 +97,7 @@ static cJSON *listeners_json(mgmt_t *m)
     for (int i = 0; i < cfg->n_ssl; i++) add_listener(arr, m, "amqp/ssl", cfg->ssl[i].host, cfg->ssl[i].port);
     if (m->cl && cl_listen_port(m->cl)) add_listener(arr, m, "clustering", cfg->cluster_listener.host, cl_listen_port(m->cl));
     if (m->port) add_listener(arr, m, "http", cfg->mgmt_ip, m->port);
+    if (m->tls_port) add_listener(arr, m, "https", cfg->mgmt_ssl_ip, m->tls_port);
     return arr;
 }
 

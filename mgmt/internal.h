@@ -32,8 +32,9 @@ struct mgmt {
     broker_t *b;
     cl_t *cl;
     const cfg_t *cfg;
-    struct net_listener *listener;
-    int port;
+    struct net_listener *listener, *tls_listener;
+    int port, tls_port; /* bound ports (0: not listening) */
+    struct ssl_ctx_st *tls; /* management.ssl.*: the HTTPS listener's context */
     size_t (*count_connections)(void *ctx);
     size_t (*count_channels)(void *ctx);
     void *count_ctx;

@@ -1,4 +1,5 @@
-/* listener.c - the management listener: TCP connections (amqp091/net.c) carrying HTTP.
+/* listener.c - the management listeners: TCP and TLS connections (amqp091/net.c) carrying HTTP
+ * (management.tcp.*) and HTTPS (management.ssl.*).
  *
  * Role: mgmt_new / mgmt_listen / mgmt_shutdown / mgmt_free, and the glue between a net_conn_t
  * and an HTTP connection (http.c): net's on_data feeds the parser, on_drain resumes reading,
@@ -112,14 +113,52 @@ mgmt_t *mgmt_new(struct ev_loop *loop, broker_t *b, cl_t *cl, const cfg_t *cfg)
     return m;
 }
 
+/* HTTPS: management.ssl.certfile/keyfile, else the AMQPS ones (ssl_options.*), else the
+ * node's self-signed certificate in <data_dir>/tls (made if missing, as for AMQPS). */
+static int listen_tls(mgmt_t *m, char *err, size_t errlen)
+{
+    const cfg_t *cfg = m->cfg;
+    char certfile[600], keyfile[600];
+    if (cfg->mgmt_ssl_certfile[0] && cfg->mgmt_ssl_keyfile[0]) {
+        snprintf(certfile, sizeof certfile, "%s", cfg->mgmt_ssl_certfile);
+        snprintf(keyfile, sizeof keyfile, "%s", cfg->mgmt_ssl_keyfile);
+    } else if (cfg->ssl_certfile[0] && cfg->ssl_keyfile[0]) {
+        snprintf(certfile, sizeof certfile, "%s", cfg->ssl_certfile);
+        snprintf(keyfile, sizeof keyfile, "%s", cfg->ssl_keyfile);
+    } else {
+        snprintf(certfile, sizeof certfile, "%s/tls/server_certificate.pem", cfg->data_dir);
+        snprintf(keyfile, sizeof keyfile, "%s/tls/server_key.pem", cfg->data_dir);
+        if (net_tls_make_self_signed(certfile, keyfile, err, errlen)) return -1;
+    }
+    const char *ca = cfg->mgmt_ssl_cacertfile[0] ? cfg->mgmt_ssl_cacertfile : NULL;
+    m->tls = net_tls_server_ctx(certfile, keyfile, ca, false, false, err, errlen);
+    if (!m->tls) return -1;
+    const char *host = cfg->mgmt_ssl_ip[0] ? cfg->mgmt_ssl_ip : NULL;
+    m->tls_listener = net_listen(m->loop, host, cfg->mgmt_ssl_port, m->tls, on_accept, m, err, errlen);
+    if (!m->tls_listener) return -1;
+    m->tls_port = net_listener_port(m->tls_listener);
+    log_info("management API (HTTPS) listening on %s:%d", host ? host : "[::]", m->tls_port);
+    return 0;
+}
+
 int mgmt_listen(mgmt_t *m, char *err, size_t errlen)
 {
     const char *host = m->cfg->mgmt_ip[0] ? m->cfg->mgmt_ip : NULL;
+    int rc = 0;
     m->listener = net_listen(m->loop, host, m->cfg->mgmt_port, NULL, on_accept, m, err, errlen);
-    if (!m->listener) return -1;
-    m->port = net_listener_port(m->listener);
-    log_info("management API (HTTP) listening on %s:%d", host ? host : "[::]", m->port);
-    return 0;
+    if (m->listener) {
+        m->port = net_listener_port(m->listener);
+        log_info("management API (HTTP) listening on %s:%d", host ? host : "[::]", m->port);
+    } else {
+        rc = -1;
+    }
+    char tls_err[512];
+    if (m->cfg->mgmt_ssl_port && listen_tls(m, tls_err, sizeof tls_err)) {
+        if (rc) snprintf(err + strlen(err), errlen - strlen(err), "; %s", tls_err);
+        else snprintf(err, errlen, "%s", tls_err);
+        rc = -1;
+    }
+    return rc;
 }
 
 int mgmt_port(const mgmt_t *m) { return m ? m->port : 0; }
@@ -136,7 +175,8 @@ void mgmt_shutdown(mgmt_t *m)
     if (!m) return;
     m->shutting_down = true;
     if (m->listener) net_listener_close(m->listener);
-    m->listener = NULL;
+    if (m->tls_listener) net_listener_close(m->tls_listener);
+    m->listener = m->tls_listener = NULL;
     for (mgmt_conn_t *c = m->conns; c; c = mgmt_conn_next(c))
         net_close(((struct mgmt_link *)mgmt_conn_ud(c))->net, false);
 }
@@ -145,5 +185,7 @@ void mgmt_free(mgmt_t *m)
 {
     if (!m) return;
     if (m->listener) net_listener_close(m->listener);
+    if (m->tls_listener) net_listener_close(m->tls_listener);
+    if (m->tls) SSL_CTX_free(m->tls);
     free(m);
 }

@@ -582,6 +582,22 @@ def test_purge_queue_contents(api, ch, uniq):
     assert api.call("DELETE", "/queues/%2F/nope/contents").status_code == 404
 
 
+def test_https_listener(fresh_broker, pki):
+    port = conftest.free_port()
+    b = fresh_broker(config={"management.ssl.port": port, "management.ssl.ip": "127.0.0.1",
+                             "management.ssl.certfile": pki.certfile, "management.ssl.keyfile": pki.keyfile})
+    url = f"https://localhost:{port}/api"
+    r = requests.get(url + "/whoami", auth=GUEST, verify=pki.ca, timeout=10)
+    assert r.status_code == 200 and r.json()["name"] == "guest"
+    assert wait_for(lambda: any(l["protocol"] == "https" and l["port"] == port
+                                for l in requests.get(url + "/overview", auth=GUEST, verify=pki.ca,
+                                                      timeout=10).json()["listeners"]), STATS_WAIT)
+    r = requests.get(url + "/whoami", verify=pki.ca, timeout=10)
+    assert r.status_code == 401
+    # plain HTTP goes on alongside
+    assert requests.get(f"http://{b.host}:{b.mgmt_port}/api/whoami", auth=GUEST, timeout=10).status_code == 200
+
+
 # ---------------------------------------------------------------------------
 # HTTP: keep-alive, pipelining, limits
 # ---------------------------------------------------------------------------
