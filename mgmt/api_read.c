@@ -71,12 +71,21 @@ static void add_totals(mgmt_req_t *r, vhost_t *vh, void *arg)
     }
 }
 
-static void add_stat(cJSON *o, const char *name, uint64_t n)
+/* Depth rates are summed from the queues' own. */
+struct depth_rates {
+    double messages, ready, unacked;
+};
+
+static void add_depth_rates(mgmt_req_t *r, vhost_t *vh, void *arg)
 {
-    cJSON_AddNumberToObject(o, name, (double)n);
-    char key[80];
-    snprintf(key, sizeof key, "%s_details", name);
-    cJSON_AddNumberToObject(cJSON_AddObjectToObject(o, key), "rate", 0.0);
+    struct depth_rates *d = arg;
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&vh->queues, &pos, NULL, NULL, &v)) {
+        d->messages += mgmt_rate_queue(r->m, v, MGMT_RATE_MESSAGES);
+        d->ready += mgmt_rate_queue(r->m, v, MGMT_RATE_READY);
+        d->unacked += mgmt_rate_queue(r->m, v, MGMT_RATE_UNACKED);
+    }
 }
 
 static void add_listener(cJSON *arr, mgmt_t *m, const char *protocol, const char *host, int port)
@@ -134,7 +143,9 @@ void mgmt_get_overview(mgmt_req_t *r)
     mgmt_t *m = r->m;
     broker_t *b = m->b;
     struct totals t = {0};
+    struct depth_rates dr = {0};
     each_vhost(r, false, VHOSTS, add_totals, &t);
+    each_vhost(r, false, VHOSTS, add_depth_rates, &dr);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "management_version", MGMT_COMPAT_VERSION);
     cJSON_AddStringToObject(o, "rates_mode", "basic");
@@ -146,15 +157,15 @@ void mgmt_get_overview(mgmt_req_t *r)
     cJSON_AddBoolToObject(o, "disable_stats", false);
     cJSON_AddBoolToObject(o, "enable_queue_totals", true);
     cJSON *ms = cJSON_AddObjectToObject(o, "message_stats");
-    add_stat(ms, "publish", b->stat_publish);
-    add_stat(ms, "confirm", b->stat_confirm);
-    add_stat(ms, "deliver_get", b->stat_deliver);
-    add_stat(ms, "ack", b->stat_ack);
-    add_stat(ms, "drop_unroutable", b->stat_unroutable);
+    mgmt_json_count(ms, "publish", b->stat_publish, mgmt_rate_node(m, MGMT_RATE_PUBLISH));
+    mgmt_json_count(ms, "confirm", b->stat_confirm, mgmt_rate_node(m, MGMT_RATE_CONFIRM));
+    mgmt_json_count(ms, "deliver_get", b->stat_deliver, mgmt_rate_node(m, MGMT_RATE_DELIVER_GET));
+    mgmt_json_count(ms, "ack", b->stat_ack, mgmt_rate_node(m, MGMT_RATE_ACK));
+    mgmt_json_count(ms, "drop_unroutable", b->stat_unroutable, mgmt_rate_node(m, MGMT_RATE_UNROUTABLE));
     cJSON *qt = cJSON_AddObjectToObject(o, "queue_totals");
-    add_stat(qt, "messages", t.ready + t.unacked);
-    add_stat(qt, "messages_ready", t.ready);
-    add_stat(qt, "messages_unacknowledged", t.unacked);
+    mgmt_json_count(qt, "messages", t.ready + t.unacked, dr.messages);
+    mgmt_json_count(qt, "messages_ready", t.ready, dr.ready);
+    mgmt_json_count(qt, "messages_unacknowledged", t.unacked, dr.unacked);
     cJSON *ot = cJSON_AddObjectToObject(o, "object_totals");
     cJSON_AddNumberToObject(ot, "channels", m->count_channels ? (double)m->count_channels(m->count_ctx) : 0);
     cJSON_AddNumberToObject(ot, "connections", m->count_connections ? (double)m->count_connections(m->count_ctx) : 0);
@@ -189,7 +200,9 @@ void mgmt_get_whoami(mgmt_req_t *r)
 static cJSON *vhost_json(mgmt_req_t *r, vhost_t *vh)
 {
     struct totals t = {0};
+    struct depth_rates dr = {0};
     add_totals(r, vh, &t);
+    add_depth_rates(r, vh, &dr);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "name", vh->name);
     cJSON_AddStringToObject(o, "description", "");
@@ -202,9 +215,9 @@ static cJSON *vhost_json(mgmt_req_t *r, vhost_t *vh)
     cJSON *cs = cJSON_AddObjectToObject(o, "cluster_state");
     char buf[32];
     cJSON_AddStringToObject(cs, mgmt_node_name(r->m, 0, buf, sizeof buf), "running");
-    add_stat(o, "messages", t.ready + t.unacked);
-    add_stat(o, "messages_ready", t.ready);
-    add_stat(o, "messages_unacknowledged", t.unacked);
+    mgmt_json_count(o, "messages", t.ready + t.unacked, dr.messages);
+    mgmt_json_count(o, "messages_ready", t.ready, dr.ready);
+    mgmt_json_count(o, "messages_unacknowledged", t.unacked, dr.unacked);
     return o;
 }
 

@@ -40,6 +40,7 @@ struct mgmt {
     void *count_ctx;
     mgmt_conn_t *conns; /* every open HTTP connection (listener.c's list) */
     ev_tstamp started;  /* for the node's uptime */
+    struct mgmt_rates *rates; /* rates.c's samples */
     bool shutting_down;
 };
 
@@ -158,6 +159,21 @@ void mgmt_get_health_vhosts(mgmt_req_t *r);
 void mgmt_get_health_port(mgmt_req_t *r);
 void mgmt_get_health_protocol(mgmt_req_t *r);
 void mgmt_get_health_quorum_critical(mgmt_req_t *r);
+
+/* ---- rates.c: *_details.rate from counters sampled every 5 s ---- */
+
+enum {
+    MGMT_RATE_PUBLISH, MGMT_RATE_DELIVER, MGMT_RATE_GET, MGMT_RATE_DELIVER_GET, MGMT_RATE_ACK,
+    MGMT_RATE_REDELIVER, MGMT_RATE_CONFIRM, MGMT_RATE_UNROUTABLE, /* counters */
+    MGMT_RATE_MESSAGES, MGMT_RATE_READY, MGMT_RATE_UNACKED,       /* depths (rates may be < 0) */
+    MGMT_RATE_N
+};
+void mgmt_rates_start(mgmt_t *m);
+void mgmt_rates_stop(mgmt_t *m);
+double mgmt_rate_node(const mgmt_t *m, int which);
+double mgmt_rate_queue(const mgmt_t *m, const queue_t *q, int which);
+/* Adds name: n and name_details: {rate} to o. */
+void mgmt_json_count(cJSON *o, const char *name, uint64_t n, double rate);
 
 /* ---- json.c ---- */
 

@@ -6,8 +6,7 @@
  * bindings (with properties_key), users. AMQP field tables become JSON the way RabbitMQ renders
  * them: integers as numbers, strings as strings, tables as objects, arrays as arrays.
  *
- * Rates (*_details.rate) are not sampled yet: they are reported as 0.0 so that clients that
- * read them find the field. Read-only: nothing here changes the registry (q_message_count
+ * Rates (*_details.rate) come from rates.c's samples. Read-only: nothing here changes the registry (q_message_count
  * drops expired heads, as any count does). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,24 +116,24 @@ static bool node_online(mgmt_t *m, uint32_t id)
 
 /* ---- queues ---- */
 
-static void add_count(cJSON *o, const char *name, uint64_t n)
+void mgmt_json_count(cJSON *o, const char *name, uint64_t n, double rate)
 {
     cJSON_AddNumberToObject(o, name, (double)n);
     char key[80];
     snprintf(key, sizeof key, "%s_details", name);
     cJSON *d = cJSON_AddObjectToObject(o, key);
-    cJSON_AddNumberToObject(d, "rate", 0.0);
+    cJSON_AddNumberToObject(d, "rate", rate);
 }
 
-static cJSON *queue_message_stats(const queue_t *q)
+static cJSON *queue_message_stats(mgmt_t *m, const queue_t *q)
 {
     cJSON *s = cJSON_CreateObject();
-    add_count(s, "publish", q->stat_publish);
-    add_count(s, "deliver", q->stat_deliver);
-    add_count(s, "get", q->stat_get);
-    add_count(s, "deliver_get", q->stat_deliver + q->stat_get);
-    add_count(s, "ack", q->stat_ack);
-    add_count(s, "redeliver", q->stat_redeliver);
+    mgmt_json_count(s, "publish", q->stat_publish, mgmt_rate_queue(m, q, MGMT_RATE_PUBLISH));
+    mgmt_json_count(s, "deliver", q->stat_deliver, mgmt_rate_queue(m, q, MGMT_RATE_DELIVER));
+    mgmt_json_count(s, "get", q->stat_get, mgmt_rate_queue(m, q, MGMT_RATE_GET));
+    mgmt_json_count(s, "deliver_get", q->stat_deliver + q->stat_get, mgmt_rate_queue(m, q, MGMT_RATE_DELIVER_GET));
+    mgmt_json_count(s, "ack", q->stat_ack, mgmt_rate_queue(m, q, MGMT_RATE_ACK));
+    mgmt_json_count(s, "redeliver", q->stat_redeliver, mgmt_rate_queue(m, q, MGMT_RATE_REDELIVER));
     return s;
 }
 
@@ -144,11 +143,12 @@ static void add_policy(cJSON *o, const char *key, const policy_t *p)
     else cJSON_AddNullToObject(o, key);
 }
 
-static void add_depth(cJSON *o, uint64_t ready, uint64_t unacked, uint64_t ready_bytes, uint64_t unacked_bytes)
+static void add_depth(mgmt_t *m, cJSON *o, const queue_t *q, uint64_t ready, uint64_t unacked, uint64_t ready_bytes,
+                      uint64_t unacked_bytes)
 {
-    add_count(o, "messages", ready + unacked);
-    add_count(o, "messages_ready", ready);
-    add_count(o, "messages_unacknowledged", unacked);
+    mgmt_json_count(o, "messages", ready + unacked, mgmt_rate_queue(m, q, MGMT_RATE_MESSAGES));
+    mgmt_json_count(o, "messages_ready", ready, mgmt_rate_queue(m, q, MGMT_RATE_READY));
+    mgmt_json_count(o, "messages_unacknowledged", unacked, mgmt_rate_queue(m, q, MGMT_RATE_UNACKED));
     cJSON_AddNumberToObject(o, "message_bytes", (double)(ready_bytes + unacked_bytes));
     cJSON_AddNumberToObject(o, "message_bytes_ready", (double)ready_bytes);
     cJSON_AddNumberToObject(o, "message_bytes_unacknowledged", (double)unacked_bytes);
@@ -158,7 +158,7 @@ static void add_quorum_fields(mgmt_t *m, cJSON *o, queue_t *q)
 {
     struct qq_info info;
     qq_info(q, &info);
-    if (info.member) add_depth(o, info.ready, info.unacked, info.ready_bytes, info.unacked_bytes);
+    if (info.member) add_depth(m, o, q, info.ready, info.unacked, info.ready_bytes, info.unacked_bytes);
     cJSON_AddNumberToObject(o, "consumers", info.consumers);
     cJSON *members = cJSON_AddArrayToObject(o, "members"), *online = cJSON_AddArrayToObject(o, "online");
     for (unsigned i = 0; i < info.n_members && i < 16; i++) {
@@ -196,11 +196,11 @@ cJSON *mgmt_json_queue(mgmt_t *m, queue_t *q)
         cJSON_AddItemToObject(o, "node", mgmt_json_node_name(m, q->home));
     } else {
         uint64_t ready = q_message_count(q);
-        add_depth(o, ready, q->unacked, q->ready_bytes, 0);
+        add_depth(m, o, q, ready, q->unacked, q->ready_bytes, 0);
         cJSON_AddNumberToObject(o, "consumers", q_consumer_count(q));
         cJSON_AddItemToObject(o, "node", mgmt_json_node_name(m, q->home));
     }
-    cJSON_AddItemToObject(o, "message_stats", queue_message_stats(q));
+    cJSON_AddItemToObject(o, "message_stats", queue_message_stats(m, q));
     return o;
 }
 

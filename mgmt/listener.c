@@ -110,6 +110,7 @@ mgmt_t *mgmt_new(struct ev_loop *loop, broker_t *b, cl_t *cl, const cfg_t *cfg)
     m->cl = cl;
     m->cfg = cfg;
     m->started = loop ? ev_now(loop) : 0;
+    mgmt_rates_start(m);
     return m;
 }
 
@@ -184,6 +185,7 @@ void mgmt_shutdown(mgmt_t *m)
 void mgmt_free(mgmt_t *m)
 {
     if (!m) return;
+    mgmt_rates_stop(m);
     if (m->listener) net_listener_close(m->listener);
     if (m->tls_listener) net_listener_close(m->tls_listener);
     if (m->tls) SSL_CTX_free(m->tls);

@@ -598,6 +598,38 @@ def test_https_listener(fresh_broker, pki):
     assert requests.get(f"http://{b.host}:{b.mgmt_port}/api/whoami", auth=GUEST, timeout=10).status_code == 200
 
 
+@pytest.mark.timeout(120)
+def test_message_rates(api, ch, uniq):
+    """publish_details.rate (node and queue) and messages_details.rate follow a steady publisher."""
+    import time
+    q = uniq("q")
+    ch.queue_declare(q)
+    path = f"/queues/%2F/{q}"
+
+    def rates():
+        o, qi = api.ok("/overview"), api.ok(path)
+        return (o["message_stats"].get("publish_details", {}).get("rate", 0),
+                qi.get("message_stats", {}).get("publish_details", {}).get("rate", 0),
+                qi.get("messages_details", {}).get("rate", 0))
+    deadline = time.monotonic() + 30
+    seen = None
+    while time.monotonic() < deadline:
+        for _ in range(20):
+            ch.basic_publish("", q, b"x")
+        conn_sleep(ch, 0.1)  # about 200 messages per second
+        r = rates()
+        if all(x > 0 for x in r):
+            seen = r
+            break
+    assert seen, rates()
+    node_rate, queue_rate, depth_rate = seen
+    assert 20 <= queue_rate <= 1000 and 20 <= node_rate and 20 <= depth_rate <= 1000, seen
+
+
+def conn_sleep(ch, seconds):
+    ch.connection.sleep(seconds)
+
+
 # ---------------------------------------------------------------------------
 # HTTP: keep-alive, pipelining, limits
 # ---------------------------------------------------------------------------
