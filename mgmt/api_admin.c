@@ -198,7 +198,7 @@ void mgmt_get_user_permissions(mgmt_req_t *r)
         cJSON_AddItemToArray(arr, permission_json(vn, u, pv));
         free(vn);
     }
-    mgmt_reply_json(r, 200, arr);
+    mgmt_reply_list(r, arr);
 }
 
 void mgmt_get_vhost_permissions(mgmt_req_t *r)
@@ -213,7 +213,7 @@ void mgmt_get_vhost_permissions(mgmt_req_t *r)
         perm_t *p = dict_get(&u->perms, vh, strlen(vh));
         if (p) cJSON_AddItemToArray(arr, permission_json(vh, u, p));
     }
-    mgmt_reply_json(r, 200, arr);
+    mgmt_reply_list(r, arr);
 }
 
 static bool regex_ok(mgmt_req_t *r, const char *pattern)
@@ -312,7 +312,7 @@ void mgmt_get_policies(mgmt_req_t *r)
         while (dict_next(&r->m->b->vhosts, &pos, NULL, NULL, &v))
             if (mgmt_vhost_visible(r, v, false)) add_policies(arr, v);
     }
-    mgmt_reply_json(r, 200, arr);
+    mgmt_reply_list(r, arr);
 }
 
 void mgmt_get_policy(mgmt_req_t *r)

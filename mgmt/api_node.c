@@ -96,7 +96,7 @@ void mgmt_get_nodes(mgmt_req_t *r)
 {
     cJSON *arr = cJSON_CreateArray();
     each_node(r->m, add_node, arr);
-    mgmt_reply_json(r, 200, arr);
+    mgmt_reply_list(r, arr);
 }
 
 struct find_node {
@@ -281,7 +281,7 @@ void mgmt_get_queue_bindings(mgmt_req_t *r)
 {
     vhost_t *vh = br_vhost(r->m->b, r->params[0], strlen(r->params[0]));
     const char *name = r->params[1];
-    if (br_queue(vh, name, strlen(name))) return mgmt_reply_json(r, 200, filtered_bindings(vh, "destination", name, "queue"));
+    if (br_queue(vh, name, strlen(name))) return mgmt_reply_list(r, filtered_bindings(vh, "destination", name, "queue"));
     cJSON *b = cJSON_CreateObject();
     cJSON_AddStringToObject(b, "source", "");
     cJSON_AddStringToObject(b, "vhost", vh->name);
@@ -292,7 +292,7 @@ void mgmt_get_queue_bindings(mgmt_req_t *r)
     cJSON_AddStringToObject(b, "properties_key", name);
     cJSON *arr = cJSON_CreateArray();
     cJSON_AddItemToArray(arr, b);
-    mgmt_reply_json(r, 200, arr);
+    mgmt_reply_list(r, arr);
 }
 
 static void exchange_bindings(mgmt_req_t *r, bool as_source)
@@ -300,8 +300,8 @@ static void exchange_bindings(mgmt_req_t *r, bool as_source)
     vhost_t *vh = br_vhost(r->m->b, r->params[0], strlen(r->params[0]));
     const char *name = strcmp(r->params[1], "amq.default") == 0 ? "" : r->params[1];
     if (!br_exchange(vh, name, strlen(name))) return mgmt_reply_json(r, 200, cJSON_CreateArray());
-    mgmt_reply_json(r, 200, as_source ? filtered_bindings(vh, "source", name, NULL)
-                                      : filtered_bindings(vh, "destination", name, "exchange"));
+    mgmt_reply_list(r, as_source ? filtered_bindings(vh, "source", name, NULL)
+                                 : filtered_bindings(vh, "destination", name, "exchange"));
 }
 
 void mgmt_get_exchange_bindings_source(mgmt_req_t *r) { exchange_bindings(r, true); }

@@ -227,7 +227,7 @@ void mgmt_get_vhosts(mgmt_req_t *r)
 {
     cJSON *arr = cJSON_CreateArray();
     each_vhost(r, false, VHOSTS, add_vhost, arr);
-    mgmt_reply_json(r, 200, arr);
+    mgmt_reply_list(r, arr);
 }
 
 void mgmt_get_vhost(mgmt_req_t *r)
@@ -245,7 +245,7 @@ void mgmt_get_users(mgmt_req_t *r)
     size_t pos = 0;
     void *v;
     while (dict_next(&r->m->b->users, &pos, NULL, NULL, &v)) cJSON_AddItemToArray(arr, mgmt_json_user(v));
-    mgmt_reply_json(r, 200, arr);
+    mgmt_reply_list(r, arr);
 }
 
 void mgmt_get_user(mgmt_req_t *r)
@@ -283,7 +283,7 @@ static cJSON *permissions_json(broker_t *b)
     return arr;
 }
 
-void mgmt_get_permissions(mgmt_req_t *r) { mgmt_reply_json(r, 200, permissions_json(r->m->b)); }
+void mgmt_get_permissions(mgmt_req_t *r) { mgmt_reply_list(r, permissions_json(r->m->b)); }
 
 /* ---- exchanges ---- */
 
@@ -299,7 +299,7 @@ void mgmt_get_exchanges(mgmt_req_t *r)
 {
     cJSON *arr = cJSON_CreateArray();
     each_vhost(r, r->params[0] != NULL, OBJECTS, add_exchanges, arr);
-    mgmt_reply_json(r, 200, arr);
+    mgmt_reply_list(r, arr);
 }
 
 void mgmt_get_exchange(mgmt_req_t *r)
@@ -323,7 +323,7 @@ void mgmt_get_queues(mgmt_req_t *r)
 {
     cJSON *arr = cJSON_CreateArray();
     each_vhost(r, r->params[0] != NULL, OBJECTS, add_queues, arr);
-    mgmt_reply_json(r, 200, arr);
+    mgmt_reply_list(r, arr);
 }
 
 void mgmt_get_queue(mgmt_req_t *r)
@@ -345,7 +345,7 @@ void mgmt_get_bindings(mgmt_req_t *r)
 {
     cJSON *arr = cJSON_CreateArray();
     each_vhost(r, r->params[0] != NULL, OBJECTS, add_bindings, arr);
-    mgmt_reply_json(r, 200, arr);
+    mgmt_reply_list(r, arr);
 }
 
 /* ---- definitions (export) ---- */

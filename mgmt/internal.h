@@ -94,6 +94,9 @@ void mgmt_reply_json(mgmt_req_t *r, int status, cJSON *body);
 void mgmt_reply_status(mgmt_req_t *r, int status); /* no body (204, 405, ...) */
 void mgmt_reply_error(mgmt_req_t *r, int status, const char *error, const char *reason);
 void mgmt_reply_not_found(mgmt_req_t *r);          /* RabbitMQ's 404 "Object Not Found" */
+/* A listing (paginate.c): applies sort, sort_reverse, columns, and page, page_size, name,
+ * use_regex as RabbitMQ does, then answers 200 (or 400 for bad parameters). Takes arr. */
+void mgmt_reply_list(mgmt_req_t *r, cJSON *arr);
 /* A broker reply code and text as RabbitMQ's management answers it (406 -> 400 bad_request,
  * 403 -> 401 not_authorised, 404 -> 404, 541 -> 503, ...). */
 void mgmt_reply_br_error(mgmt_req_t *r, const br_err_t *err);

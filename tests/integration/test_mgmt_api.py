@@ -630,6 +630,43 @@ def conn_sleep(ch, seconds):
     ch.connection.sleep(seconds)
 
 
+def test_sorting_columns_and_pagination(api, mb, uniq):
+    c = pika_connect(mb, vhost="v2")
+    try:
+        ch = c.channel()
+        stem = uniq("pg")
+        names = [f"{stem}-{i}" for i in range(5)]
+        for i, n in enumerate(names):
+            ch.queue_declare(n)
+            for _ in range(i):
+                ch.basic_publish("", n, b"x")
+        mine = lambda items: [q["name"] for q in items if q["name"].startswith(stem)]
+        assert mine(api.ok("/queues/v2")) == names  # sorted by vhost and name by default
+        assert mine(api.ok("/queues/v2?sort=name&sort_reverse=true")) == names[::-1]
+        assert wait_for(lambda: mine(api.ok("/queues/v2?sort=messages&sort_reverse=true")) == names[::-1], STATS_WAIT)
+        cols = api.ok("/queues/v2?columns=name,message_stats.publish")
+        assert all(set(q) <= {"name", "message_stats"} for q in cols)
+        page = api.ok(f"/queues/v2?page=2&page_size=2&name={stem}")
+        assert {k: page[k] for k in ("filtered_count", "item_count", "page", "page_count", "page_size")} == {
+            "filtered_count": 5, "item_count": 2, "page": 2, "page_count": 3, "page_size": 2}
+        assert page["total_count"] >= 5
+        assert [q["name"] for q in page["items"]] == names[2:4]
+        page = api.ok(f"/queues/v2?page=1&name=^{stem}-[13]$&use_regex=true")
+        assert [q["name"] for q in page["items"]] == [names[1], names[3]]
+        r = api.get("/queues/v2?page=1&page_size=501")
+        assert r.status_code == 400 and r.json()["error"] == "invalid_pagination_parameters"
+        r = api.get("/queues/v2?page=0")
+        assert r.status_code == 400 and r.json()["error"] == "invalid_pagination_parameters"
+        r = api.get(f"/queues/v2?page=9&page_size=2&name={stem}")
+        assert r.status_code == 400 and r.json()["error"] == "page_out_of_range"
+        r = api.get("/queues/v2?page=x")
+        assert r.status_code == 400 and r.json()["error"] == "bad_request"
+        for n in names:
+            ch.queue_delete(n)
+    finally:
+        c.close()
+
+
 # ---------------------------------------------------------------------------
 # HTTP: keep-alive, pipelining, limits
 # ---------------------------------------------------------------------------
