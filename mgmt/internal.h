@@ -41,6 +41,7 @@ struct mgmt {
     mgmt_conn_t *conns; /* every open HTTP connection (listener.c's list) */
     ev_tstamp started;  /* for the node's uptime */
     struct mgmt_rates *rates; /* rates.c's samples */
+    uint64_t qq_chan;         /* the channel id of the API's quorum queue gets (0 until used) */
     bool shutting_down;
 };
 
@@ -138,6 +139,10 @@ void mgmt_delete_queue_contents(mgmt_req_t *r);
 void mgmt_get_queue_bindings(mgmt_req_t *r);
 void mgmt_get_exchange_bindings_source(mgmt_req_t *r);
 void mgmt_get_exchange_bindings_destination(mgmt_req_t *r);
+/* api_message.c */
+void mgmt_post_publish(mgmt_req_t *r);
+void mgmt_post_get(mgmt_req_t *r);
+uint64_t mgmt_qq_channel(mgmt_t *m);
 /* api_admin.c */
 void mgmt_put_user(mgmt_req_t *r);
 void mgmt_delete_user(mgmt_req_t *r);
