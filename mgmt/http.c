@@ -229,19 +229,21 @@ static void conn_close(mgmt_conn_t *c)
     c->io->close(c->ud);
 }
 
-/* Writes a complete response. keep_alive false: "connection: close" and close after it. */
-static void write_response(mgmt_conn_t *c, int status, const char *body, size_t blen, bool keep_alive)
+/* Writes a complete response. keep_alive false: "connection: close" and close after it.
+ * extra: more header lines ("name: value\r\n"), or "". */
+static void write_response(mgmt_conn_t *c, int status, const char *body, size_t blen, bool keep_alive,
+                           const char *extra)
 {
-    char head[512];
+    char head[2048];
     bool http10 = c->p.http_major == 1 && c->p.http_minor == 0;
     int n = snprintf(head, sizeof head,
                      "HTTP/1.1 %d %s\r\n"
                      "server: Warren\r\n"
                      "cache-control: no-cache\r\n"
                      "vary: accept, accept-encoding, origin\r\n"
-                     "%s%s%s"
+                     "%s%s%s%s"
                      "content-length: %zu\r\n\r\n",
-                     status, status_text(status), blen ? "content-type: application/json\r\n" : "",
+                     status, status_text(status), extra, blen ? "content-type: application/json\r\n" : "",
                      status == 401 ? "www-authenticate: Basic realm=\"RabbitMQ Management\"\r\n" : "",
                      !keep_alive ? "connection: close\r\n" : http10 ? "connection: keep-alive\r\n" : "", blen);
     conn_write(c, head, (size_t)n);
@@ -297,7 +299,7 @@ static void parse_pending(mgmt_conn_t *c)
             const char *body = status == 413   ? "{\"error\":\"bad_request\",\"reason\":\"request body too large\"}"
                                : status == 431 ? "{\"error\":\"bad_request\",\"reason\":\"request headers too large\"}"
                                                : "{\"error\":\"bad_request\",\"reason\":\"malformed HTTP request\"}";
-            write_response(c, status, body, strlen(body), false);
+            write_response(c, status, body, strlen(body), false, "");
         } else if (n == 0) {
             break;
         }
@@ -322,13 +324,25 @@ static void request_done(mgmt_conn_t *c, bool keep_alive)
     if (!c->parsing) parse_pending(c);
 }
 
-static void reply_raw(mgmt_req_t *r, int status, const char *body, size_t blen)
+static void reply_with(mgmt_req_t *r, int status, const char *body, size_t blen, const char *extra)
 {
     mgmt_conn_t *c = r->conn;
     if (!c || r->answered) return;
     bool keep_alive = http_should_keep_alive(&c->p) && !c->m->shutting_down;
-    write_response(c, status, body, blen, keep_alive);
+    write_response(c, status, body, blen, keep_alive, extra);
     request_done(c, keep_alive);
+}
+
+static void reply_raw(mgmt_req_t *r, int status, const char *body, size_t blen)
+{
+    reply_with(r, status, body, blen, "");
+}
+
+void mgmt_reply_created(mgmt_req_t *r, const char *location)
+{
+    char extra[1500];
+    int n = snprintf(extra, sizeof extra, "location: %s\r\n", location);
+    reply_with(r, 201, NULL, 0, n > 0 && (size_t)n < sizeof extra ? extra : "");
 }
 
 void mgmt_reply_json(mgmt_req_t *r, int status, cJSON *body)

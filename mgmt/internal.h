@@ -93,6 +93,7 @@ void *mgmt_conn_ud(mgmt_conn_t *c);
 /* Replies (exactly one per request). body: taken over (NULL = no body). */
 void mgmt_reply_json(mgmt_req_t *r, int status, cJSON *body);
 void mgmt_reply_status(mgmt_req_t *r, int status); /* no body (204, 405, ...) */
+void mgmt_reply_created(mgmt_req_t *r, const char *location); /* 201 with a location header */
 void mgmt_reply_error(mgmt_req_t *r, int status, const char *error, const char *reason);
 void mgmt_reply_not_found(mgmt_req_t *r);          /* RabbitMQ's 404 "Object Not Found" */
 /* A listing (paginate.c): applies sort, sort_reverse, columns, and page, page_size, name,
@@ -139,6 +140,11 @@ void mgmt_delete_queue_contents(mgmt_req_t *r);
 void mgmt_get_queue_bindings(mgmt_req_t *r);
 void mgmt_get_exchange_bindings_source(mgmt_req_t *r);
 void mgmt_get_exchange_bindings_destination(mgmt_req_t *r);
+/* api_bindings.c */
+void mgmt_get_bindings_between(mgmt_req_t *r);
+void mgmt_post_binding(mgmt_req_t *r);
+void mgmt_get_binding(mgmt_req_t *r);
+void mgmt_delete_binding(mgmt_req_t *r);
 /* api_message.c */
 void mgmt_post_publish(mgmt_req_t *r);
 void mgmt_post_get(mgmt_req_t *r);
@@ -195,6 +201,11 @@ cJSON *mgmt_json_exchange(const exchange_t *x);
 cJSON *mgmt_json_user(const user_t *u);
 /* RabbitMQ's name for an exchange in paths: "" is "amq.default". */
 const char *mgmt_exchange_type_name(const exchange_t *x);
+/* RabbitMQ's properties_key of a binding: the routing key URL-encoded ("~" when empty), with
+ * arguments followed by "~" and a digest of them. out holds at least 1600 bytes. */
+void mgmt_properties_key(const char *key, size_t klen, amqp_bytes_t args, char *out, size_t cap);
+/* URL-encodes s (unreserved characters kept, space as '+'). */
+void mgmt_url_encode(const char *s, size_t len, char *out, size_t cap);
 /* Appends every binding of vh (the default exchange's implicit ones first) to arr. */
 void mgmt_json_bindings(cJSON *arr, vhost_t *vh);
 

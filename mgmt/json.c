@@ -8,6 +8,7 @@
  *
  * Rates (*_details.rate) come from rates.c's samples. Read-only: nothing here changes the registry (q_message_count
  * drops expired heads, as any count does). */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -224,13 +225,37 @@ cJSON *mgmt_json_exchange(const exchange_t *x)
     return o;
 }
 
-/* RabbitMQ's properties_key: the routing key, or with arguments "key~" and a digest of them. */
+void mgmt_url_encode(const char *s, size_t len, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t k = 0;
+    for (size_t i = 0; i < len && k + 4 < cap; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (isalnum(ch) || ch == '.' || ch == '-' || ch == '_' || ch == '~') {
+            out[k++] = (char)ch;
+        } else if (ch == ' ') {
+            out[k++] = '+';
+        } else {
+            out[k++] = '%';
+            out[k++] = hex[ch >> 4];
+            out[k++] = hex[ch & 15];
+        }
+    }
+    out[k] = '\0';
+}
+
+void mgmt_properties_key(const char *key, size_t klen, amqp_bytes_t args, char *out, size_t cap)
+{
+    mgmt_url_encode(key, klen, out, cap);
+    size_t n = strlen(out);
+    if (args.len) snprintf(out + n, cap - n, "~%016llx", (unsigned long long)dict_hash(args.ptr, args.len));
+    else if (n == 0) snprintf(out, cap, "~");
+}
+
 static cJSON *properties_key(const char *key, size_t klen, amqp_bytes_t args)
 {
-    char buf[600];
-    if (!args.len) return json_bytes((amqp_bytes_t){(const uint8_t *)key, klen});
-    snprintf(buf, sizeof buf, "%.*s~%016llx", (int)(klen > 500 ? 500 : klen), key,
-             (unsigned long long)dict_hash(args.ptr, args.len));
+    char buf[1600];
+    mgmt_properties_key(key, klen, args, buf, sizeof buf);
     return cJSON_CreateString(buf);
 }
 

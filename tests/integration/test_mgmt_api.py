@@ -723,6 +723,40 @@ def test_publish_and_get(api, ch, uniq):
                                                  "reason": "NOT_FOUND - no queue 'nope' in vhost '/'"}
 
 
+def test_bind_and_unbind(api, ch, uniq):
+    from urllib.parse import quote
+    q, x, x2 = uniq("q"), uniq("x"), uniq("x")
+    ch.queue_declare(q)
+    ch.exchange_declare(x, "topic")
+    ch.exchange_declare(x2, "fanout")
+    base = f"/bindings/%2F/e/{x}/q/{q}"
+    r = api.call("POST", base, json={"routing_key": "a.#/b c", "arguments": {}})
+    assert r.status_code == 201
+    assert r.headers["location"] == f"{q}/a.%2523%252Fb%2Bc"
+    r = api.call("POST", base, json={"routing_key": "k2", "arguments": {"x": 1}})
+    assert r.status_code == 201 and r.headers["location"].startswith(f"{q}/k2~")
+    listed = api.ok(base)
+    assert sorted(b["routing_key"] for b in listed) == ["a.#/b c", "k2"]
+    assert {b["routing_key"]: b["properties_key"] for b in listed}["a.#/b c"] == "a.%23%2Fb+c"
+    # routes for AMQP clients
+    ch.basic_publish(x, "a.#/b c", b"m")
+    assert wait_for(lambda: ch.queue_declare(q, passive=True).method.message_count == 1, 10)
+    one = api.ok(base + "/" + quote("a.%23%2Fb+c", safe=""))
+    assert one["routing_key"] == "a.#/b c" and one["destination"] == q
+    # delete by the location the POST gave, and by the single-encoded key
+    assert api.call("DELETE", f"/bindings/%2F/e/{x}/q/" + r.headers["location"]).status_code == 204
+    assert api.call("DELETE", base + "/" + quote("a.#/b c", safe="")).status_code == 204
+    assert [b for b in api.ok(base)] == []
+    assert api.call("DELETE", base + "/nope").status_code == 404
+    # exchange to exchange, empty routing key
+    r = api.call("POST", f"/bindings/%2F/e/{x}/e/{x2}", json={})
+    assert r.status_code == 201 and r.headers["location"] == f"{x2}/~"
+    assert [b["properties_key"] for b in api.ok(f"/bindings/%2F/e/{x}/e/{x2}")] == ["~"]
+    assert api.call("DELETE", f"/bindings/%2F/e/{x}/e/{x2}/~").status_code == 204
+    r = api.call("POST", f"/bindings/%2F/e/nope/q/{q}", json={"routing_key": "k"})
+    assert r.status_code == 404 and r.json() == {"error": "not_found", "reason": "no exchange 'nope' in vhost '/'"}
+
+
 # ---------------------------------------------------------------------------
 # HTTP: keep-alive, pipelining, limits
 # ---------------------------------------------------------------------------
