@@ -82,7 +82,7 @@ void mgmt_get_bindings_between(mgmt_req_t *r)
 
 struct pending {
     mgmt_req_t *r;
-    char location[1600];
+    char location[6000]; /* destination (<= 700 bytes) / key encoded twice (<= 4800) */
 };
 
 static void bound(void *arg, const br_err_t *err)
@@ -98,7 +98,7 @@ static void location_of(const struct ends *e, const char *key, amqp_bytes_t args
     char pk[1600], enc[1600 * 3];
     mgmt_properties_key(key, strlen(key), args, pk, sizeof pk);
     mgmt_url_encode(pk, strlen(pk), enc, sizeof enc);
-    snprintf(out, cap, "%.700s/%s", e->dest, enc);
+    snprintf(out, cap, "%.700s/%.4800s", e->dest, enc);
 }
 
 void mgmt_post_binding(mgmt_req_t *r)

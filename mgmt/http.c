@@ -234,7 +234,7 @@ static void conn_close(mgmt_conn_t *c)
 static void write_response(mgmt_conn_t *c, int status, const char *body, size_t blen, bool keep_alive,
                            const char *extra)
 {
-    char head[2048];
+    char head[6600];
     bool http10 = c->p.http_major == 1 && c->p.http_minor == 0;
     int n = snprintf(head, sizeof head,
                      "HTTP/1.1 %d %s\r\n"
@@ -340,7 +340,7 @@ static void reply_raw(mgmt_req_t *r, int status, const char *body, size_t blen)
 
 void mgmt_reply_created(mgmt_req_t *r, const char *location)
 {
-    char extra[1500];
+    char extra[6100];
     int n = snprintf(extra, sizeof extra, "location: %s\r\n", location);
     reply_with(r, 201, NULL, 0, n > 0 && (size_t)n < sizeof extra ? extra : "");
 }
