@@ -33,6 +33,21 @@
  *   (end to end), confirm latency (publish to basic.ack, p50/p99/max) and end-to-end latency
  *   (a CLOCK_MONOTONIC stamp in the first 8 bytes of the body, p50/p99/max).
  *
+ *   Quorum queue options (issue 6, tests/bench/qq_run.sh): --queue-type quorum|classic puts
+ *   x-queue-type in the declare; --queues N spreads the workers over queues <queue>-1..N;
+ *   --rate R paces the producers to R msg/s in total (open loop: publish k is due at
+ *   start + k/R, so a stalled broker is not "rewarded" with fewer samples); --publish-only
+ *   (no consumers, the queue is kept) and --consume-only (no producers, no declare/purge:
+ *   drain what is there; without --count the target is the queues' message count from a
+ *   passive declare at start) split a backlog run into its two phases.
+ *   --report-gaps measures confirm gaps for the failover scenario: the longest interval
+ *   without any basic.ack, and, when the process gets SIGUSR1 (the script sends it right
+ *   after killing the queue's leader), the time from that signal to the first confirm that
+ *   ends the longest gap ending after it ("failover_ms": kill to first new confirm).
+ *   At the end the number of messages left in the queue(s) is reported ("left": from the
+ *   delete-ok, or a passive declare when the queue is kept), so confirmed = consumed + left
+ *   can be checked; cleanup falls back to the other nodes when the queue node is down.
+ *
  * --mode ready: tries a full AMQP login on every listed node until all succeeded or
  *   --duration seconds passed (exit 0 / 1); the scripts use it to wait for brokers.
  *
@@ -119,6 +134,8 @@ struct cb_options {
     unsigned prefetch;          /* 0 = no basic.qos */
     bool auto_ack;
     bool keep_queue;
+    double rate;                /* total publish rate (msg/s), 0 = as fast as the window allows */
+    bool publish_only, consume_only, report_gaps;
 };
 
 static void cb_usage(FILE *out)
@@ -142,7 +159,13 @@ static void cb_usage(FILE *out)
         "  --confirm W (100)        at most W unconfirmed publishes; 0 = no confirms\n"
         "  --prefetch N (100)       basic.qos; 0 = none\n"
         "  --ack manual|auto (manual)\n"
-        "  --keep-queue             do not delete the queue at the end\n");
+        "  --keep-queue             do not delete the queue at the end\n"
+        "  --rate R                 total publish rate (msg/s), paced; default: unpaced\n"
+        "  --publish-only           no consumers; the queue is kept (backlog: phase 1)\n"
+        "  --consume-only           no producers, no declare/purge; drain --count messages or,\n"
+        "                           without --count, what a passive declare finds at start\n"
+        "  --report-gaps            longest interval without a confirm; SIGUSR1 marks an\n"
+        "                           event (a leader kill): failover_ms = mark to first confirm\n");
 }
 
 static bool cb_parse_u64(const char *text, uint64_t min, uint64_t max, uint64_t *out)
@@ -198,7 +221,8 @@ enum {
     OPT_MODE = 256, OPT_NODES, OPT_USER, OPT_PASS, OPT_VHOST, OPT_SCENARIO, OPT_DURATION,
     OPT_COUNT, OPT_PROGRESS, OPT_CONNECTIONS, OPT_PREFIX, OPT_QUEUE, OPT_QUEUE_NODE, OPT_QUEUE_TYPE, OPT_QUEUES,
     OPT_PUBLISH_NODE, OPT_CONSUME_NODE, OPT_PRODUCERS, OPT_CONSUMERS, OPT_SIZE, OPT_TRANSIENT,
-    OPT_PERSISTENT, OPT_CONFIRM, OPT_PREFETCH, OPT_ACK, OPT_KEEP_QUEUE, OPT_HELP
+    OPT_PERSISTENT, OPT_CONFIRM, OPT_PREFETCH, OPT_ACK, OPT_KEEP_QUEUE, OPT_RATE,
+    OPT_PUBLISH_ONLY, OPT_CONSUME_ONLY, OPT_REPORT_GAPS, OPT_HELP
 };
 
 static const struct option cb_long_options[] = {
@@ -228,6 +252,10 @@ static const struct option cb_long_options[] = {
     {"prefetch", required_argument, NULL, OPT_PREFETCH},
     {"ack", required_argument, NULL, OPT_ACK},
     {"keep-queue", no_argument, NULL, OPT_KEEP_QUEUE},
+    {"rate", required_argument, NULL, OPT_RATE},
+    {"publish-only", no_argument, NULL, OPT_PUBLISH_ONLY},
+    {"consume-only", no_argument, NULL, OPT_CONSUME_ONLY},
+    {"report-gaps", no_argument, NULL, OPT_REPORT_GAPS},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -259,6 +287,17 @@ static bool cb_apply_option(struct cb_options *opt, int id, const char *arg)
     case OPT_TRANSIENT: opt->persistent = false; return true;
     case OPT_PERSISTENT: opt->persistent = true; return true;
     case OPT_KEEP_QUEUE: opt->keep_queue = true; return true;
+    case OPT_PUBLISH_ONLY: opt->publish_only = true; return true;
+    case OPT_CONSUME_ONLY: opt->consume_only = true; return true;
+    case OPT_REPORT_GAPS: opt->report_gaps = true; return true;
+    case OPT_RATE: {
+        char *end = NULL;
+        errno = 0;
+        double r = strtod(arg, &end);
+        if (errno != 0 || end == arg || *end != '\0' || !(r > 0) || r > 1e7) return cb_bad("rate", arg);
+        opt->rate = r;
+        return true;
+    }
     case OPT_DURATION:
         if (!cb_parse_u64(arg, 1, 86400, &n)) return cb_bad("duration", arg);
         opt->duration_s = n;
@@ -344,6 +383,20 @@ static bool cb_validate(struct cb_options *opt)
                         names[i], idx[i], opt->n_nodes);
                 return false;
             }
+        if (opt->publish_only && opt->consume_only) {
+            fprintf(stderr, "cluster_bench: --publish-only and --consume-only exclude each other\n");
+            return false;
+        }
+        if (opt->publish_only) {
+            opt->consumers = 0;
+            opt->keep_queue = true;
+        }
+        if (opt->consume_only)
+            opt->producers = 0;
+        if (opt->report_gaps && opt->confirm_window == 0) {
+            fprintf(stderr, "cluster_bench: --report-gaps needs confirms (--confirm W > 0)\n");
+            return false;
+        }
         if (opt->producers + opt->consumers == 0) {
             fprintf(stderr, "cluster_bench: no producers and no consumers\n");
             return false;
@@ -415,11 +468,20 @@ static double cb_ms(uint64_t ns) { return (double)ns / NS_PER_MS; }
 /* Run state                                                                                  */
 
 static volatile sig_atomic_t cb_interrupted;
+/* CLOCK_MONOTONIC time of the last SIGUSR1 (0: none): the failover script's "leader killed
+ * now". Written by the handler (clock_gettime is async-signal-safe), read atomically. */
+static uint64_t cb_mark_ns;
 
 static void cb_on_signal(int sig)
 {
     (void)sig;
     cb_interrupted = 1;
+}
+
+static void cb_on_mark(int sig)
+{
+    (void)sig;
+    __atomic_store_n(&cb_mark_ns, cb_now_ns(), __ATOMIC_RELAXED);
 }
 
 struct cb_run {
@@ -451,6 +513,9 @@ struct cb_worker {
     uint64_t acked, nacked;
     uint64_t returned;             /* xpub producer: basic.return (mandatory, unroutable) */
     uint64_t last_event_ns;
+    /* --report-gaps (producers): arrival of the last basic.ack, the longest interval between
+     * two (or from the start to the first), and the longest one ending after the mark. */
+    uint64_t last_ack_ns, gap_ns, gap_end_ns, mark_gap_ns, mark_gap_end_ns;
     struct latency_hist *hist;     /* triple / confirm / end-to-end latency */
     struct latency_hist *op_hist[3];   /* meta: declare, bind, delete */
     char pending[CB_NAME_MAX];     /* meta: a queue that may exist if the thread failed */
@@ -675,6 +740,23 @@ static void window_settle(struct cb_window *cw, struct latency_hist *h, uint64_t
     }
 }
 
+/* --report-gaps: a basic.ack that settled at least one publish has just arrived. */
+static void note_confirm(struct cb_worker *w)
+{
+    uint64_t now = cb_now_ns();
+    uint64_t gap = now - w->last_ack_ns;
+    if (gap > w->gap_ns) {
+        w->gap_ns = gap;
+        w->gap_end_ns = now;
+    }
+    uint64_t mark = __atomic_load_n(&cb_mark_ns, __ATOMIC_RELAXED);
+    if (mark != 0 && now > mark && gap > w->mark_gap_ns) {
+        w->mark_gap_ns = gap;
+        w->mark_gap_end_ns = now;
+    }
+    w->last_ack_ns = now;
+}
+
 /* 1 = a frame was handled, 0 = timeout, -1 = error (reported). */
 static int producer_read(struct cb_worker *w, amqp_connection_state_t conn, struct cb_window *cw,
                          struct timeval *timeout)
@@ -695,7 +777,10 @@ static int producer_read(struct cb_worker *w, amqp_connection_state_t conn, stru
         return 1;
     case AMQP_BASIC_ACK_METHOD: {
         const amqp_basic_ack_t *a = frame.payload.method.decoded;
+        uint64_t before = cw->acked;
         window_settle(cw, w->hist, a->delivery_tag, a->multiple, true);
+        if (w->run->opt->report_gaps && cw->acked > before)
+            note_confirm(w);
         return 1;
     }
     case AMQP_BASIC_NACK_METHOD: {
@@ -758,6 +843,17 @@ static bool producer_loop(struct cb_worker *w, amqp_connection_state_t conn)
     amqp_bytes_t key = amqp_cstring_bytes(qname);
     amqp_bytes_t payload = {.len = opt->size, .bytes = body};
     bool ok = true;
+    /* --rate: this producer's share is one publish every `interval` ns, staggered against
+     * the other producers; publish k is due at next_due whatever happened before. */
+    uint64_t interval = 0, next_due = 0;
+    if (opt->rate > 0) {
+        double total_ns = (double)NS_PER_S / opt->rate;
+        interval = (uint64_t)(total_ns * opt->producers);
+        if (interval == 0)
+            interval = 1;
+        next_due = run->start_ns + (uint64_t)(total_ns * w->index);
+    }
+    w->last_ack_ns = run->start_ns;
 
     while (ok && !cb_stopping(run)) {
         while (confirming && window_full(&cw) && !cb_stopping(run)) {
@@ -767,8 +863,29 @@ static bool producer_loop(struct cb_worker *w, amqp_connection_state_t conn)
             if (!ok)
                 break;
         }
+        /* Pacing: until the next publish is due, read confirms (or just sleep). */
+        while (ok && interval != 0 && !cb_stopping(run)) {
+            uint64_t now = cb_now_ns();
+            if (now >= next_due)
+                break;
+            uint64_t wait_us = (next_due - now) / 1000;
+            if (wait_us > CB_POLL_MS * 1000)
+                wait_us = CB_POLL_MS * 1000;
+            if (confirming) {
+                struct timeval tv = {.tv_sec = 0, .tv_usec = (suseconds_t)wait_us};
+                if (producer_read(w, conn, &cw, &tv) < 0)
+                    ok = false;
+            } else {
+                struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)(next_due - now)};
+                if (ts.tv_nsec > (long)(CB_POLL_MS * NS_PER_MS))
+                    ts.tv_nsec = (long)(CB_POLL_MS * NS_PER_MS);
+                nanosleep(&ts, NULL);
+            }
+        }
         if (!ok || cb_stopping(run) || !cb_claim(run))
             break;
+        if (interval != 0)
+            next_due += interval;
         uint64_t stamp = cb_now_ns();
         memcpy(body, &stamp, sizeof stamp);
         /* mandatory: a message the cluster cannot route to the queue (say, the publish
@@ -972,25 +1089,45 @@ static void *consumer_main(void *arg)
     return NULL;
 }
 
-/* Declares (durable; x-queue-type from --queue-type, else no arguments) and purges the xpub
- * queue(s) on the queue node. */
-static bool xpub_prepare(const struct cb_options *opt, bool delete_only)
+/* The xpub queue(s), through the queue node:
+ *   XQ_DECLARE  declare (durable; x-queue-type from --queue-type, else no arguments) and purge;
+ *   XQ_COUNT    passive declare, *count = the messages they hold;
+ *   XQ_DELETE   delete, *count = the messages they held (from delete-ok).
+ * XQ_COUNT and XQ_DELETE fall back to the other nodes when the queue node does not answer
+ * (the failover scenario kills it). */
+enum xq_action { XQ_DECLARE, XQ_COUNT, XQ_DELETE };
+
+static bool xpub_queues(const struct cb_options *opt, enum xq_action action, uint64_t *count)
 {
-    char err[512];
-    const struct cb_node *node = &opt->nodes[opt->queue_node - 1];
-    amqp_connection_state_t conn = cb_connect(opt, node, CB_CONNECT_TIMEOUT_S, err, sizeof err);
+    char err[512] = "";
+    amqp_connection_state_t conn = NULL;
+    unsigned used = opt->queue_node - 1;
+    unsigned tries = action == XQ_DECLARE ? 1 : opt->n_nodes;
+    for (unsigned k = 0; conn == NULL && k < tries; k++) {
+        used = (opt->queue_node - 1 + k) % opt->n_nodes;
+        conn = cb_connect(opt, &opt->nodes[used], CB_CONNECT_TIMEOUT_S, err, sizeof err);
+    }
     if (conn == NULL) {
         fprintf(stderr, "cluster_bench: %s\n", err);
         return false;
     }
     bool ok = true;
+    uint64_t total = 0;
     for (unsigned i = 0; ok && i < opt->queues; i++) {
         char qname[300];
         cb_queue_name(opt, i, qname, sizeof qname);
         amqp_bytes_t q = amqp_cstring_bytes(qname);
-        if (delete_only) {
-            amqp_queue_delete(conn, CB_CHANNEL, q, 0, 0);
+        if (action == XQ_DELETE) {
+            amqp_queue_delete_ok_t *d = amqp_queue_delete(conn, CB_CHANNEL, q, 0, 0);
             ok = bench_reply_ok(conn, "queue.delete", err, sizeof err);
+            if (ok && d != NULL)
+                total += d->message_count;
+        } else if (action == XQ_COUNT) {
+            amqp_queue_declare_ok_t *d =
+                amqp_queue_declare(conn, CB_CHANNEL, q, 1, 0, 0, 0, amqp_empty_table);
+            ok = bench_reply_ok(conn, "queue.declare (passive)", err, sizeof err);
+            if (ok && d != NULL)
+                total += d->message_count;
         } else {
             amqp_table_entry_t entry;
             amqp_queue_declare(conn, CB_CHANNEL, q, 0, 1, 0, 0, cb_queue_args(opt, &entry));
@@ -1002,7 +1139,9 @@ static bool xpub_prepare(const struct cb_options *opt, bool delete_only)
         }
     }
     if (!ok)
-        fprintf(stderr, "cluster_bench: node %u: %s\n", opt->queue_node, err);
+        fprintf(stderr, "cluster_bench: node %u: %s\n", used + 1, err);
+    else if (count != NULL)
+        *count = total;
     cb_disconnect(conn, ok);
     return ok;
 }
@@ -1095,7 +1234,8 @@ static void meta_report(const struct cb_options *opt, struct cb_worker *workers,
 }
 
 static uint64_t xpub_report(const struct cb_options *opt, struct cb_worker *workers,
-                            unsigned n, double publish_s, double consume_s, bool complete)
+                            unsigned n, double publish_s, double consume_s, bool complete,
+                            uint64_t start_ns, int64_t left)
 {
     struct latency_hist *h = calloc(2, sizeof *h);   /* 0: confirm, 1: end to end */
     if (h == NULL)
@@ -1113,6 +1253,21 @@ static uint64_t xpub_report(const struct cb_options *opt, struct cb_worker *work
             hist_merge(&h[1], workers[i].hist);
         }
     }
+    /* --report-gaps: the longest confirm gap of any producer; failover = the earliest end,
+     * over the producers, of their longest gap ending after the mark, minus the mark. */
+    uint64_t gap = 0, gap_end = 0, fail_end = 0;
+    for (unsigned i = 0; i < n; i++) {
+        const struct cb_worker *w = &workers[i];
+        if (w->role != CB_ROLE_PRODUCER)
+            continue;
+        if (w->gap_ns > gap) {
+            gap = w->gap_ns;
+            gap_end = w->gap_end_ns;
+        }
+        if (w->mark_gap_end_ns != 0 && (fail_end == 0 || w->mark_gap_end_ns < fail_end))
+            fail_end = w->mark_gap_end_ns;
+    }
+    uint64_t mark = __atomic_load_n(&cb_mark_ns, __ATOMIC_RELAXED);
     bool confirming = opt->confirm_window > 0;
     /* A returned (unroutable) message is still confirmed; it does not count as published. */
     uint64_t good = confirming ? acked : published;
@@ -1135,6 +1290,21 @@ static uint64_t xpub_report(const struct cb_options *opt, struct cb_worker *work
     if (opt->consumers > 0)
         printf("  consumed  %10" PRIu64 " msg in %7.2f s = %10.1f msg/s\n", consumed, consume_s,
                cb_rate(consumed, consume_s));
+    if (opt->rate > 0)
+        printf("  paced at %.1f msg/s in total\n", opt->rate);
+    if (left >= 0)
+        printf("  left      %10" PRId64 " msg in the queue(s) at the end\n", left);
+    if (opt->report_gaps) {
+        printf("  longest interval without a confirm: %.1f ms (ended %.3f s into the run)\n",
+               cb_ms(gap), gap_end ? (double)(gap_end - start_ns) / NS_PER_S : 0.0);
+        if (mark == 0)
+            printf("  no SIGUSR1 mark received\n");
+        else if (fail_end == 0)
+            printf("  mark at %.3f s: NO confirm after it\n", (double)(mark - start_ns) / NS_PER_S);
+        else
+            printf("  failover  mark at %.3f s, first new confirm %.1f ms later\n",
+                   (double)(mark - start_ns) / NS_PER_S, cb_ms(fail_end - mark));
+    }
     if (returned > 0)
         printf("  UNROUTABLE: %" PRIu64 " publishes came back as basic.return (node %u does not "
                "route to the queue declared on node %u)\n", returned, opt->publish_node,
@@ -1153,8 +1323,30 @@ static uint64_t xpub_report(const struct cb_options *opt, struct cb_worker *work
     cb_print_hist_json("", &h[1]);
     printf(",\"published\":%" PRIu64 ",\"acked\":%" PRIu64 ",\"nacked\":%" PRIu64
            ",\"consumed\":%" PRIu64 ",\"returned\":%" PRIu64 ",\"publish_seconds\":%.3f"
-           ",\"consume_seconds\":%.3f,\"complete\":%s}\n", published, acked, nacked, consumed,
-           returned, publish_s, consume_s, complete ? "true" : "false");
+           ",\"consume_seconds\":%.3f", published, acked, nacked, consumed, returned, publish_s,
+           consume_s);
+    printf(",\"queue_type\":\"%s\",\"queues\":%u,\"producers\":%u,\"consumers\":%u",
+           opt->queue_type ? opt->queue_type : "classic", opt->queues, opt->producers,
+           opt->consumers);
+    if (opt->rate > 0)
+        printf(",\"rate\":%.1f", opt->rate);
+    if (left >= 0)
+        printf(",\"left\":%" PRId64, left);
+    else
+        printf(",\"left\":null");
+    if (opt->report_gaps) {
+        printf(",\"max_gap_ms\":%.3f,\"max_gap_end_s\":%.3f", cb_ms(gap),
+               gap_end ? (double)(gap_end - start_ns) / NS_PER_S : 0.0);
+        if (mark != 0)
+            printf(",\"mark_s\":%.3f", (double)(mark - start_ns) / NS_PER_S);
+        else
+            printf(",\"mark_s\":null");
+        if (mark != 0 && fail_end != 0)
+            printf(",\"failover_ms\":%.3f", cb_ms(fail_end - mark));
+        else
+            printf(",\"failover_ms\":null");
+    }
+    printf(",\"complete\":%s}\n", complete ? "true" : "false");
     fflush(stdout);
     free(h);
     return returned;
@@ -1207,10 +1399,24 @@ static uint64_t cb_supervise(struct cb_run *run, struct cb_worker *workers, unsi
     return stop_ns != 0 ? stop_ns : cb_now_ns();
 }
 
-static int cb_run_load(const struct cb_options *opt)
+static int cb_run_load(struct cb_options *opt)
 {
-    if (opt->mode == CB_XPUB && !xpub_prepare(opt, false))
+    if (opt->mode == CB_XPUB && opt->consume_only) {
+        /* Drain what is there: the queues must exist; nothing is declared or purged. */
+        if (opt->count == 0) {
+            uint64_t found = 0;
+            if (!xpub_queues(opt, XQ_COUNT, &found))
+                return 1;
+            printf("consume-only: %" PRIu64 " message(s) in the queue(s) at start\n", found);
+            if (found == 0) {
+                fprintf(stderr, "cluster_bench: --consume-only: the queue(s) are empty\n");
+                return 1;
+            }
+            opt->count = found;
+        }
+    } else if (opt->mode == CB_XPUB && !xpub_queues(opt, XQ_DECLARE, NULL)) {
         return 1;
+    }
     unsigned n = opt->mode == CB_META ? opt->connections : opt->producers + opt->consumers;
     struct cb_worker *workers = calloc(n, sizeof *workers);
     if (workers == NULL) {
@@ -1254,6 +1460,14 @@ static int cb_run_load(const struct cb_options *opt)
             pthread_join(workers[i].thread, NULL);
     uint64_t end_ns = cb_now_ns();
 
+    /* What is left in the queue(s): counted when kept, else from the delete. */
+    int64_t left = -1;
+    if (opt->mode == CB_XPUB) {
+        uint64_t found = 0;
+        if (xpub_queues(opt, opt->keep_queue ? XQ_COUNT : XQ_DELETE, &found))
+            left = (int64_t)found;
+    }
+
     int status = 0;
     if (atomic_load(&run.failed)) {
         fprintf(stderr, "cluster_bench: %s\n", run.error);
@@ -1286,7 +1500,8 @@ static int cb_run_load(const struct cb_options *opt)
         } else {
             complete = !fixed || ((opt->producers == 0 || units >= opt->count) &&
                                   (opt->consumers == 0 || units2 >= opt->count));
-            if (xpub_report(opt, workers, n, pub_s, other_s, complete) > 0 && status == 0)
+            if (xpub_report(opt, workers, n, pub_s, other_s, complete, run.start_ns, left) > 0 &&
+                status == 0)
                 status = 5;
         }
         if (!complete && status == 0)
@@ -1294,8 +1509,6 @@ static int cb_run_load(const struct cb_options *opt)
     }
     if (opt->mode == CB_META)
         meta_cleanup(opt, workers, n);
-    else if (!opt->keep_queue)
-        xpub_prepare(opt, true);
 
     for (unsigned i = 0; i < n; i++) {
         free(workers[i].hist);
@@ -1344,6 +1557,11 @@ int main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    struct sigaction mark = {0};
+    mark.sa_handler = cb_on_mark;
+    sigemptyset(&mark.sa_mask);
+    mark.sa_flags = SA_RESTART;
+    sigaction(SIGUSR1, &mark, NULL);
     signal(SIGPIPE, SIG_IGN);
     if (opt.mode == CB_READY)
         return cb_ready(&opt);
