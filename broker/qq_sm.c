@@ -885,7 +885,7 @@ static bool down_matches(const struct qsm_cmd *c, uint32_t node, uint64_t chan)
 
 static void op_down(qsm_t *s, const struct qsm_cmd *c)
 {
-    if (c->chan == 0 && c->seq) raise_boot_floor(s, c->node, (uint32_t)c->seq);
+    if (c->chan == 0 && (uint32_t)c->seq) raise_boot_floor(s, c->node, (uint32_t)c->seq); /* boots are u32 */
     /* Collect the gone consumers' messages first, return them oldest first afterwards. */
     qmsg_t **back = NULL;
     size_t n = 0, cap = 0;
