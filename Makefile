@@ -5,7 +5,7 @@ ASAN ?= build-asan
 FUZZ ?= build-fuzz
 PYTEST ?= python3 -m pytest
 
-.PHONY: all deps build build-asan build-fuzz run test unit integration fuzz bench bench-cluster sim clean
+.PHONY: all deps build build-asan build-fuzz run test unit integration fuzz bench bench-cluster bench-qq sim clean
 SEEDS ?= 100000
 
 all: build
@@ -68,6 +68,13 @@ bench-cluster:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory build
 	tests/bench/cluster_run.sh
+
+# Issue 6: quorum queues on Warren's three-node cluster vs RabbitMQ 3.10's (throughput, latency,
+# 1M backlog, leader failover); rewrites only the Quorum queues section of docs/performance.md.
+bench-qq:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory build
+	tests/bench/qq_run.sh
 
 # Long deterministic-simulation run of the Raft library (make test runs a shorter one): half the
 # seeds mixed faults, half membership changes with snapshots (SIMFLAGS: e.g. --suite membership).

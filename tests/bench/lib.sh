@@ -39,3 +39,31 @@ start_watchdog() {
   ) &
   WATCHDOG_PID=$!
 }
+
+# start_rss_sampler OUT INTERVAL PID...: every INTERVAL seconds appends one line
+# "<epoch seconds> <n> <VmRSS kB>" per PID still alive (n: its 1-based position in the list)
+# to OUT, until killed (stop_rss_sampler). Sets RSS_SAMPLER_PID.
+start_rss_sampler() {
+  local out=$1 interval=$2
+  shift 2
+  (
+    trap 'exit 0' TERM
+    while :; do
+      now=$(date +%s.%N)
+      n=0
+      for pid in "$@"; do
+        n=$((n + 1))
+        kb=$(awk '/^VmRSS:/ {print $2; exit}' "/proc/$pid/status" 2>/dev/null || true)
+        [ -z "$kb" ] || echo "$now $n $kb"
+      done >>"$out"
+      sleep "$interval"
+    done
+  ) &
+  RSS_SAMPLER_PID=$!
+}
+stop_rss_sampler() {
+  [ -n "${RSS_SAMPLER_PID:-}" ] || return 0
+  kill "$RSS_SAMPLER_PID" 2>/dev/null || true
+  wait "$RSS_SAMPLER_PID" 2>/dev/null || true
+  RSS_SAMPLER_PID=""
+}
