@@ -96,10 +96,9 @@ static size_t amqp_connections(void *ctx) { return amqp_server_connection_count(
 
 /* The management API on management.tcp.port. A port it cannot bind is logged and the node runs
  * without it (several nodes of a test cluster on one host would otherwise all want 15672). */
-static mgmt_t *start_mgmt(struct ev_loop *loop, broker_t *b, cl_t *cluster, const cfg_t *cfg, amqp_server_t *amqp)
+static mgmt_t *start_mgmt(struct ev_loop *loop, broker_t *b, cl_t *cluster, const cfg_t *cfg)
 {
     mgmt_t *m = mgmt_new(loop, b, cluster, cfg);
-    mgmt_set_counters(m, amqp_connections, NULL, amqp);
     char err[512];
     if (mgmt_listen(m, err, sizeof err) != 0) log_warn("management API disabled: %s", err);
     return m;
@@ -156,15 +155,18 @@ int main(int argc, char **argv)
     broker_t *b = broker_new(loop, &cfg, store);
     if (!cl_clustered(cluster)) br_vhost_add(b, cfg.default_vhost); /* clustered: from the log */
     node_t node = {.loop = loop};
-    if (boot_state(b, cluster, &cfg, err, sizeof err) != 0 ||
+    /* The management listener opens before AMQP's: a client that reached the AMQP port finds
+     * the API up too. */
+    if (boot_state(b, cluster, &cfg, err, sizeof err) != 0 || !(node.mgmt = start_mgmt(loop, b, cluster, &cfg)) ||
         !(node.amqp = amqp_server_start(loop, b, &cfg, err, sizeof err))) {
         log_error("%s", err);
+        mgmt_free(node.mgmt);
         cl_free(cluster);
         broker_free(b);
         store_close(store);
         return 1;
     }
-    node.mgmt = start_mgmt(loop, b, cluster, &cfg, node.amqp);
+    mgmt_set_counters(node.mgmt, amqp_connections, NULL, node.amqp);
     ev_signal_init(&node.sigterm, on_signal, SIGTERM);
     ev_signal_init(&node.sigint, on_signal, SIGINT);
     node.sigterm.data = node.sigint.data = &node;

@@ -867,8 +867,10 @@ def test_cluster_writes_go_through_the_metadata_log(tmp_path, pki, uniq):
             qpath = f"/queues/%2F/{qq}"
             r = a1.call("PUT", qpath, json={"durable": True, "arguments": {"x-queue-type": "quorum"}})
             assert r.status_code == 201, r.text
-            assert wait_for(lambda: sorted(a3.ok(qpath).get("online", [])) == CLUSTER_NAMES
-                            and a3.ok(qpath).get("leader") in CLUSTER_NAMES, 15), a3.ok(qpath)
+            # (node 3 applies the declare a moment after node 1 answered)
+            seen = lambda: a3.get(qpath).json() if a3.get(qpath).status_code == 200 else {}
+            assert wait_for(lambda: sorted(seen().get("online", [])) == CLUSTER_NAMES
+                            and seen().get("leader") in CLUSTER_NAMES, 15), seen()
             assert sorted(a3.ok(qpath)["members"]) == CLUSTER_NAMES
             ch.basic_publish("", qq, b"x")
             assert wait_for(lambda: a1.ok(qpath).get("messages") == 1, 10), a1.ok(qpath)
@@ -882,8 +884,8 @@ def test_cluster_writes_go_through_the_metadata_log(tmp_path, pki, uniq):
             # exchanges: declared through node 3, deleted through node 1
             x = uniq("x")
             assert a3.call("PUT", f"/exchanges/%2F/{x}", json={"type": "fanout"}).status_code == 201
-            ch.exchange_declare(x, "fanout", passive=True)
             assert wait_for(lambda: a1.get(f"/exchanges/%2F/{x}").status_code == 200, 10)
+            ch.exchange_declare(x, "fanout", passive=True)  # (node 1 has applied it)
             assert a1.call("DELETE", f"/exchanges/%2F/{x}").status_code == 204
             assert wait_for(lambda: all(a.get(f"/exchanges/%2F/{x}").status_code == 404 for a in apis), 10)
         finally:
