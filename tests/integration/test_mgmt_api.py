@@ -888,6 +888,17 @@ def test_cluster_writes_go_through_the_metadata_log(tmp_path, pki, uniq):
             ch.exchange_declare(x, "fanout", passive=True)  # (node 1 has applied it)
             assert a1.call("DELETE", f"/exchanges/%2F/{x}").status_code == 204
             assert wait_for(lambda: all(a.get(f"/exchanges/%2F/{x}").status_code == 404 for a in apis), 10)
+            # users, vhosts and permissions made through node 2 let a user in on node 3
+            u, v = uniq("user"), uniq("vh")
+            assert a2.call("PUT", f"/users/{u}", json={"password": "pw", "tags": "management"}).status_code == 201
+            assert a2.call("PUT", f"/vhosts/{v}").status_code == 201
+            perm = {"configure": ".*", "write": ".*", "read": ".*"}
+            assert a2.call("PUT", f"/permissions/{v}/{u}", json=perm).status_code == 201
+            assert wait_for(lambda: a3.get(f"/queues/{v}", auth=(u, "pw")).status_code == 200, 10)
+            assert a3.call("PUT", f"/queues/{v}/{uniq('q')}", json={}, auth=(u, "pw")).status_code == 201
+            assert a1.call("DELETE", f"/vhosts/{v}").status_code == 204
+            assert a1.call("DELETE", f"/users/{u}").status_code == 204
+            assert wait_for(lambda: a3.get("/whoami", auth=(u, "pw")).status_code == 401, 10)
         finally:
             if conn.is_open:
                 conn.close()
