@@ -106,7 +106,7 @@ RESULTS=$WORK/results.jsonl
 mkdir -p "$WORK/logs" "$WORK/bin"
 : >"$RESULTS"
 if [ -x "$WARREN_BIN" ]; then
-  cp "$WARREN_BIN" "$WORK/bin/warren-server"
+  cp -p "$WARREN_BIN" "$WORK/bin/warren-server"
   WARREN_BIN=$WORK/bin/warren-server
 fi
 
@@ -379,28 +379,32 @@ record() { echo "{\"side\":\"$1\",$2}" >>"$RESULTS"; }
 # run_client SIDE RUN SCENARIO TIMEOUT ARGS...: one cluster_bench run, its JSON line recorded
 # (or an error). Returns the client's status.
 run_client() {
-  local side=$1 run=$2 scenario=$3 limit=$4 rc=0 json out; shift 4
+  local side=$1 run=$2 scenario=$3 limit=$4 rc=0 json out t0; shift 4
   out=$WORK/logs/$side-$scenario-$run.log
+  t0=$(date +%s.%N)
   timeout --kill-after=10 "$limit" "$CLUSTER_BENCH_BIN" --nodes "${SIDE_NODES[$side]}" \
     --scenario "$scenario" "$@" >"$out" 2>&1 &
   CLIENT_PID=$!
   wait "$CLIENT_PID" || rc=$?
   CLIENT_PID=""
-  record_client "$side" "$run" "$scenario" "$rc" "$out"
+  record_client "$side" "$run" "$scenario" "$rc" "$out" "$t0"
   return $rc
 }
 
-record_client() {   # record_client SIDE RUN SCENARIO STATUS LOG
-  local side=$1 run=$2 scenario=$3 rc=$4 out=$5 json
+# T0 (epoch seconds, the client's launch) and now are kept as the run's time window, so the
+# report can tell which scenario the events in Warren's logs (peers silent, elections) fell in.
+record_client() {   # record_client SIDE RUN SCENARIO STATUS LOG T0
+  local side=$1 run=$2 scenario=$3 rc=$4 out=$5 win json
+  win="\"t0\":$6,\"t1\":$(date +%s.%N)"
   json=$(grep '^{' "$out" | tail -n 1 || true)
   json=${json#\{}
   json=${json%\}}
   if [ -n "$json" ] && { [ "$rc" -eq 0 ] || [ "$rc" -eq 4 ] || [ "$rc" -eq 5 ]; }; then
-    record "$side" "\"run\":$run,\"exit\":$rc,$json"
+    record "$side" "\"run\":$run,\"exit\":$rc,$win,$json"
     [ "$rc" -ne 4 ] || log "  ${SIDE_LABEL[$side]}: $scenario incomplete (see $out)"
     [ "$rc" -ne 5 ] || log "  ${SIDE_LABEL[$side]}: $scenario: publishes came back UNROUTABLE (see $out)"
   else
-    record "$side" "\"run\":$run,\"scenario\":\"$scenario\",\"error\":$rc"
+    record "$side" "\"run\":$run,\"scenario\":\"$scenario\",$win,\"error\":$rc"
     log "  ${SIDE_LABEL[$side]}: $scenario failed with status $rc:"
     tail -n 5 "$out" >&2
   fi
@@ -476,7 +480,7 @@ print(", ".join(f"node {k} {v / 1024:.0f} MB" for k, v in r.get("peak_kb", {}).i
 }
 
 failover() {   # failover SIDE
-  local side=$1 q=bench-qq-failover leader pub con out rc=0 pid kill_ns i limit new
+  local side=$1 q=bench-qq-failover leader pub con out rc=0 pid kill_ns i limit new t0
   # Create the queue first so that its leader is known before the stream starts, then
   # publish through one non-leader and consume through the other.
   run_client "$side" 1 qq-failover-setup 60 "${QQ_ARGS[@]}" --queue "$q" --publish-only --count 1 \
@@ -497,6 +501,7 @@ failover() {   # failover SIDE
   [ -n "$pid" ] || { log "  ${SIDE_LABEL[$side]}: failover: no PID for node $leader"; return 0; }
   log "  ${SIDE_LABEL[$side]}: $q led by node $leader (PID $pid); publishing via node $pub at $FAILOVER_RATE msg/s, consuming via node $con"
   out=$WORK/logs/$side-qq-failover-1.log
+  t0=$(date +%s.%N)
   # No `timeout` wrapper: the client must receive SIGUSR1 itself. It ends by its own --duration
   # (+ at most 30 s for missing confirms + 60 s for stuck threads); bounded below as well.
   "$CLUSTER_BENCH_BIN" --nodes "${SIDE_NODES[$side]}" --scenario qq-failover --mode xpub \
@@ -509,7 +514,7 @@ failover() {   # failover SIDE
   if ! kill -0 "$CLIENT_PID" 2>/dev/null; then
     wait "$CLIENT_PID" || rc=$?
     CLIENT_PID=""
-    record_client "$side" 1 qq-failover "$rc" "$out"
+    record_client "$side" 1 qq-failover "$rc" "$out" "$t0"
     return 0
   fi
   kill -KILL "$pid"
@@ -521,7 +526,7 @@ failover() {   # failover SIDE
   kill -KILL "$CLIENT_PID" 2>/dev/null || true
   wait "$CLIENT_PID" || rc=$?
   CLIENT_PID=""
-  record_client "$side" 1 qq-failover "$rc" "$out"
+  record_client "$side" 1 qq-failover "$rc" "$out" "$t0"
   new=""
   case "${SIDE_KIND[$side]}" in
     warren) new=$(warren_leader_term "$side" "$q") ;;
@@ -540,6 +545,11 @@ failover() {   # failover SIDE
 
 COOKIE=$(head -c 24 /dev/urandom | od -An -tx1 | tr -dc 0-9a-f)
 define_side ours warren "Warren"
+warren_version=${BENCH_WARREN_VERSION:-"git $(git -C "$REPO" log -1 --format='%h, %cd' --date=short 2>/dev/null || echo unknown)"}
+if [ -n "$(git -C "$REPO" status --porcelain -- broker amqp091 raft cmd mgmt 2>/dev/null | head -n 1)" ]; then
+  warren_version="$warren_version, with uncommitted changes in the working tree"
+fi
+[ -x "$WARREN_BIN" ] && warren_version="$warren_version; binary built $(date -r "$WARREN_BIN" '+%Y-%m-%d %H:%M %Z')"
 define_side rabbitmq rabbitmq "RabbitMQ"
 started_at=$SECONDS
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -590,10 +600,6 @@ log "measurements done in $((SECONDS - started_at)) s; load average $LOAD_END"
 # Report: a table on stdout and the "Quorum queues (issue 6)" section of the markdown file.
 
 OUT=${BENCH_OUT:-$REPO/docs/performance.md}
-warren_version=${BENCH_WARREN_VERSION:-"git $(git -C "$REPO" log -1 --format='%h, %cd' --date=short 2>/dev/null || echo unknown)"}
-if [ -n "$(git -C "$REPO" status --porcelain -- broker amqp091 raft cmd 2>/dev/null | head -n 1)" ]; then
-  warren_version="$warren_version, with uncommitted changes in the working tree"
-fi
 
 OURS_LABEL=${SIDE_LABEL[ours]} OURS_NOTE=${SIDE_NOTE[ours]} WARREN_VERSION=$warren_version \
 RABBITMQ_VERSION=$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo unknown) \
@@ -601,7 +607,7 @@ ERLANG_VERSION=$(dpkg-query -W -f='${Version}' erlang-base 2>/dev/null || echo u
 LIBRABBITMQ_VERSION=$(pkg-config --modversion librabbitmq 2>/dev/null || echo unknown) \
 BENCH_DURATION=$DURATION BENCH_RUNS=$RUNS BENCH_LAT_RATE=$LAT_RATE BENCH_LAT_DURATION=$LAT_DURATION \
 BENCH_BACKLOG=$BACKLOG BENCH_FAILOVER_RATE=$FAILOVER_RATE BENCH_FAILOVER_BEFORE=$FAILOVER_BEFORE \
-BENCH_QUICK=$quick BENCH_ELAPSED=$((SECONDS - started_at)) LOAD_START=$LOAD_START LOAD_END=$LOAD_END \
+WARREN_DIR=${SIDE_DIR[ours]} BENCH_QUICK=$quick BENCH_ELAPSED=$((SECONDS - started_at)) LOAD_START=$LOAD_START LOAD_END=$LOAD_END \
 python3 - "$RESULTS" "$OUT" <<'PY'
 import json, os, platform, statistics, sys, time
 
@@ -698,8 +704,9 @@ if any(r.get("scenario", "").startswith("qq-backlog") for r in rows):
     drn = {s: one(s, "qq-backlog-drain") for s in SIDES}
     rss = {s: one(s, "qq-backlog-rss") for s in SIDES}
     row("qq-backlog", f"publish {backlog_n:,} with confirms, no consumer",
-        *(pub[s]["published_per_s"] if pub[s] else None for s in SIDES), "msg/s")
-    row("qq-backlog", "drain with manual ack", *(drn[s]["consumed_per_s"] if drn[s] else None for s in SIDES), "msg/s")
+        *(pub[s]["published_per_s"] if pub[s] else None for s in SIDES), "msg/s", ">= 3x", lambda a, b: a >= 3 * b)
+    row("qq-backlog", "drain with manual ack", *(drn[s]["consumed_per_s"] if drn[s] else None for s in SIDES), "msg/s",
+        ">= 3x", lambda a, b: a >= 3 * b)
 
     def peak(s, key, node=None):
         d = (rss[s] or {}).get(key) or {}
@@ -774,6 +781,51 @@ for r in rows:
     elif r.get("exit") == 5:
         caveats.append(f"{side_label[r['side']]} {r.get('scenario')}: publishes came back unroutable")
 caveats = sorted(set(caveats))
+
+# Warren's node logs: peers found silent / down and elections, by the scenario they fell in
+# (the failover scenario's own kill excepted).
+import re
+windows = [(r["t0"], r["t1"], r.get("scenario")) for r in rows if r["side"] == "ours" and "t0" in r]
+events = {}
+wdir = env.get("WARREN_DIR", "")
+for i in (1, 2, 3):
+    try:
+        f = open(os.path.join(wdir, f"warren{i}", "broker.log"), errors="replace")
+    except OSError:
+        continue
+    for line in f:
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(\.\d+)? ", line)
+        if not m:
+            continue
+        t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + float(m.group(2) or 0)
+        sc = next((w[2] for w in windows if w[0] <= t <= w[1] + 2), None)
+        if sc is None or sc == "qq-failover":
+            continue
+        e = events.setdefault(sc, {"silent": [], "down": 0, "elections": 0, "meta": 0})
+        s_ = re.search(r"silent for ([0-9.]+) s", line)
+        if s_:
+            e["silent"].append(float(s_.group(1)))
+        if re.search(r"peer node .* is down", line):
+            e["down"] += 1
+        t_ = re.search(r"leader on this node \(term (\d+)\)", line)
+        if t_ and int(t_.group(1)) > 1:
+            e["elections"] += 1
+        if "is now the metadata leader" in line:
+            e["meta"] += 1
+for sc, e in sorted(events.items()):
+    if not (e["silent"] or e["down"] or e["elections"] or e["meta"]):
+        continue
+    parts = []
+    if e["silent"]:
+        parts.append(f"peers found silent for {min(e['silent']):.1f}-{max(e['silent']):.1f} s "
+                     f"({len(e['silent'])} time(s))")
+    if e["down"]:
+        parts.append(f"{e['down']} peer-down event(s)")
+    if e["elections"]:
+        parts.append(f"{e['elections']} quorum queue re-election(s)")
+    if e["meta"]:
+        parts.append("a new metadata leader")
+    caveats.append(f"{ours_label} {sc}: node logs show " + ", ".join(parts) + " (no node was killed)")
 
 md = [HEADING, BEGIN, ""]
 md.append("Written by `tests/bench/qq_run.sh` (`make bench-qq`), which replaces only this section; "
