@@ -148,6 +148,7 @@ struct qq_state {
     mr_host_t *host;
     bool own_host;
     bool started;
+    bool draining; /* qq_set_draining: lead nothing */
     raft_id self;
     uint32_t boot;
     uint32_t chan_counter;
@@ -844,6 +845,20 @@ static void leader_duties(qq_t *qq)
     arm_expiry(qq);
 }
 
+/* Hands this node's leadership of the queue to another member that is up, the next one after
+ * the queue's rotation point so that drained leaderships spread over the other nodes. */
+static bool transfer_away(qq_t *qq)
+{
+    struct qq_state *s = qq->s;
+    for (unsigned k = 0; k < qq->n_members; k++) {
+        raft_id to = qq->members[(qq->rr + k) % qq->n_members];
+        if (to == s->self || !node_up(s, (uint32_t)to)) continue;
+        qq->rr = (qq->rr + k + 1) % qq->n_members;
+        if (mr_transfer(qq->g, to) == 0) return true;
+    }
+    return false;
+}
+
 static void sm_role_changed(mr_group_t *g, enum raft_role role, raft_id leader)
 {
     qq_t *qq = qq_of_group(g);
@@ -853,6 +868,7 @@ static void sm_role_changed(mr_group_t *g, enum raft_role role, raft_id leader)
         log_info("quorum queue '%s' in vhost '%s': leader on this node (term %llu)", qq->q->name, qq->q->vh->name,
                  (unsigned long long)mr_group_raft(g)->term);
         leader_duties(qq);
+        if (qq->s->draining) transfer_away(qq);
     }
     else ev_timer_stop(qq->s->b->loop, &qq->expire_w);
     mark_dirty(qq); /* waiting commands can go to the (new) leader */
@@ -1921,6 +1937,33 @@ void qq_node_up(broker_t *b, uint32_t node)
         qq_t *qq = v;
         if (qq->out_head) mark_dirty(qq);
     }
+}
+
+unsigned qq_set_draining(broker_t *b, bool on)
+{
+    if (!b->qq) return 0;
+    struct qq_state *s = b->qq;
+    s->draining = on;
+    unsigned started = 0;
+    size_t pos = 0;
+    void *v;
+    while (on && dict_next(&s->groups, &pos, NULL, NULL, &v)) {
+        qq_t *qq = v;
+        if (!qq->detached && !qq->removing && is_leader(qq) && transfer_away(qq)) started++;
+    }
+    return started;
+}
+
+size_t qq_leader_count(broker_t *b)
+{
+    if (!b->qq) return 0;
+    size_t n = 0, pos = 0;
+    void *v;
+    while (dict_next(&b->qq->groups, &pos, NULL, NULL, &v)) {
+        qq_t *qq = v;
+        if (!qq->detached && !qq->removing && is_leader(qq)) n++;
+    }
+    return n;
 }
 
 /* ---- start / stop --------------------------------------------------------------------------- */

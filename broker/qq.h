@@ -97,6 +97,15 @@ void qq_handle_call(broker_t *b, uint32_t from, const char *method, const void *
 void qq_node_down(broker_t *b, uint32_t node);
 void qq_node_up(broker_t *b, uint32_t node);
 
+/* Maintenance (drain) and graceful shutdown: with draining on, every quorum queue this node
+ * leads hands its leadership to another member that is up (Raft leadership transfer), and a
+ * leadership won later while draining is handed on again. Returns how many transfers started.
+ * Off: this node may lead again (nothing moves back by itself). */
+unsigned qq_set_draining(broker_t *b, bool on);
+/* Quorum queues this node leads now (a drain is done when it reaches 0, or when no other
+ * member is up to take them). */
+size_t qq_leader_count(broker_t *b);
+
 /* Observability (management, CLI). */
 struct qq_info {
     bool member;            /* this node holds a replica */
