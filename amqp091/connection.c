@@ -667,6 +667,27 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
     }
 }
 
+/* Opens every configured listener (at start, and again when maintenance mode ends). */
+static int open_listeners(amqp_server_t *s, char *err, size_t errlen)
+{
+    cfg_t *cfg = s->cfg;
+    for (int i = 0; i < cfg->n_tcp; i++) {
+        net_listener_t *l = net_listen(s->loop, cfg->tcp[i].host, cfg->tcp[i].port, NULL, on_accept, s, err, errlen);
+        if (!l) return -1;
+        s->listeners[s->n_listeners++] = l;
+        log_info("AMQP 0-9-1 listening on %s:%d", cfg->tcp[i].host[0] ? cfg->tcp[i].host : "[::]",
+                 net_listener_port(l));
+    }
+    for (int i = 0; i < cfg->n_ssl; i++) {
+        net_listener_t *l = net_listen(s->loop, cfg->ssl[i].host, cfg->ssl[i].port, s->tls, on_accept, s, err, errlen);
+        if (!l) return -1;
+        s->listeners[s->n_listeners++] = l;
+        log_info("AMQP 0-9-1 over TLS listening on %s:%d", cfg->ssl[i].host[0] ? cfg->ssl[i].host : "[::]",
+                 net_listener_port(l));
+    }
+    return 0;
+}
+
 amqp_server_t *amqp_server_start(struct ev_loop *loop, broker_t *b, cfg_t *cfg, char *err, size_t errlen)
 {
     amqp_server_t *s = calloc(1, sizeof *s);
@@ -689,20 +710,7 @@ amqp_server_t *amqp_server_start(struct ev_loop *loop, broker_t *b, cfg_t *cfg, 
                                     cfg->ssl_verify_peer, cfg->ssl_fail_if_no_peer_cert, err, errlen);
         if (!s->tls) goto fail;
     }
-    for (int i = 0; i < cfg->n_tcp; i++) {
-        net_listener_t *l = net_listen(loop, cfg->tcp[i].host, cfg->tcp[i].port, NULL, on_accept, s, err, errlen);
-        if (!l) goto fail;
-        s->listeners[s->n_listeners++] = l;
-        log_info("AMQP 0-9-1 listening on %s:%d", cfg->tcp[i].host[0] ? cfg->tcp[i].host : "[::]",
-                 net_listener_port(l));
-    }
-    for (int i = 0; i < cfg->n_ssl; i++) {
-        net_listener_t *l = net_listen(loop, cfg->ssl[i].host, cfg->ssl[i].port, s->tls, on_accept, s, err, errlen);
-        if (!l) goto fail;
-        s->listeners[s->n_listeners++] = l;
-        log_info("AMQP 0-9-1 over TLS listening on %s:%d", cfg->ssl[i].host[0] ? cfg->ssl[i].host : "[::]",
-                 net_listener_port(l));
-    }
+    if (open_listeners(s, err, errlen) != 0) goto fail;
     /* consumer_timeout is checked about ten times per period, at most once a second (also the
      * resolution of per-queue x-consumer-timeout). */
     double period = (double)cfg->consumer_timeout / 10000.0;
@@ -743,20 +751,45 @@ size_t amqp_server_connection_count(const amqp_server_t *s)
     return n;
 }
 
-void amqp_server_shutdown(amqp_server_t *s)
+/* Stops listening and closes every client connection with 320 CONNECTION_FORCED and text. */
+static void close_clients(amqp_server_t *s, const char *text)
 {
-    s->shutting_down = true;
     for (int i = 0; i < s->n_listeners; i++) net_listener_close(s->listeners[i]);
     s->n_listeners = 0;
     for (conn_t *c = s->conns; c; c = c->next) {
         if (c->state == CS_RUNNING || c->state == CS_OPEN || c->state == CS_TUNE_OK) {
-            conn_start_closing(c, AMQP_CONNECTION_FORCED,
-                               "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'", 0);
+            conn_start_closing(c, AMQP_CONNECTION_FORCED, text, 0);
         } else if (c->state != CS_CLOSED && c->state != CS_CLOSING) {
             c->state = CS_CLOSED;
             conn_close_socket(c);
         }
     }
+}
+
+void amqp_server_shutdown(amqp_server_t *s)
+{
+    s->shutting_down = true;
+    close_clients(s, "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'");
+}
+
+size_t amqp_server_suspend(amqp_server_t *s)
+{
+    size_t n = amqp_server_connection_count(s);
+    s->suspended = true;
+    close_clients(s, "CONNECTION_FORCED - Node was put into maintenance mode");
+    return n;
+}
+
+int amqp_server_resume(amqp_server_t *s, char *err, size_t errlen)
+{
+    if (s->shutting_down || !s->suspended) return 0;
+    if (open_listeners(s, err, errlen) != 0) {
+        for (int i = 0; i < s->n_listeners; i++) net_listener_close(s->listeners[i]);
+        s->n_listeners = 0;
+        return -1;
+    }
+    s->suspended = false;
+    return 0;
 }
 
 void amqp_server_free(amqp_server_t *s)

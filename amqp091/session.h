@@ -171,6 +171,7 @@ struct amqp_server {
     dict_t reply_to; /* direct reply-to name -> chan_t* */
     ev_prepare prepare;
     bool shutting_down;
+    bool suspended; /* maintenance mode: listeners closed until amqp_server_resume */
 };
 
 #endif

@@ -15,6 +15,7 @@
  * Invariant: a password never leaves this file in clear: it is hashed here and only the hash is
  * put in the command. */
 #include "broker/admin.h"
+#include "broker/admin_int.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -28,18 +29,13 @@
 #include "broker/meta.h"
 #include "broker/qq.h"
 
-struct admin {
-    broker_t *b;
-    cl_t *c;
-};
-
 /* A change waiting for its metadata command to apply. */
 struct pending {
     struct admin *a;
     struct peer_reply_to to;
 };
 
-static void reply_json(struct admin *a, const struct peer_reply_to *to, cJSON *payload)
+void admin_reply_json(struct admin *a, const struct peer_reply_to *to, cJSON *payload)
 {
     char *text = cJSON_PrintUnformatted(payload);
     cJSON_Delete(payload);
@@ -48,9 +44,7 @@ static void reply_json(struct admin *a, const struct peer_reply_to *to, cJSON *p
     free(text);
 }
 
-static void reply_error(struct admin *a, const struct peer_reply_to *to, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void reply_error(struct admin *a, const struct peer_reply_to *to, int code, const char *fmt, ...)
+void admin_reply_error(struct admin *a, const struct peer_reply_to *to, int code, const char *fmt, ...)
 {
     char text[1024];
     va_list ap;
@@ -63,16 +57,16 @@ static void reply_error(struct admin *a, const struct peer_reply_to *to, int cod
 static void submitted(void *arg, const br_err_t *err)
 {
     struct pending *p = arg;
-    if (err) reply_error(p->a, &p->to, err->code ? err->code : BR_INTERNAL_ERROR, "%s", err->text);
+    if (err) admin_reply_error(p->a, &p->to, err->code ? err->code : BR_INTERNAL_ERROR, "%s", err->text);
     else {
         cJSON *ok = cJSON_CreateObject();
         cJSON_AddStringToObject(ok, "result", "ok");
-        reply_json(p->a, &p->to, ok);
+        admin_reply_json(p->a, &p->to, ok);
     }
     free(p);
 }
 
-static void submit(struct admin *a, const struct peer_reply_to *to, const struct meta_cmd *c)
+void admin_submit(struct admin *a, const struct peer_reply_to *to, const struct meta_cmd *c)
 {
     struct pending *p = malloc(sizeof *p);
     if (!p) abort();
@@ -83,7 +77,7 @@ static void submit(struct admin *a, const struct peer_reply_to *to, const struct
 
 /* ---- request fields ------------------------------------------------------------------------- */
 
-static const char *field(const cJSON *req, const char *key, const char *dflt)
+const char *admin_field(const cJSON *req, const char *key, const char *dflt)
 {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(req, key);
     return cJSON_IsString(j) ? j->valuestring : dflt;
@@ -95,21 +89,21 @@ static bool too_long(const char *s) { return strlen(s) > 255; } /* names are AMQ
 
 static void add_vhost(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
 {
-    const char *vh = field(req, "vhost", "");
-    if (!*vh || too_long(vh)) return reply_error(a, to, BR_PRECONDITION_FAILED, "invalid vhost name \"%s\"", vh);
+    const char *vh = admin_field(req, "vhost", "");
+    if (!*vh || too_long(vh)) return admin_reply_error(a, to, BR_PRECONDITION_FAILED, "invalid vhost name \"%s\"", vh);
     if (br_vhost(a->b, vh, strlen(vh)))
-        return reply_error(a, to, BR_PRECONDITION_FAILED, "Virtual host \"%s\" already exists", vh);
+        return admin_reply_error(a, to, BR_PRECONDITION_FAILED, "Virtual host \"%s\" already exists", vh);
     struct meta_cmd c = {.op = META_VHOST_ADD, .vhost = AMQP_BYTES_CSTR(vh)};
-    submit(a, to, &c);
+    admin_submit(a, to, &c);
 }
 
 static void delete_vhost(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
 {
-    const char *vh = field(req, "vhost", "");
+    const char *vh = admin_field(req, "vhost", "");
     if (!br_vhost(a->b, vh, strlen(vh)))
-        return reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+        return admin_reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
     struct meta_cmd c = {.op = META_VHOST_DELETE, .vhost = AMQP_BYTES_CSTR(vh)};
-    submit(a, to, &c);
+    admin_submit(a, to, &c);
 }
 
 static void list_vhosts(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
@@ -123,7 +117,7 @@ static void list_vhosts(struct admin *a, const struct peer_reply_to *to, const c
         cJSON_AddStringToObject(o, "name", ((vhost_t *)v)->name);
         cJSON_AddItemToArray(out, o);
     }
-    reply_json(a, to, out);
+    admin_reply_json(a, to, out);
 }
 
 /* ---- users ---------------------------------------------------------------------------------- */
@@ -131,38 +125,38 @@ static void list_vhosts(struct admin *a, const struct peer_reply_to *to, const c
 static void put_user(struct admin *a, const struct peer_reply_to *to, uint8_t op, const char *user,
                      const char *password, const char *tags)
 {
-    if (!*user || too_long(user)) return reply_error(a, to, BR_PRECONDITION_FAILED, "invalid user name \"%s\"", user);
+    if (!*user || too_long(user)) return admin_reply_error(a, to, BR_PRECONDITION_FAILED, "invalid user name \"%s\"", user);
     char *hash = password ? auth_hash_password(AUTH_HASH_SHA256, password, strlen(password)) : NULL;
-    if (password && !hash) return reply_error(a, to, BR_INTERNAL_ERROR, "cannot hash the password");
+    if (password && !hash) return admin_reply_error(a, to, BR_INTERNAL_ERROR, "cannot hash the password");
     amqp_buf_t args = {0};
     struct meta_cmd c;
     meta_user_cmd(&c, &args, op, user, hash, hash ? AUTH_HASH_SHA256 : -1, tags);
-    submit(a, to, &c);
+    admin_submit(a, to, &c);
     amqp_buf_free(&args);
     free(hash);
 }
 
 static void add_user(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
 {
-    const char *user = field(req, "user", ""), *pw = field(req, "password", NULL);
-    if (!pw) return reply_error(a, to, BR_PRECONDITION_FAILED, "a password is required");
+    const char *user = admin_field(req, "user", ""), *pw = admin_field(req, "password", NULL);
+    if (!pw) return admin_reply_error(a, to, BR_PRECONDITION_FAILED, "a password is required");
     if (br_user(a->b, user, strlen(user)))
-        return reply_error(a, to, BR_PRECONDITION_FAILED, "User \"%s\" already exists", user);
+        return admin_reply_error(a, to, BR_PRECONDITION_FAILED, "User \"%s\" already exists", user);
     put_user(a, to, META_USER_ADD, user, pw, "");
 }
 
 static void change_password(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
 {
-    const char *user = field(req, "user", ""), *pw = field(req, "password", NULL);
-    if (!pw) return reply_error(a, to, BR_PRECONDITION_FAILED, "a password is required");
-    if (!br_user(a->b, user, strlen(user))) return reply_error(a, to, BR_NOT_FOUND, "User \"%s\" does not exist", user);
+    const char *user = admin_field(req, "user", ""), *pw = admin_field(req, "password", NULL);
+    if (!pw) return admin_reply_error(a, to, BR_PRECONDITION_FAILED, "a password is required");
+    if (!br_user(a->b, user, strlen(user))) return admin_reply_error(a, to, BR_NOT_FOUND, "User \"%s\" does not exist", user);
     put_user(a, to, META_USER_UPDATE, user, pw, NULL);
 }
 
 static void set_user_tags(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
 {
-    const char *user = field(req, "user", "");
-    if (!br_user(a->b, user, strlen(user))) return reply_error(a, to, BR_NOT_FOUND, "User \"%s\" does not exist", user);
+    const char *user = admin_field(req, "user", "");
+    if (!br_user(a->b, user, strlen(user))) return admin_reply_error(a, to, BR_NOT_FOUND, "User \"%s\" does not exist", user);
     char tags[1024] = "";
     size_t n = 0;
     const cJSON *t;
@@ -176,10 +170,10 @@ static void set_user_tags(struct admin *a, const struct peer_reply_to *to, const
 
 static void delete_user(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
 {
-    const char *user = field(req, "user", "");
-    if (!br_user(a->b, user, strlen(user))) return reply_error(a, to, BR_NOT_FOUND, "User \"%s\" does not exist", user);
+    const char *user = admin_field(req, "user", "");
+    if (!br_user(a->b, user, strlen(user))) return admin_reply_error(a, to, BR_NOT_FOUND, "User \"%s\" does not exist", user);
     struct meta_cmd c = {.op = META_USER_DELETE, .name = AMQP_BYTES_CSTR(user)};
-    submit(a, to, &c);
+    admin_submit(a, to, &c);
 }
 
 /* "a,b" -> ["a","b"] */
@@ -211,7 +205,7 @@ static void list_users(struct admin *a, const struct peer_reply_to *to, const cJ
         cJSON_AddItemToObject(o, "tags", tags_array(u->tags));
         cJSON_AddItemToArray(out, o);
     }
-    reply_json(a, to, out);
+    admin_reply_json(a, to, out);
 }
 
 /* ---- permissions ---------------------------------------------------------------------------- */
@@ -221,7 +215,7 @@ static bool regex_ok(struct admin *a, const struct peer_reply_to *to, const char
     char err[256];
     auth_regex_t *re = auth_regex_compile(pattern, err, sizeof err);
     if (!re) {
-        reply_error(a, to, BR_PRECONDITION_FAILED, "invalid regular expression \"%s\": %s", pattern, err);
+        admin_reply_error(a, to, BR_PRECONDITION_FAILED, "invalid regular expression \"%s\": %s", pattern, err);
         return false;
     }
     auth_regex_free(re);
@@ -231,11 +225,11 @@ static bool regex_ok(struct admin *a, const struct peer_reply_to *to, const char
 static bool user_and_vhost(struct admin *a, const struct peer_reply_to *to, const char *user, const char *vh)
 {
     if (!br_user(a->b, user, strlen(user))) {
-        reply_error(a, to, BR_NOT_FOUND, "User \"%s\" does not exist", user);
+        admin_reply_error(a, to, BR_NOT_FOUND, "User \"%s\" does not exist", user);
         return false;
     }
     if (!br_vhost(a->b, vh, strlen(vh))) {
-        reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+        admin_reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
         return false;
     }
     return true;
@@ -243,30 +237,30 @@ static bool user_and_vhost(struct admin *a, const struct peer_reply_to *to, cons
 
 static void set_permissions(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
 {
-    const char *vh = field(req, "vhost", "/"), *user = field(req, "user", "");
-    const char *conf = field(req, "configure", ""), *wr = field(req, "write", ""), *rd = field(req, "read", "");
+    const char *vh = admin_field(req, "vhost", "/"), *user = admin_field(req, "user", "");
+    const char *conf = admin_field(req, "configure", ""), *wr = admin_field(req, "write", ""), *rd = admin_field(req, "read", "");
     if (!user_and_vhost(a, to, user, vh) || !regex_ok(a, to, conf) || !regex_ok(a, to, wr) || !regex_ok(a, to, rd))
         return;
     amqp_buf_t args = {0};
     struct meta_cmd c;
     meta_perm_cmd(&c, &args, vh, user, conf, wr, rd);
-    submit(a, to, &c);
+    admin_submit(a, to, &c);
     amqp_buf_free(&args);
 }
 
 static void clear_permissions(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
 {
-    const char *vh = field(req, "vhost", "/"), *user = field(req, "user", "");
+    const char *vh = admin_field(req, "vhost", "/"), *user = admin_field(req, "user", "");
     if (!user_and_vhost(a, to, user, vh)) return;
     struct meta_cmd c = {.op = META_PERM_CLEAR, .vhost = AMQP_BYTES_CSTR(vh), .name = AMQP_BYTES_CSTR(user)};
-    submit(a, to, &c);
+    admin_submit(a, to, &c);
 }
 
 static void list_permissions(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
 {
-    const char *vh = field(req, "vhost", "/");
+    const char *vh = admin_field(req, "vhost", "/");
     vhost_t *v = br_vhost(a->b, vh, strlen(vh));
-    if (!v) return reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+    if (!v) return admin_reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
     cJSON *out = cJSON_CreateArray();
     size_t p = 0;
     void *uv;
@@ -281,14 +275,14 @@ static void list_permissions(struct admin *a, const struct peer_reply_to *to, co
         cJSON_AddStringToObject(o, "read", auth_regex_pattern(perm->read));
         cJSON_AddItemToArray(out, o);
     }
-    reply_json(a, to, out);
+    admin_reply_json(a, to, out);
 }
 
 /* ---- policies ------------------------------------------------------------------------------- */
 
 static cJSON *value_json(const amqp_value_t *v);
 
-static cJSON *table_json(const amqp_table_t *t)
+cJSON *admin_table_json(const amqp_table_t *t)
 {
     cJSON *o = cJSON_CreateObject();
     for (size_t i = 0; i < t->n; i++) {
@@ -314,7 +308,7 @@ static cJSON *value_json(const amqp_value_t *v)
         free(s);
         return j;
     }
-    case 'F': return table_json(&v->v.table);
+    case 'F': return admin_table_json(&v->v.table);
     case 'A': {
         cJSON *arr = cJSON_CreateArray();
         for (size_t k = 0; k < v->v.array.n; k++) cJSON_AddItemToArray(arr, value_json(&v->v.array.items[k]));
@@ -328,17 +322,17 @@ static cJSON *value_json(const amqp_value_t *v)
 
 static void set_policy(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
 {
-    const char *vh = field(req, "vhost", "/"), *name = field(req, "name", ""), *pattern = field(req, "pattern", "");
-    const char *apply_to = field(req, "apply_to", "all");
+    const char *vh = admin_field(req, "vhost", "/"), *name = admin_field(req, "name", ""), *pattern = admin_field(req, "pattern", "");
+    const char *apply_to = admin_field(req, "apply_to", "all");
     const cJSON *prio = cJSON_GetObjectItemCaseSensitive(req, "priority");
-    const char *def_text = field(req, "definition", "");
-    if (!*name || too_long(name)) return reply_error(a, to, BR_PRECONDITION_FAILED, "invalid policy name \"%s\"", name);
+    const char *def_text = admin_field(req, "definition", "");
+    if (!*name || too_long(name)) return admin_reply_error(a, to, BR_PRECONDITION_FAILED, "invalid policy name \"%s\"", name);
     if (!br_vhost(a->b, vh, strlen(vh)))
-        return reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+        return admin_reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
     cJSON *def = cJSON_Parse(def_text);
     if (!cJSON_IsObject(def) || !def->child) {
         cJSON_Delete(def);
-        return reply_error(a, to, BR_PRECONDITION_FAILED, "Invalid policy definition: \"%s\" is not a JSON object with "
+        return admin_reply_error(a, to, BR_PRECONDITION_FAILED, "Invalid policy definition: \"%s\" is not a JSON object with "
                            "at least one key", def_text);
     }
     amqp_buf_t table = {0}, args = {0};
@@ -348,9 +342,9 @@ static void set_policy(struct admin *a, const struct peer_reply_to *to, const cJ
     if (br_policy_check(name, pattern, apply_to, d, err, sizeof err) == 0) {
         struct meta_cmd c;
         meta_policy_cmd(&c, &args, vh, false, name, pattern, apply_to, cJSON_IsNumber(prio) ? prio->valueint : 0, d);
-        submit(a, to, &c);
+        admin_submit(a, to, &c);
     } else {
-        reply_error(a, to, BR_PRECONDITION_FAILED, "%s", err);
+        admin_reply_error(a, to, BR_PRECONDITION_FAILED, "%s", err);
     }
     amqp_buf_free(&table);
     amqp_buf_free(&args);
@@ -358,21 +352,21 @@ static void set_policy(struct admin *a, const struct peer_reply_to *to, const cJ
 
 static void clear_policy(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
 {
-    const char *vh = field(req, "vhost", "/"), *name = field(req, "name", "");
+    const char *vh = admin_field(req, "vhost", "/"), *name = admin_field(req, "name", "");
     vhost_t *v = br_vhost(a->b, vh, strlen(vh));
-    if (!v) return reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+    if (!v) return admin_reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
     bool found = false;
     for (size_t i = 0; i < v->policies.n && !found; i++) found = strcmp(((policy_t *)v->policies.items[i])->name, name) == 0;
-    if (!found) return reply_error(a, to, BR_NOT_FOUND, "Parameter does not exist");
+    if (!found) return admin_reply_error(a, to, BR_NOT_FOUND, "Parameter does not exist");
     struct meta_cmd c = {.op = META_POLICY_CLEAR, .vhost = AMQP_BYTES_CSTR(vh), .name = AMQP_BYTES_CSTR(name)};
-    submit(a, to, &c);
+    admin_submit(a, to, &c);
 }
 
 static void list_policies(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
 {
-    const char *vh = field(req, "vhost", "/");
+    const char *vh = admin_field(req, "vhost", "/");
     vhost_t *v = br_vhost(a->b, vh, strlen(vh));
-    if (!v) return reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+    if (!v) return admin_reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
     cJSON *out = cJSON_CreateArray();
     for (size_t i = 0; i < v->policies.n; i++) {
         const policy_t *p = v->policies.items[i];
@@ -383,16 +377,16 @@ static void list_policies(struct admin *a, const struct peer_reply_to *to, const
         cJSON_AddStringToObject(o, "apply-to", p->apply_to == APPLY_QUEUES      ? "queues"
                                                : p->apply_to == APPLY_EXCHANGES ? "exchanges"
                                                                                 : "all");
-        cJSON_AddItemToObject(o, "definition", table_json(&p->def));
+        cJSON_AddItemToObject(o, "definition", admin_table_json(&p->def));
         cJSON_AddNumberToObject(o, "priority", p->priority);
         cJSON_AddItemToArray(out, o);
     }
-    reply_json(a, to, out);
+    admin_reply_json(a, to, out);
 }
 
 /* ---- queues (list_queues; quorum queue membership like rabbitmq-queues) ----------------------- */
 
-static cJSON *node_name_json(struct admin *a, uint32_t id)
+cJSON *admin_node_name_json(struct admin *a, uint32_t id)
 {
     const char *name = id ? cl_node_name(a->c, id) : NULL;
     uint32_t self = a->b->self_node ? a->b->self_node : 1; /* unclustered quorum queues: node 1 */
@@ -406,9 +400,9 @@ static cJSON *node_name_json(struct admin *a, uint32_t id)
 
 static void list_queues(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
 {
-    const char *vh = field(req, "vhost", "/");
+    const char *vh = admin_field(req, "vhost", "/");
     vhost_t *v = br_vhost(a->b, vh, strlen(vh));
-    if (!v) return reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+    if (!v) return admin_reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
     cJSON *out = cJSON_CreateArray();
     size_t pos = 0;
     void *val;
@@ -426,19 +420,19 @@ static void list_queues(struct admin *a, const struct peer_reply_to *to, const c
             cJSON_AddNumberToObject(o, "messages_ready", (double)info.ready);
             cJSON_AddNumberToObject(o, "messages_unacknowledged", (double)info.unacked);
             cJSON_AddNumberToObject(o, "consumers", info.consumers);
-            cJSON_AddItemToObject(o, "leader", info.leader ? node_name_json(a, info.leader) : cJSON_CreateString(""));
+            cJSON_AddItemToObject(o, "leader", info.leader ? admin_node_name_json(a, info.leader) : cJSON_CreateString(""));
             cJSON *members = cJSON_CreateArray(), *online = cJSON_CreateArray();
             for (unsigned i = 0; i < info.n_members; i++) {
-                cJSON_AddItemToArray(members, node_name_json(a, info.members[i]));
+                cJSON_AddItemToArray(members, admin_node_name_json(a, info.members[i]));
                 bool up = info.members[i] == a->b->self_node || !a->b->node_is_up ||
                           a->b->node_is_up(a->b->node_ctx, info.members[i]);
-                if (up) cJSON_AddItemToArray(online, node_name_json(a, info.members[i]));
+                if (up) cJSON_AddItemToArray(online, admin_node_name_json(a, info.members[i]));
             }
             cJSON_AddItemToObject(o, "members", members);
             cJSON_AddItemToObject(o, "online", online);
             cJSON_AddNumberToObject(o, "term", (double)info.term);
             cJSON_AddNumberToObject(o, "commit_index", (double)info.commit);
-            cJSON_AddItemToObject(o, "node", info.leader ? node_name_json(a, info.leader) : cJSON_CreateString(""));
+            cJSON_AddItemToObject(o, "node", info.leader ? admin_node_name_json(a, info.leader) : cJSON_CreateString(""));
         } else {
             bool here = !q->home || q->home == a->b->self_node;
             cJSON_AddNumberToObject(o, "messages", here ? q_message_count(q) + q->unacked : 0);
@@ -446,11 +440,11 @@ static void list_queues(struct admin *a, const struct peer_reply_to *to, const c
             cJSON_AddStringToObject(o, "leader", "");
             cJSON_AddItemToObject(o, "members", cJSON_CreateArray());
             cJSON_AddItemToObject(o, "online", cJSON_CreateArray());
-            cJSON_AddItemToObject(o, "node", node_name_json(a, q->home));
+            cJSON_AddItemToObject(o, "node", admin_node_name_json(a, q->home));
         }
         cJSON_AddItemToArray(out, o);
     }
-    reply_json(a, to, out);
+    admin_reply_json(a, to, out);
 }
 
 /* A membership change waiting for the queue's leader. Answers that say "try again" (no
@@ -487,8 +481,8 @@ static void member_done(void *arg, int code, const char *text)
         ev_timer_start(loop, &r->retry);
         return;
     }
-    if (code) reply_error(r->a, &r->to, code, "%s", text);
-    else reply_json(r->a, &r->to, cJSON_CreateObject());
+    if (code) admin_reply_error(r->a, &r->to, code, "%s", text);
+    else admin_reply_json(r->a, &r->to, cJSON_CreateObject());
     free(r);
 }
 
@@ -497,7 +491,7 @@ static bool member_target(struct admin *a, const struct peer_reply_to *to, const
     *id = cl_node_id(node);
     const char *known = cl_node_name(a->c, *id);
     if (!known || strcmp(known, node) != 0) {
-        reply_error(a, to, BR_NOT_FOUND, "node %s is not a member of the cluster", node);
+        admin_reply_error(a, to, BR_NOT_FOUND, "node %s is not a member of the cluster", node);
         return false;
     }
     return true;
@@ -505,12 +499,12 @@ static bool member_target(struct admin *a, const struct peer_reply_to *to, const
 
 static void change_member(struct admin *a, const struct peer_reply_to *to, const cJSON *req, bool add)
 {
-    const char *vh = field(req, "vhost", "/"), *name = field(req, "queue", ""), *node = field(req, "node", "");
+    const char *vh = admin_field(req, "vhost", "/"), *name = admin_field(req, "queue", ""), *node = admin_field(req, "node", "");
     vhost_t *v = br_vhost(a->b, vh, strlen(vh));
-    if (!v) return reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+    if (!v) return admin_reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
     queue_t *q = br_queue(v, name, strlen(name));
-    if (!q) return reply_error(a, to, BR_NOT_FOUND, "queue '%s' in vhost '%s' does not exist", name, vh);
-    if (!q->qq) return reply_error(a, to, BR_PRECONDITION_FAILED, "queue '%s' in vhost '%s' is not a quorum queue", name, vh);
+    if (!q) return admin_reply_error(a, to, BR_NOT_FOUND, "queue '%s' in vhost '%s' does not exist", name, vh);
+    if (!q->qq) return admin_reply_error(a, to, BR_PRECONDITION_FAILED, "queue '%s' in vhost '%s' is not a quorum queue", name, vh);
     uint32_t id;
     if (!member_target(a, to, node, &id)) return;
     struct member_req *r = calloc(1, sizeof *r);
@@ -578,7 +572,7 @@ static void grow_next(struct grow *g)
         qq_member_change(q, g->node, true, grow_one_done, g);
         return;
     }
-    reply_json(g->a, &g->to, g->out);
+    admin_reply_json(g->a, &g->to, g->out);
     for (size_t i = 0; i < g->queues.n; i++) q_unref(g->queues.items[i]);
     ptrvec_free(&g->queues);
     free(g);
@@ -586,10 +580,10 @@ static void grow_next(struct grow *g)
 
 static void grow(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
 {
-    const char *node = field(req, "node", ""), *which = field(req, "which", "all");
+    const char *node = admin_field(req, "node", ""), *which = admin_field(req, "which", "all");
     bool even = strcmp(which, "even") == 0;
     if (!even && strcmp(which, "all") != 0)
-        return reply_error(a, to, BR_PRECONDITION_FAILED, "expected 'all' or 'even', got '%s'", which);
+        return admin_reply_error(a, to, BR_PRECONDITION_FAILED, "expected 'all' or 'even', got '%s'", which);
     uint32_t id;
     if (!member_target(a, to, node, &id)) return;
     struct grow *g = calloc(1, sizeof *g);
@@ -624,7 +618,7 @@ static void grow(struct admin *a, const struct peer_reply_to *to, const cJSON *r
 
 static const struct {
     const char *method;
-    void (*fn)(struct admin *a, const struct peer_reply_to *to, const cJSON *req);
+    admin_handler_fn fn;
 } commands[] = {
     {"admin.add_vhost", add_vhost},
     {"admin.delete_vhost", delete_vhost},
@@ -644,6 +638,14 @@ static const struct {
     {"admin.add_member", add_member},
     {"admin.delete_member", delete_member},
     {"admin.grow", grow},
+    {"admin.status", maint_status},
+    {"admin.drain", maint_drain},
+    {"admin.revive", maint_revive},
+    {"admin.list_exchanges", topo_list_exchanges},
+    {"admin.list_bindings", topo_list_bindings},
+    {"admin.list_connections", topo_list_connections},
+    {"admin.delete_queue", topo_delete_queue},
+    {"admin.purge_queue", topo_purge_queue},
 };
 
 static void admin_call(void *ud, uint32_t from, const struct peer_call_in *in)
@@ -653,24 +655,35 @@ static void admin_call(void *ud, uint32_t from, const struct peer_call_in *in)
     cJSON *req = in->len ? cJSON_ParseWithLength(in->payload, in->len) : cJSON_CreateObject();
     if (!cJSON_IsObject(req)) {
         cJSON_Delete(req);
-        reply_error(a, &in->reply_to, BR_COMMAND_INVALID, "malformed request");
+        admin_reply_error(a, &in->reply_to, BR_COMMAND_INVALID, "malformed request");
         return;
     }
     size_t i = 0;
     while (i < sizeof commands / sizeof commands[0] && strcmp(commands[i].method, in->method) != 0) i++;
     if (i < sizeof commands / sizeof commands[0]) commands[i].fn(a, &in->reply_to, req);
-    else reply_error(a, &in->reply_to, BR_COMMAND_INVALID, "unknown command %s", in->method);
+    else admin_reply_error(a, &in->reply_to, BR_COMMAND_INVALID, "unknown command %s", in->method);
     cJSON_Delete(req);
 }
+
+static struct admin the_admin; /* one broker per process */
 
 void admin_attach(broker_t *b, cl_t *c)
 {
     if (!c) return;
-    static struct admin a; /* one broker per process */
-    a.b = b;
-    a.c = c;
-    cl_set_admin_handler(c, admin_call, &a);
+    struct admin *a = &the_admin;
+    a->b = b;
+    a->c = c;
+    a->started = ev_now(b->loop);
+    cl_set_admin_handler(c, admin_call, a);
     char err[512];
     if (!cl_clustered(c) && cl_control_listen(c, b->cfg, err, sizeof err) != 0)
         log_warn("%s: warrenctl cannot reach this node", err);
 }
+
+void admin_set_node_ops(const struct admin_node_ops *ops, void *ctx)
+{
+    the_admin.ops = ops;
+    the_admin.ops_ctx = ctx;
+}
+
+bool admin_in_maintenance(void) { return the_admin.maintenance; }

@@ -19,6 +19,22 @@ struct cJSON;
  * logged: the node runs without warrenctl access). */
 void admin_attach(broker_t *b, cl_t *c);
 
+/* What the node's server (cmd/warren-server.c) does for warrenctl where broker/ cannot reach:
+ * the protocol listeners live in amqp091/, which depends on broker/, not the reverse. */
+struct admin_node_ops {
+    /* Maintenance mode on (drain): stop accepting AMQP clients and close every client connection
+     * with 320 CONNECTION_FORCED; returns how many were open. Off (revive): accept again; -1 with
+     * err when a listener cannot be reopened. */
+    long (*maintenance)(void *ctx, bool on, char *err, size_t errlen);
+    /* Appends this node's listeners ({"protocol", "interface", "port"}) to the JSON array. */
+    void (*listeners)(void *ctx, struct cJSON *arr);
+    /* Appends this node's client connections to the JSON array (NULL: none are listed). */
+    void (*connections)(void *ctx, struct cJSON *arr);
+};
+void admin_set_node_ops(const struct admin_node_ops *ops, void *ctx);
+/* Whether warrenctl drain put this node in maintenance mode (until revive). */
+bool admin_in_maintenance(void);
+
 /* definitions.c: a JSON object as AMQP field-table content in out (RabbitMQ's conversion). */
 amqp_bytes_t definitions_json_table(amqp_buf_t *out, const struct cJSON *obj);
 

@@ -3,8 +3,13 @@
  * port; a no-op when no cluster_formation nodes are configured), recovers durable state, applies
  * boot definitions, starts the cluster (rejoin or formation, with the metadata state machine of
  * broker/meta.h) and the protocol listeners, all on one libev loop. SIGTERM/SIGINT shut down
- * cleanly: clients get connection.close 320 CONNECTION_FORCED, the cluster leaves (peers see
- * the connections close), the store is flushed and closed. */
+ * cleanly: first the quorum queue leaderships this node holds are handed to other members
+ * (qq_set_draining; a timer waits up to SHUTDOWN_TRANSFER_WAIT for them, so a rolling restart
+ * pauses confirms for a leadership transfer rather than an election timeout), then clients get
+ * connection.close 320 CONNECTION_FORCED, the cluster leaves (peers see the connections close),
+ * the store is flushed and closed. It also serves warrenctl drain / revive / status through
+ * admin_node_ops (broker/ cannot reach the AMQP listeners itself). */
+#include <cjson/cJSON.h>
 #include <ev.h>
 #include <signal.h>
 #include <stdio.h>
@@ -33,7 +38,13 @@ typedef struct {
     ev_signal sigterm, sigint;
     ev_timer shutdown_timer;
     int shutdown_ticks;
+    broker_t *b;
+    cfg_t *cfg;
+    ev_timer handoff_timer; /* SIGTERM: waiting for quorum queue leaderships to move */
+    ev_tstamp handoff_deadline;
 } node_t;
+
+#define SHUTDOWN_TRANSFER_WAIT 2.5 /* seconds SIGTERM waits for leaderships to move */
 
 static void usage(void)
 {
@@ -53,6 +64,30 @@ static void shutdown_tick(struct ev_loop *loop, ev_timer *w, int revents)
     }
 }
 
+/* Closes the clients and the management API, then waits for the connections to go. */
+static void close_and_stop(struct ev_loop *loop, node_t *n)
+{
+    amqp_server_shutdown(n->amqp);
+    mgmt_shutdown(n->mgmt);
+    ev_timer_init(&n->shutdown_timer, shutdown_tick, 0.05, 0.05);
+    n->shutdown_timer.data = n;
+    ev_timer_start(loop, &n->shutdown_timer);
+}
+
+/* Polls for the leadership hand-off SIGTERM started: done when no quorum queue is led here, or
+ * at the deadline (a member that does not answer must not hold the shutdown up). */
+static void handoff_tick(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    node_t *n = w->data;
+    size_t left = qq_leader_count(n->b);
+    if (left > 0 && ev_now(loop) < n->handoff_deadline) return;
+    ev_timer_stop(loop, w);
+    if (left) log_warn("shutting down with %zu quorum queue leadership(s) not handed over", left);
+    else log_info("quorum queue leaderships handed over");
+    close_and_stop(loop, n);
+}
+
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
     (void)revents;
@@ -60,12 +95,58 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
     if (n->shutdown_ticks) return;
     log_info("received signal %d, shutting down", w->signum);
     n->shutdown_ticks = 1;
-    amqp_server_shutdown(n->amqp);
-    mgmt_shutdown(n->mgmt);
-    ev_timer_init(&n->shutdown_timer, shutdown_tick, 0.05, 0.05);
-    n->shutdown_timer.data = n;
-    ev_timer_start(loop, &n->shutdown_timer);
+    /* Clients stay connected while leaderships move: their publishes reach the new leaders
+     * through this node, so nothing waits for an election. */
+    unsigned moving = qq_set_draining(n->b, true);
+    if (moving == 0 || qq_leader_count(n->b) == 0) return close_and_stop(loop, n);
+    log_info("handing %u quorum queue leadership(s) to other members before stopping", moving);
+    n->handoff_deadline = ev_now(loop) + SHUTDOWN_TRANSFER_WAIT;
+    ev_timer_init(&n->handoff_timer, handoff_tick, 0.02, 0.02);
+    n->handoff_timer.data = n;
+    ev_timer_start(loop, &n->handoff_timer);
 }
+
+/* ---- warrenctl's node operations (admin_node_ops) ---- */
+
+static long node_maintenance(void *ctx, bool on, char *err, size_t errlen)
+{
+    node_t *n = ctx;
+    if (n->shutdown_ticks) return on ? 0 : -1; /* stopping: nothing to resume */
+    if (on) return (long)amqp_server_suspend(n->amqp);
+    return amqp_server_resume(n->amqp, err, errlen);
+}
+
+static void add_listener(cJSON *arr, const char *protocol, const char *host, int port, const char *purpose)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "protocol", protocol);
+    cJSON_AddStringToObject(o, "interface", host && host[0] ? host : "[::]");
+    cJSON_AddNumberToObject(o, "port", port);
+    cJSON_AddStringToObject(o, "purpose", purpose);
+    cJSON_AddItemToArray(arr, o);
+}
+
+/* The listeners this node serves now (none for AMQP while in maintenance mode). */
+static void node_listeners(void *ctx, cJSON *arr)
+{
+    node_t *n = ctx;
+    const cfg_t *cfg = n->cfg;
+    if (!admin_in_maintenance() && !n->shutdown_ticks) {
+        for (int i = 0; i < cfg->n_tcp; i++)
+            add_listener(arr, "amqp", cfg->tcp[i].host, cfg->tcp[i].port ? cfg->tcp[i].port : amqp_server_port(n->amqp, false),
+                         "AMQP 0-9-1");
+        for (int i = 0; i < cfg->n_ssl; i++)
+            add_listener(arr, "amqp/ssl", cfg->ssl[i].host, cfg->ssl[i].port ? cfg->ssl[i].port : amqp_server_port(n->amqp, true),
+                         "AMQP 0-9-1 over TLS");
+    }
+    int mport = n->mgmt ? mgmt_port(n->mgmt) : 0;
+    if (mport > 0) add_listener(arr, "http", cfg->mgmt_ip, mport, "HTTP API");
+}
+
+static const struct admin_node_ops node_ops = {
+    .maintenance = node_maintenance,
+    .listeners = node_listeners,
+};
 
 /* Recovers the broker's durable state and boot definitions, then starts the cluster: clustered,
  * metadata changes go through it from now on and its group replays onto what was recovered. */
@@ -154,7 +235,7 @@ int main(int argc, char **argv)
     }
     broker_t *b = broker_new(loop, &cfg, store);
     if (!cl_clustered(cluster)) br_vhost_add(b, cfg.default_vhost); /* clustered: from the log */
-    node_t node = {.loop = loop};
+    node_t node = {.loop = loop, .b = b, .cfg = &cfg};
     /* The management listener opens before AMQP's: a client that reached the AMQP port finds
      * the API up too. */
     if (boot_state(b, cluster, &cfg, err, sizeof err) != 0 || !(node.mgmt = start_mgmt(loop, b, cluster, &cfg)) ||
@@ -167,6 +248,7 @@ int main(int argc, char **argv)
         return 1;
     }
     mgmt_set_counters(node.mgmt, amqp_connections, NULL, node.amqp);
+    admin_set_node_ops(&node_ops, &node);
     ev_signal_init(&node.sigterm, on_signal, SIGTERM);
     ev_signal_init(&node.sigint, on_signal, SIGINT);
     node.sigterm.data = node.sigint.data = &node;

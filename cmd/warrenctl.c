@@ -582,6 +582,101 @@ static int admin_list(const struct opts *o, const char *method, cJSON *req, cons
     return 0;
 }
 
+/* ---- node commands (status, drain, revive) ------------------------------------------------ */
+
+static void print_json(const cJSON *j)
+{
+    char *text = cJSON_PrintUnformatted(j);
+    if (text) printf("%s\n", text);
+    free(text);
+}
+
+static const char *jstr(const cJSON *o, const char *key, const char *dflt)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(j) ? j->valuestring : dflt;
+}
+
+static double jnum(const cJSON *o, const char *key)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(j) ? j->valuedouble : 0;
+}
+
+/* rabbitmq-diagnostics status's sections, for the figures Warren has. */
+static void print_status(const cJSON *st)
+{
+    printf("Status of node %s ...\nRuntime\n\n", jstr(st, "node", "?"));
+    printf("OS PID: %.0f\nProduct name: %s\nProduct version: %s\nUptime (seconds): %.0f\n\n", jnum(st, "pid"),
+           jstr(st, "product_name", "?"), jstr(st, "product_version", "?"), jnum(st, "uptime"));
+    printf("Data directory\n\nNode data directory: %s\n\n", jstr(st, "data_directory", "?"));
+    printf("Maintenance status\n\nIs under maintenance?: %s\n\n",
+           cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(st, "is_under_maintenance")) ? "true" : "false");
+    printf("Alarms\n\n");
+    const cJSON *e, *alarms = cJSON_GetObjectItemCaseSensitive(st, "alarms");
+    if (cJSON_GetArraySize(alarms) == 0) printf("(none)\n");
+    cJSON_ArrayForEach(e, alarms) printf("resource alarm: %s\n", cJSON_IsString(e) ? e->valuestring : "?");
+    const cJSON *mem = cJSON_GetObjectItemCaseSensitive(st, "memory");
+    printf("\nMemory\n\nTotal memory used: %.4f gb\nMemory high watermark setting: %.4f gb\n\n",
+           jnum(mem, "used") / 1e9, jnum(mem, "limit") / 1e9);
+    printf("Quorum queues\n\nLeaders on this node: %.0f\n\nListeners\n\n", jnum(st, "quorum_queue_leaders"));
+    cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(st, "listeners"))
+        printf("Interface: %s, port: %.0f, protocol: %s, purpose: %s\n", jstr(e, "interface", "?"), jnum(e, "port"),
+               jstr(e, "protocol", "?"), jstr(e, "purpose", ""));
+}
+
+static int cmd_status(const struct opts *o)
+{
+    cJSON *out = NULL;
+    int rc = admin_call(o, "admin.status", cJSON_CreateObject(), NULL, &out);
+    if (rc == 0) o->json ? print_json(out) : print_status(out);
+    cJSON_Delete(out);
+    return rc;
+}
+
+/* drain: the node waits (bounded by --timeout, less a margin for the answer) for its quorum
+ * queue leaderships to move before it answers. */
+static int cmd_drain(const struct opts *o)
+{
+    cJSON *req = cJSON_CreateObject();
+    cJSON_AddNumberToObject(req, "timeout", o->timeout > 6 ? o->timeout - 5 : o->timeout / 2);
+    char info[600];
+    snprintf(info, sizeof info, "Will put node %s:%d into maintenance mode. The node will no longer serve any client "
+             "traffic!", o->host, o->port);
+    cJSON *out = NULL;
+    int rc = admin_call(o, "admin.drain", req, info, &out);
+    if (rc == 0 && o->json) print_json(out);
+    else if (rc == 0)
+        printf("Node %s is in maintenance mode: %.0f client connection(s) closed, %.0f quorum queue leadership "
+               "transfer(s), %.0f leadership(s) still on this node\n", jstr(out, "node", "?"),
+               jnum(out, "connections_closed"), jnum(out, "leader_transfers"), jnum(out, "leaders_remaining"));
+    cJSON_Delete(out);
+    return rc;
+}
+
+static int cmd_revive(const struct opts *o)
+{
+    char info[600];
+    snprintf(info, sizeof info, "Will put node %s:%d back into service. The node will again serve client traffic!",
+             o->host, o->port);
+    cJSON *out = NULL;
+    int rc = admin_call(o, "admin.revive", cJSON_CreateObject(), info, &out);
+    if (rc == 0 && o->json) print_json(out);
+    cJSON_Delete(out);
+    return rc;
+}
+
+/* delete_queue / purge_queue: the count of messages the node reports. */
+static int queue_op(const struct opts *o, const char *method, cJSON *req, const char *info, const char *done_fmt)
+{
+    cJSON *out = NULL;
+    int rc = admin_call(o, method, req, info, &out);
+    if (rc == 0 && o->json) print_json(out);
+    else if (rc == 0 && done_fmt) printf(done_fmt, jnum(out, "messages"));
+    cJSON_Delete(out);
+    return rc;
+}
+
 /* Per-command options (after the command name, as rabbitmqctl takes them): -p/--vhost VHOST,
  * --priority N, --apply-to WHAT; the rest are positional. Returns the positional count, -1 on a
  * usage error. */
@@ -589,6 +684,7 @@ struct cmd_args {
     const char *vhost;
     const char *apply_to;
     int priority;
+    bool if_empty, if_unused; /* delete_queue --if-empty / --if-unused (-e / -u) */
     const char *pos[16];
 };
 
@@ -597,6 +693,7 @@ static int parse_cmd_args(int argc, char **argv, struct cmd_args *a)
     a->vhost = "/";
     a->apply_to = "all";
     a->priority = 0;
+    a->if_empty = a->if_unused = false;
     int n = 0;
     for (int i = 0; i < argc; i++) {
         bool next = i + 1 < argc;
@@ -607,6 +704,10 @@ static int parse_cmd_args(int argc, char **argv, struct cmd_args *a)
             long v = strtol(argv[++i], &end, 10);
             if (*end || !*argv[i]) return -1;
             a->priority = (int)v;
+        } else if (strcmp(argv[i], "--if-empty") == 0 || strcmp(argv[i], "-e") == 0) {
+            a->if_empty = true;
+        } else if (strcmp(argv[i], "--if-unused") == 0 || strcmp(argv[i], "-u") == 0) {
+            a->if_unused = true;
         } else if (strcmp(argv[i], "--apply-to") == 0 && next) {
             a->apply_to = argv[++i];
         } else if (strcmp(argv[i], "--") == 0) {
@@ -740,6 +841,36 @@ static int admin_command(const struct opts *o, const char *cmd, int argc, char *
         snprintf(info, sizeof info, "Growing %s quorum queues onto %s ...", a.pos[1], a.pos[0]);
         return admin_list(o, "admin.grow", req, info, cols, 3);
     }
+    if (strcmp(cmd, "list_exchanges") == 0 && n == 0) {
+        static const char *const cols[] = {"name", "type", "durable", "auto_delete", "internal"};
+        STR("vhost", a.vhost);
+        snprintf(info, sizeof info, "Listing exchanges for vhost %s ...", a.vhost);
+        return admin_list(o, "admin.list_exchanges", req, info, cols, 5);
+    }
+    if (strcmp(cmd, "list_bindings") == 0 && n == 0) {
+        static const char *const cols[] = {"source", "destination", "destination_type", "routing_key", "arguments"};
+        STR("vhost", a.vhost);
+        snprintf(info, sizeof info, "Listing bindings for vhost %s...", a.vhost);
+        return admin_list(o, "admin.list_bindings", req, info, cols, 5);
+    }
+    if (strcmp(cmd, "list_connections") == 0 && n == 0) {
+        static const char *const cols[] = {"name", "user", "vhost", "peer_host", "peer_port", "state", "channels"};
+        return admin_list(o, "admin.list_connections", req, "Listing connections ...", cols, 7);
+    }
+    if (strcmp(cmd, "delete_queue") == 0 && n == 1) {
+        STR("vhost", a.vhost);
+        STR("queue", a.pos[0]);
+        cJSON_AddBoolToObject(req, "if_empty", a.if_empty);
+        cJSON_AddBoolToObject(req, "if_unused", a.if_unused);
+        snprintf(info, sizeof info, "Deleting queue '%s' on vhost '%s' ...", a.pos[0], a.vhost);
+        return queue_op(o, "admin.delete_queue", req, info, "Queue was successfully deleted with %.0f messages\n");
+    }
+    if (strcmp(cmd, "purge_queue") == 0 && n == 1) {
+        STR("vhost", a.vhost);
+        STR("queue", a.pos[0]);
+        snprintf(info, sizeof info, "Purging queue '%s' in vhost '%s' ...", a.pos[0], a.vhost);
+        return queue_op(o, "admin.purge_queue", req, info, NULL);
+    }
     if (strcmp(cmd, "list_policies") == 0 && n == 0) {
         static const char *const cols[] = {"vhost", "name", "pattern", "apply-to", "definition", "priority"};
         STR("vhost", a.vhost);
@@ -762,6 +893,7 @@ static void usage(FILE *to)
             "                 [--tls [--cacert FILE] [--cert FILE --key FILE]]\n"
             "\n"
             "Commands:\n"
+            "  status                     node name, version, uptime, memory, listeners, alarms, maintenance\n"
             "  cluster_status             members, which are running, and the metadata leader\n"
             "  forget_cluster_node NAME   remove a stopped node from the cluster for good\n"
             "  await_startup              wait until the node answers and the cluster is formed\n"
@@ -775,6 +907,11 @@ static void usage(FILE *to)
             "  list_queues [-p VHOST]     name, type, messages, consumers, leader, members, online\n"
             "  add_member [-p VHOST] QUEUE NODE | delete_member [-p VHOST] QUEUE NODE\n"
             "  grow NODE all|even         add NODE to every quorum queue (even: with an even count)\n"
+            "  list_exchanges [-p VHOST] | list_bindings [-p VHOST] | list_connections\n"
+            "  delete_queue [-p VHOST] QUEUE [--if-empty] [--if-unused] | purge_queue [-p VHOST] QUEUE\n"
+            "  drain                      maintenance mode: close and refuse AMQP clients, move quorum\n"
+            "                             queue leaders to other nodes (waits up to --timeout, 30 s)\n"
+            "  revive                     leave maintenance mode: accept clients again\n"
             "\n"
             "--node is the node's cluster port (default 127.0.0.1:25672; a single node listens on\n"
             "127.0.0.1 there). The cookie defaults to $WARREN_COOKIE (a single node without one\n"
@@ -885,6 +1022,10 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "await_startup") == 0 && nargs == 0) {
         if (!(o.timeout > 0)) o.timeout = 60;
         return cmd_await_startup(&o);
+    }
+    if ((strcmp(cmd, "status") == 0 || strcmp(cmd, "drain") == 0 || strcmp(cmd, "revive") == 0) && nargs == 0) {
+        if (!(o.timeout > 0)) o.timeout = cmd[0] == 'd' ? 30 : 15;
+        return cmd[0] == 's' ? cmd_status(&o) : cmd[0] == 'd' ? cmd_drain(&o) : cmd_revive(&o);
     }
     if (!(o.timeout > 0)) o.timeout = 15; /* a refused change takes up to 5 s (no quorum) */
     int rc = admin_command(&o, cmd, nargs, argv + i + 1);
