@@ -33,7 +33,7 @@
 
 #define OUT_PAUSE_BYTES (4 * 1024 * 1024) /* unsent output above this: stop reading */
 
-enum { HDR_OTHER, HDR_AUTH };
+enum { HDR_OTHER, HDR_AUTH, HDR_INM };
 
 struct mgmt_conn {
     mgmt_t *m;
@@ -78,6 +78,7 @@ static void req_reset(mgmt_conn_t *c)
     mgmt_req_t *r = &c->req;
     free(r->url);
     free(r->auth);
+    free(r->if_none_match);
     free(r->body);
     for (int i = 0; i < r->nsegs; i++) free(r->segs[i]);
     free(r->query);
@@ -135,11 +136,17 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
     if (count_header(c, n)) return -1;
     if (!c->in_value) {
         c->in_value = true;
-        c->hdr_kind = strcasecmp(c->field, "authorization") == 0 ? HDR_AUTH : HDR_OTHER;
+        c->hdr_kind = strcasecmp(c->field, "authorization") == 0   ? HDR_AUTH
+                      : strcasecmp(c->field, "if-none-match") == 0 ? HDR_INM
+                                                                   : HDR_OTHER;
         if (c->hdr_kind == HDR_AUTH && c->req.auth) { /* a repeated Authorization header */
             c->error_status = 400;
             return -1;
         }
+    }
+    if (c->hdr_kind == HDR_INM) { /* ui.c's revalidation of static assets */
+        size_t l = c->req.if_none_match ? strlen(c->req.if_none_match) : 0;
+        return append(&c->req.if_none_match, &l, at, n) ? 0 : -1;
     }
     if (c->hdr_kind != HDR_AUTH) return 0;
     if (!c->req.auth && !append(&c->req.auth, &c->req.auth_len, "", 0)) return -1;
@@ -190,6 +197,7 @@ static const char *status_text(int status)
     case 200: return "OK";
     case 201: return "Created";
     case 204: return "No Content";
+    case 304: return "Not Modified";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
@@ -230,9 +238,10 @@ static void conn_close(mgmt_conn_t *c)
 }
 
 /* Writes a complete response. keep_alive false: "connection: close" and close after it.
- * extra: more header lines ("name: value\r\n"), or "". */
+ * extra: more header lines ("name: value\r\n"), or "". ctype: the body's content type (NULL:
+ * JSON). */
 static void write_response(mgmt_conn_t *c, int status, const char *body, size_t blen, bool keep_alive,
-                           const char *extra)
+                           const char *extra, const char *ctype)
 {
     char head[6600];
     bool http10 = c->p.http_major == 1 && c->p.http_minor == 0;
@@ -241,9 +250,10 @@ static void write_response(mgmt_conn_t *c, int status, const char *body, size_t 
                      "server: Warren\r\n"
                      "cache-control: no-cache\r\n"
                      "vary: accept, accept-encoding, origin\r\n"
-                     "%s%s%s%s"
+                     "%s%s%s%s%s%s"
                      "content-length: %zu\r\n\r\n",
-                     status, status_text(status), extra, blen ? "content-type: application/json\r\n" : "",
+                     status, status_text(status), extra, blen || ctype ? "content-type: " : "",
+                     blen || ctype ? (ctype ? ctype : "application/json") : "", blen || ctype ? "\r\n" : "",
                      status == 401 ? "www-authenticate: Basic realm=\"RabbitMQ Management\"\r\n" : "",
                      !keep_alive ? "connection: close\r\n" : http10 ? "connection: keep-alive\r\n" : "", blen);
     conn_write(c, head, (size_t)n);
@@ -299,7 +309,7 @@ static void parse_pending(mgmt_conn_t *c)
             const char *body = status == 413   ? "{\"error\":\"bad_request\",\"reason\":\"request body too large\"}"
                                : status == 431 ? "{\"error\":\"bad_request\",\"reason\":\"request headers too large\"}"
                                                : "{\"error\":\"bad_request\",\"reason\":\"malformed HTTP request\"}";
-            write_response(c, status, body, strlen(body), false, "");
+            write_response(c, status, body, strlen(body), false, "", NULL);
         } else if (n == 0) {
             break;
         }
@@ -324,13 +334,25 @@ static void request_done(mgmt_conn_t *c, bool keep_alive)
     if (!c->parsing) parse_pending(c);
 }
 
-static void reply_with(mgmt_req_t *r, int status, const char *body, size_t blen, const char *extra)
+static void reply_typed(mgmt_req_t *r, int status, const char *body, size_t blen, const char *extra,
+                        const char *ctype)
 {
     mgmt_conn_t *c = r->conn;
     if (!c || r->answered) return;
     bool keep_alive = http_should_keep_alive(&c->p) && !c->m->shutting_down;
-    write_response(c, status, body, blen, keep_alive, extra);
+    write_response(c, status, body, blen, keep_alive, extra, ctype);
     request_done(c, keep_alive);
+}
+
+static void reply_with(mgmt_req_t *r, int status, const char *body, size_t blen, const char *extra)
+{
+    reply_typed(r, status, body, blen, extra, NULL);
+}
+
+void mgmt_reply_asset(mgmt_req_t *r, int status, const char *ctype, const void *body, size_t len,
+                      const char *extra)
+{
+    reply_typed(r, status, body, len, extra, ctype);
 }
 
 static void reply_raw(mgmt_req_t *r, int status, const char *body, size_t blen)

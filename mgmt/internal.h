@@ -56,6 +56,7 @@ typedef struct mgmt_req {
     size_t url_len;
     char *auth;             /* the Authorization header, or NULL */
     size_t auth_len;
+    char *if_none_match;    /* the If-None-Match header (ui.c's ETags), or NULL */
     char *body;             /* NULL when empty */
     size_t body_len;
     bool peer_loopback;
@@ -96,6 +97,9 @@ void mgmt_reply_status(mgmt_req_t *r, int status); /* no body (204, 405, ...) */
 void mgmt_reply_created(mgmt_req_t *r, const char *location); /* 201 with a location header */
 void mgmt_reply_error(mgmt_req_t *r, int status, const char *error, const char *reason);
 void mgmt_reply_not_found(mgmt_req_t *r);          /* RabbitMQ's 404 "Object Not Found" */
+/* A non-JSON body (ui.c's static files) with its content type; extra: header lines or "". */
+void mgmt_reply_asset(mgmt_req_t *r, int status, const char *ctype, const void *body, size_t len,
+                      const char *extra);
 /* A listing (paginate.c): applies sort, sort_reverse, columns, and page, page_size, name,
  * use_regex as RabbitMQ does, then answers 200 (or 400 for bad parameters). Takes arr. */
 void mgmt_reply_list(mgmt_req_t *r, cJSON *arr);
@@ -114,6 +118,13 @@ bool mgmt_user_is_monitor(const user_t *u); /* monitoring or administrator: sees
 /* May r's user see vh in listings? Administrators always; others with permissions there;
  * monitoring users too when monitor_sees_all (the vhost list, the overview's totals). */
 bool mgmt_vhost_visible(const mgmt_req_t *r, const vhost_t *vh, bool monitor_sees_all);
+
+/* ---- ui.c: the browser UI's static files (mgmt/www/, embedded at build time) ---- */
+
+/* Answers a request outside /api: GET/HEAD of "/" or an asset, without authentication; any
+ * other path without a file extension gets index.html (the UI routes with #fragments); the
+ * rest 404 (405 for other methods). A path under /api that the router could not split: 404. */
+void mgmt_ui_serve(mgmt_req_t *r);
 
 /* ---- endpoints (api_read.c, api_write.c) ---- */
 

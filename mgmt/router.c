@@ -360,7 +360,7 @@ const char *mgmt_query(const mgmt_req_t *r, const char *key, char *buf, size_t b
 
 void mgmt_route(mgmt_req_t *r)
 {
-    if (!split_url(r)) return mgmt_reply_not_found(r);
+    if (!split_url(r)) return mgmt_ui_serve(r); /* not an API path: ui.c */
     enum mgmt_method method = r->method == MGMT_HEAD ? MGMT_GET : r->method;
     const struct route *hit = NULL;
     bool path_known = false;

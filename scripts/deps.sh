@@ -30,11 +30,26 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ $had_policy = 0 ] && $SUDO rm -f $policy
 fi
 
+# The browser UI's test (tests/integration/test_mgmt_ui.py) drives Debian's headless Chromium; it
+# skips, rather than failing the run, when Chromium cannot be installed here.
+if [ "$want" = test ]; then
+  ui_missing=()
+  for p in chromium chromium-driver; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || ui_missing+=("$p")
+  done
+  if [ ${#ui_missing[@]} -gt 0 ]; then
+    echo "deps: installing ${ui_missing[*]}"
+    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+        -o DPkg::Lock::Timeout=300 --no-install-recommends "${ui_missing[@]}"; } || \
+      echo "deps: could not install ${ui_missing[*]}; test_mgmt_ui.py will be skipped"
+  fi
+fi
+
 if [ "$want" != build ]; then
   py=python3
-  if ! $py -c 'import pika, amqp, pytest, aio_pika, requests' 2>/dev/null; then
+  if ! $py -c 'import pika, amqp, pytest, aio_pika, requests, selenium' 2>/dev/null; then
     echo "deps: installing Python client libraries"
-    $py -m pip install -q pika amqp pytest aio-pika requests 2>/dev/null || \
-      $py -m pip install -q --break-system-packages pika amqp pytest aio-pika requests
+    $py -m pip install -q pika amqp pytest aio-pika requests selenium 2>/dev/null || \
+      $py -m pip install -q --break-system-packages pika amqp pytest aio-pika requests selenium
   fi
 fi
