@@ -646,6 +646,8 @@ static const struct {
     {"admin.list_connections", topo_list_connections},
     {"admin.delete_queue", topo_delete_queue},
     {"admin.purge_queue", topo_purge_queue},
+    {"admin.export_definitions", topo_export_definitions},
+    {"admin.import_definitions", topo_import_definitions},
 };
 
 static void admin_call(void *ud, uint32_t from, const struct peer_call_in *in)

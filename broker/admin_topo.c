@@ -18,6 +18,7 @@
 #include <cjson/cJSON.h>
 
 #include "broker/admin_int.h"
+#include "broker/defexport.h"
 #include "broker/qq.h"
 #include "broker/remote.h"
 
@@ -214,4 +215,45 @@ void topo_purge_queue(struct admin *a, const struct peer_reply_to *to, const cJS
     uint64_t owner = q->exclusive ? q->owner_conn : 0; /* the operator may purge an exclusive queue */
     if (br_queue_purge(v, NULL, owner, name, strlen(name), &n, &err)) return admin_reply_error(a, to, err.code, "%s", err.text);
     admin_reply_json(a, to, count_reply(n));
+}
+
+/* ---- definitions -------------------------------------------------------------------------- */
+
+void topo_export_definitions(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    (void)req;
+    admin_reply_json(a, to, defx_export(a->b));
+}
+
+struct import_req {
+    struct admin *a;
+    struct peer_reply_to to;
+};
+
+static void imported(void *arg, unsigned applied, unsigned failed, const char *first_error)
+{
+    struct import_req *r = arg;
+    if (failed) {
+        admin_reply_error(r->a, &r->to, BR_PRECONDITION_FAILED, "%u of %u definitions could not be imported; the first: %s",
+                          failed, applied + failed, first_error ? first_error : "?");
+    } else {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "result", "ok");
+        cJSON_AddNumberToObject(o, "applied", applied);
+        admin_reply_json(r->a, &r->to, o);
+    }
+    free(r);
+}
+
+void topo_import_definitions(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const cJSON *defs = cJSON_GetObjectItemCaseSensitive(req, "definitions");
+    struct import_req *r = malloc(sizeof *r);
+    if (!r) abort();
+    *r = (struct import_req){.a = a, .to = *to};
+    char err[512];
+    if (broker_import_definitions(a->b, defs, imported, r, err, sizeof err) != 0) {
+        free(r);
+        admin_reply_error(a, to, BR_PRECONDITION_FAILED, "invalid definitions: %s", err);
+    }
 }

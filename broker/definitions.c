@@ -17,11 +17,17 @@
  *
  * JSON arguments become AMQP field tables the way RabbitMQ converts them: strings -> longstr,
  * integers -> long (l), other numbers -> double, booleans -> bool, objects -> tables, arrays ->
- * arrays, null -> void. */
+ * arrays, null -> void.
+ *
+ * Run-time import (broker_import_definitions, defexport.h): the same loader, first as a dry pass
+ * that only validates (so a bad document submits nothing), then submitting every command through
+ * meta_submit and counting the answers; the caller is told once the last one has applied. */
 #include "broker/broker.h"
 #include "broker/admin.h"
+#include "broker/defexport.h"
 #include "broker/log.h"
 #include "broker/meta.h"
+#include "broker/qq.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -112,12 +118,47 @@ static void tags_text(const cJSON *o, char *out, size_t cap)
     }
 }
 
-/* Where the commands go: applied here (a single node) or submitted to the cluster (founder). */
+/* A run-time import in progress: the commands submitted and answered so far. */
+struct import {
+    unsigned submitted, answered, failed;
+    bool emitting; /* still submitting: an early last answer must not finish the import */
+    char first_error[2048]; /* what (512) + ": " + the error text (1024) */
+    broker_import_cb done;
+    void *arg;
+};
+
+/* Where the commands go: applied here (a single node) or submitted to the cluster (founder),
+ * nowhere (dry: validation only), or submitted and counted (imp: a run-time import). */
 struct sink {
     broker_t *b;
     bool submit;
+    bool dry;
+    struct import *imp;
     unsigned users; /* user commands emitted (the default user is only made when none are) */
 };
+
+/* One submitted command of an import. */
+struct import_cmd {
+    struct import *imp;
+    char what[512];
+};
+
+static void import_finish_if_done(struct import *imp)
+{
+    if (imp->emitting || imp->answered < imp->submitted) return;
+    imp->done(imp->arg, imp->answered - imp->failed, imp->failed, imp->failed ? imp->first_error : NULL);
+    free(imp);
+}
+
+static void import_answered(void *arg, const br_err_t *err)
+{
+    struct import_cmd *ic = arg;
+    struct import *imp = ic->imp;
+    imp->answered++;
+    if (err && imp->failed++ == 0) snprintf(imp->first_error, sizeof imp->first_error, "%s: %s", ic->what, err->text);
+    free(ic);
+    import_finish_if_done(imp);
+}
 
 static void submitted(void *arg, const br_err_t *err)
 {
@@ -135,6 +176,16 @@ static void emit(struct sink *k, const struct meta_cmd *c, const char *fmt, ...)
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
     if (c->op == META_USER_PUT) k->users++;
+    if (k->dry) return;
+    if (k->imp) {
+        struct import_cmd *ic = malloc(sizeof *ic);
+        if (!ic) abort();
+        ic->imp = k->imp;
+        snprintf(ic->what, sizeof ic->what, "%s", what);
+        k->imp->submitted++;
+        meta_submit(k->b, c, import_answered, ic);
+        return;
+    }
     if (k->submit) {
         meta_submit(k->b, c, submitted, strdup(what));
         return;
@@ -237,6 +288,16 @@ static int load_policies(struct sink *k, const cJSON *root, const char *key, boo
     return rc;
 }
 
+/* A run-time import declares quorum queues as a client would: members chosen now (at boot an
+ * empty list means this node alone, as before). */
+static amqp_bytes_t quorum_members(broker_t *b, amqp_bytes_t args, amqp_buf_t *out)
+{
+    amqp_table_t t = {0};
+    if (args.len && amqp_table_parse(args, &t) == 0 && qq_args_quorum(&t)) qq_choose_members(b, &t, out);
+    amqp_table_free(&t);
+    return (amqp_bytes_t){out->data, out->len};
+}
+
 static void load_topology(struct sink *k, const cJSON *root)
 {
     amqp_buf_t args = {0};
@@ -260,7 +321,10 @@ static void load_topology(struct sink *k, const cJSON *root)
                              .home = k->b->self_node};
         c.flags = (jbool(o, "durable", true) ? META_F_DURABLE : 0) | (jbool(o, "auto_delete", false) ? META_F_AUTO_DELETE : 0);
         c.args = json_args(&args, cJSON_GetObjectItemCaseSensitive(o, "arguments"));
-        emit(k, &c, "queue '%s'", name);
+        amqp_buf_t members = {0};
+        if (k->imp) c.key = quorum_members(k->b, c.args, &members);
+        emit(k, &c, "queue '%s' in vhost '%s'", name, vn);
+        amqp_buf_free(&members);
     }
     cJSON_ArrayForEach(o, cJSON_GetObjectItemCaseSensitive(root, "bindings"))
     {
@@ -276,6 +340,22 @@ static void load_topology(struct sink *k, const cJSON *root)
     amqp_buf_free(&args);
 }
 
+static int definitions_emit_root(struct sink *k, const cJSON *root, char *err, size_t errlen)
+{
+    if (!cJSON_IsObject(root)) {
+        snprintf(err, errlen, "definitions must be a JSON object");
+        return -1;
+    }
+    const cJSON *v;
+    cJSON_ArrayForEach(v, cJSON_GetObjectItemCaseSensitive(root, "vhosts")) emit_vhost(k, jstr(v, "name", "/"));
+    int rc = load_users(k, root, err, errlen);
+    if (!rc) rc = load_permissions(k, root, err, errlen);
+    if (!rc) rc = load_policies(k, root, "policies", false, err, errlen);
+    if (!rc) rc = load_policies(k, root, "operator_policies", true, err, errlen);
+    if (!rc) load_topology(k, root);
+    return rc;
+}
+
 static int definitions_emit(struct sink *k, const char *path, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
@@ -286,8 +366,12 @@ static int definitions_emit(struct sink *k, const char *path, char *err, size_t 
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     fseek(f, 0, SEEK_SET);
-    char *text = malloc((size_t)n + 1);
-    if (!text) abort();
+    char *text = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (!text) {
+        fclose(f);
+        snprintf(err, errlen, "cannot read definitions file %s", path);
+        return -1;
+    }
     size_t got = fread(text, 1, (size_t)n, f);
     fclose(f);
     text[got] = '\0';
@@ -297,16 +381,28 @@ static int definitions_emit(struct sink *k, const char *path, char *err, size_t 
         snprintf(err, errlen, "definitions file %s is not valid JSON", path);
         return -1;
     }
-    const cJSON *v;
-    cJSON_ArrayForEach(v, cJSON_GetObjectItemCaseSensitive(root, "vhosts")) emit_vhost(k, jstr(v, "name", "/"));
-    int rc = load_users(k, root, err, errlen);
-    if (!rc) rc = load_permissions(k, root, err, errlen);
-    if (!rc) rc = load_policies(k, root, "policies", false, err, errlen);
-    if (!rc) rc = load_policies(k, root, "operator_policies", true, err, errlen);
-    if (!rc) load_topology(k, root);
+    int rc = definitions_emit_root(k, root, err, errlen);
     cJSON_Delete(root);
     if (!rc) log_info("%s definitions from %s", k->submit ? "submitted" : "loaded", path);
     return rc;
+}
+
+int broker_import_definitions(broker_t *b, const cJSON *root, broker_import_cb done, void *arg, char *err,
+                              size_t errlen)
+{
+    struct sink dry = {.b = b, .dry = true};
+    if (definitions_emit_root(&dry, root, err, errlen) != 0) return -1;
+    struct import *imp = calloc(1, sizeof *imp);
+    if (!imp) abort();
+    imp->done = done;
+    imp->arg = arg;
+    imp->emitting = true;
+    struct sink k = {.b = b, .imp = imp};
+    definitions_emit_root(&k, root, err, errlen); /* validated above: cannot fail now */
+    log_info("importing definitions: %u command(s) submitted", imp->submitted);
+    imp->emitting = false;
+    import_finish_if_done(imp);
+    return 0;
 }
 
 /* The default vhost, and the default user with its permissions when add_user says so. */

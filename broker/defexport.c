@@ -1,0 +1,182 @@
+/* defexport.c - the registry as RabbitMQ's definitions document (prefix defx_), for warrenctl
+ * export_definitions (and anything else in broker/ or above that wants the same document).
+ *
+ * The document has rabbitmqctl export_definitions' shape: rabbit_version, users (with their
+ * password hashes and hashing algorithm, so an import on another node keeps the passwords),
+ * vhosts, permissions, policies, queues, exchanges and bindings, plus the empty lists RabbitMQ
+ * writes (topic_permissions, parameters, global_parameters). What RabbitMQ leaves out is left
+ * out here too: exclusive queues, the default and amq.* exchanges, the default exchange's
+ * implicit bindings. broker/definitions.c reads the same document back (boot file or
+ * broker_import_definitions), so export -> import reproduces the definitions.
+ *
+ * Read-only: built from this node's applied registry on the loop thread. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "broker/admin_int.h"
+#include "broker/defexport.h"
+
+#define DEFX_COMPAT_VERSION "3.10.8" /* the RabbitMQ release whose format this follows */
+
+const char *ex_type_name(ex_type_t t); /* exchange.c */
+
+static cJSON *raw_args_json(amqp_bytes_t raw)
+{
+    amqp_table_t t = {0};
+    if (!raw.len || amqp_table_parse(raw, &t) != 0) return cJSON_CreateObject();
+    cJSON *o = admin_table_json(&t);
+    amqp_table_free(&t);
+    return o;
+}
+
+/* "a,b" -> ["a","b"] (RabbitMQ 3.10 writes tags as a list). */
+static cJSON *tags_json(const char *tags)
+{
+    cJSON *arr = cJSON_CreateArray();
+    for (const char *p = tags ? tags : ""; *p;) {
+        size_t n = strcspn(p, ",");
+        char *t = strndup(p, n);
+        if (t && n) cJSON_AddItemToArray(arr, cJSON_CreateString(t));
+        free(t);
+        p += n + (p[n] == ',');
+    }
+    return arr;
+}
+
+static void add_users(cJSON *root, broker_t *b)
+{
+    cJSON *users = cJSON_AddArrayToObject(root, "users"), *perms = cJSON_AddArrayToObject(root, "permissions");
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&b->users, &pos, NULL, NULL, &v)) {
+        const user_t *u = v;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "name", u->name);
+        cJSON_AddStringToObject(o, "password_hash", u->password_hash ? u->password_hash : "");
+        cJSON_AddStringToObject(o, "hashing_algorithm", auth_hash_alg_name(u->hash_alg));
+        cJSON_AddItemToObject(o, "tags", tags_json(u->tags));
+        cJSON_AddItemToObject(o, "limits", cJSON_CreateObject());
+        cJSON_AddItemToArray(users, o);
+        size_t pp = 0;
+        const char *vh;
+        size_t vlen;
+        void *pv;
+        while (dict_next(&u->perms, &pp, &vh, &vlen, &pv)) {
+            const perm_t *p = pv;
+            cJSON *po = cJSON_CreateObject();
+            cJSON_AddStringToObject(po, "user", u->name);
+            char *vname = strndup(vh, vlen);
+            cJSON_AddStringToObject(po, "vhost", vname ? vname : "");
+            free(vname);
+            cJSON_AddStringToObject(po, "configure", auth_regex_pattern(p->configure));
+            cJSON_AddStringToObject(po, "write", auth_regex_pattern(p->write));
+            cJSON_AddStringToObject(po, "read", auth_regex_pattern(p->read));
+            cJSON_AddItemToArray(perms, po);
+        }
+    }
+}
+
+static void add_policies(cJSON *arr, const vhost_t *vh)
+{
+    for (size_t i = 0; i < vh->policies.n; i++) {
+        const policy_t *p = vh->policies.items[i];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "vhost", vh->name);
+        cJSON_AddStringToObject(o, "name", p->name);
+        cJSON_AddStringToObject(o, "pattern", p->pattern_text);
+        cJSON_AddStringToObject(o, "apply-to", p->apply_to == APPLY_QUEUES      ? "queues"
+                                               : p->apply_to == APPLY_EXCHANGES ? "exchanges"
+                                                                                : "all");
+        cJSON_AddItemToObject(o, "definition", admin_table_json(&p->def));
+        cJSON_AddNumberToObject(o, "priority", p->priority);
+        cJSON_AddItemToArray(arr, o);
+    }
+}
+
+static void add_queues(cJSON *arr, const vhost_t *vh)
+{
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&vh->queues, &pos, NULL, NULL, &v)) {
+        const queue_t *q = v;
+        if (q->exclusive) continue; /* they die with their connection */
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "name", q->name);
+        cJSON_AddStringToObject(o, "vhost", vh->name);
+        cJSON_AddBoolToObject(o, "durable", q->durable);
+        cJSON_AddBoolToObject(o, "auto_delete", q->auto_delete);
+        cJSON_AddItemToObject(o, "arguments", admin_table_json(&q->args));
+        cJSON_AddItemToArray(arr, o);
+    }
+}
+
+static bool builtin_exchange(const exchange_t *x)
+{
+    return x->name_len == 0 || (x->name_len >= 4 && memcmp(x->name, "amq.", 4) == 0);
+}
+
+static cJSON *binding_json(const vhost_t *vh, const exchange_t *x, const binding_t *bd)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "source", x->name);
+    cJSON_AddStringToObject(o, "vhost", vh->name);
+    cJSON_AddStringToObject(o, "destination",
+                            bd->dest_is_queue ? ((queue_t *)bd->dest)->name : ((exchange_t *)bd->dest)->name);
+    cJSON_AddStringToObject(o, "destination_type", bd->dest_is_queue ? "queue" : "exchange");
+    char *key = strndup(bd->key, bd->key_len);
+    cJSON_AddStringToObject(o, "routing_key", key ? key : "");
+    free(key);
+    cJSON_AddItemToObject(o, "arguments", raw_args_json(bd->args_raw));
+    return o;
+}
+
+static void add_exchanges(cJSON *xs, cJSON *bindings, const vhost_t *vh)
+{
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&vh->exchanges, &pos, NULL, NULL, &v)) {
+        const exchange_t *x = v;
+        for (size_t i = 0; i < x->bindings.n; i++) cJSON_AddItemToArray(bindings, binding_json(vh, x, x->bindings.items[i]));
+        if (builtin_exchange(x)) continue;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "name", x->name);
+        cJSON_AddStringToObject(o, "vhost", vh->name);
+        cJSON_AddStringToObject(o, "type", x->delayed ? "x-delayed-message" : ex_type_name(x->type));
+        cJSON_AddBoolToObject(o, "durable", x->durable);
+        cJSON_AddBoolToObject(o, "auto_delete", x->auto_delete);
+        cJSON_AddBoolToObject(o, "internal", x->internal);
+        cJSON_AddItemToObject(o, "arguments", raw_args_json(x->args_raw));
+        cJSON_AddItemToArray(xs, o);
+    }
+}
+
+cJSON *defx_export(broker_t *b)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "rabbit_version", DEFX_COMPAT_VERSION);
+    cJSON_AddStringToObject(root, "rabbitmq_version", DEFX_COMPAT_VERSION);
+    cJSON_AddStringToObject(root, "product_name", "Warren");
+    add_users(root, b);
+    cJSON *vhosts = cJSON_AddArrayToObject(root, "vhosts");
+    cJSON_AddArrayToObject(root, "topic_permissions");
+    cJSON_AddArrayToObject(root, "parameters");
+    cJSON_AddArrayToObject(root, "global_parameters");
+    cJSON *policies = cJSON_AddArrayToObject(root, "policies");
+    cJSON *queues = cJSON_AddArrayToObject(root, "queues");
+    cJSON *exchanges = cJSON_AddArrayToObject(root, "exchanges");
+    cJSON *bindings = cJSON_AddArrayToObject(root, "bindings");
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&b->vhosts, &pos, NULL, NULL, &v)) {
+        const vhost_t *vh = v;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "name", vh->name);
+        cJSON_AddItemToArray(vhosts, o);
+        add_policies(policies, vh);
+        add_queues(queues, vh);
+        add_exchanges(exchanges, bindings, vh);
+    }
+    return root;
+}
