@@ -1,0 +1,200 @@
+"""The management plugin's browser UI (mgmt/www/, served by mgmt/ui.c at /), driven in a real
+headless Chromium (Debian's chromium + chromium-driver, via Selenium) against a 3-node cluster:
+log in, see the three running nodes, declare a quorum queue from the UI, publish a message from
+the queue page and get it back, and see the queue's leader and members in the queue list.
+
+Screenshots of each step go to tests/artifacts/mgmt_ui/ (or $WARREN_TEST_ARTIFACTS/mgmt_ui/);
+the path is printed. Skipped only when Chromium / chromedriver / Selenium are not installed
+(scripts/deps.sh installs them for `make test`).
+"""
+import os
+import shutil
+import time
+
+import pytest
+import requests
+
+import conftest
+from helpers.clients import wait_for
+
+CLUSTER_NAMES = ["warren1@127.0.0.1", "warren2@127.0.0.1", "warren3@127.0.0.1"]
+ARTIFACTS = os.path.join(os.environ.get("WARREN_TEST_ARTIFACTS") or os.path.join(conftest.REPO_ROOT, "tests", "artifacts"),
+                         "mgmt_ui")
+
+
+def _browser_or_skip():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
+    try:
+        from selenium import webdriver  # noqa: F401
+    except ImportError:
+        pytest.skip("Selenium is not installed (scripts/deps.sh installs it with pip)")
+    if not chromium or not driver:
+        pytest.skip("Chromium / chromedriver are not installed and scripts/deps.sh could not install "
+                    "Debian's chromium and chromium-driver packages")
+    return chromium, driver
+
+
+def _start_chromium(chromium, driver):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1000", "--disable-extensions", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update"):
+        opts.add_argument(arg)
+    opts.binary_location = chromium
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # An explicit driver path: Selenium Manager never looks for (or downloads) one.
+    return webdriver.Chrome(options=opts, service=Service(executable_path=driver))
+
+
+@pytest.mark.timeout(150)
+def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
+    if conftest.EXTERNAL or conftest.RABBITMQ_MODE:
+        pytest.skip("starts its own Warren cluster")
+    chromium, driver_path = _browser_or_skip()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from helpers.cluster import WarrenCluster, running_names
+
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter:
+        reporter.write_line(f"\ntest_mgmt_ui: screenshots in {ARTIFACTS}")
+    print(f"test_mgmt_ui: screenshots in {ARTIFACTS}")
+
+    c = WarrenCluster(str(tmp_path / "cluster"), pki, size=3).start()
+    browser = None
+    step = "start"
+    try:
+        browser = _start_chromium(chromium, driver_path)
+        node = c.nodes[0]
+        base = f"http://{node.host}:{node.mgmt_port}"
+
+        def shot(name):
+            path = os.path.join(ARTIFACTS, f"{name}.png")
+            browser.save_screenshot(path)
+            return path
+
+        def wait(cond, timeout=20):
+            return WebDriverWait(browser, timeout, poll_frequency=0.2).until(cond)
+
+        def flash_text():
+            return " | ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, "#flash .msg"))
+
+        for n in c.nodes:
+            c.wait_status(n, lambda st: st.get("formed") is True and running_names(st) == CLUSTER_NAMES,
+                          timeout=40, what="a formed cluster of 3")
+
+        # The page and its assets need no credentials, carry content types and ETags (304).
+        step = "static assets"
+        r = requests.get(base + "/", timeout=5)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), r.headers
+        js = requests.get(base + "/app.js", timeout=5)
+        assert js.status_code == 200 and "javascript" in js.headers["content-type"]
+        assert requests.get(base + "/app.js", headers={"If-None-Match": js.headers["etag"]}, timeout=5).status_code == 304
+        assert requests.get(base + "/api/overview", timeout=5).status_code == 401
+
+        # Log in (a wrong password first: the API's reason is shown).
+        step = "login"
+        browser.get(base + "/")
+        wait(EC.visibility_of_element_located((By.ID, "login-user"))).send_keys("guest")
+        browser.find_element(By.ID, "login-pass").send_keys("wrong")
+        browser.find_element(By.ID, "login-submit").click()
+        wait(lambda d: "Login failed" in d.find_element(By.ID, "login-error").text)
+        browser.find_element(By.ID, "login-pass").clear()
+        browser.find_element(By.ID, "login-pass").send_keys("guest")
+        browser.find_element(By.ID, "login-submit").click()
+
+        # Overview: the cluster and its three running nodes.
+        step = "overview"
+        wait(lambda d: d.find_elements(By.ID, "nodes-summary")
+             and d.find_element(By.ID, "nodes-summary").text == "3 of 3 nodes running", timeout=30)
+        rows = browser.find_elements(By.CSS_SELECTOR, "#nodes-table tr.node-row")
+        assert sorted(r.get_attribute("data-name") for r in rows) == CLUSTER_NAMES
+        assert all(r.get_attribute("data-running") == "true" for r in rows)
+        assert "cluster itest" in browser.find_element(By.ID, "ov-sub").text
+        shot("01-overview")
+
+        # Declare a quorum queue from the queues page.
+        step = "declare quorum queue"
+        qname = uniq("ui-qq")
+        browser.find_element(By.CSS_SELECTOR, '#nav a[data-nav="queues"]').click()
+        wait(EC.visibility_of_element_located((By.ID, "q-name"))).send_keys(qname)
+        Select(browser.find_element(By.ID, "q-type")).select_by_value("quorum")
+        browser.find_element(By.ID, "q-submit").click()
+        wait(lambda d: f"Queue {qname} declared." in flash_text())
+
+        # The list shows it with its leader and three online members (the UI polls every 5 s;
+        # the filter narrows the list to it).
+        step = "queue list"
+        browser.find_element(By.CSS_SELECTOR, "#queues-list input.filter").send_keys(qname)
+
+        def listed(d):
+            for row in d.find_elements(By.CSS_SELECTOR, "#queues-list tbody tr"):
+                if row.get_attribute("data-name") != qname:
+                    continue
+                leader = row.find_element(By.CSS_SELECTOR, ".q-leader").text
+                members = [b.text for b in row.find_elements(By.CSS_SELECTOR, ".q-members .badge.ok")]
+                return leader in CLUSTER_NAMES and sorted(members) == CLUSTER_NAMES and row
+            return False
+        row = wait(listed, timeout=25)
+        assert "quorum" in row.text
+        shot("02-queues")
+        api = requests.get(f"{base}/api/queues/%2F/{qname}", auth=("guest", "guest"), timeout=5).json()
+        assert api["type"] == "quorum" and sorted(api["members"]) == CLUSTER_NAMES
+
+        # Queue page: publish a message, then get it back (acked, so the queue is empty again).
+        step = "publish"
+        row.find_element(By.CSS_SELECTOR, "a.queue-link").click()
+        wait(lambda d: d.find_elements(By.ID, "queue-name") and d.find_element(By.ID, "queue-name").text == qname)
+        wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#queue-members tr.member-row")) == 3)
+        payload = "hello from the browser UI"
+        browser.find_element(By.ID, "pub-payload").send_keys(payload)
+        browser.find_element(By.ID, "pub-submit").click()
+        wait(lambda d: "Message published." in flash_text())
+        assert wait_for(lambda: requests.get(f"{base}/api/queues/%2F/{qname}", auth=("guest", "guest"),
+                                             timeout=5).json().get("messages") == 1, 10)
+
+        step = "get"
+        Select(browser.find_element(By.ID, "get-ackmode")).select_by_value("ack_requeue_false")
+        browser.find_element(By.ID, "get-submit").click()
+        got = wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#get-results pre.msg-payload"))
+        assert got[0].text == payload
+        shot("04-queue-get")
+        browser.execute_script("window.scrollTo(0, 0)")
+        shot("03-queue-page")
+        assert wait_for(lambda: requests.get(f"{base}/api/queues/%2F/{qname}", auth=("guest", "guest"),
+                                             timeout=5).json().get("messages") == 0, 10)
+
+        # The other pages render without errors; then log out.
+        step = "other pages"
+        for page, marker in (("exchanges", "exchanges-list"), ("admin/users", "users-list"),
+                             ("admin/policies", "policies-list"), ("definitions", "export-btn")):
+            browser.get(f"{base}/#/{page}")
+            wait(EC.presence_of_element_located((By.ID, marker)))
+        browser.get(f"{base}/#/connections")
+        wait(lambda d: d.find_elements(By.ID, "connections-list") or d.find_elements(By.ID, "no-endpoint"))
+        shot("05-connections")
+        browser.find_element(By.ID, "logout").click()
+        wait(EC.visibility_of_element_located((By.ID, "login-user")))
+
+        step = "console"
+        errors = [e for e in browser.get_log("browser")
+                  if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
+        assert not errors, errors
+    except Exception:
+        if browser is not None:
+            try:
+                path = os.path.join(ARTIFACTS, "failure.png")
+                browser.save_screenshot(path)
+                print(f"test_mgmt_ui: failed at step '{step}'; screenshot {path}")
+            except Exception:
+                pass
+        raise
+    finally:
+        if browser is not None:
+            browser.quit()
+        c.stop()
