@@ -593,6 +593,7 @@ static void conn_on_close(void *ud)
     if (c->throttled_by) q_unref(c->throttled_by);
     c->throttled_by = NULL;
     conn_free_channels(c);
+    connreg_remove(&c->reg);
     br_connection_closed(s->broker, c->id);
     if (c->prev) c->prev->next = c->next;
     else s->conns = c->next;
@@ -608,6 +609,52 @@ static const net_handler_t conn_handler = {
     .on_drain = conn_on_drain,
     .on_close = conn_on_close,
 };
+
+/* ---- the connection registry (broker/connreg.h) ---- */
+
+static void conn_describe(void *ctx, connreg_entry_t *e)
+{
+    conn_t *c = ctx;
+    e->user = c->user ? c->user->name : "";
+    e->vhost = c->vh ? c->vh->name : "";
+    e->state = c->state >= CS_CLOSING ? "closing" : c->state != CS_RUNNING ? "starting"
+             : c->alarm_blocked       ? "blocked"
+                                      : "running";
+    for (uint32_t i = 1; c->chans && i <= c->channel_max; i++) e->channels += c->chans[i] != NULL;
+    snprintf(e->client_product, sizeof e->client_product, "%s", c->client_product);
+}
+
+static void conn_force_close(void *ctx, const char *reason)
+{
+    conn_t *c = ctx;
+    if (c->state >= CS_CLOSING) return;
+    if (c->state < CS_TUNE_OK) {
+        c->state = CS_CLOSED;
+        conn_close_socket(c);
+        return;
+    }
+    char text[512];
+    snprintf(text, sizeof text, "CONNECTION_FORCED - %s", reason);
+    conn_start_closing(c, AMQP_CONNECTION_FORCED, text, 0);
+}
+
+static void conn_register(conn_t *c)
+{
+    connreg_entry_t *e = &c->reg;
+    e->id = c->id;
+    e->protocol = "AMQP 0-9-1";
+    snprintf(e->peer_host, sizeof e->peer_host, "%s", net_peer_host(c->net));
+    snprintf(e->host, sizeof e->host, "%s", net_local_host(c->net));
+    e->peer_port = net_peer_port(c->net);
+    e->port = net_local_port(c->net);
+    snprintf(e->name, sizeof e->name, "%s:%d -> %s:%d", e->peer_host, e->peer_port, e->host, e->port);
+    e->tls = net_is_tls(c->net);
+    e->connected_at = ev_time();
+    e->describe = conn_describe;
+    e->close = conn_force_close;
+    e->ctx = c;
+    connreg_add(e);
+}
 
 static void on_accept(void *arg, net_conn_t *nc)
 {
@@ -637,6 +684,7 @@ static void on_accept(void *arg, net_conn_t *nc)
     net_conn_set_handler(nc, &conn_handler, c);
     /* Must agree with conn_output_blocked(): on_drain resumes deliveries stopped there. */
     net_set_watermarks(nc, 128u << 10, 32u << 10);
+    conn_register(c);
     if (s->shutting_down) net_close(nc, false);
 }
 

@@ -15,6 +15,7 @@
 #include "amqp091/net.h"
 #include "amqp091/server.h"
 #include "broker/broker.h"
+#include "broker/connreg.h"
 
 typedef struct conn conn_t;
 typedef struct chan chan_t;
@@ -123,6 +124,7 @@ struct conn {
     unsigned meta_wait;    /* clustered metadata changes in flight: frames wait until they apply */
     bool in_parse;
     ev_tstamp throttled_at;
+    connreg_entry_t reg;   /* this connection in the node's registry (list_connections) */
     conn_t *prev, *next;
 };
 

@@ -28,8 +28,6 @@ struct admin_node_ops {
     long (*maintenance)(void *ctx, bool on, char *err, size_t errlen);
     /* Appends this node's listeners ({"protocol", "interface", "port"}) to the JSON array. */
     void (*listeners)(void *ctx, struct cJSON *arr);
-    /* Appends this node's client connections to the JSON array (NULL: none are listed). */
-    void (*connections)(void *ctx, struct cJSON *arr);
 };
 void admin_set_node_ops(const struct admin_node_ops *ops, void *ctx);
 /* Whether warrenctl drain put this node in maintenance mode (until revive). */

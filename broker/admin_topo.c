@@ -18,6 +18,7 @@
 #include <cjson/cJSON.h>
 
 #include "broker/admin_int.h"
+#include "broker/connreg.h"
 #include "broker/defexport.h"
 #include "broker/qq.h"
 #include "broker/remote.h"
@@ -106,11 +107,30 @@ void topo_list_bindings(struct admin *a, const struct peer_reply_to *to, const c
     admin_reply_json(a, to, out);
 }
 
+/* This node's client connections (broker/connreg.h), as rabbitmqctl list_connections shows
+ * them; each node lists its own, as RabbitMQ's per-node connection tracking does. */
 void topo_list_connections(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
 {
     (void)req;
     cJSON *out = cJSON_CreateArray();
-    if (a->ops && a->ops->connections) a->ops->connections(a->ops_ctx, out);
+    for (const connreg_entry_t *e = connreg_refresh(); e; e = e->next) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "name", e->name);
+        cJSON_AddItemToObject(o, "node", admin_node_name_json(a, 0));
+        cJSON_AddStringToObject(o, "user", e->user);
+        cJSON_AddStringToObject(o, "vhost", e->vhost);
+        cJSON_AddStringToObject(o, "peer_host", e->peer_host);
+        cJSON_AddNumberToObject(o, "peer_port", e->peer_port);
+        cJSON_AddStringToObject(o, "host", e->host);
+        cJSON_AddNumberToObject(o, "port", e->port);
+        cJSON_AddStringToObject(o, "state", e->state);
+        cJSON_AddNumberToObject(o, "channels", e->channels);
+        cJSON_AddStringToObject(o, "protocol", e->protocol);
+        cJSON_AddBoolToObject(o, "ssl", e->tls);
+        cJSON_AddStringToObject(o, "client_product", e->client_product);
+        cJSON_AddNumberToObject(o, "connected_at", (double)(int64_t)(e->connected_at * 1000));
+        cJSON_AddItemToArray(out, o);
+    }
     admin_reply_json(a, to, out);
 }
 
