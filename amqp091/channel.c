@@ -561,6 +561,7 @@ static int deliver_message(chan_t *ch, msg_t *m, bool mandatory, rq_pub_cb cb, v
     }
     if (taken == 0) {
         b->stat_unroutable++;
+        b->stat_returned += mandatory;
         if (mandatory) send_return(ch, m, AMQP_NO_ROUTE, "NO_ROUTE");
     }
     ptrvec_free(&qs);

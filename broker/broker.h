@@ -256,6 +256,7 @@ struct broker {
     uint64_t mem_body_bytes;    /* bodies held in memory by queued messages */
     uint64_t page_out_threshold; /* above this, stored bodies are dropped from memory */
     uint64_t stat_publish, stat_deliver, stat_ack, stat_confirm, stat_unroutable;
+    uint64_t stat_returned; /* of stat_unroutable, those returned to the publisher (mandatory) */
     unsigned alarms; /* BR_ALARM_* bits in effect */
     /* delayed messages (delayed.c): a min-heap by due time, one timer for the earliest */
     struct delay_entry *delays;

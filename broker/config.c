@@ -326,6 +326,8 @@ static const cfg_key_t cfg_keys[] = {
     STR("management.ssl.certfile", mgmt_ssl_certfile),
     STR("management.ssl.keyfile", mgmt_ssl_keyfile),
     STR("management.ssl.cacertfile", mgmt_ssl_cacertfile),
+    INT("prometheus.tcp.port", prom_port, 1, 65535),
+    STR("prometheus.tcp.ip", prom_ip),
     INT("mqtt.listeners.tcp.default", mqtt_port, 1, 65535),
     INT("stomp.listeners.tcp.default", stomp_port, 1, 65535),
 };
@@ -524,6 +526,7 @@ void cfg_defaults(cfg_t *c) {
     c->vm_memory_high_watermark_relative = 0.6;
     c->disk_free_limit_absolute = 50000000;
     c->mgmt_port = 15672;
+    c->prom_port = 15692;
     c->mqtt_port = 1883;
     c->stomp_port = 61613;
 }

@@ -69,6 +69,8 @@ typedef struct {
     int mgmt_ssl_port;               /* management.ssl.port: HTTPS listener, default 0 = none */
     char mgmt_ssl_ip[64];            /* management.ssl.ip, default "" (all) */
     char mgmt_ssl_certfile[512], mgmt_ssl_keyfile[512], mgmt_ssl_cacertfile[512]; /* management.ssl.* */
+    int prom_port;                   /* prometheus.tcp.port: the metrics listener, default 15692 */
+    char prom_ip[64];                /* prometheus.tcp.ip, default "" (all) */
     int mqtt_port;                   /* mqtt.listeners.tcp.default, default 1883 */
     int stomp_port;                  /* stomp.listeners.tcp.default, default 61613 */
     /* Collections still holding their built-in defaults: the first explicit entry replaces

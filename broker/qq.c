@@ -1304,6 +1304,8 @@ void qq_info(queue_t *q, struct qq_info *out)
     out->term = r->term;
     out->commit = r->commit;
     out->applied = mr_group_applied(qq->g);
+    out->snapshot = r->snap.index;
+    out->written = r->persisted ? r->persisted : r->snap.index;
     struct qsm_stats st;
     qsm_stats(qq->sm, &st);
     out->ready = st.ready;

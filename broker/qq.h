@@ -113,6 +113,7 @@ struct qq_info {
     unsigned n_members;
     uint32_t members[16];
     uint64_t term, commit, applied;
+    uint64_t snapshot, written; /* the latest snapshot's index; the last index durably written */
     uint64_t ready, unacked, dlx, ready_bytes, unacked_bytes;
     uint32_t consumers;
 };

@@ -30,6 +30,7 @@
 #include <strings.h>
 
 #include "mgmt/internal.h"
+#include "mgmt/metrics.h"
 
 #define OUT_PAUSE_BYTES (4 * 1024 * 1024) /* unsent output above this: stop reading */
 
@@ -42,6 +43,7 @@ struct mgmt_conn {
     http_parser p;
     mgmt_req_t req;
     bool peer_loopback;
+    bool prometheus; /* accepted by the metrics listener */
     /* header assembly */
     size_t hdr_bytes;
     char field[32];
@@ -86,6 +88,7 @@ static void req_reset(mgmt_conn_t *c)
     r->m = c->m;
     r->conn = c;
     r->peer_loopback = c->peer_loopback;
+    r->prometheus = c->prometheus;
     c->hdr_bytes = 0;
     c->field_len = 0;
     c->in_value = false;
@@ -452,6 +455,7 @@ void mgmt_conn_gone(mgmt_conn_t *c)
     if (!c->busy && !c->parsing) conn_free(c);
 }
 
+void mgmt_conn_set_prometheus(mgmt_conn_t *c) { c->prometheus = c->req.prometheus = true; }
 mgmt_conn_t *mgmt_conn_next(mgmt_conn_t *c) { return c->next; }
 void mgmt_conn_link(mgmt_conn_t *c, mgmt_conn_t *next) { c->next = next; }
 void *mgmt_conn_ud(mgmt_conn_t *c) { return c->ud; }

@@ -33,6 +33,8 @@ struct mgmt {
     cl_t *cl;
     const cfg_t *cfg;
     struct net_listener *listener, *tls_listener;
+    struct net_listener *prom_listener; /* prometheus.tcp.*: the metrics (metrics.c) */
+    int prom_port;                      /* its bound port (0: not listening) */
     int port, tls_port; /* bound ports (0: not listening) */
     struct ssl_ctx_st *tls; /* management.ssl.*: the HTTPS listener's context */
     size_t (*count_connections)(void *ctx);
@@ -60,6 +62,7 @@ typedef struct mgmt_req {
     char *body;             /* NULL when empty */
     size_t body_len;
     bool peer_loopback;
+    bool prometheus;        /* came through the metrics listener (metrics.c answers it) */
     /* routing: the path's percent-decoded segments (without "/api") and the route's captures */
     char *segs[MGMT_MAX_SEGS];
     int nsegs;

@@ -18,6 +18,7 @@
 #include "amqp091/net.h"
 #include "broker/log.h"
 #include "mgmt/internal.h"
+#include "mgmt/metrics.h"
 
 #define MGMT_IDLE_TIMEOUT 60.0
 
@@ -101,6 +102,28 @@ static void on_accept(void *arg, net_conn_t *net)
     if (m->shutting_down) net_close(net, false);
 }
 
+/* The metrics listener's connections: the same HTTP, answered by metrics.c. */
+static void on_accept_prom(void *arg, net_conn_t *net)
+{
+    mgmt_t *m = arg;
+    on_accept(m, net);
+    mgmt_conn_set_prometheus(m->conns);
+}
+
+/* prometheus.tcp.*: a listener that fails to open disables the metrics only (logged). */
+static void listen_prom(mgmt_t *m)
+{
+    char err[512];
+    const char *host = m->cfg->prom_ip[0] ? m->cfg->prom_ip : NULL;
+    m->prom_listener = net_listen(m->loop, host, m->cfg->prom_port, NULL, on_accept_prom, m, err, sizeof err);
+    if (!m->prom_listener) {
+        log_warn("Prometheus metrics disabled: %s", err);
+        return;
+    }
+    m->prom_port = net_listener_port(m->prom_listener);
+    log_info("Prometheus metrics listening on %s:%d", host ? host : "[::]", m->prom_port);
+}
+
 mgmt_t *mgmt_new(struct ev_loop *loop, broker_t *b, cl_t *cl, const cfg_t *cfg)
 {
     mgmt_t *m = calloc(1, sizeof *m);
@@ -153,6 +176,7 @@ int mgmt_listen(mgmt_t *m, char *err, size_t errlen)
     } else {
         rc = -1;
     }
+    listen_prom(m);
     char tls_err[512];
     if (m->cfg->mgmt_ssl_port && listen_tls(m, tls_err, sizeof tls_err)) {
         if (rc) snprintf(err + strlen(err), errlen - strlen(err), "; %s", tls_err);
@@ -177,7 +201,8 @@ void mgmt_shutdown(mgmt_t *m)
     m->shutting_down = true;
     if (m->listener) net_listener_close(m->listener);
     if (m->tls_listener) net_listener_close(m->tls_listener);
-    m->listener = m->tls_listener = NULL;
+    if (m->prom_listener) net_listener_close(m->prom_listener);
+    m->listener = m->tls_listener = m->prom_listener = NULL;
     for (mgmt_conn_t *c = m->conns; c; c = mgmt_conn_next(c))
         net_close(((struct mgmt_link *)mgmt_conn_ud(c))->net, false);
 }
@@ -188,6 +213,7 @@ void mgmt_free(mgmt_t *m)
     mgmt_rates_stop(m);
     if (m->listener) net_listener_close(m->listener);
     if (m->tls_listener) net_listener_close(m->tls_listener);
+    if (m->prom_listener) net_listener_close(m->prom_listener);
     if (m->tls) SSL_CTX_free(m->tls);
     free(m);
 }

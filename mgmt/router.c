@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "mgmt/internal.h"
+#include "mgmt/metrics.h"
 
 enum auth_level {
     AUTH_MGMT,  /* any user with a management tag */
@@ -360,6 +361,7 @@ const char *mgmt_query(const mgmt_req_t *r, const char *key, char *buf, size_t b
 
 void mgmt_route(mgmt_req_t *r)
 {
+    if (r->prometheus) return mgmt_metrics_serve(r); /* the metrics listener: metrics.c */
     if (!split_url(r)) return mgmt_ui_serve(r); /* not an API path: ui.c */
     enum mgmt_method method = r->method == MGMT_HEAD ? MGMT_GET : r->method;
     const struct route *hit = NULL;

@@ -47,9 +47,9 @@ fi
 
 if [ "$want" != build ]; then
   py=python3
-  if ! $py -c 'import pika, amqp, pytest, aio_pika, requests, selenium' 2>/dev/null; then
+  if ! $py -c 'import pika, amqp, pytest, aio_pika, requests, selenium, prometheus_client' 2>/dev/null; then
     echo "deps: installing Python client libraries"
-    $py -m pip install -q pika amqp pytest aio-pika requests selenium 2>/dev/null || \
-      $py -m pip install -q --break-system-packages pika amqp pytest aio-pika requests selenium
+    $py -m pip install -q pika amqp pytest aio-pika requests selenium prometheus_client 2>/dev/null || \
+      $py -m pip install -q --break-system-packages pika amqp pytest aio-pika requests selenium prometheus_client
   fi
 fi

@@ -9,6 +9,8 @@
 #     on RABBITMQ_DIST_PORT (default AMQP_PORT+20000, like 5672 -> 25672);
 #   - every file it writes lives under DIR: mnesia/, log/, rabbitmq.conf, enabled_plugins
 #     ("[]." - no management plugin), pid files; HOME=DIR so the Erlang cookie is private too;
+#   - RABBITMQ_BENCH_PLUGINS="rabbitmq_management,rabbitmq_prometheus" enables plugins, and
+#     RABBITMQ_BENCH_CONF="key = value;key = value" appends rabbitmq.conf lines (their ports);
 #   - /etc/rabbitmq/rabbitmq-env.conf is not read (RABBITMQ_CONF_ENV_FILE points into DIR).
 # It starts the Debian package's real scripts directly (/usr/lib/rabbitmq/bin), not the
 # /usr/sbin wrappers, because those switch to the rabbitmq user when run as root.
@@ -117,10 +119,11 @@ do_start() {
   beam_pidfile=$dir/rabbit.pid
   rm -f "$beam_pidfile"
   : >"$dir/rabbitmq-env.conf"
-  echo '[].' >"$dir/enabled_plugins"
+  echo "[${RABBITMQ_BENCH_PLUGINS:-}]." >"$dir/enabled_plugins"
   # Stock settings on purpose: the benchmark compares against RabbitMQ as shipped.
   printf '%s\n' '# Private benchmark node; everything else is RabbitMQ 3.10 defaults.' \
     'log.console = false' >"$dir/rabbitmq.conf"
+  [ -z "${RABBITMQ_BENCH_CONF:-}" ] || tr ';' '\n' <<<"$RABBITMQ_BENCH_CONF" >>"$dir/rabbitmq.conf"
   node_env
   ensure_epmd
 

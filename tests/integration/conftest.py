@@ -28,7 +28,8 @@ Fixtures:
   amqp_conn, amqp_ch   the same with py-amqp.
 
 Broker handles expose .host .port .tls_port .mgmt_port (management API, HTTP; for an
-external broker from WARREN_TEST_EXTERNAL_MGMT_PORT, else None) .ca .data_dir .restart(kill9=False)
+external broker from WARREN_TEST_EXTERNAL_MGMT_PORT, else None) .prom_port (Prometheus
+metrics; external: WARREN_TEST_EXTERNAL_PROM_PORT) .ca .data_dir .restart(kill9=False)
 .stop() .kill9() .start() .send_signal(sig) .log_text(). The broker's stderr goes to
 <tmp>/broker.log; its tail is attached to the report of any failing test that used it.
 A Warren broker must exit with status 0 within 5 s of SIGTERM and leave no sanitizer
@@ -227,6 +228,7 @@ class BrokerProcess:
         self.port = free_port()
         self.tls_port = free_port()
         self.mgmt_port = free_port()  # the management API (HTTP), on 127.0.0.1
+        self.prom_port = free_port()  # the Prometheus metrics (rabbitmq_prometheus's port)
         self.ca = pki.ca
         self.pki = pki
         self.data_dir = os.path.join(workdir, "data")
@@ -258,6 +260,7 @@ class BrokerProcess:
         if self.flavour == "warren":
             lines.append(f"data_dir = {self.data_dir}")
         lines += [f"management.tcp.port = {self.mgmt_port}", f"management.tcp.ip = {self.host}"]
+        lines += [f"prometheus.tcp.port = {self.prom_port}", f"prometheus.tcp.ip = {self.host}"]
         lines.append("log.console.level = info")
         if self.flavour == "rabbitmq":
             lines += ["log.console = true", "log.file = false"]
@@ -288,7 +291,8 @@ class BrokerProcess:
         os.makedirs(home, exist_ok=True)
         plugins = os.path.join(self.workdir, "enabled_plugins")
         with open(plugins, "w") as f:
-            f.write("[rabbitmq_management].\n")  # the management API tests compare with it
+            # the management API and metrics tests compare with these
+            f.write("[rabbitmq_management,rabbitmq_prometheus].\n")
         if not hasattr(self, "dist_port"):
             self.dist_port = free_port()
         env.update({
@@ -455,6 +459,8 @@ class ExternalBroker:
         self.running = True
         mgmt = os.environ.get("WARREN_TEST_EXTERNAL_MGMT_PORT")
         self.mgmt_port = int(mgmt) if mgmt else None
+        prom = os.environ.get("WARREN_TEST_EXTERNAL_PROM_PORT")
+        self.prom_port = int(prom) if prom else None
 
     def restart(self, kill9=False):
         pytest.skip("cannot restart an external broker (WARREN_TEST_EXTERNAL is set)")
