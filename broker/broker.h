@@ -445,6 +445,7 @@ void br_dispatch_pending(broker_t *b);
 
 /* storage keys */
 enum { KEY_MSG = 'm', KEY_QINDEX = 'i', KEY_QUEUE = 'Q', KEY_EXCHANGE = 'X', KEY_BINDING = 'B', KEY_VHOST = 'V',
-       KEY_USER = 'U', KEY_PERM = 'P', KEY_DELAY = 'D', KEY_META_APPLIED = 'A', KEY_POLICY = 'O' };
+       KEY_USER = 'U', KEY_PERM = 'P', KEY_DELAY = 'D', KEY_META_APPLIED = 'A', KEY_POLICY = 'O',
+       KEY_QQ_BODY = 'b' /* broker/qq.c: 'b' + gid + msg id -> a quorum queue message's body */ };
 
 #endif

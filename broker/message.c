@@ -54,6 +54,22 @@ size_t msg_record_size(const msg_t *m)
     return 1 + m->exchange_len + 1 + m->rk_len + 4 + m->props_len + m->body_len;
 }
 
+size_t msg_record_header_size(const msg_t *m) { return msg_record_size(m) - m->body_len; }
+
+void msg_record_write_header(const msg_t *m, uint8_t *p)
+{
+    *p++ = m->exchange_len;
+    memcpy(p, m->exchange, m->exchange_len);
+    p += m->exchange_len;
+    *p++ = m->rk_len;
+    memcpy(p, m->rk, m->rk_len);
+    p += m->rk_len;
+    uint32_t pl = m->props_len;
+    p[0] = (uint8_t)(pl >> 24); p[1] = (uint8_t)(pl >> 16); p[2] = (uint8_t)(pl >> 8); p[3] = (uint8_t)pl;
+    p += 4;
+    memcpy(p, m->props, pl);
+}
+
 void msg_record_write(const msg_t *m, uint8_t *p)
 {
     *p++ = m->exchange_len;

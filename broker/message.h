@@ -26,6 +26,8 @@ typedef struct msg {
     uint8_t exchange_len, rk_len;
     uint16_t bcc_len;        /* BCC routing keys kept after the header was stripped (after props) */
     uint32_t props_len;
+    uint8_t qq_body;         /* quorum queues (broker/qq.c): is the body in the replica's body
+                                store? QQ_BODY_NONE / _QUEUED (write in a batch) / _DURABLE */
     uint64_t body_len;
     uint8_t *body;           /* NULL while paged out (then stored is true) */
     char *exchange;          /* points into data[] */
@@ -47,6 +49,9 @@ void msg_unref(msg_t *m);
 /* Storage record: [u8 exlen][ex][u8 rklen][rk][u32 props_len][props][body]. */
 size_t msg_record_size(const msg_t *m);
 void msg_record_write(const msg_t *m, uint8_t *dst);
+/* The record without its body (m->body may be NULL): what precedes the body bytes. */
+size_t msg_record_header_size(const msg_t *m);
+void msg_record_write_header(const msg_t *m, uint8_t *dst);
 /* Rebuilds a message from a record; with_body false leaves body NULL (paged out). */
 msg_t *msg_from_record(const uint8_t *rec, size_t len, bool with_body);
 /* Extracts the body from a record into m->body; false if the record is malformed. */

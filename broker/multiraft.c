@@ -876,8 +876,14 @@ static void group_install(mr_group_t *g, const struct raft_update *u, const stru
     }
     if (g->ops->snapshot_install != NULL)
         g->ops->snapshot_install(g, u->snapshot.index, in->data, in->data_len);
-    rlog_save_snapshot(g->host->store, g->id, &u->snapshot, in->data, in->data_len, true,
-                       &g->log);
+    /* A state machine that sends another form than it stores saves its own form of it. */
+    void *local = NULL;
+    size_t local_len = 0;
+    bool own_form = g->ops->snapshot_send != NULL && g->ops->snapshot_take != NULL &&
+                    g->ops->snapshot_take(g, u->snapshot.index, &local, &local_len) == 0;
+    rlog_save_snapshot(g->host->store, g->id, &u->snapshot, own_form ? local : in->data,
+                       own_form ? local_len : in->data_len, true, &g->log);
+    free(local);
     g->pend_from = 0; /* entries appended before it are gone with the old log */
     g->applied = u->snapshot.index;
     g->wr_index = 0; /* superseded: the snapshot replaced those entries */
@@ -907,10 +913,38 @@ static void group_write_entries(mr_group_t *g, const struct raft_update *u)
     group_mark_dirty(g);
 }
 
+/* A state machine with snapshot_send: the current state, at the last applied index (committed,
+ * and at or after the snapshot raft names, so correct to send). */
+static bool group_send_current(mr_group_t *g, struct raft_msg *m, struct raft_snapshot_meta *meta,
+                               void **data)
+{
+    raft_index index = g->applied;
+    memset(meta, 0, sizeof *meta);
+    meta->index = index;
+    meta->term = raft_term_at(&g->raft, index);
+    if (index < m->index || meta->term == 0)
+        return false;
+    group_conf_at(g, index, &meta->conf);
+    size_t len = 0;
+    if (g->ops->snapshot_send(g, data, &len) != 0) {
+        free(*data);
+        *data = NULL;
+        return false;
+    }
+    m->snap = meta;
+    m->index = meta->index;
+    m->log_term = meta->term;
+    m->data = *data;
+    m->data_len = len;
+    return true;
+}
+
 /* A RAFT_MSG_SNAPSHOT goes out with the latest durable snapshot attached. */
 static bool group_attach_snapshot(mr_group_t *g, struct raft_msg *m,
                                   struct raft_snapshot_meta *meta, void **data)
 {
+    if (g->ops->snapshot_send != NULL)
+        return group_send_current(g, m, meta, data);
     size_t len = 0;
     if (rlog_load_snapshot(g->host->store, g->id, meta, data, &len) != 1) {
         log_error("multiraft: group %llu: raft asked to send a snapshot but none is stored",

@@ -138,6 +138,12 @@ struct mr_sm_ops {
     int (*snapshot_take)(mr_group_t *g, raft_index index, void **bytes, size_t *len);
     /* Replace the state with a snapshot (from the leader, or the stored one at open). */
     void (*snapshot_install)(mr_group_t *g, raft_index index, const void *bytes, size_t len);
+    /* Optional: the state machine keeps part of its state outside its snapshots (e.g. message
+     * bodies in the store), so the snapshot sent to a follower differs from the stored one.
+     * Serialize the current state (at the last applied index) for sending (malloc'd; the host
+     * frees it); non-zero: not now (the send is dropped and raft retries). With it, a snapshot
+     * installed from the leader is stored in snapshot_take's form, taken right after install. */
+    int (*snapshot_send)(mr_group_t *g, void **bytes, size_t *len);
     /* This node's role or the known leader changed (leader 0: unknown). */
     void (*role_changed)(mr_group_t *g, enum raft_role role, raft_id leader);
     /* mr_read_index(ctx) result: MR_OK once the state machine reflects every write committed

@@ -45,6 +45,16 @@
 #define QQ_OP_TIMEOUT 15.0     /* consume / get / purge give up after this long */
 #define QQ_RETRY_INTERVAL 0.05 /* no leader known: look again after this long */
 #define QQ_DEFAULT_GROUP_SIZE 3
+/* Bodies of quorum queue messages kept in memory, node-wide: the most recently enqueued (or
+ * read back) ones; older bodies live in the replica's body store until delivered. The
+ * environment variable WARREN_QQ_BODY_MEMORY (bytes) overrides it (tests use a small one). */
+#define QQ_BODY_MEMORY_DEFAULT (48u << 20)
+#define QQ_BODY_MEMORY (s->body_memory)
+/* Log bytes applied since the last snapshot that make the next one due, whatever the entry
+ * count: Raft keeps the log since the last snapshot in memory. */
+#define QQ_LOG_BYTES (48u << 20)
+
+enum { QQ_BODY_NONE = 0, QQ_BODY_QUEUED = 1, QQ_BODY_DURABLE = 2 }; /* msg_t.qq_body */
 
 enum op_kind { OP_PLAIN, OP_PUBLISH, OP_CONSUME, OP_GET, OP_PURGE };
 
@@ -117,6 +127,11 @@ struct qq {
     bool removing; /* removed from the members: the group goes at the next flush */
     bool changing; /* a membership change is in progress (one at a time) */
     uint64_t applied_since_check;
+    uint64_t log_bytes;   /* entry bytes applied since the last snapshot */
+    uint64_t res_bytes;   /* bodies of this queue in the resident ring (message_bytes_ram) */
+    bool snap_forced;     /* the threshold was lowered because of log_bytes */
+    uint64_t *dead_ids;   /* msg ids whose stored body goes with the next local snapshot */
+    size_t n_dead, cap_dead;
 };
 
 /* A forwarded batch being served by this node as leader. */
@@ -163,6 +178,13 @@ struct qq_state {
     uint64_t closing_chan;
     struct relay { uint32_t node; amqp_buf_t buf; uint32_t n; } *relays; /* deliveries to relay */
     size_t n_relays, cap_relays;
+    /* Bodies in memory (see "message bodies" below): a ring in the order they came in. */
+    struct resident { msg_t *m; uint64_t gid; } *res;
+    size_t res_head, res_len, res_cap;
+    size_t res_spilled;      /* the first res_spilled entries were considered for writing */
+    uint64_t res_bytes, res_spill_bytes;
+    uint64_t body_memory;    /* QQ_BODY_MEMORY */
+    ptrvec_t body_writes;    /* messages whose body write is in the store's current batch */
 };
 
 static const struct mr_sm_ops qq_sm_ops;
@@ -525,6 +547,223 @@ static void op_retry(struct qq_state *s, uint64_t req)
 
 /* ---- the group: apply and effects ----------------------------------------------------------- */
 
+/* ---- message bodies ---------------------------------------------------------------------------
+ *
+ * Every member holds every message of the queue, but not every body in memory: a backlog of
+ * millions would not fit. A body is in memory when its message arrives (the enqueue entry
+ * carries it) and joins the resident ring (node-wide, in arrival order). Once the ring holds
+ * more than QQ_BODY_MEMORY, its oldest bodies are written to this replica's body store
+ * (KEY_QQ_BODY + gid + msg id) and, once that write is durable, dropped from memory.
+ * Delivering, relaying, dead-lettering or handing out (basic.get) a message whose body is out
+ * reads it back first (and it joins the ring again).
+ *
+ * The body store and the Raft log together always hold every live body:
+ *   - a local snapshot is META (bodies by length only): taking one writes, in the same batch,
+ *     the body of every live message not stored yet, so the log entries it covers can go;
+ *   - a message that leaves the queue keeps its stored body until the next local snapshot (its
+ *     id waits in dead_ids): the previous snapshot, which a restart would restore, lists it;
+ *   - restoring the stored snapshot deletes the bodies stored for ids it had not issued yet:
+ *     the log's tail is applied again and stores them again if needed, so none is left behind
+ *     by a message that the tail also removes;
+ *   - a snapshot from the leader (FULL: bodies inline) replaces every stored body of the group,
+ *     and a snapshot sent to a follower is made FULL from the current state.
+ * A message restored from a META snapshot has no body in memory and qq_body NONE: a missing
+ * body always means "in the store". Messages of a queue whose consumers keep up are mostly
+ * acknowledged while still in memory and never reach the body store at all. */
+
+static qq_t *qq_by_gid(struct qq_state *s, uint64_t gid);
+
+static void body_key(uint8_t key[17], uint64_t gid, uint64_t id)
+{
+    key[0] = KEY_QQ_BODY;
+    put_be64(key + 1, gid);
+    put_be64(key + 9, id);
+}
+
+/* Queues the write of m's body (in memory) into the store's current batch. */
+static void body_store(struct qq_state *s, uint64_t gid, msg_t *m)
+{
+    uint8_t key[17];
+    body_key(key, gid, m->id);
+    store_put(s->b->store, key, sizeof key, m->body, m->body_len);
+    m->qq_body = QQ_BODY_QUEUED;
+    ptrvec_push(&s->body_writes, msg_ref(m));
+}
+
+/* Every stored body of the group with msg id >= from. */
+static void bodies_delete_from(struct qq_state *s, uint64_t gid, uint64_t from)
+{
+    if (!s->b->store) return;
+    uint8_t begin[17], end[9];
+    body_key(begin, gid, from);
+    end[0] = KEY_QQ_BODY;
+    put_be64(end + 1, gid + 1); /* gids are queue uids, never UINT64_MAX */
+    store_del_range(s->b->store, begin, sizeof begin, end, sizeof end);
+}
+
+static struct resident *res_at(struct qq_state *s, size_t i) { return &s->res[(s->res_head + i) & (s->res_cap - 1)]; }
+
+static void res_push(struct qq_state *s, uint64_t gid, msg_t *m)
+{
+    if (!m->body || !s->b->store) return;
+    if (s->res_len == s->res_cap) {
+        size_t ncap = s->res_cap ? s->res_cap * 2 : 1024;
+        struct resident *v = malloc(ncap * sizeof *v);
+        if (!v) abort();
+        for (size_t i = 0; i < s->res_len; i++) v[i] = *res_at(s, i);
+        free(s->res);
+        s->res = v;
+        s->res_cap = ncap;
+        s->res_head = 0;
+    }
+    s->res[(s->res_head + s->res_len++) & (s->res_cap - 1)] = (struct resident){msg_ref(m), gid};
+    s->res_bytes += m->body_len;
+    qq_t *qq = qq_by_gid(s, gid);
+    if (qq) qq->res_bytes += m->body_len;
+}
+
+/* Keeps the ring within QQ_BODY_MEMORY: drops the front bodies that are durable in the store
+ * (or no longer needed), and queues the writes of as many of the next ones as the ring is over
+ * budget, to drop them once durable. Runs once per loop iteration and after each sync. */
+static void bodies_trim(struct qq_state *s)
+{
+    while (s->res_len && s->res_bytes > QQ_BODY_MEMORY) {
+        struct resident *e = res_at(s, 0);
+        msg_t *m = e->m;
+        bool needed = m->refs > 1 && m->body;
+        if (needed && m->qq_body != QQ_BODY_DURABLE) break; /* its write is not durable yet */
+        if (needed) {
+            free(m->body);
+            m->body = NULL;
+        }
+        s->res_bytes -= m->body_len;
+        qq_t *qq = qq_by_gid(s, e->gid);
+        if (qq && qq->res_bytes >= m->body_len) qq->res_bytes -= m->body_len;
+        if (s->res_spilled) {
+            s->res_spilled--;
+            s->res_spill_bytes -= m->body_len;
+        }
+        msg_unref(m);
+        s->res_head = (s->res_head + 1) & (s->res_cap - 1);
+        s->res_len--;
+    }
+    uint64_t over = s->res_bytes > QQ_BODY_MEMORY ? s->res_bytes - QQ_BODY_MEMORY : 0;
+    while (s->res_spilled < s->res_len && s->res_spill_bytes < over) {
+        struct resident *e = res_at(s, s->res_spilled++);
+        msg_t *m = e->m;
+        s->res_spill_bytes += m->body_len;
+        if (m->refs == 1 || !m->body || m->qq_body != QQ_BODY_NONE) continue;
+        qq_t *qq = qq_by_gid(s, e->gid);
+        if (qq && !qq->detached && qq->g) body_store(s, e->gid, m);
+        else m->qq_body = QQ_BODY_DURABLE; /* its queue (replica) is gone: nothing reads it again */
+    }
+}
+
+struct body_sync {
+    broker_t *b;
+    ptrvec_t v;
+};
+
+static void bodies_synced(void *arg)
+{
+    struct body_sync *x = arg;
+    for (size_t i = 0; i < x->v.n; i++) {
+        msg_t *m = x->v.items[i];
+        if (m->qq_body == QQ_BODY_QUEUED) m->qq_body = QQ_BODY_DURABLE;
+        msg_unref(m);
+    }
+    ptrvec_free(&x->v);
+    if (x->b->qq) bodies_trim(x->b->qq);
+    free(x);
+}
+
+/* Once per loop iteration: trim, and learn when this iteration's body writes are durable. */
+static void bodies_flush(struct qq_state *s)
+{
+    bodies_trim(s);
+    if (!s->body_writes.n) return;
+    struct body_sync *x = malloc(sizeof *x);
+    if (!x) abort();
+    x->b = s->b;
+    x->v = s->body_writes;
+    memset(&s->body_writes, 0, sizeof s->body_writes);
+    store_on_synced(s->b->store, bodies_synced, x);
+}
+
+/* Brings m's body back into memory from the body store. */
+static bool body_load(qq_t *qq, msg_t *m)
+{
+    if (m->body) return true;
+    struct qq_state *s = qq->s;
+    uint8_t key[17];
+    body_key(key, qq->gid, m->id);
+    void *val = NULL;
+    size_t vlen = 0;
+    if (!s->b->store || store_get(s->b->store, key, sizeof key, &val, &vlen) != 1 || vlen != m->body_len) {
+        free(val);
+        log_error("quorum queue '%s' in vhost '%s': the body of message %llu is missing from the store",
+                  qq->q->name, qq->q->vh->name, (unsigned long long)m->id);
+        return false;
+    }
+    m->body = val;
+    m->qq_body = QQ_BODY_DURABLE;
+    res_push(s, qq->gid, m);
+    return true;
+}
+
+static void fx_enqueued(void *ud, uint64_t msg_id, msg_t *m)
+{
+    (void)msg_id;
+    qq_t *qq = ud;
+    res_push(qq->s, qq->gid, m);
+}
+
+/* Its stored body (if any) goes with the next local snapshot. */
+static void fx_removed(void *ud, uint64_t msg_id, msg_t *m)
+{
+    qq_t *qq = ud;
+    if (m->qq_body == QQ_BODY_NONE && m->body) return; /* never stored */
+    if (qq->n_dead == qq->cap_dead) {
+        qq->cap_dead = qq->cap_dead ? qq->cap_dead * 2 : 256;
+        qq->dead_ids = realloc(qq->dead_ids, qq->cap_dead * sizeof *qq->dead_ids);
+        if (!qq->dead_ids) abort();
+    }
+    qq->dead_ids[qq->n_dead++] = msg_id;
+}
+
+/* META snapshot: every live body must be in the store by the time the snapshot is. */
+static bool snap_body_keep(void *ud, uint64_t msg_id, const msg_t *m, amqp_buf_t *out)
+{
+    (void)msg_id, (void)out;
+    qq_t *qq = ud;
+    if (m->qq_body == QQ_BODY_NONE && m->body) body_store(qq->s, qq->gid, (msg_t *)m);
+    return true;
+}
+
+/* FULL snapshot: the bodies not in memory, read from the store. */
+static bool snap_body_append(void *ud, uint64_t msg_id, const msg_t *m, amqp_buf_t *out)
+{
+    qq_t *qq = ud;
+    uint8_t key[17];
+    body_key(key, qq->gid, msg_id);
+    void *val = NULL;
+    size_t vlen = 0;
+    if (!qq->s->b->store || store_get(qq->s->b->store, key, sizeof key, &val, &vlen) != 1 || vlen != m->body_len) {
+        free(val);
+        return false;
+    }
+    amqp_buf_append(out, val, vlen);
+    free(val);
+    return true;
+}
+
+static void res_push_restored(void *ud, uint64_t msg_id, msg_t *m)
+{
+    (void)msg_id;
+    qq_t *qq = ud;
+    res_push(qq->s, qq->gid, m);
+}
+
 static qq_t *qq_of_group(mr_group_t *g) { return mr_group_user(g); }
 
 /* The message as a consumer gets it: with x-delivery-count when it was delivered before (as
@@ -604,6 +843,10 @@ static void deliver_local(qq_t *qq, uint64_t chan, amqp_bytes_t tag, uint64_t ms
         }
         return;
     }
+    if (!body_load(qq, m)) {
+        accumulate(qq, QSM_RETURN, chan, msg_id); /* not deliverable here: give it back */
+        return;
+    }
     qentry_t e = entry_for(m, msg_id, chan, delivery_count, redelivered);
     if (!qc->ready) {
         if (qc->nheld == qc->capheld) {
@@ -636,6 +879,7 @@ static void fx_result(void *ud, uint32_t node, uint64_t req, const struct qsm_re
 {
     qq_t *qq = ud;
     struct qq_state *s = qq->s;
+    if (r->m && (node == s->self || is_leader(qq))) body_load(qq, r->m);
     if (node == s->self) {
         struct qq_op *op = op_find(s, req);
         if (op && op->qq == qq) op_complete(op, NULL, r);
@@ -688,6 +932,7 @@ static void dlx_send(void *ud, uint64_t id, msg_t *m, const char *reason, uint32
     uint8_t key[8];
     put_be64(key, id);
     if (dict_get(&qq->dlx_out, key, 8)) return; /* on its way already */
+    if (!body_load(qq, m)) return;
     dict_set(&qq->dlx_out, key, 8, qq);
     struct dlx_ctx *x = malloc(sizeof *x);
     if (!x) abort();
@@ -705,7 +950,7 @@ static void dlx_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static void fx_dead_letter(void *ud, msg_t *m, const char *reason, uint32_t delivery_count, uint64_t dlx_id)
 {
     qq_t *qq = ud;
-    if (!is_leader(qq)) return;
+    if (!is_leader(qq) || !body_load(qq, m)) return;
     if (dlx_id) dlx_send(qq, dlx_id, m, reason, delivery_count);
     else q_dead_letter(qq->q, m, reason);
 }
@@ -771,13 +1016,24 @@ static void sm_apply(mr_group_t *g, raft_index index, const struct raft_entry *e
         return;
     }
     if (cmd.op == QSM_ENQUEUE && cmd.node == qq->s->self) qq->q->stat_publish++;
-    struct qsm_effects fx = {.ud = qq, .deliver = fx_deliver, .result = fx_result, .dead_letter = fx_dead_letter};
+    struct qsm_effects fx = {.ud = qq,
+                             .deliver = fx_deliver,
+                             .result = fx_result,
+                             .dead_letter = fx_dead_letter,
+                             .enqueued = fx_enqueued,
+                             .removed = fx_removed};
     qsm_apply(qq->sm, &cmd, &fx);
     if (cmd.op == QSM_DOWN && cmd.node == qq->s->self && cmd.chan == 0 && cmd.seq == 0) reregister(qq);
     if (is_leader(qq)) arm_expiry(qq);
     /* Snapshots every max(4096, 2 x live messages) entries: their cost stays proportional to
-     * the commands applied, and the log behind them (disk, recovery time) to the live state. */
-    if (++qq->applied_since_check >= 1024) {
+     * the commands applied, and the log behind them (disk, recovery time) to the live state.
+     * But Raft holds the log since the last snapshot in memory: QQ_LOG_BYTES of it make one
+     * due whatever the count (a snapshot costs O(live) without bodies, which stay stored). */
+    qq->log_bytes += entry->len;
+    if (qq->log_bytes >= QQ_LOG_BYTES && !qq->snap_forced) {
+        qq->snap_forced = true;
+        mr_group_set_snapshot_threshold(g, 1);
+    } else if (++qq->applied_since_check >= 1024 && !qq->snap_forced) {
         qq->applied_since_check = 0;
         uint64_t live = qsm_live(qq->sm);
         uint64_t thr = live * 2 > 4096 ? live * 2 : 4096;
@@ -785,12 +1041,46 @@ static void sm_apply(mr_group_t *g, raft_index index, const struct raft_entry *e
     }
 }
 
+/* The local snapshot (META): live bodies not stored yet are written in the same batch, and
+ * the stored bodies of messages gone since the previous one are deleted. */
 static int sm_snapshot_take(mr_group_t *g, raft_index index, void **bytes, size_t *len)
 {
     (void)index;
     qq_t *qq = qq_of_group(g);
+    struct qq_state *s = qq->s;
     amqp_buf_t out = {0};
-    qsm_snapshot(qq->sm, &out);
+    if (qsm_snapshot_ex(qq->sm, &out, s->b->store ? QSM_SNAP_META : QSM_SNAP_FULL, snap_body_keep, qq) != 0) {
+        amqp_buf_free(&out);
+        return -1;
+    }
+    for (size_t i = 0; i < qq->n_dead && s->b->store; i++) {
+        uint8_t key[17];
+        body_key(key, qq->gid, qq->dead_ids[i]);
+        store_del(s->b->store, key, sizeof key);
+    }
+    qq->n_dead = 0;
+    qq->log_bytes = 0;
+    if (qq->snap_forced) {
+        qq->snap_forced = false;
+        qq->applied_since_check = 1024; /* the entry-count threshold again at the next apply */
+        mr_group_set_snapshot_threshold(g, 4096);
+    }
+    *bytes = out.data;
+    *len = out.len;
+    return 0;
+}
+
+/* What a follower that lags behind the log gets: the current state with every body. */
+static int sm_snapshot_send(mr_group_t *g, void **bytes, size_t *len)
+{
+    qq_t *qq = qq_of_group(g);
+    amqp_buf_t out = {0};
+    if (qsm_snapshot_ex(qq->sm, &out, QSM_SNAP_FULL, snap_body_append, qq) != 0) {
+        log_warn("quorum queue '%s' in vhost '%s': a snapshot for a follower could not read every body; "
+                 "trying again later", qq->q->name, qq->q->vh->name);
+        amqp_buf_free(&out);
+        return -1;
+    }
     *bytes = out.data;
     *len = out.len;
     return 0;
@@ -807,6 +1097,12 @@ static void sm_snapshot_install(mr_group_t *g, raft_index index, const void *byt
     }
     qsm_free(qq->sm);
     qq->sm = sm;
+    qq->n_dead = 0;
+    bool full = len > 0 && ((const uint8_t *)bytes)[0] == QSM_SNAP_FULL;
+    /* FULL (from the leader, or stored by an older version): its bodies replace every stored
+     * one. META (ours): bodies stored for ids it had not issued belong to the log's tail. */
+    bodies_delete_from(qq->s, qq->gid, full ? 0 : qsm_next_id(sm));
+    if (full) qsm_each_msg(sm, res_push_restored, qq);
 }
 
 static void propose_down(qq_t *qq, uint32_t node, uint64_t chan, uint64_t keep_boot)
@@ -878,6 +1174,7 @@ static const struct mr_sm_ops qq_sm_ops = {
     .apply = sm_apply,
     .snapshot_take = sm_snapshot_take,
     .snapshot_install = sm_snapshot_install,
+    .snapshot_send = sm_snapshot_send,
     .role_changed = sm_role_changed,
 };
 
@@ -1029,9 +1326,13 @@ static void bury(struct qq_state *s)
     while (s->graveyard) {
         qq_t *qq = s->graveyard;
         s->graveyard = qq->next_grave;
-        if (qq->g) mr_group_destroy(qq->g);
+        if (qq->g) {
+            mr_group_destroy(qq->g);
+            bodies_delete_from(s, qq->gid, 0);
+        }
         qq->g = NULL;
         qsm_free(qq->sm);
+        free(qq->dead_ids);
         free(qq);
     }
 }
@@ -1314,6 +1615,7 @@ void qq_info(queue_t *q, struct qq_info *out)
     out->unacked_bytes = st.unacked_bytes;
     out->dlx = st.dlx;
     out->consumers = st.consumers;
+    out->bytes_ram = qq->res_bytes;
 }
 
 /* ---- membership ------------------------------------------------------------------------------
@@ -1360,8 +1662,12 @@ static void mchange_finish(struct mchange *mc, int code, const char *text)
 static void drop_replica(qq_t *qq)
 {
     qq->removing = false;
-    if (qq->g) mr_group_destroy(qq->g);
+    if (qq->g) {
+        mr_group_destroy(qq->g);
+        bodies_delete_from(qq->s, qq->gid, 0);
+    }
     qq->g = NULL;
+    qq->n_dead = 0;
     ev_timer_stop(qq->s->b->loop, &qq->expire_w);
     struct qsm_config cfg;
     config_of(qq->q, false, &cfg);
@@ -1533,7 +1839,7 @@ static void relay_add(qq_t *qq, uint32_t node, uint64_t chan, amqp_bytes_t tag, 
                       uint32_t delivery_count, bool redelivered)
 {
     struct qq_state *s = qq->s;
-    if (!s->b->node_call || !m->body) return;
+    if (!s->b->node_call || !body_load(qq, m)) return;
     struct relay *r = NULL;
     for (size_t i = 0; i < s->n_relays && !r; i++)
         if (s->relays[i].node == node) r = &s->relays[i];
@@ -1781,6 +2087,7 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
     flush_all(w->data);
     relay_flush(w->data);
     bury(w->data);
+    bodies_flush(w->data);
 }
 
 static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -2000,6 +2307,8 @@ int qq_start(broker_t *b, cl_t *c, char *err, size_t errlen)
     s->cl = c && cl_clustered(c) ? c : NULL;
     s->self = self_id(b);
     s->boot = bump_boot(b->store);
+    const char *bm = getenv("WARREN_QQ_BODY_MEMORY");
+    s->body_memory = bm && *bm ? strtoull(bm, NULL, 10) : QQ_BODY_MEMORY_DEFAULT;
     if (s->cl) {
         s->host = cl_host(c);
     } else if (b->store) {
@@ -2073,9 +2382,14 @@ void qq_free(broker_t *b)
         dict_free(&qq->chans);
         qsm_free(qq->sm);
         qq->q->qq = NULL;
+        free(qq->dead_ids);
         free(qq);
     }
     dict_free(&s->groups);
+    for (size_t i = 0; i < s->res_len; i++) msg_unref(res_at(s, i)->m);
+    free(s->res);
+    for (size_t i = 0; i < s->body_writes.n; i++) msg_unref(s->body_writes.items[i]);
+    ptrvec_free(&s->body_writes);
     dict_free(&s->rwait);
     bury(s);
     for (size_t i = 0; i < s->n_relays; i++) amqp_buf_free(&s->relays[i].buf);

@@ -115,6 +115,7 @@ struct qq_info {
     uint64_t term, commit, applied;
     uint64_t snapshot, written; /* the latest snapshot's index; the last index durably written */
     uint64_t ready, unacked, dlx, ready_bytes, unacked_bytes;
+    uint64_t bytes_ram;     /* message bodies of the queue held in memory (the rest are stored) */
     uint32_t consumers;
 };
 void qq_info(queue_t *q, struct qq_info *out);

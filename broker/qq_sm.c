@@ -41,7 +41,6 @@
 #include "broker/props.h"
 
 #define QSM_WIRE_VERSION 1
-#define QSM_SNAP_VERSION 2
 /* Seen-but-not-contiguous publisher seqs kept per enqueuer; beyond it the oldest hole is given
  * up (next jumps to the smallest seen seq), so a lost seq cannot grow the set forever. */
 #define QSM_DEDUP_WINDOW 4096
@@ -175,6 +174,7 @@ static qmsg_t *qmsg_new(msg_t *m, uint64_t id, int64_t expiry)
     qmsg_t *q = xcalloc(1, sizeof *q);
     q->m = m;
     q->id = id;
+    m->id = id; /* the host keys the message's stored body by it */
     q->expiry = expiry;
     return q;
 }
@@ -183,6 +183,14 @@ static void qmsg_free(qmsg_t *q)
 {
     msg_unref(q->m);
     free(q);
+}
+
+/* A message leaves the state during qsm_apply: the host hears of it (removed effect) so that
+ * it can forget the body it may have stored for it. */
+static void qmsg_gone(qsm_t *s, qmsg_t *q)
+{
+    if (s->fx && s->fx->removed) s->fx->removed(s->fx->ud, q->id, q->m);
+    qmsg_free(q);
 }
 
 /* ---- deque of ready messages --------------------------------------------------------------- */
@@ -634,7 +642,7 @@ static void dead_letter(qsm_t *s, qmsg_t *q, int reason)
     s->dead_lettered_total++;
     q->reason = (uint8_t)reason;
     if (!s->cfg.dead_letter) {
-        qmsg_free(q);
+        qmsg_gone(s, q);
         return;
     }
     if (alo_effective(&s->cfg)) {
@@ -647,7 +655,7 @@ static void dead_letter(qsm_t *s, qmsg_t *q, int reason)
         return;
     }
     fx_dead_letter(s, q, 0);
-    qmsg_free(q);
+    qmsg_gone(s, q);
 }
 
 /* A detached checked-out message goes back to the returns deque, or to the DLX when it has
@@ -699,7 +707,7 @@ static void assign(qsm_t *s, consumer_t *c, qmsg_t *q)
     if (c->flags & QSM_F_NO_ACK) {
         s->settled_total++;
         fx_deliver(s, c, q);
-        qmsg_free(q);
+        qmsg_gone(s, q);
         return;
     }
     check_out(s, c, q);
@@ -773,6 +781,7 @@ static void op_enqueue(qsm_t *s, const struct qsm_cmd *c)
         qmsg_t *q = qmsg_new(m, s->next_id++, expiry_for(s, c));
         ready_push(s, m->priority > 4 ? &s->hi : &s->lo, q);
         s->enqueued_total++;
+        if (s->fx && s->fx->enqueued) s->fx->enqueued(s->fx->ud, q->id, m);
     }
     fx_result(s, c->node, c->req, &r);
 }
@@ -836,7 +845,7 @@ static void op_settle_like(qsm_t *s, const struct qsm_cmd *c)
         checked_detach(s, q);
         if (c->op == QSM_SETTLE) {
             s->settled_total++;
-            qmsg_free(q);
+            qmsg_gone(s, q);
         } else if (c->op == QSM_RETURN) {
             return_msg(s, q, false);
         } else {
@@ -861,7 +870,7 @@ static void op_dequeue(qsm_t *s, const struct qsm_cmd *c)
         s->settled_total++;
         r.count = (uint32_t)s->ready;
         fx_result(s, c->node, c->req, &r);
-        qmsg_free(q);
+        qmsg_gone(s, q);
         return;
     }
     /* Unsettled gets are held by a cancelled pseudo-consumer (node, chan, ""): never served,
@@ -920,7 +929,7 @@ static void op_purge(qsm_t *s, const struct qsm_cmd *c)
     deque_t *ds[3] = {&s->returns, &s->hi, &s->lo};
     for (int i = 0; i < 3; i++)
         while (ds[i]->len) {
-            qmsg_free(ready_pop(s, ds[i]));
+            qmsg_gone(s, ready_pop(s, ds[i]));
             r.count++;
         }
     fx_result(s, c->node, c->req, &r);
@@ -945,7 +954,7 @@ static void op_config(qsm_t *s, const struct qsm_cmd *c)
         s->dlx--;
         s->dlx_bytes -= msg_size(q);
         if (s->cfg.dead_letter) fx_dead_letter(s, q, 0);
-        qmsg_free(q);
+        qmsg_gone(s, q);
     }
 }
 
@@ -958,7 +967,7 @@ static void op_dlx_settle(qsm_t *s, const struct qsm_cmd *c)
         idmap_del(&s->ids, q->id);
         s->dlx--;
         s->dlx_bytes -= msg_size(q);
-        qmsg_free(q);
+        qmsg_gone(s, q);
     }
 }
 
@@ -1069,6 +1078,21 @@ bool qsm_has_consumer(const qsm_t *s, uint32_t node, uint64_t chan, amqp_bytes_t
     consumer_t *c = con_find(s, node, chan, tag);
     if (!c || c->cancelled) return false;
     return !s->cfg.single_active || c == sac_active(s);
+}
+
+uint64_t qsm_next_id(const qsm_t *s) { return s->next_id; }
+
+void qsm_each_msg(const qsm_t *s, void (*fn)(void *ud, uint64_t msg_id, msg_t *m), void *ud)
+{
+    const deque_t *ds[3] = {&s->returns, &s->hi, &s->lo};
+    for (int i = 0; i < 3; i++)
+        for (size_t j = 0; j < ds[i]->len; j++) {
+            qmsg_t *q = dq_at(ds[i], j);
+            fn(ud, q->id, q->m);
+        }
+    for (uint32_t i = 0; i < s->n_cons; i++)
+        for (qmsg_t *q = s->cons[i]->checked.head; q; q = q->next) fn(ud, q->id, q->m);
+    for (qmsg_t *q = s->dlx_list.head; q; q = q->next) fn(ud, q->id, q->m);
 }
 
 uint64_t qsm_live(const qsm_t *s) { return s->ready + s->unacked + s->dlx; }
@@ -1227,28 +1251,50 @@ int qsm_decode(const void *buf, size_t len, struct qsm_cmd *c)
  * Every count is checked against the bytes left, so hostile input cannot make us allocate big.
  */
 
-static void put_msg(amqp_buf_t *out, const qmsg_t *q)
+/* How one snapshot is being written: FULL carries bodies, META only their lengths. */
+typedef struct {
+    amqp_buf_t *out;
+    int kind;
+    qsm_body_fn body;
+    void *ud;
+    bool failed;
+} snapw_t;
+
+static void put_msg(snapw_t *w, const qmsg_t *q)
 {
+    amqp_buf_t *out = w->out;
+    const msg_t *m = q->m;
     amqp_buf_put_u64(out, q->id);
     amqp_buf_put_u64(out, (uint64_t)q->expiry);
     amqp_buf_put_u32(out, q->acquired);
     amqp_buf_put_u32(out, q->failed);
-    size_t n = msg_record_size(q->m);
-    amqp_buf_put_u32(out, (uint32_t)n);
+    size_t n = msg_record_header_size(m);
+    uint64_t body_len = m->body_len;
+    bool full = w->kind == QSM_SNAP_FULL;
+    amqp_buf_put_u32(out, (uint32_t)(full ? n + body_len : n));
     amqp_buf_reserve(out, n);
-    msg_record_write(q->m, out->data + out->len);
+    msg_record_write_header(m, out->data + out->len);
     out->len += n;
+    if (!full) {
+        amqp_buf_put_u64(out, body_len);
+        if (w->body && !w->body(w->ud, q->id, m, NULL)) w->failed = true;
+    } else if (m->body) {
+        amqp_buf_append(out, m->body, body_len);
+    } else if (!w->body || !w->body(w->ud, q->id, m, out)) {
+        w->failed = true;
+    }
 }
 
-static void put_deque(amqp_buf_t *out, const deque_t *d)
+static void put_deque(snapw_t *w, const deque_t *d)
 {
-    amqp_buf_put_u32(out, (uint32_t)d->len);
-    for (size_t i = 0; i < d->len; i++) put_msg(out, dq_at(d, i));
+    amqp_buf_put_u32(w->out, (uint32_t)d->len);
+    for (size_t i = 0; i < d->len; i++) put_msg(w, dq_at(d, i));
 }
 
-void qsm_snapshot(const qsm_t *s, amqp_buf_t *out)
+int qsm_snapshot_ex(const qsm_t *s, amqp_buf_t *out, int kind, qsm_body_fn body, void *ud)
 {
-    amqp_buf_put_u8(out, QSM_SNAP_VERSION);
+    snapw_t w = {.out = out, .kind = kind, .body = body, .ud = ud};
+    amqp_buf_put_u8(out, (uint8_t)kind);
     put_config(out, &s->cfg);
     amqp_buf_put_u64(out, s->next_id);
     amqp_buf_put_u32(out, (uint32_t)(s->rr_last + 1));
@@ -1270,15 +1316,15 @@ void qsm_snapshot(const qsm_t *s, amqp_buf_t *out)
         amqp_buf_put_u8(out, c->cancelled);
         amqp_buf_put_u32(out, c->n_checked);
         qmsg_t **v = checked_sorted(c);
-        for (uint32_t j = 0; j < c->n_checked; j++) put_msg(out, v[j]);
+        for (uint32_t j = 0; j < c->n_checked; j++) put_msg(&w, v[j]);
         free(v);
     }
-    put_deque(out, &s->returns);
-    put_deque(out, &s->hi);
-    put_deque(out, &s->lo);
+    put_deque(&w, &s->returns);
+    put_deque(&w, &s->hi);
+    put_deque(&w, &s->lo);
     amqp_buf_put_u32(out, (uint32_t)s->dlx);
     for (const qmsg_t *q = s->dlx_list.head; q; q = q->next) {
-        put_msg(out, q);
+        put_msg(&w, q);
         amqp_buf_put_u8(out, q->reason);
     }
     amqp_buf_put_u32(out, (uint32_t)s->n_enq);
@@ -1295,6 +1341,12 @@ void qsm_snapshot(const qsm_t *s, amqp_buf_t *out)
         amqp_buf_put_u32(out, s->floors[i].node);
         amqp_buf_put_u32(out, s->floors[i].boot);
     }
+    return w.failed ? -1 : 0;
+}
+
+void qsm_snapshot(const qsm_t *s, amqp_buf_t *out)
+{
+    if (qsm_snapshot_ex(s, out, QSM_SNAP_FULL, NULL, NULL) != 0) abort(); /* a body is not in memory */
 }
 
 /* Restore reads into a live qsm_t, attaching everything as soon as it exists, so one
@@ -1303,6 +1355,7 @@ typedef struct {
     amqp_reader_t r;
     qsm_t *s;
     idmap_t all;
+    int kind; /* QSM_SNAP_FULL or QSM_SNAP_META */
 } restore_t;
 
 /* Counts must be plausible: each element takes at least min_bytes of input. */
@@ -1321,13 +1374,16 @@ static qmsg_t *read_msg(restore_t *x)
     uint32_t acquired = amqp_read_u32(&x->r);
     uint32_t failed = amqp_read_u32(&x->r);
     amqp_bytes_t rec = amqp_read_longstr(&x->r);
+    uint64_t body_len = x->kind == QSM_SNAP_META ? amqp_read_u64(&x->r) : 0;
     if (x->r.bad || id == 0 || id >= x->s->next_id || idmap_get(&x->all, id)) return NULL;
-    msg_t *m = msg_from_record(rec.ptr, rec.len, true);
+    bool full = x->kind == QSM_SNAP_FULL;
+    msg_t *m = msg_from_record(rec.ptr, rec.len, full);
     if (!m) return NULL;
-    if (msg_record_size(m) != rec.len) { /* not canonical */
-        msg_unref(m);
+    if (msg_record_size(m) != rec.len || (!full && m->body_len != 0) || body_len > (1ull << 40)) {
+        msg_unref(m); /* not canonical (META: the record has no body) */
         return NULL;
     }
+    if (!full) m->body_len = body_len; /* body NULL: the host stores it */
     msg_fill_from_props(m);
     qmsg_t *q = qmsg_new(m, id, expiry);
     q->acquired = acquired;
@@ -1450,7 +1506,8 @@ qsm_t *qsm_restore(const void *bytes, size_t len)
     restore_t x = {.r = amqp_reader(bytes, len)};
     struct qsm_config cfg;
     memset(&cfg, 0, sizeof cfg); /* padding too: configs are compared and snapshotted bytewise */
-    if (amqp_read_u8(&x.r) != QSM_SNAP_VERSION || !read_config(&x.r, &cfg)) return NULL;
+    x.kind = amqp_read_u8(&x.r);
+    if ((x.kind != QSM_SNAP_FULL && x.kind != QSM_SNAP_META) || !read_config(&x.r, &cfg)) return NULL;
     qsm_t *s = x.s = qsm_new(&cfg);
     s->next_id = amqp_read_u64(&x.r);
     uint32_t rr = amqp_read_u32(&x.r);

@@ -82,7 +82,7 @@
  *     msg_t priority and persistent are set from the record's properties.
  *   - qsm_apply ignores a QSM_CONFIG with invalid enums; qsm_new uses the defaults for one.
  *
- * Ownership: the state holds one msg_t reference per message. Effects lend msg_t pointers for
+ * Ownership: the state holds one msg_t reference per message (m->id is set to its msg_id). Effects lend msg_t pointers for
  * the duration of the callback: take msg_ref() to keep one.
  */
 #ifndef WARREN_QQ_SM_H
@@ -192,6 +192,10 @@ struct qsm_effects {
     void (*result)(void *ud, uint32_t node, uint64_t req, const struct qsm_result *r);
     /* reason: "rejected", "expired", "maxlen", "delivery_limit"; dlx_id 0 unless at-least-once */
     void (*dead_letter)(void *ud, msg_t *m, const char *reason, uint32_t delivery_count, uint64_t dlx_id);
+    /* Body paging hooks (the host may keep bodies on disk, see qsm_snapshot_ex): a message was
+     * enqueued with id msg_id (m->body in memory); a message left the state for good. */
+    void (*enqueued)(void *ud, uint64_t msg_id, msg_t *m);
+    void (*removed)(void *ud, uint64_t msg_id, msg_t *m);
 };
 
 qsm_t *qsm_new(const struct qsm_config *initial);
@@ -225,11 +229,29 @@ void qsm_dlx_each(const qsm_t *s, qsm_dlx_fn fn, void *ud);
 /* Live messages (ready + checked out + dlx): the snapshot size in messages. */
 uint64_t qsm_live(const qsm_t *s);
 
-/* Snapshot: the whole state (messages with bodies, consumers with their checked-out ids,
- * enqueuers, config, counters). Deterministic: equal states give equal bytes. */
+/* Snapshot: the whole state (messages, consumers with their checked-out ids, enqueuers,
+ * config, counters). Deterministic: equal states give equal bytes. Two kinds (the first byte):
+ *   QSM_SNAP_FULL  every message's body inline: what a member that has nothing else needs
+ *                  (a snapshot sent to a follower);
+ *   QSM_SNAP_META  bodies by length only: the host keeps them elsewhere (its own store), so
+ *                  a local snapshot stays small however many bytes the queue holds.
+ * Message bodies may be absent from memory (m->body NULL: the host paged them out). For each
+ * message, body(ud, msg_id, m, out) is called when given: FULL calls it only for an absent body
+ * and it must append the body's bytes to out; META calls it for every message with out NULL,
+ * so that the host can make sure the body is in its store. A false return fails the snapshot
+ * (-1); 0 otherwise. qsm_snapshot is FULL with every body in memory (aborts otherwise). */
+enum qsm_snap_kind { QSM_SNAP_FULL = 2, QSM_SNAP_META = 3 };
+typedef bool (*qsm_body_fn)(void *ud, uint64_t msg_id, const msg_t *m, amqp_buf_t *out);
+int qsm_snapshot_ex(const qsm_t *s, amqp_buf_t *out, int kind, qsm_body_fn body, void *ud);
 void qsm_snapshot(const qsm_t *s, amqp_buf_t *out);
 /* NULL for malformed bytes (never crashes: a fuzz target). Strict: whatever restores
- * snapshots to the same bytes. */
+ * snapshots to the same bytes, in the same kind (a META snapshot restores with every body
+ * NULL and body_len set; m->id is the message's msg_id). */
 qsm_t *qsm_restore(const void *bytes, size_t len);
+/* Calls fn for every message of the state (ready, checked out, dead-lettered), in no
+ * particular order. */
+void qsm_each_msg(const qsm_t *s, void (*fn)(void *ud, uint64_t msg_id, msg_t *m), void *ud);
+/* The next msg_id: every message enqueued after the state was taken has an id >= it. */
+uint64_t qsm_next_id(const qsm_t *s);
 
 #endif

@@ -173,7 +173,10 @@ static void add_quorum_fields(mgmt_t *m, cJSON *o, queue_t *q)
         cJSON_AddNullToObject(o, "leader");
         cJSON_AddItemToObject(o, "node", mgmt_json_node_name(m, q->home));
     }
-    if (info.member) cJSON_AddNumberToObject(o, "messages_dlx", (double)info.dlx);
+    if (info.member) {
+        cJSON_AddNumberToObject(o, "messages_dlx", (double)info.dlx);
+        cJSON_AddNumberToObject(o, "message_bytes_ram", (double)info.bytes_ram);
+    }
 }
 
 cJSON *mgmt_json_queue(mgmt_t *m, queue_t *q)

@@ -140,7 +140,7 @@ static void apply(qsm_t *s, rec_t *r, struct qsm_cmd *c)
     qsm_encode(&b2, &d);
     assert_int_equal(b.len, b2.len);
     assert_memory_equal(b.data, b2.data, b.len);
-    struct qsm_effects fx = {r, on_deliver, on_result, on_dead_letter};
+    struct qsm_effects fx = {.ud = r, .deliver = on_deliver, .result = on_result, .dead_letter = on_dead_letter};
     qsm_apply(s, &d, r ? &fx : NULL);
     amqp_buf_free(&b);
     amqp_buf_free(&b2);
