@@ -868,7 +868,7 @@ async function viewExchange(main, vhost, name) {
     const ok = await act(() => api('POST', `/bindings/${enc(vhost)}/e/${enc(name)}/${destType.value}/${enc(dest.value)}`, { routing_key: key.value, arguments: a }).then(() => true), 'Binding added.');
     if (ok) { key.value = ''; bargs.reset(); refresh(); }
   } }, h('h2', {}, 'Add a binding from this exchange'), field('Destination', h('span', {}, destType, ' ', dest)), field('Routing key', key),
-  h('div', { class: 'field' }, h('span', { class: 'lbl' }, 'Arguments'), bargs), h('button', { type: 'submit' }, 'Bind'));
+  h('div', { class: 'field' }, h('span', { class: 'lbl' }, 'Arguments'), bargs), h('button', { type: 'submit', id: 'xb-submit' }, 'Bind'));
   const delBtn = h('button', { type: 'button', class: 'danger', onclick: async () => {
     if (!confirm(`Delete exchange ${name}?`)) return;
     const ok = await act(() => api('DELETE', path).then(() => true), `Exchange ${name} deleted.`, delBtn);
@@ -1025,7 +1025,7 @@ async function viewAdmin(main, sub) {
     const prio = h('input', { type: 'number', id: 'pol-priority', value: '0', style: 'min-width:80px;width:80px' });
     const def = argsEditor('pol-def', [['message-ttl', 'Number'], ['max-length', 'Number'], ['dead-letter-exchange', 'String'], ['overflow', 'String', 'reject-publish'],
       ['expires', 'Number'], ['delivery-limit', 'Number'], ['alternate-exchange', 'String']]);
-    const btn = h('button', { type: 'submit' }, 'Add / update policy');
+    const btn = h('button', { type: 'submit', id: 'pol-submit' }, 'Add / update policy');
     const form = h('form', { class: 'stack', onsubmit: async (ev) => {
       ev.preventDefault();
       let d; try { d = def.values(); } catch (e) { flash(e.message, true); return; }

@@ -54,6 +54,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
     if conftest.EXTERNAL or conftest.RABBITMQ_MODE:
         pytest.skip("starts its own Warren cluster")
     chromium, driver_path = _browser_or_skip()
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -80,6 +81,9 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
 
         def wait(cond, timeout=20):
             return WebDriverWait(browser, timeout, poll_frequency=0.2).until(cond)
+
+        def clear_flash():
+            browser.execute_script("document.getElementById('flash').replaceChildren()")
 
         def flash_text():
             return " | ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, "#flash .msg"))
@@ -112,9 +116,13 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
         step = "overview"
         wait(lambda d: d.find_elements(By.ID, "nodes-summary")
              and d.find_element(By.ID, "nodes-summary").text == "3 of 3 nodes running", timeout=30)
-        rows = browser.find_elements(By.CSS_SELECTOR, "#nodes-table tr.node-row")
-        assert sorted(r.get_attribute("data-name") for r in rows) == CLUSTER_NAMES
-        assert all(r.get_attribute("data-running") == "true" for r in rows)
+        def node_rows(d):
+            try:
+                return [(r.get_attribute("data-name"), r.get_attribute("data-running"))
+                        for r in d.find_elements(By.CSS_SELECTOR, "#nodes-table tr.node-row")]
+            except StaleElementReferenceException:
+                return None
+        assert wait(node_rows) == [(n, "true") for n in CLUSTER_NAMES]
         assert "cluster itest" in browser.find_element(By.ID, "ov-sub").text
         shot("01-overview")
 
@@ -133,22 +141,30 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
         browser.find_element(By.CSS_SELECTOR, "#queues-list input.filter").send_keys(qname)
 
         def listed(d):
-            for row in d.find_elements(By.CSS_SELECTOR, "#queues-list tbody tr"):
-                if row.get_attribute("data-name") != qname:
-                    continue
-                leader = row.find_element(By.CSS_SELECTOR, ".q-leader").text
-                members = [b.text for b in row.find_elements(By.CSS_SELECTOR, ".q-members .badge.ok")]
-                return leader in CLUSTER_NAMES and sorted(members) == CLUSTER_NAMES and row
+            try:
+                for row in d.find_elements(By.CSS_SELECTOR, "#queues-list tbody tr"):
+                    if row.get_attribute("data-name") != qname:
+                        continue
+                    leader = row.find_element(By.CSS_SELECTOR, ".q-leader").text
+                    members = [b.text for b in row.find_elements(By.CSS_SELECTOR, ".q-members .badge.ok")]
+                    return leader in CLUSTER_NAMES and sorted(members) == CLUSTER_NAMES and "quorum" in row.text
+            except StaleElementReferenceException:
+                pass
             return False
-        row = wait(listed, timeout=25)
-        assert "quorum" in row.text
+        wait(listed, timeout=25)
         shot("02-queues")
         api = requests.get(f"{base}/api/queues/%2F/{qname}", auth=("guest", "guest"), timeout=5).json()
         assert api["type"] == "quorum" and sorted(api["members"]) == CLUSTER_NAMES
 
         # Queue page: publish a message, then get it back (acked, so the queue is empty again).
         step = "publish"
-        row.find_element(By.CSS_SELECTOR, "a.queue-link").click()
+        def click_link(d):
+            try:
+                d.find_element(By.CSS_SELECTOR, f'#queues-list tr[data-name="{qname}"] a.queue-link').click()
+                return True
+            except StaleElementReferenceException:
+                return False
+        wait(click_link)
         wait(lambda d: d.find_elements(By.ID, "queue-name") and d.find_element(By.ID, "queue-name").text == qname)
         wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#queue-members tr.member-row")) == 3)
         payload = "hello from the browser UI"
@@ -168,6 +184,70 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
         shot("03-queue-page")
         assert wait_for(lambda: requests.get(f"{base}/api/queues/%2F/{qname}", auth=("guest", "guest"),
                                              timeout=5).json().get("messages") == 0, 10)
+
+        # An exchange declared from the UI, bound to the queue from its page, and a message
+        # published there is routed to the queue; the queue page purges it (a confirm dialog).
+        step = "exchange"
+        xname = uniq("ui-x")
+        browser.get(f"{base}/#/exchanges")
+        wait(EC.visibility_of_element_located((By.ID, "x-name"))).send_keys(xname)
+        Select(browser.find_element(By.ID, "x-type")).select_by_value("fanout")
+        clear_flash()
+        browser.find_element(By.ID, "x-submit").click()
+        wait(lambda d: f"Exchange {xname} declared." in flash_text())
+        browser.get(f"{base}/#/exchange/%2F/{xname}")
+        wait(EC.visibility_of_element_located((By.ID, "xb-dest"))).send_keys(qname)
+        clear_flash()
+        browser.find_element(By.ID, "xb-submit").click()
+        wait(lambda d: "Binding added." in flash_text())
+        wait(lambda d: qname in d.find_element(By.ID, "main").text)
+        browser.find_element(By.ID, "pub-payload").send_keys("via the exchange")
+        clear_flash()
+        browser.find_element(By.ID, "pub-submit").click()
+        wait(lambda d: "Message published." in flash_text())
+        assert wait_for(lambda: requests.get(f"{base}/api/queues/%2F/{qname}", auth=("guest", "guest"),
+                                             timeout=5).json().get("messages") == 1, 10)
+        step = "purge"
+        browser.get(f"{base}/#/queue/%2F/{qname}")
+        wait(EC.element_to_be_clickable((By.ID, "purge-btn"))).click()
+        wait(EC.alert_is_present()).accept()
+        wait(lambda d: "Queue purged." in flash_text())
+        assert wait_for(lambda: requests.get(f"{base}/api/queues/%2F/{qname}", auth=("guest", "guest"),
+                                             timeout=5).json().get("messages") == 0, 10)
+
+        # A policy added from the admin pages is listed, then deleted.
+        step = "policy"
+        pname = uniq("ui-pol")
+        browser.get(f"{base}/#/admin/policies")
+        wait(EC.visibility_of_element_located((By.ID, "pol-name"))).send_keys(pname)
+        browser.find_element(By.ID, "pol-pattern").send_keys("^ui-nothing$")
+        browser.find_element(By.CSS_SELECTOR, "#pol-def .arg-key").send_keys("max-length")
+        browser.find_element(By.CSS_SELECTOR, "#pol-def .arg-value").send_keys("10")
+        Select(browser.find_element(By.CSS_SELECTOR, "#pol-def .arg-type")).select_by_value("Number")
+        clear_flash()
+        browser.find_element(By.ID, "pol-submit").click()
+        wait(lambda d: f"Policy {pname} saved." in flash_text())
+        def policy_rows(d):  # (the list re-renders every 5 s: stale rows are looked up again)
+            try:
+                return [(r, r.text) for r in d.find_elements(By.CSS_SELECTOR, "#policies-list tbody tr")
+                        if r.get_attribute("data-name") == pname]
+            except StaleElementReferenceException:
+                return None
+
+        def click_delete(d):
+            try:
+                rows = policy_rows(d)
+                if rows:
+                    rows[0][0].find_element(By.XPATH, ".//button[text()='Delete']").click()
+                    return True
+            except StaleElementReferenceException:
+                pass
+            return False
+        assert '"max-length":10' in wait(policy_rows)[0][1]
+        shot("06-policies")
+        wait(click_delete)
+        wait(EC.alert_is_present()).accept()
+        wait(lambda d: policy_rows(d) == [])
 
         # The other pages render without errors; then log out.
         step = "other pages"
