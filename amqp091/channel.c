@@ -229,6 +229,9 @@ static void consumer_deliver(consumer_t *cons, queue_t *q, const qentry_t *e)
     m.u.basic_deliver.routing_key = (amqp_bytes_t){(const uint8_t *)e->m->rk, e->m->rk_len};
     send(ch, &m);
     write_content(ch, e->m);
+    if (cons->no_ack) ch->st_deliver_no_ack++;
+    else ch->st_deliver++;
+    if (e->redelivered) ch->st_redeliver++;
     if (!cons->no_ack) {
         delivery_t *d = dl_push(ch);
         d->tag = tag;
@@ -367,6 +370,7 @@ static void confirm_ack(chan_t *ch, uint64_t tag, bool multiple)
     m.u.basic_ack.delivery_tag = tag;
     m.u.basic_ack.multiple = multiple;
     send(ch, &m);
+    ch->st_confirm++;
     if (ch->conn) ch->conn->srv->broker->stat_confirm++;
 }
 
@@ -513,7 +517,7 @@ static int deliver_message(chan_t *ch, msg_t *m, bool mandatory, rq_pub_cb cb, v
     if (m->exchange_len == 0 && m->rk_len > strlen(REPLY_TO_PREFIX) &&
         memcmp(m->rk, REPLY_TO_PREFIX, strlen(REPLY_TO_PREFIX)) == 0) {
         chan_t *to = dict_get(&ch->conn->srv->reply_to, m->rk, m->rk_len);
-        b->stat_publish++;
+        b->stat_publish++, ch->st_publish++;
         if (to && to->conn && to->state == CH_OPEN) {
             amqp_method_t d = {.id = AMQP_BASIC_DELIVER};
             d.u.basic_deliver.consumer_tag = AMQP_BYTES_CSTR(to->reply_ctag);
@@ -533,13 +537,13 @@ static int deliver_message(chan_t *ch, msg_t *m, bool mandatory, rq_pub_cb cb, v
         /* x-delayed-message: held back, routed when due (no basic.return, as the plugin). */
         int64_t delay = br_delay_of(m);
         if (delay > 0) {
-            b->stat_publish++;
+            b->stat_publish++, ch->st_publish++;
             return br_delay_publish(x, m, delay);
         }
     }
     ptrvec_t qs = {0};
     if (x) br_route(x, m, &qs);
-    b->stat_publish++;
+    b->stat_publish++, ch->st_publish++;
     int result = Q_PUB_OK;
     msg_t *stripped = br_strip_bcc(m);
     if (stripped) m = stripped; /* BCC routes but is never delivered */
@@ -1425,6 +1429,9 @@ static void get_ok_send(chan_t *ch, queue_t *q, const qentry_t *e, uint32_t mess
     send(ch, &ok);
     write_content(ch, e->m);
     q->vh->broker->stat_deliver++;
+    if (no_ack) ch->st_get_no_ack++;
+    else ch->st_get++;
+    if (e->redelivered) ch->st_redeliver++;
     if (no_ack) {
         if (rq_remote(q) || q->qq) msg_unref(e->m); /* the home / the replicated state settled it */
         else q_ack(q, e);
@@ -1534,7 +1541,7 @@ static void handle_ack_family(chan_t *ch, const amqp_method_t *m)
     uint64_t tag;
     bool multiple = false, requeue = false, is_ack = false;
     if (m->id == AMQP_BASIC_ACK)
-        tag = m->u.basic_ack.delivery_tag, multiple = m->u.basic_ack.multiple, is_ack = true;
+        tag = m->u.basic_ack.delivery_tag, multiple = m->u.basic_ack.multiple, is_ack = true, ch->st_ack++;
     else if (m->id == AMQP_BASIC_NACK)
         tag = m->u.basic_nack.delivery_tag, multiple = m->u.basic_nack.multiple, requeue = m->u.basic_nack.requeue;
     else

@@ -32,6 +32,7 @@ void conn_flush(conn_t *c)
 {
     if (!c->out.len || !c->net) return;
     net_write(c->net, c->out.data, c->out.len);
+    c->send_oct += c->out.len, c->send_cnt++;
     c->out.len = 0;
     c->last_send = ev_now(c->srv->loop);
     /* Don't keep a huge buffer around after a large message. */
@@ -283,7 +284,12 @@ static bool sasl_credentials(amqp_bytes_t mech, amqp_bytes_t resp, amqp_bytes_t 
 static void handle_start_ok(conn_t *c, const amqp_method_t *m)
 {
     read_client_capabilities(c, m->u.connection_start_ok.client_properties);
+    c->client_props.len = 0; /* kept for the management API's client_properties */
+    if (m->u.connection_start_ok.client_properties.len)
+        amqp_buf_append(&c->client_props, m->u.connection_start_ok.client_properties.ptr,
+                        m->u.connection_start_ok.client_properties.len);
     amqp_bytes_t mech = m->u.connection_start_ok.mechanism;
+    snprintf(c->auth_mechanism, sizeof c->auth_mechanism, "%.*s", (int)mech.len, (const char *)mech.ptr);
     if (!amqp_bytes_eq_cstr(mech, "PLAIN") && !amqp_bytes_eq_cstr(mech, "AMQPLAIN")) {
         /* Like RabbitMQ, no connection.close before tune: the client just sees the socket go. */
         log_warn("connection %s:%d: unknown authentication mechanism '%.*s'", net_peer_host(c->net),
@@ -563,6 +569,7 @@ static void conn_on_data(void *ud, const uint8_t *data, size_t len)
     }
     memcpy(c->in + c->in_len, data, len);
     c->in_len += len;
+    c->recv_oct += len, c->recv_cnt++;
     c->last_recv = ev_now(c->srv->loop);
     conn_parse(c);
     conn_flush(c);
@@ -601,6 +608,7 @@ static void conn_on_close(void *ud)
     free(c->chans);
     free(c->in);
     amqp_buf_free(&c->out);
+    amqp_buf_free(&c->client_props);
     free(c);
 }
 
@@ -622,6 +630,61 @@ static void conn_describe(void *ctx, connreg_entry_t *e)
                                       : "running";
     for (uint32_t i = 1; c->chans && i <= c->channel_max; i++) e->channels += c->chans[i] != NULL;
     snprintf(e->client_product, sizeof e->client_product, "%s", c->client_product);
+    e->auth_mechanism = c->auth_mechanism[0] ? c->auth_mechanism : NULL;
+    e->ssl_protocol = c->net ? net_tls_version(c->net) : NULL;
+    e->frame_max = c->frame_max, e->channel_max = c->channel_max, e->heartbeat = c->heartbeat;
+    e->recv_oct = c->recv_oct, e->send_oct = c->send_oct;
+    e->recv_cnt = c->recv_cnt, e->send_cnt = c->send_cnt;
+    e->send_pend = c->net ? net_out_pending(c->net) : 0;
+    e->client_properties = (amqp_bytes_t){c->client_props.data, c->client_props.len};
+}
+
+/* The management API's channel list (connreg_api.c): each open channel's figures. */
+static void conn_each_channel(void *ctx, void (*fn)(void *arg, const struct connreg_chan_info *ch), void *arg)
+{
+    conn_t *c = ctx;
+    for (uint32_t i = 1; c->chans && i <= c->channel_max; i++) {
+        const chan_t *ch = c->chans[i];
+        if (!ch || ch->state != CH_OPEN) continue;
+        struct connreg_chan_info info = {
+            .number = ch->id, .consumers = (uint32_t)ch->consumers.n, .prefetch = ch->prefetch,
+            .global_prefetch = ch->global_prefetch, .unacked = ch->unacked, .unconfirmed = (uint32_t)ch->pend_len,
+            .uncommitted = (uint32_t)ch->txp_len, .confirm = ch->confirm, .transactional = ch->tx,
+            .publish = ch->st_publish, .deliver = ch->st_deliver, .deliver_no_ack = ch->st_deliver_no_ack,
+            .get = ch->st_get, .get_no_ack = ch->st_get_no_ack, .ack = ch->st_ack, .redeliver = ch->st_redeliver,
+            .confirmed = ch->st_confirm};
+        fn(arg, &info);
+    }
+}
+
+/* A single-active-consumer queue served here delivers to its first consumer only; elsewhere
+ * (quorum, other nodes) the serving side decides, and the consumer is reported active. */
+static bool consumer_active(const consumer_t *k)
+{
+    queue_t *q = k->q;
+    if (!q || !q->sac || q->qq || rq_remote(q)) return true;
+    return q->consumers.n && q->consumers.items[0] == k;
+}
+
+/* The management API's consumer list: every consumer of every open channel. */
+static void conn_each_consumer(void *ctx,
+                               void (*fn)(void *arg, uint16_t channel, const struct connreg_consumer_info *ci),
+                               void *arg)
+{
+    conn_t *c = ctx;
+    for (uint32_t i = 1; c->chans && i <= c->channel_max; i++) {
+        const chan_t *ch = c->chans[i];
+        if (!ch || ch->state != CH_OPEN) continue;
+        for (size_t k = 0; k < ch->consumers.n; k++) {
+            const consumer_t *con = ch->consumers.items[k];
+            if (!con->q || (ch->reply_ctag && strcmp(con->tag, ch->reply_ctag) == 0)) continue;
+            struct connreg_consumer_info info = {
+                .tag = con->tag, .queue = con->q->name, .vhost = con->q->vh->name, .ack_required = !con->no_ack,
+                .exclusive = con->exclusive, .active = consumer_active(con), .prefetch = con->prefetch,
+                .priority = con->priority};
+            fn(arg, ch->id, &info);
+        }
+    }
 }
 
 static void conn_force_close(void *ctx, const char *reason)
@@ -652,6 +715,8 @@ static void conn_register(conn_t *c)
     e->connected_at = ev_time();
     e->describe = conn_describe;
     e->close = conn_force_close;
+    e->each_channel = conn_each_channel;
+    e->each_consumer = conn_each_consumer;
     e->ctx = c;
     connreg_add(e);
 }

@@ -91,6 +91,9 @@ struct chan {
     char *reply_key;  /* direct reply-to: "amq.rabbitmq.reply-to.<token>" while consuming */
     char *reply_ctag;
 
+    /* per-channel counters for the management API's message_stats (broker/connreg.h) */
+    uint64_t st_publish, st_deliver, st_deliver_no_ack, st_get, st_get_no_ack, st_ack, st_redeliver, st_confirm;
+
     bool tx;
     tx_publish_t *txp;
     size_t txp_len, txp_cap;
@@ -115,6 +118,9 @@ struct conn {
     bool cap_cancel_notify, cap_auth_failure_close, cap_blocked;
     bool alarm_blocked; /* reading paused by a resource alarm (connection.blocked sent if supported) */
     char client_product[64];
+    amqp_buf_t client_props; /* start-ok's client-properties (table content), for the API */
+    char auth_mechanism[16];
+    uint64_t recv_oct, send_oct, recv_cnt, send_cnt; /* bytes and socket reads / writes */
 
     chan_t **chans; /* indexed by channel id, channel_max + 1 slots */
     ev_timer hb_timer;

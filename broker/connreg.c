@@ -36,6 +36,10 @@ connreg_entry_t *connreg_refresh(void)
         e->user = e->vhost = "";
         e->state = "starting";
         e->channels = 0;
+        e->auth_mechanism = e->ssl_protocol = NULL;
+        e->frame_max = e->channel_max = e->heartbeat = 0;
+        e->recv_oct = e->send_oct = e->recv_cnt = e->send_cnt = e->send_pend = 0;
+        e->client_properties = AMQP_BYTES_EMPTY;
         if (e->describe) e->describe(e->ctx, e);
     }
     return head;

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "broker/cluster.h"
+#include "broker/connreg.h"
 #include "broker/qq.h"
 #include "broker/remote.h"
 #include "mgmt/internal.h"
@@ -167,7 +168,8 @@ void mgmt_get_overview(mgmt_req_t *r)
     mgmt_json_count(qt, "messages_ready", t.ready, dr.ready);
     mgmt_json_count(qt, "messages_unacknowledged", t.unacked, dr.unacked);
     cJSON *ot = cJSON_AddObjectToObject(o, "object_totals");
-    cJSON_AddNumberToObject(ot, "channels", m->count_channels ? (double)m->count_channels(m->count_ctx) : 0);
+    cJSON_AddNumberToObject(ot, "channels", m->count_channels ? (double)m->count_channels(m->count_ctx)
+                                                              : (double)connreg_channel_count());
     cJSON_AddNumberToObject(ot, "connections", m->count_connections ? (double)m->count_connections(m->count_ctx) : 0);
     cJSON_AddNumberToObject(ot, "consumers", (double)t.consumers);
     cJSON_AddNumberToObject(ot, "exchanges", (double)t.exchanges);

@@ -82,6 +82,7 @@ static void req_reset(mgmt_conn_t *c)
     free(r->auth);
     free(r->if_none_match);
     free(r->body);
+    free(r->x_reason);
     for (int i = 0; i < r->nsegs; i++) free(r->segs[i]);
     free(r->query);
     memset(r, 0, sizeof *r);
@@ -137,6 +138,10 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
 {
     mgmt_conn_t *c = conn_of(p);
     if (count_header(c, n)) return -1;
+    if (strcasecmp(c->field, "x-reason") == 0) { /* a forced connection close's reason */
+        size_t l = c->req.x_reason ? strlen(c->req.x_reason) : 0;
+        return append(&c->req.x_reason, &l, at, n) ? 0 : -1;
+    }
     if (!c->in_value) {
         c->in_value = true;
         c->hdr_kind = strcasecmp(c->field, "authorization") == 0   ? HDR_AUTH

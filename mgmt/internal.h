@@ -59,6 +59,7 @@ typedef struct mgmt_req {
     char *auth;             /* the Authorization header, or NULL */
     size_t auth_len;
     char *if_none_match;    /* the If-None-Match header (ui.c's ETags), or NULL */
+    char *x_reason;         /* the X-Reason header (a forced connection close), or NULL */
     char *body;             /* NULL when empty */
     size_t body_len;
     bool peer_loopback;
@@ -187,6 +188,17 @@ void mgmt_get_health_vhosts(mgmt_req_t *r);
 void mgmt_get_health_port(mgmt_req_t *r);
 void mgmt_get_health_protocol(mgmt_req_t *r);
 void mgmt_get_health_quorum_critical(mgmt_req_t *r);
+
+/* api_conns.c: connections, channels and consumers of every node (broker/connreg.h) */
+void mgmt_get_connections(mgmt_req_t *r);
+void mgmt_get_vhost_connections(mgmt_req_t *r);
+void mgmt_get_connection(mgmt_req_t *r);
+void mgmt_delete_connection(mgmt_req_t *r);
+void mgmt_get_connection_channels(mgmt_req_t *r);
+void mgmt_get_channels(mgmt_req_t *r);
+void mgmt_get_vhost_channels(mgmt_req_t *r);
+void mgmt_get_channel(mgmt_req_t *r);
+void mgmt_get_consumers(mgmt_req_t *r);
 
 /* ---- rates.c: *_details.rate from counters sampled every 5 s ---- */
 

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker/connreg.h"
 #include "broker/qq.h"
 #include "broker/remote.h"
 #include "mgmt/internal.h"
@@ -113,6 +114,7 @@ static void sample(struct ev_loop *loop, ev_timer *w, int revents)
     node[MGMT_RATE_UNROUTABLE] = b->stat_unroutable;
     update(&r->node, node, dt, first);
     sample_queues(r, dt);
+    connreg_sample(now); /* connections' recv_oct / send_oct rates */
 }
 
 void mgmt_rates_start(mgmt_t *m)

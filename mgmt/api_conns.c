@@ -1,0 +1,311 @@
+/* api_conns.c - connections, channels and consumers: /api/connections[/{name}[/channels]],
+ * /api/vhosts/{vhost}/connections|channels, /api/channels[/{name}], /api/consumers[/{vhost}].
+ *
+ * Data flow: the objects come from the broker's connection registry (broker/connreg.h), which
+ * the protocol adapters fill; mgmt never sees an adapter. Connections are node-local, so a
+ * listing is gathered: this node's objects at once, and every other running member's through
+ * one CONNREG_CALL_LIST call each (b->node_call, the mesh the classic queues use); the request is
+ * answered when every node has answered or failed (a node that does not answer within
+ * GATHER_TIMEOUT is left out, as RabbitMQ leaves out a node that does not answer in time).
+ *
+ * Visibility, as RabbitMQ's management plugin: administrators and monitoring users see every
+ * connection and channel; other users only their own (same user name). Consumers are shown by
+ * the vhost of their queue (vhosts the user has permissions on). Closing a connection (DELETE)
+ * takes an administrator or the connection's own user; the reason comes from the X-Reason
+ * header (default "Closed via management plugin") and the client gets 320 CONNECTION_FORCED
+ * with "CONNECTION_FORCED - <reason>". */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/cluster.h"
+#include "broker/connreg.h"
+#include "mgmt/internal.h"
+
+#define GATHER_TIMEOUT 5.0
+
+enum { G_CONNECTIONS = 1, G_CHANNELS = 2, G_CONSUMERS = 4 };
+
+/* One request's gathering of the cluster's lists. */
+struct gather {
+    mgmt_req_t *r;
+    unsigned what;     /* G_* */
+    unsigned waiting;  /* calls not answered yet */
+    cJSON *lists;      /* {"connections": [...], "channels": [...], "consumers": [...]} */
+    void (*done)(struct gather *g);
+    int found;         /* DELETE: nodes that closed the connection */
+};
+
+static cJSON *list_of(struct gather *g, const char *key) { return cJSON_GetObjectItemCaseSensitive(g->lists, key); }
+
+static void finish(struct gather *g)
+{
+    g->done(g);
+    cJSON_Delete(g->lists);
+    free(g);
+}
+
+/* Moves the items of the arrays in a node's answer into ours. */
+static void merge(struct gather *g, cJSON *answer)
+{
+    static const char *const keys[] = {"connections", "channels", "consumers"};
+    for (size_t i = 0; i < 3; i++) {
+        cJSON *from = cJSON_GetObjectItemCaseSensitive(answer, keys[i]), *to = list_of(g, keys[i]);
+        if (!cJSON_IsArray(from) || !to) continue;
+        cJSON *e;
+        while ((e = from->child)) cJSON_AddItemToArray(to, cJSON_DetachItemViaPointer(from, e));
+    }
+}
+
+static void answered(void *arg, int status, const char *error, const void *payload, size_t len)
+{
+    (void)error;
+    struct gather *g = arg;
+    if (status == 0 && len) {
+        cJSON *answer = cJSON_ParseWithLength(payload, len);
+        merge(g, answer);
+        cJSON_Delete(answer);
+    }
+    if (--g->waiting == 0) finish(g);
+}
+
+static cJSON *request_json(unsigned what)
+{
+    cJSON *req = cJSON_CreateObject();
+    if (what & G_CONNECTIONS) cJSON_AddTrueToObject(req, "connections");
+    if (what & G_CHANNELS) cJSON_AddTrueToObject(req, "channels");
+    if (what & G_CONSUMERS) cJSON_AddTrueToObject(req, "consumers");
+    return req;
+}
+
+/* Sends method with payload to every other running member (each answer goes to answered). */
+static void call_others(mgmt_t *m, const char *method, const char *payload, struct gather *g)
+{
+    broker_t *b = m->b;
+    if (!m->cl || !cl_clustered(m->cl) || !b->node_call) return;
+    struct cl_status *st = calloc(1, sizeof *st);
+    if (!st) abort();
+    cl_status(m->cl, st);
+    for (unsigned i = 0; i < st->n_members; i++) {
+        uint32_t id = st->members[i].id;
+        if (id == st->node_id || !st->members[i].running) continue;
+        g->waiting++; /* before the call: a failed call never calls back */
+        if (b->node_call(b->node_ctx, id, method, payload, strlen(payload), GATHER_TIMEOUT, answered, g) != 0)
+            g->waiting--;
+    }
+    free(st);
+}
+
+static void gather(mgmt_req_t *r, unsigned what, void (*done)(struct gather *g))
+{
+    struct gather *g = calloc(1, sizeof *g);
+    if (!g) abort();
+    g->r = r;
+    g->what = what;
+    g->done = done;
+    cJSON *req = request_json(what);
+    g->lists = connreg_lists_json(r->m->b, req);
+    char *payload = cJSON_PrintUnformatted(req);
+    cJSON_Delete(req);
+    g->waiting = 1; /* this function's own share: nothing finishes while calls go out */
+    call_others(r->m, CONNREG_CALL_LIST, payload ? payload : "{}", g);
+    free(payload);
+    if (--g->waiting == 0) finish(g);
+}
+
+/* ---- filters ---- */
+
+static bool sees_all(const mgmt_req_t *r) { return mgmt_user_is_monitor(r->user); }
+
+static const char *str_at(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static bool same(const char *a, const char *b) { return a && b && strcmp(a, b) == 0; }
+
+/* Keeps the items of arr for which keep(r, item, arg) holds; returns arr. */
+static cJSON *filter(cJSON *arr, mgmt_req_t *r, bool (*keep)(mgmt_req_t *r, const cJSON *o, const void *arg),
+                     const void *arg)
+{
+    cJSON *e = arr ? arr->child : NULL;
+    while (e) {
+        cJSON *next = e->next;
+        if (!keep(r, e, arg)) cJSON_Delete(cJSON_DetachItemViaPointer(arr, e));
+        e = next;
+    }
+    return arr;
+}
+
+/* Connections and channels: the user's own, or all for monitors; vhost arg: only that vhost's. */
+static bool keep_owned(mgmt_req_t *r, const cJSON *o, const void *vhost)
+{
+    if (vhost && !same(str_at(o, "vhost"), vhost)) return false;
+    return sees_all(r) || same(str_at(o, "user"), r->user->name);
+}
+
+static cJSON *detach_list(struct gather *g, const char *key)
+{
+    cJSON *arr = cJSON_DetachItemFromObjectCaseSensitive(g->lists, key);
+    return arr ? arr : cJSON_CreateArray();
+}
+
+/* Finds the item named name in arr (detached from it), or NULL. */
+static cJSON *take_named(cJSON *arr, const char *name)
+{
+    for (cJSON *e = arr->child; e; e = e->next)
+        if (same(str_at(e, "name"), name)) return cJSON_DetachItemViaPointer(arr, e);
+    return NULL;
+}
+
+/* ---- connections ---- */
+
+static void reply_connections(struct gather *g)
+{
+    mgmt_req_t *r = g->r;
+    const char *vhost = r->params[0]; /* set for /api/vhosts/{vhost}/connections */
+    mgmt_reply_list(r, filter(detach_list(g, "connections"), r, keep_owned, vhost));
+}
+
+void mgmt_get_connections(mgmt_req_t *r) { gather(r, G_CONNECTIONS, reply_connections); }
+void mgmt_get_vhost_connections(mgmt_req_t *r) { gather(r, G_CONNECTIONS, reply_connections); }
+
+/* A single object: 404 when it is not there, 401 when it is someone else's. */
+static void reply_one(mgmt_req_t *r, cJSON *arr, const char *name)
+{
+    cJSON *o = take_named(arr, name);
+    cJSON_Delete(arr);
+    if (!o) return mgmt_reply_not_found(r);
+    if (!keep_owned(r, o, NULL)) {
+        cJSON_Delete(o);
+        return mgmt_reply_error(r, 401, "not_authorised", "User not authorised to access object");
+    }
+    mgmt_reply_json(r, 200, o);
+}
+
+static void reply_connection(struct gather *g) { reply_one(g->r, detach_list(g, "connections"), g->r->params[0]); }
+
+void mgmt_get_connection(mgmt_req_t *r) { gather(r, G_CONNECTIONS, reply_connection); }
+
+static bool keep_of_connection(mgmt_req_t *r, const cJSON *o, const void *name)
+{
+    (void)r;
+    return same(str_at(cJSON_GetObjectItemCaseSensitive(o, "connection_details"), "name"), name);
+}
+
+static void reply_connection_channels(struct gather *g)
+{
+    mgmt_req_t *r = g->r;
+    cJSON *conns = detach_list(g, "connections");
+    cJSON *conn = take_named(conns, r->params[0]);
+    cJSON_Delete(conns);
+    if (!conn) return mgmt_reply_not_found(r);
+    bool allowed = keep_owned(r, conn, NULL);
+    cJSON_Delete(conn);
+    if (!allowed) return mgmt_reply_error(r, 401, "not_authorised", "User not authorised to access object");
+    mgmt_reply_list(r, filter(detach_list(g, "channels"), r, keep_of_connection, r->params[0]));
+}
+
+void mgmt_get_connection_channels(mgmt_req_t *r) { gather(r, G_CONNECTIONS | G_CHANNELS, reply_connection_channels); }
+
+/* DELETE: the owner's node closes it (this node at once, others through CONNREG_CALL_CLOSE). */
+static void reply_closed(struct gather *g)
+{
+    if (g->found) mgmt_reply_status(g->r, 204);
+    else mgmt_reply_not_found(g->r);
+}
+
+static void closed_answered(void *arg, int status, const char *error, const void *payload, size_t len)
+{
+    (void)error, (void)payload, (void)len;
+    struct gather *g = arg;
+    if (status == 0) g->found++;
+    if (--g->waiting == 0) finish(g);
+}
+
+static void close_everywhere(mgmt_req_t *r, const char *reason)
+{
+    struct gather *g = calloc(1, sizeof *g);
+    if (!g) abort();
+    g->r = r;
+    g->done = reply_closed;
+    g->lists = cJSON_CreateObject();
+    broker_t *b = r->m->b;
+    if (connreg_close(r->params[0], reason && *reason ? reason : "Closed via management plugin")) {
+        g->found++;
+        return finish(g);
+    }
+    cJSON *req = cJSON_CreateObject();
+    cJSON_AddStringToObject(req, "name", r->params[0]);
+    if (reason) cJSON_AddStringToObject(req, "reason", reason);
+    char *payload = cJSON_PrintUnformatted(req);
+    cJSON_Delete(req);
+    g->waiting = 1;
+    mgmt_t *m = r->m;
+    if (payload && m->cl && cl_clustered(m->cl) && b->node_call) {
+        struct cl_status *st = calloc(1, sizeof *st);
+        if (!st) abort();
+        cl_status(m->cl, st);
+        for (unsigned i = 0; i < st->n_members; i++) {
+            uint32_t id = st->members[i].id;
+            if (id == st->node_id || !st->members[i].running) continue;
+            g->waiting++;
+            if (b->node_call(b->node_ctx, id, CONNREG_CALL_CLOSE, payload, strlen(payload), GATHER_TIMEOUT,
+                             closed_answered, g) != 0)
+                g->waiting--;
+        }
+        free(st);
+    }
+    free(payload);
+    if (--g->waiting == 0) finish(g);
+}
+
+/* Who may close it: an administrator, or its own user (checked on the listing first). */
+static void delete_checked(struct gather *g)
+{
+    mgmt_req_t *r = g->r;
+    cJSON *conns = detach_list(g, "connections");
+    cJSON *conn = take_named(conns, r->params[0]);
+    cJSON_Delete(conns);
+    if (!conn) return mgmt_reply_not_found(r);
+    bool allowed = mgmt_user_has_tag(r->user, "administrator") || same(str_at(conn, "user"), r->user->name);
+    cJSON_Delete(conn);
+    if (!allowed) return mgmt_reply_error(r, 401, "not_authorised", "User not authorised to access object");
+    close_everywhere(r, r->x_reason);
+}
+
+void mgmt_delete_connection(mgmt_req_t *r) { gather(r, G_CONNECTIONS, delete_checked); }
+
+/* ---- channels ---- */
+
+static void reply_channels(struct gather *g)
+{
+    mgmt_req_t *r = g->r;
+    mgmt_reply_list(r, filter(detach_list(g, "channels"), r, keep_owned, r->params[0]));
+}
+
+void mgmt_get_channels(mgmt_req_t *r) { gather(r, G_CHANNELS, reply_channels); }
+void mgmt_get_vhost_channels(mgmt_req_t *r) { gather(r, G_CHANNELS, reply_channels); }
+
+static void reply_channel(struct gather *g) { reply_one(g->r, detach_list(g, "channels"), g->r->params[0]); }
+
+void mgmt_get_channel(mgmt_req_t *r) { gather(r, G_CHANNELS, reply_channel); }
+
+/* ---- consumers ---- */
+
+static bool keep_consumer(mgmt_req_t *r, const cJSON *o, const void *vhost)
+{
+    const char *vn = str_at(cJSON_GetObjectItemCaseSensitive(o, "queue"), "vhost");
+    if (!vn || (vhost && strcmp(vn, vhost) != 0)) return false;
+    const vhost_t *vh = br_vhost(r->m->b, vn, strlen(vn));
+    return vh && mgmt_vhost_visible(r, vh, false);
+}
+
+static void reply_consumers(struct gather *g)
+{
+    mgmt_req_t *r = g->r;
+    mgmt_reply_list(r, filter(detach_list(g, "consumers"), r, keep_consumer, r->params[0]));
+}
+
+void mgmt_get_consumers(mgmt_req_t *r) { gather(r, G_CONSUMERS, reply_consumers); }

@@ -1,0 +1,321 @@
+"""The management API's connections, channels and consumers (issue 7): /api/connections,
+/api/connections/{name}[/channels], /api/vhosts/{vhost}/connections|channels, /api/channels,
+/api/channels/{name}, /api/consumers[/{vhost}], and DELETE /api/connections/{name} (320
+CONNECTION_FORCED with the X-Reason header's text).
+
+One broker for the module with users of every kind:
+  guest   administrator, permissions on / and v2
+  mon     monitoring, no permissions
+  mgr     management, permissions on v2 only
+
+Checked against RabbitMQ 3.10.8 with rabbitmq_management (WARREN_TEST_RABBITMQ=1): its lists
+come from its stats database, a few seconds behind, so they are polled (wait_for). The
+cluster test starts a Warren cluster and runs against Warren only.
+"""
+import time
+import urllib.parse
+
+import pika
+import pytest
+import requests
+
+import conftest
+from helpers import passwords
+from helpers.clients import pika_connect, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+DEFS = passwords.definitions(
+    users=[passwords.user("guest", "guest", tags="administrator"),
+           passwords.user("mon", "mon-pw", tags="monitoring"),
+           passwords.user("mgr", "mgr-pw", tags="management")],
+    vhosts=("/", "v2"),
+    permissions=[passwords.permission("guest", "/"), passwords.permission("guest", "v2"),
+                 passwords.permission("mgr", "v2")])
+
+GUEST = ("guest", "guest")
+MGR = ("mgr", "mgr-pw")
+MON = ("mon", "mon-pw")
+NOT_FOUND = {"error": "Object Not Found", "reason": "Not Found"}
+STATS_WAIT = 15.0  # RabbitMQ's stats database lags behind by its collection interval
+
+
+@pytest.fixture(scope="module")
+def mb(module_broker):
+    if conftest.EXTERNAL:
+        pytest.skip("needs a broker with this module's users")
+    return module_broker(definitions=DEFS)
+
+
+class Api:
+    def __init__(self, broker):
+        self.base = f"http://{broker.host}:{broker.mgmt_port}/api"
+        self.session = requests.Session()
+
+    def call(self, method, path, auth=GUEST, **kw):
+        return self.session.request(method, self.base + path, auth=auth, timeout=15, **kw)
+
+    def get(self, path, auth=GUEST, **kw):
+        return self.call("GET", path, auth=auth, **kw)
+
+    def ok(self, path, auth=GUEST):
+        r = self.get(path, auth=auth)
+        assert r.status_code == 200, (path, r.status_code, r.text)
+        return r.json()
+
+
+@pytest.fixture
+def api(mb):
+    a = Api(mb)
+    yield a
+    a.session.close()
+
+
+def q(name):
+    return urllib.parse.quote(name, safe="")
+
+
+def connect(broker, label, **kw):
+    """A pika connection whose client properties name it (user_provided_name)."""
+    return pika_connect(broker, client_properties={"connection_name": label}, **kw)
+
+
+def find_conn(api, label, auth=GUEST, path="/connections"):
+    """The connection object named label by its client, once the API lists it (else None)."""
+    found = {}
+
+    def look():
+        for c in api.ok(path, auth=auth):
+            if c.get("client_properties", {}).get("connection_name") == label:
+                found["c"] = c
+                return True
+        return False
+    wait_for(look, STATS_WAIT, step=0.2)
+    return found.get("c")
+
+
+def node_name(api):
+    return api.ok("/overview")["node"]
+
+
+def test_connection_fields(api, mb, uniq):
+    label = uniq("conn")
+    before_ms = int(time.time() * 1000)
+    conn = connect(mb, label, heartbeat=30)
+    try:
+        conn.channel()
+        c = find_conn(api, label)
+        assert c is not None, api.ok("/connections")
+        assert c["name"] == f"{c['peer_host']}:{c['peer_port']} -> {c['host']}:{c['port']}"
+        assert c["peer_host"] == "127.0.0.1" and c["host"] == "127.0.0.1" and c["port"] == mb.port
+        assert isinstance(c["peer_port"], int) and c["peer_port"] > 0
+        assert c["user"] == "guest" and c["vhost"] == "/"
+        assert c["node"] == node_name(api)
+        assert c["protocol"] == "AMQP 0-9-1"
+        assert c["ssl"] is False
+        assert c["user_provided_name"] == label
+        assert c["client_properties"]["product"] == "Pika Python Client Library"
+        assert c["client_properties"]["capabilities"]["publisher_confirms"] is True
+        assert c["timeout"] == 30
+        assert c["frame_max"] == 131072 and c["channel_max"] == 2047
+        assert before_ms - 5000 <= c["connected_at"] <= int(time.time() * 1000) + 5000
+        assert c["auth_mechanism"] == "PLAIN" and c["type"] == "network"
+        # counters and their rates appear with the connection's first stats
+        assert wait_for(lambda: (find_conn(api, label) or {}).get("channels") == 1, STATS_WAIT)
+        c = find_conn(api, label)
+        assert c["state"] == "running"
+        assert c["recv_oct"] > 0 and c["send_oct"] > 0
+        assert isinstance(c["recv_oct_details"]["rate"], (int, float))
+        assert isinstance(c["send_oct_details"]["rate"], (int, float))
+        # by name, and in its vhost's list only
+        one = api.ok(f"/connections/{q(c['name'])}")
+        assert one["name"] == c["name"] and one["user_provided_name"] == label
+        assert find_conn(api, label, path="/vhosts/%2F/connections") is not None
+        assert all(x["vhost"] == "v2" for x in api.ok("/vhosts/v2/connections"))
+    finally:
+        conn.close()
+    assert wait_for(lambda: api.get(f"/connections/{q(c['name'])}").status_code == 404, STATS_WAIT)
+
+
+def test_channels_and_consumers(api, mb, uniq):
+    label, queue, tag = uniq("conn"), uniq("q"), uniq("ctag")
+    conn = connect(mb, label)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.basic_qos(prefetch_count=5)
+        ch.queue_declare(queue, exclusive=True)
+        ch.basic_consume(queue, lambda *a: None, consumer_tag=tag)
+        ch.basic_publish("", queue, b"m1")
+        tx = conn.channel()
+        tx.tx_select()
+        conn.process_data_events(0.3)
+        c = find_conn(api, label)
+        assert c is not None
+        name = c["name"]
+
+        def channels():
+            return [x for x in api.ok("/channels") if x["connection_details"]["name"] == name]
+        assert wait_for(lambda: len(channels()) == 2 and all("message_stats" in x for x in channels())
+                        and channels()[0].get("messages_unacknowledged") is not None, STATS_WAIT)
+        assert wait_for(lambda: {x["number"]: x for x in channels()}[1]["messages_unacknowledged"] == 1,
+                        STATS_WAIT), channels()
+        by_number = {x["number"]: x for x in channels()}
+        first, second = by_number[1], by_number[2]
+        assert first["name"] == f"{name} (1)" and second["name"] == f"{name} (2)"
+        assert first["connection_details"] == {"name": name, "peer_host": c["peer_host"],
+                                               "peer_port": c["peer_port"]}
+        assert first["user"] == "guest" and first["vhost"] == "/" and first["node"] == c["node"]
+        assert first["consumer_count"] == 1 and first["prefetch_count"] == 5
+        assert first["global_prefetch_count"] == 0
+        assert first["confirm"] is True and first["transactional"] is False
+        assert first["messages_unconfirmed"] == 0
+        assert first["message_stats"]["publish"] == 1
+        assert first["message_stats"]["deliver"] == 1
+        assert second["transactional"] is True and second["confirm"] is False
+        assert second["consumer_count"] == 0
+        # one channel by name; a connection's channels; a vhost's channels
+        one = api.ok(f"/channels/{q(first['name'])}")
+        assert one["number"] == 1 and one["connection_details"]["name"] == name
+        assert sorted(x["number"] for x in api.ok(f"/connections/{q(name)}/channels")) == [1, 2]
+        assert {x["name"] for x in api.ok("/vhosts/%2F/channels")} >= {first["name"], second["name"]}
+        assert all(x["vhost"] == "v2" for x in api.ok("/vhosts/v2/channels"))
+        # consumers, everywhere and by vhost
+        mine = [x for x in api.ok("/consumers") if x["consumer_tag"] == tag]
+        assert len(mine) == 1, api.ok("/consumers")
+        k = mine[0]
+        assert k["queue"] == {"name": queue, "vhost": "/"}
+        assert k["channel_details"]["name"] == first["name"]
+        assert k["channel_details"]["number"] == 1
+        assert k["channel_details"]["connection_name"] == name
+        assert k["channel_details"]["user"] == "guest"
+        assert k["ack_required"] is True and k["exclusive"] is False and k["active"] is True
+        assert k["prefetch_count"] == 5 and k["arguments"] == {}
+        assert [x["consumer_tag"] for x in api.ok("/consumers/%2F") if x["consumer_tag"] == tag] == [tag]
+        assert all(x["queue"]["vhost"] == "v2" for x in api.ok("/consumers/v2"))
+    finally:
+        conn.close()
+    assert wait_for(lambda: not [x for x in api.ok("/consumers") if x["consumer_tag"] == tag], STATS_WAIT)
+
+
+def test_what_each_user_sees(api, mb, uniq):
+    guest_label, mgr_label = uniq("guest"), uniq("mgr")
+    gconn = connect(mb, guest_label)
+    mconn = connect(mb, mgr_label, user="mgr", password="mgr-pw", vhost="v2")
+    try:
+        gconn.channel()
+        mconn.channel()
+        g = find_conn(api, guest_label)
+        m = find_conn(api, mgr_label)
+        assert g and m and m["vhost"] == "v2" and m["user"] == "mgr"
+        # a management user sees its own connections and channels only
+        assert find_conn(api, mgr_label, auth=MGR) is not None
+        assert all(x["user"] == "mgr" for x in api.ok("/connections", auth=MGR))
+        assert all(x["user"] == "mgr" for x in api.ok("/channels", auth=MGR))
+        assert api.ok(f"/connections/{q(m['name'])}", auth=MGR)["user"] == "mgr"
+        r = api.get(f"/connections/{q(g['name'])}", auth=MGR)
+        assert r.status_code == 401
+        # monitoring users see everyone's
+        assert find_conn(api, guest_label, auth=MON) is not None
+        assert find_conn(api, mgr_label, auth=MON) is not None
+        # vhost-scoped lists need permissions there
+        assert api.get("/vhosts/%2F/connections", auth=MGR).status_code == 401
+        assert api.get("/vhosts/v2/connections", auth=MGR).status_code == 200
+        assert api.get("/consumers/%2F", auth=MGR).status_code == 401
+        # only an administrator or the connection's user may close it
+        r = api.call("DELETE", f"/connections/{q(g['name'])}", auth=MGR)
+        assert r.status_code == 401
+        assert gconn.is_open
+    finally:
+        for c in (gconn, mconn):
+            if c.is_open:
+                c.close()
+
+
+def force_closed(conn):
+    """Waits until the broker closes conn; returns (reply_code, reply_text)."""
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as info:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            conn.process_data_events(0.1)
+    return info.value.reply_code, info.value.reply_text
+
+
+def test_force_close_with_and_without_reason(api, mb, uniq):
+    a_label, b_label = uniq("a"), uniq("b")
+    a, b = connect(mb, a_label), connect(mb, b_label)
+    try:
+        ca, cb = find_conn(api, a_label), find_conn(api, b_label)
+        assert ca and cb
+        r = api.call("DELETE", f"/connections/{q(ca['name'])}", headers={"X-Reason": "maintenance window"})
+        assert r.status_code == 204 and r.content == b""
+        assert force_closed(a) == (320, "CONNECTION_FORCED - maintenance window")
+        r = api.call("DELETE", f"/connections/{q(cb['name'])}")
+        assert r.status_code == 204
+        assert force_closed(b) == (320, "CONNECTION_FORCED - Closed via management plugin")
+        assert wait_for(lambda: find_conn(api, a_label) is None, STATS_WAIT)
+        assert api.call("DELETE", f"/connections/{q(ca['name'])}").status_code == 404
+    finally:
+        for c in (a, b):
+            if c.is_open:
+                c.close()
+
+
+def test_unknown_objects_are_404(api):
+    for path in ("/connections/no%20such", "/connections/no%20such/channels", "/channels/no%20such (1)",
+                 "/vhosts/nope/connections", "/vhosts/nope/channels", "/consumers/nope"):
+        r = api.get(path)
+        assert r.status_code == 404, path
+        assert r.json() == NOT_FOUND, path
+    assert api.call("DELETE", "/connections/no%20such").status_code == 404
+    assert api.call("PUT", "/connections/x", json={}).status_code == 405
+    assert api.get("/connections", auth=None).status_code == 401
+
+
+CLUSTER_NAMES = ["warren1@127.0.0.1", "warren2@127.0.0.1", "warren3@127.0.0.1"]
+
+
+def test_cluster_lists_every_nodes_connections(tmp_path, pki, uniq):
+    """On a 3-node Warren cluster, any node's API lists the connections, channels and
+    consumers of every node, and closes a connection held by another node."""
+    if conftest.EXTERNAL or conftest.RABBITMQ_MODE:
+        pytest.skip("starts its own Warren cluster")
+    from helpers.cluster import WarrenCluster, running_names
+    c = WarrenCluster(str(tmp_path / "cluster"), pki, size=3).start()
+    apis, conns = [], []
+    try:
+        for node in c.nodes:
+            c.wait_status(node, lambda st: st.get("formed") is True and running_names(st) == CLUSTER_NAMES,
+                          timeout=40, what="a formed cluster of 3")
+        apis = [Api(n) for n in c.nodes]
+        labels = [uniq(f"n{i + 1}") for i in range(3)]
+        queue, tag = uniq("q"), uniq("ctag")
+        for i, node in enumerate(c.nodes):
+            conns.append(connect(node, labels[i]))
+        ch = conns[1].channel()
+        ch.queue_declare(queue)
+        ch.basic_consume(queue, lambda *a: None, consumer_tag=tag)
+        for a in apis:
+            listed = {x["client_properties"].get("connection_name"): x for x in a.ok("/connections")}
+            assert set(labels) <= set(listed), listed.keys()
+            for i, label in enumerate(labels):
+                assert listed[label]["node"] == CLUSTER_NAMES[i]
+            chans = [x for x in a.ok("/channels") if x["node"] == CLUSTER_NAMES[1]]
+            assert [x["consumer_count"] for x in chans] == [1]
+            assert [x["queue"]["name"] for x in a.ok("/consumers") if x["consumer_tag"] == tag] == [queue]
+        name2 = listed[labels[1]]["name"]
+        assert apis[0].ok(f"/connections/{q(name2)}")["node"] == CLUSTER_NAMES[1]
+        assert [x["number"] for x in apis[2].ok(f"/connections/{q(name2)}/channels")] == [1]
+        assert apis[0].ok("/overview")["object_totals"]["connections"] >= 1
+        # node 1 closes node 2's connection
+        r = apis[0].call("DELETE", f"/connections/{q(name2)}", headers={"X-Reason": "moved"})
+        assert r.status_code == 204
+        assert force_closed(conns[1]) == (320, "CONNECTION_FORCED - moved")
+        assert wait_for(lambda: apis[2].get(f"/connections/{q(name2)}").status_code == 404, 10)
+    finally:
+        for conn in conns:
+            if conn.is_open:
+                conn.close()
+        for a in apis:
+            a.session.close()
+        c.stop()
