@@ -5,7 +5,7 @@ ASAN ?= build-asan
 FUZZ ?= build-fuzz
 PYTEST ?= python3 -m pytest
 
-.PHONY: all deps build build-asan build-fuzz run test unit integration fuzz bench bench-cluster bench-qq sim clean
+.PHONY: all deps build build-asan build-fuzz run test unit integration fuzz bench bench-cluster bench-qq sim clean docker-test bench-docker
 SEEDS ?= 100000
 
 all: build
@@ -56,6 +56,12 @@ test: deps
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory fuzz
 	@$(MAKE) --no-print-directory integration
+	@$(MAKE) --no-print-directory docker-test
+
+# Issue 8: builds deploy/Dockerfile's image and tests the docker-compose three-node cluster
+# (tests/docker; skipped with the reason where no Docker engine runs).
+docker-test:
+	$(PYTEST) -q -ra -s tests/docker
 
 bench:
 	@scripts/deps.sh bench
@@ -75,6 +81,12 @@ bench-qq:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory build
 	tests/bench/qq_run.sh
+
+# Issue 8: image size, compose up -> healthy cluster, longest confirm pause in a rolling restart;
+# rewrites only the Deployment section of docs/performance.md.
+bench-docker:
+	@scripts/deps.sh test
+	tests/bench/docker_bench.sh
 
 # Long deterministic-simulation run of the Raft library (make test runs a shorter one): half the
 # seeds mixed faults, half membership changes with snapshots (SIMFLAGS: e.g. --suite membership).

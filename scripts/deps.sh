@@ -45,6 +45,14 @@ if [ "$want" = test ]; then
   fi
 fi
 
+# Issue 8's Docker tests need a compose tool where a Docker engine runs: Debian's docker-compose.
+if [ "$want" != build ] && command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 \
+   && ! command -v docker-compose >/dev/null 2>&1; then
+  echo "deps: installing docker-compose"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends docker-compose
+fi
+
 if [ "$want" != build ]; then
   py=python3
   if ! $py -c 'import pika, amqp, pytest, aio_pika, requests, selenium, prometheus_client' 2>/dev/null; then
