@@ -77,7 +77,7 @@ class ApiError extends Error {
 }
 
 async function api(method, path, body, opts) {
-  const headers = { Authorization: 'Basic ' + (opts && opts.auth || state.auth) };
+  const headers = Object.assign({ Authorization: 'Basic ' + (opts && opts.auth || state.auth) }, opts && opts.headers);
   const init = { method, headers, credentials: 'omit', cache: 'no-store' };
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -895,19 +895,26 @@ async function viewExchange(main, vhost, name) {
 /* ---------------------------------------------------------------- connections, channels */
 
 const connectionColumns = [
-  { label: 'Name', sortKey: 'name', render: (c) => c.name },
+  { label: 'Name', sortKey: 'name', render: (c) => [c.name, c.user_provided_name ? h('div', { class: 'muted' }, c.user_provided_name) : null] },
   { label: 'Node', sortKey: 'node', render: (c) => c.node || '–' },
-  { label: 'User', sortKey: 'user', render: (c) => c.user || '–' },
+  { label: 'User', sortKey: 'user', render: (c) => h('span', { class: 'c-user' }, c.user || '–') },
   { label: 'Virtual host', sortKey: 'vhost', render: (c) => c.vhost || '–' },
+  { label: 'Client', render: (c) => {
+    const p = c.client_properties || {};
+    return [c.peer_host ? `${c.peer_host}:${c.peer_port}` : '–', p.product ? h('div', { class: 'muted' }, `${p.product} ${p.version || ''}`) : null];
+  } },
   { label: 'State', sortKey: 'state', render: (c) => (c.state ? h('span', { class: 'badge ' + (c.state === 'running' ? 'ok' : 'warn') }, c.state) : '–') },
-  { label: 'Protocol', sortKey: 'protocol', render: (c) => c.protocol || '–' },
-  { label: 'TLS', render: (c) => (c.ssl ? 'yes' : 'no') },
+  { label: 'Protocol', sortKey: 'protocol', render: (c) => [c.protocol || '–', c.ssl ? h('span', { class: 'badge', title: c.ssl_cipher || '' }, 'TLS') : null] },
   { label: 'Channels', sortKey: 'channels', num: true, render: (c) => fmtNum(c.channels) },
-  { label: 'From client', num: true, sortKey: 'recv_oct_details.rate', render: (c) => (c.recv_oct_details ? fmtBytes(c.recv_oct_details.rate) + '/s' : '–') },
-  { label: 'To client', num: true, sortKey: 'send_oct_details.rate', render: (c) => (c.send_oct_details ? fmtBytes(c.send_oct_details.rate) + '/s' : '–') },
+  { label: 'Connected', sortKey: 'connected_at', render: (c) => (c.connected_at ? new Date(c.connected_at).toLocaleTimeString() : '–') },
+  { label: '', render: (c) => h('button', { class: 'secondary small', title: 'Close this connection (the client gets 320 CONNECTION_FORCED)', onclick: async (ev) => {
+    if (!confirm(`Close connection ${c.name}?`)) return;
+    await act(() => api('DELETE', `/connections/${enc(c.name)}`, undefined, { headers: { 'X-Reason': 'Closed from the management UI' } }), 'Connection closed.', ev.target);
+  } }, 'Close') },
 ];
 const channelColumns = [
   { label: 'Channel', sortKey: 'name', render: (c) => c.name },
+  { label: 'Connection', render: (c) => (c.connection_details ? c.connection_details.name : '–') },
   { label: 'Node', sortKey: 'node', render: (c) => c.node || '–' },
   { label: 'User', sortKey: 'user', render: (c) => c.user || '–' },
   { label: 'Virtual host', sortKey: 'vhost', render: (c) => c.vhost || '–' },

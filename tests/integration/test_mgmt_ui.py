@@ -15,7 +15,7 @@ import pytest
 import requests
 
 import conftest
-from helpers.clients import wait_for
+from helpers.clients import pika_connect, wait_for
 
 CLUSTER_NAMES = ["warren1@127.0.0.1", "warren2@127.0.0.1", "warren3@127.0.0.1"]
 ARTIFACTS = os.path.join(os.environ.get("WARREN_TEST_ARTIFACTS") or os.path.join(conftest.REPO_ROOT, "tests", "artifacts"),
@@ -249,15 +249,33 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
         wait(EC.alert_is_present()).accept()
         wait(lambda d: policy_rows(d) == [])
 
+        # A client's connection and its consumer show up (when the node lists them; otherwise the
+        # pages explain that they are not available).
+        step = "connections"
+        amqp = pika_connect(node, client_properties={"connection_name": "ui-test-client"})
+        try:
+            ch = amqp.channel()
+            ch.basic_consume(qname, lambda *a: None, consumer_tag="ui-test-consumer")
+            browser.get(f"{base}/#/connections")
+            wait(lambda d: d.find_elements(By.ID, "connections-list") or d.find_elements(By.ID, "no-endpoint"))
+            if browser.find_elements(By.ID, "connections-list"):
+                wait(lambda d: "guest" in d.find_element(By.ID, "connections-list").text)
+            shot("05-connections")
+            browser.get(f"{base}/#/channels")
+            wait(lambda d: d.find_elements(By.ID, "channels-list") or d.find_elements(By.ID, "no-endpoint"))
+            browser.get(f"{base}/#/queue/%2F/{qname}")
+            wait(lambda d: "ui-test-consumer" in d.find_element(By.ID, "queue-consumers").text
+                 or "does not list consumer" in d.find_element(By.ID, "queue-consumers").text)
+        finally:
+            amqp.close()
+
         # The other pages render without errors; then log out.
         step = "other pages"
         for page, marker in (("exchanges", "exchanges-list"), ("admin/users", "users-list"),
+                             ("admin/vhosts", "vhosts-list"), ("admin/permissions", "permissions-list"),
                              ("admin/policies", "policies-list"), ("definitions", "export-btn")):
             browser.get(f"{base}/#/{page}")
             wait(EC.presence_of_element_located((By.ID, marker)))
-        browser.get(f"{base}/#/connections")
-        wait(lambda d: d.find_elements(By.ID, "connections-list") or d.find_elements(By.ID, "no-endpoint"))
-        shot("05-connections")
         browser.find_element(By.ID, "logout").click()
         wait(EC.visibility_of_element_located((By.ID, "login-user")))
 
