@@ -59,9 +59,9 @@ def cluster(tmp_path_factory, request):
     # Ready: every node takes an AMQP login (a node refuses logins until it has joined).
     FIGURES["ready_s"] = c.wait_all_login(timeout=90)
     FIGURES["healthy_s"] = c.wait_healthy(timeout=90) + FIGURES["ready_s"]
-    report(f"compose up returned after {FIGURES['compose_up_s']:.1f} s; all three nodes took logins "
-           f"{FIGURES['ready_s']:.1f} s and were healthy in Docker's eyes {FIGURES['healthy_s']:.1f} s after "
-           f"that (Docker runs the health check every 3 s)")
+    report(f"compose up -d returned after {FIGURES['compose_up_s']:.1f} s; then all three nodes took AMQP "
+           f"logins after {FIGURES['ready_s']:.1f} s, and Docker reported them healthy after "
+           f"{FIGURES['healthy_s']:.1f} s (it runs the health check every 3 s)")
     report(f"setup (build + up + healthy) {time.monotonic() - t0:.1f} s, project {c.project}")
     yield c
     out = os.environ.get("WARREN_DOCKER_FIGURES")
