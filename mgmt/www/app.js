@@ -33,6 +33,11 @@ function h(tag, attrs, ...kids) {
   return el;
 }
 const $ = (sel, root) => (root || document).querySelector(sel);
+/* el.append that skips null / undefined / false (optional parts of a view). */
+function app(el, ...kids) {
+  el.append(...kids.flat(Infinity).filter((k) => k !== null && k !== undefined && k !== false));
+  return el;
+}
 const enc = encodeURIComponent;
 const clear = (el) => { while (el.firstChild) el.removeChild(el.firstChild); return el; };
 
@@ -66,7 +71,7 @@ const vhostLabel = (v) => (v === '/' ? '/' : v);
 function flash(text, isError) {
   const box = $('#flash');
   const m = h('div', { class: 'msg' + (isError ? ' error' : '') }, text);
-  box.append(m);
+  app(box, m);
   setTimeout(() => m.remove(), isError ? 9000 : 4000);
 }
 
@@ -204,7 +209,7 @@ async function show(navKey, build) {
   try {
     refresh = await build(main);
   } catch (e) {
-    main.append(h('div', { class: 'card inline-error' }, e.message));
+    app(main, h('div', { class: 'card inline-error' }, e.message));
     return;
   }
   if (typeof refresh === 'function' && state.view === token) {
@@ -292,7 +297,7 @@ function chartCard(title, id, series, unit) {
   const legend = h('div', { class: 'legend' });
   const card = h('div', { class: 'card' }, h('h2', {}, title), canvas, legend);
   const update = (samples) => {
-    clear(legend).append(...series.map((k, i) => {
+    app(clear(legend), ...series.map((k, i) => {
       const last = samples.length ? samples[samples.length - 1].v[k.key] : undefined;
       return h('span', {}, h('i', { style: `background:${COLORS[i % COLORS.length]}` }), `${k.label}: `,
         h('b', {}, last === undefined ? '–' : unit === '/s' ? fmtRate(last) : fmtNum(last)));
@@ -323,8 +328,8 @@ function listView(opts) {
   let debounce;
   filter.addEventListener('input', () => { clearTimeout(debounce); debounce = setTimeout(() => { st.name = filter.value; st.page = 1; refresh(); }, 250); });
   regex.addEventListener('change', () => { st.page = 1; refresh(); });
-  if (opts.filter !== false) root.append(h('div', { class: 'toolbar' }, filter, h('label', { class: 'muted' }, regex, ' regex'), count, h('span', { class: 'spacer' }), opts.tools || null));
-  root.append(error, table, pager);
+  if (opts.filter !== false) app(root, h('div', { class: 'toolbar' }, filter, h('label', { class: 'muted' }, regex, ' regex'), count, h('span', { class: 'spacer' }), opts.tools || null));
+  app(root, error, table, pager);
 
   function cellValue(col, row) {
     return col.sortKey ? col.sortKey.split('.').reduce((o, k) => (o == null ? undefined : o[k]), row) : undefined;
@@ -344,9 +349,9 @@ function listView(opts) {
     }));
     const body = h('tbody', {}, items.map((row) => h('tr', { 'data-name': row.name || '' },
       opts.columns.map((c) => h('td', { class: c.num ? 'num' : null }, c.render(row))))));
-    clear(table).append(h('thead', {}, head), body);
+    app(clear(table), h('thead', {}, head), body);
     if (!items.length) {
-      table.append(h('tbody', {}, h('tr', {}, h('td', { colspan: opts.columns.length, class: 'empty' },
+      app(table, h('tbody', {}, h('tr', {}, h('td', { colspan: opts.columns.length, class: 'empty' },
         st.name ? 'Nothing matches the filter.' : opts.emptyText || 'Nothing here yet.'))));
     }
     count.textContent = total === undefined ? '' : `${fmtNum(total)} item${total === 1 ? '' : 's'}`;
@@ -357,7 +362,7 @@ function listView(opts) {
     if (pages <= 1 && st.size === (opts.pageSize || 20)) return;
     const sizeSel = h('select', { 'aria-label': 'Page size', onchange: () => { st.size = +sizeSel.value; st.page = 1; refresh(); } },
       [20, 50, 100, 500].map((n) => h('option', { value: n, selected: n === st.size ? 'selected' : null }, n)));
-    pager.append(
+    app(pager, 
       h('button', { class: 'secondary small', disabled: page <= 1, onclick: () => { st.page = page - 1; refresh(); } }, '‹ Prev'),
       `Page ${page} of ${Math.max(pages, 1)}`,
       h('button', { class: 'secondary small', disabled: page >= pages, onclick: () => { st.page = page + 1; refresh(); } }, 'Next ›'),
@@ -417,7 +422,7 @@ async function vhostSelect(id) {
   let vhosts = [];
   try { vhosts = await GET('/vhosts?columns=name'); } catch (e) { vhosts = [{ name: '/' }]; }
   if (!Array.isArray(vhosts)) vhosts = vhosts.items || [];
-  for (const v of vhosts) sel.append(h('option', { value: v.name }, vhostLabel(v.name)));
+  for (const v of vhosts) app(sel, h('option', { value: v.name }, vhostLabel(v.name)));
   if (vhosts.some((v) => v.name === '/')) sel.value = '/';
   return sel;
 }
@@ -432,7 +437,7 @@ function argsEditor(id, hints) {
     type.value = t || 'String';
     const row = h('div', { class: 'arg-row' }, key, h('span', {}, '='), val, type,
       h('button', { type: 'button', class: 'secondary small', title: 'Remove', onclick: () => row.remove() }, '×'));
-    rows.append(row);
+    app(rows, row);
     key.addEventListener('input', () => { if (rows.lastChild === row && key.value) addRow(); });
     return row;
   };
@@ -522,7 +527,7 @@ async function viewOverview(main) {
     { key: 'messages', label: 'Total' }, { key: 'messages_ready', label: 'Ready' }, { key: 'messages_unacknowledged', label: 'Unacked' }], '');
   const nodesBox = h('div', { id: 'ov-nodes' });
   const health = h('div', { id: 'ov-health', class: 'row' });
-  main.append(head,
+  app(main, head,
     h('div', { class: 'grid' },
       h('div', { class: 'card' }, h('h2', {}, 'Totals'), totals),
       h('div', { class: 'card' }, h('h2', {}, 'Messages'), msgs),
@@ -535,10 +540,10 @@ async function viewOverview(main) {
     const o = await GET('/overview');
     $('#ov-sub').textContent = `cluster ${o.cluster_name} · this node ${o.node} · ${o.product_name || 'Warren'} ${o.product_version || ''}`;
     const t = o.object_totals || {};
-    clear(totals).append(stat('Connections', fmtNum(t.connections)), stat('Channels', fmtNum(t.channels)),
+    app(clear(totals), stat('Connections', fmtNum(t.connections)), stat('Channels', fmtNum(t.channels)),
       stat('Exchanges', fmtNum(t.exchanges)), stat('Queues', fmtNum(t.queues)), stat('Consumers', fmtNum(t.consumers)));
     const q = o.queue_totals || {}, ms = o.message_stats || {};
-    clear(msgs).append(stat('Total', fmtNum(q.messages), 'ov-msg-total'), stat('Ready', fmtNum(q.messages_ready)),
+    app(clear(msgs), stat('Total', fmtNum(q.messages), 'ov-msg-total'), stat('Ready', fmtNum(q.messages_ready)),
       stat('Unacked', fmtNum(q.messages_unacknowledged)), stat('Publish', fmtRate(rateOf(ms, 'publish'))),
       stat('Deliver / get', fmtRate(rateOf(ms, 'deliver_get'))));
     pushSample(state.overviewHist, {
@@ -557,11 +562,11 @@ async function viewOverview(main) {
         return h('span', { class: 'badge bad', title: e.message }, '✗ ' + label + ': ' + e.message);
       }
     }));
-    clear(health).append(...results);
+    app(clear(health), ...results);
 
     let nodes;
     try { nodes = await GET('/nodes'); } catch (e) {
-      clear(nodesBox).append(h('div', { class: 'empty' }, e.status === 401 ? 'Listing nodes needs the monitoring or administrator tag.' : e.message));
+      app(clear(nodesBox), h('div', { class: 'empty' }, e.status === 401 ? 'Listing nodes needs the monitoring or administrator tag.' : e.message));
       return;
     }
     const running = nodes.filter((n) => n.running).length;
@@ -578,7 +583,7 @@ async function viewOverview(main) {
         h('td', { class: 'num' }, n.fd_used !== undefined ? `${fmtNum(n.fd_used)} / ${fmtNum(n.fd_total)}` : '–'),
         h('td', { class: 'num' }, fmtUptime(n.uptime)));
     });
-    clear(nodesBox).append(h('p', { id: 'nodes-summary' }, `${running} of ${nodes.length} node${nodes.length === 1 ? '' : 's'} running`),
+    app(clear(nodesBox), h('p', { id: 'nodes-summary' }, `${running} of ${nodes.length} node${nodes.length === 1 ? '' : 's'} running`),
       h('table', { id: 'nodes-table' }, h('thead', {}, h('tr', {}, ['Name', 'State', 'Memory', 'Disk', 'File descriptors', 'Uptime'].map((x, i) => h('th', { class: i > 3 ? 'num' : null }, x)))),
         h('tbody', {}, rows)));
   };
@@ -610,7 +615,7 @@ const queueColumns = [
 
 async function viewQueues(main) {
   const list = listView({ id: 'queues-list', path: '/queues', columns: queueColumns, sort: 'name', emptyText: 'No queues yet: add one below.' });
-  main.append(h('h1', {}, 'Queues'), h('div', { class: 'card' }, list.root), await declareQueueForm(list.refresh));
+  app(main, h('h1', {}, 'Queues'), h('div', { class: 'card' }, list.root), await declareQueueForm(list.refresh));
   return list.refresh;
 }
 
@@ -644,11 +649,30 @@ async function declareQueueForm(after) {
   return h('details', { class: 'card', id: 'add-queue', open: true }, h('summary', {}, 'Add a new queue'), form);
 }
 
+/* Quorum queue membership over HTTP: RabbitMQ 4's endpoints, or a members resource. The first
+ * whose path the node knows (any answer but 404) is used; none: the page points to warrenctl. */
+const MEMBER_DIALECTS = [
+  { probe: (v, q) => `/queues/quorum/${v}/${q}/replicas/add`,
+    add: (v, q, node) => ['POST', `/queues/quorum/${v}/${q}/replicas/add`, { node }],
+    delete: (v, q, node) => ['DELETE', `/queues/quorum/${v}/${q}/replicas/delete`, { node }] },
+  { probe: (v, q) => `/queues/${v}/${q}/members`,
+    add: (v, q, node) => ['POST', `/queues/${v}/${q}/members`, { node }],
+    delete: (v, q, node) => ['DELETE', `/queues/${v}/${q}/members/${enc(node)}`, undefined] },
+];
+
+async function membershipDialect(vhost, name) {
+  for (let i = 0; i < MEMBER_DIALECTS.length; i++) {
+    const d = MEMBER_DIALECTS[i];
+    if (await hasEndpoint('members' + i, 'GET', d.probe(enc(vhost), enc(name)))) return d;
+  }
+  return null;
+}
+
 async function viewQueue(main, vhost, name) {
   const path = `/queues/${enc(vhost)}/${enc(name)}`;
   let q;
   try { q = await GET(path); } catch (e) {
-    main.append(h('h1', {}, 'Queue ', name), h('div', { class: 'card inline-error' }, e.status === 404 ? `The queue ${name} does not exist in virtual host ${vhost}.` : e.message),
+    app(main, h('h1', {}, 'Queue ', name), h('div', { class: 'card inline-error' }, e.status === 404 ? `The queue ${name} does not exist in virtual host ${vhost}.` : e.message),
       h('a', { href: '#/queues' }, '← All queues'));
     return undefined;
   }
@@ -673,8 +697,8 @@ async function viewQueue(main, vhost, name) {
     const msgs = await act(() => api('POST', path + '/get', { count: +count.value || 1, ackmode: ackmode.value, encoding: encoding.value, truncate: 50000 }), null, getBtn);
     if (!msgs) return;
     clear(got);
-    if (!msgs.length) got.append(h('div', { class: 'empty', id: 'get-empty' }, 'The queue is empty.'));
-    msgs.forEach((m, i) => got.append(h('div', { class: 'message' },
+    if (!msgs.length) app(got, h('div', { class: 'empty', id: 'get-empty' }, 'The queue is empty.'));
+    msgs.forEach((m, i) => app(got, h('div', { class: 'message' },
       h('div', { class: 'row' }, h('b', {}, `Message ${i + 1}`), h('span', { class: 'muted' },
         `exchange "${m.exchange}" · routing key "${m.routing_key}" · ${m.redelivered ? 'redelivered' : 'first delivery'} · ${fmtNum(m.message_count)} left · ${fmtBytes(m.payload_bytes)} (${m.payload_encoding})`)),
       m.properties && Object.keys(m.properties).length ? h('div', {}, h('code', {}, JSON.stringify(m.properties))) : null,
@@ -709,7 +733,7 @@ async function viewQueue(main, vhost, name) {
     if (ok) location.hash = '#/queues';
   } }, 'Delete queue');
 
-  main.append(h('div', { class: 'row' }, h('h1', {}, 'Queue ', h('span', { id: 'queue-name' }, name), h('small', {}, `virtual host ${vhost}`)), h('span', { class: 'spacer' }), h('a', { href: '#/queues' }, '← All queues')),
+  app(main, h('div', { class: 'row' }, h('h1', {}, 'Queue ', h('span', { id: 'queue-name' }, name), h('small', {}, `virtual host ${vhost}`)), h('span', { class: 'spacer' }), h('a', { href: '#/queues' }, '← All queues')),
     h('div', { class: 'grid' }, h('div', { class: 'card' }, h('h2', {}, 'Details'), details), chart.card),
     q.type === 'quorum' ? h('div', { class: 'card' }, h('h2', {}, 'Members'), members) : null,
     h('div', { class: 'card' }, h('h2', {}, 'Consumers'), consumers),
@@ -720,21 +744,21 @@ async function viewQueue(main, vhost, name) {
     h('div', { class: 'card' }, h('h2', {}, 'Purge / delete'), h('div', { class: 'row' }, purgeBtn,
       h('span', { class: 'spacer' }), h('label', {}, ifEmpty, ' only if empty'), h('label', {}, ifUnused, ' only if unused'), delBtn)));
 
-  const canAdd = q.type === 'quorum' && await hasEndpoint('qq-add', 'GET', `/queues/quorum/${enc(vhost)}/${enc(name)}/replicas/add`);
-  const canDel = q.type === 'quorum' && await hasEndpoint('qq-del', 'GET', `/queues/quorum/${enc(vhost)}/${enc(name)}/replicas/delete`);
+  const dialect = q.type === 'quorum' ? await membershipDialect(vhost, name) : null;
+  const canAdd = !!dialect, canDel = !!dialect;
   const hasConsumers = await hasEndpoint('consumers', 'GET', `/consumers/${enc(vhost)}`);
   let nodeNames = [];
   if (canAdd) { try { nodeNames = (await GET('/nodes')).map((n) => n.name); } catch (e) { nodeNames = []; } }
 
   async function changeMember(op, node, btn) {
-    const p = `/queues/quorum/${enc(vhost)}/${enc(name)}/replicas/${op}`;
-    await act(() => api(op === 'add' ? 'POST' : 'DELETE', p, { node }), op === 'add' ? `Adding ${node} as a member.` : `Removing member ${node}.`, btn);
+    const [method, p, body] = dialect[op](enc(vhost), enc(name), node);
+    await act(() => api(method, p, body), op === 'add' ? `Adding ${node} as a member of ${name}.` : `Removing member ${node} from ${name}.`, btn);
     refresh();
   }
 
   async function refresh() {
     try { q = await GET(path); } catch (e) {
-      if (e.status === 404) { clear(details).append(h('tr', {}, h('td', { class: 'inline-error' }, 'This queue no longer exists.'))); }
+      if (e.status === 404) { app(clear(details), h('tr', {}, h('td', { class: 'inline-error' }, 'This queue no longer exists.'))); }
       return;
     }
     const kv = [['Type', q.type], ['Durable', String(q.durable)], ['Auto delete', String(q.auto_delete)], ['Exclusive', String(q.exclusive)],
@@ -742,7 +766,7 @@ async function viewQueue(main, vhost, name) {
       ['Messages', `${fmtNum(q.messages)} (ready ${fmtNum(q.messages_ready)}, unacked ${fmtNum(q.messages_unacknowledged)})`],
       ['Message bytes', fmtBytes(q.message_bytes)], ['Consumers', fmtNum(q.consumers)],
       ['Policy', q.policy || '–'], ['Arguments', Object.keys(q.arguments || {}).length ? JSON.stringify(q.arguments) : '–']];
-    clear(details).append(...kv.map(([k, v]) => h('tr', { 'data-key': k }, h('th', {}, k), h('td', {}, v === undefined ? '–' : v))));
+    app(clear(details), ...kv.map(([k, v]) => h('tr', { 'data-key': k }, h('th', {}, k), h('td', {}, v === undefined ? '–' : v))));
     const ms = q.message_stats || {};
     pushSample(hist, { messages_ready: q.messages_ready || 0, messages_unacknowledged: q.messages_unacknowledged || 0,
       publish: rateOf(ms, 'publish') || 0, deliver_get: rateOf(ms, 'deliver_get') || 0 });
@@ -763,13 +787,13 @@ async function viewQueue(main, vhost, name) {
         addRow = h('div', { class: 'row', style: 'margin-top:8px' }, 'Add a member on ', sel,
           h('button', { type: 'button', class: 'secondary', onclick: (ev) => changeMember('add', sel.value, ev.target) }, 'Add member'));
       }
-      clear(members).append(h('table', {}, h('thead', {}, h('tr', {}, ['Node', 'Role', 'State', ''].map((x) => h('th', {}, x)))), h('tbody', {}, rows)), addRow,
+      app(clear(members), h('table', {}, h('thead', {}, h('tr', {}, ['Node', 'Role', 'State', ''].map((x) => h('th', {}, x)))), h('tbody', {}, rows)), addRow,
         !canAdd && !canDel ? h('p', { class: 'muted' }, 'This node has no membership endpoints; use warrenctl add_member / delete_member.') : null);
     }
 
     try {
       const bs = await GET(path + '/bindings');
-      clear(bindings).append(bs.length ? h('table', {}, h('thead', {}, h('tr', {}, ['From', 'Routing key', 'Arguments', ''].map((x) => h('th', {}, x)))),
+      app(clear(bindings), bs.length ? h('table', {}, h('thead', {}, h('tr', {}, ['From', 'Routing key', 'Arguments', ''].map((x) => h('th', {}, x)))),
         h('tbody', {}, bs.map((b) => h('tr', {},
           h('td', {}, b.source === '' ? h('i', {}, '(default exchange)') : h('a', { href: `#/exchange/${enc(vhost)}/${enc(b.source)}` }, b.source)),
           h('td', {}, b.routing_key), h('td', {}, h('code', {}, JSON.stringify(b.arguments || {}))),
@@ -777,18 +801,18 @@ async function viewQueue(main, vhost, name) {
             await act(() => api('DELETE', `/bindings/${enc(vhost)}/e/${enc(b.source)}/q/${enc(name)}/${enc(b.properties_key)}`), 'Binding removed.', ev.target);
             refresh();
           } }, 'Unbind')))))) : h('div', { class: 'empty' }, 'No bindings.'));
-    } catch (e) { clear(bindings).append(h('div', { class: 'inline-error' }, e.message)); }
+    } catch (e) { app(clear(bindings), h('div', { class: 'inline-error' }, e.message)); }
 
     if (hasConsumers) {
       try {
         const cs = (await GET(`/consumers/${enc(vhost)}`)).filter((c) => c.queue && c.queue.name === name);
-        clear(consumers).append(cs.length ? h('table', {}, h('thead', {}, h('tr', {}, ['Channel', 'Consumer tag', 'Ack required', 'Exclusive', 'Prefetch', 'Active'].map((x) => h('th', {}, x)))),
+        app(clear(consumers), cs.length ? h('table', {}, h('thead', {}, h('tr', {}, ['Channel', 'Consumer tag', 'Ack required', 'Exclusive', 'Prefetch', 'Active'].map((x) => h('th', {}, x)))),
           h('tbody', {}, cs.map((c) => h('tr', {}, h('td', {}, c.channel_details ? c.channel_details.name : '–'), h('td', {}, c.consumer_tag),
             h('td', {}, String(c.ack_required)), h('td', {}, String(c.exclusive)), h('td', {}, fmtNum(c.prefetch_count)), h('td', {}, String(c.active !== false))))))
           : h('div', { class: 'empty' }, 'No consumers.'));
-      } catch (e) { clear(consumers).append(h('div', { class: 'inline-error' }, e.message)); }
+      } catch (e) { app(clear(consumers), h('div', { class: 'inline-error' }, e.message)); }
     } else {
-      clear(consumers).append(h('div', { class: 'empty' }, `${fmtNum(q.consumers || 0)} consumer(s). This node does not list consumer details (no /api/consumers).`));
+      app(clear(consumers), h('div', { class: 'empty' }, `${fmtNum(q.consumers || 0)} consumer(s). This node does not list consumer details (no /api/consumers).`));
     }
   }
   return refresh;
@@ -826,7 +850,7 @@ async function viewExchanges(main) {
     if (ok) { name.value = ''; args.reset(); list.refresh(); }
   } }, field('Virtual host', vh), field('Name', name), field('Type', type), field('Durability', durable), field('Auto delete', autoDel),
   field('Internal', internal), h('div', { class: 'field' }, h('span', { class: 'lbl' }, 'Arguments'), args), btn);
-  main.append(h('h1', {}, 'Exchanges'), h('div', { class: 'card' }, list.root), h('details', { class: 'card', open: true }, h('summary', {}, 'Add a new exchange'), form));
+  app(main, h('h1', {}, 'Exchanges'), h('div', { class: 'card' }, list.root), h('details', { class: 'card', open: true }, h('summary', {}, 'Add a new exchange'), form));
   return list.refresh;
 }
 
@@ -851,7 +875,7 @@ async function viewExchange(main, vhost, name) {
   const path = `/exchanges/${enc(vhost)}/${enc(name)}`;
   let x;
   try { x = await GET(path); } catch (e) {
-    main.append(h('h1', {}, 'Exchange ', name), h('div', { class: 'card inline-error' }, e.status === 404 ? `The exchange ${name} does not exist in virtual host ${vhost}.` : e.message),
+    app(main, h('h1', {}, 'Exchange ', name), h('div', { class: 'card inline-error' }, e.status === 404 ? `The exchange ${name} does not exist in virtual host ${vhost}.` : e.message),
       h('a', { href: '#/exchanges' }, '← All exchanges'));
     return undefined;
   }
@@ -874,7 +898,7 @@ async function viewExchange(main, vhost, name) {
     const ok = await act(() => api('DELETE', path).then(() => true), `Exchange ${name} deleted.`, delBtn);
     if (ok) location.hash = '#/exchanges';
   } }, 'Delete exchange');
-  main.append(h('div', { class: 'row' }, h('h1', {}, 'Exchange ', isDefault ? '(AMQP default)' : name, h('small', {}, `virtual host ${vhost}`)), h('span', { class: 'spacer' }), h('a', { href: '#/exchanges' }, '← All exchanges')),
+  app(main, h('div', { class: 'row' }, h('h1', {}, 'Exchange ', isDefault ? '(AMQP default)' : name, h('small', {}, `virtual host ${vhost}`)), h('span', { class: 'spacer' }), h('a', { href: '#/exchanges' }, '← All exchanges')),
     h('div', { class: 'card' }, h('h2', {}, 'Details'), details),
     isDefault ? h('div', { class: 'card muted' }, 'The default exchange routes to the queue named by the routing key; it cannot be bound or deleted.')
       : h('div', { class: 'card' }, h('h2', {}, 'Bindings from this exchange'), src, h('h2', { style: 'margin-top:14px' }, 'Bindings to this exchange'), dst, bindForm),
@@ -884,10 +908,10 @@ async function viewExchange(main, vhost, name) {
     try { x = await GET(path); } catch (e) { return; }
     const kv = [['Type', x.type], ['Durable', String(x.durable)], ['Auto delete', String(x.auto_delete)], ['Internal', String(x.internal)],
       ['Policy', x.policy || '–'], ['Arguments', Object.keys(x.arguments || {}).length ? JSON.stringify(x.arguments) : '–']];
-    clear(details).append(...kv.map(([k, v]) => h('tr', {}, h('th', {}, k), h('td', {}, v === undefined ? '–' : v))));
+    app(clear(details), ...kv.map(([k, v]) => h('tr', {}, h('th', {}, k), h('td', {}, v === undefined ? '–' : v))));
     if (isDefault) return;
-    try { clear(src).append(bindingTable(await GET(path + '/bindings/source'), vhost, name, 'source', refresh)); } catch (e) { clear(src).append(h('div', { class: 'inline-error' }, e.message)); }
-    try { clear(dst).append(bindingTable(await GET(path + '/bindings/destination'), vhost, name, 'destination', refresh)); } catch (e) { clear(dst).append(h('div', { class: 'inline-error' }, e.message)); }
+    try { app(clear(src), bindingTable(await GET(path + '/bindings/source'), vhost, name, 'source', refresh)); } catch (e) { app(clear(src), h('div', { class: 'inline-error' }, e.message)); }
+    try { app(clear(dst), bindingTable(await GET(path + '/bindings/destination'), vhost, name, 'destination', refresh)); } catch (e) { app(clear(dst), h('div', { class: 'inline-error' }, e.message)); }
   }
   return refresh;
 }
@@ -927,13 +951,13 @@ const channelColumns = [
 ];
 
 async function viewOptionalList(main, title, path, columns) {
-  main.append(h('h1', {}, title));
+  app(main, h('h1', {}, title));
   if (!(await hasEndpoint(path, 'GET', path))) {
-    main.append(h('div', { class: 'card empty', id: 'no-endpoint' }, `This node does not list ${title.toLowerCase()} yet (${'/api' + path} is not available). The overview shows their totals.`));
+    app(main, h('div', { class: 'card empty', id: 'no-endpoint' }, `This node does not list ${title.toLowerCase()} yet (${'/api' + path} is not available). The overview shows their totals.`));
     return undefined;
   }
   const list = listView({ id: title.toLowerCase() + '-list', path, columns, sort: 'name', emptyText: `No ${title.toLowerCase()}: no AMQP client is connected to the cluster.` });
-  main.append(h('div', { class: 'card' }, list.root));
+  app(main, h('div', { class: 'card' }, list.root));
   return list.refresh;
 }
 
@@ -941,10 +965,10 @@ async function viewOptionalList(main, title, path, columns) {
 
 async function viewAdmin(main, sub) {
   const tabs = [['users', 'Users'], ['vhosts', 'Virtual hosts'], ['permissions', 'Permissions'], ['policies', 'Policies']];
-  main.append(h('h1', {}, 'Admin'), h('div', { class: 'subnav' }, tabs.map(([k, label]) => h('a', { href: '#/admin/' + k, class: k === sub ? 'active' : null }, label))));
+  app(main, h('h1', {}, 'Admin'), h('div', { class: 'subnav' }, tabs.map(([k, label]) => h('a', { href: '#/admin/' + k, class: k === sub ? 'active' : null }, label))));
   const isAdmin = (state.user.tags || []).includes('administrator');
   if (!isAdmin && sub !== 'policies') {
-    main.append(h('div', { class: 'card empty' }, 'Managing users, virtual hosts and permissions needs the administrator tag.'));
+    app(main, h('div', { class: 'card empty' }, 'Managing users, virtual hosts and permissions needs the administrator tag.'));
     return undefined;
   }
   const del = (path, what, refresh) => h('button', { class: 'secondary small', onclick: async (ev) => {
@@ -977,7 +1001,7 @@ async function viewAdmin(main, sub) {
       const ok = await act(() => api('PUT', `/users/${enc(name.value)}`, body).then(() => true), `User ${name.value} saved.`, btn);
       if (ok) { name.value = ''; pass.value = ''; tags.value = ''; list.refresh(); }
     } }, field('Username', name), field('Password', pass, 'empty: no password (the user cannot log in with one)'), field('Tags', tags), quick, btn);
-    main.append(h('div', { class: 'card' }, list.root), h('details', { class: 'card', open: true }, h('summary', {}, 'Add a user'), form));
+    app(main, h('div', { class: 'card' }, list.root), h('details', { class: 'card', open: true }, h('summary', {}, 'Add a user'), form));
     return list.refresh;
   }
   if (sub === 'vhosts') {
@@ -996,7 +1020,7 @@ async function viewAdmin(main, sub) {
       const ok = await act(() => api('PUT', `/vhosts/${enc(name.value)}`, { description: desc.value }).then(() => true), `Virtual host ${name.value} added.`, btn);
       if (ok) { name.value = ''; desc.value = ''; list.refresh(); }
     } }, field('Name', name), field('Description', desc), btn);
-    main.append(h('div', { class: 'card' }, list.root), h('details', { class: 'card', open: true }, h('summary', {}, 'Add a virtual host'), form));
+    app(main, h('div', { class: 'card' }, list.root), h('details', { class: 'card', open: true }, h('summary', {}, 'Add a virtual host'), form));
     return list.refresh;
   }
   if (sub === 'permissions') {
@@ -1015,7 +1039,7 @@ async function viewAdmin(main, sub) {
       const ok = await act(() => api('PUT', `/permissions/${enc(vh.value)}/${enc(user.value)}`, { configure: conf.value, write: write.value, read: read.value }).then(() => true), 'Permission set.', btn);
       if (ok) list.refresh();
     } }, field('User', user), field('Virtual host', vh), field('Configure regexp', conf), field('Write regexp', write), field('Read regexp', read), btn);
-    main.append(h('div', { class: 'card' }, list.root), h('details', { class: 'card', open: true }, h('summary', {}, 'Set permissions'), form));
+    app(main, h('div', { class: 'card' }, list.root), h('details', { class: 'card', open: true }, h('summary', {}, 'Set permissions'), form));
     return list.refresh;
   }
   if (sub === 'policies') {
@@ -1042,10 +1066,10 @@ async function viewAdmin(main, sub) {
       if (ok) { name.value = ''; pattern.value = ''; def.reset(); list.refresh(); }
     } }, field('Virtual host', vh), field('Name', name), field('Pattern', pattern, 'a regular expression matched against names'), field('Apply to', applyTo), field('Priority', prio),
     h('div', { class: 'field' }, h('span', { class: 'lbl' }, 'Definition'), def), btn);
-    main.append(h('div', { class: 'card' }, list.root), h('details', { class: 'card', open: true }, h('summary', {}, 'Add / update a policy'), form));
+    app(main, h('div', { class: 'card' }, list.root), h('details', { class: 'card', open: true }, h('summary', {}, 'Add / update a policy'), form));
     return list.refresh;
   }
-  main.append(h('div', { class: 'card' }, 'No such admin page.'));
+  app(main, h('div', { class: 'card' }, 'No such admin page.'));
   return undefined;
 }
 
@@ -1076,7 +1100,7 @@ async function viewDefinitions(main) {
       }
     }, 'Definitions imported.', importBtn);
   } }, 'Upload definitions');
-  main.append(h('h1', {}, 'Definitions'),
+  app(main, h('h1', {}, 'Definitions'),
     h('div', { class: 'grid' },
       h('div', { class: 'card' }, h('h2', {}, 'Export'), h('p', { class: 'muted' }, 'Users, virtual hosts, permissions, policies, exchanges, queues and bindings as one JSON file (RabbitMQ\'s format), without messages.'), exportBtn),
       h('div', { class: 'card' }, h('h2', {}, 'Import'), h('p', { class: 'muted' }, 'Merges a definitions file (RabbitMQ or Warren) into the cluster: objects that exist are kept, new ones are added.'), h('div', { class: 'row' }, file, importBtn))));
