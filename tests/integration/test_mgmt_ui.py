@@ -7,6 +7,7 @@ Screenshots of each step go to tests/artifacts/mgmt_ui/ (or $WARREN_TEST_ARTIFAC
 the path is printed. Skipped only when Chromium / chromedriver / Selenium are not installed
 (scripts/deps.sh installs them for `make test`).
 """
+import json
 import os
 import shutil
 import time
@@ -35,7 +36,7 @@ def _browser_or_skip():
     return chromium, driver
 
 
-def _start_chromium(chromium, driver):
+def _start_chromium(chromium, driver, downloads):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     opts = webdriver.ChromeOptions()
@@ -45,6 +46,8 @@ def _start_chromium(chromium, driver):
         opts.add_argument(arg)
     opts.binary_location = chromium
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    opts.add_experimental_option("prefs", {"download.default_directory": downloads,
+                                           "download.prompt_for_download": False})
     # An explicit driver path: Selenium Manager never looks for (or downloads) one.
     return webdriver.Chrome(options=opts, service=Service(executable_path=driver))
 
@@ -70,7 +73,9 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
     browser = None
     step = "start"
     try:
-        browser = _start_chromium(chromium, driver_path)
+        downloads = str(tmp_path / "downloads")
+        os.makedirs(downloads)
+        browser = _start_chromium(chromium, driver_path, downloads)
         node = c.nodes[0]
         base = f"http://{node.host}:{node.mgmt_port}"
 
@@ -268,6 +273,31 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
                  or "does not list consumer" in d.find_element(By.ID, "queue-consumers").text)
         finally:
             amqp.close()
+
+        # Definitions: the export downloads a JSON file with the queue; an uploaded file is imported
+        # (or, on a node without POST /api/definitions, the page says so).
+        step = "definitions"
+        browser.get(f"{base}/#/definitions")
+        clear_flash()
+        wait(EC.element_to_be_clickable((By.ID, "export-btn"))).click()
+        wait(lambda d: "Definitions exported." in flash_text())
+        exported = wait(lambda d: [f for f in os.listdir(downloads) if f.endswith(".json")], timeout=10)
+        with open(os.path.join(downloads, exported[0])) as f:
+            defs = json.load(f)
+        assert qname in [q["name"] for q in defs["queues"]]
+        imported_q = uniq("ui-imported")
+        upload = tmp_path / "import.json"
+        upload.write_text(json.dumps({"queues": [{"name": imported_q, "vhost": "/", "durable": True,
+                                                  "auto_delete": False, "arguments": {}}]}))
+        browser.find_element(By.ID, "import-file").send_keys(str(upload))
+        clear_flash()
+        browser.find_element(By.ID, "import-btn").click()
+        outcome = wait(lambda d: ("imported" if "Definitions imported." in flash_text() else
+                                  "unsupported" if "cannot import definitions" in flash_text() else None))
+        if outcome == "imported":
+            assert wait_for(lambda: requests.get(f"{base}/api/queues/%2F/{imported_q}", auth=("guest", "guest"),
+                                                 timeout=5).status_code == 200, 10)
+        shot("07-definitions")
 
         # The other pages render without errors; then log out.
         step = "other pages"
