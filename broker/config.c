@@ -195,6 +195,16 @@ static int set_bytes(cfg_t *c, const cfg_key_t *k, const char *v, const char **w
     return -1;
 }
 
+/* log.file: false (no file, RabbitMQ's way of turning it off) or the file's path. */
+static int set_log_file(cfg_t *c, const cfg_key_t *k, const char *v, const char **why) {
+    char *out = FIELD(c, k, char);
+    if (strcmp(v, "false") == 0) v = "";
+    if (strcmp(v, "true") == 0) return *why = "expected false or a file path", -1;
+    if (strlen(v) >= sizeof c->log_file) return *why = "path too long", -1;
+    strcpy(out, v);
+    return 0;
+}
+
 static int set_log_level(cfg_t *c, const cfg_key_t *k, const char *v, const char **why) {
     int lvl = parse_log_level(v);
     if (lvl < 0) { *why = "expected debug, info, warning, error or none"; return -1; }
@@ -298,7 +308,9 @@ static const cfg_key_t cfg_keys[] = {
     STR("data_dir", data_dir),
     FN("log.level", set_log_level, log_level),
     FN("log.console.level", set_log_level, log_level),
-    FN("log.file.level", set_log_level, log_level),
+    FN("log.file.level", set_log_level, log_file_level),
+    FN("log.console", set_bool, log_console),
+    FN("log.file", set_log_file, log_file),
     U64("consumer_timeout", consumer_timeout, 1, UINT64_MAX / 2),
     STR("load_definitions", load_definitions),
     STR("node_name", node_name),
@@ -519,6 +531,8 @@ void cfg_defaults(cfg_t *c) {
     c->max_message_size = 16777216;
     strcpy(c->data_dir, "./data");
     c->log_level = LOG_INFO;
+    c->log_file_level = -1;
+    c->log_console = true;
     c->consumer_timeout = 1800000;
     default_node_name(c->node_name, sizeof c->node_name);
     c->cluster_listener = (cfg_listener_t){ "", 25672, "cluster" };

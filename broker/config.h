@@ -41,7 +41,10 @@ typedef struct {
     int channel_max;                 /* default 2047 */
     uint64_t max_message_size;       /* default 16777216; max 536870912 */
     char data_dir[512];              /* default "./data" */
-    int log_level;                   /* enum log_level; log.level / log.console.level / log.file.level; default info */
+    int log_level;                   /* enum log_level; log.level / log.console.level; default info */
+    int log_file_level;              /* log.file.level; -1 = log_level */
+    bool log_console;                /* log.console: log to the console (stderr); default true */
+    char log_file[512];              /* log.file: also append to this file; "" (log.file = false) = none */
     uint64_t consumer_timeout;       /* ms, default 1800000 */
     char load_definitions[512];      /* definitions JSON path, default "" */
     char node_name[256];             /* default "warren@<hostname>" */

@@ -173,6 +173,17 @@ static int boot_state(broker_t *b, cl_t *cluster, const cfg_t *cfg, char *err, s
     return qq_start(b, cluster, err, errlen); /* quorum queues' Raft groups on this node */
 }
 
+/* RabbitMQ's keys: log.console (true: the console, i.e. stderr, which containers join to
+ * stdout) at log.level / log.console.level; log.file = PATH (false: none) at log.file.level. */
+static int setup_logging(const cfg_t *cfg, char *err, size_t errlen)
+{
+    log_set_level((enum log_level)cfg->log_level);
+    log_set_console(cfg->log_console, (enum log_level)cfg->log_level);
+    if (!cfg->log_file[0]) return 0;
+    int file = cfg->log_file_level >= 0 ? cfg->log_file_level : cfg->log_level;
+    return log_open_file(cfg->log_file, (enum log_level)file, err, errlen);
+}
+
 static size_t amqp_connections(void *ctx) { return amqp_server_connection_count(ctx); }
 
 /* The management API on management.tcp.port. A port it cannot bind is logged and the node runs
@@ -215,7 +226,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "warren: %s\n", err);
         return 1;
     }
-    log_set_level((enum log_level)cfg.log_level);
+    if (setup_logging(&cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "warren: %s\n", err);
+        return 1;
+    }
     log_info("starting Warren node %s (config: %s)", cfg.node_name, config_path ? config_path : "defaults");
 
     mkdir(cfg.data_dir, 0750);

@@ -11,6 +11,7 @@ Warren only (skipped with WARREN_TEST_EXTERNAL or WARREN_TEST_RABBITMQ). Every w
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -208,6 +209,23 @@ def test_export_then_import_into_a_fresh_node(fresh_broker, uniq):
     assert json.loads(ok(b.ctl("--json", "import_definitions", "-", stdin=json.dumps(defs))).stdout)["result"] == "ok"
 
 
+def test_log_console_and_file_keys(fresh_broker, tmp_path):
+    """RabbitMQ's log.console / log.file keys: console on with no file (a container's setting),
+    and console off with a file at its own level."""
+    b = fresh_broker(config={"log.console": "true", "log.file": "false"})
+    assert "server startup complete" in b.log_text()
+    path = str(tmp_path / "node.log")
+    b2 = fresh_broker(config={"log.console": "false", "log.file": path, "log.file.level": "info",
+                              "log.console.level": "debug"})
+    conn = pika_connect(b2)
+    conn.close()
+    console = b2.log_text()
+    assert "server startup complete" not in console and "[info]" not in console and "[debug]" not in console
+    with open(path) as f:
+        text = f.read()
+    assert "server startup complete" in text and "[debug]" not in text
+
+
 # ---- a three-node cluster ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -278,7 +296,9 @@ def test_drain_and_revive(cluster, uniq):
         ch = conn.channel()
         ch.confirm_delivery()
         ch.basic_publish("", names[0], b"after revive")
-        assert ch.queue_declare(names[0], passive=True).method.message_count == 1
+        # (confirmed by the leader elsewhere: this node's replica applies it a moment later)
+        wait_true(lambda: ch.queue_declare(names[0], passive=True).method.message_count == 1,
+                  what="the message on node 1's replica")
     finally:
         conn.close()
     assert json.loads(ok(c.ctl(n1, "--json", "status")).stdout)["is_under_maintenance"] is False
@@ -325,7 +345,7 @@ def test_sigterm_hands_leaderships_over_before_exit(cluster, uniq):
     # The node logged the hand-over, and the others show new leaders right away (no election
     # timeout had to pass: the leaders moved while n3 was still up).
     log = n3.log_text()
-    assert "handing 3 quorum queue leadership(s) to other members" in log
+    assert re.search(r"handing [1-9][0-9]* quorum queue leadership\(s\) to other members", log)
     assert "quorum queue leaderships handed over" in log
     qs = queues_by_name(c, n1)
     assert all(qs[n]["leader"] in (n1.name, n2.name) for n in names), qs

@@ -148,8 +148,15 @@ static void test_every_key(void **state) {
     assert_int_equal(c.frame_max, UINT32_MAX);
     set_ok(&c, "log.console.level", "warning");
     assert_int_equal(c.log_level, LOG_WARN);
-    set_ok(&c, "log.file.level", "error");
-    assert_int_equal(c.log_level, LOG_ERROR);
+    set_ok(&c, "log.file.level", "error");          /* the file's own level */
+    assert_int_equal(c.log_file_level, LOG_ERROR);
+    assert_int_equal(c.log_level, LOG_WARN);
+    set_ok(&c, "log.console", "false");
+    assert_false(c.log_console);
+    set_ok(&c, "log.file", "/var/log/warren.log");
+    assert_string_equal(c.log_file, "/var/log/warren.log");
+    set_ok(&c, "log.file", "false");
+    assert_string_equal(c.log_file, "");
     set_ok(&c, "log.level", "none");
     assert_int_equal(c.log_level, LOG_NONE);
     set_ok(&c, "log.level", "notice");
