@@ -12,7 +12,7 @@
  *
  * Caching: each file has a strong ETag (FNV-1a 64 of its bytes, computed once); replies say
  * "cache-control: no-cache" (http.c), so the browser revalidates and gets 304 when the node
- * still has the same build of the UI. */
+ * still has the same build of the UI. A Content-Security-Policy keeps the page to this node. */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -116,8 +116,17 @@ void mgmt_ui_serve(mgmt_req_t *r)
     if (r->method != MGMT_GET && r->method != MGMT_HEAD) return mgmt_reply_status(r, 405);
     const struct mgmt_ui_file *f = &mgmt_ui_files[i];
     const char *etag = mgmt_ui_etag((size_t)i);
-    char extra[160];
-    snprintf(extra, sizeof extra, "etag: %s\r\nx-content-type-options: nosniff\r\n", etag ? etag : "\"0\"");
+    /* The UI talks to this node only: a CSP that forbids loading anything from elsewhere
+     * (inline style attributes are used for bars and chart legends), and no framing. */
+    char extra[512];
+    snprintf(extra, sizeof extra,
+             "etag: %s\r\n"
+             "x-content-type-options: nosniff\r\n"
+             "x-frame-options: DENY\r\n"
+             "referrer-policy: same-origin\r\n"
+             "content-security-policy: default-src 'self'; style-src 'self' 'unsafe-inline'; "
+             "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'\r\n",
+             etag ? etag : "\"0\"");
     if (mgmt_ui_etag_matches(r->if_none_match, etag)) return mgmt_reply_asset(r, 304, NULL, NULL, 0, extra);
     mgmt_reply_asset(r, 200, mgmt_ui_ctype(f->path), f->data, f->len, extra);
 }

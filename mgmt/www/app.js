@@ -215,11 +215,27 @@ async function show(navKey, build) {
   if (typeof refresh === 'function' && state.view === token) {
     const tick = async () => {
       if (state.view !== token || document.hidden) return;
-      try { await refresh(); } catch (e) { /* the next tick retries; errors show inline */ }
+      try {
+        await refresh();
+        setOffline(null);
+      } catch (e) {
+        setOffline(e.status === 0 ? e.message : null); /* the next tick retries */
+      }
     };
     await tick();
     state.timer = setInterval(tick, REFRESH_MS);
   }
+}
+
+/* A banner while the node does not answer (it may be restarting); cleared by the next answer. */
+function setOffline(message) {
+  let el = $('#offline');
+  if (!message) { if (el) el.remove(); return; }
+  if (!el) {
+    el = h('div', { id: 'offline', class: 'msg error' });
+    $('#main').prepend(el);
+  }
+  el.textContent = message + ' Retrying every 5 s.';
 }
 
 function route() {
