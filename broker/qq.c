@@ -53,6 +53,9 @@
 /* Log bytes applied since the last snapshot that make the next one due, whatever the entry
  * count: Raft keeps the log since the last snapshot in memory. */
 #define QQ_LOG_BYTES (48u << 20)
+/* ... and at least the size of the snapshot it costs (about this much per live message), so a
+ * snapshot never writes more than the log it lets go. */
+#define QQ_SNAP_BYTES_PER_MSG 64
 
 enum { QQ_BODY_NONE = 0, QQ_BODY_QUEUED = 1, QQ_BODY_DURABLE = 2 }; /* msg_t.qq_body */
 
@@ -116,6 +119,8 @@ struct qq {
     qq_t *next_grave; /* detached, waiting for flush to destroy its group */
     dict_t chans; /* chan id (8 bytes) -> struct chanrec* */
     dict_t cons;  /* chan id (8 bytes) + tag -> struct qcons* */
+    dict_t relayed; /* non-member: chan (8) + msg id (8) of relayed deliveries not settled yet,
+                       so that a new leader's re-sends are not delivered twice */
     ev_timer expire_w, campaign_w;
     ev_timer dlx_w;  /* at-least-once: retries dead-letterings that failed */
     dict_t dlx_out;  /* at-least-once: dlx ids being dead-lettered now (8-byte keys) */
@@ -1030,7 +1035,8 @@ static void sm_apply(mr_group_t *g, raft_index index, const struct raft_entry *e
      * But Raft holds the log since the last snapshot in memory: QQ_LOG_BYTES of it make one
      * due whatever the count (a snapshot costs O(live) without bodies, which stay stored). */
     qq->log_bytes += entry->len;
-    if (qq->log_bytes >= QQ_LOG_BYTES && !qq->snap_forced) {
+    if (qq->log_bytes >= QQ_LOG_BYTES && qq->log_bytes >= qsm_live(qq->sm) * QQ_SNAP_BYTES_PER_MSG &&
+        !qq->snap_forced) {
         qq->snap_forced = true;
         mr_group_set_snapshot_threshold(g, 1);
     } else if (++qq->applied_since_check >= 1024 && !qq->snap_forced) {
@@ -1116,6 +1122,14 @@ static void propose_down(qq_t *qq, uint32_t node, uint64_t chan, uint64_t keep_b
     outbox_push(qq, op);
 }
 
+static void relay_again(void *ud, uint32_t node, uint64_t chan, amqp_bytes_t tag, uint64_t msg_id, msg_t *m,
+                        uint32_t delivery_count)
+{
+    qq_t *qq = ud;
+    if (!is_member(qq, node) && node_up(qq->s, node))
+        relay_add(qq, node, chan, tag, msg_id, m, delivery_count, delivery_count > 0);
+}
+
 static void leader_duties(qq_t *qq)
 {
     struct qq_state *s = qq->s;
@@ -1129,6 +1143,9 @@ static void leader_duties(qq_t *qq)
     }
     /* At-least-once: dead-letterings the previous leader had not finished. */
     qsm_dlx_each(qq->sm, dlx_send, qq);
+    /* Deliveries the previous leader relayed to consumers on nodes without a replica may have
+     * died with it: send them all again (their nodes drop the ones they already have). */
+    qsm_each_checked(qq->sm, relay_again, qq);
     /* Consumers of nodes that are down get their messages back. */
     for (unsigned i = 0; i < qq->n_members; i++)
         if (qq->members[i] != s->self && !node_up(s, qq->members[i])) propose_down(qq, qq->members[i], 0, 0);
@@ -1229,6 +1246,7 @@ void qq_attach(queue_t *q, amqp_bytes_t members)
     if (qq->n_members == 0) qq->members[qq->n_members++] = self_id(b);
     dict_init(&qq->chans);
     dict_init(&qq->cons);
+    dict_init(&qq->relayed);
     ev_timer_init(&qq->expire_w, expire_cb, 0, 0);
     qq->expire_w.data = qq;
     ev_timer_init(&qq->campaign_w, campaign_cb, 0.1, 0.1);
@@ -1306,6 +1324,8 @@ void qq_detach(queue_t *q)
     }
     dict_free(&qq->cons);
     dict_init(&qq->cons);
+    dict_free(&qq->relayed);
+    dict_init(&qq->relayed);
     pos = 0;
     while (dict_next(&qq->chans, &pos, NULL, NULL, &v)) free(v);
     dict_free(&qq->chans);
@@ -1358,6 +1378,21 @@ static struct chanrec *chan_rec(qq_t *qq, uint64_t chan)
     return r;
 }
 
+/* The relayed deliveries of a closing channel: its consumers are gone with it. */
+static void forget_relayed(qq_t *qq, uint64_t chan)
+{
+    if (!dict_size(&qq->relayed)) return;
+    size_t pos = 0;
+    const char *k;
+    size_t kl;
+    while (dict_next(&qq->relayed, &pos, &k, &kl, NULL)) {
+        if (kl != 16 || amqp_get_u64((const uint8_t *)k) != chan) continue;
+        uint8_t rk[16];
+        memcpy(rk, k, 16);
+        dict_del(&qq->relayed, rk, 16); /* deleting the current entry is allowed */
+    }
+}
+
 void qq_channel_closing(broker_t *b, uint64_t chan)
 {
     if (!b->qq || !chan) return;
@@ -1369,6 +1404,7 @@ void qq_channel_closing(broker_t *b, uint64_t chan)
     void *v;
     while (dict_next(&s->groups, &pos, NULL, NULL, &v)) {
         qq_t *qq = v;
+        forget_relayed(qq, chan);
         struct chanrec *r = dict_del(&qq->chans, key, 8);
         if (!r) continue;
         free(r);
@@ -1558,6 +1594,12 @@ void qq_settle(queue_t *q, const qentry_t *e, int op)
         q->vh->broker->stat_ack++;
     }
     if (qq && !qq->detached && e->qq_chan != qq->s->closing_chan) accumulate(qq, (uint8_t)op, e->qq_chan, e->seq);
+    if (qq && dict_size(&qq->relayed)) {
+        uint8_t rk[16];
+        put_be64(rk, e->qq_chan);
+        put_be64(rk + 8, e->seq);
+        dict_del(&qq->relayed, rk, 16);
+    }
     msg_unref(e->m);
 }
 
@@ -1832,8 +1874,9 @@ static void mchange_serve(struct qq_state *s, const void *payload, size_t len, c
  *
  * "qq.d" payload: u32 count, then per delivery [u64 gid][u64 chan][shortstr tag][u64 msg id]
  * [u32 delivery count][u8 redelivered][longstr message record]. One call per node and loop
- * iteration, answered with nothing. (A leader that dies with relayed deliveries in flight
- * leaves those messages checked out until the consumer's channel closes.) */
+ * iteration, answered with nothing. A new leader sends every delivery of such consumers again
+ * (a leader that dies may have taken some with it); the consumer's node keeps the (chan, msg id)
+ * of each relayed delivery until it is settled and drops re-sends of those it has. */
 
 static void relay_add(qq_t *qq, uint32_t node, uint64_t chan, amqp_bytes_t tag, uint64_t msg_id, msg_t *m,
                       uint32_t delivery_count, bool redelivered)
@@ -1900,8 +1943,13 @@ static void relay_receive(struct qq_state *s, const void *payload, size_t len)
         uint8_t gk[8];
         put_be64(gk, gid);
         qq_t *qq = dict_get(&s->groups, gk, 8);
-        msg_t *m = qq ? msg_from_record(rec.ptr, rec.len, true) : NULL;
+        uint8_t rk[16];
+        put_be64(rk, chan);
+        put_be64(rk + 8, msg_id);
+        if (!qq || dict_get(&qq->relayed, rk, 16)) continue; /* a new leader's re-send of one we have */
+        msg_t *m = msg_from_record(rec.ptr, rec.len, true);
         if (!m) continue;
+        if (cons_find(qq, chan, tag)) dict_set(&qq->relayed, rk, 16, qq);
         deliver_local(qq, chan, tag, msg_id, m, count, redelivered);
         msg_unref(m);
     }
@@ -2377,6 +2425,7 @@ void qq_free(broker_t *b)
             free(qc);
         }
         dict_free(&qq->cons);
+        dict_free(&qq->relayed);
         p2 = 0;
         while (dict_next(&qq->chans, &p2, NULL, NULL, &v2)) free(v2);
         dict_free(&qq->chans);

@@ -1082,6 +1082,18 @@ bool qsm_has_consumer(const qsm_t *s, uint32_t node, uint64_t chan, amqp_bytes_t
 
 uint64_t qsm_next_id(const qsm_t *s) { return s->next_id; }
 
+void qsm_each_checked(const qsm_t *s, qsm_checked_fn fn, void *ud)
+{
+    for (uint32_t i = 0; i < s->n_cons; i++) {
+        const consumer_t *c = s->cons[i];
+        if (!c->n_checked) continue;
+        qmsg_t **v = checked_sorted(c);
+        for (uint32_t j = 0; j < c->n_checked; j++)
+            fn(ud, c->node, c->chan, (amqp_bytes_t){c->tag, c->tag_len}, v[j]->id, v[j]->m, v[j]->acquired);
+        free(v);
+    }
+}
+
 void qsm_each_msg(const qsm_t *s, void (*fn)(void *ud, uint64_t msg_id, msg_t *m), void *ud)
 {
     const deque_t *ds[3] = {&s->returns, &s->hi, &s->lo};

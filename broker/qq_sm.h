@@ -251,6 +251,11 @@ qsm_t *qsm_restore(const void *bytes, size_t len);
 /* Calls fn for every message of the state (ready, checked out, dead-lettered), in no
  * particular order. */
 void qsm_each_msg(const qsm_t *s, void (*fn)(void *ud, uint64_t msg_id, msg_t *m), void *ud);
+/* Calls fn for every checked-out message with its consumer, consumers in registration order,
+ * each one's messages in msg_id order (a new leader re-sends what the old one relayed). */
+typedef void (*qsm_checked_fn)(void *ud, uint32_t node, uint64_t chan, amqp_bytes_t tag, uint64_t msg_id, msg_t *m,
+                               uint32_t delivery_count);
+void qsm_each_checked(const qsm_t *s, qsm_checked_fn fn, void *ud);
 /* The next msg_id: every message enqueued after the state was taken has an id >= it. */
 uint64_t qsm_next_id(const qsm_t *s);
 

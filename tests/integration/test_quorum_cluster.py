@@ -512,3 +512,50 @@ def test_consumer_on_a_node_taken_for_dead_keeps_consuming(cluster, uniq):
         ch.basic_ack(tag)
     conn.close()
     pub.close()
+
+
+@pytest.mark.timeout(120)
+def test_new_leader_resends_relayed_deliveries_once(cluster, uniq):
+    """A consumer on a node without a replica gets its deliveries relayed by the leader. A new
+    leader sends every delivery such consumers hold again (the old leader may have died with some
+    in flight), and the consumer's node drops the re-sends of those it already has: after the
+    leadership moves, the consumer sees no duplicate and the flow goes on as its acks free
+    prefetch."""
+    n1, n2, n3 = cluster.nodes
+    q = uniq("qqc-relay")
+    declare(n1, q, **{"x-quorum-initial-group-size": 1})
+    for n in (n2, n3):
+        wait_declared(n, q)
+    conn = pika_connect(n1)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for i in range(30):
+        ch.basic_publish("", q, str(i).encode(), pika.BasicProperties(delivery_mode=2))
+    conn.close()
+    r = cluster.ctl(n2, "add_member", q, n2.name)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (queue_row(cluster, n2, q) or {}).get("messages") != 30:
+        time.sleep(0.1)
+    conn = pika_connect(n3)  # n3 holds no replica
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=10)
+    got = []
+    ch.basic_consume(q, lambda c, m, p, b: got.append((m.delivery_tag, int(b))))
+    assert pika_process_until(conn, lambda: len(got) == 10, timeout=20), len(got)
+    r = cluster.ctl(n2, "delete_member", q, n1.name)  # n1 led: n2 leads alone now
+    assert r.returncode == 0, r.stderr
+    wait_leader(cluster, q, exclude=(n1,), timeout=10)
+    pika_process_until(conn, lambda: len(got) > 10, timeout=2)
+    assert [b for _t, b in got] == list(range(10)), got  # no re-send reached the client
+    acked = 0
+    deadline = time.monotonic() + 30
+    while len(got) < 30 and time.monotonic() < deadline:
+        for tag, _b in got[acked:]:
+            ch.basic_ack(tag)
+        acked = len(got)
+        conn.process_data_events(time_limit=0.1)
+    assert sorted(b for _t, b in got) == list(range(30)) and len(got) == 30, got
+    for tag, _b in got[acked:]:
+        ch.basic_ack(tag)
+    conn.close()
