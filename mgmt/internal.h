@@ -200,6 +200,16 @@ void mgmt_get_vhost_channels(mgmt_req_t *r);
 void mgmt_get_channel(mgmt_req_t *r);
 void mgmt_get_consumers(mgmt_req_t *r);
 
+/* api_defs.c: definitions import, and the export of one vhost */
+void mgmt_post_definitions(mgmt_req_t *r);
+void mgmt_post_vhost_definitions(mgmt_req_t *r);
+void mgmt_get_vhost_definitions(mgmt_req_t *r);
+/* api_qq.c: quorum queue membership (RabbitMQ 4.x's replicas/add|delete, grow, shrink) */
+void mgmt_post_qq_replica_add(mgmt_req_t *r);
+void mgmt_delete_qq_replica(mgmt_req_t *r);
+void mgmt_post_qq_grow(mgmt_req_t *r);
+void mgmt_delete_qq_shrink(mgmt_req_t *r);
+
 /* ---- rates.c: *_details.rate from counters sampled every 5 s ---- */
 
 enum {

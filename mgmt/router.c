@@ -30,6 +30,7 @@ enum auth_level {
     AUTH_VHOST, /* management tag and permissions on the vhost in params[0] */
     AUTH_MONITOR, /* monitoring or administrator */
     AUTH_POLICY,  /* policymaker or administrator, and AUTH_VHOST */
+    AUTH_ADMIN_VHOST, /* administrator, and the vhost in params[0] exists */
 };
 
 struct route {
@@ -102,6 +103,13 @@ static const struct route routes[] = {
     {MGMT_GET, "consumers", mgmt_get_consumers, AUTH_MGMT},
     {MGMT_GET, "consumers/*", mgmt_get_consumers, AUTH_VHOST},
     {MGMT_GET, "definitions", mgmt_get_definitions, AUTH_ADMIN},
+    {MGMT_POST, "definitions", mgmt_post_definitions, AUTH_ADMIN},
+    {MGMT_GET, "definitions/*", mgmt_get_vhost_definitions, AUTH_ADMIN_VHOST},
+    {MGMT_POST, "definitions/*", mgmt_post_vhost_definitions, AUTH_ADMIN_VHOST},
+    {MGMT_POST, "queues/quorum/*/*/replicas/add", mgmt_post_qq_replica_add, AUTH_ADMIN_VHOST},
+    {MGMT_DELETE, "queues/quorum/*/*/replicas/delete", mgmt_delete_qq_replica, AUTH_ADMIN_VHOST},
+    {MGMT_POST, "queues/quorum/replicas/on/*/grow", mgmt_post_qq_grow, AUTH_ADMIN},
+    {MGMT_DELETE, "queues/quorum/replicas/on/*/shrink", mgmt_delete_qq_shrink, AUTH_ADMIN},
     {MGMT_GET, "health/checks/alarms", mgmt_get_health_alarms, AUTH_MGMT},
     {MGMT_GET, "health/checks/local-alarms", mgmt_get_health_local_alarms, AUTH_MGMT},
     {MGMT_GET, "health/checks/virtual-hosts", mgmt_get_health_vhosts, AUTH_MGMT},
@@ -324,7 +332,11 @@ static bool authorize(mgmt_req_t *r, enum auth_level level)
         mgmt_reply_error(r, 401, "not_authorised", "Not monitor user");
         return false;
     }
-    if (level == AUTH_VHOST || level == AUTH_POLICY) {
+    if (level == AUTH_ADMIN_VHOST && !admin) {
+        mgmt_reply_error(r, 401, "not_authorised", "Not administrator user");
+        return false;
+    }
+    if (level == AUTH_VHOST || level == AUTH_POLICY || level == AUTH_ADMIN_VHOST) {
         vhost_t *vh = br_vhost(r->m->b, r->params[0], strlen(r->params[0]));
         if (!vh) {
             mgmt_reply_not_found(r);
