@@ -689,3 +689,8 @@ void admin_set_node_ops(const struct admin_node_ops *ops, void *ctx)
 }
 
 bool admin_in_maintenance(void) { return the_admin.maintenance; }
+
+void admin_shutdown(void)
+{
+    if (the_admin.b) maint_shutdown(&the_admin);
+}

@@ -32,6 +32,8 @@ struct admin_node_ops {
 void admin_set_node_ops(const struct admin_node_ops *ops, void *ctx);
 /* Whether warrenctl drain put this node in maintenance mode (until revive). */
 bool admin_in_maintenance(void);
+/* The loop has stopped (the node is shutting down): calls still waiting are dropped. */
+void admin_shutdown(void);
 
 /* definitions.c: a JSON object as AMQP field-table content in out (RabbitMQ's conversion). */
 amqp_bytes_t definitions_json_table(amqp_buf_t *out, const struct cJSON *obj);

@@ -20,6 +20,7 @@ struct admin {
     void *ops_ctx;
     double started;                   /* ev_now at admin_attach: the node's uptime */
     bool maintenance;                 /* drained (warrenctl drain) until revived */
+    struct drain *drains;             /* drain calls still waiting for leaderships to move */
 };
 
 typedef void (*admin_handler_fn)(struct admin *a, const struct peer_reply_to *to, const struct cJSON *req);
@@ -42,6 +43,8 @@ struct cJSON *admin_table_json(const amqp_table_t *t);
 void maint_status(struct admin *a, const struct peer_reply_to *to, const struct cJSON *req);
 void maint_drain(struct admin *a, const struct peer_reply_to *to, const struct cJSON *req);
 void maint_revive(struct admin *a, const struct peer_reply_to *to, const struct cJSON *req);
+/* The node is stopping: waiting drains are dropped unanswered (the caller sees the node go). */
+void maint_shutdown(struct admin *a);
 
 /* admin_topo.c */
 void topo_list_exchanges(struct admin *a, const struct peer_reply_to *to, const struct cJSON *req);

@@ -117,6 +117,7 @@ static size_t movable_leaders(struct admin *a)
 }
 
 struct drain {
+    struct drain *next; /* in a->drains */
     struct admin *a;
     struct peer_reply_to to;
     ev_timer poll;
@@ -125,9 +126,17 @@ struct drain {
     unsigned transfers;
 };
 
+static void drain_unlink(struct drain *d)
+{
+    struct drain **p = &d->a->drains;
+    while (*p && *p != d) p = &(*p)->next;
+    if (*p) *p = d->next;
+}
+
 static void drain_answer(struct drain *d)
 {
     struct admin *a = d->a;
+    drain_unlink(d);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "result", "ok");
     cJSON_AddStringToObject(o, "node", cl_self_name(a->c));
@@ -176,6 +185,18 @@ void maint_drain(struct admin *a, const struct peer_reply_to *to, const cJSON *r
     ev_timer_init(&d->poll, drain_poll, MAINT_POLL, MAINT_POLL);
     d->poll.data = d;
     ev_timer_start(loop, &d->poll);
+    d->next = a->drains;
+    a->drains = d;
+}
+
+void maint_shutdown(struct admin *a)
+{
+    while (a->drains) {
+        struct drain *d = a->drains;
+        a->drains = d->next;
+        ev_timer_stop(a->b->loop, &d->poll);
+        free(d);
+    }
 }
 
 void maint_revive(struct admin *a, const struct peer_reply_to *to, const cJSON *req)

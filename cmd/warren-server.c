@@ -275,6 +275,7 @@ int main(int argc, char **argv)
 
     ev_run(loop, 0);
 
+    admin_shutdown(); /* a drain still waiting */
     amqp_server_free(node.amqp);
     qq_free(b);      /* its groups live on the cluster's Raft host */
     cl_free(cluster); /* before the broker: it calls nothing back, and stops applying to it */
