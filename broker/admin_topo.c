@@ -108,11 +108,9 @@ void topo_list_bindings(struct admin *a, const struct peer_reply_to *to, const c
 }
 
 /* This node's client connections (broker/connreg.h), as rabbitmqctl list_connections shows
- * them; each node lists its own, as RabbitMQ's per-node connection tracking does. */
-void topo_list_connections(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+ * them. */
+static void local_connections(struct admin *a, cJSON *out)
 {
-    (void)req;
-    cJSON *out = cJSON_CreateArray();
     for (const connreg_entry_t *e = connreg_refresh(); e; e = e->next) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "name", e->name);
@@ -131,7 +129,56 @@ void topo_list_connections(struct admin *a, const struct peer_reply_to *to, cons
         cJSON_AddNumberToObject(o, "connected_at", (double)(int64_t)(e->connected_at * 1000));
         cJSON_AddItemToArray(out, o);
     }
-    admin_reply_json(a, to, out);
+}
+
+/* Cluster-wide, as rabbitmqctl's: this node's list plus every running member's (asked with
+ * "local": true); a member that does not answer in time is left out. */
+struct conn_gather {
+    struct admin *a;
+    struct peer_reply_to to;
+    cJSON *out;
+    unsigned waiting;
+};
+
+static void gather_done_if_complete(struct conn_gather *g)
+{
+    if (g->waiting) return;
+    admin_reply_json(g->a, &g->to, g->out);
+    free(g);
+}
+
+static void gathered(void *arg, int status, const char *error, const void *payload, size_t len)
+{
+    (void)error;
+    struct conn_gather *g = arg;
+    cJSON *arr = status == 0 ? cJSON_ParseWithLength(payload, len) : NULL;
+    cJSON *e;
+    while (cJSON_IsArray(arr) && (e = cJSON_DetachItemFromArray(arr, 0)) != NULL) cJSON_AddItemToArray(g->out, e);
+    cJSON_Delete(arr);
+    g->waiting--;
+    gather_done_if_complete(g);
+}
+
+void topo_list_connections(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    struct conn_gather *g = calloc(1, sizeof *g);
+    if (!g) abort();
+    *g = (struct conn_gather){.a = a, .to = *to, .out = cJSON_CreateArray(), .waiting = 1};
+    local_connections(a, g->out);
+    if (cl_clustered(a->c) && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "local"))) {
+        static struct cl_status st; /* large; the loop thread only */
+        cl_status(a->c, &st);
+        static const char ask[] = "{\"local\":true}";
+        for (unsigned i = 0; i < st.n_members; i++) {
+            const struct cl_member *m = &st.members[i];
+            if (m->id == st.node_id || !m->running) continue;
+            if (peer_call(cl_mesh(a->c), m->id, "admin.list_connections", ask, sizeof ask - 1, 5.0, gathered, g, NULL) ==
+                PEER_OK)
+                g->waiting++;
+        }
+    }
+    g->waiting--;
+    gather_done_if_complete(g);
 }
 
 /* ---- delete_queue / purge_queue --------------------------------------------------------- */

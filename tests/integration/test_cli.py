@@ -264,6 +264,9 @@ def test_drain_and_revive(cluster, uniq):
     declare_led_by(c, n1, names)
     client = pika_connect(n1)
     closed = []
+    # list_connections is cluster-wide: node 2 lists node 1's client too.
+    conns = json.loads(ok(c.ctl(n2, "--json", "list_connections")).stdout)
+    assert n1.name in [x["node"] for x in conns], conns
     started = time.monotonic()
     out = json.loads(ok(c.ctl(n1, "--json", "drain")).stdout)
     assert time.monotonic() - started < 10
@@ -281,6 +284,8 @@ def test_drain_and_revive(cluster, uniq):
     assert closed and closed[0][0] == 320 and "maintenance" in closed[0][1]
     with pytest.raises(pika.exceptions.AMQPConnectionError):
         pika_connect(n1)
+    wait_true(lambda: n1.name not in [x["node"] for x in json.loads(ok(c.ctl(n2, "--json", "list_connections")).stdout)],
+              what="node 1's connections gone")
     st = json.loads(ok(c.ctl(n1, "--json", "status")).stdout)
     assert st["is_under_maintenance"] is True and st["quorum_queue_leaders"] == 0
     assert "amqp" not in {l["protocol"] for l in st["listeners"]}
