@@ -443,6 +443,14 @@ async function vhostSelect(id) {
   return sel;
 }
 
+/* A <datalist> of the names a listing returns (suggestions for a name field). */
+function namesList(id, path) {
+  const dl = h('datalist', { id });
+  GET(path).then((items) => app(dl, (Array.isArray(items) ? items : items.items || [])
+    .filter((o) => o.name).map((o) => h('option', { value: o.name })))).catch(() => {});
+  return dl;
+}
+
 /* Key / value / type rows for x-arguments, with one-click hints for the common ones. */
 function argsEditor(id, hints) {
   const rows = h('div', { class: 'rows' });
@@ -722,7 +730,8 @@ async function viewQueue(main, vhost, name) {
     refresh();
   } }, field('Ack mode', ackmode), field('Encoding', encoding), field('Messages', count), getBtn);
 
-  const bindX = h('input', { type: 'text', id: 'bind-exchange', placeholder: 'exchange name' });
+  const bindX = h('input', { type: 'text', id: 'bind-exchange', placeholder: 'exchange name', list: 'exchange-names' });
+  const xNames = namesList('exchange-names', `/exchanges/${enc(vhost)}?columns=name`);
   const bindKey = h('input', { type: 'text', id: 'bind-key' });
   const bindArgs = argsEditor('bind-args', [['x-match', 'String', 'all']]);
   const bindForm = h('form', { class: 'stack', onsubmit: async (ev) => {
@@ -730,7 +739,7 @@ async function viewQueue(main, vhost, name) {
     let a; try { a = bindArgs.values(); } catch (e) { flash(e.message, true); return; }
     const ok = await act(() => api('POST', `/bindings/${enc(vhost)}/e/${enc(bindX.value)}/q/${enc(name)}`, { routing_key: bindKey.value, arguments: a }).then(() => true), 'Binding added.');
     if (ok) { bindKey.value = ''; bindArgs.reset(); refresh(); }
-  } }, h('h2', {}, 'Add a binding to this queue'), field('From exchange', bindX), field('Routing key', bindKey),
+  } }, h('h2', {}, 'Add a binding to this queue'), field('From exchange', bindX), xNames, field('Routing key', bindKey),
   h('div', { class: 'field' }, h('span', { class: 'lbl' }, 'Arguments'), bindArgs), h('button', { type: 'submit' }, 'Bind'));
 
   const purgeBtn = h('button', { type: 'button', class: 'danger', id: 'purge-btn', onclick: async () => {
@@ -899,7 +908,10 @@ async function viewExchange(main, vhost, name) {
   const details = h('table', { class: 'kv' });
   const src = h('div', {}), dst = h('div', {});
   const destType = h('select', { id: 'xb-dtype' }, h('option', { value: 'q' }, 'To queue'), h('option', { value: 'e' }, 'To exchange'));
-  const dest = h('input', { type: 'text', id: 'xb-dest' });
+  const dest = h('input', { type: 'text', id: 'xb-dest', list: 'dest-q' });
+  const qNames = namesList('dest-q', `/queues/${enc(vhost)}?columns=name`);
+  const xNames = namesList('dest-e', `/exchanges/${enc(vhost)}?columns=name`);
+  destType.addEventListener('change', () => dest.setAttribute('list', destType.value === 'q' ? 'dest-q' : 'dest-e'));
   const key = h('input', { type: 'text', id: 'xb-key' });
   const bargs = argsEditor('xb-args', [['x-match', 'String', 'all']]);
   const bindForm = h('form', { class: 'stack', onsubmit: async (ev) => {
@@ -907,7 +919,7 @@ async function viewExchange(main, vhost, name) {
     let a; try { a = bargs.values(); } catch (e) { flash(e.message, true); return; }
     const ok = await act(() => api('POST', `/bindings/${enc(vhost)}/e/${enc(name)}/${destType.value}/${enc(dest.value)}`, { routing_key: key.value, arguments: a }).then(() => true), 'Binding added.');
     if (ok) { key.value = ''; bargs.reset(); refresh(); }
-  } }, h('h2', {}, 'Add a binding from this exchange'), field('Destination', h('span', {}, destType, ' ', dest)), field('Routing key', key),
+  } }, h('h2', {}, 'Add a binding from this exchange'), field('Destination', h('span', {}, destType, ' ', dest)), qNames, xNames, field('Routing key', key),
   h('div', { class: 'field' }, h('span', { class: 'lbl' }, 'Arguments'), bargs), h('button', { type: 'submit', id: 'xb-submit' }, 'Bind'));
   const delBtn = h('button', { type: 'button', class: 'danger', onclick: async () => {
     if (!confirm(`Delete exchange ${name}?`)) return;

@@ -72,6 +72,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
     c = WarrenCluster(str(tmp_path / "cluster"), pki, size=3).start()
     browser = None
     step = "start"
+    timings = [(step, time.monotonic())]
     try:
         downloads = str(tmp_path / "downloads")
         os.makedirs(downloads)
@@ -99,6 +100,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
 
         # The page and its assets need no credentials, carry content types and ETags (304).
         step = "static assets"
+        timings.append((step, time.monotonic()))
         r = requests.get(base + "/", timeout=5)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), r.headers
         js = requests.get(base + "/app.js", timeout=5)
@@ -108,6 +110,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
 
         # Log in (a wrong password first: the API's reason is shown).
         step = "login"
+        timings.append((step, time.monotonic()))
         browser.get(base + "/")
         wait(EC.visibility_of_element_located((By.ID, "login-user"))).send_keys("guest")
         browser.find_element(By.ID, "login-pass").send_keys("wrong")
@@ -119,6 +122,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
 
         # Overview: the cluster and its three running nodes.
         step = "overview"
+        timings.append((step, time.monotonic()))
         wait(lambda d: d.find_elements(By.ID, "nodes-summary")
              and d.find_element(By.ID, "nodes-summary").text == "3 of 3 nodes running", timeout=30)
         def node_rows(d):
@@ -133,6 +137,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
 
         # Declare a quorum queue from the queues page.
         step = "declare quorum queue"
+        timings.append((step, time.monotonic()))
         qname = uniq("ui-qq")
         browser.find_element(By.CSS_SELECTOR, '#nav a[data-nav="queues"]').click()
         wait(EC.visibility_of_element_located((By.ID, "q-name"))).send_keys(qname)
@@ -143,6 +148,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
         # The list shows it with its leader and three online members (the UI polls every 5 s;
         # the filter narrows the list to it).
         step = "queue list"
+        timings.append((step, time.monotonic()))
         browser.find_element(By.CSS_SELECTOR, "#queues-list input.filter").send_keys(qname)
 
         def listed(d):
@@ -163,6 +169,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
 
         # Queue page: publish a message, then get it back (acked, so the queue is empty again).
         step = "publish"
+        timings.append((step, time.monotonic()))
         def click_link(d):
             try:
                 d.find_element(By.CSS_SELECTOR, f'#queues-list tr[data-name="{qname}"] a.queue-link').click()
@@ -180,6 +187,8 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
                                              timeout=5).json().get("messages") == 1, 10)
 
         step = "get"
+
+        timings.append((step, time.monotonic()))
         Select(browser.find_element(By.ID, "get-ackmode")).select_by_value("ack_requeue_false")
         browser.find_element(By.ID, "get-submit").click()
         got = wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#get-results pre.msg-payload"))
@@ -193,6 +202,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
         # An exchange declared from the UI, bound to the queue from its page, and a message
         # published there is routed to the queue; the queue page purges it (a confirm dialog).
         step = "exchange"
+        timings.append((step, time.monotonic()))
         xname = uniq("ui-x")
         browser.get(f"{base}/#/exchanges")
         wait(EC.visibility_of_element_located((By.ID, "x-name"))).send_keys(xname)
@@ -213,6 +223,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
         assert wait_for(lambda: requests.get(f"{base}/api/queues/%2F/{qname}", auth=("guest", "guest"),
                                              timeout=5).json().get("messages") == 1, 10)
         step = "purge"
+        timings.append((step, time.monotonic()))
         browser.get(f"{base}/#/queue/%2F/{qname}")
         wait(EC.element_to_be_clickable((By.ID, "purge-btn"))).click()
         wait(EC.alert_is_present()).accept()
@@ -222,6 +233,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
 
         # A policy added from the admin pages is listed, then deleted.
         step = "policy"
+        timings.append((step, time.monotonic()))
         pname = uniq("ui-pol")
         browser.get(f"{base}/#/admin/policies")
         wait(EC.visibility_of_element_located((By.ID, "pol-name"))).send_keys(pname)
@@ -257,6 +269,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
         # A client's connection and its consumer show up (when the node lists them; otherwise the
         # pages explain that they are not available).
         step = "connections"
+        timings.append((step, time.monotonic()))
         amqp = pika_connect(node, client_properties={"connection_name": "ui-test-client"})
         try:
             ch = amqp.channel()
@@ -277,6 +290,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
         # Definitions: the export downloads a JSON file with the queue; an uploaded file is imported
         # (or, on a node without POST /api/definitions, the page says so).
         step = "definitions"
+        timings.append((step, time.monotonic()))
         browser.get(f"{base}/#/definitions")
         clear_flash()
         wait(EC.element_to_be_clickable((By.ID, "export-btn"))).click()
@@ -301,15 +315,17 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
 
         # The other pages render without errors; then log out.
         step = "other pages"
-        for page, marker in (("exchanges", "exchanges-list"), ("admin/users", "users-list"),
-                             ("admin/vhosts", "vhosts-list"), ("admin/permissions", "permissions-list"),
-                             ("admin/policies", "policies-list"), ("definitions", "export-btn")):
+        timings.append((step, time.monotonic()))
+        for page, marker in (("admin/users", "users-list"), ("admin/vhosts", "vhosts-list"),
+                             ("admin/permissions", "permissions-list")):
             browser.get(f"{base}/#/{page}")
             wait(EC.presence_of_element_located((By.ID, marker)))
         browser.find_element(By.ID, "logout").click()
         wait(EC.visibility_of_element_located((By.ID, "login-user")))
 
         step = "console"
+
+        timings.append((step, time.monotonic()))
         errors = [e for e in browser.get_log("browser")
                   if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
         assert not errors, errors
@@ -326,3 +342,8 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
         if browser is not None:
             browser.quit()
         c.stop()
+        timings.append(("end", time.monotonic()))
+        spent = ", ".join(f"{a} {b - t:.1f}s" for (a, t), (_, b) in zip(timings, timings[1:]))
+        print(f"test_mgmt_ui: steps: {spent}")
+        if reporter:
+            reporter.write_line(f"test_mgmt_ui: steps: {spent}")
