@@ -82,6 +82,14 @@ bench-qq:
 	@$(MAKE) --no-print-directory build
 	tests/bench/qq_run.sh
 
+# Issue 7: /api/queues latency and idle CPU with 10,000 queues vs RabbitMQ 3.10's management
+# plugin; rewrites only the Management section of docs/performance.md.
+.PHONY: bench-mgmt
+bench-mgmt:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory build
+	tests/bench/mgmt_bench.sh
+
 # Issue 8: image size, compose up -> healthy cluster, longest confirm pause in a rolling restart;
 # rewrites only the Deployment section of docs/performance.md.
 bench-docker:

@@ -107,6 +107,16 @@ void mgmt_reply_asset(mgmt_req_t *r, int status, const char *ctype, const void *
 /* A listing (paginate.c): applies sort, sort_reverse, columns, and page, page_size, name,
  * use_regex as RabbitMQ does, then answers 200 (or 400 for bad parameters). Takes arr. */
 void mgmt_reply_list(mgmt_req_t *r, cJSON *arr);
+/* paginate.c's pieces for listings answered without one cJSON array (qlist.c): the page of n
+ * items that page / page_size select (false after answering RabbitMQ's 400), and "columns". */
+struct mgmt_page {
+    long page, size, pages, filtered, first, count;
+};
+bool mgmt_page_slice(mgmt_req_t *r, const char *page_s, const char *size_s, long n, struct mgmt_page *pg);
+void mgmt_keep_columns(cJSON *arr, const char *columns);
+/* qlist.c: GET /api/queues[/{vhost}] streamed (sorted by vhost/name, filtered and paged before
+ * any JSON is built); false when the parameters need mgmt_reply_list's general path. */
+bool mgmt_qlist_reply(mgmt_req_t *r, bool scoped);
 /* A broker reply code and text as RabbitMQ's management answers it (406 -> 400 bad_request,
  * 403 -> 401 not_authorised, 404 -> 404, 541 -> 503, ...). */
 void mgmt_reply_br_error(mgmt_req_t *r, const br_err_t *err);

@@ -7,7 +7,10 @@
  * total_count}; "columns" keeps only the named fields (dotted paths reach into objects).
  *
  * Errors as RabbitMQ 3.10.8: 400 invalid_pagination_parameters (page < 1, page_size outside
- * 1..500), 400 page_out_of_range, 400 bad_request for unparsable numbers or a bad regex. */
+ * 1..500), 400 page_out_of_range, 400 bad_request for unparsable numbers or a bad regex.
+ *
+ * mgmt_page_slice and mgmt_keep_columns are shared with qlist.c, which answers large queue
+ * listings without building one cJSON tree for all of them. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,7 +107,7 @@ static void copy_path(cJSON *dst, const cJSON *src, const char *path)
     if (!cJSON_GetObjectItemCaseSensitive(dst, key)) cJSON_AddItemToObject(dst, key, cJSON_Duplicate(v, true));
 }
 
-static void keep_columns(cJSON *arr, const char *columns)
+void mgmt_keep_columns(cJSON *arr, const char *columns)
 {
     for (cJSON *c = arr->child; c; c = c->next) {
         cJSON *kept = cJSON_CreateObject();
@@ -157,8 +160,7 @@ static bool filter_by_name(mgmt_req_t *r, cJSON *arr, const char *pattern, bool 
     return true;
 }
 
-/* Cuts arr into the page; false after answering an error. */
-static bool paginate(mgmt_req_t *r, cJSON **arr, const char *page_s, const char *size_s)
+bool mgmt_page_slice(mgmt_req_t *r, const char *page_s, const char *size_s, long n, struct mgmt_page *pg)
 {
     long page, size = MGMT_PAGE_SIZE_DEFAULT;
     if (!parse_uint(page_s, &page) || (size_s && !parse_uint(size_s, &size))) {
@@ -172,7 +174,6 @@ static bool paginate(mgmt_req_t *r, cJSON **arr, const char *page_s, const char 
         mgmt_reply_error(r, 400, "invalid_pagination_parameters", reason);
         return false;
     }
-    long n = cJSON_GetArraySize(*arr);
     long pages = (n + size - 1) / size;
     if (page > pages && !(page == 1 && n == 0)) {
         char reason[160];
@@ -180,20 +181,32 @@ static bool paginate(mgmt_req_t *r, cJSON **arr, const char *page_s, const char 
         mgmt_reply_error(r, 400, "page_out_of_range", reason);
         return false;
     }
+    pg->page = page, pg->size = size, pg->pages = pages, pg->filtered = n;
+    pg->first = (page - 1) * size;
+    pg->count = n - pg->first < size ? n - pg->first : size;
+    if (pg->count < 0) pg->count = 0;
+    return true;
+}
+
+/* Cuts arr into the page; false after answering an error. */
+static bool paginate(mgmt_req_t *r, cJSON **arr, const char *page_s, const char *size_s)
+{
+    struct mgmt_page pg;
+    if (!mgmt_page_slice(r, page_s, size_s, cJSON_GetArraySize(*arr), &pg)) return false;
     cJSON *items = cJSON_CreateArray();
     long i = 0;
     for (cJSON *c = (*arr)->child; c; i++) {
         cJSON *next = c->next;
-        if (i >= (page - 1) * size && i < page * size) cJSON_AddItemToArray(items, cJSON_DetachItemViaPointer(*arr, c));
+        if (i >= pg.first && i < pg.first + pg.count) cJSON_AddItemToArray(items, cJSON_DetachItemViaPointer(*arr, c));
         c = next;
     }
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "filtered_count", (double)n);
+    cJSON_AddNumberToObject(o, "filtered_count", (double)pg.filtered);
     cJSON_AddNumberToObject(o, "item_count", cJSON_GetArraySize(items));
     cJSON_AddItemToObject(o, "items", items);
-    cJSON_AddNumberToObject(o, "page", (double)page);
-    cJSON_AddNumberToObject(o, "page_count", (double)pages);
-    cJSON_AddNumberToObject(o, "page_size", (double)size);
+    cJSON_AddNumberToObject(o, "page", (double)pg.page);
+    cJSON_AddNumberToObject(o, "page_count", (double)pg.pages);
+    cJSON_AddNumberToObject(o, "page_size", (double)pg.size);
     cJSON_Delete(*arr);
     *arr = o;
     return true;
@@ -221,6 +234,6 @@ void mgmt_reply_list(mgmt_req_t *r, cJSON *arr)
         cJSON_AddNumberToObject(arr, "total_count", (double)total);
     }
     const char *cols = mgmt_query(r, "columns", columns, sizeof columns);
-    if (cols && *cols) keep_columns(page_s ? cJSON_GetObjectItem(arr, "items") : arr, cols);
+    if (cols && *cols) mgmt_keep_columns(page_s ? cJSON_GetObjectItem(arr, "items") : arr, cols);
     mgmt_reply_json(r, 200, arr);
 }
