@@ -347,3 +347,36 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
         print(f"test_mgmt_ui: steps: {spent}")
         if reporter:
             reporter.write_line(f"test_mgmt_ui: steps: {spent}")
+
+
+def test_ui_files_are_served_without_credentials(broker):
+    """The UI's files (no browser needed): content types, ETag revalidation, HEAD, the
+    index.html fallback for the UI's own paths, 404 / 405 elsewhere, /api untouched."""
+    if broker.mgmt_port is None or conftest.RABBITMQ_MODE or conftest.EXTERNAL:
+        pytest.skip("Warren's own UI")
+    base = f"http://{broker.host}:{broker.mgmt_port}"
+    index = requests.get(base + "/", timeout=5)
+    assert index.status_code == 200 and index.headers["content-type"] == "text/html; charset=utf-8"
+    assert '<script src="/app.js"></script>' in index.text
+    assert "default-src 'self'" in index.headers["content-security-policy"]
+    assert index.headers["x-content-type-options"] == "nosniff"
+    for path, ctype in (("/index.html", "text/html"), ("/app.js", "text/javascript"),
+                        ("/app.css", "text/css"), ("/favicon.svg", "image/svg+xml")):
+        r = requests.get(base + path, timeout=5)
+        assert r.status_code == 200 and r.headers["content-type"].startswith(ctype), (path, r.headers)
+        etag = r.headers["etag"]
+        assert etag.startswith('"') and etag.endswith('"')
+        again = requests.get(base + path, headers={"If-None-Match": f'"x", {etag}'}, timeout=5)
+        assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+        assert requests.get(base + path, headers={"If-None-Match": '"other"'}, timeout=5).status_code == 200
+        head = requests.head(base + path, timeout=5)
+        assert head.status_code == 200 and int(head.headers["content-length"]) == len(r.content)
+    # the UI's own (bookmarked) paths get the page; files that do not exist do not
+    for path in ("/queues", "/admin/users?x=1"):
+        assert requests.get(base + path, timeout=5).text == index.text, path
+    assert requests.get(base + "/nope.js", timeout=5).status_code == 404
+    assert requests.post(base + "/", timeout=5).status_code == 405
+    # the API keeps its own authentication and 404s
+    assert requests.get(base + "/api/overview", timeout=5).status_code == 401
+    assert requests.get(base + "/api/no-such-thing", timeout=5).status_code == 404
+    assert requests.get(base + "/api/overview", auth=("guest", "guest"), timeout=5).status_code == 200
