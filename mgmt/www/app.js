@@ -273,7 +273,7 @@ function drawChart(canvas, samples, series, unit) {
   for (const s of samples) for (const k of series) max = Math.max(max, Math.abs(s.v[k.key] || 0));
   if (max <= 0) max = 1;
   const mag = Math.pow(10, Math.floor(Math.log10(max)));
-  max = Math.ceil(max / mag) * mag;
+  max = [1, 2, 4, 8, 10].map((k) => k * mag).find((v) => v >= max * 0.999) || 10 * mag; /* quarters stay round */
   g.font = '11px system-ui, sans-serif';
   g.fillStyle = '#5f6b7a';
   g.strokeStyle = '#e3e8ee';
@@ -282,7 +282,7 @@ function drawChart(canvas, samples, series, unit) {
     const y = padT + (hgt - padT - padB) * i / 4;
     g.beginPath(); g.moveTo(padL, y); g.lineTo(w - padR, y); g.stroke();
     const val = max * (4 - i) / 4;
-    g.fillText((val >= 10 ? val.toFixed(0) : val.toFixed(1)) + unit, 4, y + 4);
+    g.fillText((val >= 10 || val === 0 ? val.toFixed(0) : val >= 1 ? val.toFixed(1) : String(+val.toPrecision(2))) + unit, 4, y + 4);
   }
   const now = Date.now(), span = HISTORY * REFRESH_MS;
   g.fillText('-5 min', padL, hgt - 4);
@@ -802,7 +802,7 @@ async function viewQueue(main, vhost, name) {
       const rows = (q.members || []).map((m) => h('tr', { class: 'member-row', 'data-node': m },
         h('td', {}, m), h('td', {}, m === q.leader ? h('span', { class: 'badge leader' }, 'leader') : 'follower'),
         h('td', {}, h('span', { class: 'badge ' + (online.has(m) ? 'ok' : 'bad') }, online.has(m) ? 'online' : 'offline')),
-        h('td', {}, canDel ? h('button', { class: 'secondary small', onclick: (ev) => {
+        h('td', {}, canDel ? h('button', { class: 'secondary small member-remove', onclick: (ev) => {
           if (confirm(`Remove ${m} from the members of ${name}?`)) changeMember('delete', m, ev.target);
         } }, 'Remove') : null)));
       const addable = nodeNames.filter((n) => !(q.members || []).includes(n));
@@ -810,7 +810,7 @@ async function viewQueue(main, vhost, name) {
       if (canAdd && addable.length) {
         const sel = h('select', { id: 'member-node' }, addable.map((n) => h('option', { value: n }, n)));
         addRow = h('div', { class: 'row', style: 'margin-top:8px' }, 'Add a member on ', sel,
-          h('button', { type: 'button', class: 'secondary', onclick: (ev) => changeMember('add', sel.value, ev.target) }, 'Add member'));
+          h('button', { type: 'button', class: 'secondary', id: 'member-add', onclick: (ev) => changeMember('add', sel.value, ev.target) }, 'Add member'));
       }
       app(clear(members), h('table', {}, h('thead', {}, h('tr', {}, ['Node', 'Role', 'State', ''].map((x) => h('th', {}, x)))), h('tbody', {}, rows)), addRow,
         !canAdd && !canDel ? h('p', { class: 'muted' }, 'This node has no membership endpoints; use warrenctl add_member / delete_member.') : null);

@@ -64,6 +64,9 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
     from helpers.cluster import WarrenCluster, running_names
 
     os.makedirs(ARTIFACTS, exist_ok=True)
+    for old in os.listdir(ARTIFACTS):  # this run's screenshots only
+        if old.endswith(".png"):
+            os.remove(os.path.join(ARTIFACTS, old))
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter:
         reporter.write_line(f"\ntest_mgmt_ui: screenshots in {ARTIFACTS}")
@@ -199,6 +202,40 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
         assert wait_for(lambda: requests.get(f"{base}/api/queues/%2F/{qname}", auth=("guest", "guest"),
                                              timeout=5).json().get("messages") == 0, 10)
 
+        # Quorum membership from the queue page (when the node has RabbitMQ 4's replicas
+        # endpoints): remove a follower, then add it back.
+        step = "members"
+        timings.append((step, time.monotonic()))
+
+        def members(d):
+            try:
+                return {r.get_attribute("data-node"): r.text for r in d.find_elements(By.CSS_SELECTOR, "#queue-members tr.member-row")}
+            except StaleElementReferenceException:
+                return None
+
+        def click_remove(node_name):
+            def go(d):
+                try:
+                    d.find_element(By.CSS_SELECTOR, f'#queue-members tr[data-node="{node_name}"] button.member-remove').click()
+                    return True
+                except StaleElementReferenceException:
+                    return False
+            return go
+        if browser.find_elements(By.CSS_SELECTOR, "#queue-members button.member-remove"):
+            follower = sorted(n for n, text in wait(members).items() if "follower" in text)[0]
+            clear_flash()
+            wait(click_remove(follower))
+            wait(EC.alert_is_present()).accept()
+            wait(lambda d: f"Removing member {follower}" in flash_text())
+            wait(lambda d: (m := members(d)) is not None and sorted(m) == sorted(set(CLUSTER_NAMES) - {follower}), timeout=30)
+            Select(wait(EC.element_to_be_clickable((By.ID, "member-node")))).select_by_value(follower)
+            clear_flash()
+            browser.find_element(By.ID, "member-add").click()
+            wait(lambda d: f"Adding {follower} as a member" in flash_text())
+            wait(lambda d: (m := members(d)) is not None and sorted(m) == CLUSTER_NAMES
+                 and all("online" in t for t in m.values()), timeout=30)
+            shot("05-queue-members")
+
         # An exchange declared from the UI, bound to the queue from its page, and a message
         # published there is routed to the queue; the queue page purges it (a confirm dialog).
         step = "exchange"
@@ -261,7 +298,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
                 pass
             return False
         assert '"max-length":10' in wait(policy_rows)[0][1]
-        shot("06-policies")
+        shot("07-policies")
         wait(click_delete)
         wait(EC.alert_is_present()).accept()
         wait(lambda d: policy_rows(d) == [])
@@ -278,7 +315,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
             wait(lambda d: d.find_elements(By.ID, "connections-list") or d.find_elements(By.ID, "no-endpoint"))
             if browser.find_elements(By.ID, "connections-list"):
                 wait(lambda d: "guest" in d.find_element(By.ID, "connections-list").text)
-            shot("05-connections")
+            shot("06-connections")
             browser.get(f"{base}/#/channels")
             wait(lambda d: d.find_elements(By.ID, "channels-list") or d.find_elements(By.ID, "no-endpoint"))
             browser.get(f"{base}/#/queue/%2F/{qname}")
@@ -311,7 +348,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
         if outcome == "imported":
             assert wait_for(lambda: requests.get(f"{base}/api/queues/%2F/{imported_q}", auth=("guest", "guest"),
                                                  timeout=5).status_code == 200, 10)
-        shot("07-definitions")
+        shot("08-definitions")
 
         # The other pages render without errors; then log out.
         step = "other pages"
