@@ -79,6 +79,14 @@ def test_status(solo):
     text = ok(solo.ctl("status")).stdout
     assert f"Status of node {st['node']}" in text and "Is under maintenance?: false" in text
     assert f"port: {solo.broker.port}, protocol: amqp" in text
+    # A single node drains too (nowhere to move its quorum queues' leaders) and revives.
+    out = solo.json("drain")
+    assert out["is_under_maintenance"] is True and out["leaders_remaining"] == 0
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        pika_connect(solo.broker)
+    assert "Is under maintenance?: true" in ok(solo.ctl("status")).stdout
+    assert solo.json("revive")["is_under_maintenance"] is False
+    pika_connect(solo.broker).close()
 
 
 def test_exchanges_bindings_and_connections(solo, uniq):
