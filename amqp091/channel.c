@@ -22,6 +22,7 @@
 #include "broker/remote.h"
 #include "broker/qq.h"
 #include "broker/qq_sm.h"
+#include "broker/topicperm.h"
 
 #include <sodium.h>
 #include <stdarg.h>
@@ -607,7 +608,9 @@ static void handle_publish(chan_t *ch, const amqp_method_t *m)
         conn_exception(ch->conn, AMQP_NOT_IMPLEMENTED, m->id, "immediate=true");
         return;
     }
-    if (br_publish_target(ch->conn->vh, ch->conn->user, (const char *)xn.ptr, xn.len, &x, &err)) {
+    amqp_bytes_t key = m->u.basic_publish.routing_key;
+    if (br_publish_target(ch->conn->vh, ch->conn->user, (const char *)xn.ptr, xn.len, &x, &err) ||
+        (x && tperm_check_write(ch->conn->user, ch->conn->vh, x, (const char *)key.ptr, key.len, &err))) {
         fail(ch, m->id, &err);
         return;
     }

@@ -9,6 +9,7 @@
  * durable too. */
 #include "broker/broker.h"
 #include "broker/qq.h"
+#include "broker/topicperm.h"
 #include "broker/headers_match.h"
 #include "broker/log.h"
 #include "broker/remote.h"
@@ -87,6 +88,7 @@ static void user_free(user_t *u)
     void *v;
     while (dict_next(&u->perms, &pos, NULL, NULL, &v)) perm_free(v);
     dict_free(&u->perms);
+    tperm_free_user(u);
     free(u->name);
     free(u->password_hash);
     free(u->tags);
@@ -301,6 +303,7 @@ void br_user_delete(broker_t *b, user_t *u)
     }
     dict_free(&u->perms);
     dict_init(&u->perms); /* live connections of the user now have no permissions at all */
+    tperm_clear(b, u, NULL, NULL);
     dict_del(&b->users, u->name, strlen(u->name));
     if (b->store) {
         amqp_buf_t key = {0};
@@ -329,7 +332,10 @@ void br_vhost_delete(broker_t *b, vhost_t *vh)
     ptrvec_free(&doomed);
     br_policies_delete_all(vh);
     pos = 0;
-    while (dict_next(&b->users, &pos, NULL, NULL, &v)) br_clear_permissions(b, v, vh);
+    while (dict_next(&b->users, &pos, NULL, NULL, &v)) {
+        br_clear_permissions(b, v, vh);
+        tperm_clear(b, v, vh->name, NULL);
+    }
     dict_del(&b->vhosts, vh->name, strlen(vh->name));
     if (b->store) {
         amqp_buf_t key = {0};

@@ -75,6 +75,7 @@ struct user {
     char *password_hash; /* base64, as RabbitMQ stores it */
     char *tags;          /* comma-separated, e.g. "administrator" */
     dict_t perms;        /* vhost name -> perm_t* */
+    ptrvec_t topic_perms; /* tperm_t* (broker/topicperm.h) */
 };
 
 enum perm_kind { PERM_CONFIGURE, PERM_WRITE, PERM_READ };

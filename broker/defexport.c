@@ -17,6 +17,7 @@
 
 #include "broker/admin_int.h"
 #include "broker/defexport.h"
+#include "broker/topicperm.h"
 
 #define DEFX_COMPAT_VERSION "3.10.8" /* the RabbitMQ release whose format this follows */
 
@@ -152,6 +153,17 @@ static void add_exchanges(cJSON *xs, cJSON *bindings, const vhost_t *vh)
     }
 }
 
+static void add_topic_permission(void *arg, const user_t *u, const tperm_t *p)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "user", u->name);
+    cJSON_AddStringToObject(o, "vhost", p->vhost);
+    cJSON_AddStringToObject(o, "exchange", p->exchange);
+    cJSON_AddStringToObject(o, "write", p->write_text);
+    cJSON_AddStringToObject(o, "read", p->read_text);
+    cJSON_AddItemToArray(arg, o);
+}
+
 cJSON *defx_export(broker_t *b)
 {
     cJSON *root = cJSON_CreateObject();
@@ -160,7 +172,10 @@ cJSON *defx_export(broker_t *b)
     cJSON_AddStringToObject(root, "product_name", "Warren");
     add_users(root, b);
     cJSON *vhosts = cJSON_AddArrayToObject(root, "vhosts");
-    cJSON_AddArrayToObject(root, "topic_permissions");
+    cJSON *topic = cJSON_AddArrayToObject(root, "topic_permissions");
+    size_t upos = 0;
+    void *uv;
+    while (dict_next(&b->users, &upos, NULL, NULL, &uv)) tperm_each(uv, NULL, add_topic_permission, topic);
     cJSON_AddArrayToObject(root, "parameters");
     cJSON_AddArrayToObject(root, "global_parameters");
     cJSON *policies = cJSON_AddArrayToObject(root, "policies");

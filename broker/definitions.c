@@ -262,6 +262,28 @@ static int load_permissions(struct sink *k, const cJSON *root, char *err, size_t
     return rc;
 }
 
+/* topic_permissions [{user, vhost, exchange, write, read}] (broker/topicperm.h). */
+static int load_topic_permissions(struct sink *k, const cJSON *root, char *err, size_t errlen)
+{
+    amqp_buf_t args = {0};
+    const cJSON *p;
+    int rc = 0;
+    cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(root, "topic_permissions"))
+    {
+        const char *un = jstr(p, "user", ""), *vn = jstr(p, "vhost", "/"), *xn = jstr(p, "exchange", "");
+        const char *wr = jstr(p, "write", ""), *rd = jstr(p, "read", "");
+        if (check_regex(wr, err, errlen) || check_regex(rd, err, errlen)) {
+            rc = -1;
+            break;
+        }
+        struct meta_cmd c;
+        meta_topic_perm_cmd(&c, &args, vn, un, xn, wr, rd);
+        emit(k, &c, "topic permissions of user '%s' in vhost '%s'", un, vn);
+    }
+    amqp_buf_free(&args);
+    return rc;
+}
+
 static int load_policies(struct sink *k, const cJSON *root, const char *key, bool is_operator, char *err,
                          size_t errlen)
 {
@@ -350,6 +372,7 @@ static int definitions_emit_root(struct sink *k, const cJSON *root, char *err, s
     cJSON_ArrayForEach(v, cJSON_GetObjectItemCaseSensitive(root, "vhosts")) emit_vhost(k, jstr(v, "name", "/"));
     int rc = load_users(k, root, err, errlen);
     if (!rc) rc = load_permissions(k, root, err, errlen);
+    if (!rc) rc = load_topic_permissions(k, root, err, errlen);
     if (!rc) rc = load_policies(k, root, "policies", false, err, errlen);
     if (!rc) rc = load_policies(k, root, "operator_policies", true, err, errlen);
     if (!rc) load_topology(k, root);

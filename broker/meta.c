@@ -38,6 +38,7 @@
 #include "broker/cluster.h"
 #include "broker/log.h"
 #include "broker/qq.h"
+#include "broker/topicperm.h"
 
 #define META_VERSION 1
 
@@ -110,6 +111,18 @@ void meta_perm_cmd(struct meta_cmd *c, amqp_buf_t *buf, const char *vhost, const
     buf->len = 0;
     amqp_table_open(buf);
     put_str(buf, "configure", configure);
+    put_str(buf, "write", write);
+    put_str(buf, "read", read);
+    args_close(c, buf);
+}
+
+void meta_topic_perm_cmd(struct meta_cmd *c, amqp_buf_t *buf, const char *vhost, const char *user,
+                         const char *exchange, const char *write, const char *read)
+{
+    *c = (struct meta_cmd){.op = META_TOPIC_PERM_SET, .vhost = AMQP_BYTES_CSTR(vhost), .name = AMQP_BYTES_CSTR(user),
+                           .key = AMQP_BYTES_CSTR(exchange)};
+    buf->len = 0;
+    amqp_table_open(buf);
     put_str(buf, "write", write);
     put_str(buf, "read", read);
     args_close(c, buf);
@@ -278,6 +291,31 @@ static int apply_perm(broker_t *b, const struct meta_cmd *c, const amqp_table_t 
     return rc;
 }
 
+/* Topic permissions: like permissions, for one exchange (CLEAR without one: all in the vhost). */
+static int apply_topic_perm(broker_t *b, const struct meta_cmd *c, const amqp_table_t *a, br_err_t *err)
+{
+    user_t *u = br_user(b, STR(c->name));
+    vhost_t *vh = br_vhost(b, STR(c->vhost));
+    if (!u) return no_user(err, c->name);
+    if (!vh) return no_vhost(err, c->vhost);
+    char *exchange = strndup(c->key.len ? (const char *)c->key.ptr : "", c->key.len);
+    if (!exchange) abort();
+    int rc = 0;
+    if (c->op == META_TOPIC_PERM_CLEAR) {
+        if (!tperm_clear(b, u, vh->name, c->key.len ? exchange : NULL))
+            rc = br_fail(err, BR_NOT_FOUND, "no topic permissions for user '%s' in vhost '%s'", u->name, vh->name);
+        free(exchange);
+        return rc;
+    }
+    char *wr = arg_str(a, "write"), *rd = arg_str(a, "read");
+    if (tperm_set(b, u, vh, exchange, wr ? wr : "", rd ? rd : "", err->text, sizeof err->text))
+        rc = err->code = BR_PRECONDITION_FAILED;
+    free(exchange);
+    free(wr);
+    free(rd);
+    return rc;
+}
+
 static int apply_policy(broker_t *b, const struct meta_cmd *c, const amqp_table_t *a, br_err_t *err)
 {
     vhost_t *vh = br_vhost(b, STR(c->vhost));
@@ -334,6 +372,8 @@ static int apply_registry(broker_t *b, const struct meta_cmd *c, br_err_t *err)
     case META_PERM_CLEAR: rc = apply_perm(b, c, &a, err); break;
     case META_POLICY_SET:
     case META_POLICY_CLEAR: rc = apply_policy(b, c, &a, err); break;
+    case META_TOPIC_PERM_SET:
+    case META_TOPIC_PERM_CLEAR: rc = apply_topic_perm(b, c, &a, err); break;
     default: rc = br_fail(err, BR_COMMAND_INVALID, "unknown metadata command %u", c->op);
     }
     amqp_table_free(&a);
@@ -502,6 +542,11 @@ static void snap_registry(broker_t *b, amqp_buf_t *out, uint32_t *count)
                           auth_regex_pattern(perm->read));
             snap_record(out, 0, &c, count);
             free(vn);
+        }
+        for (size_t i = 0; i < u->topic_perms.n; i++) {
+            const tperm_t *tp = u->topic_perms.items[i];
+            meta_topic_perm_cmd(&c, &args, tp->vhost, u->name, tp->exchange, tp->write_text, tp->read_text);
+            snap_record(out, 0, &c, count);
         }
     }
     p = 0;
@@ -705,6 +750,8 @@ static void snap_prune_registry(broker_t *b, const struct snap_entry *e, uint32_
         }
     }
     for (size_t i = 0; i < doomed.n; i++) br_user_delete(b, doomed.items[i]);
+    p = 0; /* topic permissions: all cleared, the snapshot's records set them again */
+    while (dict_next(&b->users, &p, NULL, NULL, &v)) tperm_clear(b, v, NULL, NULL);
     p = 0;
     while (dict_next(&b->vhosts, &p, NULL, NULL, &v)) {
         vhost_t *vh = v;

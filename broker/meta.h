@@ -54,7 +54,11 @@ enum meta_op {
     /* A quorum queue's members changed (qq_member_change): vhost, name = queue, key = the new
      * member ids (u32 each). */
     META_Q_MEMBERS = 17,
-    META_OP_LAST = META_Q_MEMBERS,
+    /* Topic permissions (broker/topicperm.h): vhost, name = user, key = exchange, args {write,
+     * read}; CLEAR with an empty key clears all of the user's in the vhost. */
+    META_TOPIC_PERM_SET = 18,
+    META_TOPIC_PERM_CLEAR = 19,
+    META_OP_LAST = META_TOPIC_PERM_CLEAR,
 };
 
 enum {
@@ -94,6 +98,8 @@ void meta_user_cmd(struct meta_cmd *c, amqp_buf_t *buf, uint8_t op, const char *
                    const char *tags);
 void meta_perm_cmd(struct meta_cmd *c, amqp_buf_t *buf, const char *vhost, const char *user, const char *configure,
                    const char *write, const char *read);
+void meta_topic_perm_cmd(struct meta_cmd *c, amqp_buf_t *buf, const char *vhost, const char *user,
+                         const char *exchange, const char *write, const char *read);
 void meta_policy_cmd(struct meta_cmd *c, amqp_buf_t *buf, const char *vhost, bool is_operator, const char *name,
                      const char *pattern, const char *apply_to, int priority, amqp_bytes_t definition);
 

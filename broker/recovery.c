@@ -8,6 +8,7 @@
  * recovered messages are paged out and loaded on delivery, so a large backlog boots small. */
 #include "broker/broker.h"
 #include "broker/qq.h"
+#include "broker/topicperm.h"
 #include "broker/log.h"
 
 #include <stdlib.h>
@@ -316,6 +317,7 @@ int broker_recover(broker_t *b, char *err, size_t errlen)
     if (!b->store) return 0;
     recover_vhosts(b);
     int nu = recover_users(b);
+    tperm_recover(b); /* after the users and vhosts they belong to */
     br_policies_recover(b); /* before the queues, which pick their policy when created */
     int nx = recover_exchanges(b);
     int nq = recover_queues(b);

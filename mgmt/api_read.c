@@ -12,6 +12,7 @@
 
 #include "broker/cluster.h"
 #include "broker/connreg.h"
+#include "broker/topicperm.h"
 #include "broker/qq.h"
 #include "broker/remote.h"
 #include "mgmt/internal.h"
@@ -414,6 +415,26 @@ static void def_topology(cJSON *root, vhost_t *vh)
     cJSON_Delete(all);
 }
 
+static void add_topic_permission(void *arg, const user_t *u, const tperm_t *p)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "user", u->name);
+    cJSON_AddStringToObject(o, "vhost", p->vhost);
+    cJSON_AddStringToObject(o, "exchange", p->exchange);
+    cJSON_AddStringToObject(o, "write", p->write_text);
+    cJSON_AddStringToObject(o, "read", p->read_text);
+    cJSON_AddItemToArray(arg, o);
+}
+
+static cJSON *topic_permissions_json(broker_t *b)
+{
+    cJSON *arr = cJSON_CreateArray();
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&b->users, &pos, NULL, NULL, &v)) tperm_each(v, NULL, add_topic_permission, arr);
+    return arr;
+}
+
 void mgmt_get_definitions(mgmt_req_t *r)
 {
     broker_t *b = r->m->b;
@@ -425,7 +446,7 @@ void mgmt_get_definitions(mgmt_req_t *r)
     cJSON *users = cJSON_AddArrayToObject(root, "users");
     cJSON *vhosts = cJSON_AddArrayToObject(root, "vhosts");
     cJSON_AddItemToObject(root, "permissions", permissions_json(b));
-    cJSON_AddArrayToObject(root, "topic_permissions");
+    cJSON_AddItemToObject(root, "topic_permissions", topic_permissions_json(b));
     cJSON_AddArrayToObject(root, "parameters");
     cJSON_AddArrayToObject(root, "global_parameters");
     cJSON *policies = cJSON_AddArrayToObject(root, "policies");

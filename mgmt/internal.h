@@ -220,6 +220,14 @@ void mgmt_delete_qq_replica(mgmt_req_t *r);
 void mgmt_post_qq_grow(mgmt_req_t *r);
 void mgmt_delete_qq_shrink(mgmt_req_t *r);
 
+/* api_topic.c: topic permissions */
+void mgmt_get_topic_permissions(mgmt_req_t *r);
+void mgmt_get_user_topic_permissions(mgmt_req_t *r);
+void mgmt_get_vhost_topic_permissions(mgmt_req_t *r);
+void mgmt_get_topic_permission(mgmt_req_t *r);
+void mgmt_put_topic_permission(mgmt_req_t *r);
+void mgmt_delete_topic_permission(mgmt_req_t *r);
+
 /* ---- rates.c: *_details.rate from counters sampled every 5 s ---- */
 
 enum {
