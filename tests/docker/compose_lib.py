@@ -10,7 +10,10 @@ that reconnect to the next node whenever theirs fails; the publisher republishes
 confirm it did not get (the consumer dedups by id), and records the longest gap between two
 confirms.
 """
+import datetime
+import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -89,6 +92,16 @@ def image_size(tag=IMAGE):
     return int(run(["docker", "image", "inspect", "-f", "{{.Size}}", tag]).stdout.strip())
 
 
+def docker_time(ts):
+    """Docker's RFC 3339 timestamps (nanoseconds, Z or an offset) as a Unix time."""
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", ts.strip())
+    if not m:
+        raise ValueError(f"unexpected Docker timestamp {ts!r}")
+    tz = "+00:00" if m.group(3) == "Z" else m.group(3)
+    base = datetime.datetime.fromisoformat(m.group(1) + tz).timestamp()
+    return base + (float("0" + m.group(2)) if m.group(2) else 0.0)
+
+
 def free_ports(n):
     socks, ports = [], []
     for _ in range(n):
@@ -125,6 +138,7 @@ class Cluster:
                    COMPOSE_PROJECT_NAME=self.project)
         self.env = env
         self.up_started = None
+        self._cids = {}
 
     # ---- compose ----
     def dc(self, *args, timeout=180, check=True):
@@ -132,6 +146,7 @@ class Cluster:
                    timeout=timeout, check=check, env=self.env)
 
     def up(self):
+        self.up_wall = time.time()
         self.up_started = time.monotonic()
         self.dc("up", "-d", "--no-build", timeout=300)
         self.up_returned = time.monotonic()
@@ -150,10 +165,13 @@ class Cluster:
                     run(rm + ids, check=False)
 
     def container(self, node):
-        cid = self.dc("ps", "-q", node).stdout.strip()
-        if not cid:
-            raise RuntimeError(f"no container for {node}")
-        return cid
+        """The node's container id (kept: stop/start/kill keep the container)."""
+        if node not in self._cids:
+            cid = self.dc("ps", "-q", node).stdout.strip()
+            if not cid:
+                raise RuntimeError(f"no container for {node}")
+            self._cids[node] = cid
+        return self._cids[node]
 
     def network(self, name="cluster"):
         out = run(["docker", "network", "ls", "-q", "--filter", f"label=com.docker.compose.project={self.project}",
@@ -170,13 +188,28 @@ class Cluster:
             return "missing"
 
     def wait_healthy(self, nodes=NODES, timeout=90):
-        """Waits for Docker's health status of every node; returns the seconds it took."""
-        t = time.monotonic()
-        deadline = t + timeout
+        """Waits for Docker's health status of every node. Returns {node: (StartedAt, end of its first
+        successful health check)} as Unix times from Docker's records (this machine's clock)."""
+        deadline = time.monotonic() + timeout
+        seen, states = {}, {}
         while time.monotonic() < deadline:
-            states = {n: self.health(n) for n in nodes}
-            if all(s == "healthy" for s in states.values()):
-                return time.monotonic() - t
+            for n in nodes:
+                if n in seen:
+                    continue
+                try:
+                    j = json.loads(run(["docker", "inspect", "-f", "{{json .State}}", self.container(n)],
+                                       timeout=30).stdout)
+                except (RuntimeError, ValueError):
+                    states[n] = "missing"
+                    continue
+                h = j.get("Health") or {}
+                states[n] = h.get("Status", "none")
+                if states[n] == "healthy":
+                    # Health.Log keeps the last 5 checks; polled this often, the first success is there.
+                    ok = [e["End"] for e in h.get("Log") or [] if e.get("ExitCode") == 0]
+                    seen[n] = (docker_time(j["StartedAt"]), docker_time(ok[0]) if ok else time.time())
+            if len(seen) == len(nodes):
+                return seen
             time.sleep(0.25)
         raise AssertionError(f"not healthy within {timeout} s: {states}\n{self.logs_tail()}")
 
@@ -215,7 +248,11 @@ class Cluster:
             return False
 
     def ctl(self, node, *args, timeout=60, check=True):
-        return run(["docker", "exec", self.container(node), "warrenctl"] + list(args), timeout=timeout, check=check)
+        """warrenctl inside the node's container, against its own cluster port (TLS with its own
+        certificate, as the compose file sets cluster.ssl; the cookie is in WARREN_COOKIE)."""
+        tls = ["--tls", "--cert", f"/etc/warren/certs/{node}.pem", "--key", f"/etc/warren/certs/{node}.key"]
+        return run(["docker", "exec", self.container(node), "warrenctl"] + tls + list(args),
+                   timeout=timeout, check=check)
 
     def logs_tail(self, node=None, lines=40):
         nodes = [node] if node else list(NODES)
