@@ -344,7 +344,22 @@ function listView(opts) {
   let debounce;
   filter.addEventListener('input', () => { clearTimeout(debounce); debounce = setTimeout(() => { st.name = filter.value; st.page = 1; refresh(); }, 250); });
   regex.addEventListener('change', () => { st.page = 1; refresh(); });
-  if (opts.filter !== false) app(root, h('div', { class: 'toolbar' }, filter, h('label', { class: 'muted' }, regex, ' regex'), count, h('span', { class: 'spacer' }), opts.tools || null));
+  /* opts.byVhost: a virtual host selector; the listing's path gets "/<vhost>" (RabbitMQ's
+   * per-vhost listings), remembered for the tab. */
+  let vhostSel = null;
+  if (opts.byVhost) {
+    vhostSel = h('select', { class: 'vhost-filter', 'aria-label': 'Virtual host', onchange: () => {
+      sessionStorage.setItem('warren.vhost', vhostSel.value);
+      st.page = 1;
+      refresh();
+    } }, h('option', { value: '' }, 'All virtual hosts'));
+    GET('/vhosts?columns=name').then((vs) => {
+      app(vhostSel, (Array.isArray(vs) ? vs : vs.items || []).map((v) => h('option', { value: v.name }, 'Virtual host ' + v.name)));
+      const saved = sessionStorage.getItem('warren.vhost');
+      if (saved && [...vhostSel.options].some((o) => o.value === saved)) { vhostSel.value = saved; refresh(); }
+    }).catch(() => {});
+  }
+  if (opts.filter !== false) app(root, h('div', { class: 'toolbar' }, vhostSel, filter, h('label', { class: 'muted' }, regex, ' regex'), count, h('span', { class: 'spacer' }), opts.tools || null));
   app(root, error, table, pager);
 
   function cellValue(col, row) {
@@ -391,7 +406,9 @@ function listView(opts) {
     if (st.sort) { q.set('sort', st.sort); q.set('sort_reverse', st.rev ? 'true' : 'false'); }
     let data;
     try {
-      data = await GET(opts.path + '?' + q.toString());
+      const v = vhostSel && vhostSel.value;
+      const base = !v ? opts.path : opts.vhostPath ? opts.vhostPath(v) : `${opts.path}/${enc(v)}`;
+      data = await GET(base + '?' + q.toString());
     } catch (e) {
       if (e.status === 400 && st.page > 1) { st.page = 1; return refresh(); } /* page_out_of_range */
       error.textContent = e.message;
@@ -638,7 +655,7 @@ const queueColumns = [
 ];
 
 async function viewQueues(main) {
-  const list = listView({ id: 'queues-list', path: '/queues', columns: queueColumns, sort: 'name', emptyText: 'No queues yet: add one below.' });
+  const list = listView({ byVhost: true, id: 'queues-list', path: '/queues', columns: queueColumns, sort: 'name', emptyText: 'No queues yet: add one below.' });
   app(main, h('h1', {}, 'Queues'), h('div', { class: 'card' }, list.root), await declareQueueForm(list.refresh));
   return list.refresh;
 }
@@ -856,7 +873,7 @@ const exchangeColumns = [
 ];
 
 async function viewExchanges(main) {
-  const list = listView({ id: 'exchanges-list', path: '/exchanges', columns: exchangeColumns, sort: 'name' });
+  const list = listView({ byVhost: true, id: 'exchanges-list', path: '/exchanges', columns: exchangeColumns, sort: 'name' });
   const vh = await vhostSelect('x-vhost');
   const name = h('input', { type: 'text', id: 'x-name' });
   const types = state.exchangeTypes || ['direct', 'fanout', 'headers', 'topic', 'x-delayed-message'];
@@ -984,7 +1001,7 @@ async function viewOptionalList(main, title, path, columns) {
     app(main, h('div', { class: 'card empty', id: 'no-endpoint' }, `This node does not list ${title.toLowerCase()} yet (${'/api' + path} is not available). The overview shows their totals.`));
     return undefined;
   }
-  const list = listView({ id: title.toLowerCase() + '-list', path, columns, sort: 'name', emptyText: `No ${title.toLowerCase()}: no AMQP client is connected to the cluster.` });
+  const list = listView({ byVhost: true, vhostPath: (v) => `/vhosts/${enc(v)}${path}`, id: title.toLowerCase() + '-list', path, columns, sort: 'name', emptyText: `No ${title.toLowerCase()}: no AMQP client is connected to the cluster.` });
   app(main, h('div', { class: 'card' }, list.root));
   return list.refresh;
 }
@@ -1007,8 +1024,14 @@ async function viewAdmin(main, sub) {
 
   if (sub === 'users') {
     let list;
-    const cols = [{ label: 'Name', sortKey: 'name', render: (u) => u.name },
-      { label: 'Tags', render: (u) => (Array.isArray(u.tags) ? u.tags : String(u.tags || '').split(',')).filter(Boolean).map((t) => h('span', { class: 'badge' }, t)) },
+    const tagList = (u) => (Array.isArray(u.tags) ? u.tags : String(u.tags || '').split(',')).map((t) => t.trim()).filter(Boolean);
+    const cols = [{ label: 'Name', sortKey: 'name', render: (u) => h('button', { type: 'button', class: 'link', title: 'Edit this user', onclick: () => {
+      name.value = u.name;
+      tags.value = tagList(u).join(', ');
+      pass.value = '';
+      pass.focus();
+    } }, u.name) },
+      { label: 'Tags', render: (u) => tagList(u).map((t) => h('span', { class: 'badge' }, t)) },
       { label: 'Password', render: (u) => (u.password_hash ? 'set' : h('span', { class: 'muted' }, 'none')) },
       { label: '', render: (u) => del(`/users/${enc(u.name)}`, `user ${u.name}`, () => list.refresh()) }];
     list = listView({ id: 'users-list', path: '/users', columns: cols, sort: 'name' });
@@ -1020,15 +1043,26 @@ async function viewAdmin(main, sub) {
       if (!cur.includes(t)) cur.push(t);
       tags.value = cur.join(', ');
     } }, t)));
-    const btn = h('button', { type: 'submit' }, 'Add / update user');
+    const btn = h('button', { type: 'submit', id: 'u-submit' }, 'Add / update user');
     const form = h('form', { class: 'stack', onsubmit: async (ev) => {
       ev.preventDefault();
       if (!name.value) { flash('Give the user a name.', true); return; }
       const body = { tags: tags.value.split(',').map((s) => s.trim()).filter(Boolean).join(',') };
-      if (pass.value) body.password = pass.value; else body.password_hash = '';
-      const ok = await act(() => api('PUT', `/users/${enc(name.value)}`, body).then(() => true), `User ${name.value} saved.`, btn);
+      const ok = await act(async () => {
+        if (pass.value) {
+          body.password = pass.value;
+        } else { /* keep an existing user's password; a new one gets none */
+          let old = null;
+          try { old = await GET(`/users/${enc(name.value)}`); } catch (e) { if (e.status !== 404) throw e; }
+          body.password_hash = old ? old.password_hash : '';
+          if (old && old.hashing_algorithm) body.hashing_algorithm = old.hashing_algorithm;
+        }
+        await api('PUT', `/users/${enc(name.value)}`, body);
+        return true;
+      }, `User ${name.value} saved.`, btn);
       if (ok) { name.value = ''; pass.value = ''; tags.value = ''; list.refresh(); }
-    } }, field('Username', name), field('Password', pass, 'empty: no password (the user cannot log in with one)'), field('Tags', tags), quick, btn);
+    } }, h('p', { class: 'muted' }, 'Click a user\'s name to edit it; saving an existing name updates its password and tags.'),
+    field('Username', name), field('Password', pass, 'empty: keep the current password (a new user gets none)'), field('Tags', tags), quick, btn);
     app(main, h('div', { class: 'card' }, list.root), h('details', { class: 'card', open: true }, h('summary', {}, 'Add a user'), form));
     return list.refresh;
   }
@@ -1076,7 +1110,7 @@ async function viewAdmin(main, sub) {
       { label: 'Pattern', render: (p) => h('code', {}, p.pattern) }, { label: 'Apply to', render: (p) => p['apply-to'] },
       { label: 'Definition', render: (p) => h('code', {}, JSON.stringify(p.definition)) }, { label: 'Priority', num: true, sortKey: 'priority', render: (p) => p.priority },
       { label: '', render: (p) => del(`/policies/${enc(p.vhost)}/${enc(p.name)}`, `policy ${p.name}`, () => list.refresh()) }];
-    list = listView({ id: 'policies-list', path: '/policies', columns: cols, sort: 'name', emptyText: 'No policies.' });
+    list = listView({ byVhost: true, id: 'policies-list', path: '/policies', columns: cols, sort: 'name', emptyText: 'No policies.' });
     const vh = await vhostSelect('pol-vhost');
     const name = h('input', { type: 'text', id: 'pol-name' });
     const pattern = h('input', { type: 'text', id: 'pol-pattern', placeholder: '^orders\\.' });

@@ -57,7 +57,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
     if conftest.EXTERNAL or conftest.RABBITMQ_MODE:
         pytest.skip("starts its own Warren cluster")
     chromium, driver_path = _browser_or_skip()
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -350,11 +350,42 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
                                                  timeout=5).status_code == 200, 10)
         shot("08-definitions")
 
+        # A user added from the admin pages logs in; edited without a new password (tags only), it
+        # keeps its password.
+        step = "users"
+        timings.append((step, time.monotonic()))
+        uname = uniq("ui-user")
+        browser.get(f"{base}/#/admin/users")
+        wait(EC.visibility_of_element_located((By.ID, "u-name"))).send_keys(uname)
+        browser.find_element(By.ID, "u-pass").send_keys("ui-pw")
+        browser.find_element(By.ID, "u-tags").send_keys("monitoring")
+        clear_flash()
+        browser.find_element(By.ID, "u-submit").click()
+        wait(lambda d: f"User {uname} saved." in flash_text())
+        who = lambda: requests.get(f"{base}/api/whoami", auth=(uname, "ui-pw"), timeout=5)
+        assert wait_for(lambda: who().status_code == 200, 10) and who().json()["tags"] == ["monitoring"]
+        browser.find_element(By.CSS_SELECTOR, "#users-list input.filter").send_keys(uname)
+
+        def edit_user(d):
+            try:
+                d.find_element(By.CSS_SELECTOR, f'#users-list tr[data-name="{uname}"] button.link').click()
+                return d.find_element(By.ID, "u-name").get_attribute("value") == uname
+            except (StaleElementReferenceException, NoSuchElementException):
+                return False
+        wait(edit_user)
+        assert browser.find_element(By.ID, "u-tags").get_attribute("value") == "monitoring"
+        browser.find_element(By.ID, "u-tags").clear()
+        browser.find_element(By.ID, "u-tags").send_keys("management")
+        clear_flash()
+        browser.find_element(By.ID, "u-submit").click()
+        wait(lambda d: f"User {uname} saved." in flash_text())
+        assert wait_for(lambda: who().status_code == 200 and who().json()["tags"] == ["management"], 10)
+        requests.delete(f"{base}/api/users/{uname}", auth=("guest", "guest"), timeout=5)
+
         # The other pages render without errors; then log out.
         step = "other pages"
         timings.append((step, time.monotonic()))
-        for page, marker in (("admin/users", "users-list"), ("admin/vhosts", "vhosts-list"),
-                             ("admin/permissions", "permissions-list")):
+        for page, marker in (("admin/vhosts", "vhosts-list"), ("admin/permissions", "permissions-list")):
             browser.get(f"{base}/#/{page}")
             wait(EC.presence_of_element_located((By.ID, marker)))
         browser.find_element(By.ID, "logout").click()
