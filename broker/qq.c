@@ -29,6 +29,7 @@
  */
 #include "broker/qq.h"
 
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,11 +49,11 @@
 /* Bodies of quorum queue messages kept in memory, node-wide: the most recently enqueued (or
  * read back) ones; older bodies live in the replica's body store until delivered. The
  * environment variable WARREN_QQ_BODY_MEMORY (bytes) overrides it (tests use a small one). */
-#define QQ_BODY_MEMORY_DEFAULT (48u << 20)
+#define QQ_BODY_MEMORY_DEFAULT (32u << 20)
 #define QQ_BODY_MEMORY (s->body_memory)
 /* Log bytes applied since the last snapshot that make the next one due, whatever the entry
  * count: Raft keeps the log since the last snapshot in memory. */
-#define QQ_LOG_BYTES (48u << 20)
+#define QQ_LOG_BYTES (32u << 20)
 /* ... and at least the size of the snapshot it costs (about this much per live message), so a
  * snapshot never writes more than the log it lets go. */
 #define QQ_SNAP_BYTES_PER_MSG 64
@@ -189,6 +190,7 @@ struct qq_state {
     size_t res_spilled;      /* the first res_spilled entries were considered for writing */
     uint64_t res_bytes, res_spill_bytes;
     uint64_t body_memory;    /* QQ_BODY_MEMORY */
+    uint64_t dropped_bytes;  /* body bytes dropped from memory since the last malloc_trim */
     ptrvec_t body_writes;    /* messages whose body write is in the store's current batch */
 };
 
@@ -651,6 +653,13 @@ static void bodies_trim(struct qq_state *s)
         msg_unref(m);
         s->res_head = (s->res_head + 1) & (s->res_cap - 1);
         s->res_len--;
+        s->dropped_bytes += m->body_len;
+    }
+    /* Freed bodies sit in malloc's free lists, scattered between live metadata: give their
+     * pages back to the system now and then (malloc_trim walks the free chunks: milliseconds). */
+    if (s->dropped_bytes >= QQ_BODY_MEMORY / 2) {
+        s->dropped_bytes = 0;
+        malloc_trim(0);
     }
     uint64_t over = s->res_bytes > QQ_BODY_MEMORY ? s->res_bytes - QQ_BODY_MEMORY : 0;
     while (s->res_spilled < s->res_len && s->res_spill_bytes < over) {

@@ -1259,9 +1259,56 @@ int qsm_decode(const void *buf, size_t len, struct qsm_cmd *c)
  * [u32 n] returns, [u32 n] high, [u32 n] normal: ready messages in deque order
  * [u32 n] dead-lettered (at-least-once) messages in dead-lettering order, each followed by u8 reason
  * [u32 n] enqueuers by (node, chan): [u32 node][u64 chan][u64 next][u32 n][u64 seen]...
- * message: [u64 id][i64 expiry][u32 acquired][u32 delivery_count][u32 length][record]
+ * message, FULL: [u64 id][i64 expiry][u32 acquired][u32 delivery_count][u32 length][record]
+ * message, META: a local snapshot of a long queue is taken often and must stay small, so
+ *     [zigzag varint id - previous message's id][u8 0, or 1 + zigzag varint expiry][varint acquired]
+ *     [varint delivery_count][varint body length]
+ *     [u8 0: the same record header as the previous message | 1: [u32 length][header]]
+ *   (varints: LEB128, 7 bits per byte, minimal; the header is the record without its body;
+ *   messages of one publisher mostly share it, so most cost 6 to 10 bytes).
  * Every count is checked against the bytes left, so hostile input cannot make us allocate big.
+ * Decoding is strict (minimal varints, a repeated header always as 0), so whatever restores
+ * snapshots to the same bytes.
  */
+
+static void put_varint(amqp_buf_t *out, uint64_t v)
+{
+    uint8_t b[10];
+    size_t n = 0;
+    do {
+        b[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        v >>= 7;
+    } while (v);
+    amqp_buf_append(out, b, n);
+}
+
+/* Minimal encodings only (no trailing zero groups), at most 64 bits. */
+static uint64_t read_varint(amqp_reader_t *r)
+{
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        uint8_t b = amqp_read_u8(r);
+        if (r->bad) return 0;
+        if (shift == 63 && b > 1) break;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            if (b == 0 && shift) break; /* overlong */
+            return v;
+        }
+    }
+    r->bad = true;
+    return 0;
+}
+
+static uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+static int64_t unzigzag(uint64_t v) { return (int64_t)(v >> 1) ^ -(int64_t)(v & 1); }
+
+static bool same_header(const msg_t *a, const msg_t *b)
+{
+    return a && a->exchange_len == b->exchange_len && a->rk_len == b->rk_len && a->props_len == b->props_len &&
+           !memcmp(a->exchange, b->exchange, a->exchange_len) && !memcmp(a->rk, b->rk, a->rk_len) &&
+           !memcmp(a->props, b->props, a->props_len);
+}
 
 /* How one snapshot is being written: FULL carries bodies, META only their lengths. */
 typedef struct {
@@ -1270,10 +1317,41 @@ typedef struct {
     qsm_body_fn body;
     void *ud;
     bool failed;
+    uint64_t prev_id;      /* META: the previous message's id and header */
+    const msg_t *prev;
 } snapw_t;
+
+static void put_msg_meta(snapw_t *w, const qmsg_t *q)
+{
+    amqp_buf_t *out = w->out;
+    const msg_t *m = q->m;
+    put_varint(out, zigzag((int64_t)(q->id - w->prev_id)));
+    amqp_buf_put_u8(out, q->expiry != NO_EXPIRY);
+    if (q->expiry != NO_EXPIRY) put_varint(out, zigzag(q->expiry));
+    put_varint(out, q->acquired);
+    put_varint(out, q->failed);
+    put_varint(out, m->body_len);
+    if (same_header(w->prev, m)) {
+        amqp_buf_put_u8(out, 0);
+    } else {
+        size_t n = msg_record_header_size(m);
+        amqp_buf_put_u8(out, 1);
+        amqp_buf_put_u32(out, (uint32_t)n);
+        amqp_buf_reserve(out, n);
+        msg_record_write_header(m, out->data + out->len);
+        out->len += n;
+    }
+    w->prev_id = q->id;
+    w->prev = m;
+    if (w->body && !w->body(w->ud, q->id, m, NULL)) w->failed = true;
+}
 
 static void put_msg(snapw_t *w, const qmsg_t *q)
 {
+    if (w->kind == QSM_SNAP_META) {
+        put_msg_meta(w, q);
+        return;
+    }
     amqp_buf_t *out = w->out;
     const msg_t *m = q->m;
     amqp_buf_put_u64(out, q->id);
@@ -1282,15 +1360,11 @@ static void put_msg(snapw_t *w, const qmsg_t *q)
     amqp_buf_put_u32(out, q->failed);
     size_t n = msg_record_header_size(m);
     uint64_t body_len = m->body_len;
-    bool full = w->kind == QSM_SNAP_FULL;
-    amqp_buf_put_u32(out, (uint32_t)(full ? n + body_len : n));
+    amqp_buf_put_u32(out, (uint32_t)(n + body_len));
     amqp_buf_reserve(out, n);
     msg_record_write_header(m, out->data + out->len);
     out->len += n;
-    if (!full) {
-        amqp_buf_put_u64(out, body_len);
-        if (w->body && !w->body(w->ud, q->id, m, NULL)) w->failed = true;
-    } else if (m->body) {
+    if (m->body) {
         amqp_buf_append(out, m->body, body_len);
     } else if (!w->body || !w->body(w->ud, q->id, m, out)) {
         w->failed = true;
@@ -1368,6 +1442,8 @@ typedef struct {
     qsm_t *s;
     idmap_t all;
     int kind; /* QSM_SNAP_FULL or QSM_SNAP_META */
+    uint64_t prev_id;    /* META: the previous message's id and header */
+    amqp_bytes_t prev_hdr;
 } restore_t;
 
 /* Counts must be plausible: each element takes at least min_bytes of input. */
@@ -1377,25 +1453,66 @@ static bool read_count(restore_t *x, size_t min_bytes, uint32_t *n)
     return !x->r.bad && *n <= x->r.left / min_bytes;
 }
 
-#define MSG_MIN_BYTES (8 + 8 + 4 + 4 + 4 + 6)
+/* The fewest bytes a message takes: META 5 varints + the header byte. */
+#define MSG_MIN_BYTES(x) ((x)->kind == QSM_SNAP_META ? 6 : 8 + 8 + 4 + 4 + 4 + 6)
+
+static msg_t *read_msg_meta(restore_t *x, uint64_t *id, int64_t *expiry, uint32_t *acquired, uint32_t *failed)
+{
+    *id = x->prev_id + (uint64_t)unzigzag(read_varint(&x->r));
+    uint8_t has_exp = amqp_read_u8(&x->r);
+    int64_t exp = has_exp == 1 ? unzigzag(read_varint(&x->r)) : NO_EXPIRY;
+    uint64_t acq = read_varint(&x->r), fail = read_varint(&x->r);
+    uint64_t body_len = read_varint(&x->r);
+    uint8_t fresh = amqp_read_u8(&x->r);
+    amqp_bytes_t hdr = x->prev_hdr;
+    if (fresh == 1) hdr = amqp_read_longstr(&x->r);
+    if (x->r.bad || fresh > 1 || (!fresh && !hdr.ptr) || has_exp > 1 || (has_exp && exp == NO_EXPIRY) ||
+        acq > UINT32_MAX ||
+        fail > UINT32_MAX || body_len > (1ull << 40))
+        return NULL;
+    if (fresh && x->prev_hdr.ptr && amqp_bytes_eq(hdr, x->prev_hdr)) return NULL; /* not canonical */
+    msg_t *m = msg_from_record(hdr.ptr, hdr.len, false);
+    if (!m) return NULL;
+    if (m->body_len != 0) { /* the header has trailing bytes: not canonical */
+        msg_unref(m);
+        return NULL;
+    }
+    m->body_len = body_len; /* body NULL: the host stores it */
+    x->prev_id = *id;
+    x->prev_hdr = hdr;
+    *expiry = exp;
+    *acquired = (uint32_t)acq;
+    *failed = (uint32_t)fail;
+    return m;
+}
 
 static qmsg_t *read_msg(restore_t *x)
 {
-    uint64_t id = amqp_read_u64(&x->r);
-    int64_t expiry = (int64_t)amqp_read_u64(&x->r);
-    uint32_t acquired = amqp_read_u32(&x->r);
-    uint32_t failed = amqp_read_u32(&x->r);
-    amqp_bytes_t rec = amqp_read_longstr(&x->r);
-    uint64_t body_len = x->kind == QSM_SNAP_META ? amqp_read_u64(&x->r) : 0;
-    if (x->r.bad || id == 0 || id >= x->s->next_id || idmap_get(&x->all, id)) return NULL;
-    bool full = x->kind == QSM_SNAP_FULL;
-    msg_t *m = msg_from_record(rec.ptr, rec.len, full);
-    if (!m) return NULL;
-    if (msg_record_size(m) != rec.len || (!full && m->body_len != 0) || body_len > (1ull << 40)) {
-        msg_unref(m); /* not canonical (META: the record has no body) */
-        return NULL;
+    uint64_t id;
+    int64_t expiry;
+    uint32_t acquired, failed;
+    msg_t *m;
+    if (x->kind == QSM_SNAP_META) {
+        m = read_msg_meta(x, &id, &expiry, &acquired, &failed);
+        if (!m) return NULL;
+        if (id == 0 || id >= x->s->next_id || idmap_get(&x->all, id)) {
+            msg_unref(m);
+            return NULL;
+        }
+    } else {
+        id = amqp_read_u64(&x->r);
+        expiry = (int64_t)amqp_read_u64(&x->r);
+        acquired = amqp_read_u32(&x->r);
+        failed = amqp_read_u32(&x->r);
+        amqp_bytes_t rec = amqp_read_longstr(&x->r);
+        if (x->r.bad || id == 0 || id >= x->s->next_id || idmap_get(&x->all, id)) return NULL;
+        m = msg_from_record(rec.ptr, rec.len, true);
+        if (!m) return NULL;
+        if (msg_record_size(m) != rec.len) { /* not canonical */
+            msg_unref(m);
+            return NULL;
+        }
     }
-    if (!full) m->body_len = body_len; /* body NULL: the host stores it */
     msg_fill_from_props(m);
     qmsg_t *q = qmsg_new(m, id, expiry);
     q->acquired = acquired;
@@ -1422,7 +1539,7 @@ static bool read_consumers(restore_t *x)
         uint32_t nc;
         if (x->r.bad || (c->flags & ~allowed_flags(QSM_CHECKOUT)) || cancelled > 1) return false;
         c->cancelled = cancelled;
-        if (!read_count(x, MSG_MIN_BYTES, &nc) || (c->cancelled && nc == 0)) return false;
+        if (!read_count(x, MSG_MIN_BYTES(x), &nc) || (c->cancelled && nc == 0)) return false;
         uint64_t prev = 0;
         for (uint32_t j = 0; j < nc; j++) {
             qmsg_t *q = read_msg(x);
@@ -1444,7 +1561,7 @@ static bool read_consumers(restore_t *x)
 static bool read_ready(restore_t *x, deque_t *d)
 {
     uint32_t n;
-    if (!read_count(x, MSG_MIN_BYTES, &n)) return false;
+    if (!read_count(x, MSG_MIN_BYTES(x), &n)) return false;
     for (uint32_t i = 0; i < n; i++) {
         qmsg_t *q = read_msg(x);
         if (!q) return false;
@@ -1457,7 +1574,7 @@ static bool read_dlx(restore_t *x)
 {
     qsm_t *s = x->s;
     uint32_t n;
-    if (!read_count(x, MSG_MIN_BYTES + 1, &n)) return false;
+    if (!read_count(x, MSG_MIN_BYTES(x) + 1, &n)) return false;
     if (n && !alo_effective(&s->cfg)) return false;
     for (uint32_t i = 0; i < n; i++) {
         qmsg_t *q = read_msg(x);

@@ -44,6 +44,7 @@
 #include "broker/store.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <rocksdb/c.h>
 #include <signal.h>
@@ -73,6 +74,7 @@
  * without busy Raft groups never fills them. */
 #define STORE_LOG_WRITE_BUFFER_BYTES (64u << 20)
 #define STORE_LOG_WRITE_BUFFERS 3
+#define STORE_DB_WRITE_BUFFER_BYTES (64u << 20)
 
 /* One callback waiting for its batch to become durable. */
 struct store_waiter {
@@ -427,6 +429,9 @@ static void store_configure(store_t *s, int compression)
     rocksdb_options_set_max_log_file_size(s->options, STORE_INFO_LOG_BYTES);
     rocksdb_options_set_keep_log_file_num(s->options, STORE_INFO_LOG_KEEP);
     rocksdb_options_set_create_missing_column_families(s->options, 1);
+    /* All memtables together (both key spaces): past this, the largest is flushed early. A Raft
+     * log that streams through STORE_LOG would otherwise hold all of its buffers in memory. */
+    rocksdb_options_set_db_write_buffer_size(s->options, STORE_DB_WRITE_BUFFER_BYTES);
     /* Quorum queue bodies and classic messages are deleted one key at a time once consumed: a
      * table file that flushes mostly deletions is compacted soon, so that a drained backlog
      * gives its disk space back instead of waiting for unrelated writes to trigger compaction. */
@@ -528,6 +533,12 @@ store_t *store_open(const char *dir, struct ev_loop *loop, char *err, size_t err
         store_set_err(err, errlen, "store: no data directory or event loop given");
         return NULL;
     }
+    /* Before RocksDB starts its threads: at most two malloc arenas (the loop's and one for the
+     * storage and background threads), and a fixed mmap threshold, so that large buffers
+     * (memtable blocks, snapshots, ring arrays) are mapped and unmapped rather than carved from
+     * an arena whose freed space glibc keeps; broker/qq.c also trims after dropping bodies. */
+    mallopt(M_ARENA_MAX, 2);
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
     int mkrc = store_mkdir_p(dir);
     if (mkrc != 0) {
         store_set_err(err, errlen, "cannot create data directory %s: %s", dir, strerror(mkrc));
