@@ -321,6 +321,6 @@ void topo_import_definitions(struct admin *a, const struct peer_reply_to *to, co
     char err[512];
     if (broker_import_definitions(a->b, defs, imported, r, err, sizeof err) != 0) {
         free(r);
-        admin_reply_error(a, to, BR_PRECONDITION_FAILED, "invalid definitions: %s", err);
+        admin_reply_error(a, to, BR_PRECONDITION_FAILED, "%s", err);
     }
 }

@@ -362,12 +362,52 @@ static void load_topology(struct sink *k, const cJSON *root)
     amqp_buf_free(&args);
 }
 
+/* Names are AMQP short strings: at most 255 bytes, and only some may be empty. */
+static int check_name(const cJSON *o, const char *key, const char *dflt, bool may_be_empty, const char *what,
+                      char *err, size_t errlen)
+{
+    const char *name = jstr(o, key, dflt);
+    size_t n = strlen(name);
+    if ((n || may_be_empty) && n <= 255) return 0;
+    snprintf(err, errlen, "definitions: %s %s \"%.64s%s\" %s", what, key, name, n > 64 ? "..." : "",
+             n ? "is longer than 255 bytes" : "is empty");
+    return -1;
+}
+
+/* Every name the document uses, checked before anything is emitted. */
+static int check_names(const cJSON *root, char *err, size_t errlen)
+{
+    static const struct {
+        const char *section, *key, *dflt;
+        bool may_be_empty;
+    } rules[] = {
+        {"vhosts", "name", "/", false},          {"users", "name", "x", false},
+        {"permissions", "user", "", false},      {"permissions", "vhost", "/", false},
+        {"policies", "name", "", false},         {"policies", "vhost", "/", false},
+        {"operator_policies", "name", "", false}, {"operator_policies", "vhost", "/", false},
+        {"exchanges", "name", "", false},        {"exchanges", "vhost", "/", false},
+        {"queues", "name", "", false},           {"queues", "vhost", "/", false},
+        {"bindings", "source", "", false},       {"bindings", "destination", "", false},
+        {"bindings", "vhost", "/", false},       {"bindings", "routing_key", "", true},
+    };
+    for (size_t i = 0; i < sizeof rules / sizeof rules[0]; i++) {
+        const cJSON *o;
+        cJSON_ArrayForEach(o, cJSON_GetObjectItemCaseSensitive(root, rules[i].section))
+        {
+            if (check_name(o, rules[i].key, rules[i].dflt, rules[i].may_be_empty, rules[i].section, err, errlen))
+                return -1;
+        }
+    }
+    return 0;
+}
+
 static int definitions_emit_root(struct sink *k, const cJSON *root, char *err, size_t errlen)
 {
     if (!cJSON_IsObject(root)) {
         snprintf(err, errlen, "definitions must be a JSON object");
         return -1;
     }
+    if (check_names(root, err, errlen) != 0) return -1;
     const cJSON *v;
     cJSON_ArrayForEach(v, cJSON_GetObjectItemCaseSensitive(root, "vhosts")) emit_vhost(k, jstr(v, "name", "/"));
     int rc = load_users(k, root, err, errlen);

@@ -502,6 +502,7 @@ static int admin_call(const struct opts *o, const char *method, cJSON *req, cons
     char *payload = cJSON_PrintUnformatted(req);
     cJSON_Delete(req);
     if (info && !o->json) printf("%s\n", info);
+    fflush(stdout); /* before any error on stderr, also when both go to one pipe */
     struct conn c = {.fd = -1};
     struct rw_frame *f = NULL;
     bool ok = payload && call_once(&c, o, method, payload, now_secs() + o->timeout, &f);

@@ -166,6 +166,13 @@ def test_errors_go_to_stderr_with_exit_1(solo, uniq):
     assert r.returncode == 1 and "/nonexistent/defs.json" in r.stderr
     r = solo.ctl("import_definitions", "-", stdin="{not json")
     assert r.returncode == 1 and "JSON" in r.stderr
+    # An invalid document is refused before anything is imported.
+    bad = {"queues": [{"name": "fine", "vhost": "/"}], "vhosts": [{"name": ""}]}
+    r = solo.ctl("import_definitions", "-", stdin=json.dumps(bad))
+    assert r.returncode == 1 and 'vhosts name "" is empty' in r.stderr
+    r = solo.ctl("import_definitions", "-", stdin=json.dumps({"queues": [{"name": "q" * 256}]}))
+    assert r.returncode == 1 and "longer than 255 bytes" in r.stderr
+    assert "fine" not in [q["name"] for q in solo.json("list_queues")]
     assert solo.ctl("delete_queue").returncode == 64  # usage
 
 
