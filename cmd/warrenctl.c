@@ -635,17 +635,35 @@ static int cmd_status(const struct opts *o)
     return rc;
 }
 
+/* The node's name, for rabbitmq-upgrade's texts (one status call). Returns admin_call's status
+ * (its error already printed). */
+static int node_name_of(const struct opts *o, char *out, size_t cap)
+{
+    struct opts quiet = *o;
+    quiet.json = true; /* no info line */
+    cJSON *st = NULL;
+    int rc = admin_call(&quiet, "admin.status", cJSON_CreateObject(), NULL, &st);
+    if (rc == 0) snprintf(out, cap, "%s", jstr(st, "node", "?"));
+    cJSON_Delete(st);
+    return rc;
+}
+
 /* drain: the node waits (bounded by --timeout, less a margin for the answer) for its quorum
  * queue leaderships to move before it answers. */
 static int cmd_drain(const struct opts *o)
 {
     cJSON *req = cJSON_CreateObject();
     cJSON_AddNumberToObject(req, "timeout", o->timeout > 6 ? o->timeout - 5 : o->timeout / 2);
-    char info[600];
-    snprintf(info, sizeof info, "Will put node %s:%d into maintenance mode. The node will no longer serve any client "
-             "traffic!", o->host, o->port);
+    char node[300], info[600];
+    int rc = node_name_of(o, node, sizeof node);
+    if (rc != 0) {
+        cJSON_Delete(req);
+        return rc;
+    }
+    snprintf(info, sizeof info, "Will put node %s into maintenance mode. The node will no longer serve any client "
+             "traffic!", node);
     cJSON *out = NULL;
-    int rc = admin_call(o, "admin.drain", req, info, &out);
+    rc = admin_call(o, "admin.drain", req, info, &out);
     if (rc == 0 && o->json) print_json(out);
     else if (rc == 0)
         printf("Node %s is in maintenance mode: %.0f client connection(s) closed, %.0f quorum queue leadership "
@@ -657,11 +675,12 @@ static int cmd_drain(const struct opts *o)
 
 static int cmd_revive(const struct opts *o)
 {
-    char info[600];
-    snprintf(info, sizeof info, "Will put node %s:%d back into service. The node will again serve client traffic!",
-             o->host, o->port);
+    char node[300], info[600];
+    int rc = node_name_of(o, node, sizeof node);
+    if (rc != 0) return rc;
+    snprintf(info, sizeof info, "Will put node %s back into service. The node will again serve client traffic!", node);
     cJSON *out = NULL;
-    int rc = admin_call(o, "admin.revive", cJSON_CreateObject(), info, &out);
+    rc = admin_call(o, "admin.revive", cJSON_CreateObject(), info, &out);
     if (rc == 0 && o->json) print_json(out);
     cJSON_Delete(out);
     return rc;

@@ -308,9 +308,9 @@ def test_drain_and_revive(cluster, uniq):
     time.sleep(0.5)
     assert json.loads(ok(c.ctl(n1, "--json", "status")).stdout)["quorum_queue_leaders"] == 0
     # The table form.
-    assert "into maintenance mode" in ok(c.ctl(n1, "drain")).stdout
+    assert f"Will put node {n1.name} into maintenance mode" in ok(c.ctl(n1, "drain")).stdout
     # revive: clients are served again.
-    assert "back into service" in ok(c.ctl(n1, "revive")).stdout
+    assert f"Will put node {n1.name} back into service" in ok(c.ctl(n1, "revive")).stdout
     conn = pika_connect(n1)
     try:
         ch = conn.channel()
