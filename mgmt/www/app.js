@@ -792,6 +792,8 @@ async function viewQueue(main, vhost, name) {
   let nodeNames = [];
   if (canAdd) { try { nodeNames = (await GET('/nodes')).map((n) => n.name); } catch (e) { nodeNames = []; } }
 
+  let memberAdd = null, membersTable = null;
+
   async function changeMember(op, node, btn) {
     const [method, p, body] = dialect[op](enc(vhost), enc(name), node);
     await act(() => api(method, p, body), op === 'add' ? `Adding ${node} as a member of ${name}.` : `Removing member ${node} from ${name}.`, btn);
@@ -822,15 +824,27 @@ async function viewQueue(main, vhost, name) {
         h('td', {}, canDel ? h('button', { class: 'secondary small member-remove', onclick: (ev) => {
           if (confirm(`Remove ${m} from the members of ${name}?`)) changeMember('delete', m, ev.target);
         } }, 'Remove') : null)));
+      /* the add-member row is built once, so the 5 s refresh keeps what the user picked */
       const addable = nodeNames.filter((n) => !(q.members || []).includes(n));
-      let addRow = null;
-      if (canAdd && addable.length) {
-        const sel = h('select', { id: 'member-node' }, addable.map((n) => h('option', { value: n }, n)));
-        addRow = h('div', { class: 'row', style: 'margin-top:8px' }, 'Add a member on ', sel,
+      if (!memberAdd) {
+        const sel = h('select', { id: 'member-node' });
+        memberAdd = h('div', { class: 'row', style: 'margin-top:8px' }, 'Add a member on ', sel,
           h('button', { type: 'button', class: 'secondary', id: 'member-add', onclick: (ev) => changeMember('add', sel.value, ev.target) }, 'Add member'));
+        memberAdd.sel = sel;
       }
-      app(clear(members), h('table', {}, h('thead', {}, h('tr', {}, ['Node', 'Role', 'State', ''].map((x) => h('th', {}, x)))), h('tbody', {}, rows)), addRow,
-        !canAdd && !canDel ? h('p', { class: 'muted' }, 'This node has no membership endpoints; use warrenctl add_member / delete_member.') : null);
+      const sel = memberAdd.sel;
+      if ([...sel.options].map((o) => o.value).join('\n') !== addable.join('\n')) {
+        const keep = sel.value;
+        app(clear(sel), addable.map((n) => h('option', { value: n }, n)));
+        if (addable.includes(keep)) sel.value = keep;
+      }
+      memberAdd.hidden = !(canAdd && addable.length);
+      if (!membersTable) {
+        membersTable = h('div', {});
+        app(members, membersTable, memberAdd,
+          !canAdd && !canDel ? h('p', { class: 'muted' }, 'This node has no membership endpoints; use warrenctl add_member / delete_member.') : null);
+      }
+      app(clear(membersTable), h('table', {}, h('thead', {}, h('tr', {}, ['Node', 'Role', 'State', ''].map((x) => h('th', {}, x)))), h('tbody', {}, rows)));
     }
 
     try {

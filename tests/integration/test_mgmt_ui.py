@@ -230,7 +230,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
             wait(lambda d: (m := members(d)) is not None and sorted(m) == sorted(set(CLUSTER_NAMES) - {follower}), timeout=30)
             Select(wait(EC.element_to_be_clickable((By.ID, "member-node")))).select_by_value(follower)
             clear_flash()
-            browser.find_element(By.ID, "member-add").click()
+            wait(EC.element_to_be_clickable((By.ID, "member-add"))).click()
             wait(lambda d: f"Adding {follower} as a member" in flash_text())
             wait(lambda d: (m := members(d)) is not None and sorted(m) == CLUSTER_NAMES
                  and all("online" in t for t in m.values()), timeout=30)
