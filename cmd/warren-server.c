@@ -111,7 +111,11 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 static long node_maintenance(void *ctx, bool on, char *err, size_t errlen)
 {
     node_t *n = ctx;
-    if (n->shutdown_ticks) return on ? 0 : -1; /* stopping: nothing to resume */
+    if (n->shutdown_ticks) { /* stopping: the clients are going anyway, nothing to resume */
+        if (on) return 0;
+        snprintf(err, errlen, "the node is shutting down");
+        return -1;
+    }
     if (on) return (long)amqp_server_suspend(n->amqp);
     return amqp_server_resume(n->amqp, err, errlen);
 }
