@@ -181,7 +181,7 @@ int tperm_check_write(const user_t *u, const vhost_t *vh, const exchange_t *x, c
         if (strcmp(p->vhost, vh->name) != 0 || strcmp(p->exchange, x->name) != 0) continue;
         if (write_allowed(p, u, rk, rklen)) return 0;
         return br_fail(err, BR_ACCESS_REFUSED,
-                       "write access to topic '%.*s' in exchange '%s' in vhost '%s' refused for user '%s'",
+                       "access to topic '%.*s' in exchange '%s' in vhost '%s' refused for user '%s'",
                        (int)rklen, rk, x->name, vh->name, u->name);
     }
     return 0;

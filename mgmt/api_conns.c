@@ -308,4 +308,10 @@ static void reply_consumers(struct gather *g)
     mgmt_reply_list(r, filter(detach_list(g, "consumers"), r, keep_consumer, r->params[0]));
 }
 
-void mgmt_get_consumers(mgmt_req_t *r) { gather(r, G_CONSUMERS, reply_consumers); }
+/* /api/consumers/{vhost}: 404 for an unknown vhost, but (as RabbitMQ 3.10.8) no 401 for one
+ * the user has no permissions on: its consumers are just not listed. */
+void mgmt_get_consumers(mgmt_req_t *r)
+{
+    if (r->params[0] && !br_vhost(r->m->b, r->params[0], strlen(r->params[0]))) return mgmt_reply_not_found(r);
+    gather(r, G_CONSUMERS, reply_consumers);
+}

@@ -10,8 +10,9 @@
  * RabbitMQ 3.10's rules: the import merges (what exists and is not in the document stays);
  * objects that exist with other properties (queues, exchanges, bindings) keep their existing
  * definition rather than failing the import; unknown top-level keys and parameter components
- * are skipped. 204 on success; 400 {"error": "bad_request", "reason": ...} for a body that is
- * not a JSON object or a document that does not validate. The per-vhost forms read and write
+ * are skipped. 204 on success (an empty body imports nothing); 400 {"error": "bad_request",
+ * "reason": ...} for a body that is not a JSON object or a document that does not validate; an
+ * unknown vhost is 404 for a POST and 400 for a GET, as RabbitMQ 3.10.8 answers. The per-vhost forms read and write
  * only that vhost's policies, queues, exchanges and bindings, without their "vhost" fields. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +49,7 @@ static void import_root(mgmt_req_t *r, const cJSON *root)
 
 static cJSON *body_document(mgmt_req_t *r)
 {
-    cJSON *root = r->body_len ? cJSON_ParseWithLength(r->body, r->body_len) : NULL;
+    cJSON *root = r->body_len ? cJSON_ParseWithLength(r->body, r->body_len) : cJSON_CreateObject();
     if (cJSON_IsObject(root)) return root;
     cJSON_Delete(root);
     mgmt_reply_error(r, 400, "bad_request", "not_json");
@@ -67,6 +68,8 @@ void mgmt_post_definitions(mgmt_req_t *r)
  * and permissions are not part of it. */
 void mgmt_post_vhost_definitions(mgmt_req_t *r)
 {
+    if (!br_vhost(r->m->b, r->params[0], strlen(r->params[0])))
+        return mgmt_reply_error(r, 404, "not_found", "vhost_not_found"); /* RabbitMQ 3.10.8's answer */
     cJSON *root = body_document(r);
     if (!root) return;
     cJSON *doc = cJSON_CreateObject();
@@ -108,6 +111,8 @@ static void take_vhost_items(cJSON *from, cJSON *to, const char *vhost)
 
 void mgmt_get_vhost_definitions(mgmt_req_t *r)
 {
+    if (!br_vhost(r->m->b, r->params[0], strlen(r->params[0])))
+        return mgmt_reply_error(r, 400, "bad_request", "vhost_not_found"); /* (sic) RabbitMQ 3.10.8 */
     cJSON *all = defx_export(r->m->b);
     cJSON *doc = cJSON_CreateObject();
     const cJSON *version = cJSON_GetObjectItemCaseSensitive(all, "rabbit_version");

@@ -5,7 +5,8 @@
  * Reads come from this node's registry (broker/topicperm.h). Writes are metadata commands
  * (META_TOPIC_PERM_SET / _CLEAR) through meta_submit, answered once applied on this node, like
  * the permissions endpoints (api_admin.c). A PUT sets the permission of one exchange
- * ({"exchange", "write", "read"}); a DELETE clears all of the user's in the vhost. Objects are
+ * ({"exchange", "write", "read"}; 201 when the user had none in the vhost, else 204, as
+ * RabbitMQ 3.10.8 answers); a DELETE clears all of the user's in the vhost. Objects are
  * {user, vhost, exchange, write, read}; the per-user/vhost GET answers a list. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,15 +100,6 @@ static bool pattern_ok(mgmt_req_t *r, const char *pattern)
     return false;
 }
 
-static bool exists(const user_t *u, const char *vhost, const char *exchange)
-{
-    for (size_t i = 0; i < u->topic_perms.n; i++) {
-        const tperm_t *p = u->topic_perms.items[i];
-        if (strcmp(p->vhost, vhost) == 0 && strcmp(p->exchange, exchange) == 0) return true;
-    }
-    return false;
-}
-
 void mgmt_put_topic_permission(mgmt_req_t *r)
 {
     const char *vh = r->params[0], *user = r->params[1];
@@ -119,14 +111,15 @@ void mgmt_put_topic_permission(mgmt_req_t *r)
     const char *exchange = body_str(body, "exchange"), *wr = body_str(body, "write"), *rd = body_str(body, "read");
     user_t *u = br_user(r->m->b, user, strlen(user));
     if (!exchange || !wr || !rd) {
-        mgmt_reply_error(r, 400, "bad_request", "exchange, write and read are required");
+        mgmt_reply_error(r, 400, "bad_request", !exchange ? "[{key_missing,exchange}]" : !wr ? "[{key_missing,write}]"
+                                                                                   : "[{key_missing,read}]");
     } else if (!u || !br_vhost(r->m->b, vh, strlen(vh))) {
         mgmt_reply_error(r, 400, "bad_request", "vhost_or_user_not_found");
     } else if (pattern_ok(r, wr) && pattern_ok(r, rd)) {
         amqp_buf_t args = {0};
         struct meta_cmd c;
         meta_topic_perm_cmd(&c, &args, vh, user, exchange, wr, rd);
-        submit(r, &c, exists(u, vh, exchange) ? 204 : 201);
+        submit(r, &c, tperm_count(u, vh) ? 204 : 201); /* as RabbitMQ: 201 for the user's first in vh */
         amqp_buf_free(&args);
     }
     cJSON_Delete(body);

@@ -162,8 +162,9 @@ def test_channels_and_consumers(api, mb, uniq):
 
         def channels():
             return [x for x in api.ok("/channels") if x["connection_details"]["name"] == name]
-        assert wait_for(lambda: len(channels()) == 2 and all("message_stats" in x for x in channels())
-                        and channels()[0].get("messages_unacknowledged") is not None, STATS_WAIT)
+        # (RabbitMQ lists a channel's message_stats once it has some)
+        assert wait_for(lambda: len(channels()) == 2 and "message_stats" in {x["number"]: x for x in channels()}[1],
+                        STATS_WAIT)
         assert wait_for(lambda: {x["number"]: x for x in channels()}[1]["messages_unacknowledged"] == 1,
                         STATS_WAIT), channels()
         by_number = {x["number"]: x for x in channels()}
@@ -227,7 +228,7 @@ def test_what_each_user_sees(api, mb, uniq):
         # vhost-scoped lists need permissions there
         assert api.get("/vhosts/%2F/connections", auth=MGR).status_code == 401
         assert api.get("/vhosts/v2/connections", auth=MGR).status_code == 200
-        assert api.get("/consumers/%2F", auth=MGR).status_code == 401
+        assert api.ok("/consumers/%2F", auth=MGR) == []  # listed, but not what mgr may not see
         # only an administrator or the connection's user may close it
         r = api.call("DELETE", f"/connections/{q(g['name'])}", auth=MGR)
         assert r.status_code == 401
@@ -268,8 +269,11 @@ def test_force_close_with_and_without_reason(api, mb, uniq):
 
 
 def test_unknown_objects_are_404(api):
-    for path in ("/connections/no%20such", "/connections/no%20such/channels", "/channels/no%20such (1)",
-                 "/vhosts/nope/connections", "/vhosts/nope/channels", "/consumers/nope"):
+    paths = ["/connections/no%20such", "/channels/no%20such (1)", "/vhosts/nope/connections",
+             "/vhosts/nope/channels", "/consumers/nope"]
+    if not conftest.RABBITMQ_MODE:  # RabbitMQ 3.10.8 crashes on it (500, function_clause)
+        paths.append("/connections/no%20such/channels")
+    for path in paths:
         r = api.get(path)
         assert r.status_code == 404, path
         assert r.json() == NOT_FOUND, path
@@ -341,7 +345,7 @@ def test_definitions_import(api, mb, fresh_broker, uniq):
     assert {x["name"] for x in section(exported, "queues", vh)} == {"cq", "qq"}
     qq = api.ok(f"/queues/{q(vh)}/qq")
     assert qq["type"] == "quorum"
-    assert api.ok(f"/queues/{q(vh)}/cq")["policy"] == "ttl"
+    assert wait_for(lambda: api.ok(f"/queues/{q(vh)}/cq").get("policy") == "ttl", STATS_WAIT)
     assert {(b["source"], b["destination"]) for b in section(exported, "bindings", vh)} == {("x1", "cq"), ("x1", "x2")}
     assert [(t["user"], t["exchange"], t["write"]) for t in section(exported, "topic_permissions", vh)] == [(u, "x1", "^a\\.")]
     # every hashing algorithm logs in (AMQP and API)
@@ -381,20 +385,24 @@ def test_definitions_of_one_vhost(api, uniq):
     one["queues"][0]["vhost"] = vh
     assert api.call("POST", f"/definitions/{q(other)}", json=one).status_code == 204
     assert api.ok(f"/queues/{q(other)}/dq")["durable"] is True
-    assert api.get("/definitions/no-such-vhost").status_code == 404
+    r = api.get("/definitions/no-such-vhost")
+    assert (r.status_code, r.json()) == (400, {"error": "bad_request", "reason": "vhost_not_found"})
+    r = api.call("POST", "/definitions/no-such-vhost", json={"queues": []})
+    assert (r.status_code, r.json()) == (404, {"error": "not_found", "reason": "vhost_not_found"})
     for v in (vh, other):
         assert api.call("DELETE", f"/vhosts/{q(v)}").status_code == 204
 
 
 def test_definitions_import_errors(api, uniq):
-    for body in (b"{not json", b"[1, 2]", b""):
+    r = api.call("POST", "/definitions", data=b"", headers={"content-type": "application/json"})
+    assert r.status_code == 204  # nothing to import
+    for body in (b"{not json", b"[1, 2]"):
         r = api.call("POST", "/definitions", data=body, headers={"content-type": "application/json"})
         assert r.status_code == 400, body
         assert r.json()["error"] == "bad_request"
     bad = {"users": [{"name": uniq("u"), "password_hash": "x", "hashing_algorithm": "rot13"}]}
     r = api.call("POST", "/definitions", json=bad)
     assert r.status_code == 400 and r.json()["error"] == "bad_request"
-    assert api.ok(f"/users/{bad['users'][0]['name']}") if False else True
     assert api.get(f"/users/{q(bad['users'][0]['name'])}").status_code == 404
     r = api.call("POST", "/definitions", json={"vhosts": [{"name": "x"}]}, auth=MON)
     assert r.status_code == 401
@@ -438,12 +446,12 @@ def test_topic_permissions(api, mb, uniq):
             conn.channel().exchange_declare(x, "topic")
             assert publish_refused(conn, "amq.topic", "a.b") is None
             assert publish_refused(conn, "amq.topic", "b.c") == (
-                403, f"ACCESS_REFUSED - write access to topic 'b.c' in exchange 'amq.topic' in vhost '/' "
+                403, f"ACCESS_REFUSED - access to topic 'b.c' in exchange 'amq.topic' in vhost '/' "
                      f"refused for user '{u}'")
             assert publish_refused(conn, x, "b.c") is None  # no topic permission for that exchange
             # {username} in a pattern is the publishing user's name
             r = api.call("PUT", path, json={"exchange": x, "write": "^{username}\\.", "read": ".*"})
-            assert r.status_code == 201
+            assert r.status_code == 204  # (the user has one in the vhost already)
             assert publish_refused(conn, x, f"{u}.x") is None
             assert publish_refused(conn, x, "other.x")[0] == 403
             assert api.call("PUT", path, json={"exchange": x, "write": ".*", "read": ".*"}).status_code == 204
@@ -458,10 +466,13 @@ def test_topic_permissions(api, mb, uniq):
             if conn.is_open:
                 conn.close()
         # errors
-        assert api.call("PUT", path, json={"write": ".*", "read": ".*"}).status_code == 400
+        r = api.call("PUT", path, json={"write": ".*", "read": ".*"})
+        assert (r.status_code, r.json()) == (400, {"error": "bad_request", "reason": "[{key_missing,exchange}]"})
         assert api.call("PUT", path, json={"exchange": "amq.topic", "write": "(", "read": ".*"}).status_code == 400
-        assert api.call("PUT", f"/topic-permissions/%2F/{uniq('nobody')}",
-                        json={"exchange": "amq.topic", "write": ".*", "read": ".*"}).status_code == 400
+        r = api.call("PUT", f"/topic-permissions/%2F/{uniq('nobody')}",
+                     json={"exchange": "amq.topic", "write": ".*", "read": ".*"})
+        assert (r.status_code, r.json()) == (400, {"error": "bad_request", "reason": "vhost_or_user_not_found"})
+        assert api.get("/vhosts/nope/topic-permissions").status_code == 404
         assert api.get("/topic-permissions", auth=MGR).status_code == 401
         assert api.get(f"/users/{uniq('nobody')}/topic-permissions").status_code == 404
     finally:
