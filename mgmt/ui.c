@@ -52,18 +52,20 @@ static const char *mgmt_ui_ctype(const char *path)
     return "application/octet-stream";
 }
 
-static const char *mgmt_ui_etag(size_t i)
+/* The file's ETag: cached for the first MGMT_UI_MAX_FILES files, computed into buf otherwise. */
+static const char *mgmt_ui_etag(size_t i, char *buf, size_t cap)
 {
-    if (i >= MGMT_UI_MAX_FILES) return NULL;
-    if (!mgmt_ui_etags[i][0]) {
+    char *out = i < MGMT_UI_MAX_FILES ? mgmt_ui_etags[i] : buf;
+    if (i < MGMT_UI_MAX_FILES) cap = sizeof mgmt_ui_etags[i];
+    if (!out[0] || out == buf) {
         uint64_t h = 0xcbf29ce484222325ULL;
         for (size_t k = 0; k < mgmt_ui_files[i].len; k++) {
             h ^= mgmt_ui_files[i].data[k];
             h *= 0x100000001b3ULL;
         }
-        snprintf(mgmt_ui_etags[i], sizeof mgmt_ui_etags[i], "\"%016llx\"", (unsigned long long)h);
+        snprintf(out, cap, "\"%016llx\"", (unsigned long long)h);
     }
-    return mgmt_ui_etags[i];
+    return out;
 }
 
 /* Does the If-None-Match header list etag (or "*")? */
@@ -115,7 +117,8 @@ void mgmt_ui_serve(mgmt_req_t *r)
     if (i < 0) return mgmt_reply_not_found(r);
     if (r->method != MGMT_GET && r->method != MGMT_HEAD) return mgmt_reply_status(r, 405);
     const struct mgmt_ui_file *f = &mgmt_ui_files[i];
-    const char *etag = mgmt_ui_etag((size_t)i);
+    char etag_buf[24];
+    const char *etag = mgmt_ui_etag((size_t)i, etag_buf, sizeof etag_buf);
     /* The UI talks to this node only: a CSP that forbids loading anything from elsewhere
      * (inline style attributes are used for bars and chart legends), and no framing. */
     char extra[512];
@@ -126,7 +129,7 @@ void mgmt_ui_serve(mgmt_req_t *r)
              "referrer-policy: same-origin\r\n"
              "content-security-policy: default-src 'self'; style-src 'self' 'unsafe-inline'; "
              "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'\r\n",
-             etag ? etag : "\"0\"");
+             etag);
     if (mgmt_ui_etag_matches(r->if_none_match, etag)) return mgmt_reply_asset(r, 304, NULL, NULL, 0, extra);
     mgmt_reply_asset(r, 200, mgmt_ui_ctype(f->path), f->data, f->len, extra);
 }
