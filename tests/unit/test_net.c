@@ -506,7 +506,9 @@ static void test_close_flush_times_out(void **state)
     double start = now_s();
     WAIT_FOR(&s, s.conns[0].closes == 1);
     double took = now_s() - start;
-    assert_true(took > 0.8 && took < 3.0);
+    /* The upper bound only says "not held open indefinitely": on a loaded machine (CI runs
+     * several brokers and builds at once) the loop can be late by seconds. */
+    assert_true(took > 0.8 && took < 10.0);
     client_close(&cl);
     srv_stop(&s);
 }
