@@ -1,11 +1,15 @@
 """The management plugin's browser UI (mgmt/www/, served by mgmt/ui.c at /), driven in a real
 headless Chromium (Debian's chromium + chromium-driver, via Selenium) against a 3-node cluster:
-log in, see the three running nodes, declare a quorum queue from the UI, publish a message from
-the queue page and get it back, and see the queue's leader and members in the queue list.
+log in (a wrong password first), see the three running nodes, declare a quorum queue from the UI
+and see its leader and online members in the queue list, publish a message from the queue page
+and get it back, remove and re-add a member, declare an exchange, bind and publish through it,
+purge, add and delete a policy, see a client's connection and consumer, export and import
+definitions, add and edit a user, log out - with no JavaScript errors in the console. A second
+test checks how the files are served (no browser needed).
 
 Screenshots of each step go to tests/artifacts/mgmt_ui/ (or $WARREN_TEST_ARTIFACTS/mgmt_ui/);
-the path is printed. Skipped only when Chromium / chromedriver / Selenium are not installed
-(scripts/deps.sh installs them for `make test`).
+the path and each step's duration are printed. Skipped only when Chromium / chromedriver /
+Selenium are not installed (scripts/deps.sh installs them for `make test`).
 """
 import json
 import os
