@@ -644,6 +644,7 @@ static const struct {
     {"admin.list_exchanges", topo_list_exchanges},
     {"admin.list_bindings", topo_list_bindings},
     {"admin.list_connections", topo_list_connections},
+    {"admin.close_connection", topo_close_connection},
     {"admin.delete_queue", topo_delete_queue},
     {"admin.purge_queue", topo_purge_queue},
     {"admin.export_definitions", topo_export_definitions},

@@ -50,6 +50,7 @@ void maint_shutdown(struct admin *a);
 void topo_list_exchanges(struct admin *a, const struct peer_reply_to *to, const struct cJSON *req);
 void topo_list_bindings(struct admin *a, const struct peer_reply_to *to, const struct cJSON *req);
 void topo_list_connections(struct admin *a, const struct peer_reply_to *to, const struct cJSON *req);
+void topo_close_connection(struct admin *a, const struct peer_reply_to *to, const struct cJSON *req);
 void topo_delete_queue(struct admin *a, const struct peer_reply_to *to, const struct cJSON *req);
 void topo_purge_queue(struct admin *a, const struct peer_reply_to *to, const struct cJSON *req);
 void topo_export_definitions(struct admin *a, const struct peer_reply_to *to, const struct cJSON *req);

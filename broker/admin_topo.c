@@ -181,6 +181,70 @@ void topo_list_connections(struct admin *a, const struct peer_reply_to *to, cons
     gather_done_if_complete(g);
 }
 
+/* close_connection NAME REASON (rabbitmqctl's): the node holding it closes it with 320
+ * CONNECTION_FORCED and the reason; this node asks the other running members ("local": true)
+ * when it is not one of its own. */
+struct conn_close {
+    struct admin *a;
+    struct peer_reply_to to;
+    char name[160];
+    unsigned waiting;
+    bool found;
+};
+
+static void close_done_if_complete(struct conn_close *cc)
+{
+    if (cc->waiting) return;
+    if (cc->found) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "result", "ok");
+        admin_reply_json(cc->a, &cc->to, o);
+    } else {
+        admin_reply_error(cc->a, &cc->to, BR_NOT_FOUND, "connection \"%s\" not found", cc->name);
+    }
+    free(cc);
+}
+
+static void closed_elsewhere(void *arg, int status, const char *error, const void *payload, size_t len)
+{
+    (void)error, (void)payload, (void)len;
+    struct conn_close *cc = arg;
+    cc->found |= status == 0;
+    cc->waiting--;
+    close_done_if_complete(cc);
+}
+
+void topo_close_connection(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *name = admin_field(req, "name", ""), *reason = admin_field(req, "reason", "Closed via warrenctl");
+    bool local = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "local"));
+    if (connreg_close(name, reason)) return admin_reply_json(a, to, cJSON_CreateObject());
+    if (local || !cl_clustered(a->c))
+        return admin_reply_error(a, to, BR_NOT_FOUND, "connection \"%s\" not found", name);
+    struct conn_close *cc = calloc(1, sizeof *cc);
+    if (!cc) abort();
+    *cc = (struct conn_close){.a = a, .to = *to, .waiting = 1};
+    snprintf(cc->name, sizeof cc->name, "%s", name);
+    cJSON *ask = cJSON_CreateObject();
+    cJSON_AddStringToObject(ask, "name", name);
+    cJSON_AddStringToObject(ask, "reason", reason);
+    cJSON_AddBoolToObject(ask, "local", true);
+    char *text = cJSON_PrintUnformatted(ask);
+    cJSON_Delete(ask);
+    static struct cl_status st; /* large; the loop thread only */
+    cl_status(a->c, &st);
+    for (unsigned i = 0; text && i < st.n_members; i++) {
+        const struct cl_member *m = &st.members[i];
+        if (m->id == st.node_id || !m->running) continue;
+        if (peer_call(cl_mesh(a->c), m->id, "admin.close_connection", text, strlen(text), 5.0, closed_elsewhere, cc,
+                      NULL) == PEER_OK)
+            cc->waiting++;
+    }
+    free(text);
+    cc->waiting--;
+    close_done_if_complete(cc);
+}
+
 /* ---- delete_queue / purge_queue --------------------------------------------------------- */
 
 static cJSON *count_reply(uint32_t messages)

@@ -961,6 +961,12 @@ static int admin_command(const struct opts *o, const char *cmd, int argc, char *
         static const char *const cols[] = {"name", "user", "vhost", "peer_host", "peer_port", "state", "channels"};
         return admin_list(o, "admin.list_connections", req, "Listing connections ...", cols, 7);
     }
+    if (strcmp(cmd, "close_connection") == 0 && n == 2) {
+        STR("name", a.pos[0]);
+        STR("reason", a.pos[1]);
+        snprintf(info, sizeof info, "Closing connection %s, reason: %s...", a.pos[0], a.pos[1]);
+        return admin_change(o, "admin.close_connection", req, info);
+    }
     if (strcmp(cmd, "delete_queue") == 0 && n == 1) {
         STR("vhost", a.vhost);
         STR("queue", a.pos[0]);
@@ -1012,6 +1018,7 @@ static void usage(FILE *to)
             "  add_member [-p VHOST] QUEUE NODE | delete_member [-p VHOST] QUEUE NODE\n"
             "  grow NODE all|even         add NODE to every quorum queue (even: with an even count)\n"
             "  list_exchanges [-p VHOST] | list_bindings [-p VHOST] | list_connections\n"
+            "  close_connection NAME REASON  (NAME as list_connections shows it)\n"
             "  delete_queue [-p VHOST] QUEUE [--if-empty] [--if-unused] | purge_queue [-p VHOST] QUEUE\n"
             "  export_definitions FILE|-  users, vhosts, permissions, policies, queues, exchanges, bindings\n"
             "  import_definitions FILE|-  (RabbitMQ's JSON format)\n"

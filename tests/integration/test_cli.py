@@ -118,8 +118,16 @@ def test_exchanges_bindings_and_connections(solo, uniq):
         assert len(conns) == 1 and conns[0]["user"] == "guest" and conns[0]["vhost"] == "/"
         assert conns[0]["state"] == "running" and conns[0]["channels"] == 1
         assert "Listing connections ..." in ok(solo.ctl("list_connections")).stdout
+        # close_connection: 320 with the reason, as rabbitmqctl's.
+        ok(solo.ctl("close_connection", conns[0]["name"], "go away"))
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+            conn.process_data_events(time_limit=2)
+        assert closed.value.reply_code == 320 and "go away" in closed.value.reply_text
+        r = solo.ctl("close_connection", "no such connection", "x")
+        assert r.returncode == 1 and 'connection "no such connection" not found' in r.stderr
     finally:
-        conn.close()
+        if conn.is_open:
+            conn.close()
 
 
 def test_delete_and_purge_queue(solo, uniq):
@@ -282,6 +290,15 @@ def test_drain_and_revive(cluster, uniq):
     # list_connections is cluster-wide: node 2 lists node 1's client too.
     conns = json.loads(ok(c.ctl(n2, "--json", "list_connections")).stdout)
     assert n1.name in [x["node"] for x in conns], conns
+    # ... and closes it through node 2 (close_connection asks the node that holds it).
+    names_on_n1 = lambda: {x["name"] for x in json.loads(ok(c.ctl(n2, "--json", "list_connections")).stdout)  # noqa: E731
+                           if x["node"] == n1.name}
+    before = names_on_n1()
+    other = pika_connect(n1)
+    (name,) = names_on_n1() - before
+    ok(c.ctl(n2, "close_connection", name, "bye"))
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker):
+        other.process_data_events(time_limit=2)
     started = time.monotonic()
     out = json.loads(ok(c.ctl(n1, "--json", "drain")).stdout)
     assert time.monotonic() - started < 10
