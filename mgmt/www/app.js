@@ -573,7 +573,7 @@ async function viewOverview(main) {
       h('div', { class: 'card' }, h('h2', {}, 'Totals'), totals),
       h('div', { class: 'card' }, h('h2', {}, 'Messages'), msgs),
       h('div', { class: 'card' }, h('h2', {}, 'Health checks'), health)),
-    h('div', { class: 'grid', style: 'margin-top:16px' }, rateChart.card, depthChart.card),
+    h('div', { class: 'grid' }, rateChart.card, depthChart.card),
     h('div', { class: 'card' }, h('h2', {}, 'Nodes'), nodesBox));
   const stat = (label, v, id) => h('div', { class: 'stat', id }, h('b', {}, v), h('span', {}, label));
 
@@ -1152,6 +1152,10 @@ async function viewAdmin(main, sub) {
 /* ---------------------------------------------------------------- definitions */
 
 async function viewDefinitions(main) {
+  if (!(state.user.tags || []).includes('administrator')) {
+    app(main, h('h1', {}, 'Definitions'), h('div', { class: 'card empty' }, 'Exporting and importing definitions needs the administrator tag.'));
+    return undefined;
+  }
   const exportBtn = h('button', { type: 'button', id: 'export-btn', onclick: async () => {
     const defs = await act(() => GET('/definitions'), null, exportBtn);
     if (!defs) return;
