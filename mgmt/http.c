@@ -151,6 +151,10 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
             c->error_status = 400;
             return -1;
         }
+        if (c->hdr_kind == HDR_INM && c->req.if_none_match) { /* repeated: one list */
+            size_t l = strlen(c->req.if_none_match);
+            if (!append(&c->req.if_none_match, &l, ", ", 2)) return -1;
+        }
     }
     if (c->hdr_kind == HDR_INM) { /* ui.c's revalidation of static assets */
         size_t l = c->req.if_none_match ? strlen(c->req.if_none_match) : 0;

@@ -14,6 +14,7 @@ Selenium are not installed (scripts/deps.sh installs them for `make test`).
 import json
 import os
 import shutil
+import socket
 import time
 
 import pytest
@@ -443,6 +444,15 @@ def test_ui_files_are_served_without_credentials(broker):
         assert requests.get(base + path, headers={"If-None-Match": '"other"'}, timeout=5).status_code == 200
         head = requests.head(base + path, timeout=5)
         assert head.status_code == 200 and int(head.headers["content-length"]) == len(r.content)
+    # If-None-Match given twice is one list (raw HTTP: requests merges headers itself)
+    etag = requests.get(base + "/app.css", timeout=5).headers["etag"]
+    with socket.create_connection((broker.host, broker.mgmt_port), timeout=5) as s:
+        s.sendall(f'GET /app.css HTTP/1.1\r\nHost: x\r\nIf-None-Match: "x"\r\nIf-None-Match: {etag}\r\n'
+                  "Connection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 304 "), answer[:200]
     # the UI's own (bookmarked) paths get the page; files that do not exist do not
     for path in ("/queues", "/admin/users?x=1"):
         assert requests.get(base + path, timeout=5).text == index.text, path
