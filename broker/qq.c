@@ -650,10 +650,10 @@ static void bodies_trim(struct qq_state *s)
             s->res_spilled--;
             s->res_spill_bytes -= m->body_len;
         }
+        s->dropped_bytes += m->body_len;
         msg_unref(m);
         s->res_head = (s->res_head + 1) & (s->res_cap - 1);
         s->res_len--;
-        s->dropped_bytes += m->body_len;
     }
     /* Freed bodies sit in malloc's free lists, scattered between live metadata: give their
      * pages back to the system now and then (malloc_trim walks the free chunks: milliseconds). */
