@@ -1190,7 +1190,6 @@ async function viewDefinitions(main) {
 /* ---------------------------------------------------------------- boot */
 
 window.addEventListener('hashchange', route);
-document.addEventListener('visibilitychange', () => { /* polling resumes on the next tick */ });
 $('#logout').addEventListener('click', () => logout('You are logged out.'));
 state.auth = sessionStorage.getItem('warren.auth');
 if (state.auth) start(); else showLogin();
