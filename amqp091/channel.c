@@ -1050,11 +1050,20 @@ static void handle_exchange_delete(chan_t *ch, const amqp_method_t *m)
     if (!m->u.exchange_delete.nowait) send_simple(ch, AMQP_EXCHANGE_DELETE_OK);
 }
 
+/* A binding's key against the user's topic read pattern when the source is a topic exchange
+ * (RabbitMQ's topic authorisation of queue.bind / exchange.bind and their unbinds). */
+static int topic_bind_check(chan_t *ch, amqp_bytes_t src, amqp_bytes_t key, br_err_t *err)
+{
+    exchange_t *x = br_exchange(ch->conn->vh, (const char *)src.ptr, src.len);
+    return x ? tperm_check_read(ch->conn->user, ch->conn->vh, x, (const char *)key.ptr, key.len, err) : 0;
+}
+
 static void handle_exchange_bind(chan_t *ch, const amqp_method_t *m, bool bind)
 {
     const __typeof__(m->u.exchange_bind) *a = &m->u.exchange_bind;
     br_err_t err;
     broker_t *b = ch->conn->srv->broker;
+    if (topic_bind_check(ch, a->source, a->routing_key, &err)) return fail(ch, m->id, &err);
     bool clustered = replicated(ch);
     if (clustered) meta_dry_begin(b);
     int rc = (bind ? br_bind : br_unbind)(ch->conn->vh, ch->conn->user, ch->conn->id, false,
@@ -1142,6 +1151,7 @@ static void handle_queue_bind(chan_t *ch, const amqp_method_t *m, bool bind)
     if (bind && rk.len == 0 && m->u.queue_bind.queue.len == 0) rk = qn;
     br_err_t err;
     broker_t *b = ch->conn->srv->broker;
+    if (topic_bind_check(ch, xn, rk, &err)) return fail(ch, m->id, &err);
     bool clustered = replicated(ch);
     if (clustered) meta_dry_begin(b);
     int rc = (bind ? br_bind : br_unbind)(ch->conn->vh, ch->conn->user, ch->conn->id, true, (const char *)qn.ptr,

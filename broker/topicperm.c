@@ -160,10 +160,10 @@ static char *expand(const char *pattern, const char *user, const char *vhost)
     return out;
 }
 
-static bool write_allowed(const tperm_t *p, const user_t *u, const char *rk, size_t rklen)
+static bool allowed(const tperm_t *p, bool write, const user_t *u, const char *rk, size_t rklen)
 {
-    char *text = expand(p->write_text, u->name, p->vhost);
-    if (!text) return auth_regex_match(p->write, rk, rklen);
+    char *text = expand(write ? p->write_text : p->read_text, u->name, p->vhost);
+    if (!text) return auth_regex_match(write ? p->write : p->read, rk, rklen);
     char err[256];
     auth_regex_t *re = auth_regex_compile(text, err, sizeof err);
     bool ok = re && auth_regex_match(re, rk, rklen);
@@ -172,19 +172,31 @@ static bool write_allowed(const tperm_t *p, const user_t *u, const char *rk, siz
     return ok;
 }
 
-int tperm_check_write(const user_t *u, const vhost_t *vh, const exchange_t *x, const char *rk, size_t rklen,
-                      br_err_t *err)
+static int check(const user_t *u, const vhost_t *vh, const exchange_t *x, bool write, const char *rk, size_t rklen,
+                 br_err_t *err)
 {
     if (!u || x->type != EX_TOPIC) return 0;
     for (size_t i = 0; i < u->topic_perms.n; i++) {
         const tperm_t *p = u->topic_perms.items[i];
         if (strcmp(p->vhost, vh->name) != 0 || strcmp(p->exchange, x->name) != 0) continue;
-        if (write_allowed(p, u, rk, rklen)) return 0;
+        if (allowed(p, write, u, rk, rklen)) return 0;
         return br_fail(err, BR_ACCESS_REFUSED,
                        "access to topic '%.*s' in exchange '%s' in vhost '%s' refused for user '%s'",
                        (int)rklen, rk, x->name, vh->name, u->name);
     }
     return 0;
+}
+
+int tperm_check_write(const user_t *u, const vhost_t *vh, const exchange_t *x, const char *rk, size_t rklen,
+                      br_err_t *err)
+{
+    return check(u, vh, x, true, rk, rklen, err);
+}
+
+int tperm_check_read(const user_t *u, const vhost_t *vh, const exchange_t *x, const char *rk, size_t rklen,
+                     br_err_t *err)
+{
+    return check(u, vh, x, false, rk, rklen, err);
 }
 
 /* ---- recovery ---- */

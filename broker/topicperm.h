@@ -3,9 +3,9 @@
  *
  * Semantics (RabbitMQ's access-control guide): a publish to a topic exchange is refused with
  * 403 ACCESS_REFUSED unless the user has no topic permission for that exchange in that vhost,
- * or the routing key matches its write pattern. "{username}" and "{vhost}" in a pattern stand
- * for the user's and the vhost's names. The read pattern is kept and reported (RabbitMQ checks
- * it for MQTT and STOMP subscriptions, not for AMQP 0-9-1 consumers).
+ * or the routing key matches its write pattern; binding to or unbinding from a topic exchange
+ * (queue.bind / exchange.bind as source) likewise checks the binding key against the read
+ * pattern. "{username}" and "{vhost}" in a pattern stand for the user's and the vhost's names.
  *
  * Changes are metadata commands (META_TOPIC_PERM_SET / _CLEAR, broker/meta.h) applied on every
  * node with these functions; records 'T' vhost \0 user \0 exchange -> [str write][str read]
@@ -44,6 +44,10 @@ size_t tperm_count(const user_t *u, const char *vhost);
 /* A publish by u to x with routing key rk: 0, or BR_ACCESS_REFUSED with RabbitMQ's text. */
 int tperm_check_write(const user_t *u, const vhost_t *vh, const exchange_t *x, const char *rk, size_t rklen,
                       br_err_t *err);
+
+/* Binding to / unbinding from x with key rk: the same against the read pattern. */
+int tperm_check_read(const user_t *u, const vhost_t *vh, const exchange_t *x, const char *rk, size_t rklen,
+                     br_err_t *err);
 
 /* Recovery: the stored 'T' records (after users and vhosts). Returns how many. */
 int tperm_recover(broker_t *b);

@@ -449,6 +449,17 @@ def test_topic_permissions(api, mb, uniq):
                 403, f"ACCESS_REFUSED - access to topic 'b.c' in exchange 'amq.topic' in vhost '/' "
                      f"refused for user '{u}'")
             assert publish_refused(conn, x, "b.c") is None  # no topic permission for that exchange
+            # binding keys are checked against the read pattern
+            r = api.call("PUT", path, json={"exchange": "amq.topic", "write": "^a\\.", "read": "^r\\."})
+            assert r.status_code == 204
+            bch = conn.channel()
+            bq = bch.queue_declare("", exclusive=True).method.queue
+            bch.queue_bind(bq, "amq.topic", "r.1")
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+                bch.queue_bind(bq, "amq.topic", "s.1")
+            assert (info.value.reply_code, info.value.reply_text) == (
+                403, f"ACCESS_REFUSED - access to topic 's.1' in exchange 'amq.topic' in vhost '/' "
+                     f"refused for user '{u}'")
             # {username} in a pattern is the publishing user's name
             r = api.call("PUT", path, json={"exchange": x, "write": "^{username}\\.", "read": ".*"})
             assert r.status_code == 204  # (the user has one in the vhost already)
