@@ -14,6 +14,7 @@
 
 #include "broker/admin.h"
 #include "broker/meta.h"
+#include "broker/topicperm.h"
 #include "mgmt/internal.h"
 
 struct ends {
@@ -123,10 +124,13 @@ void mgmt_post_binding(mgmt_req_t *r)
     broker_t *b = r->m->b;
     bool clustered = meta_clustered(b);
     br_err_t err;
-    if (clustered) meta_dry_begin(b);
-    int rc = br_bind(e.vh, r->user, 0, e.to_queue, e.dest, strlen(e.dest), e.src, strlen(e.src), key, strlen(key), args,
-                     &err);
-    bool mutates = clustered && meta_dry_end(b);
+    /* topic permissions: the key against the user's read pattern, as an AMQP bind is checked */
+    exchange_t *src = br_exchange(e.vh, e.src, strlen(e.src));
+    int rc = src ? tperm_check_read(r->user, e.vh, src, key, strlen(key), &err) : 0;
+    if (clustered && !rc) meta_dry_begin(b);
+    if (!rc) rc = br_bind(e.vh, r->user, 0, e.to_queue, e.dest, strlen(e.dest), e.src, strlen(e.src), key, strlen(key),
+                          args, &err);
+    bool mutates = clustered && b->meta_dry_run && meta_dry_end(b);
     struct pending *p = malloc(sizeof *p);
     if (!p) abort();
     p->r = r;
@@ -205,9 +209,11 @@ void mgmt_delete_binding(mgmt_req_t *r)
     broker_t *b = r->m->b;
     bool clustered = meta_clustered(b);
     br_err_t err;
-    if (clustered) meta_dry_begin(b);
-    int rc = br_unbind(e.vh, r->user, 0, e.to_queue, e.dest, strlen(e.dest), e.src, strlen(e.src), key, klen, a, &err);
-    bool mutates = clustered && meta_dry_end(b);
+    exchange_t *src = br_exchange(e.vh, e.src, strlen(e.src));
+    int rc = src ? tperm_check_read(r->user, e.vh, src, key, klen, &err) : 0;
+    if (clustered && !rc) meta_dry_begin(b);
+    if (!rc) rc = br_unbind(e.vh, r->user, 0, e.to_queue, e.dest, strlen(e.dest), e.src, strlen(e.src), key, klen, a, &err);
+    bool mutates = clustered && b->meta_dry_run && meta_dry_end(b);
     if (rc) {
         mgmt_reply_br_error(r, &err);
     } else if (!mutates) {

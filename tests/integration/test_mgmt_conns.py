@@ -427,7 +427,7 @@ def publish_refused(conn, exchange, key):
 def test_topic_permissions(api, mb, uniq):
     u = uniq("tu")
     path = f"/topic-permissions/%2F/{q(u)}"
-    assert api.call("PUT", f"/users/{q(u)}", json={"password": "pw", "tags": ""}).status_code == 201
+    assert api.call("PUT", f"/users/{q(u)}", json={"password": "pw", "tags": "management"}).status_code == 201
     assert api.call("PUT", f"/permissions/%2F/{q(u)}",
                     json={"configure": ".*", "write": ".*", "read": ".*"}).status_code == 201
     try:
@@ -460,6 +460,15 @@ def test_topic_permissions(api, mb, uniq):
             assert (info.value.reply_code, info.value.reply_text) == (
                 403, f"ACCESS_REFUSED - access to topic 's.1' in exchange 'amq.topic' in vhost '/' "
                      f"refused for user '{u}'")
+            # ... through the management API too
+            aq = uniq("aq")
+            assert api.call("PUT", f"/queues/%2F/{aq}", json={}, auth=(u, "pw")).status_code == 201
+            bpath = f"/bindings/%2F/e/amq.topic/q/{aq}"
+            assert api.call("POST", bpath, json={"routing_key": "r.2"}, auth=(u, "pw")).status_code == 201
+            r = api.call("POST", bpath, json={"routing_key": "s.2"}, auth=(u, "pw"))
+            assert r.status_code in (401, 403), r.text
+            assert [b["routing_key"] for b in api.ok(bpath)] == ["r.2"]
+            api.call("DELETE", f"/queues/%2F/{aq}")
             # {username} in a pattern is the publishing user's name
             r = api.call("PUT", path, json={"exchange": x, "write": "^{username}\\.", "read": ".*"})
             assert r.status_code == 204  # (the user has one in the vhost already)
