@@ -57,6 +57,8 @@
 /* ... and at least the size of the snapshot it costs (about this much per live message), so a
  * snapshot never writes more than the log it lets go. */
 #define QQ_SNAP_BYTES_PER_MSG 64
+/* Stored bodies deleted before a drained queue asks for its range to be compacted. */
+#define QQ_COMPACT_AFTER 10000
 
 enum { QQ_BODY_NONE = 0, QQ_BODY_QUEUED = 1, QQ_BODY_DURABLE = 2 }; /* msg_t.qq_body */
 
@@ -136,6 +138,7 @@ struct qq {
     uint64_t log_bytes;   /* entry bytes applied since the last snapshot */
     uint64_t res_bytes;   /* bodies of this queue in the resident ring (message_bytes_ram) */
     bool snap_forced;     /* the threshold was lowered because of log_bytes */
+    uint64_t deleted_bodies; /* stored bodies deleted since the last compaction request */
     uint64_t *dead_ids;   /* msg ids whose stored body goes with the next local snapshot */
     size_t n_dead, cap_dead;
 };
@@ -1056,6 +1059,19 @@ static void sm_apply(mr_group_t *g, raft_index index, const struct raft_entry *e
     }
 }
 
+/* A queue that was drained after holding many stored bodies: their deletions (and its log's)
+ * are compacted away now, so that the disk space comes back while the queue sits empty. */
+static void compact_drained(qq_t *qq)
+{
+    store_t *st = qq->s->b->store;
+    qq->deleted_bodies = 0;
+    uint8_t begin[9], end[9];
+    begin[0] = end[0] = KEY_QQ_BODY;
+    put_be64(begin + 1, qq->gid);
+    put_be64(end + 1, qq->gid + 1);
+    store_compact_range_in(st, STORE_MAIN, begin, sizeof begin, end, sizeof end);
+}
+
 /* The local snapshot (META): live bodies not stored yet are written in the same batch, and
  * the stored bodies of messages gone since the previous one are deleted. */
 static int sm_snapshot_take(mr_group_t *g, raft_index index, void **bytes, size_t *len)
@@ -1073,7 +1089,9 @@ static int sm_snapshot_take(mr_group_t *g, raft_index index, void **bytes, size_
         body_key(key, qq->gid, qq->dead_ids[i]);
         store_del(s->b->store, key, sizeof key);
     }
+    qq->deleted_bodies += qq->n_dead;
     qq->n_dead = 0;
+    if (qq->deleted_bodies >= QQ_COMPACT_AFTER && qsm_live(qq->sm) == 0 && s->b->store) compact_drained(qq);
     qq->log_bytes = 0;
     if (qq->snap_forced) {
         qq->snap_forced = false;

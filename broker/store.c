@@ -129,6 +129,11 @@ struct store {
 
     pthread_t thread;
     bool thread_started;
+
+    /* store_compact_range_in: one background compaction at a time, on its own thread. */
+    pthread_t compact_thread;
+    bool compact_started; /* a thread was started and not joined yet (loop thread only) */
+    bool compact_busy;    /* guarded by lock */
 };
 
 /* ---- small helpers ----------------------------------------------------------------------- */
@@ -597,11 +602,64 @@ store_t *store_open(const char *dir, struct ev_loop *loop, char *err, size_t err
     return s;
 }
 
+struct compact_req {
+    store_t *s;
+    rocksdb_column_family_handle_t *cf;
+    size_t blen, elen;
+    char keys[]; /* begin, then end */
+};
+
+static void *store_compact_main(void *arg)
+{
+    struct compact_req *r = arg;
+    rocksdb_compact_range_cf(r->s->db, r->cf, r->keys, r->blen, r->keys + r->blen, r->elen);
+    pthread_mutex_lock(&r->s->lock);
+    r->s->compact_busy = false;
+    pthread_mutex_unlock(&r->s->lock);
+    free(r);
+    return NULL;
+}
+
+void store_compact_range_in(store_t *s, enum store_space sp, const void *begin, size_t blen, const void *end,
+                            size_t elen)
+{
+    pthread_mutex_lock(&s->lock);
+    bool busy = s->compact_busy;
+    pthread_mutex_unlock(&s->lock);
+    if (busy)
+        return;
+    if (s->compact_started) {
+        pthread_join(s->compact_thread, NULL); /* finished: it cleared compact_busy */
+        s->compact_started = false;
+    }
+    struct compact_req *r = store_xalloc(NULL, sizeof *r + blen + elen);
+    r->s = s;
+    r->cf = s->cf[sp];
+    r->blen = blen;
+    r->elen = elen;
+    memcpy(r->keys, begin, blen);
+    memcpy(r->keys + blen, end, elen);
+    s->compact_busy = true; /* no compaction thread runs now: no lock needed */
+    sigset_t all, saved;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &saved);
+    int rc = pthread_create(&s->compact_thread, NULL, store_compact_main, r);
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    if (rc != 0) {
+        s->compact_busy = false;
+        free(r);
+        return;
+    }
+    s->compact_started = true;
+}
+
 void store_close(store_t *s)
 {
     if (s == NULL)
         return;
     store_flush_sync(s);
+    if (s->compact_started)
+        pthread_join(s->compact_thread, NULL);
 
     pthread_mutex_lock(&s->lock);
     s->stopping = true;

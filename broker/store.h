@@ -71,6 +71,11 @@ void store_putv_in(store_t *s, enum store_space sp, const void *key, size_t klen
 void store_del_in(store_t *s, enum store_space sp, const void *key, size_t klen);
 void store_del_range_in(store_t *s, enum store_space sp, const void *begin, size_t blen,
                         const void *end, size_t elen);
+/* Compacts [begin, end) of a key space in the background (its own thread; a request made while
+ * one runs is dropped): for ranges whose records were mostly deleted, so that their table files
+ * go now rather than when unrelated writes trigger a compaction. store_close waits for it. */
+void store_compact_range_in(store_t *s, enum store_space sp, const void *begin, size_t blen, const void *end,
+                            size_t elen);
 /* Calls cb(arg) on the loop thread once every write queued before this call is durable (synced). */
 void store_on_synced(store_t *s, store_cb cb, void *arg);
 /* Forces the current batch to be submitted now-ish (normally the ev_prepare does it). */

@@ -614,6 +614,64 @@ static void test_stats_pending_ops(void **state)
     store_flush_sync(f->store); /* nothing queued: returns at once */
 }
 
+static long long dir_bytes_total;
+static int add_size(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)path, (void)ftw;
+    if (flag == FTW_F) dir_bytes_total += st->st_size;
+    return 0;
+}
+
+static long long dir_bytes(const char *dir)
+{
+    dir_bytes_total = 0;
+    nftw(dir, add_size, 16, FTW_PHYS);
+    return dir_bytes_total;
+}
+
+/* Deleted records leave the disk once their range is compacted (store_close waits for it). */
+static void test_compact_range_reclaims_space(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 6000, VLEN = 8192 };
+    uint8_t *val = malloc(VLEN);
+    assert_non_null(val);
+    uint64_t x = 88172645463325252ull;
+    for (int i = 0; i < VLEN; i++) { /* incompressible */
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        val[i] = (uint8_t)x;
+    }
+    uint8_t key[9] = {'z'};
+    for (int i = 0; i < N; i++) {
+        store_put_be64(key + 1, (uint64_t)i);
+        val[0] = (uint8_t)i;
+        store_put(f->store, key, sizeof key, val, VLEN);
+        if (i % 1000 == 999) store_flush_sync(f->store);
+    }
+    store_flush_sync(f->store);
+    uint8_t begin[1] = {'z'}, end[1] = {'z' + 1};
+    store_del_range(f->store, begin, 1, end, 1);
+    uint8_t keep[9] = {'y', 0, 0, 0, 0, 0, 0, 0, 1};
+    store_put(f->store, keep, sizeof keep, "kept", 4);
+    store_flush_sync(f->store);
+    long long before = dir_bytes(f->db);
+    store_compact_range_in(f->store, STORE_MAIN, begin, 1, end, 1);
+    store_compact_range_in(f->store, STORE_MAIN, begin, 1, end, 1); /* while one runs: dropped */
+    store_close(f->store);
+    f->store = open_or_fail(f);
+    long long after = dir_bytes(f->db);
+    void *v = NULL;
+    size_t vl = 0;
+    store_put_be64(key + 1, 5);
+    assert_int_equal(store_get(f->store, key, sizeof key, &v, &vl), 0);
+    assert_int_equal(store_get(f->store, keep, sizeof keep, &v, &vl), 1);
+    assert_int_equal(vl, 4);
+    free(v);
+    free(val);
+    assert_true(before > (long long)N * VLEN / 2);
+    assert_true(after < before / 4);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--hold-store") == 0)
@@ -638,6 +696,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_open_locked_other_process, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_pending_ops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_compact_range_reclaims_space, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
