@@ -36,6 +36,7 @@ fi
 t=$(date +%s.%N)
 docker build -q -f deploy/Dockerfile -t "$IMAGE" . >/dev/null
 cached_s=$(echo "$(date +%s.%N) - $t" | bc)
+docker image prune -f --filter label=org.warren.stage --filter until=2h >/dev/null || true  # old stage images
 size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 gz=$(docker save "$IMAGE" | gzip -6 | wc -c)
 base_size=$(docker image inspect -f '{{.Size}}' debian:bookworm-slim)

@@ -85,7 +85,16 @@ def build_image(tag=IMAGE, no_cache=False, log=print):
     run(cmd + [ROOT], timeout=1500)
     took = time.monotonic() - t
     log(f"docker: built {tag} in {took:.1f} s")
+    prune_stage_images()
     return took
+
+
+def prune_stage_images(older_than="2h"):
+    """The legacy builder keeps every build's stage images (untagged, about 0.9 GB a build): removes
+    those of deploy/Dockerfile (label org.warren.stage) older than older_than; recent ones stay as
+    the layer cache."""
+    run(["docker", "image", "prune", "-f", "--filter", "label=org.warren.stage",
+         "--filter", f"until={older_than}"], check=False, timeout=300)
 
 
 def image_size(tag=IMAGE):
