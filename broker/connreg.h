@@ -101,6 +101,7 @@ struct cJSON *connreg_consumers_json(const char *node);
 /* Other nodes: the management API of any node calls CONNREG_CALL_LIST on every other running
  * member (b->node_call) with {"connections": true, "channels": true, "consumers": true} (the
  * lists it wants) and gets {"connections": [...], ...} back (connreg_lists_json on that node);
+ * "counts": true adds {"counts": {"connections": N, "channels": M}};
  * CONNREG_CALL_CLOSE {"name", "reason"} force-closes a connection there (status 0, or
  * BR_NOT_FOUND). remote.c's mesh handler hands "connreg." calls to connreg_handle_call. */
 #define CONNREG_CALL_LIST "connreg.list"

@@ -303,6 +303,11 @@ cJSON *connreg_lists_json(broker_t *b, const cJSON *req)
     if (want(req, "connections")) cJSON_AddItemToObject(o, "connections", connreg_connections_json(node));
     if (want(req, "channels")) cJSON_AddItemToObject(o, "channels", connreg_channels_json(node));
     if (want(req, "consumers")) cJSON_AddItemToObject(o, "consumers", connreg_consumers_json(node));
+    if (want(req, "counts")) { /* the overview's object_totals, without the lists */
+        cJSON *n = cJSON_AddObjectToObject(o, "counts");
+        cJSON_AddNumberToObject(n, "connections", (double)connreg_count());
+        cJSON_AddNumberToObject(n, "channels", (double)connreg_channel_count());
+    }
     return o;
 }
 

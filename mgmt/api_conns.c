@@ -24,7 +24,7 @@
 
 #define GATHER_TIMEOUT 5.0
 
-enum { G_CONNECTIONS = 1, G_CHANNELS = 2, G_CONSUMERS = 4 };
+enum { G_CONNECTIONS = 1, G_CHANNELS = 2, G_CONSUMERS = 4, G_COUNTS = 8 };
 
 /* One request's gathering of the cluster's lists. */
 struct gather {
@@ -34,6 +34,7 @@ struct gather {
     cJSON *lists;      /* {"connections": [...], "channels": [...], "consumers": [...]} */
     void (*done)(struct gather *g);
     int found;         /* DELETE: nodes that closed the connection */
+    cJSON *doc;        /* the overview being completed (G_COUNTS) */
 };
 
 static cJSON *list_of(struct gather *g, const char *key) { return cJSON_GetObjectItemCaseSensitive(g->lists, key); }
@@ -45,9 +46,22 @@ static void finish(struct gather *g)
     free(g);
 }
 
+/* Adds a node's counts to ours. */
+static void merge_counts(struct gather *g, const cJSON *answer)
+{
+    const cJSON *from = cJSON_GetObjectItemCaseSensitive(answer, "counts");
+    cJSON *to = cJSON_GetObjectItemCaseSensitive(g->lists, "counts");
+    if (!cJSON_IsObject(from) || !to) return;
+    for (cJSON *n = to->child; n; n = n->next) {
+        const cJSON *add = cJSON_GetObjectItemCaseSensitive(from, n->string);
+        if (cJSON_IsNumber(add)) cJSON_SetNumberValue(n, n->valuedouble + add->valuedouble);
+    }
+}
+
 /* Moves the items of the arrays in a node's answer into ours. */
 static void merge(struct gather *g, cJSON *answer)
 {
+    merge_counts(g, answer);
     static const char *const keys[] = {"connections", "channels", "consumers"};
     for (size_t i = 0; i < 3; i++) {
         cJSON *from = cJSON_GetObjectItemCaseSensitive(answer, keys[i]), *to = list_of(g, keys[i]);
@@ -75,6 +89,7 @@ static cJSON *request_json(unsigned what)
     if (what & G_CONNECTIONS) cJSON_AddTrueToObject(req, "connections");
     if (what & G_CHANNELS) cJSON_AddTrueToObject(req, "channels");
     if (what & G_CONSUMERS) cJSON_AddTrueToObject(req, "consumers");
+    if (what & G_COUNTS) cJSON_AddTrueToObject(req, "counts");
     return req;
 }
 
@@ -96,13 +111,14 @@ static void call_others(mgmt_t *m, const char *method, const char *payload, stru
     free(st);
 }
 
-static void gather(mgmt_req_t *r, unsigned what, void (*done)(struct gather *g))
+static void gather_doc(mgmt_req_t *r, unsigned what, void (*done)(struct gather *g), cJSON *doc)
 {
     struct gather *g = calloc(1, sizeof *g);
     if (!g) abort();
     g->r = r;
     g->what = what;
     g->done = done;
+    g->doc = doc;
     cJSON *req = request_json(what);
     g->lists = connreg_lists_json(r->m->b, req);
     char *payload = cJSON_PrintUnformatted(req);
@@ -112,6 +128,25 @@ static void gather(mgmt_req_t *r, unsigned what, void (*done)(struct gather *g))
     free(payload);
     if (--g->waiting == 0) finish(g);
 }
+
+static void gather(mgmt_req_t *r, unsigned what, void (*done)(struct gather *g)) { gather_doc(r, what, done, NULL); }
+
+/* ---- the overview's totals ---- */
+
+static void reply_overview(struct gather *g)
+{
+    cJSON *ot = cJSON_GetObjectItemCaseSensitive(g->doc, "object_totals");
+    const cJSON *counts = cJSON_GetObjectItemCaseSensitive(g->lists, "counts");
+    static const char *const keys[] = {"connections", "channels"};
+    for (size_t i = 0; ot && i < 2; i++) {
+        const cJSON *n = cJSON_GetObjectItemCaseSensitive(counts, keys[i]);
+        cJSON_DeleteItemFromObjectCaseSensitive(ot, keys[i]);
+        cJSON_AddNumberToObject(ot, keys[i], cJSON_IsNumber(n) ? n->valuedouble : 0);
+    }
+    mgmt_reply_json(g->r, 200, g->doc);
+}
+
+void mgmt_reply_overview(mgmt_req_t *r, cJSON *overview) { gather_doc(r, G_COUNTS, reply_overview, overview); }
 
 /* ---- filters ---- */
 

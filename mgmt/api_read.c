@@ -187,7 +187,7 @@ void mgmt_get_overview(mgmt_req_t *r)
     snprintf(port, sizeof port, "%d", m->port);
     cJSON_AddStringToObject(c0, "port", port);
     cJSON_AddItemToArray(ctx, c0);
-    mgmt_reply_json(r, 200, o);
+    mgmt_reply_overview(r, o); /* with every node's connections and channels (api_conns.c) */
 }
 
 void mgmt_get_whoami(mgmt_req_t *r)

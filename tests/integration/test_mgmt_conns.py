@@ -563,6 +563,9 @@ def test_cluster_lists_every_nodes_connections(cluster, uniq):
             chans = [x for x in a.ok("/channels") if x["node"] == CLUSTER_NAMES[1]]
             assert [x["consumer_count"] for x in chans] == [1]
             assert [x["queue"]["name"] for x in a.ok("/consumers") if x["consumer_tag"] == tag] == [queue]
+        # the overview's totals count every node's connections and channels
+        totals = apis[0].ok("/overview")["object_totals"]
+        assert totals["connections"] >= 3 and totals["channels"] >= 1, totals
         name2 = listed[labels[1]]["name"]
         assert apis[0].ok(f"/connections/{q(name2)}")["node"] == CLUSTER_NAMES[1]
         assert [x["number"] for x in apis[2].ok(f"/connections/{q(name2)}/channels")] == [1]
