@@ -4,7 +4,9 @@
  * Data flow: endpoint -> cJSON array -> mgmt_reply_list: sorted (by default on vhost, then
  * name, as RabbitMQ lists), filtered and cut into a page when "page" is given, answered as
  * RabbitMQ's page object {filtered_count, item_count, items, page, page_count, page_size,
- * total_count}; "columns" keeps only the named fields (dotted paths reach into objects).
+ * total_count} (bindings, which have no name: by source, routing key, destination kind and
+ * destination, as RabbitMQ lists them); "columns" keeps only the named fields (dotted paths
+ * reach into objects).
  *
  * Errors as RabbitMQ 3.10.8: 400 invalid_pagination_parameters (page < 1, page_size outside
  * 1..500), 400 page_out_of_range, 400 bad_request for unparsable numbers or a bad regex.
@@ -53,6 +55,9 @@ struct sort_item {
 
 static const char *sort_key;
 static bool sort_reverse;
+/* Bindings have no name: RabbitMQ lists them in its route table's order (source, routing key,
+ * destination kind, destination); other objects have none of these fields. */
+static const char *const binding_keys[] = {"source", "routing_key", "destination_type", "destination"};
 
 static int cmp_items(const void *pa, const void *pb)
 {
@@ -63,6 +68,8 @@ static int cmp_items(const void *pa, const void *pb)
     } else {
         c = cmp_values(at_path(a->item, "vhost"), at_path(b->item, "vhost"));
         if (!c) c = cmp_values(at_path(a->item, "name"), at_path(b->item, "name"));
+        for (size_t k = 0; !c && k < sizeof binding_keys / sizeof binding_keys[0]; k++)
+            c = cmp_values(at_path(a->item, binding_keys[k]), at_path(b->item, binding_keys[k]));
     }
     if (sort_reverse) c = -c;
     return c ? c : (a->index < b->index ? -1 : 1);

@@ -120,7 +120,8 @@ static bool qlist_filter(mgmt_req_t *r, struct qlist *l, const char *pattern, bo
     size_t k = 0;
     for (size_t i = 0; i < l->n; i++) {
         const char *name = l->items[i].q->name;
-        if (regex ? auth_regex_match(re, name, strlen(name)) : strstr(name, pattern) != NULL) l->items[k++] = l->items[i];
+        bool keep = regex ? auth_regex_match(re, name, strlen(name)) : strstr(name, pattern) != NULL;
+        if (keep) l->items[k++] = l->items[i];
     }
     l->n = k;
     if (re) auth_regex_free(re);

@@ -79,9 +79,12 @@ WARREN_PID=""
 pick_block 2
 RMQ_PORT=$PICKED_PORT R_MGMT=$((PICKED_PORT + 1))
 RMQ_DIR=$WORK/rabbitmq
+# cowboy drops a request that computes for longer than its idle timeout (60 s) without answering
+R_TIMEOUTS="management.tcp.idle_timeout = 600000;management.tcp.inactivity_timeout = 600000"
+R_TIMEOUTS="$R_TIMEOUTS;management.tcp.request_timeout = 600000"
 log "RabbitMQ: starting with rabbitmq_management, loading $QUEUES queues"
-RMQ_PID=$(RABBITMQ_BENCH_PLUGINS=rabbitmq_management \
-  RABBITMQ_BENCH_CONF="management.tcp.port = $R_MGMT;management.tcp.ip = 127.0.0.1;load_definitions = $WORK/defs.json" \
+RMQ_PID=$(RABBITMQ_BENCH_PLUGINS=rabbitmq_management RABBITMQ_READY_TIMEOUT=900 \
+  RABBITMQ_BENCH_CONF="management.tcp.port = $R_MGMT;management.tcp.ip = 127.0.0.1;$R_TIMEOUTS;load_definitions = $WORK/defs.json" \
   "$REPO/tests/bench/rabbitmq.sh" start "$RMQ_DIR" "$RMQ_PORT")
 python3 "$REPO/tests/bench/mgmt_bench.py" wait "$R_MGMT" "$QUEUES" 600
 log "RabbitMQ: measuring (beam.smp $RMQ_PID)"

@@ -16,9 +16,10 @@
 # /usr/sbin wrappers, because those switch to the rabbitmq user when run as root.
 #
 # start: launches the node in its own session (setsid, so the whole process tree can be
-#   signalled), waits - at most 60 s - until the port answers the AMQP protocol header with
-#   a connection.start frame, and prints the PID of the beam.smp process (the one to watch
-#   for RSS). epmd is started first if none is running, and a marker records that we did.
+#   signalled), waits - at most 60 s (RABBITMQ_READY_TIMEOUT) - until the port answers the AMQP
+#   protocol header with a connection.start frame, and prints the PID of the beam.smp process
+#   (the one to watch for RSS). epmd is started first if none is running, and a marker
+#   records that we did.
 #   The process tree is: rabbitmq-server (a sh wrapper that turns SIGTERM into an orderly
 #   shutdown; its PID is DIR/launcher.pid) -> beam.smp (DIR/rabbit.pid, written by RabbitMQ).
 # stop: SIGTERM to the wrapper, which stops beam.smp and waits for it; after 30 s the node's
@@ -29,7 +30,7 @@ set -euo pipefail
 
 RMQ_SCRIPTS=${RABBITMQ_SCRIPTS:-/usr/lib/rabbitmq/bin}
 EPMD_MARKER=${TMPDIR:-/tmp}/warren-bench-epmd.started
-READY_TIMEOUT_S=60
+READY_TIMEOUT_S=${RABBITMQ_READY_TIMEOUT:-60} # RabbitMQ opens AMQP after load_definitions' import
 STOP_TIMEOUT_S=30
 
 die() { echo "rabbitmq.sh: $*" >&2; exit 1; }

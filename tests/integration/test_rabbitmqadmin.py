@@ -19,7 +19,6 @@ import sys
 import zipfile
 
 import pytest
-import requests
 
 import conftest
 from helpers.clients import pika_connect, wait_for
@@ -187,13 +186,6 @@ def test_vhost_user_permission_policy(admin, uniq):
     assert vh not in {v["name"] for v in admin.list("vhosts")}
 
 
-def _import_supported(broker):
-    """False while the node has no POST /api/definitions (405 from the router)."""
-    r = requests.post(f"http://{broker.host}:{broker.mgmt_port}/api/definitions", auth=("guest", "guest"),
-                      data="not json", headers={"content-type": "application/json"}, timeout=10)
-    return r.status_code != 405
-
-
 def test_export_and_import(admin, node, fresh_broker, uniq, tmp_path, script):
     cq, qq, x = uniq("cq"), uniq("qq"), uniq("x")
     admin.run("declare", "queue", f"name={cq}", "durable=true", 'arguments={"x-max-length": 3}')
@@ -211,10 +203,7 @@ def test_export_and_import(admin, node, fresh_broker, uniq, tmp_path, script):
     assert (x, cq) in {(b["source"], b["destination"]) for b in defs["bindings"]}
     assert "guest" in {u["name"] for u in defs["users"]}
 
-    other = fresh_broker()
-    if not _import_supported(other):
-        pytest.xfail("POST /api/definitions (import) is not implemented on this node yet")
-    fresh = Admin(script, other)
+    fresh = Admin(script, fresh_broker())
     assert "Uploaded definitions" in fresh.run("import", path).stdout
     queues = {q["name"]: q for q in fresh.list("queues", "name", "type", "arguments")}
     assert queues[cq]["arguments"] == {"x-max-length": 3}
