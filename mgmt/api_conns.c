@@ -1,5 +1,7 @@
 /* api_conns.c - connections, channels and consumers: /api/connections[/{name}[/channels]],
- * /api/vhosts/{vhost}/connections|channels, /api/channels[/{name}], /api/consumers[/{vhost}].
+ * /api/vhosts/{vhost}/connections|channels, /api/channels[/{name}], /api/consumers[/{vhost}];
+ * also the overview's connection and channel totals and a queue's consumer_details, which
+ * need the same cluster-wide gathering.
  *
  * Data flow: the objects come from the broker's connection registry (broker/connreg.h), which
  * the protocol adapters fill; mgmt never sees an adapter. Connections are node-local, so a
@@ -147,6 +149,7 @@ static void reply_overview(struct gather *g)
 }
 
 void mgmt_reply_overview(mgmt_req_t *r, cJSON *overview) { gather_doc(r, G_COUNTS, reply_overview, overview); }
+
 
 /* ---- filters ---- */
 
@@ -350,3 +353,26 @@ void mgmt_get_consumers(mgmt_req_t *r)
     if (r->params[0] && !br_vhost(r->m->b, r->params[0], strlen(r->params[0]))) return mgmt_reply_not_found(r);
     gather(r, G_CONSUMERS, reply_consumers);
 }
+
+/* ---- a queue's consumer_details ---- */
+
+static bool keep_queue_consumer(mgmt_req_t *r, const cJSON *o, const void *queue)
+{
+    (void)r;
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(o, "queue"), *want = queue;
+    return same(str_at(q, "name"), str_at(want, "name")) && same(str_at(q, "vhost"), str_at(want, "vhost"));
+}
+
+static void reply_queue(struct gather *g)
+{
+    cJSON *want = cJSON_CreateObject();
+    cJSON_AddStringToObject(want, "name", g->r->params[1]);
+    cJSON_AddStringToObject(want, "vhost", g->r->params[0]);
+    cJSON *mine = filter(detach_list(g, "consumers"), g->r, keep_queue_consumer, want);
+    cJSON_Delete(want);
+    cJSON_DeleteItemFromObjectCaseSensitive(g->doc, "consumer_details");
+    cJSON_AddItemToObject(g->doc, "consumer_details", mine);
+    mgmt_reply_json(g->r, 200, g->doc);
+}
+
+void mgmt_reply_queue(mgmt_req_t *r, cJSON *queue) { gather_doc(r, G_CONSUMERS, reply_queue, queue); }

@@ -334,7 +334,7 @@ void mgmt_get_queue(mgmt_req_t *r)
 {
     queue_t *q = br_queue(param_vhost(r), r->params[1], strlen(r->params[1]));
     if (!q) return mgmt_reply_not_found(r);
-    mgmt_reply_json(r, 200, mgmt_json_queue(r->m, q));
+    mgmt_reply_queue(r, mgmt_json_queue(r->m, q)); /* with its consumers on every node (api_conns.c) */
 }
 
 /* ---- bindings ---- */

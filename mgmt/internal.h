@@ -211,6 +211,8 @@ void mgmt_get_channel(mgmt_req_t *r);
 void mgmt_get_consumers(mgmt_req_t *r);
 /* Answers the overview o once object_totals.connections / channels count every node's. */
 void mgmt_reply_overview(mgmt_req_t *r, cJSON *o);
+/* Answers one queue's object o with consumer_details: its consumers on every node. */
+void mgmt_reply_queue(mgmt_req_t *r, cJSON *o);
 
 /* api_defs.c: definitions import, and the export of one vhost */
 void mgmt_post_definitions(mgmt_req_t *r);

@@ -199,6 +199,10 @@ def test_channels_and_consumers(api, mb, uniq):
         assert k["ack_required"] is True and k["exclusive"] is False and k["active"] is True
         assert k["prefetch_count"] == 5 and k["arguments"] == {}
         assert [x["consumer_tag"] for x in api.ok("/consumers/%2F") if x["consumer_tag"] == tag] == [tag]
+        # and in its queue's consumer_details
+        details = lambda: api.ok(f"/queues/%2F/{q(queue)}").get("consumer_details", [])
+        assert wait_for(lambda: [x["consumer_tag"] for x in details()] == [tag], STATS_WAIT), details()
+        assert details()[0]["channel_details"]["name"] == first["name"]
         assert all(x["queue"]["vhost"] == "v2" for x in api.ok("/consumers/v2"))
     finally:
         conn.close()
@@ -563,6 +567,7 @@ def test_cluster_lists_every_nodes_connections(cluster, uniq):
             chans = [x for x in a.ok("/channels") if x["node"] == CLUSTER_NAMES[1]]
             assert [x["consumer_count"] for x in chans] == [1]
             assert [x["queue"]["name"] for x in a.ok("/consumers") if x["consumer_tag"] == tag] == [queue]
+            assert [x["consumer_tag"] for x in a.ok(f"/queues/%2F/{q(queue)}")["consumer_details"]] == [tag]
         # the overview's totals count every node's connections and channels
         totals = apis[0].ok("/overview")["object_totals"]
         assert totals["connections"] >= 3 and totals["channels"] >= 1, totals
