@@ -237,6 +237,9 @@ def test_what_each_user_sees(api, mb, uniq):
         r = api.call("DELETE", f"/connections/{q(g['name'])}", auth=MGR)
         assert r.status_code == 401
         assert gconn.is_open
+        r = api.call("DELETE", f"/connections/{q(m['name'])}", auth=MGR, headers={"X-Reason": "mine"})
+        assert r.status_code == 204
+        assert force_closed(mconn) == (320, "CONNECTION_FORCED - mine")
     finally:
         for c in (gconn, mconn):
             if c.is_open:
