@@ -105,7 +105,8 @@ static void qlist_sort(struct qlist *l, enum qlist_order by, bool reverse)
 {
     qlist_sort_by = by;
     qlist_sort_reverse = reverse;
-    qsort(l->items, l->n, sizeof *l->items, qlist_cmp); /* the loop thread only: statics are safe */
+    if (l->n > 1) /* qsort with a NULL base (no queues) is undefined behaviour: UBSan stops the node */
+        qsort(l->items, l->n, sizeof *l->items, qlist_cmp); /* the loop thread only: statics are safe */
 }
 
 /* Keeps the queues whose name matches (substring, or regex); false after answering a 400. */
