@@ -6,6 +6,7 @@
 #include "broker/connreg.h"
 
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 static connreg_entry_t *head;
@@ -28,6 +29,9 @@ void connreg_remove(connreg_entry_t *e)
     if (e->next) e->next->prev = e->prev;
     e->prev = e->next = NULL;
     count--;
+    free(e->chan_rates); /* connreg_api.c's per-channel samples */
+    e->chan_rates = NULL;
+    e->n_chan_rates = 0;
 }
 
 connreg_entry_t *connreg_refresh(void)

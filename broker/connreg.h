@@ -50,10 +50,12 @@ struct connreg_entry {
     void (*each_consumer)(void *ctx, void (*fn)(void *arg, uint16_t channel, const struct connreg_consumer_info *ci),
                           void *arg);
     void *ctx;
-    /* the byte-rate sample (connreg_sample): counters then, and the rates computed */
+    /* the rate sample (connreg_sample): counters then, and the rates computed; per channel too */
     double sampled_at;
     uint64_t prev_recv, prev_send;
     double recv_rate, send_rate;
+    struct connreg_chan_rates *chan_rates; /* one per open channel at the last sample */
+    size_t n_chan_rates;
     connreg_entry_t *prev, *next;
 };
 

@@ -27,6 +27,52 @@ size_t connreg_channel_count(void)
     return n;
 }
 
+/* A channel's message_stats counters at the previous sample, and the rates between samples. */
+enum { CR_PUBLISH, CR_CONFIRM, CR_DELIVER, CR_DELIVER_NO_ACK, CR_GET, CR_GET_NO_ACK, CR_ACK, CR_REDELIVER, CR_N };
+struct connreg_chan_rates {
+    uint16_t number;
+    uint64_t prev[CR_N];
+    double rate[CR_N];
+};
+
+static void chan_counters(const struct connreg_chan_info *ch, uint64_t out[CR_N])
+{
+    out[CR_PUBLISH] = ch->publish, out[CR_CONFIRM] = ch->confirmed, out[CR_DELIVER] = ch->deliver;
+    out[CR_DELIVER_NO_ACK] = ch->deliver_no_ack, out[CR_GET] = ch->get, out[CR_GET_NO_ACK] = ch->get_no_ack;
+    out[CR_ACK] = ch->ack, out[CR_REDELIVER] = ch->redeliver;
+}
+
+static struct connreg_chan_rates *chan_rates_of(const connreg_entry_t *e, uint16_t number)
+{
+    for (size_t i = 0; i < e->n_chan_rates; i++)
+        if (e->chan_rates[i].number == number) return &e->chan_rates[i];
+    return NULL;
+}
+
+/* One sampling pass over a connection's channels: the new table replaces the old one, so
+ * closed channels drop out. */
+struct chan_pass {
+    const connreg_entry_t *e;
+    struct connreg_chan_rates *next;
+    size_t n, cap;
+    double dt;
+};
+
+static void sample_channel(void *arg, const struct connreg_chan_info *ch)
+{
+    struct chan_pass *p = arg;
+    if (p->n == p->cap) {
+        p->cap = p->cap ? p->cap * 2 : 4;
+        p->next = realloc(p->next, p->cap * sizeof *p->next);
+        if (!p->next) abort();
+    }
+    struct connreg_chan_rates *s = &p->next[p->n++], *old = chan_rates_of(p->e, ch->number);
+    s->number = ch->number;
+    chan_counters(ch, s->prev);
+    for (int i = 0; i < CR_N; i++)
+        s->rate[i] = old && p->dt > 0 && s->prev[i] >= old->prev[i] ? (double)(s->prev[i] - old->prev[i]) / p->dt : 0;
+}
+
 void connreg_sample(double now)
 {
     for (connreg_entry_t *e = connreg_refresh(); e; e = e->next) {
@@ -36,6 +82,12 @@ void connreg_sample(double now)
         e->send_rate = first || dt <= 0 ? 0 : (double)(e->send_oct - e->prev_send) / dt;
         e->prev_recv = e->recv_oct, e->prev_send = e->send_oct;
         e->sampled_at = now;
+        if (!e->each_channel) continue;
+        struct chan_pass p = {.e = e, .dt = first ? 0 : dt};
+        e->each_channel(e->ctx, sample_channel, &p);
+        free(e->chan_rates);
+        e->chan_rates = p.next;
+        e->n_chan_rates = p.n;
     }
 }
 
@@ -160,6 +212,7 @@ cJSON *connreg_connections_json(const char *node)
 
 /* What channel and consumer objects repeat of their connection. */
 struct conn_ctx {
+    const connreg_entry_t *e;
     cJSON *arr;
     const char *node, *vhost, *user, *peer_host;
     int peer_port;
@@ -168,6 +221,7 @@ struct conn_ctx {
 
 static void ctx_init(struct conn_ctx *x, cJSON *arr, const char *node, const connreg_entry_t *e)
 {
+    x->e = e;
     x->arr = arr;
     x->node = node;
     x->vhost = e->vhost;
@@ -177,18 +231,18 @@ static void ctx_init(struct conn_ctx *x, cJSON *arr, const char *node, const con
     snprintf(x->name, sizeof x->name, "%s", e->name);
 }
 
-static void add_message_stats(cJSON *o, const struct connreg_chan_info *ch)
+/* The counters with the rates of the last sample (0 for a channel not sampled yet). */
+static void add_message_stats(cJSON *o, const connreg_entry_t *e, const struct connreg_chan_info *ch)
 {
+    static const char *const names[CR_N] = {"publish", "confirm", "deliver", "deliver_no_ack",
+                                            "get", "get_no_ack", "ack", "redeliver"};
+    const struct connreg_chan_rates *r = chan_rates_of(e, ch->number);
+    uint64_t n[CR_N];
+    chan_counters(ch, n);
     cJSON *s = cJSON_AddObjectToObject(o, "message_stats");
-    add_rate(s, "publish", ch->publish, 0);
-    add_rate(s, "confirm", ch->confirmed, 0);
-    add_rate(s, "deliver", ch->deliver, 0);
-    add_rate(s, "deliver_no_ack", ch->deliver_no_ack, 0);
-    add_rate(s, "get", ch->get, 0);
-    add_rate(s, "get_no_ack", ch->get_no_ack, 0);
-    add_rate(s, "deliver_get", ch->deliver + ch->deliver_no_ack + ch->get + ch->get_no_ack, 0);
-    add_rate(s, "ack", ch->ack, 0);
-    add_rate(s, "redeliver", ch->redeliver, 0);
+    for (int i = 0; i < CR_N; i++) add_rate(s, names[i], n[i], r ? r->rate[i] : 0);
+    double dg = r ? r->rate[CR_DELIVER] + r->rate[CR_DELIVER_NO_ACK] + r->rate[CR_GET] + r->rate[CR_GET_NO_ACK] : 0;
+    add_rate(s, "deliver_get", n[CR_DELIVER] + n[CR_DELIVER_NO_ACK] + n[CR_GET] + n[CR_GET_NO_ACK], dg);
 }
 
 static void add_channel(void *arg, const struct connreg_chan_info *ch)
@@ -220,7 +274,7 @@ static void add_channel(void *arg, const struct connreg_chan_info *ch)
     cJSON_AddNumberToObject(o, "pending_raft_commands", 0);
     cJSON_AddNumberToObject(o, "reductions", 0);
     cJSON_AddObjectToObject(o, "garbage_collection");
-    add_message_stats(o, ch);
+    add_message_stats(o, x->e, ch);
     cJSON_AddItemToArray(x->arr, o);
 }
 

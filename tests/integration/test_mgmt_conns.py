@@ -178,6 +178,7 @@ def test_channels_and_consumers(api, mb, uniq):
         assert first["confirm"] is True and first["transactional"] is False
         assert first["messages_unconfirmed"] == 0
         assert first["message_stats"]["publish"] == 1
+        assert isinstance(first["message_stats"]["publish_details"]["rate"], (int, float))
         assert first["message_stats"]["deliver"] == 1
         assert second["transactional"] is True and second["confirm"] is False
         assert second["consumer_count"] == 0
