@@ -1176,11 +1176,15 @@ static void leader_duties(qq_t *qq)
     /* Consumers of nodes that are down get their messages back. */
     for (unsigned i = 0; i < qq->n_members; i++)
         if (qq->members[i] != s->self && !node_up(s, qq->members[i])) propose_down(qq, qq->members[i], 0, 0);
-    /* Placement: the preferred leader (the first member) leads a new queue. */
+    /* Placement: the preferred leader (the first member) leads a new queue - only in its first
+     * term: a leadership won later was handed over on purpose (a drain, the old leader's own
+     * removal) or taken from a failed node, and giving it back would undo that. */
     if (!qq->transfer_done) {
         qq->transfer_done = true;
         uint32_t want = qq->members[0];
-        if (qq->is_new && want != s->self && node_up(s, want)) mr_transfer(qq->g, want);
+        if (qq->is_new && want != s->self && node_up(s, want) && mr_group_raft(qq->g)->term <= 1 &&
+            !s->draining)
+            mr_transfer(qq->g, want);
     }
     arm_expiry(qq);
 }

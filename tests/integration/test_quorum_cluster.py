@@ -559,3 +559,34 @@ def test_new_leader_resends_relayed_deliveries_once(cluster, uniq):
     for tag, _b in got[acked:]:
         ch.basic_ack(tag)
     conn.close()
+
+
+@pytest.mark.timeout(120)
+def test_removing_the_leader_moves_leadership_for_good(cluster, uniq):
+    """delete_member of the queue's leader: the leader hands over as it leaves, and the new
+    leader keeps it (a new queue's placement on its declaring node applies to its first terms
+    only, so leadership does not come back to the node being removed)."""
+    n1, n2, n3 = cluster.nodes
+    q = uniq("qqc-rm-leader")
+    declare(n1, q)
+    for n in (n2, n3):
+        wait_declared(n, q)
+    leader, term = wait_leader(cluster, q)
+    assert leader is n1
+    conn = pika_connect(n2)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for i in range(20):
+        ch.basic_publish("", q, str(i).encode(), pika.BasicProperties(delivery_mode=2))
+    conn.close()
+    t0 = time.monotonic()
+    r = cluster.ctl(n2, "delete_member", q, n1.name)
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 8
+    new, new_term = wait_leader(cluster, q, exclude=(n1,), timeout=10)
+    assert new in (n2, n3) and new_term > term
+    time.sleep(1.0)
+    assert leader_of(cluster, q)[0] is not n1  # it did not come back
+    row = queue_row(cluster, n2, q)
+    assert sorted(row["members"]) == sorted([n2.name, n3.name]) and row["leader"] == new.name, row
+    assert message_count(n3, q) == 20
