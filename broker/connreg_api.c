@@ -12,6 +12,7 @@
  * "peer_host:peer_port -> host:port" and connected_at is in ms; a channel is named
  * "<connection> (<number>)"; a consumer names its queue {name, vhost} and its channel. */
 #include "broker/connreg.h"
+#include "broker/nodeinfo.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -357,6 +358,11 @@ cJSON *connreg_lists_json(broker_t *b, const cJSON *req)
     if (want(req, "connections")) cJSON_AddItemToObject(o, "connections", connreg_connections_json(node));
     if (want(req, "channels")) cJSON_AddItemToObject(o, "channels", connreg_channels_json(node));
     if (want(req, "consumers")) cJSON_AddItemToObject(o, "consumers", connreg_consumers_json(node));
+    if (want(req, "node")) { /* /api/nodes: this node's figures */
+        cJSON *n = cJSON_AddObjectToObject(o, "node");
+        cJSON_AddStringToObject(n, "name", node);
+        ni_add_figures(b, n);
+    }
     if (want(req, "counts")) { /* the overview's object_totals, without the lists */
         cJSON *n = cJSON_AddObjectToObject(o, "counts");
         cJSON_AddNumberToObject(n, "connections", (double)connreg_count());

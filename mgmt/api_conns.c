@@ -26,7 +26,7 @@
 
 #define GATHER_TIMEOUT 5.0
 
-enum { G_CONNECTIONS = 1, G_CHANNELS = 2, G_CONSUMERS = 4, G_COUNTS = 8 };
+enum { G_CONNECTIONS = 1, G_CHANNELS = 2, G_CONSUMERS = 4, G_COUNTS = 8, G_NODE = 16 };
 
 /* One request's gathering of the cluster's lists. */
 struct gather {
@@ -64,6 +64,10 @@ static void merge_counts(struct gather *g, const cJSON *answer)
 static void merge(struct gather *g, cJSON *answer)
 {
     merge_counts(g, answer);
+    cJSON *node = cJSON_DetachItemFromObjectCaseSensitive(answer, "node");
+    cJSON *nodes = list_of(g, "nodes");
+    if (cJSON_IsObject(node) && nodes) cJSON_AddItemToArray(nodes, node);
+    else cJSON_Delete(node);
     static const char *const keys[] = {"connections", "channels", "consumers"};
     for (size_t i = 0; i < 3; i++) {
         cJSON *from = cJSON_GetObjectItemCaseSensitive(answer, keys[i]), *to = list_of(g, keys[i]);
@@ -92,6 +96,7 @@ static cJSON *request_json(unsigned what)
     if (what & G_CHANNELS) cJSON_AddTrueToObject(req, "channels");
     if (what & G_CONSUMERS) cJSON_AddTrueToObject(req, "consumers");
     if (what & G_COUNTS) cJSON_AddTrueToObject(req, "counts");
+    if (what & G_NODE) cJSON_AddTrueToObject(req, "node");
     return req;
 }
 
@@ -123,6 +128,10 @@ static void gather_doc(mgmt_req_t *r, unsigned what, void (*done)(struct gather 
     g->doc = doc;
     cJSON *req = request_json(what);
     g->lists = connreg_lists_json(r->m->b, req);
+    if (what & G_NODE) { /* ours is added by the caller; the others' answers collect here */
+        cJSON_DeleteItemFromObjectCaseSensitive(g->lists, "node");
+        cJSON_AddArrayToObject(g->lists, "nodes");
+    }
     char *payload = cJSON_PrintUnformatted(req);
     cJSON_Delete(req);
     g->waiting = 1; /* this function's own share: nothing finishes while calls go out */
@@ -149,6 +158,38 @@ static void reply_overview(struct gather *g)
 }
 
 void mgmt_reply_overview(mgmt_req_t *r, cJSON *overview) { gather_doc(r, G_COUNTS, reply_overview, overview); }
+
+/* ---- /api/nodes: the other nodes' figures ---- */
+
+static void add_figures_to(cJSON *node, const cJSON *figures)
+{
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(node, "name");
+    const cJSON *fname = cJSON_GetObjectItemCaseSensitive(figures, "name");
+    if (!cJSON_IsString(name) || !cJSON_IsString(fname) || strcmp(name->valuestring, fname->valuestring) ||
+        cJSON_GetObjectItemCaseSensitive(node, "mem_used"))
+        return;
+    for (const cJSON *f = figures->child; f; f = f->next)
+        if (strcmp(f->string, "name") != 0) cJSON_AddItemToObject(node, f->string, cJSON_Duplicate(f, true));
+}
+
+static void reply_nodes(struct gather *g)
+{
+    const cJSON *nodes = list_of(g, "nodes");
+    const cJSON *f;
+    cJSON_ArrayForEach(f, nodes)
+    {
+        if (cJSON_IsArray(g->doc)) {
+            cJSON *n;
+            cJSON_ArrayForEach(n, g->doc) add_figures_to(n, f);
+        } else {
+            add_figures_to(g->doc, f);
+        }
+    }
+    if (cJSON_IsArray(g->doc)) mgmt_reply_list(g->r, g->doc);
+    else mgmt_reply_json(g->r, 200, g->doc);
+}
+
+void mgmt_reply_nodes(mgmt_req_t *r, cJSON *nodes) { gather_doc(r, G_NODE, reply_nodes, nodes); }
 
 
 /* ---- filters ---- */

@@ -2,8 +2,9 @@
  * bindings, an exchange's bindings as source or destination, a queue's contents).
  *
  * /api/nodes lists the cluster's members (broker/cluster.h: cl_status) with their running
- * state; the resource figures (memory, disk, file descriptors, uptime) are this node's own and
- * only reported for it - other nodes' figures need a call to them, which comes later.
+ * state and resource figures (memory, disk, file descriptors, uptime: broker/nodeinfo.c): this
+ * node's own, and every other running member's from its answer to a connreg.list call asking
+ * for "node" (api_conns.c gathers them; a member that does not answer in time has none).
  *
  * Health checks answer 200 {"status":"ok"} or 503 {"status":"failed","reason":...} with
  * RabbitMQ 3.10.8's extra fields. Purging a queue (DELETE .../contents) may wait for its home
@@ -18,47 +19,12 @@
 
 #include "broker/cluster.h"
 #include "broker/meta.h"
+#include "broker/nodeinfo.h"
 #include "broker/qq.h"
 #include "broker/remote.h"
 #include "mgmt/internal.h"
 
 /* ---- nodes ---- */
-
-static uint64_t disk_free(const char *dir)
-{
-    struct statvfs st;
-    return statvfs(dir, &st) == 0 ? (uint64_t)st.f_bavail * st.f_frsize : 0;
-}
-
-static int fd_used(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) return 0;
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d));) n += e->d_name[0] != '.';
-    closedir(d);
-    return n > 0 ? n - 1 : 0; /* minus the one opendir holds */
-}
-
-static void add_local_figures(mgmt_t *m, cJSON *o)
-{
-    broker_t *b = m->b;
-    cJSON_AddNumberToObject(o, "mem_used", (double)br_memory_used());
-    cJSON_AddNumberToObject(o, "mem_limit", (double)br_memory_limit(b));
-    cJSON_AddBoolToObject(o, "mem_alarm", (b->alarms & BR_ALARM_MEMORY) != 0);
-    cJSON_AddNumberToObject(o, "disk_free", (double)disk_free(m->cfg->data_dir));
-    cJSON_AddNumberToObject(o, "disk_free_limit", (double)m->cfg->disk_free_limit_absolute);
-    cJSON_AddBoolToObject(o, "disk_free_alarm", (b->alarms & BR_ALARM_DISK) != 0);
-    struct rlimit rl;
-    cJSON_AddNumberToObject(o, "fd_used", fd_used());
-    cJSON_AddNumberToObject(o, "fd_total", getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (double)rl.rlim_cur : 0);
-    cJSON_AddNumberToObject(o, "uptime", (double)(int64_t)((ev_now(m->loop) - m->started) * 1000.0));
-    cJSON_AddNumberToObject(o, "processors", (double)sysconf(_SC_NPROCESSORS_ONLN));
-    char pid[24];
-    snprintf(pid, sizeof pid, "%ld", (long)getpid());
-    cJSON_AddStringToObject(o, "os_pid", pid);
-    cJSON_AddStringToObject(o, "rates_mode", "basic");
-}
 
 static cJSON *node_json(mgmt_t *m, const char *name, bool self, bool running)
 {
@@ -67,7 +33,7 @@ static cJSON *node_json(mgmt_t *m, const char *name, bool self, bool running)
     cJSON_AddStringToObject(o, "type", "disc");
     cJSON_AddBoolToObject(o, "running", running);
     cJSON_AddItemToObject(o, "partitions", cJSON_CreateArray());
-    if (self) add_local_figures(m, o);
+    if (self) ni_add_figures(m->b, o);
     return o;
 }
 
@@ -96,7 +62,7 @@ void mgmt_get_nodes(mgmt_req_t *r)
 {
     cJSON *arr = cJSON_CreateArray();
     each_node(r->m, add_node, arr);
-    mgmt_reply_list(r, arr);
+    mgmt_reply_nodes(r, arr);
 }
 
 struct find_node {
@@ -115,7 +81,7 @@ void mgmt_get_node(mgmt_req_t *r)
     struct find_node f = {r->params[0], NULL};
     each_node(r->m, match_node, &f);
     if (!f.found) return mgmt_reply_not_found(r);
-    mgmt_reply_json(r, 200, f.found);
+    mgmt_reply_nodes(r, f.found);
 }
 
 void mgmt_get_cluster_name(mgmt_req_t *r)

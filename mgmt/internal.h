@@ -211,6 +211,9 @@ void mgmt_get_channel(mgmt_req_t *r);
 void mgmt_get_consumers(mgmt_req_t *r);
 /* Answers the overview o once object_totals.connections / channels count every node's. */
 void mgmt_reply_overview(mgmt_req_t *r, cJSON *o);
+/* Answers /api/nodes (an array) or /api/nodes/{name} (an object) once the other running
+ * members have sent their figures (mem_used, disk_free, fd_used, uptime...). */
+void mgmt_reply_nodes(mgmt_req_t *r, cJSON *nodes);
 /* Answers one queue's object o with consumer_details: its consumers on every node. */
 void mgmt_reply_queue(mgmt_req_t *r, cJSON *o);
 

@@ -846,6 +846,15 @@ def test_cluster_writes_go_through_the_metadata_log(tmp_path, pki, uniq):
         for i, a in enumerate(apis):
             o = a.ok("/overview")
             assert o["node"] == CLUSTER_NAMES[i] and o["cluster_name"] == "itest"
+        # /api/nodes from any node: every member's own figures (each answers for itself)
+        nodes = a2.ok("/nodes")
+        assert sorted(n["name"] for n in nodes) == CLUSTER_NAMES
+        for n in nodes:
+            assert n["running"] is True
+            assert n["mem_used"] > 0 and n["fd_used"] > 0 and n["uptime"] > 0 and n["disk_free"] > 0, n
+        assert len({n["os_pid"] for n in nodes}) == 3
+        one = a1.ok(f"/nodes/{CLUSTER_NAMES[2]}")
+        assert one["os_pid"] == next(n["os_pid"] for n in nodes if n["name"] == CLUSTER_NAMES[2])
         # a classic queue declared through node 2 lives there; every node lists it
         q = uniq("q")
         path = f"/queues/%2F/{q}"
