@@ -49,11 +49,11 @@
 /* Bodies of quorum queue messages kept in memory, node-wide: the most recently enqueued (or
  * read back) ones; older bodies live in the replica's body store until delivered. The
  * environment variable WARREN_QQ_BODY_MEMORY (bytes) overrides it (tests use a small one). */
-#define QQ_BODY_MEMORY_DEFAULT (24u << 20)
+#define QQ_BODY_MEMORY_DEFAULT (16u << 20)
 #define QQ_BODY_MEMORY (s->body_memory)
 /* Log bytes applied since the last snapshot that make the next one due, whatever the entry
  * count: Raft keeps the log since the last snapshot in memory. */
-#define QQ_LOG_BYTES (32u << 20)
+#define QQ_LOG_BYTES (24u << 20)
 /* ... and at least a small multiple of the snapshot it costs (a META snapshot takes 6-10 bytes
  * per live message), so that snapshots write a fraction of the log they let go. */
 #define QQ_SNAP_BYTES_PER_MSG 16

@@ -74,7 +74,7 @@
  * without busy Raft groups never fills them. */
 #define STORE_LOG_WRITE_BUFFER_BYTES (64u << 20)
 #define STORE_LOG_WRITE_BUFFERS 3
-#define STORE_DB_WRITE_BUFFER_BYTES (48u << 20)
+#define STORE_DB_WRITE_BUFFER_BYTES (40u << 20)
 
 /* One callback waiting for its batch to become durable. */
 struct store_waiter {
