@@ -373,6 +373,7 @@ static void confirm_ack(chan_t *ch, uint64_t tag, bool multiple)
     send(ch, &m);
     ch->st_confirm++;
     if (ch->conn) ch->conn->srv->broker->stat_confirm++;
+    if (ch->conn && ch->conn->vh) ch->conn->vh->stat_confirm++;
 }
 
 static void confirm_nack(chan_t *ch, uint64_t tag)
@@ -518,7 +519,7 @@ static int deliver_message(chan_t *ch, msg_t *m, bool mandatory, rq_pub_cb cb, v
     if (m->exchange_len == 0 && m->rk_len > strlen(REPLY_TO_PREFIX) &&
         memcmp(m->rk, REPLY_TO_PREFIX, strlen(REPLY_TO_PREFIX)) == 0) {
         chan_t *to = dict_get(&ch->conn->srv->reply_to, m->rk, m->rk_len);
-        b->stat_publish++, ch->st_publish++;
+        b->stat_publish++, ch->st_publish++, vh->stat_publish++;
         if (to && to->conn && to->state == CH_OPEN) {
             amqp_method_t d = {.id = AMQP_BASIC_DELIVER};
             d.u.basic_deliver.consumer_tag = AMQP_BYTES_CSTR(to->reply_ctag);
@@ -538,13 +539,13 @@ static int deliver_message(chan_t *ch, msg_t *m, bool mandatory, rq_pub_cb cb, v
         /* x-delayed-message: held back, routed when due (no basic.return, as the plugin). */
         int64_t delay = br_delay_of(m);
         if (delay > 0) {
-            b->stat_publish++, ch->st_publish++;
+            b->stat_publish++, ch->st_publish++, vh->stat_publish++, x->stat_in++;
             return br_delay_publish(x, m, delay);
         }
     }
     ptrvec_t qs = {0};
     if (x) br_route(x, m, &qs);
-    b->stat_publish++, ch->st_publish++;
+    b->stat_publish++, ch->st_publish++, vh->stat_publish++;
     int result = Q_PUB_OK;
     msg_t *stripped = br_strip_bcc(m);
     if (stripped) m = stripped; /* BCC routes but is never delivered */
@@ -564,6 +565,7 @@ static int deliver_message(chan_t *ch, msg_t *m, bool mandatory, rq_pub_cb cb, v
         taken++;
         conn_throttle(ch->conn, q);
     }
+    if (x) x->stat_in++, x->stat_out += taken > 0;
     if (taken == 0) {
         b->stat_unroutable++;
         b->stat_returned += mandatory;

@@ -100,6 +100,7 @@ struct vhost {
     dict_t queues;    /* name -> queue_t* */
     ptrvec_t policies, operator_policies; /* policy_t* */
     bool deleted; /* removed by br_vhost_delete; kept alive for connections still pointing at it */
+    uint64_t stat_publish, stat_confirm; /* messages published into it, confirms sent (mgmt rates) */
 };
 
 /* ---- exchanges and bindings ---- */
@@ -129,6 +130,7 @@ struct exchange {
     dict_t direct;      /* EX_DIRECT: routing key -> ptrvec_t* of bindings */
     topic_trie_t *trie; /* EX_TOPIC */
     uint64_t route_mark;
+    uint64_t stat_in, stat_out; /* published to it; of those, routed to at least one queue */
 };
 
 /* ---- queues and consumers ---- */

@@ -221,6 +221,7 @@ static cJSON *vhost_json(mgmt_req_t *r, vhost_t *vh)
     mgmt_json_count(o, "messages", t.ready + t.unacked, dr.messages);
     mgmt_json_count(o, "messages_ready", t.ready, dr.ready);
     mgmt_json_count(o, "messages_unacknowledged", t.unacked, dr.unacked);
+    mgmt_json_vhost_stats(r->m, o, vh);
     return o;
 }
 
@@ -292,10 +293,13 @@ void mgmt_get_permissions(mgmt_req_t *r) { mgmt_reply_list(r, permissions_json(r
 
 static void add_exchanges(mgmt_req_t *r, vhost_t *vh, void *arg)
 {
-    (void)r;
     size_t pos = 0;
     void *v;
-    while (dict_next(&vh->exchanges, &pos, NULL, NULL, &v)) cJSON_AddItemToArray(arg, mgmt_json_exchange(v));
+    while (dict_next(&vh->exchanges, &pos, NULL, NULL, &v)) {
+        cJSON *o = mgmt_json_exchange(v);
+        mgmt_json_exchange_stats(r->m, o, v);
+        cJSON_AddItemToArray(arg, o);
+    }
 }
 
 void mgmt_get_exchanges(mgmt_req_t *r)
@@ -310,7 +314,9 @@ void mgmt_get_exchange(mgmt_req_t *r)
     const char *name = strcmp(r->params[1], "amq.default") == 0 ? "" : r->params[1];
     exchange_t *x = br_exchange(param_vhost(r), name, strlen(name));
     if (!x) return mgmt_reply_not_found(r);
-    mgmt_reply_json(r, 200, mgmt_json_exchange(x));
+    cJSON *o = mgmt_json_exchange(x);
+    mgmt_json_exchange_stats(r->m, o, x);
+    mgmt_reply_json(r, 200, o);
 }
 
 /* ---- queues ---- */

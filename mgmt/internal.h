@@ -240,6 +240,7 @@ void mgmt_delete_topic_permission(mgmt_req_t *r);
 enum {
     MGMT_RATE_PUBLISH, MGMT_RATE_DELIVER, MGMT_RATE_GET, MGMT_RATE_DELIVER_GET, MGMT_RATE_ACK,
     MGMT_RATE_REDELIVER, MGMT_RATE_CONFIRM, MGMT_RATE_UNROUTABLE, /* counters */
+    MGMT_RATE_PUBLISH_IN, MGMT_RATE_PUBLISH_OUT,                  /* exchanges' counters */
     MGMT_RATE_MESSAGES, MGMT_RATE_READY, MGMT_RATE_UNACKED,       /* depths (rates may be < 0) */
     MGMT_RATE_N
 };
@@ -247,6 +248,14 @@ void mgmt_rates_start(mgmt_t *m);
 void mgmt_rates_stop(mgmt_t *m);
 double mgmt_rate_node(const mgmt_t *m, int which);
 double mgmt_rate_queue(const mgmt_t *m, const queue_t *q, int which);
+double mgmt_rate_exchange(const mgmt_t *m, const exchange_t *x, int which);
+double mgmt_rate_vhost(const mgmt_t *m, const vhost_t *vh, int which);
+/* A vhost's counters: publish and confirm its own, deliver..redeliver summed over its queues. */
+void mgmt_vhost_counters(const vhost_t *vh, uint64_t out[MGMT_RATE_N]);
+/* message_stats of an exchange (publish_in/out) and a vhost, added to o when there was traffic,
+ * as RabbitMQ adds them. */
+void mgmt_json_exchange_stats(mgmt_t *m, cJSON *o, const exchange_t *x);
+void mgmt_json_vhost_stats(mgmt_t *m, cJSON *o, const vhost_t *vh);
 /* Adds name: n and name_details: {rate} to o. */
 void mgmt_json_count(cJSON *o, const char *name, uint64_t n, double rate);
 

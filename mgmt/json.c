@@ -215,6 +215,29 @@ const char *mgmt_exchange_type_name(const exchange_t *x)
     return x->delayed ? "x-delayed-message" : ex_type_name(x->type);
 }
 
+void mgmt_json_exchange_stats(mgmt_t *m, cJSON *o, const exchange_t *x)
+{
+    if (!x->stat_in) return;
+    cJSON *s = cJSON_AddObjectToObject(o, "message_stats");
+    mgmt_json_count(s, "publish_in", x->stat_in, mgmt_rate_exchange(m, x, MGMT_RATE_PUBLISH_IN));
+    mgmt_json_count(s, "publish_out", x->stat_out, mgmt_rate_exchange(m, x, MGMT_RATE_PUBLISH_OUT));
+}
+
+void mgmt_json_vhost_stats(mgmt_t *m, cJSON *o, const vhost_t *vh)
+{
+    uint64_t c[MGMT_RATE_N];
+    mgmt_vhost_counters(vh, c);
+    if (!c[MGMT_RATE_PUBLISH] && !c[MGMT_RATE_DELIVER_GET] && !c[MGMT_RATE_ACK]) return;
+    static const struct { const char *name; int which; } fields[] = {
+        {"publish", MGMT_RATE_PUBLISH},         {"confirm", MGMT_RATE_CONFIRM}, {"deliver", MGMT_RATE_DELIVER},
+        {"get", MGMT_RATE_GET},                 {"deliver_get", MGMT_RATE_DELIVER_GET},
+        {"ack", MGMT_RATE_ACK},                 {"redeliver", MGMT_RATE_REDELIVER},
+    };
+    cJSON *s = cJSON_AddObjectToObject(o, "message_stats");
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        mgmt_json_count(s, fields[i].name, c[fields[i].which], mgmt_rate_vhost(m, vh, fields[i].which));
+}
+
 cJSON *mgmt_json_exchange(const exchange_t *x)
 {
     cJSON *o = cJSON_CreateObject();

@@ -6,8 +6,10 @@
  * "basic" rates mode reports it. Reading a rate costs a hash lookup; the sampling costs one pass
  * over the queues per interval, nothing per message.
  *
- * Invariants: a queue's sample is keyed by its uid (the same for its whole life); samples of
- * queues that no longer exist are dropped at the next pass (generation mark). A queue's first
+ * Invariants: a queue's sample is keyed by its uid (the same for its whole life), an exchange's
+ * by 'x' vhost \0 name, a vhost's by 'v' name (a vhost's queue counters are the sum of its
+ * queues'); samples of objects that no longer exist are dropped at the next pass (generation
+ * mark). A queue's first
  * sample has rate 0. Queues homed on another node have no local depth: only their counters. */
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +33,7 @@ struct mgmt_rates {
     ev_tstamp last;
     uint64_t gen;
     dict_t queues; /* uid (8 bytes) -> struct rate_sample* */
+    dict_t objects; /* 'x' vhost \0 name / 'v' vhost -> struct rate_sample* */
     struct rate_sample node;
 };
 
@@ -60,6 +63,79 @@ static void queue_counters(queue_t *q, uint64_t out[MGMT_RATE_N])
         out[MGMT_RATE_READY] = q->ready_len, out[MGMT_RATE_UNACKED] = q->unacked;
     }
     out[MGMT_RATE_MESSAGES] = out[MGMT_RATE_READY] + out[MGMT_RATE_UNACKED];
+}
+
+/* key = tag + vhost [+ \0 + name]; returns its length. */
+static size_t object_key(char *key, size_t cap, char tag, const vhost_t *vh, const exchange_t *x)
+{
+    size_t n = (size_t)snprintf(key, cap, "%c%s", tag, vh->name);
+    if (x && n + 1 + x->name_len < cap) {
+        key[n++] = '\0';
+        memcpy(key + n, x->name, x->name_len);
+        n += x->name_len;
+    }
+    return n < cap ? n : cap - 1;
+}
+
+static void sample_object(struct mgmt_rates *r, const char *key, size_t klen, const uint64_t now[MGMT_RATE_N],
+                          double dt)
+{
+    struct rate_sample *s = dict_get(&r->objects, key, klen);
+    bool first = !s;
+    if (first) {
+        s = calloc(1, sizeof *s);
+        if (!s) abort();
+        dict_set(&r->objects, key, klen, s);
+    }
+    update(s, now, dt, first);
+    s->gen = r->gen;
+}
+
+/* Exchanges' publish_in / publish_out, and vhosts' counters (their queues' summed, plus their
+ * own publish and confirm counts). */
+static void sample_objects(struct mgmt_rates *r, double dt)
+{
+    char key[600];
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&r->m->b->vhosts, &pos, NULL, NULL, &v)) {
+        vhost_t *vh = v;
+        size_t p2 = 0;
+        void *ev;
+        while (dict_next(&vh->exchanges, &p2, NULL, NULL, &ev)) {
+            exchange_t *x = ev;
+            uint64_t now[MGMT_RATE_N] = {0};
+            now[MGMT_RATE_PUBLISH_IN] = x->stat_in;
+            now[MGMT_RATE_PUBLISH_OUT] = x->stat_out;
+            sample_object(r, key, object_key(key, sizeof key, 'x', vh, x), now, dt);
+        }
+        uint64_t sum[MGMT_RATE_N] = {0};
+        mgmt_vhost_counters(vh, sum);
+        sample_object(r, key, object_key(key, sizeof key, 'v', vh, NULL), sum, dt);
+    }
+    pos = 0;
+    const char *k;
+    size_t kl;
+    while (dict_next(&r->objects, &pos, &k, &kl, &v)) {
+        struct rate_sample *s = v;
+        if (s->gen == r->gen) continue;
+        dict_del(&r->objects, k, kl);
+        free(s);
+    }
+}
+
+void mgmt_vhost_counters(const vhost_t *vh, uint64_t out[MGMT_RATE_N])
+{
+    memset(out, 0, sizeof(uint64_t) * MGMT_RATE_N);
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&vh->queues, &pos, NULL, NULL, &v)) {
+        uint64_t q[MGMT_RATE_N];
+        queue_counters(v, q);
+        for (int i = MGMT_RATE_DELIVER; i <= MGMT_RATE_REDELIVER; i++) out[i] += q[i];
+    }
+    out[MGMT_RATE_PUBLISH] = vh->stat_publish;
+    out[MGMT_RATE_CONFIRM] = vh->stat_confirm;
 }
 
 static void sample_queues(struct mgmt_rates *r, double dt)
@@ -114,6 +190,7 @@ static void sample(struct ev_loop *loop, ev_timer *w, int revents)
     node[MGMT_RATE_UNROUTABLE] = b->stat_unroutable;
     update(&r->node, node, dt, first);
     sample_queues(r, dt);
+    sample_objects(r, dt);
     connreg_sample(now); /* connections' recv_oct / send_oct rates */
 }
 
@@ -123,6 +200,7 @@ void mgmt_rates_start(mgmt_t *m)
     if (!r) abort();
     r->m = m;
     dict_init(&r->queues);
+    dict_init(&r->objects);
     m->rates = r;
     if (!m->loop) return;
     r->last = ev_now(m->loop);
@@ -144,6 +222,9 @@ void mgmt_rates_stop(mgmt_t *m)
     void *v;
     while (dict_next(&r->queues, &pos, NULL, NULL, &v)) free(v);
     dict_free(&r->queues);
+    pos = 0;
+    while (dict_next(&r->objects, &pos, NULL, NULL, &v)) free(v);
+    dict_free(&r->objects);
     free(r);
     m->rates = NULL;
 }
@@ -152,6 +233,18 @@ double mgmt_rate_node(const mgmt_t *m, int which)
 {
     return m->rates ? m->rates->node.rate[which] : 0.0;
 }
+
+static double object_rate(const mgmt_t *m, char tag, const vhost_t *vh, const exchange_t *x, int which)
+{
+    char key[600];
+    size_t klen = object_key(key, sizeof key, tag, vh, x);
+    const struct rate_sample *s = m->rates ? dict_get(&m->rates->objects, key, klen) : NULL;
+    return s ? s->rate[which] : 0.0;
+}
+
+double mgmt_rate_exchange(const mgmt_t *m, const exchange_t *x, int which) { return object_rate(m, 'x', x->vh, x, which); }
+
+double mgmt_rate_vhost(const mgmt_t *m, const vhost_t *vh, int which) { return object_rate(m, 'v', vh, NULL, which); }
 
 double mgmt_rate_queue(const mgmt_t *m, const queue_t *q, int which)
 {

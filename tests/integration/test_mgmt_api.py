@@ -626,6 +626,44 @@ def test_message_rates(api, ch, uniq):
     assert 20 <= queue_rate <= 1000 and 20 <= node_rate and 20 <= depth_rate <= 1000, seen
 
 
+@pytest.mark.timeout(120)
+def test_exchange_and_vhost_message_stats(api, ch, uniq):
+    """An exchange's message_stats count what was published to it (publish_in) and what it routed
+    (publish_out), a vhost's what was published into it and delivered / acknowledged from its
+    queues, each with a rate that follows a steady publisher."""
+    import time
+    x, q = uniq("x"), uniq("q")
+    ch.exchange_declare(x, "direct")
+    ch.queue_declare(q)
+    ch.queue_bind(q, x, "k")
+    xpath = f"/exchanges/%2F/{x}"
+    assert "message_stats" not in api.ok(xpath)  # no traffic yet: none, as RabbitMQ
+    deadline = time.monotonic() + 30
+    xs = vs = {}
+    while time.monotonic() < deadline:
+        for i in range(20):
+            ch.basic_publish(x, "k" if i % 2 == 0 else "nowhere", b"x")
+        conn_sleep(ch, 0.1)
+        xs = api.ok(xpath).get("message_stats", {})
+        vs = api.ok("/vhosts/%2F").get("message_stats", {})
+        if xs.get("publish_in_details", {}).get("rate", 0) > 0 and vs.get("publish_details", {}).get("rate", 0) > 0:
+            break
+    assert xs.get("publish_in", 0) >= 20 and xs["publish_out"] * 2 == xs["publish_in"], xs
+    assert 10 <= xs["publish_in_details"]["rate"] and xs["publish_out_details"]["rate"] > 0, xs
+    assert vs.get("publish", 0) >= xs["publish_in"] and vs["publish_details"]["rate"] > 0, vs
+    got = 0
+    while True:
+        m, _p, _b = ch.basic_get(q)
+        if m is None:
+            break
+        ch.basic_ack(m.delivery_tag)
+        got += 1
+    vstats = lambda: api.ok("/vhosts/%2F")["message_stats"]
+    done = lambda v: all(v.get(k, 0) >= got for k in ("get", "ack", "deliver_get"))
+    assert wait_for(lambda: done(vstats()), STATS_WAIT), vstats()  # (RabbitMQ emits stats every 5 s)
+    assert any(e["name"] == x and "message_stats" in e for e in api.ok("/exchanges/%2F"))
+
+
 def conn_sleep(ch, seconds):
     ch.connection.sleep(seconds)
 
