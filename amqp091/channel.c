@@ -45,6 +45,7 @@ chan_t *chan_new(conn_t *c, uint16_t id)
     ch->next_tag = 1;
     ch->flow_active = true;
     ch->qq_chan = qq_channel_id(c->srv->broker);
+    c->srv->broker->stat_chan_opened++;
     return ch;
 }
 
@@ -291,6 +292,7 @@ void chan_on_drain(chan_t *ch)
 
 void chan_destroy(chan_t *ch)
 {
+    if (ch->conn) ch->conn->srv->broker->stat_chan_closed++;
     reply_to_stop(ch);
     /* Quorum queues: one DOWN per queue returns this channel's messages and drops its
      * consumers and publisher records (the per-delivery requeues below are skipped there). */

@@ -601,6 +601,7 @@ static void conn_on_close(void *ud)
     c->throttled_by = NULL;
     conn_free_channels(c);
     connreg_remove(&c->reg);
+    s->broker->stat_conn_closed++;
     br_connection_closed(s->broker, c->id);
     if (c->prev) c->prev->next = c->next;
     else s->conns = c->next;
@@ -719,6 +720,7 @@ static void conn_register(conn_t *c)
     e->each_consumer = conn_each_consumer;
     e->ctx = c;
     connreg_add(e);
+    c->srv->broker->stat_conn_opened++;
 }
 
 static void on_accept(void *arg, net_conn_t *nc)

@@ -260,6 +260,9 @@ struct broker {
     uint64_t page_out_threshold; /* above this, stored bodies are dropped from memory */
     uint64_t stat_publish, stat_deliver, stat_ack, stat_confirm, stat_unroutable;
     uint64_t stat_returned; /* of stat_unroutable, those returned to the publisher (mandatory) */
+    /* churn (Prometheus connections/channels_opened/closed_total): client connections accepted and
+     * gone, channels opened and closed, by the protocol adapters; they only grow */
+    uint64_t stat_conn_opened, stat_conn_closed, stat_chan_opened, stat_chan_closed;
     unsigned alarms; /* BR_ALARM_* bits in effect */
     /* delayed messages (delayed.c): a min-heap by due time, one timer for the earliest */
     struct delay_entry *delays;
