@@ -24,6 +24,7 @@
 #include "broker/broker.h"
 #include "broker/cluster.h"
 #include "broker/config.h"
+#include "broker/hibernate.h"
 #include "broker/log.h"
 #include "broker/meta.h"
 #include "broker/qq.h"
@@ -277,8 +278,10 @@ int main(int argc, char **argv)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     log_info("server startup complete in %.1f ms", (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
 
+    hib_start(b); /* gives back start-up-only memory once idle */
     ev_run(loop, 0);
 
+    hib_stop();
     admin_shutdown(); /* a drain still waiting */
     amqp_server_free(node.amqp);
     qq_free(b);      /* its groups live on the cluster's Raft host */
