@@ -8,14 +8,27 @@
  *   - node: alarms, memory, disk, file descriptors, object counts, build and identity info;
  *   - global counters (rabbitmq_global_messages_*_total{protocol="amqp091"}) from broker_t's
  *     stat_* fields, which only grow (Warren does not split them by queue type);
- *   - queues (depth, consumers, bytes, published) and Raft groups (term, indexes).
- * The three endpoints differ in the queue and Raft families only, as RabbitMQ's do:
- *   /metrics             aggregated: one unlabelled sample per family, the sum over the queues;
- *   /metrics/per-object  one sample per queue, labelled {vhost, queue};
- *   /metrics/detailed    per queue too, named rabbitmq_detailed_*, only the families asked for
+ *   - churn (connections / channels opened and closed) from broker_t's stat_conn_* and
+ *     stat_chan_*, kept by amqp091 at accept / close and channel open / close;
+ *   - channels (rabbitmq_channel_*: published, confirmed, delivered, acked, fetched, prefetch...)
+ *     from the per-channel counters the connection registry shows (broker/connreg.h), so, as in
+ *     RabbitMQ, an aggregated sum covers the channels open now; the unroutable ones come from the
+ *     node's counters (broker_t has no per-channel split of them);
+ *   - queues (depth, consumers, bytes, published) and Raft groups (term, indexes), and from 4.1
+ *     on rabbitmq_queue_info{vhost, queue, queue_type, membership} (1 per queue reported here:
+ *     RabbitMQ puts the queue type on that info metric, the per-queue families keep {vhost, queue}).
+ * The three endpoints differ in the per-object families only, as RabbitMQ's do:
+ *   /metrics             aggregated: one unlabelled sample per family, the sum over the objects;
+ *   /metrics/per-object  one sample per queue, labelled {vhost, queue}, per channel, labelled
+ *                        {channel} (RabbitMQ breaks them down by exchange / queue as well, Warren
+ *                        counts per channel only), and rabbitmq_queue_info;
+ *   /metrics/detailed    per object too, named rabbitmq_detailed_*, only the families asked for
  *                        with ?family=... (queue_coarse_metrics, queue_consumer_count,
- *                        queue_metrics, queue_exchange_metrics, ra_metrics), optionally only
- *                        in the vhosts given with ?vhost=...
+ *                        queue_metrics, queue_exchange_metrics, ra_metrics, connection_churn_metrics,
+ *                        channel_metrics, channel_exchange_metrics, channel_queue_metrics),
+ *                        the queue ones optionally only in the vhosts given with ?vhost=...
+ * Not served, for want of a source: raft_entry_commit_latency_seconds (qq.c keeps no commit
+ * times), queues_declared/created/deleted_total, channel_get_empty_total, auth_attempts_*.
  *
  * Which queues a node reports (each node is scraped on its own, as RabbitMQ's): classic queues
  * homed on this node and quorum queues it leads; the Raft families cover every quorum queue
@@ -26,6 +39,7 @@
  * kept between scrapes; nothing is counted per message beyond broker_t's existing counters. */
 #include <dirent.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +48,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "broker/connreg.h"
 #include "broker/qq.h"
 #include "broker/remote.h"
 #include "mgmt/internal.h"
@@ -164,7 +179,11 @@ enum {
 };
 
 /* Families of /metrics/detailed (bit masks). */
-enum { FAM_COARSE = 1, FAM_CONSUMERS = 2, FAM_QUEUE = 4, FAM_EXCHANGE = 8, FAM_RA = 16 };
+enum {
+    FAM_COARSE = 1, FAM_CONSUMERS = 2, FAM_QUEUE = 4, FAM_EXCHANGE = 8, FAM_RA = 16,
+    FAM_CHURN = 32, FAM_CHAN = 64, FAM_CHAN_EXCHANGE = 128, FAM_CHAN_QUEUE = 256,
+    FAM_QUEUES_ANY = FAM_COARSE | FAM_CONSUMERS | FAM_QUEUE, /* those that bring queue_info */
+};
 
 struct prom_queue {
     const queue_t *q;
@@ -287,6 +306,168 @@ static void prom_queue_family(struct prom_buf *b, const struct prom_queues *qs, 
     }
 }
 
+/* RabbitMQ 4.1's rabbitmq_queue_info: 1 for every queue this node reports, with its type (the
+ * queue type module's name, as rabbitmq_global_* labels use) and this node's part in it. A
+ * classic queue homed on another node and a quorum queue without a replica here are left out
+ * (RabbitMQ's "not_a_member"). */
+static void prom_queue_info(struct prom_buf *b, const struct prom_queues *qs, const char *prefix)
+{
+    prom_header(b, prefix, "queue_info", "gauge", "A metric with a constant '1' value and labels that provide some "
+                                                  "queue details");
+    for (size_t i = 0; i < qs->n; i++) {
+        const struct prom_queue *pq = &qs->items[i];
+        const queue_t *q = pq->q;
+        bool leader = pq->depth; /* homed here (classic) / led here (quorum) */
+        if (!leader && !pq->raft) continue;
+        prom_printf(b, "%squeue_info{vhost=\"", prefix);
+        prom_label_value(b, q->vh->name);
+        prom_printf(b, "\",queue=\"");
+        prom_label_value(b, q->name);
+        prom_printf(b, "\",queue_type=\"%s\",membership=\"%s\"} 1\n",
+                    q->qq ? "rabbit_quorum_queue" : "rabbit_classic_queue", leader ? "leader" : "follower");
+    }
+}
+
+/* ---- churn: connections and channels opened / closed ---- */
+
+static void prom_churn(struct prom_buf *b, const broker_t *br, const char *prefix)
+{
+    static const struct { const char *name, *help; size_t off; } fams[] = {
+        {"connections_opened_total", "Total number of connections opened", offsetof(broker_t, stat_conn_opened)},
+        {"connections_closed_total", "Total number of connections closed or terminated",
+         offsetof(broker_t, stat_conn_closed)},
+        {"channels_opened_total", "Total number of channels opened", offsetof(broker_t, stat_chan_opened)},
+        {"channels_closed_total", "Total number of channels closed", offsetof(broker_t, stat_chan_closed)},
+    };
+    for (size_t i = 0; i < sizeof fams / sizeof fams[0]; i++) {
+        uint64_t v = *(const uint64_t *)((const char *)br + fams[i].off);
+        prom_header(b, prefix, fams[i].name, "counter", fams[i].help);
+        prom_printf(b, "%s%s %llu\n", prefix, fams[i].name, (unsigned long long)v);
+    }
+}
+
+/* ---- channels (the connection registry's per-channel figures) ---- */
+
+enum {
+    PC_PUBLISH, PC_CONFIRM, PC_GET, PC_GET_NO_ACK, PC_DELIVER, PC_DELIVER_NO_ACK, PC_REDELIVER, PC_ACK,
+    PC_CONSUMERS, PC_UNACKED, PC_UNCONFIRMED, PC_UNCOMMITTED, PC_PREFETCH, PC_GLOBAL_PREFETCH, PC_N
+};
+
+struct prom_chan {
+    char name[200]; /* RabbitMQ's channel name: "<connection name> (<number>)" */
+    uint64_t v[PC_N];
+};
+
+struct prom_chans {
+    struct prom_chan *items;
+    size_t n, cap;
+    const char *conn; /* the connection being walked */
+};
+
+static const struct prom_family chan_families[] = {
+    {"channel_consumers", "gauge", "Consumers on a channel", PC_CONSUMERS, FAM_CHAN},
+    {"channel_messages_unacked", "gauge", "Delivered but not yet acknowledged messages", PC_UNACKED, FAM_CHAN},
+    {"channel_messages_unconfirmed", "gauge", "Published but not yet confirmed messages", PC_UNCONFIRMED, FAM_CHAN},
+    {"channel_messages_uncommitted", "gauge", "Messages received in a transaction but not yet committed",
+     PC_UNCOMMITTED, FAM_CHAN},
+    {"consumer_prefetch", "gauge", "Limit of unacknowledged messages for each consumer", PC_PREFETCH, FAM_CHAN},
+    {"channel_prefetch", "gauge", "Total limit of unacknowledged messages for all consumers on a channel",
+     PC_GLOBAL_PREFETCH, FAM_CHAN},
+    {"channel_messages_published_total", "counter", "Total number of messages published into an exchange on a channel",
+     PC_PUBLISH, FAM_CHAN_EXCHANGE},
+    {"channel_messages_confirmed_total", "counter",
+     "Total number of messages published into an exchange and confirmed on the channel", PC_CONFIRM,
+     FAM_CHAN_EXCHANGE},
+    {"channel_get_ack_total", "counter", "Total number of messages fetched with basic.get in manual acknowledgement mode",
+     PC_GET, FAM_CHAN_QUEUE},
+    {"channel_get_total", "counter", "Total number of messages fetched with basic.get in automatic acknowledgement mode",
+     PC_GET_NO_ACK, FAM_CHAN_QUEUE},
+    {"channel_messages_delivered_ack_total", "counter",
+     "Total number of messages delivered to consumers in manual acknowledgement mode", PC_DELIVER, FAM_CHAN_QUEUE},
+    {"channel_messages_delivered_total", "counter",
+     "Total number of messages delivered to consumers in automatic acknowledgement mode", PC_DELIVER_NO_ACK,
+     FAM_CHAN_QUEUE},
+    {"channel_messages_redelivered_total", "counter", "Total number of messages redelivered to consumers",
+     PC_REDELIVER, FAM_CHAN_QUEUE},
+    {"channel_messages_acked_total", "counter", "Total number of messages acknowledged by consumers", PC_ACK,
+     FAM_CHAN_QUEUE},
+};
+
+static void prom_add_chan(void *arg, const struct connreg_chan_info *ci)
+{
+    struct prom_chans *cs = arg;
+    if (cs->n == cs->cap) {
+        cs->cap = cs->cap ? cs->cap * 2 : 64;
+        cs->items = realloc(cs->items, cs->cap * sizeof *cs->items);
+        if (!cs->items) abort();
+    }
+    struct prom_chan *pc = &cs->items[cs->n++];
+    snprintf(pc->name, sizeof pc->name, "%s (%u)", cs->conn, (unsigned)ci->number);
+    const uint64_t v[PC_N] = {
+        [PC_PUBLISH] = ci->publish, [PC_CONFIRM] = ci->confirmed, [PC_GET] = ci->get,
+        [PC_GET_NO_ACK] = ci->get_no_ack, [PC_DELIVER] = ci->deliver, [PC_DELIVER_NO_ACK] = ci->deliver_no_ack,
+        [PC_REDELIVER] = ci->redeliver, [PC_ACK] = ci->ack, [PC_CONSUMERS] = ci->consumers,
+        [PC_UNACKED] = ci->unacked, [PC_UNCONFIRMED] = ci->unconfirmed, [PC_UNCOMMITTED] = ci->uncommitted,
+        [PC_PREFETCH] = ci->prefetch, [PC_GLOBAL_PREFETCH] = ci->global_prefetch,
+    };
+    memcpy(pc->v, v, sizeof v);
+}
+
+/* Every open channel of this node's client connections. */
+static void prom_collect_chans(struct prom_chans *cs)
+{
+    for (connreg_entry_t *e = connreg_refresh(); e; e = e->next) {
+        if (!e->each_channel) continue;
+        cs->conn = e->name;
+        e->each_channel(e->ctx, prom_add_chan, cs);
+    }
+}
+
+static void prom_chan_family(struct prom_buf *b, const struct prom_chans *cs, const struct prom_family *f,
+                             const char *prefix, bool per_object)
+{
+    prom_header(b, prefix, f->name, f->type, f->help);
+    if (!per_object) {
+        uint64_t sum = 0;
+        for (size_t i = 0; i < cs->n; i++) sum += cs->items[i].v[f->field];
+        prom_printf(b, "%s%s %llu\n", prefix, f->name, (unsigned long long)sum);
+        return;
+    }
+    for (size_t i = 0; i < cs->n; i++) {
+        prom_printf(b, "%s%s{channel=\"", prefix, f->name);
+        prom_label_value(b, cs->items[i].name);
+        prom_printf(b, "\"} %llu\n", (unsigned long long)cs->items[i].v[f->field]);
+    }
+}
+
+/* The unroutable pair of channel_exchange_metrics: the node's counters (one sample either way). */
+static void prom_chan_unroutable(struct prom_buf *b, const broker_t *br, const char *prefix)
+{
+    prom_header(b, prefix, "channel_messages_unroutable_returned_total", "counter",
+                "Total number of messages published as mandatory into an exchange and returned to the publisher as "
+                "unroutable");
+    prom_printf(b, "%schannel_messages_unroutable_returned_total %llu\n", prefix,
+                (unsigned long long)br->stat_returned);
+    prom_header(b, prefix, "channel_messages_unroutable_dropped_total", "counter",
+                "Total number of messages published as non-mandatory into an exchange and dropped as unroutable");
+    prom_printf(b, "%schannel_messages_unroutable_dropped_total %llu\n", prefix,
+                (unsigned long long)(br->stat_unroutable - br->stat_returned));
+}
+
+/* The channel families in the detailed groups given (every group: /metrics, /metrics/per-object). */
+static void prom_channels(struct prom_buf *b, const broker_t *br, const char *prefix, bool per_object,
+                          unsigned families)
+{
+    struct prom_chans cs = {0};
+    prom_collect_chans(&cs);
+    for (size_t i = 0; i < sizeof chan_families / sizeof chan_families[0]; i++) {
+        if (!(chan_families[i].families & families)) continue;
+        prom_chan_family(b, &cs, &chan_families[i], prefix, per_object);
+        if (chan_families[i].field == PC_CONFIRM) prom_chan_unroutable(b, br, prefix);
+    }
+    free(cs.items);
+}
+
 /* ---- node-wide families ---- */
 
 static void prom_objects(struct prom_buf *b, mgmt_t *m, const struct prom_queues *qs)
@@ -300,7 +481,7 @@ static void prom_objects(struct prom_buf *b, mgmt_t *m, const struct prom_queues
     prom_single(b, "connections", "gauge", "Connections currently open",
                 m->count_connections ? m->count_connections(m->count_ctx) : 0);
     prom_single(b, "channels", "gauge", "Channels currently open",
-                m->count_channels ? m->count_channels(m->count_ctx) : 0);
+                m->count_channels ? m->count_channels(m->count_ctx) : connreg_channel_count());
     prom_single(b, "consumers", "gauge", "Consumers currently connected", consumers);
     prom_single(b, "queues", "gauge", "Queues available", queues);
     prom_header(b, "rabbitmq_", "global_consumers", "gauge", "Current number of consumers");
@@ -335,7 +516,8 @@ static const char *prom_cluster_name(mgmt_t *m, const char *node)
     return m->cfg->cluster_name[0] ? m->cfg->cluster_name : node;
 }
 
-static void prom_info(struct prom_buf *b, mgmt_t *m)
+/* endpoint: RabbitMQ 4's rabbitmq_endpoint label ("aggregated", "per-object", "detailed"). */
+static void prom_info(struct prom_buf *b, mgmt_t *m, const char *endpoint)
 {
     prom_header(b, "rabbitmq_", "build_info", "untyped", "RabbitMQ & Erlang/OTP version info");
     prom_printf(b, "rabbitmq_build_info{rabbitmq_version=\"%s\",prometheus_plugin_version=\"%s\","
@@ -351,7 +533,7 @@ static void prom_info(struct prom_buf *b, mgmt_t *m)
     prom_label_value(b, cluster);
     prom_printf(b, "\",rabbitmq_cluster_permanent_id=\"warren-cluster-id-");
     prom_label_value(b, cluster);
-    prom_printf(b, "\"} 1\n");
+    prom_printf(b, "\",rabbitmq_endpoint=\"%s\"} 1\n", endpoint);
 }
 
 /* ---- endpoints ---- */
@@ -373,8 +555,11 @@ static void prom_scrape(mgmt_req_t *r, bool per_object)
     prom_resources(&b, m);
     for (size_t i = 0; i < sizeof queue_families / sizeof queue_families[0]; i++)
         prom_queue_family(&b, &qs, &queue_families[i], "rabbitmq_", per_object);
+    prom_churn(&b, m->b, "rabbitmq_");
+    prom_channels(&b, m->b, "rabbitmq_", per_object, FAM_CHAN | FAM_CHAN_EXCHANGE | FAM_CHAN_QUEUE);
     prom_objects(&b, m, &qs);
-    prom_info(&b, m);
+    if (per_object) prom_queue_info(&b, &qs, "rabbitmq_");
+    prom_info(&b, m, per_object ? "per-object" : "aggregated");
     prom_globals(&b, m->b);
     free(qs.items);
     prom_reply(r, &b);
@@ -386,6 +571,10 @@ static unsigned prom_family_bit(const char *name)
         {"queue_coarse_metrics", FAM_COARSE}, {"queue_consumer_count", FAM_CONSUMERS},
         {"queue_metrics", FAM_QUEUE},         {"queue_exchange_metrics", FAM_EXCHANGE},
         {"ra_metrics", FAM_RA},
+        {"connection_churn_metrics", FAM_CHURN},
+        {"channel_metrics", FAM_CHAN},
+        {"channel_exchange_metrics", FAM_CHAN_EXCHANGE},
+        {"channel_queue_metrics", FAM_CHAN_QUEUE},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (strcmp(names[i].name, name) == 0) return names[i].bit;
@@ -438,12 +627,16 @@ static void prom_detailed(mgmt_req_t *r)
     unsigned families = 0;
     prom_each_param(r, "family", prom_add_family, &families);
     struct prom_queues qs = {0};
-    if (families) prom_collect(r, &qs, true);
+    if (families & (FAM_QUEUES_ANY | FAM_EXCHANGE | FAM_RA)) prom_collect(r, &qs, true);
     struct prom_buf b = {0};
+    if (families & FAM_CHURN) prom_churn(&b, r->m->b, "rabbitmq_detailed_");
+    if (families & (FAM_CHAN | FAM_CHAN_EXCHANGE | FAM_CHAN_QUEUE))
+        prom_channels(&b, r->m->b, "rabbitmq_detailed_", true, families);
     for (size_t i = 0; i < sizeof queue_families / sizeof queue_families[0]; i++)
         if (queue_families[i].families & families)
             prom_queue_family(&b, &qs, &queue_families[i], "rabbitmq_detailed_", true);
-    prom_info(&b, r->m);
+    if (families & FAM_QUEUES_ANY) prom_queue_info(&b, &qs, "rabbitmq_detailed_");
+    prom_info(&b, r->m, "detailed");
     free(qs.items);
     prom_reply(r, &b);
 }

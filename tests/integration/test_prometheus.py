@@ -2,8 +2,12 @@
 (prometheus.tcp.port), read with the official Python client's parser.
 
   /metrics             aggregated: queue and Raft families summed, no per-object labels
-  /metrics/per-object  one sample per queue, labelled {vhost, queue}
+  /metrics/per-object  one sample per queue, labelled {vhost, queue}, and per channel, labelled
+                       {channel}; rabbitmq_queue_info{vhost, queue, queue_type, membership} (4.1)
   /metrics/detailed    rabbitmq_detailed_* families chosen with ?family=, filtered by ?vhost=
+
+Churn (connections / channels opened and closed) and the channel families are checked to move
+with a connection's life: opened, channels used for publish / get / consume, closed.
 
 No authentication, text format 0.0.4 with # TYPE / # HELP for every family. Values are
 checked to move with AMQP traffic (publish, unroutable, consume, ack, quorum queue commits).
@@ -61,6 +65,67 @@ RABBITMQ_3_10_NAMES = {
     "rabbitmq_global_messages_unroutable_returned_total", "rabbitmq_global_publishers",
 }
 
+# Families of rabbitmq_prometheus 3.10's collector (channel_metrics, channel_exchange_metrics,
+# channel_queue_metrics; listed in its metrics-detailed.md) that the capture above did not hold,
+# and RabbitMQ 4.1's rabbitmq_queue_info (per-object and detailed only).
+RABBITMQ_MORE_NAMES = {
+    "rabbitmq_channel_consumers", "rabbitmq_channel_messages_unacked",
+    "rabbitmq_channel_messages_unconfirmed", "rabbitmq_channel_messages_uncommitted",
+    "rabbitmq_consumer_prefetch", "rabbitmq_channel_prefetch",
+    "rabbitmq_channel_messages_published_total", "rabbitmq_channel_messages_confirmed_total",
+    "rabbitmq_channel_messages_unroutable_returned_total",
+    "rabbitmq_channel_messages_unroutable_dropped_total", "rabbitmq_channel_get_ack_total",
+    "rabbitmq_channel_get_total", "rabbitmq_channel_messages_delivered_ack_total",
+    "rabbitmq_channel_messages_delivered_total", "rabbitmq_channel_messages_redelivered_total",
+    "rabbitmq_channel_messages_acked_total", "rabbitmq_queue_info",
+}
+
+# The channel families, all on /metrics (aggregated) and per channel on /metrics/per-object.
+CHANNEL_FAMILIES = RABBITMQ_MORE_NAMES - {"rabbitmq_queue_info"}
+
+CHURN = {"rabbitmq_connections_opened_total", "rabbitmq_connections_closed_total",
+         "rabbitmq_channels_opened_total", "rabbitmq_channels_closed_total"}
+
+# Families whose type and HELP text must be rabbitmq_prometheus's (3.10 / 4.x collector source).
+TYPES_AND_HELP = {
+    "rabbitmq_connections_opened_total": ("counter", "Total number of connections opened"),
+    "rabbitmq_connections_closed_total": ("counter", "Total number of connections closed or terminated"),
+    "rabbitmq_channels_opened_total": ("counter", "Total number of channels opened"),
+    "rabbitmq_channels_closed_total": ("counter", "Total number of channels closed"),
+    "rabbitmq_connections": ("gauge", "Connections currently open"),
+    "rabbitmq_channels": ("gauge", "Channels currently open"),
+    "rabbitmq_queues": ("gauge", "Queues available"),
+    "rabbitmq_channel_messages_published_total":
+        ("counter", "Total number of messages published into an exchange on a channel"),
+    "rabbitmq_channel_messages_confirmed_total":
+        ("counter", "Total number of messages published into an exchange and confirmed on the channel"),
+    "rabbitmq_channel_messages_unroutable_returned_total":
+        ("counter", "Total number of messages published as mandatory into an exchange and returned to the "
+                    "publisher as unroutable"),
+    "rabbitmq_channel_messages_unroutable_dropped_total":
+        ("counter", "Total number of messages published as non-mandatory into an exchange and dropped as "
+                    "unroutable"),
+    "rabbitmq_channel_get_ack_total":
+        ("counter", "Total number of messages fetched with basic.get in manual acknowledgement mode"),
+    "rabbitmq_channel_get_total":
+        ("counter", "Total number of messages fetched with basic.get in automatic acknowledgement mode"),
+    "rabbitmq_channel_messages_delivered_ack_total":
+        ("counter", "Total number of messages delivered to consumers in manual acknowledgement mode"),
+    "rabbitmq_channel_messages_delivered_total":
+        ("counter", "Total number of messages delivered to consumers in automatic acknowledgement mode"),
+    "rabbitmq_channel_messages_redelivered_total": ("counter", "Total number of messages redelivered to consumers"),
+    "rabbitmq_channel_messages_acked_total": ("counter", "Total number of messages acknowledged by consumers"),
+    "rabbitmq_process_open_fds": ("gauge", "Open file descriptors"),
+    "rabbitmq_process_max_fds": ("gauge", "Open file descriptors limit"),
+    "rabbitmq_process_resident_memory_bytes": ("gauge", "Memory used in bytes"),
+    "rabbitmq_disk_space_available_bytes": ("gauge", "Disk space available in bytes"),
+    "rabbitmq_resident_memory_limit_bytes": ("gauge", "Memory high watermark in bytes"),
+    "rabbitmq_disk_space_available_limit_bytes": ("gauge", "Free disk space low watermark in bytes"),
+    "rabbitmq_raft_term_total": ("counter", "Current Raft term number"),
+    "rabbitmq_raft_log_commit_index": ("gauge", "Raft log commit index"),
+    "rabbitmq_queue_messages": ("gauge", "Sum of ready and unacknowledged messages - total queue depth"),
+}
+
 # What Warren must serve on /metrics (the issue's list and the figures it has).
 REQUIRED = {
     "rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked", "rabbitmq_queue_messages",
@@ -78,7 +143,7 @@ REQUIRED = {
     "rabbitmq_raft_term_total", "rabbitmq_raft_log_commit_index",
     "rabbitmq_raft_log_last_applied_index", "rabbitmq_raft_log_last_written_index",
     "rabbitmq_raft_log_snapshot_index",
-}
+} | CHURN | CHANNEL_FAMILIES
 
 
 @pytest.fixture(scope="module")
@@ -148,12 +213,21 @@ def test_format_and_names(node, uniq):
     if conftest.RABBITMQ_MODE:
         return
     ours = {n for n in names if not n.startswith("erlang_")}
-    assert ours <= RABBITMQ_3_10_NAMES, sorted(ours - RABBITMQ_3_10_NAMES)
+    known = RABBITMQ_3_10_NAMES | RABBITMQ_MORE_NAMES
+    assert ours <= known, sorted(ours - known)
+    assert "rabbitmq_queue_info" not in names  # per-object / detailed only, as in RabbitMQ 4.1
     # aggregated: no per-object labels
     for name in ("rabbitmq_queue_messages", "rabbitmq_raft_term_total"):
         assert all("queue" not in lab for lab, _ in fams[name])
     info = fams["rabbitmq_identity_info"][0][0]
     assert {"rabbitmq_node", "rabbitmq_cluster", "rabbitmq_cluster_permanent_id"} <= set(info)
+    assert info["rabbitmq_endpoint"] == "aggregated"
+    for line in r.text.splitlines():  # types and HELP texts as rabbitmq_prometheus's
+        parts = line.split(" ", 3)
+        if line.startswith("# TYPE ") and parts[2] in TYPES_AND_HELP:
+            assert parts[3] == TYPES_AND_HELP[parts[2]][0], line
+        elif line.startswith("# HELP ") and parts[2] in TYPES_AND_HELP:
+            assert parts[3] == TYPES_AND_HELP[parts[2]][1], line
     assert fams["rabbitmq_build_info"][0][0]["rabbitmq_version"].startswith("3.")
     conn.close()
 
@@ -260,3 +334,95 @@ def test_detailed(node, uniq):
     other = families(node, "/metrics/detailed", family="queue_coarse_metrics", vhost="no-such-vhost")
     assert value(other, "rabbitmq_detailed_queue_messages", queue=q) is None
     conn.close()
+
+
+def test_queue_info_labels(node, uniq):
+    """Per-queue families keep {vhost, queue}; the queue type is on rabbitmq_queue_info (RabbitMQ
+    4.1), with this node's membership."""
+    cq, qq = uniq("info-cq"), uniq("info-qq")
+    conn = pika_connect(node)
+    ch = conn.channel()
+    ch.queue_declare(cq)
+    ch.queue_declare(qq, durable=True, arguments={"x-queue-type": "quorum"})
+    fams = poll(node, lambda f: value(f, "rabbitmq_queue_info", queue=qq) == 1
+                and value(f, "rabbitmq_queue_messages", queue=qq) is not None)
+    for name in ("rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked", "rabbitmq_queue_messages",
+                 "rabbitmq_queue_consumers"):
+        labels = [lab for lab, _ in fams[name] if lab.get("queue") in (cq, qq)]
+        assert len(labels) == 2 and all(set(lab) == {"vhost", "queue"} for lab in labels), (name, labels)
+    infos = {lab["queue"]: lab for lab, v in fams["rabbitmq_queue_info"] if v == 1}
+    assert infos[cq] == {"vhost": "/", "queue": cq, "queue_type": "rabbit_classic_queue", "membership": "leader"}
+    assert infos[qq] == {"vhost": "/", "queue": qq, "queue_type": "rabbit_quorum_queue", "membership": "leader"}
+    raft = [lab for lab, _ in fams["rabbitmq_raft_log_commit_index"] if lab.get("queue") == qq]
+    assert raft == [{"vhost": "/", "queue": qq}]
+    ident = fams["rabbitmq_identity_info"][0][0]
+    assert ident["rabbitmq_endpoint"] == "per-object"
+    # detailed: queue_info only when a queue family is asked for
+    det = families(node, "/metrics/detailed", family="queue_coarse_metrics")
+    assert value(det, "rabbitmq_detailed_queue_info", queue=cq, queue_type="rabbit_classic_queue") == 1
+    assert families(node, "/metrics/detailed", family="ra_metrics").get("rabbitmq_detailed_queue_info") is None
+    conn.close()
+
+
+def test_churn_and_channel_metrics(node, uniq):
+    """connections/channels opened and closed move with a connection's life; the channel families
+    count publishes, confirms, gets and deliveries per channel (per-object) and in sum."""
+    q = uniq("chan")
+    before = families(node, "/metrics")
+    conn = pika_connect(node)
+    pub, getter, manual, auto = conn.channel(), conn.channel(), conn.channel(), conn.channel()
+    pub.queue_declare(q)
+    pub.confirm_delivery()
+    for _ in range(5):
+        pub.basic_publish("", q, b"m")
+    method, _, _ = getter.basic_get(q, auto_ack=False)  # get_ack_total, then acked
+    getter.basic_ack(method.delivery_tag)
+    assert getter.basic_get(q, auto_ack=True)[0] is not None  # get_total
+    manual.basic_qos(prefetch_count=7)
+    got = []
+    manual.basic_consume(q, lambda c, m, p, b: got.append(m.delivery_tag))  # delivered_ack_total, unacked
+    assert wait_for(lambda: conn.process_data_events(0.05) or len(got) == 3, timeout=10)
+    manual.basic_cancel(manual.consumer_tags[0])
+    manual.basic_nack(got[-1], multiple=False, requeue=True)  # back to the queue: redelivered below
+    auto_got = []
+    auto.basic_consume(q, lambda c, m, p, b: auto_got.append(m.redelivered), auto_ack=True)
+    assert wait_for(lambda: conn.process_data_events(0.05) or len(auto_got) == 1, timeout=10)
+
+    def opened(f):
+        return (value(f, "rabbitmq_connections_opened_total") - value(before, "rabbitmq_connections_opened_total") >= 1
+                and value(f, "rabbitmq_channels_opened_total") - value(before, "rabbitmq_channels_opened_total") >= 4)
+    fams = poll(node, opened, path="/metrics")
+    assert value(fams, "rabbitmq_connections") >= 1 and value(fams, "rabbitmq_channels") >= 4
+    for name in CHANNEL_FAMILIES:  # aggregated: one unlabelled sample each
+        assert [lab for lab, _ in fams[name]] == [{}], name
+    assert value(fams, "rabbitmq_channel_messages_published_total") >= 5
+
+    per = families(node, "/metrics/per-object")
+    names = [lab["channel"] for lab, v in per["rabbitmq_channel_messages_published_total"] if v == 5]
+    assert len(names) == 1 and names[0].endswith(" (1)"), per["rabbitmq_channel_messages_published_total"]
+    prefix = names[0][:-len("(1)")]
+
+    def chan(name, n):
+        return value(per, name, channel=f"{prefix}({n})")
+    assert chan("rabbitmq_channel_messages_confirmed_total", 1) == 5
+    assert chan("rabbitmq_channel_get_ack_total", 2) == 1
+    assert chan("rabbitmq_channel_get_total", 2) == 1
+    assert chan("rabbitmq_channel_messages_acked_total", 2) == 1
+    assert chan("rabbitmq_channel_messages_delivered_ack_total", 3) == 3
+    assert chan("rabbitmq_channel_messages_unacked", 3) == 2
+    assert chan("rabbitmq_consumer_prefetch", 3) == 7
+    assert chan("rabbitmq_channel_messages_delivered_total", 4) == 1
+    assert chan("rabbitmq_channel_messages_redelivered_total", 4) == 1 and auto_got == [True]
+    assert chan("rabbitmq_channel_consumers", 4) == 1
+    assert all(set(lab) == {"channel"} for lab, _ in per["rabbitmq_channel_messages_published_total"])
+    det = families(node, "/metrics/detailed", family=["connection_churn_metrics", "channel_queue_metrics"])
+    assert value(det, "rabbitmq_detailed_connections_opened_total") >= 1
+    assert value(det, "rabbitmq_detailed_channel_get_total", channel=f"{prefix}(2)") == 1
+    assert "rabbitmq_detailed_channel_messages_published_total" not in det  # channel_exchange_metrics not asked
+
+    mid = fams
+    conn.close()
+    poll(node, lambda f: value(f, "rabbitmq_connections_closed_total")
+         - value(mid, "rabbitmq_connections_closed_total") >= 1
+         and value(f, "rabbitmq_channels_closed_total") - value(mid, "rabbitmq_channels_closed_total") >= 4,
+         path="/metrics")
