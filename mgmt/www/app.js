@@ -1,6 +1,6 @@
 /* Warren's management UI (written for Warren; plain JS, no libraries).
  *
- * A single page: the hash (#/queues, #/queue/<vhost>/<name>, ...) picks a view, each view reads
+ * A single page: the hash (#/queues, #/queue/<vhost>/<name>, #/nodes/<name>, ...) picks a view, each view reads
  * the node's HTTP API (/api, the RabbitMQ-compatible management API) and refreshes itself
  * every 5 s while shown. Credentials are checked against /api/whoami at login and kept in
  * sessionStorage (gone when the tab closes); every API call sends them as HTTP Basic auth with
@@ -244,6 +244,7 @@ function route() {
   const [page, a, b] = parts;
   switch (page) {
     case 'overview': return show('overview', viewOverview);
+    case 'nodes': return show('overview', (m) => viewNode(m, a));
     case 'queues': return show('queues', viewQueues);
     case 'queue': return show('queues', (m) => viewQueue(m, a, b));
     case 'exchanges': return show('exchanges', viewExchanges);
@@ -615,7 +616,7 @@ async function viewOverview(main) {
       const memPct = n.mem_limit ? Math.min(100, 100 * n.mem_used / n.mem_limit) : 0;
       const alarms = [n.mem_alarm ? 'memory alarm' : null, n.disk_free_alarm ? 'disk alarm' : null].filter(Boolean);
       return h('tr', { class: 'node-row', 'data-name': n.name, 'data-running': n.running ? 'true' : 'false' },
-        h('td', {}, h('b', {}, n.name), n.name === o.node ? h('span', { class: 'muted' }, ' (this node)') : null),
+        h('td', {}, h('a', { href: nodeHref(n.name), class: 'node-link' }, h('b', {}, n.name)), n.name === o.node ? h('span', { class: 'muted' }, ' (this node)') : null),
         h('td', {}, h('span', { class: 'badge ' + (n.running ? 'ok' : 'bad') }, n.running ? 'running' : 'not running'),
           alarms.map((a) => h('span', { class: 'badge bad' }, a))),
         h('td', {}, n.mem_used !== undefined ? [fmtBytes(n.mem_used) + ' / ' + fmtBytes(n.mem_limit),
@@ -627,6 +628,123 @@ async function viewOverview(main) {
     app(clear(nodesBox), h('p', { id: 'nodes-summary' }, `${running} of ${nodes.length} node${nodes.length === 1 ? '' : 's'} running`),
       h('table', { id: 'nodes-table' }, h('thead', {}, h('tr', {}, ['Name', 'State', 'Memory', 'Disk', 'File descriptors', 'Uptime'].map((x, i) => h('th', { class: i > 3 ? 'num' : null }, x)))),
         h('tbody', {}, rows)));
+  };
+}
+
+/* ---------------------------------------------------------------- node */
+
+const nodeHref = (name) => `#/nodes/${enc(name)}`;
+const pct = (used, total) => (total ? Math.min(100, 100 * used / total) : 0);
+
+/* A figure with a bar: "used / total", the bar filled by share (hot past hotPct). */
+function usageCell(used, total, fmt, hotPct, extra) {
+  if (used === undefined || used === null) return '–';
+  const p = pct(used, total);
+  return [h('span', { class: 'usage' }, total ? `${fmt(used)} / ${fmt(total)}` : fmt(used), total ? h('span', { class: 'muted' }, ` (${p.toFixed(p < 10 ? 1 : 0)}%)`) : null),
+    total ? h('div', { class: 'bar wide' + (p > hotPct ? ' hot' : '') }, h('i', { style: `width:${p}%` })) : null, extra || null];
+}
+
+/* The queues a node serves: quorum queues it leads or holds a replica of, classic queues homed
+ * on it. Its "rates" are those of the queues it leads / homes (each queue's rate counts once). */
+function nodeQueues(queues, name) {
+  const quorum = [], classic = [];
+  for (const q of queues) {
+    if (q.type === 'quorum' && (q.leader === name || (q.members || []).includes(name))) quorum.push(q);
+    else if (q.type !== 'quorum' && q.node === name) classic.push(q);
+  }
+  const served = [...quorum.filter((q) => q.leader === name), ...classic];
+  const sum = (k) => served.reduce((a, q) => a + (rateOf(q.message_stats, k) || 0), 0);
+  const depth = (k) => served.reduce((a, q) => a + (q[k] || 0), 0);
+  return { quorum, classic, leads: quorum.filter((q) => q.leader === name).length,
+    rates: { publish: sum('publish'), deliver_get: sum('deliver_get'), ack: sum('ack'), redeliver: sum('redeliver') },
+    messages: depth('messages'), ready: depth('messages_ready'), unacked: depth('messages_unacknowledged') };
+}
+
+/* #/nodes/<name>: one node's state, resources, listeners, queues and rates (read-only), as
+ * RabbitMQ's node page. Figures come from GET /api/nodes/<name> (every running member answers
+ * for itself); listeners from /api/overview, which lists those of the node serving this page. */
+async function viewNode(main, name) {
+  let n;
+  try { n = await GET(`/nodes/${enc(name)}`); } catch (e) {
+    app(main, h('h1', {}, 'Node ', name), h('div', { class: 'card inline-error', id: 'node-error' },
+      e.status === 404 ? `There is no node ${name} in this cluster.` : e.status === 401 ? 'Node details need the monitoring or administrator tag.' : e.message),
+    h('a', { href: '#/' }, '← Overview'));
+    return undefined;
+  }
+  const badge = h('span', { id: 'node-state' });
+  const details = h('table', { class: 'kv', id: 'node-details' });
+  const resources = h('table', { class: 'kv', id: 'node-resources' });
+  const listeners = h('div', { id: 'node-listeners' });
+  const queuesBox = h('div', { id: 'node-queues' });
+  const rateStats = h('div', { class: 'stats', id: 'node-rates' });
+  const hist = state.nodeHist || (state.nodeHist = {});
+  const samples = hist[name] || (hist[name] = []);
+  const chart = chartCard('Message rates of the queues it leads or homes', 'chart-node', [
+    { key: 'publish', label: 'Publish' }, { key: 'deliver_get', label: 'Deliver / get' }, { key: 'ack', label: 'Ack' },
+    { key: 'redeliver', label: 'Redeliver' }], '/s');
+  app(main, h('div', { class: 'row' }, h('h1', {}, 'Node ', h('span', { id: 'node-name' }, name)), badge,
+    h('span', { class: 'spacer' }), h('a', { href: '#/' }, '← Overview')),
+  h('div', { class: 'grid' }, h('div', { class: 'card' }, h('h2', {}, 'Status'), details),
+    h('div', { class: 'card' }, h('h2', {}, 'Resources'), resources)),
+  h('div', { class: 'card' }, h('h2', {}, 'Quorum queues'), queuesBox),
+  h('div', { class: 'grid' }, chart.card, h('div', { class: 'card' }, h('h2', {}, 'Listeners'), listeners)));
+  chart.card.insertBefore(rateStats, chart.card.children[1]); /* the figures above their chart */
+  const kv = (table, rows) => app(clear(table), ...rows.map(([k, v]) => h('tr', { 'data-key': k }, h('th', {}, k), h('td', {}, v === undefined || v === null ? '–' : v))));
+  const hasConns = await hasEndpoint('connections', 'GET', '/connections');
+
+  return async () => {
+    n = await GET(`/nodes/${enc(name)}`);
+    const [o, queues, conns] = await Promise.all([GET('/overview'),
+      GET('/queues?columns=name,vhost,type,node,leader,members,online,state,messages,messages_ready,messages_unacknowledged,message_stats').catch(() => []),
+      hasConns ? GET('/connections').catch(() => null) : Promise.resolve(null)]);
+    const self = o.node === name;
+    app(clear(badge), h('span', { class: 'badge ' + (n.running ? 'ok' : 'bad') }, n.running ? 'running' : 'not running'),
+      self ? h('span', { class: 'muted' }, ' this node') : null);
+    const alarms = [n.mem_alarm ? 'memory' : null, n.disk_free_alarm ? 'disk' : null].filter(Boolean);
+    kv(details, [['Running', n.running ? 'yes' : 'no'],
+      ['Uptime', n.uptime !== undefined ? fmtUptime(n.uptime) : '–'],
+      ['Alarms', n.running && n.mem_used !== undefined ? (alarms.length ? alarms.map((a) => h('span', { class: 'badge bad' }, a + ' alarm')) : h('span', { class: 'badge ok' }, 'none')) : '–'],
+      ['Type', n.type], ['Partitions', (n.partitions || []).length ? n.partitions.join(', ') : 'none'],
+      ['OS process', n.os_pid ? `pid ${n.os_pid}` : '–'],
+      ['Processors', n.processors !== undefined ? fmtNum(n.processors) : '–'],
+      ['Rates mode', n.rates_mode]]);
+    const onNode = conns ? conns.filter((c) => c.node === name) : null;
+    kv(resources, [
+      ['Memory', usageCell(n.mem_used, n.mem_limit, fmtBytes, 80, h('div', { class: 'muted' }, 'used / high watermark'))],
+      ['Disk free', n.disk_free !== undefined ? [h('span', { class: 'usage' }, `${fmtBytes(n.disk_free)} free, limit ${fmtBytes(n.disk_free_limit)}`),
+        h('div', { class: 'bar wide' + (n.disk_free_alarm ? ' hot' : '') }, h('i', { style: `width:${n.disk_free ? pct(n.disk_free_limit, n.disk_free) : 100}%` })),
+        h('div', { class: 'muted' }, 'the bar is the limit’s share of what is free')] : '–'],
+      ['File descriptors', usageCell(n.fd_used, n.fd_total, fmtNum, 80, h('div', { class: 'muted' }, 'open / limit (RLIMIT_NOFILE)'))],
+      ['Client connections', onNode ? [fmtNum(onNode.length), h('span', { class: 'muted' }, ` (${fmtNum(onNode.reduce((a, c) => a + (c.channels || 0), 0))} channels) — Warren’s sockets figure`)] : '–'],
+      ['Processes', h('span', { class: 'muted' }, 'not applicable: one native process with an event loop, no Erlang VM')]]);
+
+    const lst = (o.listeners || []).filter((l) => l.node === name);
+    app(clear(listeners), lst.length
+      ? h('table', {}, h('thead', {}, h('tr', {}, ['Protocol', 'Bound to', 'Port'].map((x, i) => h('th', { class: i === 2 ? 'num' : null }, x)))),
+        h('tbody', {}, lst.map((l) => h('tr', { class: 'listener-row', 'data-protocol': l.protocol },
+          h('td', {}, l.protocol), h('td', {}, l.ip_address), h('td', { class: 'num' }, String(l.port))))))
+      : h('div', { class: 'empty' }, self ? 'No listeners.' : `This node's API lists its own listeners only; open the UI of ${name} to see those of that node.`));
+
+    const nq = nodeQueues(queues || [], name);
+    app(clear(rateStats), h('div', { class: 'stat' }, h('b', {}, fmtRate(nq.rates.publish)), h('span', {}, 'Publish')),
+      h('div', { class: 'stat' }, h('b', {}, fmtRate(nq.rates.deliver_get)), h('span', {}, 'Deliver / get')),
+      h('div', { class: 'stat' }, h('b', {}, fmtRate(nq.rates.ack)), h('span', {}, 'Ack')),
+      h('div', { class: 'stat', id: 'node-msgs' }, h('b', {}, fmtNum(nq.messages)), h('span', {}, 'Messages queued')),
+      h('p', { class: 'muted', style: 'flex-basis:100%;margin:0 0 8px' }, `Summed over the ${fmtNum(nq.leads)} quorum queue(s) it leads and the ${fmtNum(nq.classic.length)} classic queue(s) homed on it.`));
+    pushSample(samples, nq.rates);
+    chart.update(samples);
+
+    const rows = nq.quorum.map((q) => {
+      const online = new Set(q.online || []);
+      return h('tr', { class: 'node-queue-row', 'data-name': q.name, 'data-role': q.leader === name ? 'leader' : 'follower' },
+        h('td', {}, vhostLabel(q.vhost)), h('td', {}, h('a', { href: `#/queue/${enc(q.vhost)}/${enc(q.name)}` }, q.name)),
+        h('td', {}, q.leader === name ? h('span', { class: 'badge leader' }, 'leader') : 'follower'),
+        h('td', {}, (q.members || []).map((m) => h('a', { href: nodeHref(m), class: 'badge ' + (online.has(m) ? 'ok' : 'bad') + (m === q.leader ? ' leader' : '') }, m))),
+        h('td', { class: 'num' }, fmtNum(q.messages)), h('td', { class: 'num' }, fmtRate(rateOf(q.message_stats, 'publish'))));
+    });
+    app(clear(queuesBox), h('p', { id: 'node-queues-summary' }, `Leader of ${nq.leads}, member of ${nq.quorum.length} quorum queue${nq.quorum.length === 1 ? '' : 's'}; ${nq.classic.length} classic queue${nq.classic.length === 1 ? '' : 's'} homed here.`),
+      rows.length ? h('table', {}, h('thead', {}, h('tr', {}, ['Virtual host', 'Name', 'Role', 'Members', 'Messages', 'Publish'].map((x, i) => h('th', { class: i > 3 ? 'num' : null }, x)))), h('tbody', {}, rows))
+        : h('div', { class: 'empty' }, 'No quorum queue has a replica on this node.'));
   };
 }
 

@@ -4,7 +4,8 @@ log in (a wrong password first), see the three running nodes, declare a quorum q
 and see its leader and online members in the queue list, publish a message from the queue page
 and get it back, remove and re-add a member, declare an exchange, bind and publish through it,
 purge, add and delete a policy, see a client's connection and consumer, export and import
-definitions, add and edit a user, log out - with no JavaScript errors in the console. A second
+definitions, add and edit a user, open a node's page from the overview (its figures, quorum
+queues and listeners as the API gives them), log out - with no JavaScript errors in the console. A second
 test checks how the files are served (no browser needed).
 
 Screenshots of each step go to tests/artifacts/mgmt_ui/ (or $WARREN_TEST_ARTIFACTS/mgmt_ui/);
@@ -16,6 +17,7 @@ import os
 import shutil
 import socket
 import time
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -26,6 +28,15 @@ from helpers.clients import pika_connect, wait_for
 CLUSTER_NAMES = ["warren1@127.0.0.1", "warren2@127.0.0.1", "warren3@127.0.0.1"]
 ARTIFACTS = os.path.join(os.environ.get("WARREN_TEST_ARTIFACTS") or os.path.join(conftest.REPO_ROOT, "tests", "artifacts"),
                          "mgmt_ui")
+
+
+def _fmt_bytes(b):
+    """app.js's fmtBytes."""
+    units, i = ["B", "KiB", "MiB", "GiB", "TiB"], 0
+    while b >= 1024 and i < len(units) - 1:
+        b /= 1024
+        i += 1
+    return (f"{b:.1f}" if i else str(b)) + " " + units[i]
 
 
 def _browser_or_skip():
@@ -386,6 +397,72 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
         wait(lambda d: f"User {uname} saved." in flash_text())
         assert wait_for(lambda: who().status_code == 200 and who().json()["tags"] == ["management"], 10)
         requests.delete(f"{base}/api/users/{uname}", auth=("guest", "guest"), timeout=5)
+
+        # A node's page (#/nodes/<name>), reached from the overview's node link: its figures are
+        # GET /api/nodes/<name>'s, its quorum queues those the API lists it in (leader / member).
+        step = "node page"
+        timings.append((step, time.monotonic()))
+        nq = uniq("node-qq")
+        auth = ("guest", "guest")
+        assert requests.put(f"{base}/api/queues/%2F/{nq}", auth=auth, timeout=10,
+                            json={"durable": True, "arguments": {"x-queue-type": "quorum"}}).status_code in (201, 204)
+        assert wait_for(lambda: requests.get(f"{base}/api/queues/%2F/{nq}", auth=auth, timeout=5).json().get("leader"), 20)
+        target = CLUSTER_NAMES[1]
+        browser.get(f"{base}/#/")
+
+        def click_node(d):
+            try:
+                d.find_element(By.CSS_SELECTOR, f'#nodes-table tr[data-name="{target}"] a.node-link').click()
+                return True
+            except (NoSuchElementException, StaleElementReferenceException):
+                return False
+        wait(click_node, timeout=30)
+        wait(lambda d: d.find_elements(By.ID, "node-name") and d.find_element(By.ID, "node-name").text == target)
+        assert browser.current_url.endswith("#/nodes/" + quote(target, safe=""))
+        n = requests.get(f"{base}/api/nodes/{target}", auth=auth, timeout=10).json()
+
+        def cell(table, key):
+            def get(d):
+                try:
+                    return d.find_element(By.CSS_SELECTOR, f'#{table} tr[data-key="{key}"] td').text
+                except (NoSuchElementException, StaleElementReferenceException):
+                    return None
+            return get
+
+        def shows(table, key, *parts):
+            wait(lambda d: (cell(table, key)(d) or "") and all(p in cell(table, key)(d) for p in parts))
+            return cell(table, key)(browser)
+        assert shows("node-details", "Running") == "yes"
+        assert shows("node-details", "Uptime") not in ("", "–")
+        shows("node-details", "Processors", str(n["processors"]))
+        shows("node-details", "OS process", f"pid {n['os_pid']}")
+        shows("node-details", "Alarms", "none")
+        shows("node-resources", "Memory", f"/ {_fmt_bytes(n['mem_limit'])}")
+        shows("node-resources", "Disk free", f"limit {_fmt_bytes(n['disk_free_limit'])}")
+        shows("node-resources", "File descriptors", f"/ {n['fd_total']:,}")
+        assert "running" in browser.find_element(By.ID, "node-state").text
+        queues = requests.get(f"{base}/api/queues", auth=auth, timeout=10).json()
+        member_of = [q["name"] for q in queues if q.get("type") == "quorum" and target in (q.get("members") or [])]
+        leads = [q["name"] for q in queues if q.get("type") == "quorum" and q.get("leader") == target]
+        assert nq in member_of
+        role = "leader" if nq in leads else "follower"
+        wait(lambda d: any(r.get_attribute("data-name") == nq and r.get_attribute("data-role") == role
+                           for r in d.find_elements(By.CSS_SELECTOR, "#node-queues tr.node-queue-row")))
+        wait(lambda d: d.find_element(By.ID, "node-queues-summary").text.startswith(
+            f"Leader of {len(leads)}, member of {len(member_of)} quorum queue"))
+        assert "its own listeners only" in browser.find_element(By.ID, "node-listeners").text
+        assert browser.find_elements(By.ID, "chart-node")
+        clear_flash()
+        browser.set_window_size(1400, 1500)  # the whole page in the screenshots
+        shot("09-node")
+        # this node's page lists its listeners (the AMQP port the tests connect to)
+        browser.get(f"{base}/#/nodes/{quote(CLUSTER_NAMES[0], safe='')}")
+        wait(lambda d: d.find_elements(By.ID, "node-name") and d.find_element(By.ID, "node-name").text == CLUSTER_NAMES[0])
+        wait(lambda d: any(r.get_attribute("data-protocol") == "amqp" and r.text.endswith(str(node.port))
+                           for r in d.find_elements(By.CSS_SELECTOR, "#node-listeners tr.listener-row")))
+        shot("10-node-self")
+        browser.set_window_size(1400, 1000)
+        requests.delete(f"{base}/api/queues/%2F/{nq}", auth=auth, timeout=10)
 
         # The other pages render without errors; then log out.
         step = "other pages"
