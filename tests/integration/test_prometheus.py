@@ -426,3 +426,55 @@ def test_churn_and_channel_metrics(node, uniq):
          - value(mid, "rabbitmq_connections_closed_total") >= 1
          and value(f, "rabbitmq_channels_closed_total") - value(mid, "rabbitmq_channels_closed_total") >= 4,
          path="/metrics")
+
+
+@pytest.mark.timeout(150)
+def test_quorum_queue_on_a_three_node_cluster(tmp_path, pki, uniq):
+    """Each node reports a quorum queue as RabbitMQ's do: depth on its leader only, the Raft
+    families and rabbitmq_queue_info (membership leader / follower) on every replica; commit
+    indexes rise on all three after publishes."""
+    if conftest.EXTERNAL or conftest.RABBITMQ_MODE:
+        pytest.skip("starts its own Warren cluster")
+    from helpers.cluster import WarrenCluster, running_names
+    names = ["warren1@127.0.0.1", "warren2@127.0.0.1", "warren3@127.0.0.1"]
+    c = WarrenCluster(str(tmp_path / "cluster"), pki, size=3).start()
+    conn = None
+    try:
+        for n in c.nodes:
+            c.wait_status(n, lambda st: st.get("formed") is True and running_names(st) == names,
+                          timeout=40, what="a formed cluster of 3")
+        q = uniq("cluster-qq")
+        conn = pika_connect(c.nodes[0])
+        ch = conn.channel()
+        ch.queue_declare(q, durable=True, arguments={"x-queue-type": "quorum"})
+        before = {n.name: value(poll(n, lambda f: value(f, "rabbitmq_raft_log_commit_index", queue=q) is not None),
+                                "rabbitmq_raft_log_commit_index", queue=q) for n in c.nodes}
+        ch.confirm_delivery()
+        for _ in range(4):
+            ch.basic_publish("", q, b"replicated")
+        mgmt = f"http://{c.nodes[0].host}:{c.nodes[0].mgmt_port}/api/queues/%2F/{q}"
+        leader = None
+
+        def led():
+            nonlocal leader
+            leader = requests.get(mgmt, auth=("guest", "guest"), timeout=5).json().get("leader")
+            return leader in names
+        assert wait_for(led, timeout=20)
+        for n in c.nodes:
+            role = "leader" if n.name == leader else "follower"
+            fams = poll(n, lambda f: value(f, "rabbitmq_queue_info", queue=q, membership=role) == 1
+                        and value(f, "rabbitmq_raft_log_commit_index", queue=q) >= before[n.name] + 4)
+            info = [lab for lab, _ in fams["rabbitmq_queue_info"] if lab["queue"] == q]
+            assert info == [{"vhost": "/", "queue": q, "queue_type": "rabbit_quorum_queue", "membership": role}]
+            assert value(fams, "rabbitmq_raft_term_total", queue=q) >= 1
+            if role == "leader":
+                assert value(fams, "rabbitmq_queue_messages", queue=q) == 4
+            else:
+                assert value(fams, "rabbitmq_queue_messages", queue=q) is None  # depth: leader only
+        agg = families(c.nodes[0], "/metrics")
+        assert value(agg, "rabbitmq_connections_opened_total") >= 1
+        assert value(agg, "rabbitmq_channels") >= 1
+    finally:
+        if conn is not None and conn.is_open:
+            conn.close()
+        c.stop()
