@@ -144,10 +144,15 @@ static uint64_t prom_max_fds(void)
     return getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? (uint64_t)rl.rlim_cur : 0;
 }
 
+/* Warren's alarm.c has memory and disk alarms; the file descriptor one is the condition RabbitMQ
+ * raises it on (every descriptor the limit allows is open), read from /proc at each scrape. */
 static void prom_alarms(struct prom_buf *b, unsigned alarms)
 {
+    enum { FD_EXHAUSTED = 1u << 30 }; /* not a BR_ALARM_* bit: computed here */
+    uint64_t max_fds = prom_max_fds();
+    if (max_fds && prom_open_fds() >= max_fds) alarms |= FD_EXHAUSTED;
     static const struct { const char *name, *help; unsigned bit; } kinds[] = {
-        {"alarms_file_descriptor_limit", "is 1 if file descriptor limit alarm is in effect", 0},
+        {"alarms_file_descriptor_limit", "is 1 if file descriptor limit alarm is in effect", FD_EXHAUSTED},
         {"alarms_free_disk_space_watermark", "is 1 if free disk space watermark alarm is in effect", BR_ALARM_DISK},
         {"alarms_memory_used_watermark", "is 1 if VM memory watermark alarm is in effect", BR_ALARM_MEMORY},
     };
