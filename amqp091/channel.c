@@ -1113,16 +1113,22 @@ static void handle_queue_declare(chan_t *ch, const amqp_method_t *m)
         c.flags = (a->durable ? META_F_DURABLE : 0) | (a->auto_delete ? META_F_AUTO_DELETE : 0) |
                   (a->exclusive ? META_F_EXCLUSIVE : 0);
         c.home = b->self_node;
-        c.name = name, c.args = a->arguments;
+        /* The command carries the type the vhost's default gives (every node would derive the
+         * same), so a quorum queue gets its members chosen here like an explicit one. */
+        amqp_buf_t typed = {0};
+        c.name = name;
+        c.args = br_queue_args_with_default_type(ch->conn->vh, a->durable, a->exclusive, a->auto_delete, a->arguments,
+                                                 &typed);
         amqp_table_t t = {0};
         amqp_buf_t members = {0};
-        if (a->arguments.len && amqp_table_parse(a->arguments, &t) == 0 && qq_args_quorum(&t)) {
+        if (c.args.len && amqp_table_parse(c.args, &t) == 0 && qq_args_quorum(&t)) {
             qq_choose_members(b, &t, &members);
             c.key = (amqp_bytes_t){members.data, members.len};
         }
         amqp_table_free(&t);
         meta_begin(ch, &c, m->id, a->nowait, 0, (const char *)name.ptr, name.len);
         amqp_buf_free(&members);
+        amqp_buf_free(&typed);
         return;
     }
     if (rc) return fail(ch, m->id, &err);

@@ -382,10 +382,15 @@ static void handle_open(conn_t *c, const amqp_method_t *m)
 {
     amqp_bytes_t vh = m->u.connection_open.virtual_host;
     br_err_t err;
-    if (br_check_vhost_access(c->srv->broker, c->user, (const char *)vh.ptr, vh.len, &c->vh, &err)) {
+    /* RabbitMQ checks the vhost's connection limit before the user's access to it. The count is
+     * this node's connections: each node enforces max-connections on its own clients. */
+    if (br_check_vhost_connection_limit(c->srv->broker, c->user, (const char *)vh.ptr, vh.len, &err) ||
+        br_check_vhost_access(c->srv->broker, c->user, (const char *)vh.ptr, vh.len, &c->vh, &err)) {
         conn_exception(c, err.code, m->id, "%s", err.text);
         return;
     }
+    c->vh->connections++;
+    c->vh_counted = true;
     amqp_method_t ok = {.id = AMQP_CONNECTION_OPEN_OK};
     conn_send_method(c, 0, &ok);
     c->state = CS_RUNNING;
@@ -603,6 +608,7 @@ static void conn_on_close(void *ud)
     connreg_remove(&c->reg);
     s->broker->stat_conn_closed++;
     br_connection_closed(s->broker, c->id);
+    if (c->vh_counted) c->vh->connections--;
     if (c->prev) c->prev->next = c->next;
     else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;

@@ -112,6 +112,7 @@ struct conn {
 
     user_t *user;
     vhost_t *vh;
+    bool vh_counted; /* counted in vh->connections (the vhost's max-connections) */
     uint32_t frame_max;
     uint16_t channel_max;
     uint16_t heartbeat;

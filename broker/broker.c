@@ -12,6 +12,7 @@
 #include "broker/topicperm.h"
 #include "broker/headers_match.h"
 #include "broker/log.h"
+#include "broker/params.h"
 #include "broker/remote.h"
 
 #include <sodium.h>
@@ -101,6 +102,10 @@ static void vhost_free_shell(vhost_t *vh)
     dict_free(&vh->queues);
     dict_free(&vh->exchanges);
     br_policies_free(vh);
+    rp_free_all(&vh->params);
+    free(vh->description);
+    free(vh->tags);
+    free(vh->default_queue_type);
     free(vh->name);
     free(vh);
 }
@@ -150,12 +155,87 @@ void broker_free(broker_t *b)
     ptrvec_free(&b->dead_users);
     for (size_t i = 0; i < b->dead_vhosts.n; i++) vhost_free_shell(b->dead_vhosts.items[i]);
     ptrvec_free(&b->dead_vhosts);
+    rp_free_all(&b->global_params);
     free(b);
 }
 
 /* ---- vhosts and users ---- */
 
 vhost_t *br_vhost(broker_t *b, const char *name, size_t len) { return dict_get(&b->vhosts, name, len); }
+
+static void rec_put_str(amqp_buf_t *r, const char *s);
+static char *rec_get_str(const uint8_t **p, const uint8_t *end);
+
+/* Vhost record 'V' name -> empty (written before vhosts had metadata), or [u8 1][str
+ * description][str tags][str default queue type ("" = none)]. */
+static void vhost_persist(const vhost_t *vh)
+{
+    broker_t *b = vh->broker;
+    if (!b->store) return;
+    amqp_buf_t key = {0}, val = {0};
+    amqp_buf_put_u8(&key, KEY_VHOST);
+    amqp_buf_append(&key, vh->name, strlen(vh->name));
+    amqp_buf_put_u8(&val, 1);
+    rec_put_str(&val, vh->description);
+    rec_put_str(&val, vh->tags);
+    rec_put_str(&val, vh->default_queue_type);
+    store_put(b->store, key.data, key.len, val.data, val.len);
+    amqp_buf_free(&key);
+    amqp_buf_free(&val);
+}
+
+static void set_str(char **field, const char *val)
+{
+    free(*field);
+    *field = strdup(val);
+    if (!*field) abort();
+}
+
+void br_vhost_set_metadata(vhost_t *vh, const char *description, const char *tags, const char *default_queue_type)
+{
+    if (description) set_str(&vh->description, description);
+    if (tags) set_str(&vh->tags, tags);
+    if (default_queue_type && !*default_queue_type) {
+        free(vh->default_queue_type);
+        vh->default_queue_type = NULL;
+    } else if (default_queue_type) {
+        set_str(&vh->default_queue_type, default_queue_type);
+    }
+    vhost_persist(vh);
+}
+
+/* Reads one stored 'V' value into vh (an empty value: a record of the format before metadata). */
+static void vhost_load_metadata(vhost_t *vh, const uint8_t *p, size_t len)
+{
+    const uint8_t *end = p + len;
+    if (len < 1 || *p++ != 1) return;
+    char *d = rec_get_str(&p, end), *t = d ? rec_get_str(&p, end) : NULL, *q = t ? rec_get_str(&p, end) : NULL;
+    if (q) {
+        set_str(&vh->description, d);
+        set_str(&vh->tags, t);
+        if (*q) set_str(&vh->default_queue_type, q);
+    }
+    free(d);
+    free(t);
+    free(q);
+}
+
+void br_vhosts_recover_metadata(broker_t *b)
+{
+    if (!b->store) return;
+    uint8_t prefix = KEY_VHOST;
+    store_iter_t *it = store_iter_prefix(b->store, &prefix, 1);
+    const void *k, *v;
+    size_t kl, vl;
+    while (it && store_iter_next(it, &k, &kl, &v, &vl)) {
+        vhost_t *vh = br_vhost(b, (const char *)k + 1, kl - 1);
+        if (!vh) continue;
+        vhost_load_metadata(vh, v, vl);
+        vhost_persist(vh); /* recovery's br_vhost_add queued an empty record: keep the metadata */
+    }
+    store_iter_free(it);
+    rp_recover(b);
+}
 
 vhost_t *br_vhost_add(broker_t *b, const char *name)
 {
@@ -165,6 +245,10 @@ vhost_t *br_vhost_add(broker_t *b, const char *name)
     if (!vh) abort();
     vh->broker = b;
     vh->name = strdup(name);
+    vh->description = strdup("");
+    vh->tags = strdup("");
+    if (!vh->name || !vh->description || !vh->tags) abort();
+    vh->max_connections = vh->max_queues = BR_NO_LIMIT;
     dict_init(&vh->exchanges);
     dict_init(&vh->queues);
     dict_set(&b->vhosts, name, strlen(name), vh);
@@ -176,15 +260,7 @@ vhost_t *br_vhost_add(broker_t *b, const char *name)
     };
     for (size_t i = 0; i < sizeof std / sizeof std[0]; i++)
         ex_new(vh, std[i].name, strlen(std[i].name), std[i].type, true, false, std[i].internal, AMQP_BYTES_EMPTY);
-    if (b->store) {
-        size_t nl = strlen(name);
-        uint8_t *key = malloc(1 + nl);
-        if (!key) abort();
-        key[0] = KEY_VHOST;
-        memcpy(key + 1, name, nl);
-        store_put(b->store, key, 1 + nl, "", 0);
-        free(key);
-    }
+    vhost_persist(vh);
     return vh;
 }
 
@@ -197,6 +273,18 @@ static void rec_put_str(amqp_buf_t *r, const char *s)
     if (n > 65535) n = 65535;
     amqp_buf_put_u16(r, (uint16_t)n);
     if (n) amqp_buf_append(r, s, n);
+}
+
+/* Reads a u16-length-prefixed string (malloc'd); NULL when the record is short. */
+static char *rec_get_str(const uint8_t **p, const uint8_t *end)
+{
+    if (end - *p < 2) return NULL;
+    size_t n = ((size_t)(*p)[0] << 8) | (*p)[1];
+    if ((size_t)(end - *p - 2) < n) return NULL;
+    char *s = strndup((const char *)*p + 2, n);
+    if (!s) abort();
+    *p += 2 + n;
+    return s;
 }
 
 /* User record 'U' name -> [u8 alg][str hash][str tags]. */
@@ -331,6 +419,7 @@ void br_vhost_delete(broker_t *b, vhost_t *vh)
     for (size_t i = 0; i < doomed.n; i++) ex_delete(doomed.items[i]);
     ptrvec_free(&doomed);
     br_policies_delete_all(vh);
+    rp_delete_all(vh);
     pos = 0;
     while (dict_next(&b->users, &pos, NULL, NULL, &v)) {
         br_clear_permissions(b, v, vh);
@@ -371,6 +460,15 @@ int br_check_vhost_access(broker_t *b, user_t *u, const char *vhost, size_t len,
                        u->name);
     *out = vh;
     return 0;
+}
+
+int br_check_vhost_connection_limit(broker_t *b, const user_t *u, const char *vhost, size_t len, br_err_t *err)
+{
+    const vhost_t *vh = br_vhost(b, vhost, len);
+    /* (0 admits no connection at all, as RabbitMQ's is_over_connection_limit) */
+    if (!vh || vh->max_connections == BR_NO_LIMIT || vh->connections < vh->max_connections) return 0;
+    return br_fail(err, BR_NOT_ALLOWED, "access to vhost '%s' refused for user '%s': connection limit (%lld) is reached",
+                   vh->name, u->name, (long long)vh->max_connections);
 }
 
 int br_check_perm(user_t *u, vhost_t *vh, enum perm_kind kind, bool is_queue, const char *name, size_t len,
@@ -729,11 +827,64 @@ static int validate_queue_args(vhost_t *vh, const char *name, size_t len, amqp_b
     return rc;
 }
 
+amqp_bytes_t br_queue_args_with_default_type(const vhost_t *vh, bool durable, bool exclusive, bool auto_delete,
+                                             amqp_bytes_t args, amqp_buf_t *buf)
+{
+    const char *dqt = vh->default_queue_type;
+    if (!dqt) return args;
+    amqp_table_t t = {0};
+    if (args.len && amqp_table_parse(args, &t) != 0) return args; /* refused later as invalid */
+    bool has_type = amqp_table_get(&t, "x-queue-type") != NULL;
+    amqp_table_free(&t);
+    if (has_type) return args;
+    /* A quorum queue must be durable, not exclusive, not auto-delete: other declares get the
+     * fallback type, as RabbitMQ 4's augment_declare_args does. */
+    if (strcmp(dqt, "quorum") == 0 && (!durable || exclusive || auto_delete)) dqt = "classic";
+    buf->len = 0;
+    amqp_buf_append(buf, args.ptr, args.len);
+    amqp_table_put_longstr(buf, "x-queue-type", AMQP_BYTES_CSTR(dqt));
+    return (amqp_bytes_t){buf->data, buf->len};
+}
+
+/* RabbitMQ's max-queues: a declare that would create one more queue than the vhost allows. */
+static int check_queue_limit(vhost_t *vh, const char *name, size_t len, br_err_t *err)
+{
+    if (vh->max_queues == BR_NO_LIMIT || (int64_t)dict_size(&vh->queues) < vh->max_queues) return 0;
+    return br_fail(err, BR_PRECONDITION_FAILED, "cannot declare queue '%.*s': queue limit in vhost '%s' (%lld) is reached",
+                   (int)len, name, vh->name, (long long)vh->max_queues);
+}
+
+static int queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, size_t len, bool passive,
+                         bool durable, bool exclusive, bool auto_delete, amqp_bytes_t args, queue_t **out,
+                         br_err_t *err);
+
 int br_queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, size_t len, bool passive,
                      bool durable, bool exclusive, bool auto_delete, amqp_bytes_t args, queue_t **out,
                      br_err_t *err)
 {
     if (vhost_gone(vh, err)) return err->code;
+    amqp_buf_t buf = {0};
+    if (!passive) args = br_queue_args_with_default_type(vh, durable, exclusive, auto_delete, args, &buf);
+    int rc = queue_declare(vh, u, conn_id, name, len, passive, durable, exclusive, auto_delete, args, out, err);
+    amqp_buf_free(&buf);
+    return rc;
+}
+
+/* The members of a quorum queue created by a replicated declare: the command's, or (a command
+ * that named none, e.g. one whose quorum type came from the vhost's default) its home node, so
+ * every node computes the same list. */
+static amqp_bytes_t applied_members(broker_t *b, uint8_t home[4])
+{
+    if (b->meta_members.len || !b->meta_home) return b->meta_members;
+    home[0] = (uint8_t)(b->meta_home >> 24), home[1] = (uint8_t)(b->meta_home >> 16);
+    home[2] = (uint8_t)(b->meta_home >> 8), home[3] = (uint8_t)b->meta_home;
+    return (amqp_bytes_t){home, 4};
+}
+
+static int queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, size_t len, bool passive,
+                         bool durable, bool exclusive, bool auto_delete, amqp_bytes_t args, queue_t **out,
+                         br_err_t *err)
+{
     char gen[48];
     queue_t *q = NULL;
     bool server_named = len == 0;
@@ -762,6 +913,9 @@ int br_queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name,
         *out = q;
         return 0;
     }
+    /* (apply does not check: the requesting node did, and a snapshot or an import recreates
+     * what exists whatever the limit) */
+    if (!vh->broker->meta_applying && check_queue_limit(vh, name, len, err)) return err->code;
     if (validate_queue_args(vh, name, len, args, err)) return err->code;
     amqp_table_t parsed = {0};
     bool quorum = args.len && amqp_table_parse(args, &parsed) == 0 && qq_args_quorum(&parsed);
@@ -772,7 +926,8 @@ int br_queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name,
     q = q_new(vh, name, len, durable, exclusive, auto_delete, exclusive ? conn_id : 0, args);
     /* A quorum queue's replica and Raft group; members from the metadata command (clustered)
      * or this node alone. */
-    if (quorum) qq_attach(q, vh->broker->meta_applying ? vh->broker->meta_members : (amqp_bytes_t){0});
+    uint8_t home[4];
+    if (quorum) qq_attach(q, vh->broker->meta_applying ? applied_members(vh->broker, home) : (amqp_bytes_t){0});
     /* Exclusive queues die with their connection: never worth storing. */
     if (!exclusive) q_persist_definition(q);
     *out = q;

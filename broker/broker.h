@@ -101,7 +101,16 @@ struct vhost {
     ptrvec_t policies, operator_policies; /* policy_t* */
     bool deleted; /* removed by br_vhost_delete; kept alive for connections still pointing at it */
     uint64_t stat_publish, stat_confirm; /* messages published into it, confirms sent (mgmt rates) */
+    /* metadata (RabbitMQ 4's vhost metadata): description and tags ("" when none; tags
+     * comma-separated), default_queue_type (NULL = not set) */
+    char *description, *tags, *default_queue_type;
+    /* runtime parameters of the vhost (broker/params.h: rparam_t*), and the limits read from its
+     * "vhost-limits" one: BR_NO_LIMIT when absent or negative */
+    ptrvec_t params;
+    int64_t max_connections, max_queues;
+    uint32_t connections; /* this node's open client connections to it (the AMQP adapter counts) */
 };
+#define BR_NO_LIMIT (-1)
 
 /* ---- exchanges and bindings ---- */
 
@@ -292,6 +301,7 @@ struct broker {
     /* Deleted users and vhosts: connections hold pointers to them (amqp091/session.h), so they
      * are unlinked from the registry at once but freed only with the broker. */
     ptrvec_t dead_users, dead_vhosts;
+    ptrvec_t global_params; /* global runtime parameters (broker/params.h: rparam_t*) */
 };
 
 /* ---- delayed messages (delayed.c) ---- */
@@ -342,6 +352,15 @@ void br_user_delete(broker_t *b, user_t *u);
 /* Deletes a vhost and everything in it (queues, exchanges, bindings, policies, permissions), as
  * RabbitMQ's delete_vhost does. The struct lives on, marked deleted, for its connections. */
 void br_vhost_delete(broker_t *b, vhost_t *vh);
+/* Sets a vhost's metadata (NULL leaves a field as it is; default_queue_type "" clears it) and
+ * stores it with the vhost's record. */
+void br_vhost_set_metadata(vhost_t *vh, const char *description, const char *tags, const char *default_queue_type);
+/* Recovery: the metadata stored with the 'V' records and the runtime parameters ('R', 'G'),
+ * after the vhosts were recovered. */
+void br_vhosts_recover_metadata(broker_t *b);
+/* connection.open: 0 when the vhost's max-connections allows one more connection of this node,
+ * else BR_NOT_ALLOWED with RabbitMQ's text (an unknown vhost passes: access is checked next). */
+int br_check_vhost_connection_limit(broker_t *b, const user_t *u, const char *vhost, size_t len, br_err_t *err);
 /* Verifies a password; NULL when the user is unknown or the password is wrong. */
 user_t *br_authenticate(broker_t *b, const char *name, size_t nlen, const char *pw, size_t pwlen);
 bool br_user_is_loopback_only(broker_t *b, const user_t *u);
@@ -363,6 +382,12 @@ queue_t *br_queue(vhost_t *vh, const char *name, size_t len);
 int br_queue_declare(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, size_t len, bool passive,
                      bool durable, bool exclusive, bool auto_delete, amqp_bytes_t args, queue_t **out,
                      br_err_t *err);
+/* RabbitMQ 4's default queue type: the arguments of a declare without x-queue-type in a vhost
+ * with a default_queue_type get x-queue-type (that type, or "classic" for a quorum default when
+ * the queue cannot be one: transient, exclusive or auto-delete). Returns args itself, or bytes
+ * in buf (the caller frees buf). br_queue_declare applies it; adapters call it to see the type. */
+amqp_bytes_t br_queue_args_with_default_type(const vhost_t *vh, bool durable, bool exclusive, bool auto_delete,
+                                             amqp_bytes_t args, amqp_buf_t *buf);
 int br_queue_delete(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, size_t len, bool if_unused,
                     bool if_empty, uint32_t *msg_count, br_err_t *err);
 int br_queue_purge(vhost_t *vh, user_t *u, uint64_t conn_id, const char *name, size_t len, uint32_t *msg_count,
@@ -452,6 +477,8 @@ void br_dispatch_pending(broker_t *b);
 /* storage keys */
 enum { KEY_MSG = 'm', KEY_QINDEX = 'i', KEY_QUEUE = 'Q', KEY_EXCHANGE = 'X', KEY_BINDING = 'B', KEY_VHOST = 'V',
        KEY_USER = 'U', KEY_PERM = 'P', KEY_DELAY = 'D', KEY_META_APPLIED = 'A', KEY_POLICY = 'O',
-       KEY_QQ_BODY = 'b' /* broker/qq.c: 'b' + gid + msg id -> a quorum queue message's body */ };
+       KEY_QQ_BODY = 'b' /* broker/qq.c: 'b' + gid + msg id -> a quorum queue message's body */,
+       KEY_PARAM = 'R' /* broker/params.c: vhost \0 component \0 name -> value (JSON) */,
+       KEY_GLOBAL_PARAM = 'G' /* broker/params.c: name -> value (JSON) */ };
 
 #endif

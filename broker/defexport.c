@@ -1,10 +1,13 @@
-/* defexport.c - the registry as RabbitMQ's definitions document (prefix defx_), for warrenctl
- * export_definitions (and anything else in broker/ or above that wants the same document).
+/* defexport.c - the registry as RabbitMQ's definitions document (prefix defx_): the one
+ * exporter, behind warrenctl export_definitions and the management API's GET /api/definitions
+ * (and, filtered to one vhost, GET /api/definitions/{vhost}).
  *
- * The document has rabbitmqctl export_definitions' shape: rabbit_version, users (with their
- * password hashes and hashing algorithm, so an import on another node keeps the passwords),
- * vhosts, permissions, policies, queues, exchanges and bindings, plus the empty lists RabbitMQ
- * writes (topic_permissions, parameters, global_parameters). What RabbitMQ leaves out is left
+ * The document has RabbitMQ's shape and key order: rabbit_version, rabbitmq_version,
+ * product_name, product_version, users (with their password hashes and hashing algorithm, so an
+ * import elsewhere keeps the passwords), vhosts (with RabbitMQ 4's metadata: description, tags,
+ * default_queue_type), permissions, topic_permissions, parameters (vhost-limits and whatever
+ * other components were imported), global_parameters (cluster_name, set by configuration, and
+ * any imported ones), policies, queues, exchanges, bindings. What RabbitMQ leaves out is left
  * out here too: exclusive queues, the default and amq.* exchanges, the default exchange's
  * implicit bindings. broker/definitions.c reads the same document back (boot file or
  * broker_import_definitions), so export -> import reproduces the definitions.
@@ -17,9 +20,11 @@
 
 #include "broker/admin_int.h"
 #include "broker/defexport.h"
+#include "broker/params.h"
 #include "broker/topicperm.h"
 
 #define DEFX_COMPAT_VERSION "3.10.8" /* the RabbitMQ release whose format this follows */
+#define DEFX_PRODUCT_VERSION "0.1.0"
 
 const char *ex_type_name(ex_type_t t); /* exchange.c */
 
@@ -32,23 +37,33 @@ static cJSON *raw_args_json(amqp_bytes_t raw)
     return o;
 }
 
-/* "a,b" -> ["a","b"] (RabbitMQ 3.10 writes tags as a list). */
-static cJSON *tags_json(const char *tags)
+cJSON *defx_tags_json(const char *tags)
 {
     cJSON *arr = cJSON_CreateArray();
     for (const char *p = tags ? tags : ""; *p;) {
-        size_t n = strcspn(p, ",");
-        char *t = strndup(p, n);
-        if (t && n) cJSON_AddItemToArray(arr, cJSON_CreateString(t));
+        while (*p == ' ' || *p == ',') p++;
+        size_t n = strcspn(p, ","), m = n;
+        while (m && p[m - 1] == ' ') m--;
+        char *t = strndup(p, m);
+        if (t && m) cJSON_AddItemToArray(arr, cJSON_CreateString(t));
         free(t);
-        p += n + (p[n] == ',');
+        p += n;
     }
     return arr;
 }
 
-static void add_users(cJSON *root, broker_t *b)
+cJSON *defx_vhost_metadata(const vhost_t *vh)
 {
-    cJSON *users = cJSON_AddArrayToObject(root, "users"), *perms = cJSON_AddArrayToObject(root, "permissions");
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "description", vh->description ? vh->description : "");
+    cJSON_AddItemToObject(o, "tags", defx_tags_json(vh->tags));
+    if (vh->default_queue_type) cJSON_AddStringToObject(o, "default_queue_type", vh->default_queue_type);
+    return o;
+}
+
+static void add_users(cJSON *root, cJSON *users, cJSON *perms, broker_t *b)
+{
+    (void)root;
     size_t pos = 0;
     void *v;
     while (dict_next(&b->users, &pos, NULL, NULL, &v)) {
@@ -57,7 +72,7 @@ static void add_users(cJSON *root, broker_t *b)
         cJSON_AddStringToObject(o, "name", u->name);
         cJSON_AddStringToObject(o, "password_hash", u->password_hash ? u->password_hash : "");
         cJSON_AddStringToObject(o, "hashing_algorithm", auth_hash_alg_name(u->hash_alg));
-        cJSON_AddItemToObject(o, "tags", tags_json(u->tags));
+        cJSON_AddItemToObject(o, "tags", defx_tags_json(u->tags));
         cJSON_AddItemToObject(o, "limits", cJSON_CreateObject());
         cJSON_AddItemToArray(users, o);
         size_t pp = 0;
@@ -164,20 +179,74 @@ static void add_topic_permission(void *arg, const user_t *u, const tperm_t *p)
     cJSON_AddItemToArray(arg, o);
 }
 
+/* A vhost as RabbitMQ 4 exports it: name, then its metadata both flat and as "metadata". */
+static cJSON *vhost_json(const vhost_t *vh)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", vh->name);
+    cJSON_AddStringToObject(o, "description", vh->description ? vh->description : "");
+    cJSON_AddItemToObject(o, "tags", defx_tags_json(vh->tags));
+    if (vh->default_queue_type) cJSON_AddStringToObject(o, "default_queue_type", vh->default_queue_type);
+    cJSON_AddItemToObject(o, "metadata", defx_vhost_metadata(vh));
+    return o;
+}
+
+/* A parameter's stored JSON text as a value (null if it does not parse: it was validated). */
+static cJSON *param_value(const rparam_t *p)
+{
+    cJSON *v = cJSON_Parse(p->value);
+    return v ? v : cJSON_CreateNull();
+}
+
+cJSON *defx_param_json(const char *vhost, const rparam_t *p)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "value", param_value(p));
+    if (p->component) {
+        cJSON_AddStringToObject(o, "vhost", vhost);
+        cJSON_AddStringToObject(o, "component", p->component);
+    }
+    cJSON_AddStringToObject(o, "name", p->name);
+    return o;
+}
+
+/* RabbitMQ keeps its cluster name as the global parameter cluster_name; Warren's comes from the
+ * configuration (it is part of the cluster's identity on the wire), exported the same way. */
+static void add_global_parameters(cJSON *arr, broker_t *b)
+{
+    if (b->cfg && b->cfg->cluster_name[0]) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "name", "cluster_name");
+        cJSON_AddStringToObject(o, "value", b->cfg->cluster_name);
+        cJSON_AddItemToArray(arr, o);
+    }
+    for (size_t i = 0; i < b->global_params.n; i++) {
+        const rparam_t *p = b->global_params.items[i];
+        if (strcmp(p->name, "cluster_name") == 0) continue;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "name", p->name);
+        cJSON_AddItemToObject(o, "value", param_value(p));
+        cJSON_AddItemToArray(arr, o);
+    }
+}
+
 cJSON *defx_export(broker_t *b)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "rabbit_version", DEFX_COMPAT_VERSION);
     cJSON_AddStringToObject(root, "rabbitmq_version", DEFX_COMPAT_VERSION);
     cJSON_AddStringToObject(root, "product_name", "Warren");
-    add_users(root, b);
+    cJSON_AddStringToObject(root, "product_version", DEFX_PRODUCT_VERSION);
+    cJSON *users = cJSON_AddArrayToObject(root, "users");
     cJSON *vhosts = cJSON_AddArrayToObject(root, "vhosts");
+    cJSON *perms = cJSON_AddArrayToObject(root, "permissions");
+    add_users(root, users, perms, b);
     cJSON *topic = cJSON_AddArrayToObject(root, "topic_permissions");
     size_t upos = 0;
     void *uv;
     while (dict_next(&b->users, &upos, NULL, NULL, &uv)) tperm_each(uv, NULL, add_topic_permission, topic);
-    cJSON_AddArrayToObject(root, "parameters");
-    cJSON_AddArrayToObject(root, "global_parameters");
+    cJSON *params = cJSON_AddArrayToObject(root, "parameters");
+    add_global_parameters(cJSON_AddArrayToObject(root, "global_parameters"), b);
     cJSON *policies = cJSON_AddArrayToObject(root, "policies");
     cJSON *queues = cJSON_AddArrayToObject(root, "queues");
     cJSON *exchanges = cJSON_AddArrayToObject(root, "exchanges");
@@ -186,9 +255,8 @@ cJSON *defx_export(broker_t *b)
     void *v;
     while (dict_next(&b->vhosts, &pos, NULL, NULL, &v)) {
         const vhost_t *vh = v;
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "name", vh->name);
-        cJSON_AddItemToArray(vhosts, o);
+        cJSON_AddItemToArray(vhosts, vhost_json(vh));
+        for (size_t i = 0; i < vh->params.n; i++) cJSON_AddItemToArray(params, defx_param_json(vh->name, vh->params.items[i]));
         add_policies(policies, vh);
         add_queues(queues, vh);
         add_exchanges(exchanges, bindings, vh);

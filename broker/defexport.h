@@ -16,6 +16,14 @@ struct cJSON;
 /* The definitions document (a new cJSON object; the caller deletes it). */
 struct cJSON *defx_export(broker_t *b);
 
+/* Pieces of it the management API shows elsewhere too (new cJSON values): "a,b" tags as a list;
+ * a vhost's metadata object {description, tags, default_queue_type (when set)}; a runtime
+ * parameter {value, vhost, component, name} (a global one: {value, name}). */
+struct cJSON *defx_tags_json(const char *tags);
+struct cJSON *defx_vhost_metadata(const vhost_t *vh);
+struct rparam;
+struct cJSON *defx_param_json(const char *vhost, const struct rparam *p);
+
 /* Import finished: how many commands applied here and how many failed, with the first
  * failure's description ("queue 'q': PRECONDITION_FAILED - ...") or NULL. */
 typedef void (*broker_import_cb)(void *arg, unsigned applied, unsigned failed, const char *first_error);

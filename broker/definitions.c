@@ -1,6 +1,11 @@
 /* definitions.c - boot-time definitions: the default user and vhost from config, and
- * RabbitMQ's definitions JSON (users, vhosts, permissions, policies, exchanges, queues,
- * bindings) as exported by `rabbitmqctl export_definitions` or the management API.
+ * RabbitMQ's definitions JSON (users, vhosts with their metadata, permissions, runtime
+ * parameters and global parameters, policies, exchanges, queues, bindings) as exported by
+ * `rabbitmqctl export_definitions` or the management API.
+ *
+ * Parameters: every component is kept (META_PARAM_SET), vhost-limits is validated as RabbitMQ
+ * validates it; the global parameter cluster_name is skipped (Warren's comes from the
+ * configuration: it identifies the cluster on the wire), other global ones are kept.
  *
  * Data flow: the JSON and the defaults become metadata commands (broker/meta.h), handed to a
  * sink. A single node applies them at once (meta_apply, as a submitted command would be). In a
@@ -27,6 +32,7 @@
 #include "broker/defexport.h"
 #include "broker/log.h"
 #include "broker/meta.h"
+#include "broker/params.h"
 #include "broker/qq.h"
 
 #include <cjson/cJSON.h>
@@ -201,6 +207,71 @@ static void emit_vhost(struct sink *k, const char *name)
 {
     struct meta_cmd c = {.op = META_VHOST_ADD, .vhost = AMQP_BYTES_CSTR(name)};
     emit(k, &c, "vhost '%s'", name);
+}
+
+/* A vhost entry: RabbitMQ 4 writes its metadata flat and under "metadata"; 3.x only the name.
+ * With metadata it replaces the vhost's (VHOST_SET), without it only makes sure it exists. */
+static void load_vhost(struct sink *k, const cJSON *v)
+{
+    const char *name = jstr(v, "name", "/");
+    const cJSON *meta = cJSON_GetObjectItemCaseSensitive(v, "metadata");
+    const cJSON *src = cJSON_GetObjectItemCaseSensitive(v, "description") ? v : meta;
+    if (!cJSON_IsObject(src)) return emit_vhost(k, name);
+    char tags[1024];
+    tags_text(cJSON_GetObjectItemCaseSensitive(v, "tags") ? v : src, tags, sizeof tags);
+    const char *dqt = jstr(v, "default_queue_type", jstr(meta, "default_queue_type", ""));
+    if (strcmp(dqt, "undefined") == 0) dqt = ""; /* an unset type as some exports write it */
+    amqp_buf_t args = {0};
+    struct meta_cmd c;
+    meta_vhost_cmd(&c, &args, META_VHOST_SET, name, jstr(src, "description", ""), tags, dqt);
+    emit(k, &c, "vhost '%s'", name);
+    amqp_buf_free(&args);
+}
+
+/* A parameter's value as JSON text (malloc'd). */
+static char *value_text(const cJSON *o)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "value");
+    char *t = v ? cJSON_PrintUnformatted(v) : strdup("null");
+    if (!t) abort();
+    return t;
+}
+
+/* parameters [{value, vhost, component, name}] and global_parameters [{name, value}]. */
+static int load_parameters(struct sink *k, const cJSON *root, char *err, size_t errlen)
+{
+    amqp_buf_t args = {0};
+    const cJSON *o;
+    int rc = 0;
+    cJSON_ArrayForEach(o, cJSON_GetObjectItemCaseSensitive(root, "parameters"))
+    {
+        const char *vn = jstr(o, "vhost", "/"), *comp = jstr(o, "component", ""), *name = jstr(o, "name", "");
+        char *value = value_text(o), why[512];
+        if (rp_validate(comp, name, value, why, sizeof why) != 0) {
+            snprintf(err, errlen, "definitions: parameter '%s' of component '%s' in vhost '%s': %s", name, comp, vn, why);
+            free(value);
+            rc = -1;
+            break;
+        }
+        emit_vhost(k, vn);
+        struct meta_cmd c;
+        meta_param_cmd(&c, &args, META_PARAM_SET, vn, comp, name, value);
+        emit(k, &c, "parameter '%s' of component '%s' in vhost '%s'", name, comp, vn);
+        free(value);
+    }
+    const cJSON *globals = rc ? NULL : cJSON_GetObjectItemCaseSensitive(root, "global_parameters");
+    cJSON_ArrayForEach(o, globals)
+    {
+        const char *name = jstr(o, "name", "");
+        if (strcmp(name, "cluster_name") == 0) continue; /* set by configuration */
+        char *value = value_text(o);
+        struct meta_cmd c;
+        meta_param_cmd(&c, &args, META_PARAM_SET, NULL, NULL, name, value);
+        emit(k, &c, "global parameter '%s'", name);
+        free(value);
+    }
+    amqp_buf_free(&args);
+    return rc;
 }
 
 static int load_users(struct sink *k, const cJSON *root, char *err, size_t errlen)
@@ -382,6 +453,8 @@ static int check_names(const cJSON *root, char *err, size_t errlen)
         bool may_be_empty;
     } rules[] = {
         {"vhosts", "name", "/", false},          {"users", "name", "x", false},
+        {"parameters", "vhost", "/", false},     {"parameters", "name", "", false},
+        {"parameters", "component", "", false},  {"global_parameters", "name", "", false},
         {"permissions", "user", "", false},      {"permissions", "vhost", "/", false},
         {"policies", "name", "", false},         {"policies", "vhost", "/", false},
         {"operator_policies", "name", "", false}, {"operator_policies", "vhost", "/", false},
@@ -409,10 +482,11 @@ static int definitions_emit_root(struct sink *k, const cJSON *root, char *err, s
     }
     if (check_names(root, err, errlen) != 0) return -1;
     const cJSON *v;
-    cJSON_ArrayForEach(v, cJSON_GetObjectItemCaseSensitive(root, "vhosts")) emit_vhost(k, jstr(v, "name", "/"));
+    cJSON_ArrayForEach(v, cJSON_GetObjectItemCaseSensitive(root, "vhosts")) load_vhost(k, v);
     int rc = load_users(k, root, err, errlen);
     if (!rc) rc = load_permissions(k, root, err, errlen);
     if (!rc) rc = load_topic_permissions(k, root, err, errlen);
+    if (!rc) rc = load_parameters(k, root, err, errlen);
     if (!rc) rc = load_policies(k, root, "policies", false, err, errlen);
     if (!rc) rc = load_policies(k, root, "operator_policies", true, err, errlen);
     if (!rc) load_topology(k, root);
@@ -472,7 +546,14 @@ int broker_import_definitions(broker_t *b, const cJSON *root, broker_import_cb d
 static int defaults_emit(struct sink *k, bool add_user, char *err, size_t errlen)
 {
     cfg_t *c = k->b->cfg;
-    emit_vhost(k, c->default_vhost);
+    /* RabbitMQ's description for it, given on the first boot (when the default user is made
+     * too: the server may have created the bare vhost already); later boots leave it as it is. */
+    amqp_buf_t vargs = {0};
+    struct meta_cmd vc;
+    meta_vhost_cmd(&vc, &vargs, add_user ? META_VHOST_SET : META_VHOST_ADD, c->default_vhost, "Default virtual host",
+                   NULL, NULL);
+    emit(k, &vc, "vhost '%s'", c->default_vhost);
+    amqp_buf_free(&vargs);
     if (!add_user || !c->default_user[0]) return 0;
     char tags[512] = "";
     size_t n = 0;

@@ -37,6 +37,7 @@
 
 #include "broker/cluster.h"
 #include "broker/log.h"
+#include "broker/params.h"
 #include "broker/qq.h"
 #include "broker/topicperm.h"
 
@@ -125,6 +126,29 @@ void meta_topic_perm_cmd(struct meta_cmd *c, amqp_buf_t *buf, const char *vhost,
     amqp_table_open(buf);
     put_str(buf, "write", write);
     put_str(buf, "read", read);
+    args_close(c, buf);
+}
+
+void meta_vhost_cmd(struct meta_cmd *c, amqp_buf_t *buf, uint8_t op, const char *vhost, const char *description,
+                    const char *tags, const char *default_queue_type)
+{
+    *c = (struct meta_cmd){.op = op, .vhost = AMQP_BYTES_CSTR(vhost)};
+    buf->len = 0;
+    amqp_table_open(buf);
+    put_str(buf, "description", description);
+    put_str(buf, "tags", tags);
+    put_str(buf, "default_queue_type", default_queue_type);
+    args_close(c, buf);
+}
+
+void meta_param_cmd(struct meta_cmd *c, amqp_buf_t *buf, uint8_t op, const char *vhost, const char *component,
+                    const char *name, const char *value)
+{
+    *c = (struct meta_cmd){.op = op, .vhost = AMQP_BYTES_CSTR(vhost ? vhost : ""),
+                           .name2 = AMQP_BYTES_CSTR(vhost && component ? component : ""), .name = AMQP_BYTES_CSTR(name)};
+    buf->len = 0;
+    amqp_table_open(buf);
+    put_str(buf, "value", value);
     args_close(c, buf);
 }
 
@@ -345,6 +369,47 @@ static int apply_policy(broker_t *b, const struct meta_cmd *c, const amqp_table_
     return rc;
 }
 
+/* VHOST_ADD (metadata only for a vhost it creates) and VHOST_SET. */
+static void apply_vhost(broker_t *b, const struct meta_cmd *c, const amqp_table_t *a)
+{
+    vhost_t *vh = br_vhost(b, STR(c->vhost));
+    if (vh && c->op == META_VHOST_ADD) return;
+    if (!vh) {
+        char *name = strndup((const char *)c->vhost.ptr, c->vhost.len);
+        if (!name) abort();
+        vh = br_vhost_add(b, name);
+        free(name);
+    }
+    char *d = arg_str(a, "description"), *t = arg_str(a, "tags"), *q = arg_str(a, "default_queue_type");
+    if (d || t || q) br_vhost_set_metadata(vh, d, t, q);
+    free(d);
+    free(t);
+    free(q);
+}
+
+/* Runtime parameters: a vhost's (vhost named) or global ones (vhost ""). */
+static int apply_param(broker_t *b, const struct meta_cmd *c, const amqp_table_t *a, br_err_t *err)
+{
+    char *comp = strndup((const char *)c->name2.ptr, c->name2.len), *name = strndup((const char *)c->name.ptr, c->name.len);
+    char *value = arg_str(a, "value");
+    if (!comp || !name) abort();
+    vhost_t *vh = c->vhost.len ? br_vhost(b, STR(c->vhost)) : NULL;
+    int rc = 0;
+    if (c->vhost.len && !vh) {
+        rc = no_vhost(err, c->vhost);
+    } else if (c->op == META_PARAM_CLEAR) {
+        if (!(vh ? rp_clear(vh, comp, name) : rp_global_clear(b, name))) rc = br_fail(err, BR_NOT_FOUND, "Parameter does not exist");
+    } else if (!vh) {
+        rp_global_set(b, name, value ? value : "null");
+    } else if (rp_set(vh, comp, name, value ? value : "null", err->text, sizeof err->text) != 0) {
+        rc = err->code = BR_PRECONDITION_FAILED;
+    }
+    free(comp);
+    free(name);
+    free(value);
+    return rc;
+}
+
 /* The registry commands (op >= META_VHOST_ADD). */
 static int apply_registry(broker_t *b, const struct meta_cmd *c, br_err_t *err)
 {
@@ -352,12 +417,10 @@ static int apply_registry(broker_t *b, const struct meta_cmd *c, br_err_t *err)
     if (c->args.len && amqp_table_parse(c->args, &a) != 0) return br_fail(err, BR_INTERNAL_ERROR, "malformed arguments");
     int rc = 0;
     switch (c->op) {
-    case META_VHOST_ADD: {
-        char *name = strndup((const char *)c->vhost.ptr, c->vhost.len);
-        if (!br_vhost(b, STR(c->vhost))) br_vhost_add(b, name);
-        free(name);
-        break;
-    }
+    case META_VHOST_ADD:
+    case META_VHOST_SET: apply_vhost(b, c, &a); break;
+    case META_PARAM_SET:
+    case META_PARAM_CLEAR: rc = apply_param(b, c, &a, err); break;
     case META_VHOST_DELETE: {
         vhost_t *vh = br_vhost(b, STR(c->vhost));
         if (vh) br_vhost_delete(b, vh);
@@ -523,7 +586,19 @@ static void snap_registry(broker_t *b, amqp_buf_t *out, uint32_t *count)
     size_t p = 0;
     void *v;
     while (dict_next(&b->vhosts, &p, NULL, NULL, &v)) {
-        c = (struct meta_cmd){.op = META_VHOST_ADD, .vhost = AMQP_BYTES_CSTR(((vhost_t *)v)->name)};
+        const vhost_t *vh = v;
+        meta_vhost_cmd(&c, &args, META_VHOST_SET, vh->name, vh->description, vh->tags,
+                       vh->default_queue_type ? vh->default_queue_type : "");
+        snap_record(out, 0, &c, count);
+        for (size_t i = 0; i < vh->params.n; i++) {
+            const rparam_t *rp = vh->params.items[i];
+            meta_param_cmd(&c, &args, META_PARAM_SET, vh->name, rp->component, rp->name, rp->value);
+            snap_record(out, 0, &c, count);
+        }
+    }
+    for (size_t i = 0; i < b->global_params.n; i++) {
+        const rparam_t *rp = b->global_params.items[i];
+        meta_param_cmd(&c, &args, META_PARAM_SET, NULL, NULL, rp->name, rp->value);
         snap_record(out, 0, &c, count);
     }
     p = 0;
@@ -714,6 +789,46 @@ static size_t registry_identity(char kind, amqp_bytes_t vhost, amqp_bytes_t name
     return k < 0 ? 0 : (size_t)k >= cap ? cap - 1 : (size_t)k;
 }
 
+/* Identity of a runtime parameter: 'r', vhost, component, name. */
+static size_t param_identity(amqp_bytes_t vhost, amqp_bytes_t component, amqp_bytes_t name, char *out, size_t cap)
+{
+    int k = snprintf(out, cap, "r%.*s%c%.*s%c%.*s", (int)vhost.len, vhost.len ? (const char *)vhost.ptr : "", 0,
+                     (int)component.len, component.len ? (const char *)component.ptr : "", 0, (int)name.len,
+                     name.len ? (const char *)name.ptr : "");
+    return k < 0 ? 0 : (size_t)k >= cap ? cap - 1 : (size_t)k;
+}
+
+/* Clears the runtime parameters (of every vhost, and global) that keep does not name. */
+static void snap_prune_params(broker_t *b, dict_t *keep)
+{
+    char id[1024];
+    ptrvec_t doomed = {0};
+    size_t p = 0;
+    void *v;
+    while (dict_next(&b->vhosts, &p, NULL, NULL, &v)) {
+        vhost_t *vh = v;
+        doomed.n = 0;
+        for (size_t i = 0; i < vh->params.n; i++) {
+            const rparam_t *rp = vh->params.items[i];
+            if (!dict_get(keep, id, param_identity(AMQP_BYTES_CSTR(vh->name), AMQP_BYTES_CSTR(rp->component),
+                                                   AMQP_BYTES_CSTR(rp->name), id, sizeof id)))
+                ptrvec_push(&doomed, vh->params.items[i]);
+        }
+        for (size_t i = 0; i < doomed.n; i++) {
+            const rparam_t *rp = doomed.items[i];
+            rp_clear(vh, rp->component, rp->name);
+        }
+    }
+    doomed.n = 0;
+    for (size_t i = 0; i < b->global_params.n; i++) {
+        const rparam_t *rp = b->global_params.items[i];
+        if (!dict_get(keep, id, param_identity(AMQP_BYTES_EMPTY, AMQP_BYTES_EMPTY, AMQP_BYTES_CSTR(rp->name), id, sizeof id)))
+            ptrvec_push(&doomed, rp->name);
+    }
+    for (size_t i = 0; i < doomed.n; i++) rp_global_clear(b, doomed.items[i]);
+    ptrvec_free(&doomed);
+}
+
 /* Removes the vhosts, users, permissions and policies the snapshot does not hold. */
 static void snap_prune_registry(broker_t *b, const struct snap_entry *e, uint32_t n)
 {
@@ -722,10 +837,14 @@ static void snap_prune_registry(broker_t *b, const struct snap_entry *e, uint32_
     char id[1024];
     for (uint32_t i = 0; i < n; i++) {
         const struct meta_cmd *c = &e[i].cmd;
-        char kind = c->op == META_VHOST_ADD ? 'V' : c->op == META_USER_PUT ? 'U' : c->op == META_PERM_SET ? 'P'
+        char kind = c->op == META_VHOST_ADD || c->op == META_VHOST_SET ? 'V' : c->op == META_USER_PUT ? 'U'
+                  : c->op == META_PERM_SET ? 'P'
                   : c->op == META_POLICY_SET ? ((c->flags & META_F_OPERATOR) ? 'o' : 'p') : 0;
         if (kind) dict_set(&keep, id, registry_identity(kind, c->vhost, c->name, id, sizeof id), (void *)&e[i]);
+        if (c->op == META_PARAM_SET)
+            dict_set(&keep, id, param_identity(c->vhost, c->name2, c->name, id, sizeof id), (void *)&e[i]);
     }
+    snap_prune_params(b, &keep);
     ptrvec_t doomed = {0};
     size_t p = 0;
     void *v;

@@ -58,7 +58,15 @@ enum meta_op {
      * read}; CLEAR with an empty key clears all of the user's in the vhost. */
     META_TOPIC_PERM_SET = 18,
     META_TOPIC_PERM_CLEAR = 19,
-    META_OP_LAST = META_TOPIC_PERM_CLEAR,
+    /* A vhost's metadata (created when missing): vhost, args {description, tags,
+     * default_queue_type}, each optional (absent: unchanged; default_queue_type "": none).
+     * VHOST_ADD may carry the same args: they apply only when it creates the vhost. */
+    META_VHOST_SET = 20,
+    /* Runtime parameters (broker/params.h): vhost ("" = a global parameter), name2 = component
+     * ("" for a global one), name, args {value: JSON text}. */
+    META_PARAM_SET = 21,
+    META_PARAM_CLEAR = 22,
+    META_OP_LAST = META_PARAM_CLEAR,
 };
 
 enum {
@@ -100,6 +108,11 @@ void meta_perm_cmd(struct meta_cmd *c, amqp_buf_t *buf, const char *vhost, const
                    const char *write, const char *read);
 void meta_topic_perm_cmd(struct meta_cmd *c, amqp_buf_t *buf, const char *vhost, const char *user,
                          const char *exchange, const char *write, const char *read);
+void meta_vhost_cmd(struct meta_cmd *c, amqp_buf_t *buf, uint8_t op, const char *vhost, const char *description,
+                    const char *tags, const char *default_queue_type);
+/* vhost NULL: a global parameter (component ignored). */
+void meta_param_cmd(struct meta_cmd *c, amqp_buf_t *buf, uint8_t op, const char *vhost, const char *component,
+                    const char *name, const char *value);
 void meta_policy_cmd(struct meta_cmd *c, amqp_buf_t *buf, const char *vhost, bool is_operator, const char *name,
                      const char *pattern, const char *apply_to, int priority, amqp_bytes_t definition);
 

@@ -316,6 +316,7 @@ int broker_recover(broker_t *b, char *err, size_t errlen)
     (void)errlen;
     if (!b->store) return 0;
     recover_vhosts(b);
+    br_vhosts_recover_metadata(b); /* vhost metadata and runtime parameters (limits) */
     int nu = recover_users(b);
     tperm_recover(b); /* after the users and vhosts they belong to */
     br_policies_recover(b); /* before the queues, which pick their policy when created */

@@ -1,4 +1,5 @@
-/* api_admin.c - users, vhosts, permissions and policies: reads and writes.
+/* api_admin.c - users, vhosts (with their metadata and limits), permissions and policies: reads
+ * and writes.
  *
  * Writes are metadata commands (broker/meta.h: META_USER_*, META_VHOST_*, META_PERM_*,
  * META_POLICY_*), as warrenctl's admin commands are (broker/admin.c): what can be checked here
@@ -16,7 +17,9 @@
 #include <string.h>
 
 #include "broker/admin.h"
+#include "broker/defexport.h"
 #include "broker/meta.h"
+#include "broker/params.h"
 #include "mgmt/internal.h"
 
 /* ---- submissions ---- */
@@ -139,18 +142,35 @@ void mgmt_delete_user(mgmt_req_t *r)
 
 /* ---- vhosts ---- */
 
+/* The queue types a vhost may default to (RabbitMQ 4 refuses unknown ones: invalid_queue_type). */
+static bool queue_type_ok(const char *t)
+{
+    return strcmp(t, "classic") == 0 || strcmp(t, "quorum") == 0;
+}
+
+/* PUT creates the vhost or updates its metadata, as RabbitMQ 4 does: description and tags are
+ * replaced ("" when not given), default_queue_type only when given. */
 void mgmt_put_vhost(mgmt_req_t *r)
 {
     const char *name = r->params[0];
     if (!name_ok(r, name)) return;
-    if (r->body_len) { /* description, tags, default_queue_type: accepted, not kept yet */
-        cJSON *body = body_object(r);
-        if (!body) return;
+    cJSON *body = body_object(r);
+    if (!body) return;
+    char tags[1024];
+    body_tags(body, tags, sizeof tags);
+    const char *desc = body_str(body, "description"), *dqt = body_str(body, "default_queue_type");
+    if (dqt && strcmp(dqt, "undefined") == 0) dqt = NULL; /* what GET shows for "none" */
+    if (dqt && !queue_type_ok(dqt)) {
         cJSON_Delete(body);
+        return mgmt_reply_error(r, 400, "bad_request", "invalid_queue_type");
     }
-    if (br_vhost(r->m->b, name, strlen(name))) return mgmt_reply_status(r, 204);
-    struct meta_cmd c = {.op = META_VHOST_ADD, .vhost = AMQP_BYTES_CSTR(name)};
-    submit(r, &c, 201, name);
+    bool exists = br_vhost(r->m->b, name, strlen(name)) != NULL;
+    amqp_buf_t args = {0};
+    struct meta_cmd c;
+    meta_vhost_cmd(&c, &args, META_VHOST_SET, name, desc ? desc : "", tags, dqt);
+    submit(r, &c, exists ? 204 : 201, exists ? NULL : name);
+    amqp_buf_free(&args);
+    cJSON_Delete(body);
 }
 
 void mgmt_delete_vhost(mgmt_req_t *r)
@@ -365,4 +385,109 @@ void mgmt_delete_policy(mgmt_req_t *r)
     if (!find_policy(br_vhost(r->m->b, vh, strlen(vh)), name)) return mgmt_reply_not_found(r);
     struct meta_cmd c = {.op = META_POLICY_CLEAR, .vhost = AMQP_BYTES_CSTR(vh), .name = AMQP_BYTES_CSTR(name)};
     submit(r, &c, 204, NULL);
+}
+
+/* ---- vhost limits (RabbitMQ's "vhost-limits" runtime parameter) ----
+ *
+ * GET /api/vhost-limits[/{vhost}] lists [{vhost, value}] for the vhosts the user may see;
+ * PUT /api/vhost-limits/{vhost}/{name} {"value": N} sets one limit, DELETE removes it (204 even
+ * when it was not set: RabbitMQ then stores an empty "[]" value). Texts are RabbitMQ 3.10.8's. */
+
+static cJSON *limits_json(const vhost_t *vh)
+{
+    const rparam_t *p = rp_find(vh, RP_VHOST_LIMITS, RP_LIMITS_NAME);
+    if (!p) return NULL;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "vhost", vh->name);
+    cJSON *v = cJSON_Parse(p->value);
+    cJSON_AddItemToObject(o, "value", v ? v : cJSON_CreateObject());
+    return o;
+}
+
+void mgmt_get_vhost_limits(mgmt_req_t *r)
+{
+    cJSON *arr = cJSON_CreateArray();
+    if (r->params[0]) {
+        const vhost_t *vh = br_vhost(r->m->b, r->params[0], strlen(r->params[0]));
+        if (!vh) {
+            cJSON_Delete(arr);
+            return mgmt_reply_not_found(r);
+        }
+        /* (an empty value is left out here, not in the full list: RabbitMQ 3.10.8's answers) */
+        const rparam_t *p = rp_find(vh, RP_VHOST_LIMITS, RP_LIMITS_NAME);
+        cJSON *o = p && strcmp(p->value, "[]") != 0 ? limits_json(vh) : NULL;
+        if (o) cJSON_AddItemToArray(arr, o);
+    } else {
+        size_t pos = 0;
+        void *v;
+        while (dict_next(&r->m->b->vhosts, &pos, NULL, NULL, &v)) {
+            cJSON *o = mgmt_vhost_visible(r, v, false) ? limits_json(v) : NULL;
+            if (o) cJSON_AddItemToArray(arr, o);
+        }
+    }
+    mgmt_reply_list(r, arr);
+}
+
+/* Submits the vhost's limits with r->params[1] set to value (or removed). */
+static void submit_limit(mgmt_req_t *r, const vhost_t *vh, long long value, bool remove)
+{
+    const rparam_t *cur = rp_find(vh, RP_VHOST_LIMITS, RP_LIMITS_NAME);
+    char *text = rp_limits_with(cur ? cur->value : NULL, r->params[1], value, remove);
+    char err[512];
+    if (rp_validate(RP_VHOST_LIMITS, RP_LIMITS_NAME, text, err, sizeof err) != 0) {
+        char reason[600];
+        snprintf(reason, sizeof reason, "Validation failed\n\n%s\n", err);
+        mgmt_reply_error(r, 400, "bad_request", reason);
+    } else {
+        amqp_buf_t args = {0};
+        struct meta_cmd c;
+        meta_param_cmd(&c, &args, META_PARAM_SET, vh->name, RP_VHOST_LIMITS, RP_LIMITS_NAME, text);
+        submit(r, &c, 204, NULL);
+        amqp_buf_free(&args);
+    }
+    free(text);
+}
+
+/* A limit's value as RabbitMQ's validation describes it when it is not an integer. */
+static void describe_json(const cJSON *v, char *out, size_t cap)
+{
+    if (cJSON_IsString(v)) {
+        snprintf(out, cap, "<<\"%s\">>", v->valuestring);
+        return;
+    }
+    char *t = cJSON_PrintUnformatted(v);
+    snprintf(out, cap, "%s", t ? t : "undefined");
+    free(t);
+}
+
+void mgmt_put_vhost_limit(mgmt_req_t *r)
+{
+    const vhost_t *vh = br_vhost(r->m->b, r->params[0], strlen(r->params[0]));
+    if (!vh) return mgmt_reply_error(r, 404, "not_found", "vhost_not_found");
+    cJSON *body = body_object(r);
+    if (!body) return;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, "value");
+    char reason[600];
+    if (!v) {
+        mgmt_reply_error(r, 400, "bad_request", "[{key_missing,value}]");
+    } else if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long long)v->valuedouble) {
+        char term[256];
+        describe_json(v, term, sizeof term);
+        bool known = strcmp(r->params[1], "max-connections") == 0 || strcmp(r->params[1], "max-queues") == 0;
+        if (known) snprintf(reason, sizeof reason, "Validation failed\n\n%s should be a number, actually was %s\n",
+                            r->params[1], term);
+        else snprintf(reason, sizeof reason, "Validation failed\n\nUnrecognised terms [{<<\"%s\">>,%s}] in limits\n",
+                      r->params[1], term);
+        mgmt_reply_error(r, 400, "bad_request", reason);
+    } else {
+        submit_limit(r, vh, (long long)v->valuedouble, false);
+    }
+    cJSON_Delete(body);
+}
+
+void mgmt_delete_vhost_limit(mgmt_req_t *r)
+{
+    const vhost_t *vh = br_vhost(r->m->b, r->params[0], strlen(r->params[0]));
+    if (!vh) return mgmt_reply_error(r, 404, "not_found", "vhost_not_found");
+    submit_limit(r, vh, 0, true);
 }

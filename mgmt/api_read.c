@@ -12,6 +12,7 @@
 
 #include "broker/cluster.h"
 #include "broker/connreg.h"
+#include "broker/defexport.h"
 #include "broker/topicperm.h"
 #include "broker/qq.h"
 #include "broker/remote.h"
@@ -208,12 +209,12 @@ static cJSON *vhost_json(mgmt_req_t *r, vhost_t *vh)
     add_depth_rates(r, vh, &dr);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "name", vh->name);
-    cJSON_AddStringToObject(o, "description", "");
-    cJSON_AddItemToObject(o, "tags", cJSON_CreateArray());
-    cJSON_AddStringToObject(o, "default_queue_type", "undefined");
-    cJSON *meta = cJSON_AddObjectToObject(o, "metadata");
-    cJSON_AddStringToObject(meta, "description", "");
-    cJSON_AddItemToObject(meta, "tags", cJSON_CreateArray());
+    /* RabbitMQ 4's shape: the metadata flat and as "metadata"; an unset default queue type is
+     * "undefined" and absent from "metadata" */
+    cJSON_AddStringToObject(o, "description", vh->description ? vh->description : "");
+    cJSON_AddItemToObject(o, "tags", defx_tags_json(vh->tags));
+    cJSON_AddStringToObject(o, "default_queue_type", vh->default_queue_type ? vh->default_queue_type : "undefined");
+    cJSON_AddItemToObject(o, "metadata", defx_vhost_metadata(vh));
     cJSON_AddBoolToObject(o, "tracing", false);
     cJSON *cs = cJSON_AddObjectToObject(o, "cluster_state");
     char buf[32];
@@ -360,119 +361,8 @@ void mgmt_get_bindings(mgmt_req_t *r)
 
 /* ---- definitions (export) ---- */
 
-static bool builtin_exchange(const exchange_t *x)
-{
-    return x->name_len == 0 || (x->name_len >= 4 && memcmp(x->name, "amq.", 4) == 0);
-}
-
-static void def_policies(cJSON *arr, vhost_t *vh)
-{
-    for (size_t i = 0; i < vh->policies.n; i++) {
-        const policy_t *p = vh->policies.items[i];
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "vhost", vh->name);
-        cJSON_AddStringToObject(o, "name", p->name);
-        cJSON_AddStringToObject(o, "pattern", p->pattern_text);
-        cJSON_AddStringToObject(o, "apply-to", p->apply_to == APPLY_QUEUES      ? "queues"
-                                               : p->apply_to == APPLY_EXCHANGES ? "exchanges"
-                                                                                : "all");
-        cJSON_AddItemToObject(o, "definition", mgmt_json_table(&p->def));
-        cJSON_AddNumberToObject(o, "priority", p->priority);
-        cJSON_AddItemToArray(arr, o);
-    }
-}
-
-static void def_topology(cJSON *root, vhost_t *vh)
-{
-    size_t pos = 0;
-    void *v;
-    cJSON *queues = cJSON_GetObjectItem(root, "queues"), *exchanges = cJSON_GetObjectItem(root, "exchanges");
-    while (dict_next(&vh->queues, &pos, NULL, NULL, &v)) {
-        queue_t *q = v;
-        if (q->exclusive) continue;
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "name", q->name);
-        cJSON_AddStringToObject(o, "vhost", vh->name);
-        cJSON_AddBoolToObject(o, "durable", q->durable);
-        cJSON_AddBoolToObject(o, "auto_delete", q->auto_delete);
-        cJSON_AddItemToObject(o, "arguments", mgmt_json_table(&q->args));
-        cJSON_AddItemToArray(queues, o);
-    }
-    pos = 0;
-    cJSON *bindings = cJSON_GetObjectItem(root, "bindings");
-    while (dict_next(&vh->exchanges, &pos, NULL, NULL, &v)) {
-        exchange_t *x = v;
-        if (builtin_exchange(x)) continue;
-        cJSON *o = mgmt_json_exchange(x);
-        cJSON_AddItemToArray(exchanges, o);
-    }
-    cJSON *all = cJSON_CreateArray();
-    mgmt_json_bindings(all, vh);
-    for (cJSON *b = all->child; b;) {
-        cJSON *next = b->next;
-        const cJSON *src = cJSON_GetObjectItem(b, "source");
-        if (cJSON_IsString(src) && src->valuestring[0]) {
-            cJSON *d = cJSON_DetachItemViaPointer(all, b);
-            cJSON_DeleteItemFromObject(d, "properties_key");
-            cJSON_AddItemToArray(bindings, d);
-        }
-        b = next;
-    }
-    cJSON_Delete(all);
-}
-
-static void add_topic_permission(void *arg, const user_t *u, const tperm_t *p)
-{
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "user", u->name);
-    cJSON_AddStringToObject(o, "vhost", p->vhost);
-    cJSON_AddStringToObject(o, "exchange", p->exchange);
-    cJSON_AddStringToObject(o, "write", p->write_text);
-    cJSON_AddStringToObject(o, "read", p->read_text);
-    cJSON_AddItemToArray(arg, o);
-}
-
-static cJSON *topic_permissions_json(broker_t *b)
-{
-    cJSON *arr = cJSON_CreateArray();
-    size_t pos = 0;
-    void *v;
-    while (dict_next(&b->users, &pos, NULL, NULL, &v)) tperm_each(v, NULL, add_topic_permission, arr);
-    return arr;
-}
-
-void mgmt_get_definitions(mgmt_req_t *r)
-{
-    broker_t *b = r->m->b;
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "rabbit_version", MGMT_COMPAT_VERSION);
-    cJSON_AddStringToObject(root, "rabbitmq_version", MGMT_COMPAT_VERSION);
-    cJSON_AddStringToObject(root, "product_name", "Warren");
-    cJSON_AddStringToObject(root, "product_version", WARREN_VERSION);
-    cJSON *users = cJSON_AddArrayToObject(root, "users");
-    cJSON *vhosts = cJSON_AddArrayToObject(root, "vhosts");
-    cJSON_AddItemToObject(root, "permissions", permissions_json(b));
-    cJSON_AddItemToObject(root, "topic_permissions", topic_permissions_json(b));
-    cJSON_AddArrayToObject(root, "parameters");
-    cJSON_AddArrayToObject(root, "global_parameters");
-    cJSON *policies = cJSON_AddArrayToObject(root, "policies");
-    cJSON_AddArrayToObject(root, "queues");
-    cJSON_AddArrayToObject(root, "exchanges");
-    cJSON_AddArrayToObject(root, "bindings");
-    size_t pos = 0;
-    void *v;
-    while (dict_next(&b->users, &pos, NULL, NULL, &v)) cJSON_AddItemToArray(users, mgmt_json_user(v));
-    pos = 0;
-    while (dict_next(&b->vhosts, &pos, NULL, NULL, &v)) {
-        vhost_t *vh = v;
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "name", vh->name);
-        cJSON_AddItemToArray(vhosts, o);
-        def_policies(policies, vh);
-        def_topology(root, vh);
-    }
-    mgmt_reply_json(r, 200, root);
-}
+/* The one exporter (broker/defexport.c), which warrenctl export_definitions uses too. */
+void mgmt_get_definitions(mgmt_req_t *r) { mgmt_reply_json(r, 200, defx_export(r->m->b)); }
 
 /* ---- health ---- */
 

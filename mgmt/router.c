@@ -24,6 +24,11 @@
 #include "mgmt/internal.h"
 #include "mgmt/metrics.h"
 
+/* Handlers declared here rather than in internal.h (api_admin.c: vhost limits). */
+void mgmt_get_vhost_limits(mgmt_req_t *r);
+void mgmt_put_vhost_limit(mgmt_req_t *r);
+void mgmt_delete_vhost_limit(mgmt_req_t *r);
+
 enum auth_level {
     AUTH_MGMT,  /* any user with a management tag */
     AUTH_ADMIN, /* administrator */
@@ -48,6 +53,10 @@ static const struct route routes[] = {
     {MGMT_PUT, "vhosts/*", mgmt_put_vhost, AUTH_ADMIN},
     {MGMT_DELETE, "vhosts/*", mgmt_delete_vhost, AUTH_ADMIN},
     {MGMT_GET, "vhosts/*/permissions", mgmt_get_vhost_permissions, AUTH_ADMIN},
+    {MGMT_GET, "vhost-limits", mgmt_get_vhost_limits, AUTH_MGMT},
+    {MGMT_GET, "vhost-limits/*", mgmt_get_vhost_limits, AUTH_VHOST},
+    {MGMT_PUT, "vhost-limits/*/*", mgmt_put_vhost_limit, AUTH_ADMIN},
+    {MGMT_DELETE, "vhost-limits/*/*", mgmt_delete_vhost_limit, AUTH_ADMIN},
     {MGMT_GET, "users", mgmt_get_users, AUTH_ADMIN},
     {MGMT_GET, "users/*", mgmt_get_user, AUTH_ADMIN},
     {MGMT_PUT, "users/*", mgmt_put_user, AUTH_ADMIN},
