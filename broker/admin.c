@@ -27,6 +27,7 @@
 #include "broker/cluster.h"
 #include "broker/log.h"
 #include "broker/meta.h"
+#include "broker/params.h"
 #include "broker/qq.h"
 
 /* A change waiting for its metadata command to apply. */
@@ -95,6 +96,39 @@ static void add_vhost(struct admin *a, const struct peer_reply_to *to, const cJS
         return admin_reply_error(a, to, BR_PRECONDITION_FAILED, "Virtual host \"%s\" already exists", vh);
     struct meta_cmd c = {.op = META_VHOST_ADD, .vhost = AMQP_BYTES_CSTR(vh)};
     admin_submit(a, to, &c);
+}
+
+/* set_vhost_limits: the whole vhost-limits value, as rabbitmqctl's ('{"max-queues": 10}'). */
+static void set_vhost_limits(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *vh = admin_field(req, "vhost", "/"), *def = admin_field(req, "definition", "");
+    if (!br_vhost(a->b, vh, strlen(vh))) return admin_reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+    char err[512];
+    if (rp_validate(RP_VHOST_LIMITS, RP_LIMITS_NAME, def, err, sizeof err) != 0)
+        return admin_reply_error(a, to, BR_PRECONDITION_FAILED, "Validation failed\n\n%s", err);
+    amqp_buf_t args = {0};
+    struct meta_cmd c;
+    meta_param_cmd(&c, &args, META_PARAM_SET, vh, RP_VHOST_LIMITS, RP_LIMITS_NAME, def);
+    admin_submit(a, to, &c);
+    amqp_buf_free(&args);
+}
+
+/* clear_vhost_limits: the vhost-limits parameter goes (none: nothing to do, as RabbitMQ). */
+static void clear_vhost_limits(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
+{
+    const char *vh = admin_field(req, "vhost", "/");
+    vhost_t *v = br_vhost(a->b, vh, strlen(vh));
+    if (!v) return admin_reply_error(a, to, BR_NOT_FOUND, "Virtual host \"%s\" does not exist", vh);
+    if (!rp_find(v, RP_VHOST_LIMITS, RP_LIMITS_NAME)) {
+        cJSON *ok = cJSON_CreateObject();
+        cJSON_AddStringToObject(ok, "result", "ok");
+        return admin_reply_json(a, to, ok);
+    }
+    amqp_buf_t args = {0};
+    struct meta_cmd c;
+    meta_param_cmd(&c, &args, META_PARAM_CLEAR, vh, RP_VHOST_LIMITS, RP_LIMITS_NAME, NULL);
+    admin_submit(a, to, &c);
+    amqp_buf_free(&args);
 }
 
 static void delete_vhost(struct admin *a, const struct peer_reply_to *to, const cJSON *req)
@@ -622,6 +656,8 @@ static const struct {
 } commands[] = {
     {"admin.add_vhost", add_vhost},
     {"admin.delete_vhost", delete_vhost},
+    {"admin.set_vhost_limits", set_vhost_limits},
+    {"admin.clear_vhost_limits", clear_vhost_limits},
     {"admin.list_vhosts", list_vhosts},
     {"admin.add_user", add_user},
     {"admin.delete_user", delete_user},

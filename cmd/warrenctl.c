@@ -917,6 +917,17 @@ static int admin_command(const struct opts *o, const char *cmd, int argc, char *
                  a.pos[0], a.pos[1], a.pos[2], a.priority, a.vhost);
         return admin_change(o, "admin.set_policy", req, info);
     }
+    if (strcmp(cmd, "set_vhost_limits") == 0 && n == 1) {
+        STR("vhost", a.vhost);
+        STR("definition", a.pos[0]);
+        snprintf(info, sizeof info, "Setting vhost limits to \"%s\" for vhost \"%s\" ...", a.pos[0], a.vhost);
+        return admin_change(o, "admin.set_vhost_limits", req, info);
+    }
+    if (strcmp(cmd, "clear_vhost_limits") == 0 && n == 0) {
+        STR("vhost", a.vhost);
+        snprintf(info, sizeof info, "Clearing vhost \"%s\" limits ...", a.vhost);
+        return admin_change(o, "admin.clear_vhost_limits", req, info);
+    }
     if (strcmp(cmd, "clear_policy") == 0 && n == 1) {
         STR("vhost", a.vhost);
         STR("name", a.pos[0]);
@@ -1014,6 +1025,8 @@ static void usage(FILE *to)
             "  list_permissions [-p VHOST]\n"
             "  set_policy [-p VHOST] [--priority N] [--apply-to queues|exchanges|all] NAME PATTERN JSON\n"
             "  clear_policy [-p VHOST] NAME | list_policies [-p VHOST]\n"
+            "  set_vhost_limits [-p VHOST] JSON ('{\"max-connections\": N, \"max-queues\": N}', -1: none)\n"
+            "  clear_vhost_limits [-p VHOST]\n"
             "  list_queues [-p VHOST]     name, type, messages, consumers, leader, members, online\n"
             "  add_member [-p VHOST] QUEUE NODE | delete_member [-p VHOST] QUEUE NODE\n"
             "  grow NODE all|even         add NODE to every quorum queue (even: with an even count)\n"

@@ -364,3 +364,35 @@ def _safe_ok(api, path):
         return r.json() if r.status_code == 200 else None
     except requests.RequestException:
         return None
+
+
+# ---------------------------------------------------------------------------
+# warrenctl (rabbitmqctl's set_vhost_limits / clear_vhost_limits)
+# ---------------------------------------------------------------------------
+
+def test_warrenctl_vhost_limits(fresh_broker):
+    if conftest.EXTERNAL or conftest.RABBITMQ_MODE:
+        pytest.skip("warrenctl drives a Warren node")
+    from test_cli import Solo, ok
+    solo = Solo(fresh_broker)
+    a = Api(solo.broker)
+    try:
+        out = ok(solo.ctl("set_vhost_limits", "-p", "/", '{"max-queues": 1, "max-connections": 5}')).stdout
+        assert 'Setting vhost limits to "{"max-queues": 1, "max-connections": 5}" for vhost "/" ...' in out
+        assert a.ok("/vhost-limits/%2F") == [{"vhost": "/", "value": {"max-queues": 1, "max-connections": 5}}]
+        conn = pika_connect(solo.broker)
+        try:
+            conn.channel().queue_declare("only")
+            code, _ = pika_channel_error(lambda: conn.channel().queue_declare("second"))
+            assert code == 406
+        finally:
+            conn.close()
+        r = solo.ctl("set_vhost_limits", '{"max-queues": "x"}')
+        assert r.returncode != 0 and "max-queues should be a number" in r.stderr
+        r = solo.ctl("set_vhost_limits", "-p", "nope", '{"max-queues": 1}')
+        assert r.returncode != 0 and "does not exist" in r.stderr
+        ok(solo.ctl("clear_vhost_limits", "-p", "/"))
+        assert a.ok("/vhost-limits") == []
+        ok(solo.ctl("clear_vhost_limits"))  # nothing to clear: still fine
+    finally:
+        a.session.close()
