@@ -53,6 +53,7 @@
 #include "broker/remote.h"
 #include "broker/qq.h"
 #include "broker/connreg.h"
+#include "broker/qstats.h"
 
 #include <sodium.h>
 #include <stdio.h>
@@ -1367,6 +1368,8 @@ void rq_mesh_call(void *ud, uint32_t from, const struct peer_call_in *in)
         return qq_handle_call(b, from, in->method, in->payload, in->len, &in->reply_to);
     if (strncmp(in->method, "connreg.", 8) == 0) /* the connection registry (management API) */
         return connreg_handle_call(b, from, in->method, in->payload, in->len, &in->reply_to);
+    if (strncmp(in->method, "qstats.", 7) == 0) /* queue figures (management API, broker/qstats.c) */
+        return qs_handle_call(b, from, in->method, in->payload, in->len, &in->reply_to);
     if (!rq_is_method(in->method)) return reply(b, &in->reply_to, BR_NOT_IMPLEMENTED, "no handler for this call", NULL);
     rq_handle_call(b, from, in->method, in->payload, in->len, &in->reply_to);
 }

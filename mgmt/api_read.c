@@ -3,6 +3,8 @@
  * Every answer is built from this node's copy of the registry (in a cluster the metadata log
  * keeps every node's copy the same, so any node answers for the cluster, as RabbitMQ 4 reads
  * its local Khepri copy), and from the counters the broker keeps (broker_t and queue_t stat_*).
+ * Queue figures (depth, consumers, message_stats) are node-local, so the queue endpoints, the
+ * overview and the vhosts first gather the other nodes' (qgather.c) and build in its callback.
  * Listings are filtered to what the user may see (router.c: mgmt_vhost_visible); the router
  * has already checked the vhost of vhost-scoped paths. Nothing here changes the registry,
  * except the aliveness test, which declares its queue as RabbitMQ's does. */
@@ -14,9 +16,8 @@
 #include "broker/connreg.h"
 #include "broker/defexport.h"
 #include "broker/topicperm.h"
-#include "broker/qq.h"
-#include "broker/remote.h"
 #include "mgmt/internal.h"
+#include "mgmt/qgather.h"
 
 #define MGMT_COMPAT_VERSION "3.10.8" /* the RabbitMQ release whose API this one follows */
 #define WARREN_VERSION "0.1.0"
@@ -46,21 +47,19 @@ struct totals {
     uint64_t queues, exchanges, consumers, ready, unacked;
 };
 
-static void queue_depth(queue_t *q, uint64_t *ready, uint64_t *unacked, uint32_t *consumers)
+/* A queue's figures as the cluster knows them (qgather.c: the home's for a classic queue homed
+ * elsewhere, when the request gathered them; nothing for one whose home is down). */
+static void queue_depth(mgmt_t *m, queue_t *q, uint64_t *ready, uint64_t *unacked, uint32_t *consumers)
 {
-    *ready = *unacked = *consumers = 0;
-    if (q->qq) {
-        struct qq_info info;
-        qq_info(q, &info);
-        *ready = info.ready, *unacked = info.unacked, *consumers = info.consumers;
-    } else if (!rq_remote(q)) {
-        *ready = q_message_count(q), *unacked = q->unacked, *consumers = q_consumer_count(q);
-    }
+    struct mgmt_qfig fig;
+    mgmt_qfig(m, q, &fig);
+    *ready = fig.known ? fig.f.ready : 0;
+    *unacked = fig.known ? fig.f.unacked : 0;
+    *consumers = fig.known ? fig.f.consumers : 0;
 }
 
 static void add_totals(mgmt_req_t *r, vhost_t *vh, void *arg)
 {
-    (void)r;
     struct totals *t = arg;
     t->exchanges += dict_size(&vh->exchanges);
     size_t pos = 0;
@@ -68,13 +67,13 @@ static void add_totals(mgmt_req_t *r, vhost_t *vh, void *arg)
     while (dict_next(&vh->queues, &pos, NULL, NULL, &v)) {
         uint64_t ready, unacked;
         uint32_t consumers;
-        queue_depth(v, &ready, &unacked, &consumers);
+        queue_depth(r->m, v, &ready, &unacked, &consumers);
         t->queues++;
         t->ready += ready, t->unacked += unacked, t->consumers += consumers;
     }
 }
 
-/* Depth rates are summed from the queues' own. */
+/* Depth rates are summed from the queues' own (the home's for queues homed elsewhere). */
 struct depth_rates {
     double messages, ready, unacked;
 };
@@ -85,9 +84,12 @@ static void add_depth_rates(mgmt_req_t *r, vhost_t *vh, void *arg)
     size_t pos = 0;
     void *v;
     while (dict_next(&vh->queues, &pos, NULL, NULL, &v)) {
-        d->messages += mgmt_rate_queue(r->m, v, MGMT_RATE_MESSAGES);
-        d->ready += mgmt_rate_queue(r->m, v, MGMT_RATE_READY);
-        d->unacked += mgmt_rate_queue(r->m, v, MGMT_RATE_UNACKED);
+        struct mgmt_qfig fig;
+        mgmt_qfig(r->m, v, &fig);
+        if (!fig.known) continue;
+        d->messages += fig.f.rate[QS_RATE_MESSAGES];
+        d->ready += fig.f.rate[QS_RATE_READY];
+        d->unacked += fig.f.rate[QS_RATE_UNACKED];
     }
 }
 
@@ -141,8 +143,11 @@ static const char *cluster_name(mgmt_t *m)
     return n == buf ? m->cfg->node_name : n;
 }
 
-void mgmt_get_overview(mgmt_req_t *r)
+/* Built once the other nodes' queue figures are in (qgather.c), so queue_totals and
+ * object_totals.consumers count every node's queues. */
+static void overview_gathered(mgmt_req_t *r, void *arg)
 {
+    (void)arg;
     mgmt_t *m = r->m;
     broker_t *b = m->b;
     struct totals t = {0};
@@ -191,6 +196,8 @@ void mgmt_get_overview(mgmt_req_t *r)
     mgmt_reply_overview(r, o); /* with every node's connections and channels (api_conns.c) */
 }
 
+void mgmt_get_overview(mgmt_req_t *r) { mgmt_qg_all(r, NULL, overview_gathered, NULL); }
+
 void mgmt_get_whoami(mgmt_req_t *r)
 {
     cJSON *o = cJSON_CreateObject();
@@ -228,18 +235,31 @@ static cJSON *vhost_json(mgmt_req_t *r, vhost_t *vh)
 
 static void add_vhost(mgmt_req_t *r, vhost_t *vh, void *arg) { cJSON_AddItemToArray(arg, vhost_json(r, vh)); }
 
-void mgmt_get_vhosts(mgmt_req_t *r)
+/* The vhosts' message counts include queues homed on other nodes: built once their figures
+ * are in (qgather.c). */
+static void vhosts_gathered(mgmt_req_t *r, void *arg)
 {
+    (void)arg;
     cJSON *arr = cJSON_CreateArray();
     each_vhost(r, false, VHOSTS, add_vhost, arr);
     mgmt_reply_list(r, arr);
+}
+
+void mgmt_get_vhosts(mgmt_req_t *r) { mgmt_qg_all(r, NULL, vhosts_gathered, NULL); }
+
+static void vhost_gathered(mgmt_req_t *r, void *arg)
+{
+    (void)arg;
+    vhost_t *vh = param_vhost(r); /* looked up again: it may have gone while the figures came */
+    if (!vh) return mgmt_reply_not_found(r);
+    mgmt_reply_json(r, 200, vhost_json(r, vh));
 }
 
 void mgmt_get_vhost(mgmt_req_t *r)
 {
     vhost_t *vh = param_vhost(r);
     if (!vh) return mgmt_reply_not_found(r);
-    mgmt_reply_json(r, 200, vhost_json(r, vh));
+    mgmt_qg_all(r, vh->name, vhost_gathered, NULL);
 }
 
 /* ---- users and permissions (administrators) ---- */
@@ -329,19 +349,31 @@ static void add_queues(mgmt_req_t *r, vhost_t *vh, void *arg)
     while (dict_next(&vh->queues, &pos, NULL, NULL, &v)) cJSON_AddItemToArray(arg, mgmt_json_queue(r->m, v));
 }
 
-void mgmt_get_queues(mgmt_req_t *r)
+/* The general path: every queue's object built, then sorted / filtered / paged by paginate.c;
+ * called with every shown queue's figures gathered. */
+void mgmt_queues_general(mgmt_req_t *r)
 {
-    if (mgmt_qlist_reply(r, r->params[0] != NULL)) return; /* qlist.c: the fast path */
     cJSON *arr = cJSON_CreateArray();
     each_vhost(r, r->params[0] != NULL, OBJECTS, add_queues, arr);
     mgmt_reply_list(r, arr);
+}
+
+/* qlist.c decides what to gather (one page's queues, or all) and answers (fast path or general). */
+void mgmt_get_queues(mgmt_req_t *r) { mgmt_qlist_get(r, r->params[0] != NULL); }
+
+static void queue_gathered(mgmt_req_t *r, void *arg)
+{
+    (void)arg;
+    queue_t *q = br_queue(param_vhost(r), r->params[1], strlen(r->params[1])); /* it may be gone by now */
+    if (!q) return mgmt_reply_not_found(r);
+    mgmt_reply_queue(r, mgmt_json_queue(r->m, q)); /* with its consumers on every node (api_conns.c) */
 }
 
 void mgmt_get_queue(mgmt_req_t *r)
 {
     queue_t *q = br_queue(param_vhost(r), r->params[1], strlen(r->params[1]));
     if (!q) return mgmt_reply_not_found(r);
-    mgmt_reply_queue(r, mgmt_json_queue(r->m, q)); /* with its consumers on every node (api_conns.c) */
+    mgmt_qg_named(r, &q, 1, queue_gathered, NULL);
 }
 
 /* ---- bindings ---- */

@@ -6,7 +6,8 @@
  * bindings (with properties_key), users. AMQP field tables become JSON the way RabbitMQ renders
  * them: integers as numbers, strings as strings, tables as objects, arrays as arrays.
  *
- * Rates (*_details.rate) come from rates.c's samples. Read-only: nothing here changes the registry (q_message_count
+ * Rates (*_details.rate) come from rates.c's samples; a queue's figures and rates from
+ * qgather.c's mgmt_qfig (the home's for classic queues homed on another node). Read-only: nothing here changes the registry (q_message_count
  * drops expired heads, as any count does). */
 #include <ctype.h>
 #include <stdio.h>
@@ -15,8 +16,8 @@
 
 #include "broker/cluster.h"
 #include "broker/qq.h"
-#include "broker/remote.h"
 #include "mgmt/internal.h"
+#include "mgmt/qgather.h"
 
 const char *ex_type_name(ex_type_t t); /* broker/exchange.c */
 
@@ -126,15 +127,16 @@ void mgmt_json_count(cJSON *o, const char *name, uint64_t n, double rate)
     cJSON_AddNumberToObject(d, "rate", rate);
 }
 
-static cJSON *queue_message_stats(mgmt_t *m, const queue_t *q)
+/* message_stats from the figures' counters and rates (the home's, or the cluster's sum). */
+static cJSON *queue_message_stats(const struct qs_fig *f)
 {
     cJSON *s = cJSON_CreateObject();
-    mgmt_json_count(s, "publish", q->stat_publish, mgmt_rate_queue(m, q, MGMT_RATE_PUBLISH));
-    mgmt_json_count(s, "deliver", q->stat_deliver, mgmt_rate_queue(m, q, MGMT_RATE_DELIVER));
-    mgmt_json_count(s, "get", q->stat_get, mgmt_rate_queue(m, q, MGMT_RATE_GET));
-    mgmt_json_count(s, "deliver_get", q->stat_deliver + q->stat_get, mgmt_rate_queue(m, q, MGMT_RATE_DELIVER_GET));
-    mgmt_json_count(s, "ack", q->stat_ack, mgmt_rate_queue(m, q, MGMT_RATE_ACK));
-    mgmt_json_count(s, "redeliver", q->stat_redeliver, mgmt_rate_queue(m, q, MGMT_RATE_REDELIVER));
+    mgmt_json_count(s, "publish", f->publish, f->rate[QS_RATE_PUBLISH]);
+    mgmt_json_count(s, "deliver", f->deliver, f->rate[QS_RATE_DELIVER]);
+    mgmt_json_count(s, "get", f->get, f->rate[QS_RATE_GET]);
+    mgmt_json_count(s, "deliver_get", f->deliver + f->get, f->rate[QS_RATE_DELIVER_GET]);
+    mgmt_json_count(s, "ack", f->ack, f->rate[QS_RATE_ACK]);
+    mgmt_json_count(s, "redeliver", f->redeliver, f->rate[QS_RATE_REDELIVER]);
     return s;
 }
 
@@ -144,23 +146,24 @@ static void add_policy(cJSON *o, const char *key, const policy_t *p)
     else cJSON_AddNullToObject(o, key);
 }
 
-static void add_depth(mgmt_t *m, cJSON *o, const queue_t *q, uint64_t ready, uint64_t unacked, uint64_t ready_bytes,
-                      uint64_t unacked_bytes)
+static void add_depth(cJSON *o, const struct qs_fig *f)
 {
-    mgmt_json_count(o, "messages", ready + unacked, mgmt_rate_queue(m, q, MGMT_RATE_MESSAGES));
-    mgmt_json_count(o, "messages_ready", ready, mgmt_rate_queue(m, q, MGMT_RATE_READY));
-    mgmt_json_count(o, "messages_unacknowledged", unacked, mgmt_rate_queue(m, q, MGMT_RATE_UNACKED));
-    cJSON_AddNumberToObject(o, "message_bytes", (double)(ready_bytes + unacked_bytes));
-    cJSON_AddNumberToObject(o, "message_bytes_ready", (double)ready_bytes);
-    cJSON_AddNumberToObject(o, "message_bytes_unacknowledged", (double)unacked_bytes);
+    mgmt_json_count(o, "messages", f->ready + f->unacked, f->rate[QS_RATE_MESSAGES]);
+    mgmt_json_count(o, "messages_ready", f->ready, f->rate[QS_RATE_READY]);
+    mgmt_json_count(o, "messages_unacknowledged", f->unacked, f->rate[QS_RATE_UNACKED]);
+    cJSON_AddNumberToObject(o, "message_bytes", (double)(f->ready_bytes + f->unacked_bytes));
+    cJSON_AddNumberToObject(o, "message_bytes_ready", (double)f->ready_bytes);
+    cJSON_AddNumberToObject(o, "message_bytes_unacknowledged", (double)f->unacked_bytes);
 }
 
-static void add_quorum_fields(mgmt_t *m, cJSON *o, queue_t *q)
+/* Quorum queues: depth and consumers from a replica (this node's, or one gathered from a member
+ * when this node holds none), membership from the replicated record. */
+static void add_quorum_fields(mgmt_t *m, cJSON *o, queue_t *q, const struct mgmt_qfig *fig)
 {
     struct qq_info info;
     qq_info(q, &info);
-    if (info.member) add_depth(m, o, q, info.ready, info.unacked, info.ready_bytes, info.unacked_bytes);
-    cJSON_AddNumberToObject(o, "consumers", info.consumers);
+    if (fig->known) add_depth(o, &fig->f);
+    cJSON_AddNumberToObject(o, "consumers", fig->known ? fig->f.consumers : 0);
     cJSON *members = cJSON_AddArrayToObject(o, "members"), *online = cJSON_AddArrayToObject(o, "online");
     for (unsigned i = 0; i < info.n_members && i < 16; i++) {
         cJSON_AddItemToArray(members, mgmt_json_node_name(m, info.members[i]));
@@ -179,8 +182,13 @@ static void add_quorum_fields(mgmt_t *m, cJSON *o, queue_t *q)
     }
 }
 
+/* Figures come from mgmt_qfig (qgather.c): this node's for its own queues, the home's for a
+ * classic queue homed elsewhere (when the request gathered them), the cluster's sums for quorum
+ * counters. A classic queue whose home is down or silent is "down", without figures. */
 cJSON *mgmt_json_queue(mgmt_t *m, queue_t *q)
 {
+    struct mgmt_qfig fig;
+    mgmt_qfig(m, q, &fig);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "name", q->name);
     cJSON_AddStringToObject(o, "vhost", q->vh->name);
@@ -189,22 +197,21 @@ cJSON *mgmt_json_queue(mgmt_t *m, queue_t *q)
     cJSON_AddBoolToObject(o, "auto_delete", q->auto_delete);
     cJSON_AddBoolToObject(o, "exclusive", q->exclusive);
     cJSON_AddItemToObject(o, "arguments", mgmt_json_table(&q->args));
-    cJSON_AddStringToObject(o, "state", "running");
+    cJSON_AddStringToObject(o, "state", fig.down ? "down" : "running");
     add_policy(o, "policy", q->policy);
     add_policy(o, "operator_policy", q->operator_policy);
     cJSON_AddItemToObject(o, "effective_policy_definition",
                           q->policy ? mgmt_json_table(&q->policy->def) : cJSON_CreateObject());
     if (q->qq) {
-        add_quorum_fields(m, o, q);
-    } else if (rq_remote(q)) { /* homed on another node: its depth is known there */
-        cJSON_AddItemToObject(o, "node", mgmt_json_node_name(m, q->home));
+        add_quorum_fields(m, o, q, &fig);
     } else {
-        uint64_t ready = q_message_count(q);
-        add_depth(m, o, q, ready, q->unacked, q->ready_bytes, 0);
-        cJSON_AddNumberToObject(o, "consumers", q_consumer_count(q));
+        if (fig.known) {
+            add_depth(o, &fig.f);
+            cJSON_AddNumberToObject(o, "consumers", fig.f.consumers);
+        }
         cJSON_AddItemToObject(o, "node", mgmt_json_node_name(m, q->home));
     }
-    cJSON_AddItemToObject(o, "message_stats", queue_message_stats(m, q));
+    if (fig.stats) cJSON_AddItemToObject(o, "message_stats", queue_message_stats(&fig.f));
     return o;
 }
 

@@ -12,12 +12,21 @@
  *
  * Invariant: the answer is byte-for-byte what mgmt_reply_list would give for the same
  * parameters (same order - ties keep the registry's order -, same page object, same 400s).
- * Other sort keys are left to the general path (mgmt_qlist_reply returns false). */
+ * Other sort keys are left to the general path (mgmt_qlist_reply returns false).
+ *
+ * In a cluster (mgmt_qlist_get) the figures of queues homed on other nodes, and the other
+ * nodes' share of quorum queue counters, are gathered first (qgather.c). Since the fast path's
+ * order needs no figures, a paged request is planned with the same collect / sort / filter /
+ * page steps and only that page's queues are asked for; the answer is then built by running
+ * the steps again once the figures are in (queue pointers are never kept across the wait; a
+ * queue created meanwhile that slides into the page just shows without remote figures).
+ * Unpaged requests and other sort keys need every queue's figures: all are asked for. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "mgmt/internal.h"
+#include "mgmt/qgather.h"
 
 struct qlist_item {
     queue_t *q;
@@ -233,4 +242,65 @@ bool mgmt_qlist_reply(mgmt_req_t *r, bool scoped)
     free(b.p);
     free(l.items);
     return true;
+}
+
+/* ---- cluster: gather the figures, then answer ---- */
+
+static void qlist_gathered(mgmt_req_t *r, void *arg)
+{
+    (void)arg;
+    if (!mgmt_qlist_reply(r, r->params[0] != NULL)) mgmt_queues_general(r);
+}
+
+/* page / page_size as paginate.c reads them; false when they are not a valid page (the answer
+ * built afterwards gives the 400, or the empty page, itself). */
+static bool qlist_plan_page(const struct qlist_params *p, size_t n, size_t *first, size_t *count)
+{
+    char *end;
+    long page = strtol(p->page_s, &end, 10), size = 100;
+    if (end == p->page_s || *end || page < 1) return false;
+    if (p->size_s && ((size = strtol(p->size_s, &end, 10)) < 1 || end == p->size_s || *end)) return false;
+    if ((size_t)(page - 1) * (size_t)size >= n) return false;
+    *first = (size_t)(page - 1) * (size_t)size;
+    *count = n - *first < (size_t)size ? n - *first : (size_t)size;
+    return true;
+}
+
+/* The queues of the requested page, in the order the answer shows them; false when the fast
+ * path cannot tell them (other sort keys, no paging, bad parameters). */
+static bool qlist_plan(mgmt_req_t *r, bool scoped, struct qlist *l, size_t *first, size_t *count)
+{
+    struct qlist_params p;
+    qlist_read_params(r, &p);
+    int order = qlist_order(&p);
+    if (order < 0 || !p.page_s) return false;
+    qlist_collect(r, scoped, l);
+    qlist_sort(l, (enum qlist_order)order, p.rev_s && strcmp(p.rev_s, "true") == 0);
+    if (p.name_s && *p.name_s) {
+        bool regex = p.regex_s && strcmp(p.regex_s, "true") == 0;
+        if (regex) return false; /* matching is cheap, but a bad pattern must give its 400 */
+        size_t k = 0;
+        for (size_t i = 0; i < l->n; i++)
+            if (strstr(l->items[i].q->name, p.name_s)) l->items[k++] = l->items[i];
+        l->n = k;
+    }
+    return qlist_plan_page(&p, l->n, first, count);
+}
+
+void mgmt_qlist_get(mgmt_req_t *r, bool scoped)
+{
+    struct qlist l = {0};
+    size_t first = 0, count = 0;
+    if (!mgmt_qg_enabled(r->m)) {
+        qlist_gathered(r, NULL);
+    } else if (qlist_plan(r, scoped, &l, &first, &count)) {
+        queue_t **page = malloc((count ? count : 1) * sizeof *page);
+        if (!page) abort();
+        for (size_t i = 0; i < count; i++) page[i] = l.items[first + i].q;
+        mgmt_qg_named(r, page, count, qlist_gathered, NULL);
+        free(page);
+    } else {
+        mgmt_qg_all(r, scoped ? r->params[0] : NULL, qlist_gathered, NULL);
+    }
+    free(l.items);
 }

@@ -10,12 +10,15 @@
  * by 'x' vhost \0 name, a vhost's by 'v' name (a vhost's queue counters are the sum of its
  * queues'); samples of objects that no longer exist are dropped at the next pass (generation
  * mark). A queue's first
- * sample has rate 0. Queues homed on another node have no local depth: only their counters. */
+ * sample has rate 0. Queues homed on another node have no local depth: only their counters;
+ * the API shows their home's rates instead, which this node's samples serve to the other nodes
+ * through broker/qstats.c (qs_set_rates: registered at start, cleared at stop). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "broker/connreg.h"
 #include "broker/qq.h"
+#include "broker/qstats.h"
 #include "broker/remote.h"
 #include "mgmt/internal.h"
 
@@ -194,6 +197,19 @@ static void sample(struct ev_loop *loop, ev_timer *w, int revents)
     connreg_sample(now); /* connections' recv_oct / send_oct rates */
 }
 
+/* qs_rates_fn: a queue's rates in broker/qstats.h's order, for other nodes' API requests. */
+static void rates_for_peers(void *ctx, const queue_t *q, double out[QS_RATE_N])
+{
+    static const int which[QS_RATE_N] = {
+        [QS_RATE_PUBLISH] = MGMT_RATE_PUBLISH, [QS_RATE_DELIVER] = MGMT_RATE_DELIVER,
+        [QS_RATE_GET] = MGMT_RATE_GET,         [QS_RATE_DELIVER_GET] = MGMT_RATE_DELIVER_GET,
+        [QS_RATE_ACK] = MGMT_RATE_ACK,         [QS_RATE_REDELIVER] = MGMT_RATE_REDELIVER,
+        [QS_RATE_MESSAGES] = MGMT_RATE_MESSAGES, [QS_RATE_READY] = MGMT_RATE_READY,
+        [QS_RATE_UNACKED] = MGMT_RATE_UNACKED,
+    };
+    for (int i = 0; i < QS_RATE_N; i++) out[i] = mgmt_rate_queue(ctx, q, which[i]);
+}
+
 void mgmt_rates_start(mgmt_t *m)
 {
     struct mgmt_rates *r = calloc(1, sizeof *r);
@@ -202,6 +218,7 @@ void mgmt_rates_start(mgmt_t *m)
     dict_init(&r->queues);
     dict_init(&r->objects);
     m->rates = r;
+    qs_set_rates(rates_for_peers, m);
     if (!m->loop) return;
     r->last = ev_now(m->loop);
     ev_timer_init(&r->timer, sample, 0.0, MGMT_RATE_INTERVAL);
@@ -214,6 +231,7 @@ void mgmt_rates_stop(mgmt_t *m)
 {
     struct mgmt_rates *r = m->rates;
     if (!r) return;
+    qs_set_rates(NULL, NULL);
     if (m->loop) {
         ev_ref(m->loop);
         ev_timer_stop(m->loop, &r->timer);
