@@ -17,6 +17,7 @@
 #include "broker/broker.h"
 #include "broker/config.h"
 #include "broker/meta.h"
+#include "broker/params.h"
 
 static cfg_t cfg;
 
@@ -457,6 +458,91 @@ static void test_registry_snapshot(void **state)
     broker_free(old);
 }
 
+static int apply_param(broker_t **bs, int n, uint64_t idx, uint8_t op, const char *vhost, const char *comp,
+                       const char *name, const char *value)
+{
+    amqp_buf_t args = {0};
+    struct meta_cmd c;
+    meta_param_cmd(&c, &args, op, vhost, comp, name, value);
+    int rc = apply_all(bs, n, idx, &c);
+    amqp_buf_free(&args);
+    return rc;
+}
+
+/* Vhost metadata and runtime parameters: applied alike everywhere (limits read into the vhost),
+ * carried by snapshots, pruned from a diverged registry. */
+static void test_params_and_vhost_metadata(void **state)
+{
+    (void)state;
+    broker_t *a = new_broker(1), *diverged = new_broker(2), *fresh = broker_new(NULL, &cfg, NULL);
+    broker_t *both[2] = {a, diverged}, *only_a[1] = {a}, *only_d[1] = {diverged};
+    amqp_buf_t args = {0};
+    struct meta_cmd c;
+    meta_vhost_cmd(&c, &args, META_VHOST_SET, "v", "described", "a,b", "quorum");
+    apply_all(both, 2, 1, &c);
+    assert_string_equal(br_vhost(a, "v", 1)->description, "described");
+    assert_string_equal(br_vhost(diverged, "v", 1)->default_queue_type, "quorum");
+    /* VHOST_ADD on an existing vhost leaves its metadata alone; VHOST_SET with "" clears the type */
+    meta_vhost_cmd(&c, &args, META_VHOST_ADD, "v", "other", NULL, NULL);
+    apply_all(both, 2, 2, &c);
+    assert_string_equal(br_vhost(a, "v", 1)->description, "described");
+    assert_int_equal(apply_param(both, 2, 3, META_PARAM_SET, "v", RP_VHOST_LIMITS, RP_LIMITS_NAME,
+                                 "{\"max-queues\":2,\"max-connections\":-1}"), 0);
+    assert_int_equal(br_vhost(a, "v", 1)->max_queues, 2);
+    assert_int_equal(br_vhost(a, "v", 1)->max_connections, BR_NO_LIMIT);
+    assert_int_equal(apply_param(both, 2, 4, META_PARAM_SET, "v", RP_VHOST_LIMITS, RP_LIMITS_NAME,
+                                 "{\"max-queues\":\"x\"}"), BR_PRECONDITION_FAILED);
+    assert_int_equal(apply_param(both, 2, 5, META_PARAM_SET, "nope", "federation-upstream", "u", "{}"), BR_NOT_FOUND);
+    assert_int_equal(apply_param(both, 2, 6, META_PARAM_CLEAR, "v", "federation-upstream", "u", NULL), BR_NOT_FOUND);
+    /* the queue limit: a client declare over it fails, a replicated one (apply) does not check */
+    br_err_t err;
+    queue_t *q;
+    vhost_t *va = br_vhost(a, "v", 1);
+    assert_int_equal(br_queue_declare(va, NULL, 0, "q1", 2, false, true, false, false, AMQP_BYTES_EMPTY, &q, &err), 0);
+    assert_string_equal(q->qq ? "quorum" : "classic", "quorum"); /* the vhost's default type */
+    assert_int_equal(br_queue_declare(va, NULL, 0, "q2", 2, false, false, false, false, AMQP_BYTES_EMPTY, &q, &err), 0);
+    assert_null(q->qq); /* transient: classic */
+    assert_int_equal(br_queue_declare(va, NULL, 0, "q3", 2, false, false, false, false, AMQP_BYTES_EMPTY, &q, &err),
+                     BR_PRECONDITION_FAILED);
+    assert_string_equal(err.text, "cannot declare queue 'q3': queue limit in vhost 'v' (2) is reached");
+    /* a diverges: extra parameters, other metadata; a moves on */
+    apply_param(only_d, 1, 7, META_PARAM_SET, "v", "federation-upstream", "stale", "{\"uri\":\"amqp://x\"}");
+    apply_param(only_d, 1, 8, META_PARAM_SET, NULL, NULL, "stale_global", "1");
+    meta_vhost_cmd(&c, &args, META_VHOST_SET, "v", "diverged", "", "");
+    apply_all(only_d, 1, 9, &c);
+    apply_param(only_a, 1, 7, META_PARAM_SET, "v", "shovel", "s", "{\"src-uri\":\"amqp://\"}");
+    apply_param(only_a, 1, 8, META_PARAM_SET, NULL, NULL, "my_global", "{\"k\":[1,2]}");
+    apply_param(only_a, 1, 9, META_PARAM_SET, "/", RP_VHOST_LIMITS, RP_LIMITS_NAME, "{\"max-connections\":0}");
+    apply_param(only_a, 1, 10, META_PARAM_CLEAR, "v", RP_VHOST_LIMITS, RP_LIMITS_NAME, NULL);
+    assert_int_equal(br_vhost(a, "v", 1)->max_queues, BR_NO_LIMIT);
+    void *snap;
+    size_t len;
+    assert_int_equal(meta_snapshot_take(a, &snap, &len), 0);
+    meta_snapshot_install(fresh, snap, len);
+    meta_snapshot_install(diverged, snap, len);
+    free(snap);
+    for (int i = 0; i < 2; i++) {
+        broker_t *b = i ? diverged : fresh;
+        vhost_t *v = br_vhost(b, "v", 1);
+        assert_string_equal(v->description, "described");
+        assert_string_equal(v->tags, "a,b");
+        assert_string_equal(v->default_queue_type, "quorum");
+        assert_null(rp_find(v, "federation-upstream", "stale"));
+        assert_non_null(rp_find(v, "shovel", "s"));
+        assert_null(rp_global_find(b, "stale_global"));
+        assert_string_equal(rp_global_find(b, "my_global")->value, "{\"k\":[1,2]}");
+        assert_int_equal(br_vhost(b, "/", 1)->max_connections, 0);
+        assert_int_equal(v->max_queues, BR_NO_LIMIT);
+    }
+    /* (the installed queues exceed no limit check: apply does not enforce it) */
+    assert_same_registry(a, fresh);
+    assert_same_registry(a, diverged);
+    amqp_buf_free(&args);
+    broker_free(a);
+    broker_free(diverged);
+    broker_free(fresh);
+}
+
 int main(void)
 {
     cfg_defaults(&cfg);
@@ -467,6 +553,7 @@ int main(void)
         cmocka_unit_test(test_registry_encoding),
         cmocka_unit_test(test_registry_apply_is_deterministic),
         cmocka_unit_test(test_registry_snapshot),
+        cmocka_unit_test(test_params_and_vhost_metadata),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
