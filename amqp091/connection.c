@@ -11,8 +11,12 @@
  * close/close-ok is discarded (as the spec requires); the socket closes on close-ok or after
  * a short grace period. */
 #include "amqp091/session.h"
+#include "broker/connreg.h"
 #include "broker/log.h"
+#include "broker/meta.h"
 #include "broker/remote.h"
+
+#include <cjson/cJSON.h>
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -378,23 +382,106 @@ static void handle_tune_ok(conn_t *c, const amqp_method_t *m)
     c->state = CS_OPEN;
 }
 
-static void handle_open(conn_t *c, const amqp_method_t *m)
+static void open_finish(conn_t *c)
 {
-    amqp_bytes_t vh = m->u.connection_open.virtual_host;
-    br_err_t err;
-    /* RabbitMQ checks the vhost's connection limit before the user's access to it. The count is
-     * this node's connections: each node enforces max-connections on its own clients. */
-    if (br_check_vhost_connection_limit(c->srv->broker, c->user, (const char *)vh.ptr, vh.len, &err) ||
-        br_check_vhost_access(c->srv->broker, c->user, (const char *)vh.ptr, vh.len, &c->vh, &err)) {
-        conn_exception(c, err.code, m->id, "%s", err.text);
-        return;
-    }
     c->vh->connections++;
     c->vh_counted = true;
     amqp_method_t ok = {.id = AMQP_CONNECTION_OPEN_OK};
     conn_send_method(c, 0, &ok);
     c->state = CS_RUNNING;
 }
+
+/* ---- a vhost's max-connections, counted cluster-wide ----
+ *
+ * br_check_vhost_connection_limit counts this node's connections. When the vhost has a limit
+ * and the node is clustered, connection.open then asks every other running member for its
+ * connections (connreg.list, the call the management API lists them with) and counts those in
+ * the vhost; the connection's frames wait meanwhile (conn_pause). A member that fails to answer
+ * counts for none. Two opens racing on two nodes may both pass, as with RabbitMQ's tracking. */
+
+#define OPEN_CHECK_TIMEOUT 5.0
+#define OPEN_CHECK_MAX_PEERS 16
+
+struct open_check {
+    conn_t *c;       /* NULL once the connection is gone */
+    unsigned waiting; /* answers still due, plus one while the calls go out */
+    uint64_t remote; /* the vhost's connections on the other nodes */
+};
+
+static void open_check_done(struct open_check *oc)
+{
+    conn_t *c = oc->c;
+    uint64_t remote = oc->remote;
+    free(oc);
+    if (!c) return;
+    c->open_check = NULL;
+    const vhost_t *vh = c->vh;
+    if (c->state == CS_OPEN) {
+        if (vh->max_connections != BR_NO_LIMIT && vh->connections + remote >= (uint64_t)vh->max_connections)
+            conn_exception(c, BR_NOT_ALLOWED, AMQP_CONNECTION_OPEN,
+                           "access to vhost '%s' refused for user '%s': connection limit (%lld) is reached", vh->name,
+                           c->user->name, (long long)vh->max_connections);
+        else
+            open_finish(c);
+    }
+    conn_flush(c);
+    conn_resume(c); /* last: it may parse frames that close the connection */
+}
+
+/* One member's answer: {"connections": [{..., "vhost": ...}, ...]}. */
+static void open_counted(void *arg, int status, const char *error, const void *payload, size_t len)
+{
+    (void)error;
+    struct open_check *oc = arg;
+    cJSON *doc = status == 0 && len ? cJSON_ParseWithLength(payload, len) : NULL;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(doc, "connections"))
+    {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, "vhost");
+        if (oc->c && cJSON_IsString(v) && strcmp(v->valuestring, oc->c->vh->name) == 0) oc->remote++;
+    }
+    cJSON_Delete(doc);
+    if (--oc->waiting == 0) open_check_done(oc);
+}
+
+/* Starts the cluster-wide count when it is needed; true when the open now waits for it. */
+static bool open_check_start(conn_t *c)
+{
+    broker_t *b = c->srv->broker;
+    uint32_t peers[OPEN_CHECK_MAX_PEERS];
+    size_t n = c->vh->max_connections > 0 && b->node_call ? meta_running_peers(b, peers, OPEN_CHECK_MAX_PEERS) : 0;
+    if (n == 0) return false;
+    struct open_check *oc = calloc(1, sizeof *oc);
+    if (!oc) abort();
+    oc->c = c;
+    oc->waiting = 1;
+    c->open_check = oc;
+    conn_pause(c);
+    static const char req[] = "{\"connections\":true}";
+    for (size_t i = 0; i < n; i++) {
+        oc->waiting++; /* before the call: a call that fails never calls back */
+        if (b->node_call(b->node_ctx, peers[i], CONNREG_CALL_LIST, req, sizeof req - 1, OPEN_CHECK_TIMEOUT,
+                         open_counted, oc) != 0)
+            oc->waiting--;
+    }
+    if (--oc->waiting == 0) open_check_done(oc);
+    return true;
+}
+
+static void handle_open(conn_t *c, const amqp_method_t *m)
+{
+    amqp_bytes_t vh = m->u.connection_open.virtual_host;
+    br_err_t err;
+    /* RabbitMQ checks the vhost's connection limit before the user's access to it: this node's
+     * count first, then (clustered) the others' (open_check_start). */
+    if (br_check_vhost_connection_limit(c->srv->broker, c->user, (const char *)vh.ptr, vh.len, &err) ||
+        br_check_vhost_access(c->srv->broker, c->user, (const char *)vh.ptr, vh.len, &c->vh, &err)) {
+        conn_exception(c, err.code, m->id, "%s", err.text);
+        return;
+    }
+    if (!open_check_start(c)) open_finish(c);
+}
+
 
 static void handle_channel0(conn_t *c, const amqp_method_t *m)
 {
@@ -609,6 +696,7 @@ static void conn_on_close(void *ud)
     s->broker->stat_conn_closed++;
     br_connection_closed(s->broker, c->id);
     if (c->vh_counted) c->vh->connections--;
+    if (c->open_check) c->open_check->c = NULL; /* its answers come to nothing */
     if (c->prev) c->prev->next = c->next;
     else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;

@@ -113,6 +113,7 @@ struct conn {
     user_t *user;
     vhost_t *vh;
     bool vh_counted; /* counted in vh->connections (the vhost's max-connections) */
+    struct open_check *open_check; /* connection.open waiting for the other nodes' counts */
     uint32_t frame_max;
     uint16_t channel_max;
     uint16_t heartbeat;

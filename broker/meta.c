@@ -967,6 +967,19 @@ static bool is_metadata_leader(broker_t *b)
     return g && mr_group_role(g) == RAFT_LEADER;
 }
 
+size_t meta_running_peers(broker_t *b, uint32_t *ids, size_t cap)
+{
+    if (b->meta_submit != cl_submit) return 0;
+    struct cl_status *st = calloc(1, sizeof *st);
+    if (!st) abort();
+    cl_status(b->meta_submit_ctx, st);
+    size_t n = 0;
+    for (unsigned i = 0; i < st->n_members && n < cap; i++)
+        if (st->members[i].id != st->node_id && st->members[i].running) ids[n++] = st->members[i].id;
+    free(st);
+    return n;
+}
+
 void meta_node_down(broker_t *b, uint32_t node)
 {
     /* (only when the changes go through a cl_t: unit tests wire other transports) */

@@ -144,6 +144,10 @@ typedef struct cl cl_t;
 extern const struct cl_meta_ops meta_cl_ops;
 void meta_attach(broker_t *b, cl_t *c);
 
+/* The ids of the other members of the cluster that are running (at most cap; 0 when not
+ * clustered through a cl_t), e.g. to ask each for its share of a cluster-wide count. */
+size_t meta_running_peers(broker_t *b, uint32_t *ids, size_t cap);
+
 /* A node left (its connection is down): as RabbitMQ does, its non-durable and exclusive queues
  * are deleted cluster-wide. The metadata leader submits the deletions (other nodes do nothing),
  * so a node that was the leader itself leaves them to a later pass. */

@@ -9,7 +9,8 @@
 - A vhost's default queue type applies to queues declared there without x-queue-type (RabbitMQ
   4's behaviour; 3.10 ignores it, so those checks run against Warren only).
 - Everything goes through the metadata log: a 3-node cluster test checks that every node
-  knows the limits and metadata, enforces the queue limit, and that they survive restarts.
+  knows the limits and metadata, enforces the queue and connection limits cluster-wide (a node
+  asks the others for their connections at connection.open), and that they survive restarts.
 
 The API, enforcement and restart checks pass against RabbitMQ 3.10.8 too (WARREN_TEST_RABBITMQ=1).
 """
@@ -344,10 +345,26 @@ def test_cluster_limits_and_metadata(tmp_path, pki, uniq):
             for conn in conns:
                 if conn.is_open:
                     conn.close()
+        # connections count cluster-wide too: one on node 1, one on node 2, so node 3 refuses a third
+        a1.put(f"/vhost-limits/{v}/max-connections", {"value": 2}, status=204)
+        for a in apis:
+            assert wait_for(lambda: a.ok(f"/vhost-limits/{v}")[0]["value"].get("max-connections") == 2, 10)
+        import pika
+        held = [pika_connect(c.nodes[0], vhost=v), pika_connect(c.nodes[1], vhost=v)]
+        try:
+            with pytest.raises(pika.exceptions.ProbableAccessDeniedError) as info:
+                pika_connect(c.nodes[2], vhost=v)
+            assert f"connection limit (2) is reached" in str(info.value)
+            held.pop().close()
+            assert wait_for(lambda: _connects(c.nodes[2], v), timeout=10)
+        finally:
+            for conn in held:
+                conn.close()
         # a node that restarts recovers the limits and the metadata
         c.nodes[2].restart()
         c.wait_status(c.nodes[2], lambda st: st.get("formed") is True, timeout=40, what="node 3 back")
-        assert wait_for(lambda: _safe_ok(a3, f"/vhost-limits/{v}") == [{"vhost": v, "value": {"max-queues": 2}}], 20)
+        assert wait_for(lambda: _safe_ok(a3, f"/vhost-limits/{v}") == [
+            {"vhost": v, "value": {"max-connections": 2, "max-queues": 2}}], 20)
         assert a3.ok(f"/vhosts/{v}")["description"] == "clustered"
         d1, d3 = a1.ok("/definitions"), a3.ok("/definitions")
         for key in ("vhosts", "parameters", "global_parameters"):
