@@ -21,8 +21,8 @@
  *
  * Invariants: done runs exactly once (the peer layer calls each callback exactly once: reply,
  * timeout or connection loss); no queue pointer is kept across the wait (queues may be deleted
- * meanwhile: done looks them up again); `current` is set only while a done callback runs, on the
- * loop thread. */
+ * meanwhile: done looks them up again); `current` is set only while a done callback runs (and
+ * restored after it, so gathers may nest), on the loop thread. */
 #include "mgmt/qgather.h"
 
 #include <stdlib.h>
@@ -111,9 +111,10 @@ static bool went_silent(const struct qg *g, uint32_t node)
 
 static void finish(struct qg *g)
 {
+    struct qg *outer = current; /* a done callback may finish another gather at once */
     current = g;
     g->done(g->r, g->arg);
-    current = NULL;
+    current = outer;
     size_t pos = 0;
     void *v;
     while (dict_next(&g->figs, &pos, NULL, NULL, &v)) free(v);
