@@ -212,7 +212,7 @@ cJSON *defx_param_json(const char *vhost, const rparam_t *p)
 
 /* RabbitMQ keeps its cluster name as the global parameter cluster_name; Warren's comes from the
  * configuration (it is part of the cluster's identity on the wire), exported the same way. */
-static void add_global_parameters(cJSON *arr, broker_t *b)
+void defx_global_parameters(cJSON *arr, broker_t *b)
 {
     if (b->cfg && b->cfg->cluster_name[0]) {
         cJSON *o = cJSON_CreateObject();
@@ -246,7 +246,7 @@ cJSON *defx_export(broker_t *b)
     void *uv;
     while (dict_next(&b->users, &upos, NULL, NULL, &uv)) tperm_each(uv, NULL, add_topic_permission, topic);
     cJSON *params = cJSON_AddArrayToObject(root, "parameters");
-    add_global_parameters(cJSON_AddArrayToObject(root, "global_parameters"), b);
+    defx_global_parameters(cJSON_AddArrayToObject(root, "global_parameters"), b);
     cJSON *policies = cJSON_AddArrayToObject(root, "policies");
     cJSON *queues = cJSON_AddArrayToObject(root, "queues");
     cJSON *exchanges = cJSON_AddArrayToObject(root, "exchanges");

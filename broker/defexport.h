@@ -23,6 +23,9 @@ struct cJSON *defx_tags_json(const char *tags);
 struct cJSON *defx_vhost_metadata(const vhost_t *vh);
 struct rparam;
 struct cJSON *defx_param_json(const char *vhost, const struct rparam *p);
+/* Appends the global parameters {name, value} to arr: cluster_name (from the configuration,
+ * when set) and the kept ones. */
+void defx_global_parameters(struct cJSON *arr, broker_t *b);
 
 /* Import finished: how many commands applied here and how many failed, with the first
  * failure's description ("queue 'q': PRECONDITION_FAILED - ...") or NULL. */

@@ -1,5 +1,5 @@
-/* api_admin.c - users, vhosts (with their metadata and limits), permissions and policies: reads
- * and writes.
+/* api_admin.c - users, vhosts (with their metadata), permissions and policies: reads and
+ * writes (vhost limits and other runtime parameters: api_params.c).
  *
  * Writes are metadata commands (broker/meta.h: META_USER_*, META_VHOST_*, META_PERM_*,
  * META_POLICY_*), as warrenctl's admin commands are (broker/admin.c): what can be checked here
@@ -17,9 +17,7 @@
 #include <string.h>
 
 #include "broker/admin.h"
-#include "broker/defexport.h"
 #include "broker/meta.h"
-#include "broker/params.h"
 #include "mgmt/internal.h"
 
 /* ---- submissions ---- */
@@ -387,107 +385,3 @@ void mgmt_delete_policy(mgmt_req_t *r)
     submit(r, &c, 204, NULL);
 }
 
-/* ---- vhost limits (RabbitMQ's "vhost-limits" runtime parameter) ----
- *
- * GET /api/vhost-limits[/{vhost}] lists [{vhost, value}] for the vhosts the user may see;
- * PUT /api/vhost-limits/{vhost}/{name} {"value": N} sets one limit, DELETE removes it (204 even
- * when it was not set: RabbitMQ then stores an empty "[]" value). Texts are RabbitMQ 3.10.8's. */
-
-static cJSON *limits_json(const vhost_t *vh)
-{
-    const rparam_t *p = rp_find(vh, RP_VHOST_LIMITS, RP_LIMITS_NAME);
-    if (!p) return NULL;
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "vhost", vh->name);
-    cJSON *v = cJSON_Parse(p->value);
-    cJSON_AddItemToObject(o, "value", v ? v : cJSON_CreateObject());
-    return o;
-}
-
-void mgmt_get_vhost_limits(mgmt_req_t *r)
-{
-    cJSON *arr = cJSON_CreateArray();
-    if (r->params[0]) {
-        const vhost_t *vh = br_vhost(r->m->b, r->params[0], strlen(r->params[0]));
-        if (!vh) {
-            cJSON_Delete(arr);
-            return mgmt_reply_not_found(r);
-        }
-        /* (an empty value is left out here, not in the full list: RabbitMQ 3.10.8's answers) */
-        const rparam_t *p = rp_find(vh, RP_VHOST_LIMITS, RP_LIMITS_NAME);
-        cJSON *o = p && strcmp(p->value, "[]") != 0 ? limits_json(vh) : NULL;
-        if (o) cJSON_AddItemToArray(arr, o);
-    } else {
-        size_t pos = 0;
-        void *v;
-        while (dict_next(&r->m->b->vhosts, &pos, NULL, NULL, &v)) {
-            cJSON *o = mgmt_vhost_visible(r, v, false) ? limits_json(v) : NULL;
-            if (o) cJSON_AddItemToArray(arr, o);
-        }
-    }
-    mgmt_reply_list(r, arr);
-}
-
-/* Submits the vhost's limits with r->params[1] set to value (or removed). */
-static void submit_limit(mgmt_req_t *r, const vhost_t *vh, long long value, bool remove)
-{
-    const rparam_t *cur = rp_find(vh, RP_VHOST_LIMITS, RP_LIMITS_NAME);
-    char *text = rp_limits_with(cur ? cur->value : NULL, r->params[1], value, remove);
-    char err[512];
-    if (rp_validate(RP_VHOST_LIMITS, RP_LIMITS_NAME, text, err, sizeof err) != 0) {
-        char reason[600];
-        snprintf(reason, sizeof reason, "Validation failed\n\n%s\n", err);
-        mgmt_reply_error(r, 400, "bad_request", reason);
-    } else {
-        amqp_buf_t args = {0};
-        struct meta_cmd c;
-        meta_param_cmd(&c, &args, META_PARAM_SET, vh->name, RP_VHOST_LIMITS, RP_LIMITS_NAME, text);
-        submit(r, &c, 204, NULL);
-        amqp_buf_free(&args);
-    }
-    free(text);
-}
-
-/* A limit's value as RabbitMQ's validation describes it when it is not an integer. */
-static void describe_json(const cJSON *v, char *out, size_t cap)
-{
-    if (cJSON_IsString(v)) {
-        snprintf(out, cap, "<<\"%s\">>", v->valuestring);
-        return;
-    }
-    char *t = cJSON_PrintUnformatted(v);
-    snprintf(out, cap, "%s", t ? t : "undefined");
-    free(t);
-}
-
-void mgmt_put_vhost_limit(mgmt_req_t *r)
-{
-    const vhost_t *vh = br_vhost(r->m->b, r->params[0], strlen(r->params[0]));
-    if (!vh) return mgmt_reply_error(r, 404, "not_found", "vhost_not_found");
-    cJSON *body = body_object(r);
-    if (!body) return;
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, "value");
-    char reason[600];
-    if (!v) {
-        mgmt_reply_error(r, 400, "bad_request", "[{key_missing,value}]");
-    } else if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long long)v->valuedouble) {
-        char term[256];
-        describe_json(v, term, sizeof term);
-        bool known = strcmp(r->params[1], "max-connections") == 0 || strcmp(r->params[1], "max-queues") == 0;
-        if (known) snprintf(reason, sizeof reason, "Validation failed\n\n%s should be a number, actually was %s\n",
-                            r->params[1], term);
-        else snprintf(reason, sizeof reason, "Validation failed\n\nUnrecognised terms [{<<\"%s\">>,%s}] in limits\n",
-                      r->params[1], term);
-        mgmt_reply_error(r, 400, "bad_request", reason);
-    } else {
-        submit_limit(r, vh, (long long)v->valuedouble, false);
-    }
-    cJSON_Delete(body);
-}
-
-void mgmt_delete_vhost_limit(mgmt_req_t *r)
-{
-    const vhost_t *vh = br_vhost(r->m->b, r->params[0], strlen(r->params[0]));
-    if (!vh) return mgmt_reply_error(r, 404, "not_found", "vhost_not_found");
-    submit_limit(r, vh, 0, true);
-}

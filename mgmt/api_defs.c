@@ -9,8 +9,9 @@
  *
  * RabbitMQ 3.10's rules: the import merges (what exists and is not in the document stays);
  * objects that exist with other properties (queues, exchanges, bindings) keep their existing
- * definition rather than failing the import; unknown top-level keys and parameter components
- * are skipped. 204 on success (an empty body imports nothing); 400 {"error": "bad_request",
+ * definition rather than failing the import; unknown top-level keys are skipped; parameters of
+ * every component are kept (vhost-limits is validated and enforced; others have no effect here)
+ * and global parameters too, except cluster_name (configuration). 204 on success (an empty body imports nothing); 400 {"error": "bad_request",
  * "reason": ...} for a body that is not a JSON object or a document that does not validate; an
  * unknown vhost is 404 for a POST and 400 for a GET, as RabbitMQ 3.10.8 answers. The per-vhost forms read and write
  * only that vhost's policies, queues, exchanges and bindings, without their "vhost" fields. */

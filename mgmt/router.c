@@ -24,10 +24,18 @@
 #include "mgmt/internal.h"
 #include "mgmt/metrics.h"
 
-/* Handlers declared here rather than in internal.h (api_admin.c: vhost limits). */
+/* Handlers declared here rather than in internal.h (api_params.c: runtime parameters). */
 void mgmt_get_vhost_limits(mgmt_req_t *r);
 void mgmt_put_vhost_limit(mgmt_req_t *r);
 void mgmt_delete_vhost_limit(mgmt_req_t *r);
+void mgmt_get_parameters(mgmt_req_t *r);
+void mgmt_get_parameter(mgmt_req_t *r);
+void mgmt_put_parameter(mgmt_req_t *r);
+void mgmt_delete_parameter(mgmt_req_t *r);
+void mgmt_get_global_parameters(mgmt_req_t *r);
+void mgmt_get_global_parameter(mgmt_req_t *r);
+void mgmt_put_global_parameter(mgmt_req_t *r);
+void mgmt_delete_global_parameter(mgmt_req_t *r);
 
 enum auth_level {
     AUTH_MGMT,  /* any user with a management tag */
@@ -57,6 +65,16 @@ static const struct route routes[] = {
     {MGMT_GET, "vhost-limits/*", mgmt_get_vhost_limits, AUTH_VHOST},
     {MGMT_PUT, "vhost-limits/*/*", mgmt_put_vhost_limit, AUTH_ADMIN},
     {MGMT_DELETE, "vhost-limits/*/*", mgmt_delete_vhost_limit, AUTH_ADMIN},
+    {MGMT_GET, "parameters", mgmt_get_parameters, AUTH_ADMIN},
+    {MGMT_GET, "parameters/*", mgmt_get_parameters, AUTH_ADMIN},
+    {MGMT_GET, "parameters/*/*", mgmt_get_parameters, AUTH_ADMIN},
+    {MGMT_GET, "parameters/*/*/*", mgmt_get_parameter, AUTH_ADMIN},
+    {MGMT_PUT, "parameters/*/*/*", mgmt_put_parameter, AUTH_ADMIN},
+    {MGMT_DELETE, "parameters/*/*/*", mgmt_delete_parameter, AUTH_ADMIN},
+    {MGMT_GET, "global-parameters", mgmt_get_global_parameters, AUTH_ADMIN},
+    {MGMT_GET, "global-parameters/*", mgmt_get_global_parameter, AUTH_ADMIN},
+    {MGMT_PUT, "global-parameters/*", mgmt_put_global_parameter, AUTH_ADMIN},
+    {MGMT_DELETE, "global-parameters/*", mgmt_delete_global_parameter, AUTH_ADMIN},
     {MGMT_GET, "users", mgmt_get_users, AUTH_ADMIN},
     {MGMT_GET, "users/*", mgmt_get_user, AUTH_ADMIN},
     {MGMT_PUT, "users/*", mgmt_put_user, AUTH_ADMIN},

@@ -252,6 +252,35 @@ def test_default_queue_type_quorum(api, mb, uniq):
         api.call("DELETE", f"/vhosts/{v}")
 
 
+def test_parameters_api(api, vhost, uniq):
+    """/api/parameters shows the vhost-limits parameter (and sets it); components the broker does
+    not have are refused; /api/global-parameters keeps any global parameter."""
+    path = f"/parameters/vhost-limits/{vhost}/limits"
+    assert api.put(path, {"value": {"max-queues": 3}}).status_code in (201, 204)
+    expected = {"value": {"max-queues": 3}, "vhost": vhost, "component": "vhost-limits", "name": "limits"}
+    assert api.ok(path) == expected
+    assert expected in api.ok("/parameters") and expected in api.ok("/parameters/vhost-limits")
+    assert api.ok(f"/parameters/vhost-limits/{vhost}") == [expected]
+    assert limits_of(api, vhost) == [{"vhost": vhost, "value": {"max-queues": 3}}]
+    r = api.put(f"/parameters/vhost-limits/{vhost}/limits", {"value": {"max-queues": "x"}}, status=400)
+    # (RabbitMQ 3.10.8 HTML-escapes the term here: &lt;&lt;"x"&gt;&gt;)
+    assert r.json()["reason"].startswith("Validation failed\n\nmax-queues should be a number, actually was ")
+    r = api.put(f"/parameters/federation-upstream/{vhost}/up", {"value": {"uri": "amqp://"}}, status=400)
+    assert r.json() == {"error": "bad_request",
+                        "reason": "Validation failed\n\ncomponent federation-upstream not found\n"}
+    assert api.call("DELETE", path).status_code == 204
+    assert api.call("GET", path).status_code == 404
+    assert limits_of(api, vhost) == []
+    g = uniq("g").replace(".", "_")
+    api.put(f"/global-parameters/{g}", {"value": {"a": 1}}, status=201)
+    assert api.ok(f"/global-parameters/{g}") == {"value": {"a": 1}, "name": g}
+    assert {"name": g, "value": {"a": 1}} in api.ok("/global-parameters")
+    assert {"name": g, "value": {"a": 1}} in api.ok("/definitions")["global_parameters"]
+    assert api.call("DELETE", f"/global-parameters/{g}").status_code == 204
+    assert api.call("DELETE", f"/global-parameters/{g}").status_code == 404
+    assert api.call("GET", f"/global-parameters/{g}").status_code == 404
+
+
 # ---------------------------------------------------------------------------
 # Definitions and restarts
 # ---------------------------------------------------------------------------
