@@ -6,7 +6,13 @@
  * existence/equivalence, so the same bad request yields the same reply code here as there.
  * Durable definitions are written to the store as they change (exchange.c, queue.c); the
  * store's batches are ordered, so a message confirmed after a declare implies the declare is
- * durable too. */
+ * durable too.
+ *
+ * Vhosts carry RabbitMQ 4's metadata (description, tags, default queue type: a declare without
+ * x-queue-type gets that type, br_queue_args_with_default_type) in their 'V' record, and the
+ * limits of their "vhost-limits" parameter (params.c): max-queues is checked by
+ * br_queue_declare on the requesting node, max-connections by the adapter at connection.open
+ * (br_check_vhost_connection_limit, this node's count; amqp091 adds the other nodes'). */
 #include "broker/broker.h"
 #include "broker/qq.h"
 #include "broker/topicperm.h"

@@ -15,16 +15,22 @@
  *     written in the same store batch, so after a crash the stored registry reflects exactly
  *     the commands up to the stored index; the group's replay skips those (meta_recover).
  *
-   - Registry records other than topology (vhosts, users, permissions, policies) are commands
- *     too (apply_registry): a user's password hash and its random salt are computed by the
- *     requesting node and carried in the command, so every node stores the same hash. Deleted
- *     users and vhosts stay allocated for the connections pointing at them (broker.c).
+ *   - Registry records other than topology (vhosts with their metadata, users, permissions,
+ *     policies, runtime parameters - vhost limits among them - and global parameters) are
+ *     commands too (apply_registry): a user's password hash and its random salt are computed by
+ *     the requesting node and carried in the command, so every node stores the same hash.
+ *     Deleted users and vhosts stay allocated for the connections pointing at them (broker.c).
+ *   - Limits are checked by the requesting node, not by apply: a snapshot or an import must
+ *     recreate what exists even above a limit set later (as RabbitMQ, limits stop new queues and
+ *     connections only).
  *
  * Snapshot (meta_snapshot_take/install): u8 version=2, u64 applied index, u32 count, then count
- * records of [u64 queue uid][u32 length][command] - vhosts, users, permissions, policies, then
+ * records of [u64 queue uid][u32 length][command] - vhosts (VHOST_SET, with their metadata)
+ * each followed by its parameters, global parameters, users, permissions, policies, then
  * exchange declares, queue declares and bindings - that rebuild the registry. Installing prunes
  * whatever the snapshot does not hold. A version 1 snapshot (topology only, written before the
- * registry records were replicated) prunes and rebuilds topology only.
+ * registry records were replicated) prunes and rebuilds topology only; a version 2 snapshot of
+ * a node from before vhost metadata (VHOST_ADD records) installs too.
  *
  * Command encoding (big-endian): u8 version=1, u8 op, u8 flags, u32 home, u64 conn,
  * shortstr vhost, shortstr name, shortstr name2, shortstr key, longstr args.
