@@ -349,6 +349,15 @@ static void reply_json(broker_t *b, const struct peer_reply_to *to, cJSON *o)
     free(text);
 }
 
+static connreg_overview_fn overview_fn; /* one management plugin per process */
+static void *overview_ctx;
+
+void connreg_set_overview_fn(connreg_overview_fn fn, void *ctx)
+{
+    overview_fn = fn;
+    overview_ctx = ctx;
+}
+
 static bool want(const cJSON *req, const char *key) { return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, key)); }
 
 cJSON *connreg_lists_json(broker_t *b, const cJSON *req)
@@ -367,6 +376,8 @@ cJSON *connreg_lists_json(broker_t *b, const cJSON *req)
         cJSON *n = cJSON_AddObjectToObject(o, "counts");
         cJSON_AddNumberToObject(n, "connections", (double)connreg_count());
         cJSON_AddNumberToObject(n, "channels", (double)connreg_channel_count());
+        cJSON *ov = overview_fn ? overview_fn(overview_ctx) : NULL;
+        if (ov) cJSON_AddItemToObject(o, "overview", ov);
     }
     return o;
 }

@@ -499,6 +499,9 @@ static void op_complete(struct qq_op *op, const br_err_t *err, const struct qsm_
     qq_t *qq = op->qq;
     switch (op->kind) {
     case OP_PUBLISH:
+        /* Counted where the publisher is (each node its own clients', as deliveries and acks;
+         * the management API sums the nodes), member of the group or not. */
+        if (!err && r && r->status != QSM_R_REJECTED) qq->q->stat_publish++;
         if (op->u.pub.cb)
             op->u.pub.cb(op->u.pub.arg, op->u.pub.tag,
                          err ? RQ_PUB_FAILED : r && r->status == QSM_R_REJECTED ? Q_PUB_REJECTED : Q_PUB_OK);
@@ -1032,7 +1035,6 @@ static void sm_apply(mr_group_t *g, raft_index index, const struct raft_entry *e
                  (unsigned long long)index);
         return;
     }
-    if (cmd.op == QSM_ENQUEUE && cmd.node == qq->s->self) qq->q->stat_publish++;
     struct qsm_effects fx = {.ud = qq,
                              .deliver = fx_deliver,
                              .result = fx_result,

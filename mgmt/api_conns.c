@@ -24,7 +24,11 @@
 #include "broker/connreg.h"
 #include "mgmt/internal.h"
 
-#define GATHER_TIMEOUT 5.0
+/* A member that has not answered a listing by then is left out (a paused node must not hold
+ * /api/overview or /api/nodes for long; the queue figures wait 1.5 s, mgmt/qgather.c). */
+#define GATHER_TIMEOUT 2.0
+/* Closing a connection on another node: the answer says whether it was found. */
+#define CLOSE_TIMEOUT 5.0
 
 enum { G_CONNECTIONS = 1, G_CHANNELS = 2, G_CONSUMERS = 4, G_COUNTS = 8, G_NODE = 16 };
 
@@ -64,6 +68,10 @@ static void merge_counts(struct gather *g, const cJSON *answer)
 static void merge(struct gather *g, cJSON *answer)
 {
     merge_counts(g, answer);
+    cJSON *ov = cJSON_DetachItemFromObjectCaseSensitive(answer, "overview");
+    cJSON *ovs = list_of(g, "overviews");
+    if (cJSON_IsObject(ov) && ovs) cJSON_AddItemToArray(ovs, ov);
+    else cJSON_Delete(ov);
     cJSON *node = cJSON_DetachItemFromObjectCaseSensitive(answer, "node");
     cJSON *nodes = list_of(g, "nodes");
     if (cJSON_IsObject(node) && nodes) cJSON_AddItemToArray(nodes, node);
@@ -128,6 +136,11 @@ static void gather_doc(mgmt_req_t *r, unsigned what, void (*done)(struct gather 
     g->doc = doc;
     cJSON *req = request_json(what);
     g->lists = connreg_lists_json(r->m->b, req);
+    if (what & G_COUNTS) { /* every node's overview share collects here, ours first */
+        cJSON *ovs = cJSON_AddArrayToObject(g->lists, "overviews");
+        cJSON *ours = cJSON_DetachItemFromObjectCaseSensitive(g->lists, "overview");
+        if (ours) cJSON_AddItemToArray(ovs, ours);
+    }
     if (what & G_NODE) { /* ours is added by the caller; the others' answers collect here */
         cJSON_DeleteItemFromObjectCaseSensitive(g->lists, "node");
         cJSON_AddArrayToObject(g->lists, "nodes");
@@ -144,6 +157,36 @@ static void gather(mgmt_req_t *r, unsigned what, void (*done)(struct gather *g))
 
 /* ---- the overview's totals ---- */
 
+/* Adds the numbers of from into to, recursively ("publish": N, "publish_details": {"rate": R}). */
+static void sum_numbers(cJSON *to, const cJSON *from)
+{
+    for (const cJSON *f = from->child; f; f = f->next) {
+        cJSON *t = cJSON_GetObjectItemCaseSensitive(to, f->string);
+        if (cJSON_IsNumber(f)) {
+            if (cJSON_IsNumber(t)) cJSON_SetNumberValue(t, t->valuedouble + f->valuedouble);
+            else if (!t) cJSON_AddNumberToObject(to, f->string, f->valuedouble);
+        } else if (cJSON_IsObject(f)) {
+            if (!t) t = cJSON_AddObjectToObject(to, f->string);
+            if (cJSON_IsObject(t)) sum_numbers(t, f);
+        }
+    }
+}
+
+/* message_stats summed over the nodes' shares, listeners of every node (ours first). */
+static void overview_add_nodes(cJSON *doc, const cJSON *shares)
+{
+    cJSON *ms = cJSON_AddObjectToObject(doc, "message_stats");
+    cJSON *listeners = cJSON_AddArrayToObject(doc, "listeners");
+    const cJSON *share;
+    cJSON_ArrayForEach(share, shares)
+    {
+        const cJSON *s = cJSON_GetObjectItemCaseSensitive(share, "message_stats");
+        if (cJSON_IsObject(s)) sum_numbers(ms, s);
+        const cJSON *l = cJSON_GetObjectItemCaseSensitive(share, "listeners"), *e;
+        cJSON_ArrayForEach(e, l) cJSON_AddItemToArray(listeners, cJSON_Duplicate(e, true));
+    }
+}
+
 static void reply_overview(struct gather *g)
 {
     cJSON *ot = cJSON_GetObjectItemCaseSensitive(g->doc, "object_totals");
@@ -154,6 +197,7 @@ static void reply_overview(struct gather *g)
         cJSON_DeleteItemFromObjectCaseSensitive(ot, keys[i]);
         cJSON_AddNumberToObject(ot, keys[i], cJSON_IsNumber(n) ? n->valuedouble : 0);
     }
+    overview_add_nodes(g->doc, list_of(g, "overviews"));
     mgmt_reply_json(g->r, 200, g->doc);
 }
 
@@ -330,7 +374,7 @@ static void close_everywhere(mgmt_req_t *r, const char *reason)
             uint32_t id = st->members[i].id;
             if (id == st->node_id || !st->members[i].running) continue;
             g->waiting++;
-            if (b->node_call(b->node_ctx, id, CONNREG_CALL_CLOSE, payload, strlen(payload), GATHER_TIMEOUT,
+            if (b->node_call(b->node_ctx, id, CONNREG_CALL_CLOSE, payload, strlen(payload), CLOSE_TIMEOUT,
                              closed_answered, g) != 0)
                 g->waiting--;
         }

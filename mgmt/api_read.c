@@ -143,13 +143,30 @@ static const char *cluster_name(mgmt_t *m)
     return n == buf ? m->cfg->node_name : n;
 }
 
+/* This node's share of the overview: its message counters with rates and its listeners. Every
+ * node answers with it (broker/connreg.h's hook) and the overview asked on any node sums /
+ * lists them all, as RabbitMQ's overview covers the cluster. */
+cJSON *mgmt_node_overview(void *ctx)
+{
+    mgmt_t *m = ctx;
+    broker_t *b = m->b;
+    cJSON *o = cJSON_CreateObject();
+    cJSON *ms = cJSON_AddObjectToObject(o, "message_stats");
+    mgmt_json_count(ms, "publish", b->stat_publish, mgmt_rate_node(m, MGMT_RATE_PUBLISH));
+    mgmt_json_count(ms, "confirm", b->stat_confirm, mgmt_rate_node(m, MGMT_RATE_CONFIRM));
+    mgmt_json_count(ms, "deliver_get", b->stat_deliver, mgmt_rate_node(m, MGMT_RATE_DELIVER_GET));
+    mgmt_json_count(ms, "ack", b->stat_ack, mgmt_rate_node(m, MGMT_RATE_ACK));
+    mgmt_json_count(ms, "drop_unroutable", b->stat_unroutable, mgmt_rate_node(m, MGMT_RATE_UNROUTABLE));
+    cJSON_AddItemToObject(o, "listeners", listeners_json(m));
+    return o;
+}
+
 /* Built once the other nodes' queue figures are in (qgather.c), so queue_totals and
  * object_totals.consumers count every node's queues. */
 static void overview_gathered(mgmt_req_t *r, void *arg)
 {
     (void)arg;
     mgmt_t *m = r->m;
-    broker_t *b = m->b;
     struct totals t = {0};
     struct depth_rates dr = {0};
     each_vhost(r, false, VHOSTS, add_totals, &t);
@@ -164,12 +181,8 @@ static void overview_gathered(mgmt_req_t *r, void *arg)
     cJSON_AddStringToObject(o, "cluster_name", cluster_name(m));
     cJSON_AddBoolToObject(o, "disable_stats", false);
     cJSON_AddBoolToObject(o, "enable_queue_totals", true);
-    cJSON *ms = cJSON_AddObjectToObject(o, "message_stats");
-    mgmt_json_count(ms, "publish", b->stat_publish, mgmt_rate_node(m, MGMT_RATE_PUBLISH));
-    mgmt_json_count(ms, "confirm", b->stat_confirm, mgmt_rate_node(m, MGMT_RATE_CONFIRM));
-    mgmt_json_count(ms, "deliver_get", b->stat_deliver, mgmt_rate_node(m, MGMT_RATE_DELIVER_GET));
-    mgmt_json_count(ms, "ack", b->stat_ack, mgmt_rate_node(m, MGMT_RATE_ACK));
-    mgmt_json_count(ms, "drop_unroutable", b->stat_unroutable, mgmt_rate_node(m, MGMT_RATE_UNROUTABLE));
+    /* message_stats and listeners: every node's, added by mgmt_reply_overview (this node's
+     * come through the same mgmt_node_overview as the others') */
     cJSON *qt = cJSON_AddObjectToObject(o, "queue_totals");
     mgmt_json_count(qt, "messages", t.ready + t.unacked, dr.messages);
     mgmt_json_count(qt, "messages_ready", t.ready, dr.ready);
@@ -183,7 +196,6 @@ static void overview_gathered(mgmt_req_t *r, void *arg)
     cJSON_AddNumberToObject(ot, "queues", (double)t.queues);
     cJSON_AddNumberToObject(o, "statistics_db_event_queue", 0);
     cJSON_AddItemToObject(o, "node", mgmt_json_node_name(m, 0));
-    cJSON_AddItemToObject(o, "listeners", listeners_json(m));
     cJSON *ctx = cJSON_AddArrayToObject(o, "contexts");
     cJSON *c0 = cJSON_CreateObject();
     cJSON_AddItemToObject(c0, "node", mgmt_json_node_name(m, 0));

@@ -209,7 +209,11 @@ void mgmt_get_channels(mgmt_req_t *r);
 void mgmt_get_vhost_channels(mgmt_req_t *r);
 void mgmt_get_channel(mgmt_req_t *r);
 void mgmt_get_consumers(mgmt_req_t *r);
-/* Answers the overview o once object_totals.connections / channels count every node's. */
+/* This node's message_stats (with rates) and listeners, for its own and the other nodes'
+ * overviews (registered with connreg_set_overview_fn; ctx is the mgmt_t). */
+cJSON *mgmt_node_overview(void *ctx);
+/* Answers the overview o once object_totals.connections / channels count every node's, its
+ * message_stats sum every node's and its listeners list every node's. */
 void mgmt_reply_overview(mgmt_req_t *r, cJSON *o);
 /* Answers /api/nodes (an array) or /api/nodes/{name} (an object) once the other running
  * members have sent their figures (mem_used, disk_free, fd_used, uptime...). */

@@ -662,7 +662,7 @@ function nodeQueues(queues, name) {
 
 /* #/nodes/<name>: one node's state, resources, listeners, queues and rates (read-only), as
  * RabbitMQ's node page. Figures come from GET /api/nodes/<name> (every running member answers
- * for itself); listeners from /api/overview, which lists those of the node serving this page. */
+ * for itself); listeners from /api/overview, which lists every running member's. */
 async function viewNode(main, name) {
   let n;
   try { n = await GET(`/nodes/${enc(name)}`); } catch (e) {
@@ -723,7 +723,7 @@ async function viewNode(main, name) {
       ? h('table', {}, h('thead', {}, h('tr', {}, ['Protocol', 'Bound to', 'Port'].map((x, i) => h('th', { class: i === 2 ? 'num' : null }, x)))),
         h('tbody', {}, lst.map((l) => h('tr', { class: 'listener-row', 'data-protocol': l.protocol },
           h('td', {}, l.protocol), h('td', {}, l.ip_address), h('td', { class: 'num' }, String(l.port))))))
-      : h('div', { class: 'empty' }, self ? 'No listeners.' : `This node's API lists its own listeners only; open the UI of ${name} to see those of that node.`));
+      : h('div', { class: 'empty' }, self ? 'No listeners.' : `No listeners known: ${name} did not answer.`));
 
     const nq = nodeQueues(queues || [], name);
     app(clear(rateStats), h('div', { class: 'stat' }, h('b', {}, fmtRate(nq.rates.publish)), h('span', {}, 'Publish')),

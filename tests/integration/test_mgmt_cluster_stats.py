@@ -257,9 +257,6 @@ def test_silent_or_stopped_home_does_not_hold_requests(cluster, apis):
     assert_agree(apis[:2], on3, {"messages": 2, "state": "running"}, timeout=40)
 
 
-@pytest.mark.xfail(reason="broker/qq.c counts a quorum queue's publish on the applying member only when the "
-                          "command came from that member: publishes through a node without a replica are "
-                          "counted nowhere", strict=False)
 def test_quorum_publish_through_a_node_without_replica_is_counted(cluster, apis):
     name = f"cs-qqnm-{time.monotonic_ns()}"
     conn = pika_connect(cluster.nodes[0])
@@ -268,6 +265,34 @@ def test_quorum_publish_through_a_node_without_replica_is_counted(cluster, apis)
                                                                    "x-quorum-initial-group-size": 1})
         confirmed_publish(cluster.nodes[2], name, 3)
         assert_agree(apis, name, {"messages": 3, "publish": 3}, timeout=8)
+    finally:
+        conn.channel().queue_delete(name)
+        conn.close()
+
+
+def test_overview_message_stats_and_listeners_cover_the_cluster(cluster, apis):
+    """/api/overview's message_stats sum every node's counters and its listeners list every
+    node's, whichever node is asked (RabbitMQ's overview is the cluster's)."""
+    name = f"cs-ov-{time.monotonic_ns()}"
+    conn = pika_connect(cluster.nodes[0])
+    try:
+        conn.channel().queue_declare(name, durable=True)
+        before = [api.get("/overview").get("message_stats", {}).get("publish", 0) for api in apis]
+        assert len(set(before)) == 1, before
+        # publishes through nodes 2 and 3 only: node 1's own counter does not move
+        confirmed_publish(cluster.nodes[1], name, 4)
+        confirmed_publish(cluster.nodes[2], name, 6)
+        seen = {}
+
+        def publish_agrees():
+            seen["p"] = [api.get("/overview")["message_stats"].get("publish") for api in apis]
+            return seen["p"] == [before[0] + 10] * 3
+        assert wait_for(publish_agrees, 15, step=0.3), (before, seen)
+        for api in apis:
+            ov = api.get("/overview")
+            amqp = {(l["node"], l["port"]) for l in ov["listeners"] if l["protocol"] == "amqp"}
+            assert amqp == {(NAMES[i], n.port) for i, n in enumerate(cluster.nodes)}, ov["listeners"]
+            assert "rate" in ov["message_stats"]["publish_details"]
     finally:
         conn.channel().queue_delete(name)
         conn.close()
