@@ -107,12 +107,14 @@ struct cJSON *connreg_consumers_json(const char *node);
  * CONNREG_CALL_CLOSE {"name", "reason"} force-closes a connection there (status 0, or
  * BR_NOT_FOUND). remote.c's mesh handler hands "connreg." calls to connreg_handle_call. */
 #define CONNREG_CALL_LIST "connreg.list"
-/* "counts": true also carries {"overview": {...}} when the management plugin registered its
- * node-overview builder (this node's message_stats with rates, and its listeners): the
- * overview of any node sums / lists every member's. broker/ cannot build it itself (the rates
- * live in mgmt/), hence the hook; NULL clears it. */
-typedef struct cJSON *(*connreg_overview_fn)(void *ctx);
-void connreg_set_overview_fn(connreg_overview_fn fn, void *ctx);
+/* The management plugin's shares of cluster-wide figures, built by the hook it registers
+ * (broker/ cannot: the rates live in mgmt/; NULL clears it), called with the share's name:
+ *   "counts": true also carries {"overview": {...}}: this node's message_stats with rates and
+ *   its listeners (the overview of any node sums / lists every member's);
+ *   "objstats": true carries {"objstats": {...}}: this node's message_stats of vhosts and
+ *   exchanges (summed over the members for /api/vhosts and /api/exchanges). */
+typedef struct cJSON *(*connreg_share_fn)(void *ctx, const char *share);
+void connreg_set_share_fn(connreg_share_fn fn, void *ctx);
 #define CONNREG_CALL_CLOSE "connreg.close"
 struct cJSON *connreg_lists_json(broker_t *b, const struct cJSON *req);
 void connreg_handle_call(broker_t *b, uint32_t from, const char *method, const void *payload, size_t len,

@@ -349,13 +349,19 @@ static void reply_json(broker_t *b, const struct peer_reply_to *to, cJSON *o)
     free(text);
 }
 
-static connreg_overview_fn overview_fn; /* one management plugin per process */
-static void *overview_ctx;
+static connreg_share_fn share_fn; /* one management plugin per process */
+static void *share_ctx;
 
-void connreg_set_overview_fn(connreg_overview_fn fn, void *ctx)
+void connreg_set_share_fn(connreg_share_fn fn, void *ctx)
 {
-    overview_fn = fn;
-    overview_ctx = ctx;
+    share_fn = fn;
+    share_ctx = ctx;
+}
+
+static void add_share(cJSON *o, const char *key)
+{
+    cJSON *share = share_fn ? share_fn(share_ctx, key) : NULL;
+    if (share) cJSON_AddItemToObject(o, key, share);
 }
 
 static bool want(const cJSON *req, const char *key) { return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, key)); }
@@ -376,9 +382,9 @@ cJSON *connreg_lists_json(broker_t *b, const cJSON *req)
         cJSON *n = cJSON_AddObjectToObject(o, "counts");
         cJSON_AddNumberToObject(n, "connections", (double)connreg_count());
         cJSON_AddNumberToObject(n, "channels", (double)connreg_channel_count());
-        cJSON *ov = overview_fn ? overview_fn(overview_ctx) : NULL;
-        if (ov) cJSON_AddItemToObject(o, "overview", ov);
+        add_share(o, "overview");
     }
+    if (want(req, "objstats")) add_share(o, "objstats");
     return o;
 }
 

@@ -30,7 +30,7 @@
 /* Closing a connection on another node: the answer says whether it was found. */
 #define CLOSE_TIMEOUT 5.0
 
-enum { G_CONNECTIONS = 1, G_CHANNELS = 2, G_CONSUMERS = 4, G_COUNTS = 8, G_NODE = 16 };
+enum { G_CONNECTIONS = 1, G_CHANNELS = 2, G_CONSUMERS = 4, G_COUNTS = 8, G_NODE = 16, G_OBJSTATS = 32 };
 
 /* One request's gathering of the cluster's lists. */
 struct gather {
@@ -41,6 +41,8 @@ struct gather {
     void (*done)(struct gather *g);
     int found;         /* DELETE: nodes that closed the connection */
     cJSON *doc;        /* the overview being completed (G_COUNTS) */
+    mgmt_objstats_done objstats_done; /* G_OBJSTATS: the caller's continuation */
+    void *objstats_arg;
 };
 
 static cJSON *list_of(struct gather *g, const char *key) { return cJSON_GetObjectItemCaseSensitive(g->lists, key); }
@@ -68,10 +70,13 @@ static void merge_counts(struct gather *g, const cJSON *answer)
 static void merge(struct gather *g, cJSON *answer)
 {
     merge_counts(g, answer);
-    cJSON *ov = cJSON_DetachItemFromObjectCaseSensitive(answer, "overview");
-    cJSON *ovs = list_of(g, "overviews");
-    if (cJSON_IsObject(ov) && ovs) cJSON_AddItemToArray(ovs, ov);
-    else cJSON_Delete(ov);
+    static const char *const shares[][2] = {{"overview", "overviews"}, {"objstats", "objstats_shares"}};
+    for (size_t i = 0; i < 2; i++) {
+        cJSON *share = cJSON_DetachItemFromObjectCaseSensitive(answer, shares[i][0]);
+        cJSON *to = list_of(g, shares[i][1]);
+        if (cJSON_IsObject(share) && to) cJSON_AddItemToArray(to, share);
+        else cJSON_Delete(share);
+    }
     cJSON *node = cJSON_DetachItemFromObjectCaseSensitive(answer, "node");
     cJSON *nodes = list_of(g, "nodes");
     if (cJSON_IsObject(node) && nodes) cJSON_AddItemToArray(nodes, node);
@@ -105,6 +110,7 @@ static cJSON *request_json(unsigned what)
     if (what & G_CONSUMERS) cJSON_AddTrueToObject(req, "consumers");
     if (what & G_COUNTS) cJSON_AddTrueToObject(req, "counts");
     if (what & G_NODE) cJSON_AddTrueToObject(req, "node");
+    if (what & G_OBJSTATS) cJSON_AddTrueToObject(req, "objstats");
     return req;
 }
 
@@ -126,21 +132,24 @@ static void call_others(mgmt_t *m, const char *method, const char *payload, stru
     free(st);
 }
 
-static void gather_doc(mgmt_req_t *r, unsigned what, void (*done)(struct gather *g), cJSON *doc)
+static void collect_share(cJSON *lists, const char *key, const char *array)
 {
-    struct gather *g = calloc(1, sizeof *g);
-    if (!g) abort();
+    cJSON *all = cJSON_AddArrayToObject(lists, array);
+    cJSON *ours = cJSON_DetachItemFromObjectCaseSensitive(lists, key);
+    if (ours) cJSON_AddItemToArray(all, ours);
+}
+
+static void start_gather(struct gather *g, mgmt_req_t *r, unsigned what, void (*done)(struct gather *g), cJSON *doc)
+{
     g->r = r;
     g->what = what;
     g->done = done;
     g->doc = doc;
     cJSON *req = request_json(what);
     g->lists = connreg_lists_json(r->m->b, req);
-    if (what & G_COUNTS) { /* every node's overview share collects here, ours first */
-        cJSON *ovs = cJSON_AddArrayToObject(g->lists, "overviews");
-        cJSON *ours = cJSON_DetachItemFromObjectCaseSensitive(g->lists, "overview");
-        if (ours) cJSON_AddItemToArray(ovs, ours);
-    }
+    /* every node's shares collect in arrays, ours first */
+    if (what & G_COUNTS) collect_share(g->lists, "overview", "overviews");
+    if (what & G_OBJSTATS) collect_share(g->lists, "objstats", "objstats_shares");
     if (what & G_NODE) { /* ours is added by the caller; the others' answers collect here */
         cJSON_DeleteItemFromObjectCaseSensitive(g->lists, "node");
         cJSON_AddArrayToObject(g->lists, "nodes");
@@ -151,6 +160,13 @@ static void gather_doc(mgmt_req_t *r, unsigned what, void (*done)(struct gather 
     call_others(r->m, CONNREG_CALL_LIST, payload ? payload : "{}", g);
     free(payload);
     if (--g->waiting == 0) finish(g);
+}
+
+static void gather_doc(mgmt_req_t *r, unsigned what, void (*done)(struct gather *g), cJSON *doc)
+{
+    struct gather *g = calloc(1, sizeof *g);
+    if (!g) abort();
+    start_gather(g, r, what, done, doc);
 }
 
 static void gather(mgmt_req_t *r, unsigned what, void (*done)(struct gather *g)) { gather_doc(r, what, done, NULL); }
@@ -202,6 +218,25 @@ static void reply_overview(struct gather *g)
 }
 
 void mgmt_reply_overview(mgmt_req_t *r, cJSON *overview) { gather_doc(r, G_COUNTS, reply_overview, overview); }
+
+/* ---- vhosts' and exchanges' message_stats: every node's share summed ---- */
+
+static void reply_objstats(struct gather *g)
+{
+    cJSON *sums = cJSON_CreateObject();
+    const cJSON *share;
+    cJSON_ArrayForEach(share, list_of(g, "objstats_shares")) sum_numbers(sums, share);
+    g->objstats_done(g->r, sums, g->objstats_arg);
+}
+
+void mgmt_gather_objstats(mgmt_req_t *r, mgmt_objstats_done done, void *arg)
+{
+    struct gather *g = calloc(1, sizeof *g);
+    if (!g) abort();
+    g->objstats_done = done;
+    g->objstats_arg = arg;
+    start_gather(g, r, G_OBJSTATS, reply_objstats, NULL);
+}
 
 /* ---- /api/nodes: the other nodes' figures ---- */
 

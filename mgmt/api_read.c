@@ -143,12 +143,9 @@ static const char *cluster_name(mgmt_t *m)
     return n == buf ? m->cfg->node_name : n;
 }
 
-/* This node's share of the overview: its message counters with rates and its listeners. Every
- * node answers with it (broker/connreg.h's hook) and the overview asked on any node sums /
- * lists them all, as RabbitMQ's overview covers the cluster. */
-cJSON *mgmt_node_overview(void *ctx)
+/* This node's share of the overview: its message counters with rates and its listeners. */
+static cJSON *node_overview(mgmt_t *m)
 {
-    mgmt_t *m = ctx;
     broker_t *b = m->b;
     cJSON *o = cJSON_CreateObject();
     cJSON *ms = cJSON_AddObjectToObject(o, "message_stats");
@@ -159,6 +156,44 @@ cJSON *mgmt_node_overview(void *ctx)
     mgmt_json_count(ms, "drop_unroutable", b->stat_unroutable, mgmt_rate_node(m, MGMT_RATE_UNROUTABLE));
     cJSON_AddItemToObject(o, "listeners", listeners_json(m));
     return o;
+}
+
+/* This node's message_stats of vhosts and exchanges (those it counted anything for): each
+ * node counts its own clients' publishes and its queues' deliveries and acks, so the sums over
+ * the members are the cluster's. */
+static cJSON *node_objstats(mgmt_t *m)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON *vhosts = cJSON_AddObjectToObject(o, "vhosts"), *exchanges = cJSON_AddObjectToObject(o, "exchanges");
+    size_t pos = 0;
+    void *v;
+    while (dict_next(&m->b->vhosts, &pos, NULL, NULL, &v)) {
+        vhost_t *vh = v;
+        cJSON *holder = cJSON_CreateObject(), *xs = NULL;
+        mgmt_json_vhost_stats_local(m, holder, vh);
+        cJSON *ms = cJSON_DetachItemFromObjectCaseSensitive(holder, "message_stats");
+        if (ms) cJSON_AddItemToObject(vhosts, vh->name, ms);
+        size_t xp = 0;
+        void *xv;
+        while (dict_next(&vh->exchanges, &xp, NULL, NULL, &xv)) {
+            exchange_t *x = xv;
+            if (!x->stat_in) continue;
+            mgmt_json_exchange_stats_local(m, holder, x);
+            ms = cJSON_DetachItemFromObjectCaseSensitive(holder, "message_stats");
+            if (!ms) continue;
+            if (!xs) xs = cJSON_AddObjectToObject(exchanges, vh->name);
+            cJSON_AddItemToObject(xs, x->name, ms);
+        }
+        cJSON_Delete(holder);
+    }
+    return o;
+}
+
+cJSON *mgmt_node_share(void *ctx, const char *share)
+{
+    if (strcmp(share, "overview") == 0) return node_overview(ctx);
+    if (strcmp(share, "objstats") == 0) return node_objstats(ctx);
+    return NULL;
 }
 
 /* Built once the other nodes' queue figures are in (qgather.c), so queue_totals and
@@ -251,27 +286,55 @@ static void add_vhost(mgmt_req_t *r, vhost_t *vh, void *arg) { cJSON_AddItemToAr
  * are in (qgather.c). */
 static void vhosts_gathered(mgmt_req_t *r, void *arg)
 {
-    (void)arg;
+    cJSON *sums = arg;
+    mgmt_objstats_use(sums);
     cJSON *arr = cJSON_CreateArray();
     each_vhost(r, false, VHOSTS, add_vhost, arr);
+    mgmt_objstats_use(NULL);
+    cJSON_Delete(sums);
     mgmt_reply_list(r, arr);
 }
 
-void mgmt_get_vhosts(mgmt_req_t *r) { mgmt_qg_all(r, NULL, vhosts_gathered, NULL); }
+/* The members' message_stats shares first (api_conns.c), then the queue figures (qgather.c);
+ * the sums are kept for the second step. */
+static void vhosts_objstats(mgmt_req_t *r, cJSON *sums, void *arg)
+{
+    (void)arg;
+    mgmt_qg_all(r, NULL, vhosts_gathered, sums);
+}
+
+void mgmt_get_vhosts(mgmt_req_t *r) { mgmt_gather_objstats(r, vhosts_objstats, NULL); }
 
 static void vhost_gathered(mgmt_req_t *r, void *arg)
 {
-    (void)arg;
+    cJSON *sums = arg;
     vhost_t *vh = param_vhost(r); /* looked up again: it may have gone while the figures came */
-    if (!vh) return mgmt_reply_not_found(r);
-    mgmt_reply_json(r, 200, vhost_json(r, vh));
+    if (!vh) {
+        cJSON_Delete(sums);
+        return mgmt_reply_not_found(r);
+    }
+    mgmt_objstats_use(sums);
+    cJSON *o = vhost_json(r, vh);
+    mgmt_objstats_use(NULL);
+    cJSON_Delete(sums);
+    mgmt_reply_json(r, 200, o);
+}
+
+static void vhost_objstats(mgmt_req_t *r, cJSON *sums, void *arg)
+{
+    (void)arg;
+    vhost_t *vh = param_vhost(r);
+    if (!vh) {
+        cJSON_Delete(sums);
+        return mgmt_reply_not_found(r);
+    }
+    mgmt_qg_all(r, vh->name, vhost_gathered, sums);
 }
 
 void mgmt_get_vhost(mgmt_req_t *r)
 {
-    vhost_t *vh = param_vhost(r);
-    if (!vh) return mgmt_reply_not_found(r);
-    mgmt_qg_all(r, vh->name, vhost_gathered, NULL);
+    if (!param_vhost(r)) return mgmt_reply_not_found(r);
+    mgmt_gather_objstats(r, vhost_objstats, NULL);
 }
 
 /* ---- users and permissions (administrators) ---- */
@@ -335,21 +398,46 @@ static void add_exchanges(mgmt_req_t *r, vhost_t *vh, void *arg)
     }
 }
 
-void mgmt_get_exchanges(mgmt_req_t *r)
+/* Exchanges' message_stats are the cluster's: every node counts its own publishers' (built once
+ * the members' shares are in, api_conns.c). */
+static void exchanges_gathered(mgmt_req_t *r, cJSON *sums, void *arg)
 {
+    (void)arg;
+    mgmt_objstats_use(sums);
     cJSON *arr = cJSON_CreateArray();
     each_vhost(r, r->params[0] != NULL, OBJECTS, add_exchanges, arr);
+    mgmt_objstats_use(NULL);
+    cJSON_Delete(sums);
     mgmt_reply_list(r, arr);
+}
+
+void mgmt_get_exchanges(mgmt_req_t *r) { mgmt_gather_objstats(r, exchanges_gathered, NULL); }
+
+static void exchange_gathered(mgmt_req_t *r, cJSON *sums, void *arg)
+{
+    (void)arg;
+    /* looked up again: it may have gone while the figures came */
+    const char *name = strcmp(r->params[1], "amq.default") == 0 ? "" : r->params[1];
+    vhost_t *vh = param_vhost(r);
+    exchange_t *x = vh ? br_exchange(vh, name, strlen(name)) : NULL;
+    if (!x) {
+        cJSON_Delete(sums);
+        return mgmt_reply_not_found(r);
+    }
+    cJSON *o = mgmt_json_exchange(x);
+    mgmt_objstats_use(sums);
+    mgmt_json_exchange_stats(r->m, o, x);
+    mgmt_objstats_use(NULL);
+    cJSON_Delete(sums);
+    mgmt_reply_json(r, 200, o);
 }
 
 void mgmt_get_exchange(mgmt_req_t *r)
 {
     const char *name = strcmp(r->params[1], "amq.default") == 0 ? "" : r->params[1];
-    exchange_t *x = br_exchange(param_vhost(r), name, strlen(name));
-    if (!x) return mgmt_reply_not_found(r);
-    cJSON *o = mgmt_json_exchange(x);
-    mgmt_json_exchange_stats(r->m, o, x);
-    mgmt_reply_json(r, 200, o);
+    vhost_t *vh = param_vhost(r);
+    if (!vh || !br_exchange(vh, name, strlen(name))) return mgmt_reply_not_found(r);
+    mgmt_gather_objstats(r, exchange_gathered, NULL);
 }
 
 /* ---- queues ---- */

@@ -209,9 +209,17 @@ void mgmt_get_channels(mgmt_req_t *r);
 void mgmt_get_vhost_channels(mgmt_req_t *r);
 void mgmt_get_channel(mgmt_req_t *r);
 void mgmt_get_consumers(mgmt_req_t *r);
-/* This node's message_stats (with rates) and listeners, for its own and the other nodes'
- * overviews (registered with connreg_set_overview_fn; ctx is the mgmt_t). */
-cJSON *mgmt_node_overview(void *ctx);
+/* This node's shares of cluster-wide figures (registered with connreg_set_share_fn; ctx is the
+ * mgmt_t): "overview" (its message_stats with rates, its listeners) and "objstats" ({"vhosts":
+ * {vhost: message_stats}, "exchanges": {vhost: {exchange: message_stats}}}, non-zero only). */
+cJSON *mgmt_node_share(void *ctx, const char *share);
+/* Gathers every member's "objstats" share and calls done with their sum (done owns sums);
+ * unclustered, at once with this node's. */
+typedef void (*mgmt_objstats_done)(mgmt_req_t *r, cJSON *sums, void *arg);
+void mgmt_gather_objstats(mgmt_req_t *r, mgmt_objstats_done done, void *arg);
+/* While sums (from mgmt_gather_objstats) is set, mgmt_json_vhost_stats / _exchange_stats show
+ * the cluster's message_stats from it instead of this node's; NULL: this node's again. */
+void mgmt_objstats_use(const cJSON *sums);
 /* Answers the overview o once object_totals.connections / channels count every node's, its
  * message_stats sum every node's and its listeners list every node's. */
 void mgmt_reply_overview(mgmt_req_t *r, cJSON *o);
@@ -260,6 +268,9 @@ void mgmt_vhost_counters(const vhost_t *vh, uint64_t out[MGMT_RATE_N]);
  * as RabbitMQ adds them. */
 void mgmt_json_exchange_stats(mgmt_t *m, cJSON *o, const exchange_t *x);
 void mgmt_json_vhost_stats(mgmt_t *m, cJSON *o, const vhost_t *vh);
+/* This node's own figures only (its share, whatever mgmt_objstats_use says). */
+void mgmt_json_exchange_stats_local(mgmt_t *m, cJSON *o, const exchange_t *x);
+void mgmt_json_vhost_stats_local(mgmt_t *m, cJSON *o, const vhost_t *vh);
 /* Adds name: n and name_details: {rate} to o. */
 void mgmt_json_count(cJSON *o, const char *name, uint64_t n, double rate);
 

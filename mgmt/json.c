@@ -222,7 +222,29 @@ const char *mgmt_exchange_type_name(const exchange_t *x)
     return x->delayed ? "x-delayed-message" : ex_type_name(x->type);
 }
 
-void mgmt_json_exchange_stats(mgmt_t *m, cJSON *o, const exchange_t *x)
+/* The cluster's message_stats of vhosts and exchanges while a request built from a gather of
+ * every node's share is answered (api_conns.c mgmt_gather_objstats); NULL: this node's own. */
+static const cJSON *objstats;
+
+void mgmt_objstats_use(const cJSON *sums) { objstats = sums; }
+
+static const cJSON *objstats_at(const char *vhost, const char *exchange)
+{
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(objstats, exchange ? "exchanges" : "vhosts");
+    o = cJSON_GetObjectItemCaseSensitive(o, vhost);
+    return exchange ? cJSON_GetObjectItemCaseSensitive(o, exchange) : o;
+}
+
+/* The cluster's figures when gathered: present when any node counted something. */
+static bool add_gathered_stats(cJSON *o, const char *vhost, const char *exchange)
+{
+    if (!objstats) return false;
+    const cJSON *s = objstats_at(vhost, exchange);
+    if (cJSON_IsObject(s)) cJSON_AddItemToObject(o, "message_stats", cJSON_Duplicate(s, true));
+    return true;
+}
+
+void mgmt_json_exchange_stats_local(mgmt_t *m, cJSON *o, const exchange_t *x)
 {
     if (!x->stat_in) return;
     cJSON *s = cJSON_AddObjectToObject(o, "message_stats");
@@ -230,7 +252,17 @@ void mgmt_json_exchange_stats(mgmt_t *m, cJSON *o, const exchange_t *x)
     mgmt_json_count(s, "publish_out", x->stat_out, mgmt_rate_exchange(m, x, MGMT_RATE_PUBLISH_OUT));
 }
 
+void mgmt_json_exchange_stats(mgmt_t *m, cJSON *o, const exchange_t *x)
+{
+    if (!add_gathered_stats(o, x->vh->name, x->name)) mgmt_json_exchange_stats_local(m, o, x);
+}
+
 void mgmt_json_vhost_stats(mgmt_t *m, cJSON *o, const vhost_t *vh)
+{
+    if (!add_gathered_stats(o, vh->name, NULL)) mgmt_json_vhost_stats_local(m, o, vh);
+}
+
+void mgmt_json_vhost_stats_local(mgmt_t *m, cJSON *o, const vhost_t *vh)
 {
     uint64_t c[MGMT_RATE_N];
     mgmt_vhost_counters(vh, c);

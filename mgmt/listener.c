@@ -135,7 +135,7 @@ mgmt_t *mgmt_new(struct ev_loop *loop, broker_t *b, cl_t *cl, const cfg_t *cfg)
     m->cfg = cfg;
     m->started = loop ? ev_now(loop) : 0;
     mgmt_rates_start(m);
-    connreg_set_overview_fn(mgmt_node_overview, m);
+    connreg_set_share_fn(mgmt_node_share, m);
     return m;
 }
 
@@ -212,7 +212,7 @@ void mgmt_shutdown(mgmt_t *m)
 void mgmt_free(mgmt_t *m)
 {
     if (!m) return;
-    connreg_set_overview_fn(NULL, NULL);
+    connreg_set_share_fn(NULL, NULL);
     mgmt_rates_stop(m);
     if (m->listener) net_listener_close(m->listener);
     if (m->tls_listener) net_listener_close(m->tls_listener);

@@ -296,3 +296,59 @@ def test_overview_message_stats_and_listeners_cover_the_cluster(cluster, apis):
     finally:
         conn.channel().queue_delete(name)
         conn.close()
+
+
+def test_vhost_and_exchange_message_stats_cover_the_cluster(cluster, apis):
+    """An exchange's publish_in / publish_out and a vhost's publish / deliver_get are the
+    cluster's: publishes through nodes 2 and 3, read from any node, add up alike."""
+    vhost = f"cs-vh-{time.monotonic_ns()}"
+    for api in apis[:1]:
+        r = api.session.put(f"{api.base}/vhosts/{q(vhost)}", auth=AUTH, timeout=15)
+        assert r.status_code in (201, 204), r.text
+        r = api.session.put(f"{api.base}/permissions/{q(vhost)}/guest", auth=AUTH, timeout=15,
+                            json={"configure": ".*", "write": ".*", "read": ".*"})
+        assert r.status_code in (201, 204), r.text
+    params = [pika.ConnectionParameters(n.host, n.port, vhost) for n in cluster.nodes]
+    assert wait_for(lambda: all(api.get(f"/vhosts/{q(vhost)}")["name"] == vhost for api in apis), 15)
+
+    def open_on(i):
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                return pika.BlockingConnection(params[i])
+            except pika.exceptions.AMQPConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+    setup = open_on(0)
+    try:
+        ch = setup.channel()
+        ch.exchange_declare("cs-x", "direct", durable=True)
+        ch.queue_declare("cs-q", durable=True)
+        ch.queue_bind("cs-q", "cs-x", "k")
+        for i, n in ((1, 3), (2, 5)):
+            c = open_on(i)
+            try:
+                pch = c.channel()
+                pch.confirm_delivery()
+                for _ in range(n):
+                    pch.basic_publish("cs-x", "k", b"m")
+                pch.basic_publish("cs-x", "nowhere", b"u")  # in, not out
+            finally:
+                c.close()
+        seen = {}
+
+        def agree():
+            xs = [api.get(f"/exchanges/{q(vhost)}/cs-x").get("message_stats", {}) for api in apis]
+            listed = [find(api.get(f"/exchanges/{q(vhost)}"), "cs-x").get("message_stats", {}) for api in apis]
+            vs = [api.get(f"/vhosts/{q(vhost)}").get("message_stats", {}) for api in apis]
+            vl = [find(api.get("/vhosts"), vhost).get("message_stats", {}) for api in apis]
+            seen["x"] = [(s.get("publish_in"), s.get("publish_out")) for s in xs + listed]
+            seen["v"] = [s.get("publish") for s in vs + vl]
+            return seen["x"] == [(10, 8)] * 6 and seen["v"] == [10] * 6
+        assert wait_for(agree, 20, step=0.3), seen
+        x = apis[0].get(f"/exchanges/{q(vhost)}/cs-x")["message_stats"]
+        assert "rate" in x["publish_in_details"]
+    finally:
+        setup.close()
+        apis[0].session.delete(f"{apis[0].base}/vhosts/{q(vhost)}", auth=AUTH, timeout=15)
