@@ -60,15 +60,6 @@ static void submitted(void *arg, const br_err_t *err)
 
 /* ---- request bodies ---- */
 
-static cJSON *body_object(mgmt_req_t *r)
-{
-    cJSON *o = r->body_len ? cJSON_ParseWithLength(r->body, r->body_len) : cJSON_CreateObject();
-    if (cJSON_IsObject(o)) return o;
-    cJSON_Delete(o);
-    mgmt_reply_error(r, 400, "bad_request", "not_json");
-    return NULL;
-}
-
 static const char *body_str(const cJSON *o, const char *key)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
@@ -106,7 +97,7 @@ void mgmt_put_user(mgmt_req_t *r)
 {
     const char *name = r->params[0];
     if (!name_ok(r, name)) return;
-    cJSON *body = body_object(r);
+    cJSON *body = mgmt_body_object(r);
     if (!body) return;
     const char *password = body_str(body, "password"), *given_hash = body_str(body, "password_hash");
     const char *alg_name = body_str(body, "hashing_algorithm");
@@ -152,7 +143,7 @@ void mgmt_put_vhost(mgmt_req_t *r)
 {
     const char *name = r->params[0];
     if (!name_ok(r, name)) return;
-    cJSON *body = body_object(r);
+    cJSON *body = mgmt_body_object(r);
     if (!body) return;
     char tags[1024];
     body_tags(body, tags, sizeof tags);
@@ -251,7 +242,7 @@ static bool regex_ok(mgmt_req_t *r, const char *pattern)
 void mgmt_put_permission(mgmt_req_t *r)
 {
     const char *vh = r->params[0], *user = r->params[1];
-    cJSON *body = body_object(r);
+    cJSON *body = mgmt_body_object(r);
     if (!body) return;
     const char *conf = body_str(body, "configure"), *wr = body_str(body, "write"), *rd = body_str(body, "read");
     if (!conf || !wr || !rd) {
@@ -345,7 +336,7 @@ void mgmt_put_policy(mgmt_req_t *r)
 {
     const char *vh = r->params[0], *name = r->params[1];
     if (!name_ok(r, name)) return;
-    cJSON *body = body_object(r);
+    cJSON *body = mgmt_body_object(r);
     if (!body) return;
     const char *pattern = body_str(body, "pattern"), *apply_to = body_str(body, "apply-to");
     const cJSON *def = cJSON_GetObjectItemCaseSensitive(body, "definition");

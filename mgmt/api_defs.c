@@ -48,18 +48,9 @@ static void import_root(mgmt_req_t *r, const cJSON *root)
         mgmt_reply_error(r, 400, "bad_request", err);
 }
 
-static cJSON *body_document(mgmt_req_t *r)
-{
-    cJSON *root = r->body_len ? cJSON_ParseWithLength(r->body, r->body_len) : cJSON_CreateObject();
-    if (cJSON_IsObject(root)) return root;
-    cJSON_Delete(root);
-    mgmt_reply_error(r, 400, "bad_request", "not_json");
-    return NULL;
-}
-
 void mgmt_post_definitions(mgmt_req_t *r)
 {
-    cJSON *root = body_document(r);
+    cJSON *root = mgmt_body_object(r);
     if (!root) return;
     import_root(r, root);
     cJSON_Delete(root);
@@ -71,7 +62,7 @@ void mgmt_post_vhost_definitions(mgmt_req_t *r)
 {
     if (!br_vhost(r->m->b, r->params[0], strlen(r->params[0])))
         return mgmt_reply_error(r, 404, "not_found", "vhost_not_found"); /* RabbitMQ 3.10.8's answer */
-    cJSON *root = body_document(r);
+    cJSON *root = mgmt_body_object(r);
     if (!root) return;
     cJSON *doc = cJSON_CreateObject();
     for (size_t i = 0; i < N_VHOST_SECTIONS; i++) {

@@ -27,11 +27,10 @@
 
 #define MGMT_GET_MAX 10000
 
-static cJSON *body_object(mgmt_req_t *r)
+/* publish and get need a body: an empty one is 400 "not_json" too, as RabbitMQ answers. */
+static cJSON *message_request(mgmt_req_t *r)
 {
-    cJSON *o = r->body_len ? cJSON_ParseWithLength(r->body, r->body_len) : NULL;
-    if (cJSON_IsObject(o)) return o;
-    cJSON_Delete(o);
+    if (r->body_len) return mgmt_body_object(r);
     mgmt_reply_error(r, 400, "bad_request", "not_json");
     return NULL;
 }
@@ -188,7 +187,7 @@ void mgmt_post_publish(mgmt_req_t *r)
 {
     vhost_t *vh = req_vhost(r);
     const char *name = strcmp(r->params[1], "amq.default") == 0 ? "" : r->params[1];
-    cJSON *body = body_object(r);
+    cJSON *body = message_request(r);
     if (!body) return;
     const cJSON *rk = cJSON_GetObjectItemCaseSensitive(body, "routing_key");
     const cJSON *payload = cJSON_GetObjectItemCaseSensitive(body, "payload");
@@ -385,7 +384,7 @@ void mgmt_post_get(mgmt_req_t *r)
         snprintf(reason, sizeof reason, "NOT_FOUND - no queue '%s' in vhost '%s'", name, vh->name);
         return mgmt_reply_error(r, 404, "not_found", reason);
     }
-    cJSON *body = body_object(r);
+    cJSON *body = message_request(r);
     if (!body) return;
     const cJSON *count = cJSON_GetObjectItemCaseSensitive(body, "count");
     const cJSON *ackmode = cJSON_GetObjectItemCaseSensitive(body, "ackmode");

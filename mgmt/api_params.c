@@ -25,41 +25,15 @@
 
 /* ---- submissions ---- */
 
-struct pending {
-    mgmt_req_t *r;
-    int status;
-};
-
-static void applied(void *arg, const br_err_t *err)
-{
-    struct pending *p = arg;
-    if (err) mgmt_reply_br_error(p->r, err);
-    else mgmt_reply_status(p->r, p->status);
-    free(p);
-}
-
 /* vhost NULL: a global parameter. value NULL: a clear. */
 static void submit_param(mgmt_req_t *r, uint8_t op, const char *vhost, const char *component, const char *name,
                          const char *value, int status)
 {
-    struct pending *p = malloc(sizeof *p);
-    if (!p) abort();
-    p->r = r;
-    p->status = status;
     amqp_buf_t args = {0};
     struct meta_cmd c;
     meta_param_cmd(&c, &args, op, vhost, component, name, value);
-    meta_submit(r->m->b, &c, applied, p);
+    mgmt_submit(r, &c, status);
     amqp_buf_free(&args);
-}
-
-static cJSON *body_object(mgmt_req_t *r)
-{
-    cJSON *o = r->body_len ? cJSON_ParseWithLength(r->body, r->body_len) : cJSON_CreateObject();
-    if (cJSON_IsObject(o)) return o;
-    cJSON_Delete(o);
-    mgmt_reply_error(r, 400, "bad_request", "not_json");
-    return NULL;
 }
 
 static void reply_validation(mgmt_req_t *r, const char *why)
@@ -129,7 +103,7 @@ void mgmt_put_vhost_limit(mgmt_req_t *r)
 {
     const vhost_t *vh = br_vhost(r->m->b, r->params[0], strlen(r->params[0]));
     if (!vh) return mgmt_reply_error(r, 404, "not_found", "vhost_not_found");
-    cJSON *body = body_object(r);
+    cJSON *body = mgmt_body_object(r);
     if (!body) return;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, "value");
     if (!v) {
@@ -203,7 +177,7 @@ void mgmt_put_parameter(mgmt_req_t *r)
         snprintf(why, sizeof why, "component %s not found", comp);
         return reply_validation(r, why);
     }
-    cJSON *body = body_object(r);
+    cJSON *body = mgmt_body_object(r);
     if (!body) return;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, "value");
     char *text = v ? cJSON_PrintUnformatted(v) : NULL;
@@ -259,7 +233,7 @@ void mgmt_put_global_parameter(mgmt_req_t *r)
     const char *name = r->params[0];
     if (strcmp(name, "cluster_name") == 0)
         return mgmt_reply_error(r, 400, "bad_request", "cluster_name is set by the node's configuration");
-    cJSON *body = body_object(r);
+    cJSON *body = mgmt_body_object(r);
     if (!body) return;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, "value");
     char *text = v ? cJSON_PrintUnformatted(v) : NULL;

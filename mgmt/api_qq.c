@@ -120,15 +120,6 @@ static bool node_id_of(mgmt_t *m, const char *name, uint32_t *id)
     return known && strcmp(known, name) == 0;
 }
 
-static cJSON *body_object(mgmt_req_t *r)
-{
-    cJSON *o = r->body_len ? cJSON_ParseWithLength(r->body, r->body_len) : cJSON_CreateObject();
-    if (cJSON_IsObject(o)) return o;
-    cJSON_Delete(o);
-    mgmt_reply_error(r, 400, "bad_request", "not_json");
-    return NULL;
-}
-
 static const char *body_str(const cJSON *o, const char *key, const char *dflt)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
@@ -143,7 +134,7 @@ static void change_one(mgmt_req_t *r, bool add)
     queue_t *q = vh ? br_queue(vh, r->params[1], strlen(r->params[1])) : NULL;
     if (!q) return mgmt_reply_not_found(r);
     if (!q->qq) return mgmt_reply_error(r, 400, "bad_request", "not a quorum queue");
-    cJSON *body = body_object(r);
+    cJSON *body = mgmt_body_object(r);
     if (!body) return;
     char node[CL_NAME_MAX];
     snprintf(node, sizeof node, "%s", body_str(body, "node", ""));
@@ -209,7 +200,7 @@ void mgmt_post_qq_grow(mgmt_req_t *r)
 {
     uint32_t id;
     if (!node_id_of(r->m, r->params[0], &id)) return mgmt_reply_error(r, 400, "bad_request", "node is not a cluster member");
-    cJSON *body = body_object(r);
+    cJSON *body = mgmt_body_object(r);
     if (!body) return;
     const char *strategy = body_str(body, "strategy", "all");
     bool even = strcmp(strategy, "even") == 0;

@@ -58,28 +58,6 @@ void mgmt_get_topic_permission(mgmt_req_t *r)
 
 /* ---- writes ---- */
 
-struct pending {
-    mgmt_req_t *r;
-    int status;
-};
-
-static void applied(void *arg, const br_err_t *err)
-{
-    struct pending *p = arg;
-    if (err) mgmt_reply_br_error(p->r, err);
-    else mgmt_reply_status(p->r, p->status);
-    free(p);
-}
-
-static void submit(mgmt_req_t *r, const struct meta_cmd *c, int status)
-{
-    struct pending *p = malloc(sizeof *p);
-    if (!p) abort();
-    p->r = r;
-    p->status = status;
-    meta_submit(r->m->b, c, applied, p);
-}
-
 static const char *body_str(const cJSON *o, const char *key)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
@@ -119,7 +97,7 @@ void mgmt_put_topic_permission(mgmt_req_t *r)
         amqp_buf_t args = {0};
         struct meta_cmd c;
         meta_topic_perm_cmd(&c, &args, vh, user, exchange, wr, rd);
-        submit(r, &c, tperm_count(u, vh) ? 204 : 201); /* as RabbitMQ: 201 for the user's first in vh */
+        mgmt_submit(r, &c, tperm_count(u, vh) ? 204 : 201); /* as RabbitMQ: 201 for the user's first in vh */
         amqp_buf_free(&args);
     }
     cJSON_Delete(body);
@@ -131,5 +109,5 @@ void mgmt_delete_topic_permission(mgmt_req_t *r)
     user_t *u = br_user(r->m->b, user, strlen(user));
     if (!u || !tperm_count(u, vh) || !br_vhost(r->m->b, vh, strlen(vh))) return mgmt_reply_not_found(r);
     struct meta_cmd c = {.op = META_TOPIC_PERM_CLEAR, .vhost = AMQP_BYTES_CSTR(vh), .name = AMQP_BYTES_CSTR(user)};
-    submit(r, &c, 204);
+    mgmt_submit(r, &c, 204);
 }

@@ -23,39 +23,7 @@
 #include "mgmt/internal.h"
 
 /* A change waiting for the metadata log. */
-struct pending {
-    mgmt_req_t *r;
-    int status; /* the reply once it has applied */
-};
-
-static void submitted(void *arg, const br_err_t *err)
-{
-    struct pending *p = arg;
-    if (err) mgmt_reply_br_error(p->r, err);
-    else mgmt_reply_status(p->r, p->status);
-    free(p);
-}
-
-static void submit(mgmt_req_t *r, const struct meta_cmd *c, int status)
-{
-    struct pending *p = malloc(sizeof *p);
-    if (!p) abort();
-    p->r = r;
-    p->status = status;
-    meta_submit(r->m->b, c, submitted, p);
-}
-
 /* ---- request bodies ---- */
-
-/* The body as a JSON object (an empty body is {}); NULL after answering 400 "not_json". */
-static cJSON *body_object(mgmt_req_t *r)
-{
-    cJSON *o = r->body_len ? cJSON_ParseWithLength(r->body, r->body_len) : cJSON_CreateObject();
-    if (cJSON_IsObject(o)) return o;
-    cJSON_Delete(o);
-    mgmt_reply_error(r, 400, "bad_request", "not_json");
-    return NULL;
-}
 
 /* A boolean field: JSON true/false or the strings "true"/"false" (RabbitMQ accepts both). */
 static bool body_bool(const cJSON *o, const char *key, bool dflt, bool *ok)
@@ -125,7 +93,7 @@ static void queue_declare_clustered(mgmt_req_t *r, vhost_t *vh, const char *name
         c.key = (amqp_bytes_t){members.data, members.len};
     }
     amqp_table_free(&t);
-    submit(r, &c, status);
+    mgmt_submit(r, &c, status);
     amqp_buf_free(&members);
 }
 
@@ -134,7 +102,7 @@ void mgmt_put_queue(mgmt_req_t *r)
     vhost_t *vh = req_vhost(r);
     const char *name = r->params[1];
     if (!name_ok(r, name)) return;
-    cJSON *body = body_object(r);
+    cJSON *body = mgmt_body_object(r);
     if (!body) return;
     bool ok = true;
     amqp_buf_t buf = {0};
@@ -182,7 +150,7 @@ void mgmt_delete_queue(mgmt_req_t *r)
         return mgmt_reply_error(r, 400, "bad_request",
                                 "if-unused / if-empty of a queue homed on another node are not supported yet");
     struct meta_cmd c = {.op = META_Q_DELETE, .vhost = AMQP_BYTES_CSTR(vh->name), .name = AMQP_BYTES_CSTR(name)};
-    submit(r, &c, 204);
+    mgmt_submit(r, &c, 204);
 }
 
 /* ---- exchanges ---- */
@@ -194,7 +162,7 @@ void mgmt_put_exchange(mgmt_req_t *r)
     vhost_t *vh = req_vhost(r);
     const char *name = exchange_name(r->params[1]);
     if (!name_ok(r, name)) return;
-    cJSON *body = body_object(r);
+    cJSON *body = mgmt_body_object(r);
     if (!body) return;
     bool ok = true;
     bool durable = body_bool(body, "durable", false, &ok), auto_delete = body_bool(body, "auto_delete", false, &ok);
@@ -228,7 +196,7 @@ void mgmt_put_exchange(mgmt_req_t *r)
                              .name2 = AMQP_BYTES_CSTR(type), .args = args};
         c.flags = (durable ? META_F_DURABLE : 0) | (auto_delete ? META_F_AUTO_DELETE : 0) |
                   (internal ? META_F_INTERNAL : 0);
-        submit(r, &c, status);
+        mgmt_submit(r, &c, status);
     }
     amqp_buf_free(&buf);
 }
@@ -249,7 +217,7 @@ void mgmt_delete_exchange(mgmt_req_t *r)
     if (!mutates) return mgmt_reply_status(r, 204);
     struct meta_cmd c = {.op = META_X_DELETE, .vhost = AMQP_BYTES_CSTR(vh->name), .name = AMQP_BYTES_CSTR(name),
                          .flags = if_unused ? META_F_IF_UNUSED : 0};
-    submit(r, &c, 204);
+    mgmt_submit(r, &c, 204);
 }
 
 /* ---- aliveness ---- */

@@ -100,6 +100,12 @@ void mgmt_reply_json(mgmt_req_t *r, int status, cJSON *body);
 void mgmt_reply_status(mgmt_req_t *r, int status); /* no body (204, 405, ...) */
 void mgmt_reply_created(mgmt_req_t *r, const char *location); /* 201 with a location header */
 void mgmt_reply_error(mgmt_req_t *r, int status, const char *error, const char *reason);
+/* The request body as a JSON object (an empty body is {}); NULL after answering 400 "not_json". */
+cJSON *mgmt_body_object(mgmt_req_t *r);
+/* Submits a metadata change through the metadata log (broker/meta.h) and answers the request
+ * once it has applied on this node: status, or the broker's error (mgmt/submit.c). */
+struct meta_cmd;
+void mgmt_submit(mgmt_req_t *r, const struct meta_cmd *c, int status);
 void mgmt_reply_not_found(mgmt_req_t *r);          /* RabbitMQ's 404 "Object Not Found" */
 /* A non-JSON body (ui.c's static files) with its content type; extra: header lines or "". */
 void mgmt_reply_asset(mgmt_req_t *r, int status, const char *ctype, const void *body, size_t len,
