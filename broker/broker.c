@@ -72,6 +72,7 @@ broker_t *broker_new(struct ev_loop *loop, cfg_t *cfg, store_t *store)
     b->next_msg_id = 1;
     b->next_queue_uid = 1;
     b->page_out_threshold = 32u << 20;
+    if (store) store_set_presubmit(store, q_write_deferred, b); /* write elision, queue.c */
     if (loop) {
         ev_prepare_init(&b->dispatch_watcher, dispatch_cb);
         b->dispatch_watcher.data = b;
@@ -120,6 +121,10 @@ void broker_free(broker_t *b)
 {
     /* Shutdown, not deletion: nothing of it may reach the cluster (which is freed first). */
     b->meta_submit = NULL;
+    /* Deferred message writes join the store's current batch (store_close flushes it) while
+     * their queues are still here. */
+    q_deferred_free(b);
+    if (b->store) store_set_presubmit(b->store, NULL, NULL);
     qq_free(b); /* quorum queues' groups close (their storage stays); a no-op when done already */
     rq_close(b);
     if (b->loop) {

@@ -154,6 +154,7 @@ typedef struct {
         uint64_t qq_chan;   /* a quorum queue's delivery: the channel it was checked out to */
     };
     uint32_t redelivered : 1;
+    uint32_t defer_slot; /* its store writes wait in b->deferred[defer_slot - 1]; 0: none (queue.c) */
 } qentry_t;
 
 typedef struct {
@@ -267,6 +268,8 @@ struct broker {
     ev_prepare dispatch_watcher;
     uint64_t mem_body_bytes;    /* bodies held in memory by queued messages */
     uint64_t page_out_threshold; /* above this, stored bodies are dropped from memory */
+    struct q_deferred *deferred; /* persistent messages' store writes not queued yet (queue.c) */
+    uint64_t stat_msg_store_writes, stat_index_writes; /* message records / index entries written */
     uint64_t stat_publish, stat_deliver, stat_ack, stat_confirm, stat_unroutable;
     uint64_t stat_returned; /* of stat_unroutable, those returned to the publisher (mandatory) */
     /* churn (Prometheus connections/channels_opened/closed_total): client connections accepted and
@@ -467,6 +470,11 @@ void q_unref(queue_t *q);
 void q_delete(queue_t *q);
 /* Drops m's body from memory once its stored record is synced (page out). */
 void q_pageout_candidate(msg_t *m);
+/* The store's presubmit hook (arg: the broker): queues the deferred writes of persistent
+ * messages still in their queues (write elision, queue.c). q_deferred_free queues the last
+ * ones and frees the list (shutdown, before the queues go). */
+void q_write_deferred(void *arg);
+void q_deferred_free(broker_t *b);
 /* Loads a message body back from the store when it was paged out; false on failure. */
 bool q_body_load(broker_t *b, msg_t *m);
 queue_t *q_new(vhost_t *vh, const char *name, size_t len, bool durable, bool exclusive, bool auto_delete,

@@ -71,4 +71,15 @@ void ni_add_figures(broker_t *b, cJSON *o)
     snprintf(pid, sizeof pid, "%ld", (long)getpid());
     cJSON_AddStringToObject(o, "os_pid", pid);
     cJSON_AddStringToObject(o, "rates_mode", "basic");
+    /* persistence counters, RabbitMQ's names: messages and index entries written (a message
+     * acknowledged before its batch went to disk is never written: queue.c's write elision) */
+    cJSON_AddNumberToObject(o, "msg_store_write_count", (double)b->stat_msg_store_writes);
+    cJSON_AddNumberToObject(o, "queue_index_write_count", (double)b->stat_index_writes);
+    if (b->store) {
+        store_stats_t st;
+        store_get_stats(b->store, &st);
+        cJSON_AddNumberToObject(o, "io_write_count", (double)st.writes);
+        cJSON_AddNumberToObject(o, "io_write_bytes", (double)st.bytes);
+        cJSON_AddNumberToObject(o, "io_sync_count", (double)st.syncs);
+    }
 }

@@ -156,6 +156,98 @@ static void store_message(broker_t *b, msg_t *m)
     store_put(b->store, key, sizeof key, rec, n);
     if (rec != stackbuf) free(rec);
     m->stored = true;
+    b->stat_msg_store_writes++;
+}
+
+/* ---- write elision ----
+ *
+ * When consumers keep up, a persistent message is acknowledged within a millisecond or so of
+ * its publish: writing its record and index entry only to delete them again would cost two
+ * puts and two deletes (WAL bytes, memtable inserts) per message. So these writes wait in
+ * b->deferred until the store hands its current batch to the storage thread (the presubmit
+ * hook, q_write_deferred); an entry that leaves the queue before then (ack, purge, deletion,
+ * expiry, drop) cancels them, and nothing is written nor deleted for it. RabbitMQ's message
+ * store skips writes of messages acknowledged meanwhile the same way.
+ * Durability is unchanged: the publisher's confirm is a sync callback of that same batch, so it
+ * still fires only once the writes (or the acknowledgement that made them unneeded) happened.
+ * An entry points at its deferred write by slot (qentry_t.defer_slot); slots are reused once
+ * the writes are queued, so a cancel checks that the slot still holds this queue's entry. */
+
+struct deferred_write {
+    queue_t *q;    /* a reference (q_ref): a deleted queue's writes are skipped */
+    uint64_t quid; /* with seq: which entry the slot holds */
+    uint64_t seq;
+    msg_t *m;      /* a reference */
+    bool cancelled;
+};
+
+struct q_deferred {
+    struct deferred_write *v;
+    size_t n, cap;
+};
+
+static uint32_t defer_write(broker_t *b, queue_t *q, uint64_t seq, msg_t *m)
+{
+    struct q_deferred *d = b->deferred;
+    if (!d) {
+        d = b->deferred = calloc(1, sizeof *d);
+        if (!d) abort();
+    }
+    if (d->n == d->cap) {
+        d->cap = d->cap ? d->cap * 2 : 256;
+        d->v = realloc(d->v, d->cap * sizeof *d->v);
+        if (!d->v) abort();
+    }
+    q_ref(q);
+    d->v[d->n++] = (struct deferred_write){.q = q, .quid = q->uid, .seq = seq, .m = msg_ref(m)};
+    if (d->n == 1) store_want_presubmit(b->store);
+    return (uint32_t)d->n;
+}
+
+/* True when e's writes were still waiting: they will not happen (nor need undoing). */
+static bool defer_cancel(broker_t *b, const queue_t *q, const qentry_t *e)
+{
+    struct q_deferred *d = b->deferred;
+    if (!e->defer_slot || !d || e->defer_slot > d->n) return false;
+    struct deferred_write *w = &d->v[e->defer_slot - 1];
+    if (w->cancelled || w->quid != q->uid || w->seq != e->seq) return false;
+    w->cancelled = true;
+    return true;
+}
+
+static void write_index(broker_t *b, const queue_t *q, uint64_t seq, const msg_t *m)
+{
+    uint8_t key[17], val[8];
+    index_key(key, q, seq);
+    store_put_be64(val, m->id);
+    store_put(b->store, key, sizeof key, val, sizeof val);
+    b->stat_index_writes++;
+}
+
+void q_write_deferred(void *arg)
+{
+    broker_t *b = arg;
+    struct q_deferred *d = b->deferred;
+    if (!d) return;
+    for (size_t i = 0; i < d->n; i++) {
+        struct deferred_write *w = &d->v[i];
+        if (!w->cancelled && !w->q->deleted && w->q->durable) {
+            if (!w->m->stored) store_message(b, w->m);
+            write_index(b, w->q, w->seq, w->m);
+        }
+        msg_unref(w->m);
+        q_unref(w->q);
+    }
+    d->n = 0;
+}
+
+void q_deferred_free(broker_t *b)
+{
+    if (!b->deferred) return;
+    q_write_deferred(b);
+    free(b->deferred->v);
+    free(b->deferred);
+    b->deferred = NULL;
 }
 
 /* Drops the disk reference of one settled/removed entry. index_present is false when the
@@ -165,6 +257,7 @@ static void unstore_entry(queue_t *q, const qentry_t *e, bool index_present)
     msg_t *m = e->m;
     if (!persists(q, m)) return;
     store_t *s = q->vh->broker->store;
+    if (defer_cancel(q->vh->broker, q, e)) index_present = false; /* never written */
     if (index_present) {
         uint8_t key[17];
         index_key(key, q, e->seq);
@@ -642,11 +735,7 @@ int q_publish(queue_t *q, msg_t *m)
     if (ttl > 0) e.expires_at = now_ms(q) + ttl;
     int rc = Q_PUB_OK;
     if (persists(q, m)) {
-        if (!m->stored) store_message(b, m);
-        uint8_t key[17], val[8];
-        index_key(key, q, e.seq);
-        store_put_be64(val, m->id);
-        store_put(b->store, key, sizeof key, val, sizeof val);
+        e.defer_slot = defer_write(b, q, e.seq, m); /* written with the next batch, unless acked first */
         m->durable_refs++;
         rc = Q_PUB_SYNC;
         if (b->mem_body_bytes > b->page_out_threshold) q_pageout_candidate(m);

@@ -75,6 +75,11 @@
 #define STORE_LOG_WRITE_BUFFER_BYTES (64u << 20)
 #define STORE_LOG_WRITE_BUFFERS 3
 #define STORE_DB_WRITE_BUFFER_BYTES (40u << 20)
+/* How long writes that no one waits for (no sync callback) may wait before going to disk: the
+ * acknowledgements arriving meanwhile cancel deferred message writes (store_set_presubmit), and
+ * more writes share one fsync. A persistent message published without confirms, or a deletion,
+ * reaches the disk at most this much later. */
+#define STORE_DEFER_SECONDS 0.02
 
 /* One callback waiting for its batch to become durable. */
 struct store_waiter {
@@ -108,6 +113,7 @@ struct store {
 
     ev_prepare submit_watcher;
     ev_async done_watcher;
+    ev_timer defer_timer; /* a batch of only deferred writes that nobody waits for yet */
 
     /* Loop thread only. */
     struct store_batch *current;  /* collecting new writes */
@@ -117,6 +123,9 @@ struct store {
     bool running_waiters;
     bool nosync; /* store_set_sync(false): benchmark mode, writes are not fsynced */
     store_stats_t stats;
+    store_cb presubmit;     /* adds deferred writes to the batch about to be handed over */
+    void *presubmit_arg;
+    bool presubmit_wanted;  /* it has some: the batch is not empty even without other writes */
 
     /* Shared with the storage thread, guarded by lock. */
     pthread_mutex_t lock;
@@ -295,9 +304,47 @@ static void store_submit(store_t *s)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* Deferred writes join the current batch now (store_set_presubmit). */
+static void store_run_presubmit(store_t *s)
+{
+    if (!s->presubmit_wanted)
+        return;
+    s->presubmit_wanted = false;
+    if (s->presubmit != NULL)
+        s->presubmit(s->presubmit_arg);
+}
+
 static void store_maybe_submit(store_t *s)
 {
-    if (s->inflight == NULL && !batch_is_empty(s->current))
+    if (s->inflight != NULL)
+        return;
+    if (s->current->nwaiters == 0 && (s->presubmit_wanted || s->current->ops != 0)) {
+        /* No one waits for these writes (no confirm, no sync): they may wait a little
+         * (STORE_DEFER_SECONDS), so that acknowledgements arriving meanwhile cancel deferred
+         * ones (store_set_presubmit) and more writes share the fsync. A sync callback sends
+         * the batch at once. */
+        if (!ev_is_active(&s->defer_timer)) {
+            ev_timer_set(&s->defer_timer, STORE_DEFER_SECONDS, 0.0);
+            ev_timer_start(s->loop, &s->defer_timer);
+        }
+        return;
+    }
+    if (ev_is_active(&s->defer_timer))
+        ev_timer_stop(s->loop, &s->defer_timer);
+    store_run_presubmit(s);
+    if (!batch_is_empty(s->current))
+        store_submit(s);
+}
+
+static void store_on_defer_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    store_t *s = w->data;
+    if (s->inflight != NULL)
+        return; /* the completion submits, and re-arms this if still only deferred writes */
+    store_run_presubmit(s);
+    if (!batch_is_empty(s->current))
         store_submit(s);
 }
 
@@ -593,6 +640,8 @@ store_t *store_open(const char *dir, struct ev_loop *loop, char *err, size_t err
     ev_prepare_start(loop, &s->submit_watcher);
     ev_unref(loop); /* the store alone must not keep the loop alive */
 
+    ev_timer_init(&s->defer_timer, store_on_defer_timer, STORE_DEFER_SECONDS, 0.0);
+    s->defer_timer.data = s;
     ev_async_init(&s->done_watcher, store_on_done);
     s->done_watcher.data = s;
     ev_async_start(loop, &s->done_watcher);
@@ -673,6 +722,7 @@ void store_close(store_t *s)
     ev_prepare_stop(s->loop, &s->submit_watcher);
     ev_ref(s->loop);
     ev_async_stop(s->loop, &s->done_watcher);
+    ev_timer_stop(s->loop, &s->defer_timer);
 
     pthread_cond_destroy(&s->work_done);
     pthread_cond_destroy(&s->work_ready);
@@ -754,9 +804,26 @@ void store_on_synced(store_t *s, store_cb cb, void *arg)
     batch_add_waiter(s->current, cb, arg);
 }
 
+void store_set_presubmit(store_t *s, store_cb fn, void *arg)
+{
+    s->presubmit = fn;
+    s->presubmit_arg = arg;
+}
+
+void store_want_presubmit(store_t *s)
+{
+    s->presubmit_wanted = true;
+}
+
 void store_kick(store_t *s)
 {
-    store_maybe_submit(s);
+    if (s->inflight != NULL)
+        return; /* the completion submits what came meanwhile */
+    if (ev_is_active(&s->defer_timer))
+        ev_timer_stop(s->loop, &s->defer_timer);
+    store_run_presubmit(s);
+    if (!batch_is_empty(s->current))
+        store_submit(s);
 }
 
 void store_flush_sync(store_t *s)
@@ -766,6 +833,7 @@ void store_flush_sync(store_t *s)
         log_error("store: store_flush_sync called from a store callback; ignored");
         return;
     }
+    store_run_presubmit(s);
     uint64_t target = s->submitted_seq + (batch_is_empty(s->current) ? 0 : 1);
     while (s->completed_seq < target) {
         if (s->inflight != NULL) {

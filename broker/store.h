@@ -58,6 +58,17 @@ void store_close(store_t *s);
  * mean "written". Call right after store_open, before any write. The default is sync=true. */
 void store_set_sync(store_t *s, bool sync);
 
+/* Write elision. A writer that would often write a record and delete it again shortly after
+ * (a persistent message acknowledged within a millisecond) may defer the write: it calls
+ * store_want_presubmit() and keeps the record aside; fn (set once with store_set_presubmit)
+ * runs on the loop thread just before the current batch is handed to the storage thread -
+ * also in store_flush_sync - and queues the deferred writes that are still wanted into that
+ * batch. Sync callbacks registered meanwhile are in the same batch, so they still fire only
+ * once those writes are durable; what was deleted before fn ran is simply never written. fn
+ * must not call store_flush_sync or store_close. */
+void store_set_presubmit(store_t *s, store_cb fn, void *arg);
+void store_want_presubmit(store_t *s);
+
 /* Queue writes into the current batch (loop thread only). */
 void store_put(store_t *s, const void *key, size_t klen, const void *val, size_t vlen);
 void store_del(store_t *s, const void *key, size_t klen);
@@ -78,7 +89,9 @@ void store_compact_range_in(store_t *s, enum store_space sp, const void *begin, 
                             size_t elen);
 /* Calls cb(arg) on the loop thread once every write queued before this call is durable (synced). */
 void store_on_synced(store_t *s, store_cb cb, void *arg);
-/* Forces the current batch to be submitted now-ish (normally the ev_prepare does it). */
+/* Submits the current batch now if the storage thread is idle, even when no one waits for it
+ * (normally the ev_prepare does it: at once when a sync callback waits, else within
+ * STORE_DEFER_SECONDS). */
 void store_kick(store_t *s);
 /* Blocks until everything queued so far is durable and its callbacks have run. */
 void store_flush_sync(store_t *s);

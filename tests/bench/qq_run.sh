@@ -44,6 +44,7 @@
 #   WARRENCTL_BIN (build/warrenctl), CLUSTER_BENCH_BIN (build/cluster_bench),
 #   BENCH_WARREN_CONF_EXTRA (lines appended to every warren.conf), BENCH_WARREN_VERSION,
 #   BENCH_OUT (report path), BENCH_SKIP_DEPS=1, BENCH_KEEP=1 (keep the work dir),
+#   BENCH_SIDES ("ours rabbitmq"; "ours" measures Warren alone, for tuning - with BENCH_OUT),
 #   BENCH_MAX_SECONDS (1800: hard limit for the whole script).
 set -Eeuo pipefail
 trap 'echo "[qq-bench] error: \"$BASH_COMMAND\" failed (line $LINENO)" >&2' ERR
@@ -556,7 +557,8 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 log "work dir $WORK; scenarios: $SCENARIOS; ${RUNS} run(s) of ${DURATION}s; backlog $BACKLOG; hard limit ${MAX_SECONDS}s; load $LOAD_START"
 
 log "starting the clusters"
-start_rabbitmq_side rabbitmq
+# BENCH_SIDES=ours: Warren alone (tuning runs; write the report elsewhere with BENCH_OUT).
+case " ${BENCH_SIDES:-ours rabbitmq} " in *" rabbitmq "*) start_rabbitmq_side rabbitmq ;; esac
 start_warren_side ours
 if [ "${SIDE_UP[ours]}" != 1 ]; then
   log "  ${SIDE_LABEL[ours]}: ${SIDE_NOTE[ours]}"
