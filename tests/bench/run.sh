@@ -624,12 +624,13 @@ warren_version=${BENCH_WARREN_VERSION:-"git $(git -C "$REPO" log -1 --format='%h
 [ $mode = rabbitmq-only ] && warren_version="(not measured: second RabbitMQ node in its place)"
 [ $mode = command ] && warren_version="$warren_version via BENCH_WARREN_CMD"
 
-# The report below rewrites OUT: keep the raft section it does not know about, and the cluster
-# section tests/bench/cluster_run.sh writes (from its heading to its end marker).
+# The report below rewrites OUT: keep the raft section it does not know about, and every
+# section the other benchmark scripts write after it (cluster_run.sh's, raft, qq_run.sh's,
+# docker_bench.sh's, mgmt_bench.sh's: from the Cluster heading to the end of the file).
 raft_section get "$OUT" >"$WORK/raft-section.md" 2>/dev/null || : >"$WORK/raft-section.md"
 cluster_section_get() {
   [ -f "$1" ] || return 0
-  sed -n '/^## Cluster (issue 5)/,/<!-- cluster_run.sh: end -->/p' "$1"
+  sed -n '/^## Cluster (issue 5)/,$p' "$1"
 }
 cluster_section_get "$OUT" >"$WORK/cluster-section.md" || : >"$WORK/cluster-section.md"
 
