@@ -53,7 +53,7 @@ static bool json_integer(const cJSON *j, long long *out)
 
 /* A JSON value the way RabbitMQ prints the Erlang term in its messages (<<"text">> for
  * strings). */
-static void erl_term(const cJSON *j, char *out, size_t cap)
+void rp_erl_term(const cJSON *j, char *out, size_t cap)
 {
     if (cJSON_IsString(j)) {
         snprintf(out, cap, "<<\"%s\">>", j->valuestring);
@@ -73,7 +73,7 @@ static int validate_limits(const char *name, const cJSON *v, char *err, size_t e
     for (const cJSON *c = v->child; c; c = c->next) {
         if (is_limit_key(c->string)) continue;
         char term[128];
-        erl_term(c, term, sizeof term);
+        rp_erl_term(c, term, sizeof term);
         if (n < sizeof unknown)
             n += (size_t)snprintf(unknown + n, sizeof unknown - n, "%s{<<\"%s\">>,%s}", n ? "," : "", c->string, term);
     }
@@ -82,7 +82,7 @@ static int validate_limits(const char *name, const cJSON *v, char *err, size_t e
         long long i;
         if (json_integer(c, &i)) continue;
         char term[128];
-        erl_term(c, term, sizeof term);
+        rp_erl_term(c, term, sizeof term);
         return snprintf(err, errlen, "%s should be a number, actually was %s", c->string, term), -1;
     }
     return 0;

@@ -48,6 +48,10 @@ const rparam_t *rp_global_find(const broker_t *b, const char *name);
 void rp_free_all(ptrvec_t *list);
 /* Recovery: the stored 'R' and 'G' records (the vhosts exist by then). */
 void rp_recover(broker_t *b);
+/* A JSON value the way RabbitMQ prints the Erlang term in its validation messages
+ * (<<"text">> for strings), for the texts of the API and of warrenctl alike. */
+struct cJSON;
+void rp_erl_term(const struct cJSON *j, char *out, size_t cap);
 
 /* A vhost-limits value with one limit changed (value >= 0 or -1) or removed (remove): the new
  * JSON text (malloc'd), the changed key first, as RabbitMQ's update_limit orders it; removing

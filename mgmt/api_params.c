@@ -87,18 +87,6 @@ static void submit_limit(mgmt_req_t *r, const vhost_t *vh, long long value, bool
     free(text);
 }
 
-/* A JSON value as RabbitMQ's validation prints the Erlang term. */
-static void describe_json(const cJSON *v, char *out, size_t cap)
-{
-    if (cJSON_IsString(v)) {
-        snprintf(out, cap, "<<\"%s\">>", v->valuestring);
-        return;
-    }
-    char *t = cJSON_PrintUnformatted(v);
-    snprintf(out, cap, "%s", t ? t : "undefined");
-    free(t);
-}
-
 void mgmt_put_vhost_limit(mgmt_req_t *r)
 {
     const vhost_t *vh = br_vhost(r->m->b, r->params[0], strlen(r->params[0]));
@@ -110,7 +98,7 @@ void mgmt_put_vhost_limit(mgmt_req_t *r)
         mgmt_reply_error(r, 400, "bad_request", "[{key_missing,value}]");
     } else if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long long)v->valuedouble) {
         char term[256], why[600];
-        describe_json(v, term, sizeof term);
+        rp_erl_term(v, term, sizeof term);
         if (strcmp(r->params[1], "max-connections") == 0 || strcmp(r->params[1], "max-queues") == 0)
             snprintf(why, sizeof why, "%s should be a number, actually was %s", r->params[1], term);
         else

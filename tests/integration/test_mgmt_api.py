@@ -892,13 +892,11 @@ def test_cluster_writes_go_through_the_metadata_log(tmp_path, pki, uniq):
     import pika
     if conftest.EXTERNAL or conftest.RABBITMQ_MODE:
         pytest.skip("starts its own Warren cluster")
-    from helpers.cluster import WarrenCluster, running_names
+    from helpers.cluster import WarrenCluster
     c = WarrenCluster(str(tmp_path / "cluster"), pki, size=3).start()
     apis = []
     try:
-        for node in c.nodes:
-            c.wait_status(node, lambda st: st.get("formed") is True and running_names(st) == CLUSTER_NAMES,
-                          timeout=40, what="a formed cluster of 3")
+        c.wait_formed()
         apis = [Api(n) for n in c.nodes]
         a1, a2, a3 = apis
         for i, a in enumerate(apis):

@@ -43,12 +43,10 @@ class Api:
 def cluster(tmp_path_factory, pki):
     if conftest.EXTERNAL or conftest.RABBITMQ_MODE:
         pytest.skip("starts its own Warren cluster")
-    from helpers.cluster import WarrenCluster, running_names
+    from helpers.cluster import WarrenCluster
     c = WarrenCluster(str(tmp_path_factory.mktemp("cluster")), pki, size=3).start()
     try:
-        for node in c.nodes:
-            c.wait_status(node, lambda st: st.get("formed") is True and running_names(st) == NAMES,
-                          timeout=40, what="a formed cluster of 3")
+        c.wait_formed()
         yield c
     finally:
         c.stop()

@@ -77,7 +77,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import Select, WebDriverWait
-    from helpers.cluster import WarrenCluster, running_names
+    from helpers.cluster import WarrenCluster
 
     os.makedirs(ARTIFACTS, exist_ok=True)
     for old in os.listdir(ARTIFACTS):  # this run's screenshots only
@@ -113,9 +113,7 @@ def test_ui_on_a_three_node_cluster(tmp_path, pki, uniq, request):
         def flash_text():
             return " | ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, "#flash .msg"))
 
-        for n in c.nodes:
-            c.wait_status(n, lambda st: st.get("formed") is True and running_names(st) == CLUSTER_NAMES,
-                          timeout=40, what="a formed cluster of 3")
+        c.wait_formed()
 
         # The page and its assets need no credentials, carry content types and ETags (304).
         step = "static assets"

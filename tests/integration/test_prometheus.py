@@ -435,14 +435,12 @@ def test_quorum_queue_on_a_three_node_cluster(tmp_path, pki, uniq):
     indexes rise on all three after publishes."""
     if conftest.EXTERNAL or conftest.RABBITMQ_MODE:
         pytest.skip("starts its own Warren cluster")
-    from helpers.cluster import WarrenCluster, running_names
+    from helpers.cluster import WarrenCluster
     names = ["warren1@127.0.0.1", "warren2@127.0.0.1", "warren3@127.0.0.1"]
     c = WarrenCluster(str(tmp_path / "cluster"), pki, size=3).start()
     conn = None
     try:
-        for n in c.nodes:
-            c.wait_status(n, lambda st: st.get("formed") is True and running_names(st) == names,
-                          timeout=40, what="a formed cluster of 3")
+        c.wait_formed()
         q = uniq("cluster-qq")
         conn = pika_connect(c.nodes[0])
         ch = conn.channel()

@@ -345,13 +345,11 @@ CLUSTER_NAMES = ["warren1@127.0.0.1", "warren2@127.0.0.1", "warren3@127.0.0.1"]
 def test_cluster_limits_and_metadata(tmp_path, pki, uniq):
     if conftest.EXTERNAL or conftest.RABBITMQ_MODE:
         pytest.skip("starts its own Warren cluster")
-    from helpers.cluster import WarrenCluster, running_names
+    from helpers.cluster import WarrenCluster
     c = WarrenCluster(str(tmp_path / "cluster"), pki, size=3).start()
     apis = []
     try:
-        for node in c.nodes:
-            c.wait_status(node, lambda st: st.get("formed") is True and running_names(st) == CLUSTER_NAMES,
-                          timeout=40, what="a formed cluster of 3")
+        c.wait_formed()
         apis = [Api(n) for n in c.nodes]
         a1, a2, a3 = apis
         v = uniq("v")

@@ -130,6 +130,14 @@ class WarrenCluster:
         raise AssertionError(f"{node.name}: no {what} within {timeout} s; last status: {last}\n"
                              + node.log_tail())
 
+    def wait_formed(self, timeout=40):
+        """Waits until every node reports the cluster formed with all of its nodes running."""
+        names = sorted(n.name for n in self.nodes)
+        for node in self.nodes:
+            self.wait_status(node, lambda st: st.get("formed") is True and running_names(st) == names,
+                             timeout=timeout, what=f"a formed cluster of {len(names)}")
+        return self
+
 
 def running_names(status):
     return sorted(status.get("running_nodes", []))
