@@ -5,8 +5,9 @@
  * a group's state back at startup. It never waits for the disk: the host learns durability
  * from store_on_synced and then tells raft (RAFT_EV_PERSISTED).
  *
- * Key layout (see raftlog.h): runs of entries 'L' gid first in STORE_LOG; 'H' gid and 'S' gid
- * in STORE_MAIN; all integers big-endian.
+ * Key layout (see raftlog.h): runs of entries 'L' gid first and snapshots 'S' gid in STORE_LOG;
+ * hard states 'H' gid in STORE_MAIN; all integers big-endian. (Snapshots were in STORE_MAIN
+ * before; one found there is read and moved.)
  *
  * Invariants:
  *   - Read in key order, with each run replacing what earlier runs held from its first index
@@ -209,20 +210,13 @@ void rlog_compact(store_t *s, uint64_t gid, raft_index upto, struct rlog_cursor 
 void rlog_save_snapshot(store_t *s, uint64_t gid, const struct raft_snapshot_meta *meta,
                         const void *data, size_t len, bool replace_log, struct rlog_cursor *c)
 {
-    uint8_t conf[RAFT_CONF_MAX_ENCODED];
-    size_t conf_len = raft_conf_encode(&meta->conf, conf);
-    size_t vlen = RLOG_SNAP_HDR + conf_len + len;
-    uint8_t *val = malloc(vlen);
-    if (val == NULL) {
-        log_error("raftlog: out of memory encoding a %zu byte snapshot", vlen);
-        abort();
-    }
-    store_put_be64(val, meta->index);
-    store_put_be64(val + 8, meta->term);
-    put_be32(val + 16, (uint32_t)conf_len);
-    memcpy(val + RLOG_SNAP_HDR, conf, conf_len);
-    if (len > 0)
-        memcpy(val + RLOG_SNAP_HDR + conf_len, data, len);
+    /* Header and configuration here, the bytes where they are: the write batch copies each part
+     * once (a snapshot can be megabytes). */
+    uint8_t head[RLOG_SNAP_HDR + RAFT_CONF_MAX_ENCODED];
+    size_t conf_len = raft_conf_encode(&meta->conf, head + RLOG_SNAP_HDR);
+    store_put_be64(head, meta->index);
+    store_put_be64(head + 8, meta->term);
+    put_be32(head + 16, (uint32_t)conf_len);
     if (replace_log) {
         rlog_delete_all_entries(s, gid);
         if (c != NULL)
@@ -230,8 +224,9 @@ void rlog_save_snapshot(store_t *s, uint64_t gid, const struct raft_snapshot_met
     }
     uint8_t key[RLOG_GROUP_KEY_LEN];
     rlog_group_key(key, RLOG_KEY_SNAPSHOT, gid);
-    store_put(s, key, sizeof key, val, vlen);
-    free(val);
+    const void *parts[2] = {head, data};
+    size_t lens[2] = {RLOG_SNAP_HDR + conf_len, len};
+    store_putv_in(s, STORE_LOG, key, sizeof key, len > 0 ? 2 : 1, parts, lens);
 }
 
 void rlog_destroy(store_t *s, uint64_t gid)
@@ -241,7 +236,8 @@ void rlog_destroy(store_t *s, uint64_t gid)
     rlog_group_key(key, RLOG_KEY_HARD_STATE, gid);
     store_del(s, key, sizeof key);
     rlog_group_key(key, RLOG_KEY_SNAPSHOT, gid);
-    store_del(s, key, sizeof key);
+    store_del_in(s, STORE_LOG, key, sizeof key);
+    store_del(s, key, sizeof key); /* a snapshot stored before they moved to STORE_LOG */
 }
 
 /* ---- reads ------------------------------------------------------------------------------- */
@@ -273,7 +269,16 @@ int rlog_load_snapshot(store_t *s, uint64_t gid, struct raft_snapshot_meta *meta
     size_t vlen = 0;
     *data = NULL;
     *len = 0;
-    int rc = store_get(s, key, sizeof key, &val, &vlen);
+    int rc = store_get_in(s, STORE_LOG, key, sizeof key, &val, &vlen);
+    if (rc == 0) {
+        /* Written by a version that kept snapshots in STORE_MAIN: move it over in the current
+         * batch (until that is durable, a restart finds it here again and moves it again). */
+        rc = store_get(s, key, sizeof key, &val, &vlen);
+        if (rc == 1) {
+            store_put_in(s, STORE_LOG, key, sizeof key, val, vlen);
+            store_del(s, key, sizeof key);
+        }
+    }
     if (rc <= 0)
         return rc;
     const uint8_t *bytes = NULL;
@@ -437,9 +442,10 @@ void rlog_state_free(struct rlog_state *st)
 
 /* ---- listing ----------------------------------------------------------------------------- */
 
-static int rlog_collect_ids(store_t *s, uint8_t tag, uint64_t **ids, size_t *n, size_t *cap)
+static int rlog_collect_ids(store_t *s, enum store_space sp, uint8_t tag, uint64_t **ids,
+                            size_t *n, size_t *cap)
 {
-    store_iter_t *it = store_iter_prefix(s, &tag, 1);
+    store_iter_t *it = store_iter_prefix_in(s, sp, &tag, 1);
     if (it == NULL)
         return -1;
     const void *k, *v;
@@ -474,8 +480,9 @@ int rlog_list_groups(store_t *s, uint64_t **gids, size_t *n)
 {
     uint64_t *ids = NULL;
     size_t count = 0, cap = 0;
-    if (rlog_collect_ids(s, RLOG_KEY_HARD_STATE, &ids, &count, &cap) != 0 ||
-        rlog_collect_ids(s, RLOG_KEY_SNAPSHOT, &ids, &count, &cap) != 0) {
+    if (rlog_collect_ids(s, STORE_MAIN, RLOG_KEY_HARD_STATE, &ids, &count, &cap) != 0 ||
+        rlog_collect_ids(s, STORE_LOG, RLOG_KEY_SNAPSHOT, &ids, &count, &cap) != 0 ||
+        rlog_collect_ids(s, STORE_MAIN, RLOG_KEY_SNAPSHOT, &ids, &count, &cap) != 0) {
         free(ids);
         return -1;
     }

@@ -6,8 +6,13 @@
  *   STORE_LOG  'L' gid first -> [u32 count] count x ([u64 term][u8 type][u32 len][data])
  *                                                   a run of log entries: first, first + 1, ...
  *   STORE_MAIN 'H' gid       -> [u64 term][u32 vote]              the hard state
- *   STORE_MAIN 'S' gid       -> [u64 index][u64 term][u32 conf_len][conf (raft_conf_encode)][data]
+ *   STORE_LOG  'S' gid       -> [u64 index][u64 term][u32 conf_len][conf (raft_conf_encode)][data]
  *                                                   the latest snapshot: meta and bytes
+ *
+ * Snapshots live beside the log, not with the broker's data: a quorum queue's snapshot is
+ * rewritten every few megabytes of log, and in STORE_MAIN each rewrite put the key 'S' into
+ * every flushed table file next to the queue's stored bodies ('b'), so that every compaction
+ * overlapped - and rewrote - the whole body table (quadratic in a growing backlog).
  *
  * gid and first are big-endian u64 (integers in the values too), so a group's runs sort by
  * their first index. A run is what one rlog_append call wrote: the host writes a group's

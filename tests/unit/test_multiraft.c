@@ -599,6 +599,69 @@ static void test_raftlog_roundtrip(void **state)
     store_close(s);
 }
 
+/* Snapshots are stored in STORE_LOG, beside the log, so that rewriting one never touches the
+ * broker's key space (where it made every compaction of stored bodies rewrite them all); one
+ * left in STORE_MAIN by an older version is still found, listed, and moved over on load. */
+static void test_raftlog_snapshot_space(void **state)
+{
+    struct fx *f = *state;
+    fx_init(f, 0);
+    char err[256] = "", dir[160];
+    snprintf(dir, sizeof dir, "%s/db", f->tmp);
+    store_t *s = store_open(dir, f->loop, err, sizeof err);
+    assert_non_null(s);
+    struct raft_snapshot_meta meta = {.index = 9, .term = 2};
+    meta.conf.n_voters = 1;
+    meta.conf.voters[0] = 1;
+    rlog_save_snapshot(s, 5, &meta, "snap-bytes", 10, false, NULL);
+    store_flush_sync(s);
+    uint8_t key[RLOG_GROUP_KEY_LEN];
+    rlog_group_key(key, RLOG_KEY_SNAPSHOT, 5);
+    void *val = NULL;
+    size_t vlen = 0;
+    assert_int_equal(store_get(s, key, sizeof key, &val, &vlen), 0); /* not in STORE_MAIN */
+    assert_int_equal(store_get_in(s, STORE_LOG, key, sizeof key, &val, &vlen), 1);
+    free(val);
+
+    /* A record as an older version wrote it: the same bytes under STORE_MAIN (header: u64
+     * index, u64 term, u32 conf_len, as raftlog.h documents the record). */
+    enum { RLOG_SNAP_HDR_LEN = 20 };
+    uint8_t old[RLOG_SNAP_HDR_LEN + RAFT_CONF_MAX_ENCODED + 3];
+    size_t conf_len = raft_conf_encode(&meta.conf, old + RLOG_SNAP_HDR_LEN);
+    store_put_be64(old, 30);
+    store_put_be64(old + 8, 3);
+    old[16] = old[17] = old[18] = 0;
+    old[19] = (uint8_t)conf_len;
+    memcpy(old + RLOG_SNAP_HDR_LEN + conf_len, "old", 3);
+    rlog_group_key(key, RLOG_KEY_SNAPSHOT, 6);
+    store_put(s, key, sizeof key, old, RLOG_SNAP_HDR_LEN + conf_len + 3);
+    store_flush_sync(s);
+    uint64_t *ids = NULL;
+    size_t n = 0;
+    assert_int_equal(rlog_list_groups(s, &ids, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(ids[0], 5);
+    assert_int_equal(ids[1], 6);
+    free(ids);
+    struct rlog_state st;
+    assert_int_equal(rlog_load(s, 6, &st), 0);
+    assert_true(st.has_snapshot);
+    assert_int_equal(st.snap.index, 30);
+    assert_int_equal(st.snap.term, 3);
+    assert_int_equal(st.snap_len, 3);
+    assert_memory_equal(st.snap_data, "old", 3);
+    assert_int_equal(st.first, 31);
+    rlog_state_free(&st);
+    store_flush_sync(s); /* the move was written in that batch */
+    assert_int_equal(store_get(s, key, sizeof key, &val, &vlen), 0);
+    assert_int_equal(store_get_in(s, STORE_LOG, key, sizeof key, &val, &vlen), 1);
+    free(val);
+    assert_int_equal(rlog_load(s, 6, &st), 0);
+    assert_int_equal(st.snap.index, 30);
+    rlog_state_free(&st);
+    store_close(s);
+}
+
 /* Loads group gid and checks that it holds first..first+n-1 with term terms[i] and value
  * base + index (the values test_raftlog_runs writes). */
 static void assert_log(store_t *s, uint64_t gid, raft_index first, size_t n, const raft_term *terms)
@@ -1250,6 +1313,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_raftlog_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_raftlog_runs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_raftlog_snapshot_space, setup, teardown),
         cmocka_unit_test_setup_teardown(test_elect_replicate_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_recovers_log, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conflicting_suffix_replaced, setup, teardown),
