@@ -237,10 +237,16 @@ uint64_t qsm_live(const qsm_t *s);
  *                  a local snapshot stays small however many bytes the queue holds.
  * Message bodies may be absent from memory (m->body NULL: the host paged them out). For each
  * message, body(ud, msg_id, m, out) is called when given: FULL calls it only for an absent body
- * and it must append the body's bytes to out; META calls it for every message with out NULL,
- * so that the host can make sure the body is in its store. A false return fails the snapshot
- * (-1); 0 otherwise. qsm_snapshot is FULL with every body in memory (aborts otherwise). */
+ * and it must append the body's bytes to out; META calls it with out NULL for every message
+ * (but see QSM_SNAP_UNCACHED below), so that the host can make sure the body is in its store.
+ * A false return fails the snapshot (-1); 0 otherwise. qsm_snapshot is FULL with every body in memory (aborts otherwise). */
 enum qsm_snap_kind { QSM_SNAP_FULL = 2, QSM_SNAP_META = 3 };
+/* META keeps the encodings of ready messages between snapshots (a ready message never changes
+ * and keeps its predecessor), so a snapshot costs O(messages added since the previous one) plus
+ * the messages outside the ready deques, and calls body() only for the messages it encodes
+ * anew: a ready message's body was seen by the snapshot that first encoded it. OR-ing
+ * QSM_SNAP_UNCACHED into kind encodes (and reports) every message now: the same bytes. */
+#define QSM_SNAP_UNCACHED 0x100
 typedef bool (*qsm_body_fn)(void *ud, uint64_t msg_id, const msg_t *m, amqp_buf_t *out);
 int qsm_snapshot_ex(const qsm_t *s, amqp_buf_t *out, int kind, qsm_body_fn body, void *ud);
 void qsm_snapshot(const qsm_t *s, amqp_buf_t *out);

@@ -75,6 +75,13 @@
 #define STORE_LOG_WRITE_BUFFER_BYTES (64u << 20)
 #define STORE_LOG_WRITE_BUFFERS 3
 #define STORE_DB_WRITE_BUFFER_BYTES (40u << 20)
+/* But a queue with a deep backlog snapshots only every few tens of MB of log (qq.c), and the
+ * node-wide memtable cap (STORE_DB_WRITE_BUFFER_BYTES) or the WAL limit then flushed its log
+ * memtable while most of it was still live: nearly every Raft record of a 1M-message backlog
+ * reached a table file and was compacted away later (about 2 GB written per GB of log).
+ * Flushing STORE_LOG right after a batch that deleted log records (a snapshot's compaction),
+ * once its memtable holds this much, writes only what survived the deletion. */
+#define STORE_LOG_FLUSH_AFTER_TRIM_BYTES (8u << 20)
 /* How long writes that no one waits for (no sync callback) may wait before going to disk: the
  * acknowledgements arriving meanwhile cancel deferred message writes (store_set_presubmit), and
  * more writes share one fsync. A persistent message published without confirms, or a deletion,
@@ -95,6 +102,7 @@ struct store_batch {
     struct store_waiter *waiters;
     size_t nwaiters, waiters_cap;
     uint64_t seq; /* assigned at submission */
+    bool log_trimmed; /* it deletes a range of STORE_LOG (see STORE_LOG_FLUSH_AFTER_TRIM_BYTES) */
 };
 
 struct store {
@@ -105,6 +113,8 @@ struct store {
     rocksdb_column_family_handle_t *cf[STORE_SPACES]; /* indexed by enum store_space */
     rocksdb_options_t *options;     /* the database's and STORE_MAIN's */
     rocksdb_options_t *log_options; /* STORE_LOG's */
+    rocksdb_flushoptions_t *flush_nowait; /* storage thread: schedules a flush, returns at once */
+    uint64_t log_trim_flushes; /* flushes store_flush_trimmed_log scheduled (atomic) */
     rocksdb_block_based_table_options_t *table_options;
     rocksdb_block_based_table_options_t *log_table_options;
     rocksdb_cache_t *block_cache;
@@ -236,9 +246,28 @@ static void batch_reset(struct store_batch *b)
     b->bytes = 0;
     b->nwaiters = 0;
     b->seq = 0;
+    b->log_trimmed = false;
 }
 
 /* ---- storage thread ---------------------------------------------------------------------- */
+
+/* Storage thread: schedules a flush of STORE_LOG's memtable after a log deletion, once it is
+ * big enough (STORE_LOG_FLUSH_AFTER_TRIM_BYTES); the flush itself runs in RocksDB's background. */
+static void store_flush_trimmed_log(store_t *s)
+{
+    uint64_t active = 0;
+    if (rocksdb_property_int_cf(s->db, s->cf[STORE_LOG], "rocksdb.cur-size-active-mem-table", &active) != 0 ||
+        active < STORE_LOG_FLUSH_AFTER_TRIM_BYTES)
+        return;
+    char *err = NULL;
+    rocksdb_flush_cf(s->db, s->flush_nowait, s->cf[STORE_LOG], &err);
+    if (err == NULL)
+        __atomic_fetch_add(&s->log_trim_flushes, 1, __ATOMIC_RELAXED);
+    if (err != NULL) {
+        log_warn("store: flushing the log key space failed: %s", err);
+        rocksdb_free(err);
+    }
+}
 
 /* Waits for a batch, writes it with one fsync, reports back; exits once stopping is set and
  * no batch is pending (a pending batch is always written first, so close never loses one). */
@@ -259,6 +288,7 @@ static void *store_thread_main(void *arg)
         char *err = NULL;
         if (b->ops > 0) /* a waiter-only batch needs no write: earlier batches are durable */
             rocksdb_write(s->db, s->sync_write, b->writes, &err);
+        bool trimmed = err == NULL && b->log_trimmed; /* b is the loop's once reported */
 
         pthread_mutex_lock(&s->lock);
         s->handoff_done = true;
@@ -266,6 +296,8 @@ static void *store_thread_main(void *arg)
         pthread_cond_broadcast(&s->work_done);
         pthread_mutex_unlock(&s->lock);
         ev_async_send(s->loop, &s->done_watcher);
+        if (trimmed) /* after the report: the waiters need not wait for it */
+            store_flush_trimmed_log(s);
         pthread_mutex_lock(&s->lock);
     }
     pthread_mutex_unlock(&s->lock);
@@ -504,6 +536,8 @@ static void store_configure(store_t *s, int compression)
 
     s->sync_write = rocksdb_writeoptions_create();
     rocksdb_writeoptions_set_sync(s->sync_write, 1);
+    s->flush_nowait = rocksdb_flushoptions_create();
+    rocksdb_flushoptions_set_wait(s->flush_nowait, 0);
     s->read_committed = rocksdb_readoptions_create();
 }
 
@@ -513,6 +547,8 @@ static void store_unconfigure(store_t *s)
         rocksdb_readoptions_destroy(s->read_committed);
     if (s->sync_write)
         rocksdb_writeoptions_destroy(s->sync_write);
+    if (s->flush_nowait)
+        rocksdb_flushoptions_destroy(s->flush_nowait);
     if (s->options)
         rocksdb_options_destroy(s->options);
     if (s->log_options)
@@ -525,6 +561,7 @@ static void store_unconfigure(store_t *s)
         rocksdb_cache_destroy(s->block_cache);
     s->read_committed = NULL;
     s->sync_write = NULL;
+    s->flush_nowait = NULL;
     s->options = NULL;
     s->log_options = NULL;
     s->table_options = NULL;
@@ -767,6 +804,8 @@ void store_del_range_in(store_t *s, enum store_space sp, const void *begin, size
 {
     rocksdb_writebatch_delete_range_cf(s->current->writes, s->cf[sp], store_bytes(begin), blen,
                                        store_bytes(end), elen);
+    if (sp == STORE_LOG)
+        s->current->log_trimmed = true;
     s->current->ops++;
     s->current->bytes += blen + elen;
 }
@@ -1005,4 +1044,5 @@ void store_get_stats(const store_t *s, store_stats_t *out)
 {
     *out = s->stats;
     out->pending_ops = s->current->ops + (s->inflight != NULL ? s->inflight->ops : 0);
+    out->log_trim_flushes = __atomic_load_n(&s->log_trim_flushes, __ATOMIC_RELAXED);
 }

@@ -119,7 +119,11 @@ void store_iter_free(store_iter_t *it);
  * writes (put/del/del_range calls), bytes (key + value bytes), syncs (fsynced rocksdb_writes; a
  * batch holding only callbacks needs none). pending_ops counts writes queued but not yet durable
  * (current batch plus the one in flight). */
-typedef struct { uint64_t batches, writes, bytes, syncs; uint64_t pending_ops; } store_stats_t;
+typedef struct {
+    uint64_t batches, writes, bytes, syncs;
+    uint64_t pending_ops;
+    uint64_t log_trim_flushes; /* STORE_LOG memtables flushed right after a log deletion (store.c) */
+} store_stats_t;
 void store_get_stats(const store_t *s, store_stats_t *out);
 
 /* Key helpers: big-endian integers so that keys sort numerically. */

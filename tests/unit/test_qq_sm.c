@@ -1477,10 +1477,73 @@ static void test_meta_snapshot(void **st)
     free(r);
 }
 
+/* META snapshots keep the encodings of ready messages between snapshots: each one is byte for
+ * byte what encoding everything now gives, through appends, pops from the head (gets, deliveries,
+ * purges), returns and enough traffic to move the kept bytes; and a snapshot after appends only
+ * encodes (and reports to the body hook) the head and the new messages. */
+static void test_meta_snapshot_cache(void **st)
+{
+    (void)st;
+    rec_t *r = rec_new();
+    qsm_t *s = new_q(NULL);
+    amqp_buf_t a = {0}, b = {0};
+    unsigned cached_calls = 0, fresh_calls = 0;
+    uint64_t next_tag = 1;
+    for (int round = 0; round < 60; round++) {
+        int adds = 50 + (round * 37) % 400;
+        for (int i = 0; i < adds; i++) {
+            if (i % 97 == 5) enq_full(s, r, T, 2, 3, 0, 0, "other header", 4, 0); /* priority: hi deque */
+            else if (i % 131 == 7) enq_full(s, r, T, 1, 1, 0, 0, "expiring", -1, 100000);
+            else enq(s, r, "same header, body of some length");
+        }
+        if (round % 3 == 1)
+            for (int i = 0; i < 40 + round * 5; i++) dequeue(s, r, 1, 9, next_tag++, true);
+        if (round % 7 == 3) {
+            consume(s, r, 1, 5, "c", 30, 0, 0);
+            for (uint64_t id = 0; id < 4000; id += 13) ret(s, r, 1, 5, "c", id); /* the checked-out ones go back */
+            cancel(s, r, 1, 5, "c");
+        }
+        if (round % 10 == 9) /* drain most: the kept bytes move down */
+            while (stats(s).ready > 600) dequeue(s, r, 1, 9, next_tag++, true);
+        if (round == 45) simple(s, r, QSM_PURGE, T, 77);
+        a.len = b.len = 0;
+        meta_calls = 0;
+        assert_int_equal(qsm_snapshot_ex(s, &a, QSM_SNAP_META, count_meta, NULL), 0);
+        cached_calls += meta_calls;
+        meta_calls = 0;
+        assert_int_equal(qsm_snapshot_ex(s, &b, QSM_SNAP_META | QSM_SNAP_UNCACHED, count_meta, NULL), 0);
+        fresh_calls += meta_calls;
+        assert_int_equal(meta_calls, qsm_live(s));
+        assert_int_equal(a.len, b.len);
+        assert_memory_equal(a.data, b.data, a.len);
+    }
+    assert_true(cached_calls < fresh_calls / 2);
+    /* Appends only: the head and the new messages are encoded, and the checked-out ones. */
+    a.len = 0;
+    assert_int_equal(qsm_snapshot_ex(s, &a, QSM_SNAP_META, NULL, NULL), 0);
+    for (int i = 0; i < 100; i++) enq(s, r, "same header, body of some length");
+    a.len = 0;
+    meta_calls = 0;
+    assert_int_equal(qsm_snapshot_ex(s, &a, QSM_SNAP_META, count_meta, NULL), 0);
+    assert_int_equal(meta_calls, 1 + 100 + stats(s).unacked); /* checked-out messages: encoded each time */
+    qsm_t *t = qsm_restore(a.data, a.len);
+    assert_non_null(t);
+    b.len = 0;
+    assert_int_equal(qsm_snapshot_ex(t, &b, QSM_SNAP_META, NULL, NULL), 0);
+    assert_int_equal(a.len, b.len);
+    assert_memory_equal(a.data, b.data, a.len);
+    qsm_free(t);
+    amqp_buf_free(&a);
+    amqp_buf_free(&b);
+    qsm_free(s);
+    free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_meta_snapshot),
+        cmocka_unit_test(test_meta_snapshot_cache),
         cmocka_unit_test(test_fifo_order),
         cmocka_unit_test(test_prefetch_and_credit),
         cmocka_unit_test(test_no_ack),

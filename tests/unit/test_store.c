@@ -672,6 +672,50 @@ static void test_compact_range_reclaims_space(void **state)
     assert_true(after < before / 4);
 }
 
+/* A batch that deletes a range of STORE_LOG flushes the log memtable once it holds 8 MB or more
+ * (so that what the deletion covers never reaches a table file); a small one is left alone. */
+static uint64_t trim_flushes_after(store_t *s, uint64_t want)
+{
+    store_stats_t st;
+    for (int i = 0; i < 2000; i++) { /* scheduled after the batch is reported: wait up to 2 s */
+        store_get_stats(s, &st);
+        if (st.log_trim_flushes >= want) break;
+        usleep(1000);
+    }
+    return st.log_trim_flushes;
+}
+
+static void test_log_flushed_after_trim(void **state)
+{
+    struct fixture *f = *state;
+    enum { VLEN = 8192 };
+    uint8_t *val = calloc(1, VLEN);
+    assert_non_null(val);
+    uint8_t key[9] = {'L'};
+    for (int i = 0; i < 64; i++) { /* 512 KB */
+        store_put_be64(key + 1, (uint64_t)i);
+        store_put_in(f->store, STORE_LOG, key, sizeof key, val, VLEN);
+    }
+    store_flush_sync(f->store);
+    uint8_t begin[1] = {'L'}, end[1] = {'L' + 1};
+    store_del_range_in(f->store, STORE_LOG, begin, 1, end, 1);
+    store_flush_sync(f->store);
+    assert_int_equal(trim_flushes_after(f->store, 1), 0);
+    for (int i = 0; i < 1200; i++) { /* 9.6 MB */
+        store_put_be64(key + 1, (uint64_t)(1000 + i));
+        store_put_in(f->store, STORE_LOG, key, sizeof key, val, VLEN);
+        if (i % 200 == 199) store_flush_sync(f->store);
+    }
+    store_flush_sync(f->store);
+    store_stats_t st;
+    store_get_stats(f->store, &st);
+    assert_int_equal(st.log_trim_flushes, 0); /* writes alone do not */
+    store_del_range_in(f->store, STORE_LOG, begin, 1, end, 1);
+    store_flush_sync(f->store);
+    assert_int_equal(trim_flushes_after(f->store, 1), 1);
+    free(val);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--hold-store") == 0)
@@ -697,6 +741,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_pending_ops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_compact_range_reclaims_space, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_log_flushed_after_trim, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
