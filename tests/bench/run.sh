@@ -356,9 +356,32 @@ stop_side() {
   SIDE_PID[$side]=""
 }
 
+# Each broker is measured alone: while a client runs against one side, the other side's
+# broker process is paused (SIGSTOP) and resumed (SIGCONT) right after. Both brokers stay up
+# for the whole run, but neither pays for the other's background work after its own turn -
+# RabbitMQ's schedulers spin and collect garbage for seconds after a load, which showed up
+# in the tail latency of whichever broker ran next. BENCH_PAUSE_OTHER=0 keeps both running.
+PAUSED_PIDS=()
+pause_others() {
+  local side=$1 other pid
+  [ "${BENCH_PAUSE_OTHER:-1}" = 1 ] || return 0
+  for other in "${!SIDE_PID[@]}"; do
+    pid=${SIDE_PID[$other]}
+    [ "$other" != "$side" ] && [ -n "$pid" ] || continue
+    kill -STOP "$pid" 2>/dev/null && PAUSED_PIDS+=("$pid")
+  done
+  return 0
+}
+resume_others() {
+  local pid
+  for pid in "${PAUSED_PIDS[@]}"; do kill -CONT "$pid" 2>/dev/null || true; done
+  PAUSED_PIDS=()
+}
+
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  resume_others
   [ -n "$CLIENT_PID" ] && kill "$CLIENT_PID" 2>/dev/null || true
   [ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null || true
   for side in "${!SIDE_KIND[@]}"; do stop_side "$side"; done
@@ -465,11 +488,13 @@ bench() {   # bench SIDE RUN SCENARIO TIMEOUT ARGS...
   local out=$WORK/logs/$side-$scenario-$run.log rc=0 json bin=${CLIENT_BIN:-$BENCH_BIN}
   # In the background plus `wait`, so that a signal to this script is handled at once
   # (bash delays traps until a foreground command returns) and cleanup can stop the client.
+  pause_others "$side"
   timeout --kill-after=10 "$limit" "$bin" --port "${SIDE_PORT[$side]}" \
     --scenario "$scenario" "$@" >"$out" 2>&1 &
   CLIENT_PID=$!
   wait "$CLIENT_PID" || rc=$?
   CLIENT_PID=""
+  resume_others
   json=$(grep '^{' "$out" | tail -n 1 || true)
   json=${json#\{}
   json=${json%\}}
@@ -832,7 +857,10 @@ ports chosen at random below the ephemeral range; RabbitMQ is the Debian package
 `tests/bench/rabbitmq.sh` with its defaults (no management plugin). Warren is started as
 `warren-server --config warren.conf` with only `listeners.tcp.default`,
 `listeners.ssl = none` and `data_dir` set. Every scenario uses one connection per producer
-and per consumer thread; (a) to (d) use the default exchange and a single queue. The client shares the
+and per consumer thread; (a) to (d) use the default exchange and a single queue. Both brokers
+stay up for the whole run, but while a client measures one, the other's process is paused
+(SIGSTOP, resumed right after), so neither pays for the other's background work after its own
+turn (`BENCH_PAUSE_OTHER=0` keeps both running). The client shares the
 CPUs with the broker under test (and with anything else running on the machine), so
 compare ratios within one run rather than absolute figures across runs.
 
