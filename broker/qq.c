@@ -1127,6 +1127,39 @@ static int sm_snapshot_send(mr_group_t *g, void **bytes, size_t *len)
     return 0;
 }
 
+/* Messages checked out to consumers of this node, keyed by channel + msg id: the ones this node
+ * has delivered (or holds) and not yet seen settled. */
+struct redeliver { qq_t *qq; dict_t had; unsigned n; };
+
+static void local_checked_key(uint8_t key[16], uint64_t chan, uint64_t msg_id)
+{
+    put_be64(key, chan);
+    put_be64(key + 8, msg_id);
+}
+
+static void collect_local(void *ud, uint32_t node, uint64_t chan, amqp_bytes_t tag, uint64_t msg_id, msg_t *m,
+                          uint32_t delivery_count)
+{
+    (void)tag, (void)m, (void)delivery_count;
+    struct redeliver *x = ud;
+    if (node != x->qq->s->self) return;
+    uint8_t key[16];
+    local_checked_key(key, chan, msg_id);
+    dict_set(&x->had, key, sizeof key, x);
+}
+
+static void redeliver_local(void *ud, uint32_t node, uint64_t chan, amqp_bytes_t tag, uint64_t msg_id, msg_t *m,
+                            uint32_t delivery_count)
+{
+    struct redeliver *x = ud;
+    if (node != x->qq->s->self) return;
+    uint8_t key[16];
+    local_checked_key(key, chan, msg_id);
+    if (dict_get(&x->had, key, sizeof key)) return; /* delivered here already */
+    deliver_local(x->qq, chan, tag, msg_id, m, delivery_count, delivery_count > 0);
+    x->n++;
+}
+
 static void sm_snapshot_install(mr_group_t *g, raft_index index, const void *bytes, size_t len)
 {
     qq_t *qq = qq_of_group(g);
@@ -1136,6 +1169,9 @@ static void sm_snapshot_install(mr_group_t *g, raft_index index, const void *byt
                   (unsigned long long)index);
         return;
     }
+    struct redeliver x = {.qq = qq};
+    dict_init(&x.had);
+    if (dict_size(&qq->cons)) qsm_each_checked(qq->sm, collect_local, &x);
     qsm_free(qq->sm);
     qq->sm = sm;
     qq->n_dead = 0;
@@ -1144,6 +1180,17 @@ static void sm_snapshot_install(mr_group_t *g, raft_index index, const void *byt
      * one. META (ours): bodies stored for ids it had not issued belong to the log's tail. */
     bodies_delete_from(qq->s, qq->gid, full ? 0 : qsm_next_id(sm));
     if (full) qsm_each_msg(sm, res_push_restored, qq);
+    /* A member that fell behind and gets the leader's snapshot never applies the entries it
+     * covers: checkouts to this node's consumers among them were never delivered here, and their
+     * messages would stay assigned until the consumer goes. Deliver those now: every message the
+     * snapshot has checked out to a consumer of this node that the replaced state had not. */
+    if (dict_size(&qq->cons)) {
+        qsm_each_checked(sm, redeliver_local, &x);
+        log_info("quorum queue '%s' in vhost '%s': installed the leader's snapshot at index %llu; %u message(s) it "
+                 "checked out to consumers on this node delivered", qq->q->name, qq->q->vh->name,
+                 (unsigned long long)index, x.n);
+    }
+    dict_free(&x.had);
 }
 
 static void propose_down(qq_t *qq, uint32_t node, uint64_t chan, uint64_t keep_boot)

@@ -514,6 +514,56 @@ def test_consumer_on_a_node_taken_for_dead_keeps_consuming(cluster, uniq):
     pub.close()
 
 
+@pytest.mark.timeout(180)
+def test_member_behind_a_snapshot_delivers_what_its_consumer_was_given(tmp_path, pki, uniq):
+    """A member paused (for less than the peer timeout) while the leader snapshots and compacts
+    its log past it catches up by installing the leader's snapshot, with a consumer of its own:
+    every message arrives exactly once. (What the install checks out to this node's consumers
+    and the replaced state had not is delivered then; what the node had delivered already is
+    not delivered twice - the seed1274603665 fault run shows the undelivered case.)"""
+    # A long peer timeout: the pause must not make the others take n3 for down (that path, which
+    # hands its consumers' messages back, is test_consumer_on_a_node_taken_for_dead_...).
+    c = WarrenCluster(str(tmp_path / "cluster"), pki, size=3, extra_config={"cluster.peer_timeout": "60000"}).start()
+    try:
+        c.wait_formed()
+        n1, n2, n3 = c.nodes
+        q = uniq("qqc-behind")
+        declare(n1, q)
+        for n in (n2, n3):
+            wait_declared(n, q)
+        conn = pika_connect(n3)
+        ch = conn.channel()
+        got = []
+        ch.basic_qos(prefetch_count=10)
+        ch.basic_consume(q, lambda c_, m, p, b: (got.append(b[:8]), c_.basic_ack(m.delivery_tag)))
+        pub = pika_connect(n1)
+        pch = pub.channel()
+        pch.confirm_delivery()
+        pch.basic_publish("", q, b"first")
+        assert pika_process_until(conn, lambda: len(got) == 1, timeout=10)
+        time.sleep(0.3)  # its ack is applied: the consumer has its whole prefetch again
+        body = b"x" * 14000  # 1,500 x 14 KB: past the 16 MB that make a snapshot due, and past
+        n = 1500             # the 1,024 entries the leader keeps below one for slow followers
+        os.kill(n3.proc.pid, signal.SIGSTOP)
+        try:
+            for i in range(n):
+                pch.basic_publish("", q, b"%08d" % i + body)
+            time.sleep(1.0)  # the leader applies the last ones and snapshots
+        finally:
+            os.kill(n3.proc.pid, signal.SIGCONT)
+        assert pika_process_until(conn, lambda: len(got) == n + 1, timeout=60), len(got)
+        assert got[1:] == [b"%08d" % i for i in range(n)]
+        with open(n3.log_path, errors="replace") as f:
+            log = f.read()
+        m = re.search(r"quorum queue '%s' in vhost '/': installed the leader's snapshot at index \d+; "
+                      r"(\d+) message\(s\) it checked out to consumers on this node delivered" % re.escape(q), log)
+        assert m, "n3 did not catch up through the leader's snapshot"
+        conn.close()
+        pub.close()
+    finally:
+        c.stop()
+
+
 @pytest.mark.timeout(120)
 def test_new_leader_resends_relayed_deliveries_once(cluster, uniq):
     """A consumer on a node without a replica gets its deliveries relayed by the leader. A new
