@@ -1489,8 +1489,7 @@ static void put_deque_meta(snapw_t *w, deque_t *d)
     dq_enc_t *e = d->enc;
     put_msg_meta(w, dq_at(d, 0));
     uint64_t next = d->popped + 1, end = d->popped + d->len;
-    if (e->from > next || e->to < next) dq_enc_reset(e, next); /* cannot happen in FIFO use; cheap to guard */
-    else dq_enc_advance(e, next);
+    dq_enc_advance(e, next); /* elements only ever leave at the head: from <= next */
     if (e->to > next) {
         amqp_buf_append(w->out, e->bytes.data + e->start, e->bytes.len - e->start);
         const qmsg_t *last = dq_at(d, (size_t)(e->to - 1 - d->popped));

@@ -261,9 +261,9 @@ static void store_flush_trimmed_log(store_t *s)
         return;
     char *err = NULL;
     rocksdb_flush_cf(s->db, s->flush_nowait, s->cf[STORE_LOG], &err);
-    if (err == NULL)
+    if (err == NULL) {
         __atomic_fetch_add(&s->log_trim_flushes, 1, __ATOMIC_RELAXED);
-    if (err != NULL) {
+    } else {
         log_warn("store: flushing the log key space failed: %s", err);
         rocksdb_free(err);
     }

@@ -74,6 +74,13 @@ def declare(node, queue, **args):
         conn.close()
 
 
+def declare_everywhere(nodes, queue, **args):
+    """Declares queue through nodes[0] and waits until every other node has its record."""
+    declare(nodes[0], queue, **args)
+    for n in nodes[1:]:
+        wait_declared(n, queue)
+
+
 def wait_declared(node, queue, timeout=10.0):
     """The queue record reached node (metadata applies on the other nodes a moment later)."""
     deadline = time.monotonic() + timeout
@@ -167,9 +174,7 @@ class Consumer(threading.Thread):
 def test_publish_on_one_node_consume_on_another(cluster, uniq):
     n1, n2, n3 = cluster.nodes
     q = uniq("qqc-basic")
-    declare(n1, q)
-    for n in (n2, n3):
-        wait_declared(n, q)
+    declare_everywhere((n1, n2, n3), q)
     conn = pika_connect(n2)
     ch = conn.channel()
     ch.confirm_delivery()
@@ -213,9 +218,7 @@ def test_publish_on_one_node_consume_on_another(cluster, uniq):
 def test_leader_killed_during_publish_and_consume(cluster, uniq):
     n1, n2, n3 = cluster.nodes
     q = uniq("qqc-failover")
-    declare(n1, q)
-    for n in (n2, n3):
-        wait_declared(n, q)
+    declare_everywhere((n1, n2, n3), q)
     leader, term = wait_leader(cluster, q)
     others = [n for n in cluster.nodes if n is not leader]
     pub = Publisher(others[0], q, duration=12.0)
@@ -261,9 +264,7 @@ def test_leader_killed_during_publish_and_consume(cluster, uniq):
 def test_paused_leader_resumes_as_follower(cluster, uniq):
     n1, n2, n3 = cluster.nodes
     q = uniq("qqc-pause")
-    declare(n1, q)
-    for n in (n2, n3):
-        wait_declared(n, q)
+    declare_everywhere((n1, n2, n3), q)
     leader, term = wait_leader(cluster, q)
     other = next(n for n in cluster.nodes if n is not leader)
     os.kill(leader.proc.pid, signal.SIGSTOP)
@@ -296,9 +297,7 @@ def test_paused_leader_resumes_as_follower(cluster, uniq):
 def test_all_nodes_restarted_keep_confirmed_messages(cluster, uniq):
     n1, n2, n3 = cluster.nodes
     q = uniq("qqc-restart")
-    declare(n1, q)
-    for n in (n2, n3):
-        wait_declared(n, q)
+    declare_everywhere((n1, n2, n3), q)
     conn = pika_connect(n3)
     ch = conn.channel()
     ch.confirm_delivery()
@@ -330,9 +329,7 @@ def test_all_nodes_restarted_keep_confirmed_messages(cluster, uniq):
 def test_minority_accepts_no_enqueue_and_resumes(cluster, uniq):
     n1, n2, n3 = cluster.nodes
     q = uniq("qqc-minority")
-    declare(n1, q)
-    for n in (n2, n3):
-        wait_declared(n, q)
+    declare_everywhere((n1, n2, n3), q)
     n2.stop()
     n3.stop()
     conn = pika_connect(n1)
@@ -371,9 +368,7 @@ def test_minority_accepts_no_enqueue_and_resumes(cluster, uniq):
 def test_nodes_without_a_replica_publish_consume_and_get(cluster, uniq):
     n1, n2, n3 = cluster.nodes
     q = uniq("qqc-one-member")
-    declare(n1, q, **{"x-quorum-initial-group-size": 1})
-    for n in (n2, n3):
-        wait_declared(n, q)
+    declare_everywhere((n1, n2, n3), q, **{"x-quorum-initial-group-size": 1})
     leader, _ = wait_leader(cluster, q)
     assert leader is n1  # the only member: the declaring node
     conn = pika_connect(n3)
@@ -429,9 +424,7 @@ def queue_row(c, node, queue):
 def test_membership_add_grow_delete(cluster, uniq):
     n1, n2, n3 = cluster.nodes
     q = uniq("qqc-members")
-    declare(n1, q, **{"x-quorum-initial-group-size": 1})
-    for n in (n2, n3):
-        wait_declared(n, q)
+    declare_everywhere((n1, n2, n3), q, **{"x-quorum-initial-group-size": 1})
     conn = pika_connect(n1)
     ch = conn.channel()
     ch.confirm_delivery()
@@ -486,9 +479,7 @@ def test_consumer_on_a_node_taken_for_dead_keeps_consuming(cluster, uniq):
     consumers' messages; when it resumes, its consumers register again and keep receiving."""
     n1, n2, n3 = cluster.nodes
     q = uniq("qqc-suspect")
-    declare(n1, q)
-    for n in (n2, n3):
-        wait_declared(n, q)
+    declare_everywhere((n1, n2, n3), q)
     conn = pika_connect(n3)
     ch = conn.channel()
     got = []
@@ -528,9 +519,7 @@ def test_member_behind_a_snapshot_delivers_what_its_consumer_was_given(tmp_path,
         c.wait_formed()
         n1, n2, n3 = c.nodes
         q = uniq("qqc-behind")
-        declare(n1, q)
-        for n in (n2, n3):
-            wait_declared(n, q)
+        declare_everywhere((n1, n2, n3), q)
         conn = pika_connect(n3)
         ch = conn.channel()
         got = []
@@ -573,9 +562,7 @@ def test_new_leader_resends_relayed_deliveries_once(cluster, uniq):
     prefetch."""
     n1, n2, n3 = cluster.nodes
     q = uniq("qqc-relay")
-    declare(n1, q, **{"x-quorum-initial-group-size": 1})
-    for n in (n2, n3):
-        wait_declared(n, q)
+    declare_everywhere((n1, n2, n3), q, **{"x-quorum-initial-group-size": 1})
     conn = pika_connect(n1)
     ch = conn.channel()
     ch.confirm_delivery()
@@ -618,9 +605,7 @@ def test_removing_the_leader_moves_leadership_for_good(cluster, uniq):
     only, so leadership does not come back to the node being removed)."""
     n1, n2, n3 = cluster.nodes
     q = uniq("qqc-rm-leader")
-    declare(n1, q)
-    for n in (n2, n3):
-        wait_declared(n, q)
+    declare_everywhere((n1, n2, n3), q)
     leader, term = wait_leader(cluster, q)
     assert leader is n1
     conn = pika_connect(n2)

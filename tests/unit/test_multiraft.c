@@ -497,14 +497,20 @@ static struct raft_entry entry(raft_term term, uint64_t v, uint64_t *buf)
     return (struct raft_entry){term, RAFT_ENTRY_NORMAL, 8, buf};
 }
 
-static void test_raftlog_roundtrip(void **state)
+/* A fixture with no nodes and one store in its directory, for the raftlog tests. */
+static store_t *open_raftlog_store(struct fx *f)
 {
-    struct fx *f = *state;
     fx_init(f, 0);
     char err[256] = "", dir[160];
     snprintf(dir, sizeof dir, "%s/db", f->tmp);
     store_t *s = store_open(dir, f->loop, err, sizeof err);
     assert_non_null(s);
+    return s;
+}
+
+static void test_raftlog_roundtrip(void **state)
+{
+    store_t *s = open_raftlog_store(*state);
 
     uint64_t bufs[10];
     struct raft_entry ents[10];
@@ -604,12 +610,7 @@ static void test_raftlog_roundtrip(void **state)
  * left in STORE_MAIN by an older version is still found, listed, and moved over on load. */
 static void test_raftlog_snapshot_space(void **state)
 {
-    struct fx *f = *state;
-    fx_init(f, 0);
-    char err[256] = "", dir[160];
-    snprintf(dir, sizeof dir, "%s/db", f->tmp);
-    store_t *s = store_open(dir, f->loop, err, sizeof err);
-    assert_non_null(s);
+    store_t *s = open_raftlog_store(*state);
     struct raft_snapshot_meta meta = {.index = 9, .term = 2};
     meta.conf.n_voters = 1;
     meta.conf.voters[0] = 1;
@@ -697,12 +698,7 @@ static void append_run(store_t *s, uint64_t gid, raft_index first, size_t count,
  * cursor read back continues correctly, and a gap is reported. */
 static void test_raftlog_runs(void **state)
 {
-    struct fx *f = *state;
-    fx_init(f, 0);
-    char err[256] = "", dir[160];
-    snprintf(dir, sizeof dir, "%s/db", f->tmp);
-    store_t *s = store_open(dir, f->loop, err, sizeof err);
-    assert_non_null(s);
+    store_t *s = open_raftlog_store(*state);
     raft_term t[32];
 
     struct rlog_cursor c = {0};
