@@ -8,6 +8,8 @@
  * Data flow of one loop iteration:
  *
  *   mr_host_receive / mr_propose / tick  ->  group_step: raft_step + group_handle:
+ *       (a leader's snapshot that raft would install goes to ops->snapshot_arriving first,
+ *        which may have it kept aside, copied, until mr_snapshot_resume steps it)
  *       snapshot, hard state, compaction -> raftlog writes into the store's current batch;
  *       entries -> only noted (pend_from..pend_last): raft's log holds them until the seal;
  *                  either way the group goes on the host's dirty list
@@ -313,6 +315,7 @@ struct mr_group {
     struct mr_pending *pending;
     struct mr_reads *reads;
     struct mr_deferred *deferred_head, *deferred_tail;
+    struct mr_kept_snap *kept_snap; /* ops->snapshot_arriving said MR_SNAP_LATER */
 
     uint32_t seal_refs;   /* pending seals that name this group */
     uint16_t quiet_ticks; /* consecutive ticks found quiescent */
@@ -325,6 +328,13 @@ struct mr_group {
     bool draining;        /* running deferred calls */
     bool snapshotting;    /* own snapshot written, RAFT_EV_SNAPSHOT not yet stepped */
     bool closed;
+};
+
+/* A leader's snapshot message kept for later (ops->snapshot_arriving), with its own copies. */
+struct mr_kept_snap {
+    struct raft_msg msg;
+    struct raft_snapshot_meta meta;
+    void *data;
 };
 
 struct mr_peer {
@@ -1427,6 +1437,7 @@ static void group_close(mr_group_t *g, bool destroy)
             if (g->ops->read_ready != NULL)
                 g->ops->read_ready(g, g->reads->items[i].ctx, MR_ECLOSED);
     deferred_fail_all(g);
+    mr_snapshot_drop(g);
     raft_free(&g->raft);
     host_timer_update(h);
     group_maybe_free(g);
@@ -1616,6 +1627,63 @@ void mr_host_free(mr_host_t *h)
     free(h);
 }
 
+/* Would stepping m make raft replace the log and state with m's snapshot? (follower_snapshot) */
+static bool snapshot_would_install(const mr_group_t *g, const struct raft_msg *m)
+{
+    const struct raft *r = &g->raft;
+    return m->type == RAFT_MSG_SNAPSHOT && m->snap != NULL && m->snap->index > 0 && m->term >= r->term &&
+           m->snap->index > r->commit && raft_term_at(r, m->snap->index) != m->snap->term;
+}
+
+/* The state machine's say on a snapshot that would be installed: true if it was kept or dropped. */
+static bool snapshot_held_back(mr_group_t *g, const struct raft_msg *m)
+{
+    if (g->ops->snapshot_arriving == NULL || !snapshot_would_install(g, m))
+        return false;
+    int verdict = g->ops->snapshot_arriving(g, m->from, m->snap->index, m->data, m->data_len);
+    if (verdict == MR_SNAP_INSTALL)
+        return false;
+    if (verdict == MR_SNAP_LATER) {
+        mr_snapshot_drop(g);
+        struct mr_kept_snap *k = mr_xrealloc(NULL, sizeof *k);
+        k->msg = *m;
+        k->meta = *m->snap;
+        k->data = mr_xrealloc(NULL, m->data_len ? m->data_len : 1);
+        if (m->data_len)
+            memcpy(k->data, m->data, m->data_len);
+        k->msg.snap = &k->meta;
+        k->msg.data = k->data;
+        k->msg.entries = NULL;
+        k->msg.n_entries = 0;
+        g->kept_snap = k;
+    }
+    return true;
+}
+
+void mr_snapshot_drop(mr_group_t *g)
+{
+    if (g->kept_snap == NULL)
+        return;
+    free(g->kept_snap->data);
+    free(g->kept_snap);
+    g->kept_snap = NULL;
+}
+
+bool mr_snapshot_resume(mr_group_t *g)
+{
+    struct mr_kept_snap *k = g->kept_snap;
+    if (k == NULL || g->closed || g->busy || g->host->closing)
+        return false;
+    g->kept_snap = NULL;
+    group_wake(g);
+    struct raft_event ev = {.type = RAFT_EV_RECEIVE};
+    ev.u.msg = &k->msg;
+    group_step(g, &ev, &k->msg, NULL, NULL);
+    free(k->data);
+    free(k);
+    return true;
+}
+
 void mr_host_receive(mr_host_t *h, raft_id from, uint64_t group_id, const struct raft_msg *msg)
 {
     (void)from; /* msg->from names the sender within the group */
@@ -1625,6 +1693,8 @@ void mr_host_receive(mr_host_t *h, raft_id from, uint64_t group_id, const struct
     if (g == NULL || g->busy)
         return;
     group_wake(g);
+    if (snapshot_held_back(g, msg))
+        return;
     struct raft_event ev = {.type = RAFT_EV_RECEIVE};
     ev.u.msg = msg;
     group_step(g, &ev, msg, NULL, NULL);

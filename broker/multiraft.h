@@ -144,12 +144,27 @@ struct mr_sm_ops {
      * frees it); non-zero: not now (the send is dropped and raft retries). With it, a snapshot
      * installed from the leader is stored in snapshot_take's form, taken right after install. */
     int (*snapshot_send)(mr_group_t *g, void **bytes, size_t *len);
+    /* Optional: a snapshot from the leader (node `from`) arrived that would replace the state
+     * (raft would install it). MR_SNAP_INSTALL: install it now. MR_SNAP_LATER: the host keeps
+     * the message (replacing one kept before) until mr_snapshot_resume steps it or
+     * mr_snapshot_drop forgets it - e.g. while the state machine fetches what the snapshot
+     * refers to and does not carry. MR_SNAP_IGNORE: drop it (the leader sends one again). */
+    int (*snapshot_arriving)(mr_group_t *g, raft_id from, raft_index index, const void *bytes, size_t len);
     /* This node's role or the known leader changed (leader 0: unknown). */
     void (*role_changed)(mr_group_t *g, enum raft_role role, raft_id leader);
     /* mr_read_index(ctx) result: MR_OK once the state machine reflects every write committed
      * before the request (serve the read now), or an error. */
     void (*read_ready)(mr_group_t *g, uint64_t ctx, int status);
 };
+
+enum { MR_SNAP_INSTALL = 0, MR_SNAP_LATER = 1, MR_SNAP_IGNORE = 2 };
+
+/* Steps the snapshot message kept by MR_SNAP_LATER as if it arrived now (raft decides again:
+ * it installs it, or ignores it when a newer term or the log has overtaken it) and forgets it.
+ * Returns true if one was kept. Not from inside the group's callbacks. */
+bool mr_snapshot_resume(mr_group_t *g);
+/* Forgets the kept snapshot message, if any. */
+void mr_snapshot_drop(mr_group_t *g);
 
 /* Opens group_id on this host: loads what the store holds for it (hard state, snapshot,
  * entries; a snapshot is handed to snapshot_install) or starts empty with the given bootstrap

@@ -59,6 +59,11 @@
 /* ... and at least a small multiple of the snapshot it costs (a META snapshot takes 6-10 bytes
  * per live message), so that snapshots write a fraction of the log they let go. */
 #define QQ_SNAP_BYTES_PER_MSG 16
+/* Catching up through a leader's snapshot: body bytes asked for in one "qq.b" call, calls in
+ * flight, and how long one may take. */
+#define QQ_FETCH_BYTES (1u << 20)
+#define QQ_FETCH_INFLIGHT 2
+#define QQ_FETCH_TIMEOUT 10.0
 /* Stored bodies deleted before a drained queue asks for its range to be compacted. */
 #define QQ_COMPACT_AFTER 10000
 
@@ -144,6 +149,12 @@ struct qq {
     uint64_t deleted_bodies; /* stored bodies deleted since the last compaction request */
     uint64_t *dead_ids;   /* msg ids whose stored body goes with the next local snapshot */
     size_t n_dead, cap_dead;
+    struct catchup *cu;   /* a leader's snapshot waiting for its bodies (see "catching up") */
+    /* Bodies fetched for a leader's snapshot and durable in the store, not yet accounted for
+     * by the state (kept across attempts: a new attempt fetches only what these lack). */
+    uint64_t *fetched;
+    size_t n_fetched, cap_fetched;
+    uint64_t installs; /* snapshots installed */
 };
 
 /* A forwarded batch being served by this node as leader. */
@@ -198,10 +209,12 @@ struct qq_state {
     uint64_t body_memory;    /* QQ_BODY_MEMORY */
     uint64_t dropped_bytes;  /* body bytes dropped from memory since the last malloc_trim */
     ptrvec_t body_writes;    /* messages whose body write is in the store's current batch */
+    uint64_t catchups;       /* catch-up attempts started (each one's number) */
 };
 
 static const struct mr_sm_ops qq_sm_ops;
 static void flush_all(struct qq_state *s);
+static void settle_fetched(qq_t *qq);
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
@@ -1091,6 +1104,7 @@ static int sm_snapshot_take(mr_group_t *g, raft_index index, void **bytes, size_
         amqp_buf_free(&out);
         return -1;
     }
+    settle_fetched(qq); /* an abandoned catch-up the log made unnecessary */
     for (size_t i = 0; i < qq->n_dead && s->b->store; i++) {
         uint8_t key[17];
         body_key(key, qq->gid, qq->dead_ids[i]);
@@ -1111,12 +1125,17 @@ static int sm_snapshot_take(mr_group_t *g, raft_index index, void **bytes, size_
     return 0;
 }
 
-/* What a follower that lags behind the log gets: the current state with every body. */
+/* What a follower that lags behind the log gets: the current state, bodies by length only (it
+ * fetches the ones it lacks before installing it: see "catching up"); with every body inline
+ * only when there is no body store (a store-less test host). */
 static int sm_snapshot_send(mr_group_t *g, void **bytes, size_t *len)
 {
     qq_t *qq = qq_of_group(g);
     amqp_buf_t out = {0};
-    if (qsm_snapshot_ex(qq->sm, &out, QSM_SNAP_FULL, snap_body_append, qq) != 0) {
+    bool meta = qq->s->b->store != NULL;
+    amqp_buf_reserve(&out, qq->last_snap_len + qq->last_snap_len / 8 + 256);
+    if (qsm_snapshot_ex(qq->sm, &out, meta ? QSM_SNAP_META : QSM_SNAP_FULL, meta ? snap_body_keep : snap_body_append,
+                        qq) != 0) {
         log_warn("quorum queue '%s' in vhost '%s': a snapshot for a follower could not read every body; "
                  "trying again later", qq->q->name, qq->q->vh->name);
         amqp_buf_free(&out);
@@ -1160,6 +1179,95 @@ static void redeliver_local(void *ud, uint32_t node, uint64_t chan, amqp_bytes_t
     x->n++;
 }
 
+/* Messages of a state by ascending id (for qsm_find_many). */
+struct idvec {
+    uint64_t *ids;
+    msg_t **ms;
+    size_t n, cap;
+};
+
+static void idvec_add(void *ud, uint64_t msg_id, msg_t *m)
+{
+    struct idvec *v = ud;
+    if (v->n == v->cap) {
+        v->cap = v->cap ? v->cap * 2 : 256;
+        v->ids = realloc(v->ids, v->cap * sizeof *v->ids);
+        v->ms = realloc(v->ms, v->cap * sizeof *v->ms);
+        if (!v->ids || !v->ms) abort();
+    }
+    v->ids[v->n] = msg_id;
+    v->ms[v->n++] = m;
+}
+
+struct id_msg { uint64_t id; msg_t *m; };
+
+static int cmp_id_msg(const void *a, const void *b)
+{
+    uint64_t x = ((const struct id_msg *)a)->id, y = ((const struct id_msg *)b)->id;
+    return x < y ? -1 : x > y;
+}
+
+static void idvec_of(const qsm_t *sm, struct idvec *v)
+{
+    memset(v, 0, sizeof *v);
+    qsm_each_msg(sm, idvec_add, v);
+    struct id_msg *p = malloc((v->n ? v->n : 1) * sizeof *p);
+    if (!p) abort();
+    for (size_t i = 0; i < v->n; i++) p[i] = (struct id_msg){v->ids[i], v->ms[i]};
+    qsort(p, v->n, sizeof *p, cmp_id_msg);
+    for (size_t i = 0; i < v->n; i++) {
+        v->ids[i] = p[i].id;
+        v->ms[i] = p[i].m;
+    }
+    free(p);
+}
+
+static void idvec_free(struct idvec *v)
+{
+    free(v->ids);
+    free(v->ms);
+}
+
+/* A META snapshot (bodies in the store) replaces old. Messages of both whose body old holds in
+ * memory get a copy of it (old's go with old; a body not written yet would otherwise be lost);
+ * stored bodies of old's messages that the snapshot no longer holds - and of those removed
+ * since old's last snapshot - are deleted. */
+static void carry_bodies(qq_t *qq, const qsm_t *old, const qsm_t *sm)
+{
+    store_t *st = qq->s->b->store;
+    struct idvec nv, ov;
+    idvec_of(sm, &nv);
+    idvec_of(old, &ov);
+    size_t most = nv.n > ov.n ? nv.n : ov.n;
+    msg_t **found = malloc((most ? most : 1) * sizeof *found);
+    if (!found) abort();
+    qsm_find_many(old, nv.ids, nv.n, found);
+    for (size_t i = 0; i < nv.n; i++) {
+        msg_t *was = found[i], *m = nv.ms[i];
+        if (!was || !was->body || m->body || was->body_len != m->body_len) continue;
+        m->body = malloc(m->body_len ? m->body_len : 1);
+        if (!m->body) abort();
+        memcpy(m->body, was->body, m->body_len);
+        m->qq_body = was->qq_body == QQ_BODY_DURABLE ? QQ_BODY_DURABLE : QQ_BODY_NONE;
+        res_push(qq->s, qq->gid, m);
+    }
+    qsm_find_many(sm, ov.ids, ov.n, found);
+    uint8_t key[17];
+    for (size_t i = 0; i < ov.n; i++) {
+        const msg_t *m = ov.ms[i];
+        if (found[i] || (m->body && m->qq_body == QQ_BODY_NONE)) continue; /* kept, or never stored */
+        body_key(key, qq->gid, ov.ids[i]);
+        store_del(st, key, sizeof key);
+    }
+    for (size_t i = 0; i < qq->n_dead; i++) {
+        body_key(key, qq->gid, qq->dead_ids[i]);
+        store_del(st, key, sizeof key);
+    }
+    free(found);
+    idvec_free(&nv);
+    idvec_free(&ov);
+}
+
 static void sm_snapshot_install(mr_group_t *g, raft_index index, const void *bytes, size_t len)
 {
     qq_t *qq = qq_of_group(g);
@@ -1169,13 +1277,15 @@ static void sm_snapshot_install(mr_group_t *g, raft_index index, const void *byt
                   (unsigned long long)index);
         return;
     }
+    qq->installs++;
     struct redeliver x = {.qq = qq};
     dict_init(&x.had);
     if (dict_size(&qq->cons)) qsm_each_checked(qq->sm, collect_local, &x);
+    bool full = len > 0 && ((const uint8_t *)bytes)[0] == QSM_SNAP_FULL;
+    if (!full && qq->s->b->store) carry_bodies(qq, qq->sm, sm);
     qsm_free(qq->sm);
     qq->sm = sm;
     qq->n_dead = 0;
-    bool full = len > 0 && ((const uint8_t *)bytes)[0] == QSM_SNAP_FULL;
     /* FULL (from the leader, or stored by an older version): its bodies replace every stored
      * one. META (ours): bodies stored for ids it had not issued belong to the log's tail. */
     bodies_delete_from(qq->s, qq->gid, full ? 0 : qsm_next_id(sm));
@@ -1191,6 +1301,381 @@ static void sm_snapshot_install(mr_group_t *g, raft_index index, const void *byt
                  (unsigned long long)index, x.n);
     }
     dict_free(&x.had);
+}
+
+/* ---- catching up through a leader's snapshot ---------------------------------------------------
+ *
+ * A member that fell behind the leader's compacted log gets its snapshot: META, bodies by length
+ * only (sm_snapshot_send), so that neither side holds the queue's bodies in memory at once. The
+ * member keeps the snapshot message aside (MR_SNAP_LATER), fetches from the node that sent it
+ * the bodies it does not have - those of messages enqueued after its own state (any older live
+ * message is in its state too: both are states of the same log) - in calls of about
+ * QQ_FETCH_BYTES ("qq.b", QQ_FETCH_INFLIGHT at a time), writes them to its body store, and once
+ * every one is durable steps the snapshot into Raft, which installs it and only then
+ * acknowledges it to the leader. A message that has left the queue on the serving node by the
+ * time it is asked for, an error or a timeout abandons the attempt: the leader sends a newer
+ * snapshot after a while and the next attempt fetches only what the fetched bodies lack.
+ *
+ * Invariants: an id is in qq->fetched only once its body is durable here; bodies fetched and
+ * not part of the state the node ends up with are deleted when no attempt is running
+ * (settle_fetched); qq->cu exists exactly while a snapshot is kept aside. */
+
+struct catchup {
+    raft_index index; /* the kept snapshot's */
+    uint32_t from;    /* the node that sent it: bodies are asked from it */
+    uint64_t attempt; /* answers for an abandoned attempt are ignored */
+    struct want { uint64_t id; uint32_t len; } *want; /* bodies to fetch, ascending ids */
+    size_t n_want, next;      /* next: the first not asked for yet */
+    unsigned inflight;        /* calls waiting for an answer */
+    size_t syncing;           /* answered, waiting for their store batch to be durable */
+    size_t done;              /* durable */
+    uint64_t bytes;
+    ev_tstamp started;
+};
+
+/* An outstanding fetch, or a fetched batch waiting to be durable. */
+struct fetch_ctx {
+    broker_t *b; /* its quorum queue state may be gone by the time the answer or sync comes */
+    uint64_t gid, attempt;
+    size_t first, n; /* want[first .. first + n) */
+    uint64_t ids[];  /* the fetched ids (for the sync) */
+};
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Sorts qq->fetched and drops duplicates (attempts may fetch a body twice). */
+static void fetched_normalize(qq_t *qq)
+{
+    if (!qq->n_fetched) return;
+    qsort(qq->fetched, qq->n_fetched, sizeof *qq->fetched, cmp_u64);
+    size_t k = 0;
+    for (size_t i = 0; i < qq->n_fetched; i++)
+        if (k == 0 || qq->fetched[k - 1] != qq->fetched[i]) qq->fetched[k++] = qq->fetched[i];
+    qq->n_fetched = k;
+}
+
+static bool fetched_has(const qq_t *qq, uint64_t id)
+{
+    size_t lo = 0, hi = qq->n_fetched;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (qq->fetched[mid] < id) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < qq->n_fetched && qq->fetched[lo] == id;
+}
+
+/* No attempt running: fetched bodies of messages the state holds stay (they are its stored
+ * bodies now; one it also holds in memory is marked stored, so that its removal deletes it),
+ * the others are deleted. */
+static void settle_fetched(qq_t *qq)
+{
+    if (!qq->n_fetched || qq->cu) return;
+    fetched_normalize(qq);
+    msg_t **found = malloc(qq->n_fetched * sizeof *found);
+    if (!found) abort();
+    qsm_find_many(qq->sm, qq->fetched, qq->n_fetched, found);
+    uint8_t key[17];
+    for (size_t i = 0; i < qq->n_fetched; i++) {
+        msg_t *m = found[i];
+        if (m && m->body && m->qq_body == QQ_BODY_NONE) m->qq_body = QQ_BODY_DURABLE;
+        if (m) continue;
+        body_key(key, qq->gid, qq->fetched[i]);
+        store_del(qq->s->b->store, key, sizeof key);
+    }
+    free(found);
+    free(qq->fetched);
+    qq->fetched = NULL;
+    qq->n_fetched = qq->cap_fetched = 0;
+}
+
+static void catchup_free(qq_t *qq)
+{
+    if (!qq->cu) return;
+    free(qq->cu->want);
+    free(qq->cu);
+    qq->cu = NULL;
+}
+
+static void catchup_abandon(qq_t *qq, const char *why)
+{
+    struct catchup *cu = qq->cu;
+    log_warn("quorum queue '%s' in vhost '%s': catching up to the leader's snapshot at index %llu abandoned after "
+             "%zu of %zu bodies: %s; the next snapshot the leader sends is tried", qq->q->name, qq->q->vh->name,
+             (unsigned long long)cu->index, cu->done, cu->n_want, why);
+    catchup_free(qq);
+    if (qq->g) mr_snapshot_drop(qq->g);
+}
+
+static void catchup_finish(qq_t *qq)
+{
+    struct catchup *cu = qq->cu;
+    log_info("quorum queue '%s' in vhost '%s': fetched %zu message bodies (%llu bytes) from node %u in %.2f s for "
+             "the leader's snapshot at index %llu", qq->q->name, qq->q->vh->name, cu->done,
+             (unsigned long long)cu->bytes, cu->from, ev_now(qq->s->b->loop) - cu->started,
+             (unsigned long long)cu->index);
+    catchup_free(qq);
+    uint64_t installs = qq->installs;
+    if (qq->g) mr_snapshot_resume(qq->g); /* Raft installs it (sm_snapshot_install), or has moved on */
+    /* Not installed (a newer term came): the fetched bodies serve the next attempt, or are
+     * settled by the next local snapshot if the log catches the node up instead. */
+    if (qq->installs != installs) settle_fetched(qq);
+}
+
+static void fetch_more(qq_t *qq);
+
+static void fetch_synced(void *arg)
+{
+    struct fetch_ctx *f = arg;
+    qq_t *qq = f->b->qq ? qq_by_gid(f->b->qq, f->gid) : NULL;
+    if (qq && qq->g) {
+        if (qq->n_fetched + f->n > qq->cap_fetched) {
+            qq->cap_fetched = (qq->n_fetched + f->n) * 2;
+            qq->fetched = realloc(qq->fetched, qq->cap_fetched * sizeof *qq->fetched);
+            if (!qq->fetched) abort();
+        }
+        memcpy(qq->fetched + qq->n_fetched, f->ids, f->n * sizeof *f->ids);
+        qq->n_fetched += f->n;
+        struct catchup *cu = qq->cu;
+        if (cu && cu->attempt == f->attempt) {
+            cu->syncing -= f->n;
+            cu->done += f->n;
+            if (cu->done == cu->n_want) catchup_finish(qq);
+        }
+    }
+    free(f);
+}
+
+static void fetch_reply(void *arg, int status, const char *error, const void *payload, size_t len)
+{
+    struct fetch_ctx *f = arg;
+    qq_t *qq = f->b->qq ? qq_by_gid(f->b->qq, f->gid) : NULL;
+    struct catchup *cu = qq ? qq->cu : NULL;
+    if (!cu || cu->attempt != f->attempt) {
+        free(f);
+        return;
+    }
+    cu->inflight--;
+    char why[160];
+    if (status != 0) {
+        snprintf(why, sizeof why, "node %u answered %d (%s)", cu->from, status, error ? error : "no reason");
+        free(f);
+        catchup_abandon(qq, why);
+        return;
+    }
+    amqp_reader_t r = amqp_reader(payload, len);
+    uint32_t n = amqp_read_u32(&r);
+    if (r.bad || n != f->n) {
+        free(f);
+        catchup_abandon(qq, "malformed answer");
+        return;
+    }
+    store_t *st = qq->s->b->store;
+    uint8_t key[17];
+    for (size_t i = 0; i < f->n; i++) {
+        const struct want *w = &cu->want[f->first + i];
+        bool has = amqp_read_u8(&r) != 0;
+        amqp_bytes_t body = has ? amqp_read_longstr(&r) : (amqp_bytes_t){0};
+        if (r.bad || !has || body.len != w->len) {
+            snprintf(why, sizeof why, "message %llu %s on node %u", (unsigned long long)w->id,
+                     r.bad || has ? "came malformed" : "has left the queue", cu->from);
+            free(f);
+            catchup_abandon(qq, why);
+            return;
+        }
+        body_key(key, qq->gid, w->id);
+        store_put(st, key, sizeof key, body.ptr, body.len);
+        f->ids[i] = w->id;
+        cu->bytes += body.len;
+    }
+    cu->syncing += f->n;
+    store_on_synced(st, fetch_synced, f); /* f now waits for the batch */
+    fetch_more(qq);
+}
+
+/* Keeps QQ_FETCH_INFLIGHT calls going while bodies are left to ask for. */
+static void fetch_more(qq_t *qq)
+{
+    struct catchup *cu = qq->cu;
+    broker_t *b = qq->s->b;
+    while (cu && cu->inflight < QQ_FETCH_INFLIGHT && cu->next < cu->n_want) {
+        size_t first = cu->next, n = 0;
+        uint64_t bytes = 0;
+        while (first + n < cu->n_want && (n == 0 || bytes + cu->want[first + n].len <= QQ_FETCH_BYTES)) {
+            bytes += cu->want[first + n].len;
+            n++;
+        }
+        amqp_buf_t out = {0};
+        amqp_buf_put_u64(&out, qq->gid);
+        amqp_buf_put_u32(&out, (uint32_t)n);
+        for (size_t i = 0; i < n; i++) amqp_buf_put_u64(&out, cu->want[first + i].id);
+        struct fetch_ctx *f = malloc(sizeof *f + n * sizeof f->ids[0]);
+        if (!f) abort();
+        *f = (struct fetch_ctx){.b = b, .gid = qq->gid, .attempt = cu->attempt, .first = first, .n = n};
+        int rc = b->node_call ? b->node_call(b->node_ctx, cu->from, "qq.b", out.data, out.len, QQ_FETCH_TIMEOUT,
+                                             fetch_reply, f)
+                              : -1;
+        amqp_buf_free(&out);
+        if (rc != 0) {
+            free(f);
+            catchup_abandon(qq, "the call could not be sent");
+            return;
+        }
+        cu->next += n;
+        cu->inflight++;
+    }
+}
+
+struct want_vec {
+    const qq_t *qq;
+    uint64_t from_id; /* ids below it are in this node's state */
+    struct want *v;
+    size_t n, cap;
+    uint64_t bytes;
+};
+
+static void want_add(void *ud, uint64_t msg_id, msg_t *m)
+{
+    struct want_vec *w = ud;
+    if (msg_id < w->from_id || fetched_has(w->qq, msg_id)) return;
+    if (w->n == w->cap) {
+        w->cap = w->cap ? w->cap * 2 : 1024;
+        w->v = realloc(w->v, w->cap * sizeof *w->v);
+        if (!w->v) abort();
+    }
+    w->v[w->n++] = (struct want){msg_id, (uint32_t)m->body_len};
+    w->bytes += m->body_len;
+}
+
+static int cmp_want(const void *a, const void *b)
+{
+    uint64_t x = ((const struct want *)a)->id, y = ((const struct want *)b)->id;
+    return x < y ? -1 : x > y;
+}
+
+static int sm_snapshot_arriving(mr_group_t *g, raft_id from, raft_index index, const void *bytes, size_t len)
+{
+    qq_t *qq = qq_of_group(g);
+    struct qq_state *s = qq->s;
+    if (!s->b->store || len == 0 || ((const uint8_t *)bytes)[0] != QSM_SNAP_META) return MR_SNAP_INSTALL;
+    if (qq->cu) return MR_SNAP_IGNORE; /* busy with an earlier one */
+    qsm_t *t = qsm_restore(bytes, len);
+    if (!t) return MR_SNAP_INSTALL; /* refused (and logged) there */
+    fetched_normalize(qq);
+    struct want_vec w = {.qq = qq, .from_id = qsm_next_id(qq->sm)};
+    qsm_each_msg(t, want_add, &w);
+    qsm_free(t);
+    if (w.n == 0) {
+        free(w.v);
+        return MR_SNAP_INSTALL;
+    }
+    qsort(w.v, w.n, sizeof *w.v, cmp_want);
+    struct catchup *cu = calloc(1, sizeof *cu);
+    if (!cu) abort();
+    *cu = (struct catchup){.index = index, .from = (uint32_t)from, .attempt = ++s->catchups, .want = w.v, .n_want = w.n,
+                           .started = ev_now(s->b->loop)};
+    qq->cu = cu;
+    log_info("quorum queue '%s' in vhost '%s': catching up to the leader's snapshot at index %llu: fetching %zu "
+             "message bodies (%llu bytes) from node %u", qq->q->name, qq->q->vh->name, (unsigned long long)index,
+             w.n, (unsigned long long)w.bytes, (unsigned)from);
+    fetch_more(qq);
+    return qq->cu ? MR_SNAP_LATER : MR_SNAP_IGNORE; /* abandoned at once: the message goes too */
+}
+
+/* Reads stored bodies of one group in ascending id order with one iterator: a run of adjacent
+ * keys costs a step each instead of a lookup each (a fetch asks for ~1,000 mostly consecutive
+ * ids; point lookups made the serving node's loop the bottleneck of a catch-up). */
+struct body_cursor {
+    uint64_t gid;
+    store_iter_t *it;
+    bool have;     /* cur_id/val hold the entry the iterator returned last */
+    uint64_t cur_id;
+    amqp_bytes_t val;
+};
+
+static bool body_cursor_step(struct body_cursor *c)
+{
+    const void *k, *v;
+    size_t klen, vlen;
+    c->have = store_iter_next(c->it, &k, &klen, &v, &vlen) && klen == 17;
+    if (c->have) {
+        c->cur_id = store_get_be64((const uint8_t *)k + 9);
+        c->val = (amqp_bytes_t){v, vlen};
+    }
+    return c->have;
+}
+
+/* The stored body of id (valid until the next call), ids asked in ascending order. */
+static bool body_cursor_find(struct body_cursor *c, store_t *st, uint64_t id, amqp_bytes_t *out)
+{
+    if (!st) return false;
+    if (!c->it) {
+        uint8_t prefix[9];
+        prefix[0] = KEY_QQ_BODY;
+        put_be64(prefix + 1, c->gid);
+        if (!(c->it = store_iter_prefix(st, prefix, sizeof prefix))) return false;
+        c->have = false;
+    }
+    for (int steps = 0; c->have && c->cur_id < id && steps < 8; steps++) body_cursor_step(c);
+    if (!c->have || c->cur_id < id) { /* far behind, or nothing read yet: seek */
+        uint8_t key[17];
+        body_key(key, c->gid, id);
+        store_iter_seek(c->it, key, sizeof key);
+        body_cursor_step(c);
+    }
+    if (!c->have || c->cur_id != id) return false;
+    *out = c->val;
+    return true;
+}
+
+/* "qq.b": the bodies of the named messages of a queue this node holds a replica of, from memory
+ * or the body store; a message the state no longer holds is answered as absent. */
+static void bodies_serve(struct qq_state *s, const void *payload, size_t len, const struct peer_reply_to *to)
+{
+    broker_t *b = s->b;
+    amqp_reader_t r = amqp_reader(payload, len);
+    uint64_t gid = amqp_read_u64(&r);
+    uint32_t n = amqp_read_u32(&r);
+    qq_t *qq = r.bad ? NULL : qq_by_gid(s, gid);
+    if (r.bad || n > r.left / 8 || !qq || !qq->g) {
+        if (b->node_reply) b->node_reply(b->node_ctx, to, BR_NOT_FOUND, "no replica of that queue here", NULL, 0);
+        return;
+    }
+    uint64_t *ids = malloc((n ? n : 1) * sizeof *ids);
+    msg_t **found = malloc((n ? n : 1) * sizeof *found);
+    if (!ids || !found) abort();
+    bool ascending = true;
+    for (uint32_t i = 0; i < n; i++) {
+        ids[i] = amqp_read_u64(&r);
+        if (i && ids[i] <= ids[i - 1]) ascending = false;
+    }
+    if (!ascending) {
+        free(ids);
+        free(found);
+        if (b->node_reply) b->node_reply(b->node_ctx, to, BR_PRECONDITION_FAILED, "ids not ascending", NULL, 0);
+        return;
+    }
+    qsm_find_many(qq->sm, ids, n, found);
+    amqp_buf_t out = {0};
+    amqp_buf_put_u32(&out, n);
+    struct body_cursor cur = {.gid = gid};
+    for (uint32_t i = 0; i < n; i++) {
+        const msg_t *m = found[i];
+        amqp_bytes_t body = m && m->body ? (amqp_bytes_t){m->body, m->body_len} : (amqp_bytes_t){0};
+        if (m && !m->body && (!body_cursor_find(&cur, b->store, ids[i], &body) || body.len != m->body_len))
+            m = NULL; /* paged out, and not in the store: cannot happen (logged by body_load when it does) */
+        amqp_buf_put_u8(&out, m != NULL);
+        if (m) amqp_buf_put_longstr(&out, body);
+    }
+    if (cur.it) store_iter_free(cur.it);
+    if (b->node_reply) b->node_reply(b->node_ctx, to, 0, NULL, out.data, out.len);
+    amqp_buf_free(&out);
+    free(ids);
+    free(found);
 }
 
 static void propose_down(qq_t *qq, uint32_t node, uint64_t chan, uint64_t keep_boot)
@@ -1278,6 +1763,7 @@ static const struct mr_sm_ops qq_sm_ops = {
     .snapshot_take = sm_snapshot_take,
     .snapshot_install = sm_snapshot_install,
     .snapshot_send = sm_snapshot_send,
+    .snapshot_arriving = sm_snapshot_arriving,
     .role_changed = sm_role_changed,
 };
 
@@ -1439,6 +1925,8 @@ static void bury(struct qq_state *s)
         qq->g = NULL;
         qsm_free(qq->sm);
         free(qq->dead_ids);
+        catchup_free(qq);
+        free(qq->fetched);
         free(qq);
     }
 }
@@ -1796,6 +2284,8 @@ static void drop_replica(qq_t *qq)
     }
     qq->g = NULL;
     qq->n_dead = 0;
+    qq->n_fetched = 0; /* deleted with the rest */
+    catchup_free(qq);
     ev_timer_stop(qq->s->b->loop, &qq->expire_w);
     struct qsm_config cfg;
     config_of(qq->q, false, &cfg);
@@ -2306,6 +2796,10 @@ void qq_handle_call(broker_t *b, uint32_t from, const char *method, const void *
         mchange_serve(s, payload, len, to);
         return;
     }
+    if (strcmp(method, "qq.b") == 0 && from != PEER_CLIENT_ID) {
+        bodies_serve(s, payload, len, to);
+        return;
+    }
     if (strcmp(method, "qq.d") == 0 && from != PEER_CLIENT_ID) {
         relay_receive(s, payload, len);
         if (b->node_reply) b->node_reply(b->node_ctx, to, 0, NULL, NULL, 0);
@@ -2518,6 +3012,8 @@ void qq_free(broker_t *b)
         qsm_free(qq->sm);
         qq->q->qq = NULL;
         free(qq->dead_ids);
+        catchup_free(qq);
+        free(qq->fetched);
         free(qq);
     }
     dict_free(&s->groups);

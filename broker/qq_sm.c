@@ -1125,6 +1125,50 @@ void qsm_each_msg(const qsm_t *s, void (*fn)(void *ud, uint64_t msg_id, msg_t *m
 
 uint64_t qsm_live(const qsm_t *s) { return s->ready + s->unacked + s->dlx; }
 
+/* The position of the first element of d with id >= id (d ascending by id). */
+static size_t dq_lower_bound(const deque_t *d, uint64_t id)
+{
+    size_t lo = 0, hi = d->len;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (dq_at(d, mid)->id < id) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+static size_t ids_lower_bound(const uint64_t *ids, size_t n, uint64_t id)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (ids[mid] < id) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+void qsm_find_many(const qsm_t *s, const uint64_t *ids, size_t n, msg_t **out)
+{
+    for (size_t i = 0; i < n; i++) {
+        qmsg_t *q = idmap_get(&s->ids, ids[i]);
+        if (!q) {
+            const deque_t *ds[2] = {&s->lo, &s->hi}; /* ascending: enqueue order */
+            for (int k = 0; k < 2 && !q; k++) {
+                size_t at = dq_lower_bound(ds[k], ids[i]);
+                if (at < ds[k]->len && dq_at(ds[k], at)->id == ids[i]) q = dq_at(ds[k], at);
+            }
+        }
+        out[i] = q ? q->m : NULL;
+    }
+    /* Returns are in return order: one pass over them, looking each up among the ids. */
+    for (size_t j = 0; j < s->returns.len && n; j++) {
+        const qmsg_t *q = dq_at(&s->returns, j);
+        size_t at = ids_lower_bound(ids, n, q->id);
+        if (at < n && ids[at] == q->id) out[at] = q->m;
+    }
+}
+
 void qsm_dlx_each(const qsm_t *s, qsm_dlx_fn fn, void *ud)
 {
     for (const qmsg_t *q = s->dlx_list.head; q; q = q->next)
@@ -1696,14 +1740,19 @@ static bool read_consumers(restore_t *x)
     return true;
 }
 
-static bool read_ready(restore_t *x, deque_t *d)
+/* ascending: the priority deques hold messages in enqueue order, i.e. by ascending id (which
+ * qsm_find_many relies on); the returns deque in the order they were returned. */
+static bool read_ready(restore_t *x, deque_t *d, bool ascending)
 {
     uint32_t n;
     if (!read_count(x, MSG_MIN_BYTES(x), &n)) return false;
+    uint64_t prev = 0;
     for (uint32_t i = 0; i < n; i++) {
         qmsg_t *q = read_msg(x);
         if (!q) return false;
         ready_push(x->s, d, q);
+        if (ascending && q->id <= prev) return false;
+        prev = q->id;
     }
     return true;
 }
@@ -1785,7 +1834,8 @@ qsm_t *qsm_restore(const void *bytes, size_t len)
     s->returned_total = amqp_read_u64(&x.r);
     s->dead_lettered_total = amqp_read_u64(&x.r);
     bool ok = !x.r.bad && s->next_id >= 1 && s->hi_streak <= 2 && read_consumers(&x) && rr <= s->n_cons &&
-              read_ready(&x, &s->returns) && read_ready(&x, &s->hi) && read_ready(&x, &s->lo) && read_dlx(&x) &&
+              read_ready(&x, &s->returns, false) && read_ready(&x, &s->hi, true) && read_ready(&x, &s->lo, true) &&
+              read_dlx(&x) &&
               read_enqueuers(&x) && read_floors(&x) && !x.r.bad && x.r.left == 0;
     s->rr_last = (int64_t)rr - 1;
     idmap_free(&x.all);

@@ -262,6 +262,9 @@ void qsm_each_msg(const qsm_t *s, void (*fn)(void *ud, uint64_t msg_id, msg_t *m
 typedef void (*qsm_checked_fn)(void *ud, uint32_t node, uint64_t chan, amqp_bytes_t tag, uint64_t msg_id, msg_t *m,
                                uint32_t delivery_count);
 void qsm_each_checked(const qsm_t *s, qsm_checked_fn fn, void *ud);
+/* Looks up live messages by id: out[i] is the message with id ids[i] (lent), or NULL if the
+ * state does not hold it. ids ascending (no duplicates). O(n log live + returned messages). */
+void qsm_find_many(const qsm_t *s, const uint64_t *ids, size_t n, msg_t **out);
 /* The next msg_id: every message enqueued after the state was taken has an id >= it. */
 uint64_t qsm_next_id(const qsm_t *s);
 

@@ -751,10 +751,12 @@ static void leader_append_resp(struct raft *r, const struct raft_msg *m) {
         pr->match = m->index;
         pr->stall = 0;
         if (pr->next < pr->match + 1) pr->next = pr->match + 1;
-        if (pr->pending_snap && pr->match < pr->pending_snap) {
+        if (pr->pending_snap && pr->match < pr->pending_snap && pr->match < r->log_offset) {
             maybe_commit(r); /* an older acknowledgement: still waiting for the snapshot */
             return;
         }
+        /* (An older snapshot's acknowledgement - the follower installed one sent earlier - ends
+         * the wait when the log still holds what follows it: streaming from there is cheaper.) */
         if (!pr->replicate) { /* the probe (or snapshot) found the match: stream from there */
             pr->replicate = true;
             pr->paused = false;

@@ -25,6 +25,15 @@
 #               then drained by one consumer: both rates, peak VmRSS of every node (sampled
 #               every 0.5 s over both phases), disk used (du of each node's data dir) after
 #               the publish phase and after the drain. Once per side.
+#   qq-catchup  a follower of a quorum queue is paused (SIGSTOP) while BENCH_CATCHUP (200,000)
+#               messages are published through the other follower with no consumer, then resumed
+#               (SIGCONT): catch-up time = resume to the moment that member's own commit index
+#               reaches the leader's (Warren: `warrenctl list_queues` on that node, polled every
+#               0.1 s; RabbitMQ: rabbit_quorum_queue:status/2 polled every 50 ms by a
+#               `rabbitmqctl eval` on the leader node, started before the resume), and the peak
+#               VmRSS of the leader and of the follower from the pause to the catch-up (0.25 s
+#               samples). Warren's follower is past the leader's compacted log: it catches up
+#               through a snapshot plus the bodies it lacks. Once per side; the queue is deleted.
 #   qq-failover a paced (BENCH_FAILOVER_RATE, 1000 msg/s) confirmed publish stream through a
 #               node that does not lead the queue, a consumer on the third node; after
 #               BENCH_FAILOVER_BEFORE s the leader node is killed with SIGKILL and the client
@@ -39,7 +48,8 @@
 #           BENCH_BACKLOG=100000.
 # Environment: BENCH_DURATION (10), BENCH_RUNS (3), BENCH_LAT_RATE (1000), BENCH_LAT_DURATION
 #   (15), BENCH_BACKLOG (1000000), BENCH_BACKLOG_TIMEOUT (480 s per phase),
-#   BENCH_FAILOVER_RATE (1000), BENCH_FAILOVER_BEFORE (5), BENCH_FAILOVER_AFTER (15),
+#   BENCH_CATCHUP (200000; --quick 50000), BENCH_FAILOVER_RATE (1000), BENCH_FAILOVER_BEFORE (5),
+#   BENCH_FAILOVER_AFTER (15),
 #   BENCH_SCENARIOS, BENCH_CLUSTER_TIMEOUT (90), WARREN_BIN (build/warren-server),
 #   WARRENCTL_BIN (build/warrenctl), CLUSTER_BENCH_BIN (build/cluster_bench),
 #   BENCH_WARREN_CONF_EXTRA (lines appended to every warren.conf), BENCH_WARREN_VERSION,
@@ -63,6 +73,7 @@ done
 if [ $quick = 1 ]; then
   BENCH_DURATION=${BENCH_DURATION:-3} BENCH_RUNS=${BENCH_RUNS:-1}
   BENCH_LAT_DURATION=${BENCH_LAT_DURATION:-5} BENCH_BACKLOG=${BENCH_BACKLOG:-100000}
+  BENCH_CATCHUP=${BENCH_CATCHUP:-50000}
 fi
 
 DURATION=${BENCH_DURATION:-10}
@@ -71,10 +82,11 @@ LAT_RATE=${BENCH_LAT_RATE:-1000}
 LAT_DURATION=${BENCH_LAT_DURATION:-15}
 BACKLOG=${BENCH_BACKLOG:-1000000}
 BACKLOG_TIMEOUT=${BENCH_BACKLOG_TIMEOUT:-480}
+CATCHUP=${BENCH_CATCHUP:-200000}
 FAILOVER_RATE=${BENCH_FAILOVER_RATE:-1000}
 FAILOVER_BEFORE=${BENCH_FAILOVER_BEFORE:-5}
 FAILOVER_AFTER=${BENCH_FAILOVER_AFTER:-15}
-SCENARIOS=${BENCH_SCENARIOS:-"qq-1 qq-4 qq-10 qq-lat qq-backlog qq-failover"}
+SCENARIOS=${BENCH_SCENARIOS:-"qq-1 qq-4 qq-10 qq-lat qq-backlog qq-catchup qq-failover"}
 CLUSTER_TIMEOUT=${BENCH_CLUSTER_TIMEOUT:-90}
 MAX_SECONDS=${BENCH_MAX_SECONDS:-1800}
 WARREN_BIN=${WARREN_BIN:-$REPO/build/warren-server}
@@ -83,12 +95,12 @@ CLUSTER_BENCH_BIN=${CLUSTER_BENCH_BIN:-$REPO/build/cluster_bench}
 RABBITMQ_CLUSTER_SH=$REPO/tests/bench/rabbitmq_cluster.sh
 RMQ_SCRIPTS=${RABBITMQ_SCRIPTS:-/usr/lib/rabbitmq/bin}
 
-for v in DURATION RUNS LAT_RATE LAT_DURATION BACKLOG BACKLOG_TIMEOUT FAILOVER_RATE FAILOVER_BEFORE \
+for v in DURATION RUNS LAT_RATE LAT_DURATION BACKLOG BACKLOG_TIMEOUT CATCHUP FAILOVER_RATE FAILOVER_BEFORE \
          FAILOVER_AFTER CLUSTER_TIMEOUT MAX_SECONDS; do
   case "${!v}" in ''|*[!0-9]*|0) echo "qq_run.sh: BENCH_$v must be a positive integer" >&2; exit 2;; esac
 done
 for s in $SCENARIOS; do
-  case "$s" in qq-1|qq-4|qq-10|qq-lat|qq-backlog|qq-failover) ;;
+  case "$s" in qq-1|qq-4|qq-10|qq-lat|qq-backlog|qq-catchup|qq-failover) ;;
     *) echo "qq_run.sh: unknown scenario '$s' in BENCH_SCENARIOS" >&2; exit 2 ;; esac
 done
 
@@ -480,23 +492,144 @@ r = json.loads(sys.stdin.read())
 print(", ".join(f"node {k} {v / 1024:.0f} MB" for k, v in r.get("peak_kb", {}).items()))')"
 }
 
-failover() {   # failover SIDE
-  local side=$1 q=bench-qq-failover leader pub con out rc=0 pid kill_ns i limit new t0
-  # Create the queue first so that its leader is known before the stream starts, then
-  # publish through one non-leader and consume through the other.
-  run_client "$side" 1 qq-failover-setup 60 "${QQ_ARGS[@]}" --queue "$q" --publish-only --count 1 \
-    --duration 30 >/dev/null 2>&1 || { log "  ${SIDE_LABEL[$side]}: failover: could not create $q"; return 0; }
+# Creates quorum queue Q (one message published through node 1) and prints the node leading it;
+# fails (with a log line and, once it exists, an error recorded for SCENARIO) otherwise.
+create_and_lead() {   # create_and_lead SIDE Q SCENARIO
+  local side=$1 q=$2 sc=$3 leader="" i
+  run_client "$side" 1 "$sc-setup" 60 "${QQ_ARGS[@]}" --queue "$q" --publish-only --count 1 \
+    --duration 30 >/dev/null 2>&1 || { log "  ${SIDE_LABEL[$side]}: $sc: could not create $q"; return 1; }
   sed -i '$d' "$RESULTS"    # the setup run is not a result
-  leader=""
   for i in $(seq 20); do
     leader=$(queue_leader "$side" "$q" 1)
     [ -n "$leader" ] && break
     sleep 0.5
   done
   if [ -z "$leader" ]; then
-    record "$side" "\"scenario\":\"qq-failover\",\"error\":\"leader of $q not found\""
-    log "  ${SIDE_LABEL[$side]}: failover: the leader of $q was not found"; return 0
+    record "$side" "\"scenario\":\"$sc\",\"error\":\"leader of $q not found\""
+    log "  ${SIDE_LABEL[$side]}: $sc: the leader of $q was not found"; return 1
   fi
+  echo "$leader"
+}
+
+# Warren: the commit index of quorum queue Q in node I's own replica, or nothing. (Text tools,
+# not python: it is polled every 0.1 s on a 2-core machine while the nodes catch up.)
+warren_member_commit() {   # warren_member_commit SIDE Q I
+  timeout --kill-after=2 10 "$WARRENCTL_BIN" --node "127.0.0.1:$((SIDE_AUX[$1] + $3 - 1))" --cookie "$COOKIE" \
+    --json list_queues 2>/dev/null | tr -d '\n ' | grep -o "\"name\":\"$2\"[^}]*" |
+    sed -n 's/.*"commit_index":\([0-9][0-9]*\).*/\1/p' | head -n 1 || true
+}
+
+# RabbitMQ: an Erlang expression for `rabbitmqctl eval` that polls rabbit_quorum_queue:status/2
+# every 50 ms until member NODE's commit index is >= TARGET (TARGET -1: prints the leader's commit
+# index at once), then prints the wall clock (ms) it saw it at. Polls for at most 400 s.
+rmq_catchup_expr() {   # rmq_catchup_expr Q NODE TARGET
+  cat <<ERL
+Q = <<"$1">>, F = '$2', Target = $3,
+Idx = fun(Want) -> case catch rabbit_quorum_queue:status(<<"/">>, Q) of
+  Rows when is_list(Rows) -> lists:foldl(fun(R, Acc) ->
+      N = proplists:get_value(<<"Node Name">>, R), S = proplists:get_value(<<"Raft State">>, R),
+      C = proplists:get_value(<<"Commit Index">>, R),
+      Hit = case Want of leader -> S =:= leader; _ -> N =:= F orelse N =:= atom_to_binary(F, utf8) end,
+      case Hit andalso is_integer(C) of true -> C; false -> Acc end end, -1, Rows);
+  _ -> -1 end end,
+Loop = fun Loop(K) -> C = Idx(member),
+  if C >= Target -> {caught_up_at_ms, os:system_time(millisecond), C};
+     K =< 0 -> {gave_up, C};
+     true -> timer:sleep(50), Loop(K - 1) end end,
+case Target of -1 -> {leader_commit, Idx(leader)}; _ -> Loop(8000) end.
+ERL
+}
+
+# rabbitmqctl eval on node I without rmq_ctl's 60 s bound.
+rmq_eval() {   # rmq_eval SIDE I EXPR
+  HOME=${SIDE_DIR[$1]}/node1 RABBITMQ_CONF_ENV_FILE=${SIDE_DIR[$1]}/node1/rabbitmq-env.conf \
+    RABBITMQ_USE_LONGNAME=false \
+    timeout --kill-after=5 460 "$RMQ_SCRIPTS/rabbitmqctl" -n "bench-$((SIDE_BASE[$1] + $2 - 1))@localhost" eval "$3"
+}
+
+catchup() {   # catchup SIDE
+  local side=$1 q=bench-qq-catchup leader="" follower other fpid rss=$WORK/logs/$1-catchup-rss.txt out
+  local target="" seen="" c t_pause t_cont t_end rc=0 limit evpid fnode
+  out=$WORK/logs/$side-qq-catchup-eval.txt
+  leader=$(create_and_lead "$side" "$q" qq-catchup) || return 0
+  follower=$((leader % 3 + 1))
+  other=$((follower % 3 + 1))
+  fpid=$(node_pid "$side" "$follower")
+  fnode="bench-$((SIDE_BASE[$side] + follower - 1))@localhost"
+  log "  ${SIDE_LABEL[$side]}: $q led by node $leader; pausing node $follower, publishing $CATCHUP via node $other"
+  : >"$rss"
+  # shellcheck disable=SC2046
+  start_rss_sampler "$rss" 0.25 ${SIDE_PIDS[$side]}
+  t_pause=$(date +%s.%N)
+  kill -STOP "$fpid"
+  run_client "$side" 1 qq-catchup-publish $((BACKLOG_TIMEOUT + 150)) "${QQ_ARGS[@]}" --queue "$q" \
+    --queue-node "$leader" --publish-node "$other" --consume-node "$other" \
+    --publish-only --count "$CATCHUP" --duration "$BACKLOG_TIMEOUT" || rc=$?
+  case "${SIDE_KIND[$side]}" in
+    warren) target=$(warren_member_commit "$side" "$q" "$leader") ;;
+    rabbitmq) target=$(rmq_eval "$side" "$leader" "$(rmq_catchup_expr "$q" "$fnode" -1)" 2>/dev/null |
+                       sed -n 's/.*leader_commit, *\([0-9][0-9]*\).*/\1/p') ;;
+  esac
+  if [ -z "$target" ]; then
+    kill -CONT "$fpid"
+    stop_rss_sampler
+    record "$side" "\"scenario\":\"qq-catchup\",\"error\":\"the leader's commit index was not found\""
+    log "  ${SIDE_LABEL[$side]}: catch-up: the leader's commit index was not found"; return 0
+  fi
+  evpid=""
+  if [ "${SIDE_KIND[$side]}" = rabbitmq ]; then
+    rmq_eval "$side" "$leader" "$(rmq_catchup_expr "$q" "$fnode" "$target")" >"$out" 2>&1 &
+    evpid=$!
+    sleep 3    # the CLI is up and polling (the paused member answers nothing yet)
+  fi
+  t_cont=$(date +%s.%N)
+  kill -CONT "$fpid"
+  case "${SIDE_KIND[$side]}" in
+    warren)
+      limit=$((SECONDS + 400))
+      while [ $SECONDS -lt $limit ]; do
+        c=$(warren_member_commit "$side" "$q" "$follower")
+        if [ -n "$c" ] && [ "$c" -ge "$target" ]; then seen=$(date +%s.%N); break; fi
+        sleep 0.1
+      done ;;
+    rabbitmq)
+      wait "$evpid" || true
+      c=$(sed -n 's/.*caught_up_at_ms, *\([0-9][0-9]*\).*/\1/p' "$out")
+      [ -z "$c" ] || seen=$(python3 -c "print($c / 1000)") ;;
+  esac
+  t_end=$(date +%s.%N)
+  sleep 0.5
+  stop_rss_sampler
+  python3 - "$rss" "$t_pause" "$t_cont" "$t_end" "${seen:-}" "$leader" "$follower" "$CATCHUP" "$target" <<'PY' >>"$RESULTS.$side.cu"
+import json, sys
+path, t_pause, t_cont, t_end = sys.argv[1], *map(float, sys.argv[2:5])
+seen = float(sys.argv[5]) if sys.argv[5] else None
+leader, follower, n, target = (int(x) for x in sys.argv[6:10])
+peak = {}
+for line in open(path):
+    p = line.split()
+    if len(p) == 3 and t_pause <= float(p[0]) <= t_end + 0.5:
+        peak[int(p[1])] = max(peak.get(int(p[1]), 0), int(p[2]))
+print(json.dumps({"scenario": "qq-catchup", "messages": n, "leader": leader, "follower": follower,
+                  "target_commit": target, "paused_s": round(t_cont - t_pause, 3),
+                  "catchup_s": round(seen - t_cont, 3) if seen is not None else None,
+                  "leader_peak_kb": peak.get(leader), "follower_peak_kb": peak.get(follower)}))
+PY
+  record "$side" "$(sed 's/^{//; s/}$//' "$RESULTS.$side.cu" | tail -n 1)"
+  rm -f "$RESULTS.$side.cu"
+  log "    [${SIDE_LABEL[$side]}] $(tail -n 1 "$RESULTS")"
+  case "${SIDE_KIND[$side]}" in
+    warren) timeout 60 "$WARRENCTL_BIN" --node "127.0.0.1:$((SIDE_AUX[$side] + leader - 1))" --cookie "$COOKIE" \
+              delete_queue "$q" >/dev/null 2>&1 || true ;;
+    rabbitmq) rmq_ctl "$side" "$leader" delete_queue "$q" >/dev/null 2>&1 || true ;;
+  esac
+}
+
+failover() {   # failover SIDE
+  local side=$1 q=bench-qq-failover leader pub con out rc=0 pid kill_ns i limit new t0
+  # Create the queue first so that its leader is known before the stream starts, then
+  # publish through one non-leader and consume through the other.
+  leader=$(create_and_lead "$side" "$q" qq-failover) || return 0
   case $leader in 1) pub=2 con=3 ;; 2) pub=3 con=1 ;; 3) pub=1 con=2 ;; esac
   pid=$(node_pid "$side" "$leader")
   [ -n "$pid" ] || { log "  ${SIDE_LABEL[$side]}: failover: no PID for node $leader"; return 0; }
@@ -586,6 +719,13 @@ for side in ours rabbitmq; do
 done
 for side in ours rabbitmq; do
   [ "${SIDE_UP[$side]}" = 1 ] || continue
+  case " $SCENARIOS " in *" qq-catchup "*)
+    log "qq-catchup (${SIDE_LABEL[$side]}): a follower paused while $CATCHUP messages are published, then resumed"
+    catchup "$side" ;;
+  esac
+done
+for side in ours rabbitmq; do
+  [ "${SIDE_UP[$side]}" = 1 ] || continue
   case " $SCENARIOS " in *" qq-failover "*)
     log "qq-failover (${SIDE_LABEL[$side]}): kill -9 of the queue's leader under a confirmed stream"
     failover "$side" ;;
@@ -608,7 +748,7 @@ RABBITMQ_VERSION=$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || 
 ERLANG_VERSION=$(dpkg-query -W -f='${Version}' erlang-base 2>/dev/null || echo unknown) \
 LIBRABBITMQ_VERSION=$(pkg-config --modversion librabbitmq 2>/dev/null || echo unknown) \
 BENCH_DURATION=$DURATION BENCH_RUNS=$RUNS BENCH_LAT_RATE=$LAT_RATE BENCH_LAT_DURATION=$LAT_DURATION \
-BENCH_BACKLOG=$BACKLOG BENCH_FAILOVER_RATE=$FAILOVER_RATE BENCH_FAILOVER_BEFORE=$FAILOVER_BEFORE \
+BENCH_BACKLOG=$BACKLOG BENCH_CATCHUP=$CATCHUP BENCH_FAILOVER_RATE=$FAILOVER_RATE BENCH_FAILOVER_BEFORE=$FAILOVER_BEFORE \
 WARREN_DIR=${SIDE_DIR[ours]} BENCH_QUICK=$quick BENCH_ELAPSED=$((SECONDS - started_at)) LOAD_START=$LOAD_START LOAD_END=$LOAD_END \
 python3 - "$RESULTS" "$OUT" <<'PY'
 import json, os, platform, statistics, sys, time
@@ -732,6 +872,15 @@ if any(r.get("scenario", "").startswith("qq-backlog") for r in rows):
     row("qq-backlog", "disk used after publishing, 3 nodes", disk("ours", "publish"), disk("rabbitmq", "publish"), "MB")
     row("qq-backlog", "disk used after the drain, 3 nodes", disk("ours", "drain"), disk("rabbitmq", "drain"), "MB")
 
+cu = {s: one(s, "qq-catchup") for s in SIDES}
+if any(cu.values()):
+    n = next(r["messages"] for r in cu.values() if r)
+    row("qq-catchup", f"follower paused for {n:,} publishes: resume to caught up",
+        *((cu[s] or {}).get("catchup_s") for s in SIDES), "s")
+    for who in ("leader", "follower"):
+        row("qq-catchup", f"peak RSS from the pause to caught up, {who}",
+            *(((cu[s] or {}).get(f"{who}_peak_kb") or 0) / 1024 or None for s in SIDES), "MB")
+
 fo = {s: one(s, "qq-failover") for s in SIDES}
 fo_err = {s: [r for r in rows if r["side"] == s and r.get("scenario") == "qq-failover" and "error" in r] for s in SIDES}
 fo_nodes = {s: next((r for r in rows if r["side"] == s and r.get("scenario") == "qq-failover-nodes"), None) for s in SIDES}
@@ -801,7 +950,7 @@ for i in (1, 2, 3):
             continue
         t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + float(m.group(2) or 0)
         sc = next((w[2] for w in windows if w[0] <= t <= w[1] + 2), None)
-        if sc is None or sc == "qq-failover":
+        if sc is None or sc in ("qq-failover", "qq-catchup-publish"):  # a node killed / paused on purpose
             continue
         e = events.setdefault(sc, {"silent": [], "down": 0, "elections": 0, "meta": 0})
         s_ = re.search(r"silent for ([0-9.]+) s", line)
@@ -851,7 +1000,7 @@ md.append(f"- RabbitMQ: {env['RABBITMQ_VERSION']} (Debian package, stock configu
 md.append(f"- Client: `tests/bench/cluster_bench.c` over librabbitmq {env['LIBRABBITMQ_VERSION']}")
 md.append(f"- qq-1/4/10: {env['BENCH_DURATION']} s per run, median of {env['BENCH_RUNS']} run(s); "
           f"qq-lat: {env['BENCH_LAT_DURATION']} s per run, median of {env['BENCH_RUNS']}; "
-          f"alternating which cluster goes first; qq-backlog ({backlog_n:,} messages) and "
+          f"alternating which cluster goes first; qq-backlog ({backlog_n:,} messages), qq-catchup and "
           f"qq-failover once per cluster; total {env['BENCH_ELAPSED']} s\n")
 if caveats:
     md.append("**Caveats:** " + "; ".join(caveats) + ".\n")
@@ -890,6 +1039,17 @@ md.append(f"""- Every queue is a quorum queue (`x-queue-type: quorum`, three mem
   from `/proc/<pid>/status` every 0.5 s over both phases; disk used is `du -sb` of each node's
   data directory (Warren's `data_dir`, RabbitMQ's mnesia directory) right after the publish
   phase and right after the drain.
+- **qq-catchup**: the queue's leader is found as in qq-failover; the next node (a follower) is
+  paused with SIGSTOP while {int(env['BENCH_CATCHUP']):,} messages are published through the
+  third node (no consumer), then resumed with SIGCONT. Caught up = that follower's own commit
+  index reaches the leader's at the resume: Warren's from `warrenctl --json list_queues` on
+  that node (polled every 0.1 s), RabbitMQ's from `rabbit_quorum_queue:status/2` (the rows
+  of `rabbitmq-queues quorum_status`) polled every 50 ms by a `rabbitmqctl eval` on the leader
+  node. The two mean different things: RabbitMQ's follower counts entries once received and
+  handed to its WAL, and its log is not compacted while nothing is consumed, so it streams the
+  log; Warren's compacted past the follower, which gets a snapshot without bodies, fetches the
+  bodies it lacks and writes them durably (fsync) before it installs the snapshot and its
+  commit index moves. Peak VmRSS is sampled every 0.25 s from the pause to the catch-up.
 - **qq-failover** (run last on each cluster; the killed node stays down): one publisher paced
   at {int(env['BENCH_FAILOVER_RATE']):,} msg/s (window 100) through a node that does not lead
   the queue, one consumer on the third node. After {env['BENCH_FAILOVER_BEFORE']} s the

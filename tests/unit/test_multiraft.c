@@ -43,6 +43,10 @@ struct sm {
     uint64_t reads_ok, reads_failed;
     uint64_t last_read_ctx;
     size_t n_at_read; /* values applied when the last read was served */
+    /* snapshot_arriving: with hold_snapshots, the first snapshot is kept (MR_SNAP_LATER) and
+     * later ones ignored until the test resumes it */
+    bool hold_snapshots, kept;
+    unsigned arrivals;
 };
 
 struct fx;
@@ -159,10 +163,24 @@ static void sm_read_ready(mr_group_t *g, uint64_t ctx, int status)
     }
 }
 
+static int sm_snapshot_arriving(mr_group_t *g, raft_id from, raft_index index, const void *bytes, size_t len)
+{
+    (void)from, (void)index, (void)bytes, (void)len;
+    struct sm *sm = mr_group_user(g);
+    sm->arrivals++;
+    if (!sm->hold_snapshots)
+        return MR_SNAP_INSTALL;
+    if (sm->kept)
+        return MR_SNAP_IGNORE;
+    sm->kept = true;
+    return MR_SNAP_LATER;
+}
+
 static const struct mr_sm_ops sm_ops = {
     .apply = sm_apply,
     .snapshot_take = sm_snapshot_take,
     .snapshot_install = sm_snapshot_install,
+    .snapshot_arriving = sm_snapshot_arriving,
     .read_ready = sm_read_ready,
 };
 
@@ -1148,6 +1166,15 @@ static bool node_applied(struct fx *f, void *arg)
     return f->nodes[want[0]].sm[0].n >= want[1];
 }
 
+/* Cuts (or restores) every link to and from node. */
+static void set_links_of(struct fx *f, raft_id node, bool up)
+{
+    for (raft_id id = 1; id <= NODES; id++) {
+        mr_loopback_set_link(f->lb, id, node, up);
+        mr_loopback_set_link(f->lb, node, id, up);
+    }
+}
+
 static void test_snapshot_and_compaction(void **state)
 {
     struct fx *f = *state;
@@ -1178,10 +1205,7 @@ static void test_snapshot_and_compaction(void **state)
     wait_leaders(f);
     leader = group_leader(f, 0);
     raft_id lagger = leader % NODES + 1;
-    for (raft_id id = 1; id <= NODES; id++) {
-        mr_loopback_set_link(f->lb, id, lagger, false);
-        mr_loopback_set_link(f->lb, lagger, id, false);
-    }
+    set_links_of(f, lagger, false);
     for (unsigned k = 35; k < 70; k++) {
         uint64_t v = value(0, k);
         assert_int_equal(mr_propose(grp(f, leader, 0), &v, 8, on_done, f), MR_OK);
@@ -1202,10 +1226,7 @@ static void test_snapshot_and_compaction(void **state)
     unsigned installs_before = lag_sm->installs;
     if (!drive(f, all_led, NULL, TEST_DEADLINE_SEC))
         fail_msg("no leader among the connected nodes");
-    for (raft_id id = 1; id <= NODES; id++) {
-        mr_loopback_set_link(f->lb, id, lagger, true);
-        mr_loopback_set_link(f->lb, lagger, id, true);
-    }
+    set_links_of(f, lagger, true);
     size_t want2[2] = {lagger, 70};
     if (!drive(f, node_applied, want2, TEST_DEADLINE_SEC))
         fail_msg("lagging node did not catch up");
@@ -1216,6 +1237,62 @@ static void test_snapshot_and_compaction(void **state)
     struct mr_host_stats sum;
     totals(f, &sum);
     assert_true(sum.snapshots_installed >= 1);
+}
+
+static bool snapshot_kept(struct fx *f, void *arg)
+{
+    const raft_id *node = arg;
+    return f->nodes[*node].sm[0].kept;
+}
+
+static bool never(struct fx *f, void *arg)
+{
+    (void)f, (void)arg;
+    return false;
+}
+
+/* A state machine may keep a leader's snapshot aside (MR_SNAP_LATER, e.g. to fetch what it
+ * refers to): nothing is installed or applied meanwhile, later snapshots can be ignored, and
+ * mr_snapshot_resume installs the kept one, after which the follower catches up from the log. */
+static void test_snapshot_kept_until_resumed(void **state)
+{
+    struct fx *f = *state;
+    fx_init(f, 1);
+    f->cfg.snapshot_threshold = 10;
+    f->cfg.trailing = 2;
+    fx_start_all(f);
+    wait_leaders(f);
+    for (unsigned k = 0; k < 20; k++)
+        propose_value(f, 0, k);
+    wait_applied(f, 0, 1, 20);
+    raft_id leader = group_leader(f, 0);
+    raft_id lagger = leader % NODES + 1;
+    struct sm *lag_sm = &f->nodes[lagger].sm[0];
+    set_links_of(f, lagger, false);
+    lag_sm->hold_snapshots = true;
+    for (unsigned k = 20; k < 60; k++) {
+        uint64_t v = value(0, k);
+        assert_int_equal(mr_propose(grp(f, leader, 0), &v, 8, on_done, f), MR_OK);
+    }
+    double deadline = now_sec() + TEST_DEADLINE_SEC;
+    while (now_sec() < deadline && f->nodes[leader].sm[0].n < 60)
+        ev_run(f->loop, EVRUN_ONCE);
+    drive(f, never, NULL, 0.3); /* the leader snapshots and compacts past the lagger */
+    unsigned installs_before = lag_sm->installs;
+    size_t applied_before = lag_sm->n;
+    set_links_of(f, lagger, true);
+    if (!drive(f, snapshot_kept, &lagger, TEST_DEADLINE_SEC))
+        fail_msg("no snapshot reached the lagging node");
+    drive(f, never, NULL, 1.0);
+    assert_int_equal(lag_sm->installs, installs_before);
+    assert_int_equal(lag_sm->n, applied_before); /* no entry applied over a kept snapshot */
+    assert_true(mr_snapshot_resume(grp(f, lagger, 0)));
+    assert_false(mr_snapshot_resume(grp(f, lagger, 0))); /* stepped once */
+    assert_int_equal(lag_sm->installs, installs_before + 1);
+    size_t want[2] = {lagger, 60};
+    if (!drive(f, node_applied, want, TEST_DEADLINE_SEC))
+        fail_msg("the lagging node did not catch up after the resumed snapshot");
+    assert_sequence(f, 0, 60);
 }
 
 static bool read_served(struct fx *f, void *arg)
@@ -1317,6 +1394,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hibernation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peer_down_elects_new_leader, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_and_compaction, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_kept_until_resumed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_read_index_and_transfer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conf_change_adds_node, setup, teardown),
     };

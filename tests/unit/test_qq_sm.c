@@ -1539,11 +1539,60 @@ static void test_meta_snapshot_cache(void **st)
     free(r);
 }
 
+struct id_truth { msg_t *by_id[400]; };
+
+static void note_msg(void *ud, uint64_t msg_id, msg_t *m)
+{
+    struct id_truth *t = ud;
+    assert_true(msg_id < 400);
+    t->by_id[msg_id] = m;
+}
+
+/* qsm_find_many finds every live message wherever it is (ready in either priority deque,
+ * returned, checked out, dead-lettered at least once) and nothing that has left. */
+static void test_find_many(void **st)
+{
+    (void)st;
+    rec_t *r = rec_new();
+    qsm_t *s = new_q(NULL);
+    char body[32];
+    for (int i = 0; i < 300; i++) {
+        snprintf(body, sizeof body, "m%d", i);
+        enq_full(s, r, T, 1, 1, 0, 0, body, i % 10 == 3 ? 7 : -1, -1);
+    }
+    consume(s, r, 1, 5, "c", 40, 0, 0);                            /* ids 1..40-ish checked out */
+    for (uint64_t id = 40; id >= 2; id -= 3) ret(s, r, 1, 5, "c", id); /* back, in descending order */
+    cancel(s, r, 1, 5, "c");
+    for (uint64_t id = 1; id < 60; id += 7) settle(s, r, 1, 5, "c", id);
+    for (int i = 0; i < 25; i++) dequeue(s, r, 1, 9, 100 + i, true); /* returns, then the heads go */
+    struct id_truth t = {0};
+    qsm_each_msg(s, note_msg, &t);
+    uint64_t ids[400];
+    msg_t *found[400];
+    for (uint64_t i = 0; i < 400; i++) ids[i] = i;
+    qsm_find_many(s, ids, 400, found);
+    unsigned live = 0;
+    for (int i = 0; i < 400; i++) {
+        assert_ptr_equal(found[i], t.by_id[i]);
+        live += found[i] != NULL;
+    }
+    assert_int_equal(live, qsm_live(s));
+    assert_true(live > 200 && live < 300);
+    /* A sparse, ascending subset gets the same answers. */
+    uint64_t few[] = {2, 5, 39, 150, 299, 300, 399};
+    msg_t *ffew[7];
+    qsm_find_many(s, few, 7, ffew);
+    for (int i = 0; i < 7; i++) assert_ptr_equal(ffew[i], t.by_id[few[i]]);
+    qsm_free(s);
+    free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_meta_snapshot),
         cmocka_unit_test(test_meta_snapshot_cache),
+        cmocka_unit_test(test_find_many),
         cmocka_unit_test(test_fifo_order),
         cmocka_unit_test(test_prefetch_and_credit),
         cmocka_unit_test(test_no_ack),
