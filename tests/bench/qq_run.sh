@@ -520,21 +520,24 @@ warren_member_commit() {   # warren_member_commit SIDE Q I
 }
 
 # RabbitMQ: an Erlang expression for `rabbitmqctl eval` that polls rabbit_quorum_queue:status/2
-# every 50 ms until member NODE's commit index is >= TARGET (TARGET -1: prints the leader's commit
-# index at once), then prints the wall clock (ms) it saw it at. Polls for at most 400 s.
+# every 50 ms until member NODE's commit index and log index are both >= TARGET (TARGET -1:
+# prints the leader's commit index at once), then prints the wall clock (ms) it saw it at. Polls
+# for at most 400 s. (Both: a Ra follower takes the leader's commit index as soon as it hears
+# from it - 100,009 with its log at 4,229 - so its commit index alone says nothing.)
 rmq_catchup_expr() {   # rmq_catchup_expr Q NODE TARGET
   cat <<ERL
 Q = <<"$1">>, F = '$2', Target = $3,
-Idx = fun(Want) -> case catch rabbit_quorum_queue:status(<<"/">>, Q) of
+Row = fun(Want) -> case catch rabbit_quorum_queue:status(<<"/">>, Q) of
   Rows when is_list(Rows) -> lists:foldl(fun(R, Acc) ->
       N = proplists:get_value(<<"Node Name">>, R), S = proplists:get_value(<<"Raft State">>, R),
-      C = proplists:get_value(<<"Commit Index">>, R),
+      C = proplists:get_value(<<"Commit Index">>, R), L = proplists:get_value(<<"Log Index">>, R),
       Hit = case Want of leader -> S =:= leader; _ -> N =:= F orelse N =:= atom_to_binary(F, utf8) end,
-      case Hit andalso is_integer(C) of true -> C; false -> Acc end end, -1, Rows);
-  _ -> -1 end end,
-Loop = fun Loop(K) -> C = Idx(member),
-  if C >= Target -> {caught_up_at_ms, os:system_time(millisecond), C};
-     K =< 0 -> {gave_up, C};
+      case Hit andalso is_integer(C) of true -> {C, L}; false -> Acc end end, {-1, -1}, Rows);
+  _ -> {-1, -1} end end,
+Idx = fun(Want) -> element(1, Row(Want)) end,
+Loop = fun Loop(K) -> {C, L} = Row(member),
+  if C >= Target, is_integer(L), L >= Target -> {caught_up_at_ms, os:system_time(millisecond), C, L};
+     K =< 0 -> {gave_up, C, L};
      true -> timer:sleep(50), Loop(K - 1) end end,
 case Target of -1 -> {leader_commit, Idx(leader)}; _ -> Loop(8000) end.
 ERL
@@ -1043,13 +1046,13 @@ md.append(f"""- Every queue is a quorum queue (`x-queue-type: quorum`, three mem
   paused with SIGSTOP while {int(env['BENCH_CATCHUP']):,} messages are published through the
   third node (no consumer), then resumed with SIGCONT. Caught up = that follower's own commit
   index reaches the leader's at the resume: Warren's from `warrenctl --json list_queues` on
-  that node (polled every 0.1 s), RabbitMQ's from `rabbit_quorum_queue:status/2` (the rows
-  of `rabbitmq-queues quorum_status`) polled every 50 ms by a `rabbitmqctl eval` on the leader
-  node. The two mean different things: RabbitMQ's follower counts entries once received and
-  handed to its WAL, and its log is not compacted while nothing is consumed, so it streams the
-  log; Warren's compacted past the follower, which gets a snapshot without bodies, fetches the
-  bodies it lacks and writes them durably (fsync) before it installs the snapshot and its
-  commit index moves. Peak VmRSS is sampled every 0.25 s from the pause to the catch-up.
+  that node (polled every 0.1 s; Warren's commit index never passes the member's own log),
+  RabbitMQ's commit index and log index from `rabbit_quorum_queue:status/2` (the rows of
+  `rabbitmq-queues quorum_status`) polled every 50 ms by a `rabbitmqctl eval` on the leader
+  node (a Ra follower's commit index is the leader's as soon as it hears from it, whatever its
+  log holds). RabbitMQ's log is not compacted while nothing is consumed, so its follower gets
+  the log; Warren's leader compacted past the follower, which gets a snapshot without bodies,
+  fetches the bodies it lacks and writes them durably before it installs the snapshot. Peak VmRSS is sampled every 0.25 s from the pause to the catch-up.
 - **qq-failover** (run last on each cluster; the killed node stays down): one publisher paced
   at {int(env['BENCH_FAILOVER_RATE']):,} msg/s (window 100) through a node that does not lead
   the queue, one consumer on the third node. After {env['BENCH_FAILOVER_BEFORE']} s the
