@@ -155,6 +155,10 @@ struct qq {
     uint64_t *fetched;
     size_t n_fetched, cap_fetched;
     uint64_t installs; /* snapshots installed */
+    /* Messages installed from a leader's snapshot without their body: they had left the queue
+     * on the serving node (removed by a committed entry after the snapshot, which this node
+     * applies next); id (8 bytes) -> nothing. Nothing delivers them: body_load says no. */
+    dict_t tombs;
 };
 
 /* A forwarded batch being served by this node as leader. */
@@ -732,6 +736,8 @@ static bool body_load(qq_t *qq, msg_t *m)
     if (m->body) return true;
     struct qq_state *s = qq->s;
     uint8_t key[17];
+    put_be64(key, m->id);
+    if (dict_size(&qq->tombs) && dict_get(&qq->tombs, key, 8)) return false; /* left the queue: see tombs */
     body_key(key, qq->gid, m->id);
     void *val = NULL;
     size_t vlen = 0;
@@ -758,6 +764,11 @@ static void fx_enqueued(void *ud, uint64_t msg_id, msg_t *m)
 static void fx_removed(void *ud, uint64_t msg_id, msg_t *m)
 {
     qq_t *qq = ud;
+    if (dict_size(&qq->tombs)) {
+        uint8_t key[8];
+        put_be64(key, msg_id);
+        dict_del(&qq->tombs, key, 8);
+    }
     if (m->qq_body == QQ_BODY_NONE && m->body) return; /* never stored */
     if (qq->n_dead == qq->cap_dead) {
         qq->cap_dead = qq->cap_dead ? qq->cap_dead * 2 : 256;
@@ -1313,8 +1324,10 @@ static void sm_snapshot_install(mr_group_t *g, raft_index index, const void *byt
  * QQ_FETCH_BYTES ("qq.b", QQ_FETCH_INFLIGHT at a time), writes them to its body store, and once
  * every one is durable steps the snapshot into Raft, which installs it and only then
  * acknowledges it to the leader. A message that has left the queue on the serving node by the
- * time it is asked for, an error or a timeout abandons the attempt: the leader sends a newer
- * snapshot after a while and the next attempt fetches only what the fetched bodies lack.
+ * time it is asked for was removed by a committed entry after the snapshot: it is installed
+ * without its body and marked (qq->tombs) so that nothing delivers it before this node applies
+ * that entry. An error or a timeout abandons the attempt: the leader sends a newer snapshot
+ * after a while and the next attempt fetches only what the fetched bodies lack.
  *
  * Invariants: an id is in qq->fetched only once its body is durable here; bodies fetched and
  * not part of the state the node ends up with are deleted when no attempt is running
@@ -1328,7 +1341,9 @@ struct catchup {
     size_t n_want, next;      /* next: the first not asked for yet */
     unsigned inflight;        /* calls waiting for an answer */
     size_t syncing;           /* answered, waiting for their store batch to be durable */
-    size_t done;              /* durable */
+    size_t done;              /* durable, or answered as gone */
+    uint64_t *gone;           /* answered as having left the queue there (see qq->tombs) */
+    size_t n_gone, cap_gone;
     uint64_t bytes;
     ev_tstamp started;
 };
@@ -1338,7 +1353,8 @@ struct fetch_ctx {
     broker_t *b; /* its quorum queue state may be gone by the time the answer or sync comes */
     uint64_t gid, attempt;
     size_t first, n; /* want[first .. first + n) */
-    uint64_t ids[];  /* the fetched ids (for the sync) */
+    size_t n_ids;    /* bodies among them written to the store */
+    uint64_t ids[];  /* their ids (for the sync) */
 };
 
 static int cmp_u64(const void *a, const void *b)
@@ -1397,6 +1413,7 @@ static void catchup_free(qq_t *qq)
 {
     if (!qq->cu) return;
     free(qq->cu->want);
+    free(qq->cu->gone);
     free(qq->cu);
     qq->cu = NULL;
 }
@@ -1415,15 +1432,26 @@ static void catchup_finish(qq_t *qq)
 {
     struct catchup *cu = qq->cu;
     log_info("quorum queue '%s' in vhost '%s': fetched %zu message bodies (%llu bytes) from node %u in %.2f s for "
-             "the leader's snapshot at index %llu", qq->q->name, qq->q->vh->name, cu->done,
-             (unsigned long long)cu->bytes, cu->from, ev_now(qq->s->b->loop) - cu->started,
-             (unsigned long long)cu->index);
+             "the leader's snapshot at index %llu (%zu more had left the queue there since)", qq->q->name,
+             qq->q->vh->name, cu->done - cu->n_gone, (unsigned long long)cu->bytes, cu->from,
+             ev_now(qq->s->b->loop) - cu->started, (unsigned long long)cu->index, cu->n_gone);
+    uint64_t *gone = cu->gone;
+    size_t n_gone = cu->n_gone;
+    cu->gone = NULL;
     catchup_free(qq);
     uint64_t installs = qq->installs;
     if (qq->g) mr_snapshot_resume(qq->g); /* Raft installs it (sm_snapshot_install), or has moved on */
+    if (qq->installs != installs) {
+        uint8_t key[8];
+        for (size_t i = 0; i < n_gone; i++) {
+            put_be64(key, gone[i]);
+            dict_set(&qq->tombs, key, 8, qq);
+        }
+        settle_fetched(qq);
+    }
     /* Not installed (a newer term came): the fetched bodies serve the next attempt, or are
      * settled by the next local snapshot if the log catches the node up instead. */
-    if (qq->installs != installs) settle_fetched(qq);
+    free(gone);
 }
 
 static void fetch_more(qq_t *qq);
@@ -1433,17 +1461,17 @@ static void fetch_synced(void *arg)
     struct fetch_ctx *f = arg;
     qq_t *qq = f->b->qq ? qq_by_gid(f->b->qq, f->gid) : NULL;
     if (qq && qq->g) {
-        if (qq->n_fetched + f->n > qq->cap_fetched) {
-            qq->cap_fetched = (qq->n_fetched + f->n) * 2;
+        if (qq->n_fetched + f->n_ids > qq->cap_fetched) {
+            qq->cap_fetched = (qq->n_fetched + f->n_ids) * 2;
             qq->fetched = realloc(qq->fetched, qq->cap_fetched * sizeof *qq->fetched);
             if (!qq->fetched) abort();
         }
-        memcpy(qq->fetched + qq->n_fetched, f->ids, f->n * sizeof *f->ids);
-        qq->n_fetched += f->n;
+        memcpy(qq->fetched + qq->n_fetched, f->ids, f->n_ids * sizeof *f->ids);
+        qq->n_fetched += f->n_ids;
         struct catchup *cu = qq->cu;
         if (cu && cu->attempt == f->attempt) {
-            cu->syncing -= f->n;
-            cu->done += f->n;
+            cu->syncing -= f->n_ids;
+            cu->done += f->n_ids;
             if (cu->done == cu->n_want) catchup_finish(qq);
         }
     }
@@ -1480,20 +1508,42 @@ static void fetch_reply(void *arg, int status, const char *error, const void *pa
         const struct want *w = &cu->want[f->first + i];
         bool has = amqp_read_u8(&r) != 0;
         amqp_bytes_t body = has ? amqp_read_longstr(&r) : (amqp_bytes_t){0};
-        if (r.bad || !has || body.len != w->len) {
-            snprintf(why, sizeof why, "message %llu %s on node %u", (unsigned long long)w->id,
-                     r.bad || has ? "came malformed" : "has left the queue", cu->from);
+        if (r.bad || (has && body.len != w->len)) {
+            snprintf(why, sizeof why, "message %llu came malformed from node %u", (unsigned long long)w->id,
+                     cu->from);
             free(f);
             catchup_abandon(qq, why);
             return;
         }
+        if (!has) {
+            /* It left the queue there after the snapshot: a committed entry this node applies
+             * after installing removes it. Until then nothing may deliver it (qq->tombs). (Not
+             * a reason to give up: under a steady flow the oldest messages of every newer
+             * snapshot would be consumed while being fetched, and no attempt would finish.) */
+            if (cu->n_gone == cu->cap_gone) {
+                cu->cap_gone = cu->cap_gone ? cu->cap_gone * 2 : 64;
+                cu->gone = realloc(cu->gone, cu->cap_gone * sizeof *cu->gone);
+                if (!cu->gone) abort();
+            }
+            cu->gone[cu->n_gone++] = w->id;
+            cu->done++;
+            continue;
+        }
         body_key(key, qq->gid, w->id);
         store_put(st, key, sizeof key, body.ptr, body.len);
-        f->ids[i] = w->id;
+        f->ids[f->n_ids++] = w->id;
         cu->bytes += body.len;
     }
-    cu->syncing += f->n;
-    store_on_synced(st, fetch_synced, f); /* f now waits for the batch */
+    if (f->n_ids) {
+        cu->syncing += f->n_ids;
+        store_on_synced(st, fetch_synced, f); /* f now waits for the batch */
+    } else {
+        free(f);
+    }
+    if (cu->done == cu->n_want) {
+        catchup_finish(qq); /* the rest was durable already */
+        return;
+    }
     fetch_more(qq);
 }
 
@@ -1819,6 +1869,7 @@ void qq_attach(queue_t *q, amqp_bytes_t members)
     dict_init(&qq->chans);
     dict_init(&qq->cons);
     dict_init(&qq->relayed);
+    dict_init(&qq->tombs);
     ev_timer_init(&qq->expire_w, expire_cb, 0, 0);
     qq->expire_w.data = qq;
     ev_timer_init(&qq->campaign_w, campaign_cb, 0.1, 0.1);
@@ -1898,6 +1949,8 @@ void qq_detach(queue_t *q)
     dict_init(&qq->cons);
     dict_free(&qq->relayed);
     dict_init(&qq->relayed);
+    dict_free(&qq->tombs);
+    dict_init(&qq->tombs);
     pos = 0;
     while (dict_next(&qq->chans, &pos, NULL, NULL, &v)) free(v);
     dict_free(&qq->chans);
@@ -2286,6 +2339,8 @@ static void drop_replica(qq_t *qq)
     qq->n_dead = 0;
     qq->n_fetched = 0; /* deleted with the rest */
     catchup_free(qq);
+    dict_free(&qq->tombs);
+    dict_init(&qq->tombs);
     ev_timer_stop(qq->s->b->loop, &qq->expire_w);
     struct qsm_config cfg;
     config_of(qq->q, false, &cfg);
@@ -3006,6 +3061,7 @@ void qq_free(broker_t *b)
         }
         dict_free(&qq->cons);
         dict_free(&qq->relayed);
+        dict_free(&qq->tombs);
         p2 = 0;
         while (dict_next(&qq->chans, &p2, NULL, NULL, &v2)) free(v2);
         dict_free(&qq->chans);
