@@ -1194,23 +1194,17 @@ static void redeliver_local(void *ud, uint32_t node, uint64_t chan, amqp_bytes_t
 struct idvec {
     uint64_t *ids;
     msg_t **ms;
-    size_t n, cap;
+    size_t n;
 };
 
-static void idvec_add(void *ud, uint64_t msg_id, msg_t *m)
-{
-    struct idvec *v = ud;
-    if (v->n == v->cap) {
-        v->cap = v->cap ? v->cap * 2 : 256;
-        v->ids = realloc(v->ids, v->cap * sizeof *v->ids);
-        v->ms = realloc(v->ms, v->cap * sizeof *v->ms);
-        if (!v->ids || !v->ms) abort();
-    }
-    v->ids[v->n] = msg_id;
-    v->ms[v->n++] = m;
-}
-
 struct id_msg { uint64_t id; msg_t *m; };
+struct id_msgs { struct id_msg *v; size_t n, cap; };
+
+static void id_msgs_add(void *ud, uint64_t msg_id, msg_t *m)
+{
+    struct id_msgs *p = ud;
+    if (p->n < p->cap) p->v[p->n++] = (struct id_msg){msg_id, m}; /* cap = qsm_live: every message */
+}
 
 static int cmp_id_msg(const void *a, const void *b)
 {
@@ -1220,17 +1214,19 @@ static int cmp_id_msg(const void *a, const void *b)
 
 static void idvec_of(const qsm_t *sm, struct idvec *v)
 {
-    memset(v, 0, sizeof *v);
-    qsm_each_msg(sm, idvec_add, v);
-    struct id_msg *p = malloc((v->n ? v->n : 1) * sizeof *p);
-    if (!p) abort();
-    for (size_t i = 0; i < v->n; i++) p[i] = (struct id_msg){v->ids[i], v->ms[i]};
-    qsort(p, v->n, sizeof *p, cmp_id_msg);
-    for (size_t i = 0; i < v->n; i++) {
-        v->ids[i] = p[i].id;
-        v->ms[i] = p[i].m;
+    size_t live = qsm_live(sm);
+    struct id_msgs p = {malloc((live ? live : 1) * sizeof *p.v), 0, live};
+    v->ids = malloc((live ? live : 1) * sizeof *v->ids);
+    v->ms = malloc((live ? live : 1) * sizeof *v->ms);
+    if (!p.v || !v->ids || !v->ms) abort();
+    qsm_each_msg(sm, id_msgs_add, &p);
+    qsort(p.v, p.n, sizeof *p.v, cmp_id_msg);
+    for (size_t i = 0; i < p.n; i++) {
+        v->ids[i] = p.v[i].id;
+        v->ms[i] = p.v[i].m;
     }
-    free(p);
+    v->n = p.n;
+    free(p.v);
 }
 
 static void idvec_free(struct idvec *v)

@@ -713,27 +713,19 @@ for s in $SCENARIOS; do
             scenario qq-lat "$LAT_DURATION" --queue bench-qq-lat --rate "$LAT_RATE" ;;
   esac
 done
-for side in ours rabbitmq; do
-  [ "${SIDE_UP[$side]}" = 1 ] || continue
-  case " $SCENARIOS " in *" qq-backlog "*)
-    log "qq-backlog (${SIDE_LABEL[$side]}): $BACKLOG messages published with no consumer, then drained"
-    backlog "$side" ;;
-  esac
-done
-for side in ours rabbitmq; do
-  [ "${SIDE_UP[$side]}" = 1 ] || continue
-  case " $SCENARIOS " in *" qq-catchup "*)
-    log "qq-catchup (${SIDE_LABEL[$side]}): a follower paused while $CATCHUP messages are published, then resumed"
-    catchup "$side" ;;
-  esac
-done
-for side in ours rabbitmq; do
-  [ "${SIDE_UP[$side]}" = 1 ] || continue
-  case " $SCENARIOS " in *" qq-failover "*)
-    log "qq-failover (${SIDE_LABEL[$side]}): kill -9 of the queue's leader under a confirmed stream"
-    failover "$side" ;;
-  esac
-done
+# Once per cluster, each scenario on both before the next: run_per_side SCENARIO FUNCTION TEXT.
+run_per_side() {
+  local sc=$1 fn=$2 text=$3 side
+  case " $SCENARIOS " in *" $sc "*) ;; *) return 0 ;; esac
+  for side in ours rabbitmq; do
+    [ "${SIDE_UP[$side]}" = 1 ] || continue
+    log "$sc (${SIDE_LABEL[$side]}): $text"
+    "$fn" "$side"
+  done
+}
+run_per_side qq-backlog backlog "$BACKLOG messages published with no consumer, then drained"
+run_per_side qq-catchup catchup "a follower paused while $CATCHUP messages are published, then resumed"
+run_per_side qq-failover failover "kill -9 of the queue's leader under a confirmed stream"
 
 # Keep the node logs of interest (Warren's) before the clusters go.
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -1175,14 +1175,20 @@ static void set_links_of(struct fx *f, raft_id node, bool up)
     }
 }
 
-static void test_snapshot_and_compaction(void **state)
+/* One group on every node that snapshots every 10 entries and keeps 2 below a snapshot. */
+static void start_snapshotting_group(struct fx *f)
 {
-    struct fx *f = *state;
     fx_init(f, 1);
     f->cfg.snapshot_threshold = 10;
     f->cfg.trailing = 2;
     fx_start_all(f);
     wait_leaders(f);
+}
+
+static void test_snapshot_and_compaction(void **state)
+{
+    struct fx *f = *state;
+    start_snapshotting_group(f);
     for (unsigned k = 0; k < 35; k++)
         propose_value(f, 0, k);
     wait_applied(f, 0, 1, 35);
@@ -1257,11 +1263,7 @@ static bool never(struct fx *f, void *arg)
 static void test_snapshot_kept_until_resumed(void **state)
 {
     struct fx *f = *state;
-    fx_init(f, 1);
-    f->cfg.snapshot_threshold = 10;
-    f->cfg.trailing = 2;
-    fx_start_all(f);
-    wait_leaders(f);
+    start_snapshotting_group(f);
     for (unsigned k = 0; k < 20; k++)
         propose_value(f, 0, k);
     wait_applied(f, 0, 1, 20);
